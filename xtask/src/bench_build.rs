@@ -1,0 +1,116 @@
+//! `bench build`: how long the image pipeline takes when nothing changed
+//! (pure cache hits) and when the rootfs, initrd and image are rebuilt with
+//! the agent cached; and the sizes of agent, initrd and image.
+//!
+//! Each sample runs the real `cargo xtask` binary (this one) as a child
+//! against a private cache dir, so caches of the user are untouched.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::cache::remove_tree;
+use crate::context::{Ctx, CACHE_ENV};
+
+const SAMPLES: usize = 5;
+
+#[derive(Serialize)]
+struct Report {
+    samples: usize,
+    warm_noop_image_ms_median: f64,
+    cold_initrd_and_image_ms_median: f64,
+    cold_over_warm_ratio: f64,
+    agent_bytes: u64,
+    initrd_bytes: u64,
+    image_bytes: u64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn xtask(ctx: &Ctx, cache: &Path, args: &[&str]) -> Result<f64> {
+    let exe = std::env::current_exe()?;
+    let start = Instant::now();
+    let out = Command::new(exe)
+        .args(args)
+        .arg("--versions")
+        .arg(&ctx.versions_path)
+        .env(CACHE_ENV, cache)
+        .current_dir(&ctx.root)
+        .output()?;
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    if !out.status.success() {
+        bail!("`cargo xtask {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(ms)
+}
+
+pub fn run(ctx: &Ctx) -> Result<()> {
+    let cache = ctx.root.join("target").join("bench-cache");
+    // Seed: agent (and everything else) once.
+    ctx.ui.info("bench build: seeding a private cache (agent, rootfs, initrd, image)");
+    xtask(ctx, &cache, &["initrd", "--recipe", "minimal"])?;
+    xtask(ctx, &cache, &["image", "--recipe", "minimal"])?;
+
+    let mut warm = Vec::new();
+    for i in 0..SAMPLES {
+        warm.push(xtask(ctx, &cache, &["image", "--recipe", "minimal"])?);
+        ctx.ui.info(&format!("  warm no-op image #{}: {:.0} ms", i + 1, warm[i]));
+    }
+    let mut cold = Vec::new();
+    for i in 0..SAMPLES {
+        // Drop every step but the agent (and the verified downloads).
+        let steps = cache.join("steps");
+        for step in ["rootfs", "initrd", "image"] {
+            let d = steps.join(step);
+            if d.exists() {
+                remove_tree(&d)?;
+            }
+        }
+        let a = xtask(ctx, &cache, &["initrd", "--recipe", "minimal"])?;
+        let b = xtask(ctx, &cache, &["image", "--recipe", "minimal"])?;
+        cold.push(a + b);
+        ctx.ui.info(&format!("  cold initrd+image #{}: {:.0} ms", i + 1, a + b));
+    }
+    let dist = ctx.dist();
+    let size = |name: &str| -> Result<u64> {
+        Ok(std::fs::metadata(dist.join(name)).with_context(|| format!("{name} in {}", dist.display()))?.len())
+    };
+    let warm_m = median(warm);
+    let cold_m = median(cold);
+    let report = Report {
+        samples: SAMPLES,
+        warm_noop_image_ms_median: warm_m,
+        cold_initrd_and_image_ms_median: cold_m,
+        cold_over_warm_ratio: cold_m / warm_m,
+        agent_bytes: std::fs::metadata(
+            crate::agent::agent_target_dir(ctx).join(&ctx.versions.rust.musl_target).join(crate::agent::PROFILE).join("kata-agent"),
+        )?
+        .len(),
+        initrd_bytes: size("kata-containers-initrd.img")?,
+        image_bytes: size("kata-containers.img")?,
+    };
+    ctx.ui.info(&format!(
+        "bench build (median of {SAMPLES}): warm no-op image {:.0} ms; cold initrd+image {:.0} ms ({:.1}x); agent {} B, initrd {} B, image {} B",
+        report.warm_noop_image_ms_median,
+        report.cold_initrd_and_image_ms_median,
+        report.cold_over_warm_ratio,
+        report.agent_bytes,
+        report.initrd_bytes,
+        report.image_bytes
+    ));
+    if ctx.json {
+        ctx.print_json(&serde_json::to_value(&report)?)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,343 @@
+//! The content-addressed step cache.
+//!
+//! A step's key is the sha256 of everything it consumes, written down as
+//! labelled inputs (`StepInputs`). Equal key: the step is skipped and its
+//! entry reused. A step builds into a temp dir inside the cache and the dir is
+//! renamed into place only when the step succeeded, so a crash or an error
+//! never leaves a partial entry. One lock file serialises concurrent runs.
+//!
+//! Layout under the cache root:
+//! ```text
+//! lock                         flock(2)ed by the running xtask
+//! inputs/<sha256>/<file>       verified downloads (see fetch.rs)
+//! steps/<step>/<key>/          a finished entry; `.inputs.json` inside
+//! steps/<step>/last.json       the inputs of the last run (for "why it ran")
+//! tmp/                         work dirs; emptied at every start
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::hash;
+use crate::ui::Ui;
+
+/// Bump when the cache layout itself changes.
+const CACHE_FORMAT: u32 = 1;
+
+pub struct Cache {
+    root: PathBuf,
+    _lock: File,
+}
+
+/// Everything a step consumes, labelled so that a miss can say what changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepInputs {
+    step: String,
+    items: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub dir: PathBuf,
+    pub key: String,
+    pub hit: bool,
+}
+
+impl StepInputs {
+    /// `format` is the step's own format version: bump it when the step's
+    /// code changes what it produces.
+    pub fn new(step: &str, format: u32) -> Self {
+        let mut items = BTreeMap::new();
+        items.insert("step.format".to_string(), format!("{CACHE_FORMAT}.{format}"));
+        StepInputs { step: step.to_string(), items }
+    }
+
+    pub fn step(&self) -> &str {
+        &self.step
+    }
+
+    /// A plain value (option, version string, digest).
+    pub fn value(&mut self, label: &str, value: impl ToString) -> &mut Self {
+        self.items.insert(label.to_string(), value.to_string());
+        self
+    }
+
+    /// A file's content.
+    pub fn file(&mut self, label: &str, path: &Path) -> Result<&mut Self> {
+        let digest = hash::file_sha256(path)?;
+        self.items.insert(label.to_string(), digest);
+        Ok(self)
+    }
+
+    /// A source tree's content.
+    pub fn tree(&mut self, label: &str, path: &Path) -> Result<&mut Self> {
+        let digest = hash::tree_sha256(path).with_context(|| format!("hash {}", path.display()))?;
+        self.items.insert(label.to_string(), digest);
+        Ok(self)
+    }
+
+    pub fn key(&self) -> String {
+        let mut text = format!("step={}\n", self.step);
+        for (k, v) in &self.items {
+            text.push_str(k);
+            text.push('=');
+            text.push_str(v);
+            text.push('\n');
+        }
+        hash::bytes_sha256(text.as_bytes())
+    }
+
+    pub fn items(&self) -> &BTreeMap<String, String> {
+        &self.items
+    }
+
+    /// What differs from a previous run's inputs, for `-v`.
+    pub fn changes_since(&self, previous: &BTreeMap<String, String>) -> Vec<String> {
+        let mut out = Vec::new();
+        for (k, v) in &self.items {
+            match previous.get(k) {
+                None => out.push(format!("{k} is new")),
+                Some(old) if old != v => out.push(format!("{k} changed ({} -> {})", short(old), short(v))),
+                _ => {}
+            }
+        }
+        for k in previous.keys() {
+            if !self.items.contains_key(k) {
+                out.push(format!("{k} is gone"));
+            }
+        }
+        out
+    }
+}
+
+fn short(s: &str) -> &str {
+    if s.len() > 16 {
+        &s[..12]
+    } else {
+        s
+    }
+}
+
+impl Cache {
+    /// Opens (creating if needed) the cache and takes its lock, waiting for
+    /// a concurrent run to finish.
+    pub fn open(root: &Path, ui: &Ui) -> Result<Cache> {
+        fs::create_dir_all(root).with_context(|| {
+            format!("cache dir {} cannot be created; pass another with --cache-dir", root.display())
+        })?;
+        let lock_path = root.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("open {}", lock_path.display()))?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            ui.info(&format!("waiting for another xtask run holding {}", lock_path.display()));
+            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                bail!("lock {}: {}", lock_path.display(), std::io::Error::last_os_error());
+            }
+        }
+        let cache = Cache { root: root.to_path_buf(), _lock: lock };
+        // With the lock held, anything in tmp/ is debris of a crashed run.
+        let tmp = cache.root.join("tmp");
+        if tmp.exists() {
+            remove_tree(&tmp)?;
+        }
+        fs::create_dir_all(&tmp)?;
+        Ok(cache)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn entry_dir(&self, inputs: &StepInputs) -> PathBuf {
+        self.root.join("steps").join(inputs.step()).join(inputs.key())
+    }
+
+    pub fn lookup(&self, inputs: &StepInputs) -> Option<Entry> {
+        let dir = self.entry_dir(inputs);
+        dir.is_dir().then(|| Entry { dir, key: inputs.key(), hit: true })
+    }
+
+    /// A fresh work dir inside the cache (same filesystem, so entries can be
+    /// renamed into place).
+    pub fn temp_dir(&self, prefix: &str) -> Result<tempfile::TempDir> {
+        Ok(tempfile::Builder::new().prefix(prefix).tempdir_in(self.root.join("tmp"))?)
+    }
+
+    /// Returns the entry for `inputs`, running `build` into an empty dir when
+    /// there is none. The dir becomes the entry only if `build` succeeds.
+    pub fn step(
+        &self,
+        inputs: &StepInputs,
+        ui: &Ui,
+        build: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Entry> {
+        let last_path = self.root.join("steps").join(inputs.step()).join("last.json");
+        if let Some(entry) = self.lookup(inputs) {
+            ui.verbose(&format!("{}: cache hit {}", inputs.step(), &entry.key[..12]));
+            return Ok(entry);
+        }
+        match fs::read(&last_path).ok().and_then(|b| serde_json::from_slice::<BTreeMap<String, String>>(&b).ok()) {
+            Some(prev) => {
+                let changes = inputs.changes_since(&prev);
+                ui.verbose(&format!("{}: runs because {}", inputs.step(), changes.join(", ")));
+            }
+            None => ui.verbose(&format!("{}: runs because nothing is cached for it", inputs.step())),
+        }
+        let work = self.temp_dir(inputs.step())?;
+        let out = work.path().join("out");
+        fs::create_dir(&out)?;
+        build(&out)?;
+        let record = serde_json::to_vec_pretty(inputs.items())?;
+        fs::write(out.join(".inputs.json"), &record)?;
+        let dest = self.entry_dir(inputs);
+        fs::create_dir_all(dest.parent().expect("has parent"))?;
+        fs::rename(&out, &dest).with_context(|| format!("move entry into {}", dest.display()))?;
+        write_atomic(&last_path, &record)?;
+        Ok(Entry { dir: dest, key: inputs.key(), hit: false })
+    }
+}
+
+/// Writes a file by way of a temp file in the same dir and a rename.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("write into {}", dir.display()))?;
+    std::io::Write::write_all(&mut tmp, data)?;
+    // Temp files are created 0600; the result is a normal, readable file
+    // (or keeps the mode of the file it replaces).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o644);
+    tmp.as_file().set_permissions(fs::Permissions::from_mode(mode))?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).with_context(|| format!("rename into {}", path.display()))?;
+    Ok(())
+}
+
+/// Removes a tree that may hold read-only dirs (cargo and rootfs trees do).
+pub fn remove_tree(path: &Path) -> Result<()> {
+    if let Err(first) = fs::remove_dir_all(path) {
+        make_writable(path);
+        fs::remove_dir_all(path).with_context(|| format!("remove {} ({first})", path.display()))?;
+    }
+    Ok(())
+}
+
+fn make_writable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        if meta.is_dir() {
+            let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o755));
+            if let Ok(rd) = fs::read_dir(path) {
+                for e in rd.flatten() {
+                    make_writable(&e.path());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quiet() -> Ui {
+        Ui::quiet()
+    }
+
+    #[test]
+    fn miss_then_hit() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = Cache::open(d.path(), &quiet()).unwrap();
+        let mut inputs = StepInputs::new("demo", 1);
+        inputs.value("option", "a");
+        let mut runs = 0;
+        let first = cache
+            .step(&inputs, &quiet(), |out| {
+                runs += 1;
+                fs::write(out.join("result"), b"42")?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(!first.hit);
+        let second = cache.step(&inputs, &quiet(), |_| panic!("must not run on a hit")).unwrap();
+        assert!(second.hit);
+        assert_eq!(first.dir, second.dir);
+        assert_eq!(fs::read(second.dir.join("result")).unwrap(), b"42");
+        assert_eq!(runs, 1);
+    }
+
+    #[test]
+    fn any_input_change_is_a_miss_and_is_reported() {
+        let mut a = StepInputs::new("demo", 1);
+        a.value("x", "1").value("y", "2");
+        let mut b = a.clone();
+        b.value("y", "3");
+        assert_ne!(a.key(), b.key());
+        let changes = b.changes_since(a.items());
+        assert_eq!(changes, vec!["y changed (2 -> 3)".to_string()]);
+        let mut c = StepInputs::new("demo", 2);
+        c.value("x", "1").value("y", "2");
+        assert_ne!(a.key(), c.key(), "the step's format version is an input");
+    }
+
+    #[test]
+    fn failed_build_leaves_no_entry_and_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = Cache::open(d.path(), &quiet()).unwrap();
+        let inputs = StepInputs::new("demo", 1);
+        let err = cache
+            .step(&inputs, &quiet(), |out| {
+                fs::write(out.join("half"), b"partial")?;
+                bail!("boom")
+            })
+            .unwrap_err();
+        assert_eq!(err.to_string(), "boom");
+        assert!(cache.lookup(&inputs).is_none());
+        assert_eq!(fs::read_dir(d.path().join("tmp")).unwrap().count(), 0);
+        // and a later successful run creates it
+        cache.step(&inputs, &quiet(), |out| Ok(fs::write(out.join("ok"), b"")?)).unwrap();
+        assert!(cache.lookup(&inputs).is_some());
+    }
+
+    #[test]
+    fn debris_of_a_crashed_run_is_swept() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let _c = Cache::open(d.path(), &quiet()).unwrap();
+        }
+        fs::create_dir_all(d.path().join("tmp/demo-crashed/out")).unwrap();
+        let _c = Cache::open(d.path(), &quiet()).unwrap();
+        assert_eq!(fs::read_dir(d.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn atomic_writes_are_readable_and_keep_modes() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.json");
+        write_atomic(&p, b"1").unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644);
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        write_atomic(&p, b"2").unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read(&p).unwrap(), b"2");
+    }
+
+    #[test]
+    fn lock_excludes_a_second_holder() {
+        let d = tempfile::tempdir().unwrap();
+        let _held = Cache::open(d.path(), &quiet()).unwrap();
+        let f = OpenOptions::new().write(true).open(d.path().join("lock")).unwrap();
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_ne!(r, 0, "the lock must be held while the cache is open");
+    }
+}

@@ -1,0 +1,124 @@
+//! What every command gets: the repository root, the loaded pins, the cache,
+//! the global options.
+
+use std::cell::OnceCell;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::cache::Cache;
+use crate::error::InputError;
+use crate::ui::Ui;
+use crate::versions::{self, Versions};
+use crate::GlobalOpts;
+
+pub const CACHE_ENV: &str = "KATA_XTASK_CACHE_DIR";
+pub const DIST_ENV: &str = "KATA_XTASK_DIST_DIR";
+
+pub struct Ctx {
+    pub root: PathBuf,
+    pub versions_path: PathBuf,
+    pub versions: Versions,
+    /// SOURCE_DATE_EPOCH in force (environment over versions.yaml).
+    pub epoch: i64,
+    pub cache_dir: PathBuf,
+    dist_dir: PathBuf,
+    cache: OnceCell<Cache>,
+    pub offline: bool,
+    pub dry_run: bool,
+    pub json: bool,
+    pub ui: Ui,
+}
+
+/// The workspace root: xtask lives one level below it.
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+}
+
+impl Ctx {
+    pub fn new(opts: &GlobalOpts) -> Result<Ctx> {
+        let root = project_root();
+        let versions_path = opts.versions.clone().unwrap_or_else(|| versions::default_path(&root));
+        let versions = Versions::load(&versions_path)?;
+        let epoch = versions.effective_epoch()?;
+        let cache_dir = match (&opts.cache_dir, std::env::var_os(CACHE_ENV)) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(dir)) if !dir.is_empty() => PathBuf::from(dir),
+            _ => root.join("target").join("cache"),
+        };
+        let cwd = std::env::current_dir()?;
+        let cache_dir = cwd.join(cache_dir);
+        let dist_dir = match (&opts.dist_dir, std::env::var_os(DIST_ENV)) {
+            (Some(dir), _) => cwd.join(dir),
+            (None, Some(dir)) if !dir.is_empty() => cwd.join(dir),
+            _ => root.join("target").join("dist"),
+        };
+        Ok(Ctx {
+            root,
+            versions_path,
+            versions,
+            epoch,
+            cache_dir,
+            dist_dir,
+            cache: OnceCell::new(),
+            offline: opts.offline,
+            dry_run: opts.dry_run,
+            json: opts.json,
+            ui: Ui::new(opts.verbose),
+        })
+    }
+
+    /// The cache, opened (and locked) on first use so that commands which
+    /// need none (`versions`, `doctor`) never wait on a lock.
+    pub fn cache(&self) -> Result<&Cache> {
+        if let Some(c) = self.cache.get() {
+            return Ok(c);
+        }
+        let c = Cache::open(&self.cache_dir, &self.ui).map_err(|e| {
+            anyhow::Error::new(InputError::new(format!(
+                "--cache-dir {}: {e:#}; choose a writable dir with --cache-dir or {CACHE_ENV}",
+                self.cache_dir.display()
+            )))
+        })?;
+        Ok(self.cache.get_or_init(|| c))
+    }
+
+    pub fn dist(&self) -> PathBuf {
+        self.dist_dir.clone()
+    }
+
+    /// Fails fast, before any work, when artifacts could not be written.
+    pub fn ensure_dist_writable(&self) -> Result<()> {
+        let dist = self.dist();
+        let probe = std::fs::create_dir_all(&dist)
+            .and_then(|_| tempfile::Builder::new().prefix(".probe").tempfile_in(&dist).map(drop));
+        probe.map_err(|e| {
+            anyhow::Error::new(InputError::new(format!(
+                "output dir {} is not writable ({e}); pass a writable one with --dist-dir or {DIST_ENV}",
+                dist.display()
+            )))
+        })
+    }
+
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("target").join("logs")
+    }
+
+    pub fn recipes_dir(&self) -> PathBuf {
+        self.root.join("image-recipes")
+    }
+
+    /// A path as the manifest records it: relative to the repository root.
+    pub fn rel(&self, path: &Path) -> String {
+        path.strip_prefix(&self.root).unwrap_or(path).to_string_lossy().into_owned()
+    }
+
+    pub fn print_json(&self, value: &serde_json::Value) -> Result<()> {
+        println!("{}", serde_json::to_string(value).context("encode JSON")?);
+        Ok(())
+    }
+
+    pub fn fetcher(&self) -> Result<crate::fetch::Fetcher<'_>> {
+        Ok(crate::fetch::Fetcher { cache: self.cache()?, ui: &self.ui, offline: self.offline })
+    }
+}

@@ -1,0 +1,107 @@
+//! `cargo xtask initrd --recipe NAME`: cpio newc, compressed, from the rootfs.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use rootfs_builder::{write_initrd, Compression};
+
+use crate::cache::StepInputs;
+use crate::context::Ctx;
+use crate::manifest::{Kind, Manifest};
+use crate::plan::Plan;
+use crate::{publish, rootfs};
+
+const FORMAT: u32 = 1;
+
+#[derive(Args, Clone)]
+pub struct InitrdArgs {
+    #[arg(long, default_value = "minimal")]
+    pub recipe: String,
+    #[arg(long, value_enum, default_value = "gzip")]
+    pub compression: CompressionArg,
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug)]
+pub enum CompressionArg {
+    Gzip,
+    Zstd,
+}
+
+impl CompressionArg {
+    fn lib(self) -> Compression {
+        match self {
+            CompressionArg::Gzip => Compression::Gzip,
+            CompressionArg::Zstd => Compression::Zstd,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            CompressionArg::Gzip => "gzip",
+            CompressionArg::Zstd => "zstd",
+        }
+    }
+}
+
+pub struct InitrdBuild {
+    pub file: PathBuf,
+    pub key: String,
+}
+
+pub fn inputs(ctx: &Ctx, args: &InitrdArgs) -> Result<(Vec<StepInputs>, StepInputs)> {
+    let (rootfs, agent, _) = rootfs::inputs(ctx, &args.recipe)?;
+    let mut i = StepInputs::new("initrd", FORMAT);
+    i.value("rootfs.key", rootfs.key())
+        .value("compression", args.compression.name())
+        .tree("src.rootfs-builder", &ctx.root.join("rootfs-builder"))?
+        .value("source_date_epoch", ctx.epoch);
+    Ok((vec![agent, rootfs], i))
+}
+
+pub fn build(ctx: &Ctx, args: &InitrdArgs) -> Result<InitrdBuild> {
+    let (_, inputs) = inputs(ctx, args)?;
+    let cache = ctx.cache()?;
+    let entry = match cache.lookup(&inputs) {
+        Some(e) => e,
+        None => {
+            let r = rootfs::build(ctx, &args.recipe)?;
+            let progress = ctx.ui.step(&format!("initrd {}", args.recipe));
+            let e = cache.step(&inputs, &ctx.ui, |out| {
+                write_initrd(&r.dir, &out.join("initrd"), args.compression.lib(), ctx.epoch)?;
+                Ok(())
+            })?;
+            progress.finish("built");
+            e
+        }
+    };
+    Ok(InitrdBuild { file: entry.dir.join("initrd"), key: entry.key })
+}
+
+pub fn file_name(ctx: &Ctx, recipe: &str) -> String {
+    format!("kata-{recipe}-{}.initrd", ctx.versions.version)
+}
+
+pub fn run(ctx: &Ctx, args: &InitrdArgs) -> Result<()> {
+    let (before, inputs) = inputs(ctx, args)?;
+    let mut plan = Plan::default();
+    for b in &before {
+        plan.add(ctx, b);
+    }
+    plan.add(ctx, &inputs);
+    if plan.show_if_dry_run(ctx)? {
+        return Ok(());
+    }
+    ctx.ensure_dist_writable()?;
+    rootfs::require_tools()?;
+    let b = build(ctx, args)?;
+    let name = file_name(ctx, &args.recipe);
+    let dest = publish::file(ctx, &b.file, &name)?;
+    publish::symlink(ctx, &name, "kata-containers-initrd.img")?;
+    let art = publish::artifact(ctx, "kata-containers-initrd.img", Kind::Initrd, &dest, &b.key, Some(&args.recipe))?;
+    Manifest::record(&ctx.dist(), &ctx.versions.version, ctx.epoch, vec![art.clone()])?;
+    ctx.ui.info(&format!("initrd: {} ({} bytes, sha256 {})", art.path, art.bytes, art.sha256));
+    if ctx.json {
+        ctx.print_json(&serde_json::to_value(&art)?)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! `target/dist/manifest.json`: what every step produced (design section 2).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::cache::write_atomic;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    Kernel,
+    KernelCompressed,
+    KernelConfig,
+    Agent,
+    Rootfs,
+    Initrd,
+    Image,
+    Runtime,
+    Shim,
+    Config,
+    Tarball,
+    Deb,
+    Rpm,
+    Checksums,
+    Sbom,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Artifact {
+    pub name: String,
+    pub kind: Kind,
+    /// Relative to the repository root.
+    pub path: String,
+    pub sha256: String,
+    pub bytes: u64,
+    pub cache_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: String,
+    pub source_date_epoch: i64,
+    pub artifacts: Vec<Artifact>,
+}
+
+impl Manifest {
+    pub fn path(dist: &Path) -> PathBuf {
+        dist.join("manifest.json")
+    }
+
+    pub fn load(dist: &Path) -> Result<Option<Manifest>> {
+        let path = Self::path(dist);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(
+                serde_json::from_slice(&bytes).with_context(|| format!("{} is not a manifest", path.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+        }
+    }
+
+    /// Adds or replaces (by name) artifacts and writes the manifest
+    /// atomically. A manifest of another version or epoch is started afresh:
+    /// mixing releases in one manifest would make it lie.
+    pub fn record(dist: &Path, version: &str, epoch: i64, new: Vec<Artifact>) -> Result<()> {
+        let mut m = match Self::load(dist)? {
+            Some(m) if m.version == version && m.source_date_epoch == epoch => m,
+            _ => Manifest { version: version.to_string(), source_date_epoch: epoch, artifacts: vec![] },
+        };
+        for a in new {
+            m.artifacts.retain(|old| old.name != a.name);
+            m.artifacts.push(a);
+        }
+        m.artifacts.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut text = serde_json::to_vec_pretty(&m)?;
+        text.push(b'\n');
+        write_atomic(&Self::path(dist), &text)
+    }
+
+    #[cfg(test)]
+    pub fn find(&self, name: &str) -> Option<&Artifact> {
+        self.artifacts.iter().find(|a| a.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn art(name: &str, sha: &str) -> Artifact {
+        Artifact {
+            name: name.into(),
+            kind: Kind::Initrd,
+            path: format!("target/dist/{name}"),
+            sha256: sha.into(),
+            bytes: 1,
+            cache_key: "k".into(),
+            recipe: Some("minimal".into()),
+        }
+    }
+
+    #[test]
+    fn record_replaces_by_name_and_keeps_others() {
+        let d = tempfile::tempdir().unwrap();
+        Manifest::record(d.path(), "1.0.0", 5, vec![art("a", "1"), art("b", "1")]).unwrap();
+        Manifest::record(d.path(), "1.0.0", 5, vec![art("a", "2")]).unwrap();
+        let m = Manifest::load(d.path()).unwrap().unwrap();
+        assert_eq!(m.artifacts.len(), 2);
+        assert_eq!(m.find("a").unwrap().sha256, "2");
+        let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(Manifest::path(d.path())).unwrap()).unwrap();
+        assert_eq!(raw["artifacts"][0]["kind"], "initrd");
+        assert_eq!(raw["source_date_epoch"], 5);
+        // another version starts afresh
+        Manifest::record(d.path(), "2.0.0", 5, vec![art("c", "1")]).unwrap();
+        assert_eq!(Manifest::load(d.path()).unwrap().unwrap().artifacts.len(), 1);
+    }
+
+    #[test]
+    fn kinds_use_the_design_names() {
+        assert_eq!(serde_json::to_string(&Kind::KernelCompressed).unwrap(), "\"kernel-compressed\"");
+        assert_eq!(serde_json::to_string(&Kind::KernelConfig).unwrap(), "\"kernel-config\"");
+    }
+}

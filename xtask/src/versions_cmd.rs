@@ -1,0 +1,115 @@
+//! `cargo xtask versions [--json] [--update NAME [--source debian|upstream]]`.
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use clap::ValueEnum;
+
+use crate::bad_input;
+use crate::cache::write_atomic;
+use crate::context::Ctx;
+use crate::hash;
+use crate::tools::run_captured;
+use crate::versions::{rewrite_scalar, yaml_string, Versions, UPDATABLE};
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Source {
+    Debian,
+    Upstream,
+}
+
+pub fn run(ctx: &Ctx, update: Option<&str>, source: Source) -> Result<()> {
+    if let Some(name) = update {
+        return update_pin(ctx, name, source);
+    }
+    let v = &ctx.versions;
+    if ctx.json {
+        let mut value = serde_json::to_value(v)?;
+        value["source_date_epoch_in_force"] = ctx.epoch.into();
+        value["file"] = ctx.versions_path.display().to_string().into();
+        return ctx.print_json(&value);
+    }
+    println!("{}: valid", ctx.versions_path.display());
+    println!("version             {}", v.version);
+    println!("source_date_epoch   {}{}", ctx.epoch, if ctx.epoch != v.source_date_epoch { " (from SOURCE_DATE_EPOCH)" } else { "" });
+    println!("distro              {} {} {}", v.distro.name, v.distro.suite, v.distro.architecture);
+    println!("rust                {} ({})", v.rust.toolchain, v.rust.musl_target);
+    println!(
+        "kernel              {} kata_config_version {}: {}={} sha256 {}",
+        v.kernel.version, v.kernel.kata_config_version, v.kernel.debian.package, v.kernel.debian.version, v.kernel.debian.sha256
+    );
+    if let Some(u) = &v.kernel.upstream {
+        println!(
+            "kernel (upstream)   {} sha256 {}",
+            u.url,
+            u.sha256.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "not pinned (not used)".into())
+        );
+    }
+    println!("busybox             {}: {}={} sha256 {}", v.busybox.version, v.busybox.debian.package, v.busybox.debian.version, v.busybox.debian.sha256);
+    println!("qemu                >= {} (Debian {}={})", v.qemu.minimum_version, v.qemu.debian.package, v.qemu.debian.version);
+    println!("containerd          >= {} (Debian {}={})", v.containerd.minimum_version, v.containerd.debian.package, v.containerd.debian.version);
+    println!("vhost-device-vsock  {} (crate {} sha256 {})", v.vhost_device_vsock.version, v.vhost_device_vsock.crate_name, v.vhost_device_vsock.sha256);
+    Ok(())
+}
+
+/// Re-pins one entry to what its source serves now and writes versions.yaml
+/// back with its comments.
+fn update_pin(ctx: &Ctx, name: &str, source: Source) -> Result<()> {
+    if !UPDATABLE.contains(&name) {
+        return bad_input!("--update {name}: unknown entry; one of: {}", UPDATABLE.join(", "));
+    }
+    let text = std::fs::read_to_string(&ctx.versions_path)?;
+    let mut edits: Vec<(Vec<&str>, String)> = Vec::new();
+    let summary;
+    match (name, source) {
+        ("kernel" | "busybox", Source::Debian) => {
+            let pin = if name == "kernel" { &ctx.versions.kernel.debian } else { &ctx.versions.busybox.debian };
+            let (version, deb, _work) = crate::fetch::debian_candidate(ctx.cache()?, &pin.package)?;
+            let sha = hash::file_sha256(&deb)?;
+            summary = format!("{name}: {}={version} sha256 {sha} (was {} {})", pin.package, pin.version, pin.sha256);
+            edits.push((vec![name, "debian", "version"], yaml_string(&version)));
+            edits.push((vec![name, "debian", "sha256"], sha));
+            if name == "kernel" {
+                // linux-source-6.1's version is the upstream one plus the Debian revision.
+                let upstream = version.split('-').next().unwrap_or(&version).to_string();
+                edits.push((vec!["kernel", "version"], yaml_string(&upstream)));
+            }
+        }
+        ("kernel", Source::Upstream) => {
+            let url = ctx
+                .versions
+                .kernel
+                .upstream
+                .as_ref()
+                .map(|u| u.url.clone())
+                .context("kernel.upstream.url is not set")?;
+            let work = ctx.cache()?.temp_dir("update")?;
+            let file = work.path().join("download");
+            run_captured(Command::new("curl").args(["-fsSL", "-o"]).arg(&file).arg(&url))
+                .with_context(|| format!("kernel.upstream.url {url} cannot be fetched from here"))?;
+            let sha = hash::file_sha256(&file)?;
+            summary = format!("kernel upstream: {url} sha256 {sha}");
+            edits.push((vec!["kernel", "upstream", "sha256"], sha));
+        }
+        ("vhost_device_vsock", Source::Debian | Source::Upstream) => {
+            return bad_input!(
+                "--update vhost_device_vsock: crates are re-pinned by hand (version + the .crate sha256 from the crates.io index); cargo verifies it"
+            );
+        }
+        (_, Source::Upstream) => return bad_input!("--update {name} --source upstream: {name} has no upstream source"),
+        _ => unreachable!("checked against UPDATABLE"),
+    }
+    let mut new_text = text;
+    for (path, value) in &edits {
+        new_text = rewrite_scalar(&new_text, path, value)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", ctx.versions_path.display()))?;
+    }
+    // Never write a file the loader would refuse.
+    Versions::parse(&new_text, &ctx.versions_path)?;
+    write_atomic(&ctx.versions_path, new_text.as_bytes())?;
+    ctx.ui.info(&format!("re-pinned {summary}"));
+    if ctx.json {
+        ctx.print_json(&serde_json::json!({ "updated": name, "summary": summary }))?;
+    }
+    Ok(())
+}

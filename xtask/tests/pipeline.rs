@@ -1,0 +1,293 @@
+//! The pipeline as a user runs it: the real `xtask` binary, real apt-get,
+//! mke2fs, cpio, e2fsck. Checks of the artifacts use independent tools or
+//! code written here from the kernel's documented layouts, never the
+//! builder's own decoders.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn xtask(args: &[&str], envs: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.args(args).current_dir(root());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run xtask")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn error_lines(o: &Output) -> Vec<String> {
+    stderr(o).lines().filter(|l| l.starts_with("error:")).map(str::to_string).collect()
+}
+
+/// Asserts: exit 2, exactly one `error:` line, containing every needle.
+fn assert_bad_input(o: &Output, needles: &[&str]) {
+    assert_eq!(o.status.code(), Some(2), "want exit 2, stderr: {}", stderr(o));
+    let errs = error_lines(o);
+    assert_eq!(errs.len(), 1, "one error line: {}", stderr(o));
+    for n in needles {
+        assert!(errs[0].contains(n), "`{n}` missing in: {}", errs[0]);
+    }
+}
+
+fn versions_text() -> String {
+    std::fs::read_to_string(root().join("versions.yaml")).unwrap()
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn malformed_versions_file_is_one_clear_error() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("v.yaml");
+    std::fs::write(&f, "version: \"0.1.0\"\nkernel: [oops\n").unwrap();
+    let o = xtask(&["versions", "--versions", f.to_str().unwrap()], &[]);
+    assert_bad_input(&o, &[f.to_str().unwrap()]);
+}
+
+#[test]
+fn unknown_key_names_path_and_line() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("v.yaml");
+    std::fs::write(&f, versions_text().replace("busybox:\n", "busybox:\n  flavor: static\n")).unwrap();
+    let o = xtask(&["versions", "--versions", f.to_str().unwrap()], &[]);
+    assert_bad_input(&o, &["busybox", "unknown field `flavor`"]);
+}
+
+#[test]
+fn unknown_recipe_lists_the_known_ones() {
+    let o = xtask(&["rootfs", "--recipe", "no-such-recipe", "--dry-run"], &[]);
+    assert_bad_input(&o, &["no-such-recipe", "minimal"]);
+}
+
+#[test]
+fn missing_host_tool_names_tool_and_package() {
+    let empty = tempfile::tempdir().unwrap();
+    let o = xtask(&["image", "--recipe", "minimal"], &[("PATH", empty.path()), ("HOME", empty.path())]);
+    assert_bad_input(&o, &["mke2fs", "e2fsprogs"]);
+}
+
+#[test]
+fn unwritable_output_dirs_are_refused_before_any_work() {
+    let cache = tempfile::tempdir().unwrap();
+    let o = xtask(
+        &["initrd", "--recipe", "minimal", "--dist-dir", "/proc/kata-no-such-dir"],
+        &[("KATA_XTASK_CACHE_DIR", cache.path())],
+    );
+    assert_bad_input(&o, &["/proc/kata-no-such-dir", "--dist-dir"]);
+    assert!(!cache.path().join("steps").exists(), "no step ran");
+
+    let dist = tempfile::tempdir().unwrap();
+    let o = xtask(&["initrd", "--recipe", "minimal", "--cache-dir", "/proc/kata-no-such-dir"], &[("KATA_XTASK_DIST_DIR", dist.path())]);
+    assert_bad_input(&o, &["/proc/kata-no-such-dir", "--cache-dir"]);
+}
+
+#[test]
+fn digest_mismatch_fails_closed_and_stores_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("v.yaml");
+    let real = "3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744";
+    let text = versions_text();
+    assert!(text.contains(real), "test needs the busybox pin");
+    std::fs::write(&f, text.replace(real, &"0".repeat(64))).unwrap();
+    let cache = d.path().join("cache");
+    let dist = d.path().join("dist");
+    let o = xtask(
+        &["rootfs", "--recipe", "minimal", "--versions", f.to_str().unwrap()],
+        &[("KATA_XTASK_CACHE_DIR", &cache), ("KATA_XTASK_DIST_DIR", &dist)],
+    );
+    assert_bad_input(&o, &["busybox.debian.sha256", real]);
+    let stored = std::fs::read_dir(cache.join("inputs")).map(|r| r.count()).unwrap_or(0);
+    assert_eq!(stored, 0, "nothing unverified may enter the cache");
+    assert!(!dist.join("manifest.json").exists());
+}
+
+#[test]
+fn offline_says_what_is_missing() {
+    let d = tempfile::tempdir().unwrap();
+    let o = xtask(
+        &["rootfs", "--recipe", "minimal", "--offline"],
+        &[("KATA_XTASK_CACHE_DIR", &d.path().join("c")), ("KATA_XTASK_DIST_DIR", &d.path().join("d"))],
+    );
+    assert_bad_input(&o, &["--offline", "busybox-static"]);
+}
+
+struct Built {
+    _dir: tempfile::TempDir,
+    cache: PathBuf,
+    dist_a: PathBuf,
+    dist_b: PathBuf,
+}
+
+/// Two builds of initrd and image from two empty caches (shared by the
+/// tests below: the build is the expensive part).
+fn built() -> &'static Built {
+    static B: OnceLock<Built> = OnceLock::new();
+    B.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dists = Vec::new();
+        for run in ["a", "b"] {
+            let cache = dir.path().join(format!("cache-{run}"));
+            let dist = dir.path().join(format!("dist-{run}"));
+            for cmd in ["initrd", "image"] {
+                let o = xtask(&[cmd, "--recipe", "minimal"], &[("KATA_XTASK_CACHE_DIR", &cache), ("KATA_XTASK_DIST_DIR", &dist)]);
+                assert!(o.status.success(), "{cmd} failed: {}", stderr(&o));
+            }
+            dists.push(dist);
+        }
+        Built {
+            cache: dir.path().join("cache-a"),
+            dist_b: dists.pop().unwrap(),
+            dist_a: dists.pop().unwrap(),
+            _dir: dir,
+        }
+    })
+}
+
+#[test]
+fn two_builds_from_empty_caches_are_bit_identical() {
+    let b = built();
+    for name in ["kata-containers-initrd.img", "kata-containers.img"] {
+        let a = sha256(&b.dist_a.join(name));
+        assert_eq!(a, sha256(&b.dist_b.join(name)), "{name} differs between two clean builds");
+    }
+}
+
+#[test]
+fn unchanged_rerun_is_all_cache_hits() {
+    let b = built();
+    for cmd in ["initrd", "image"] {
+        let o = xtask(
+            &[cmd, "--recipe", "minimal", "--dry-run", "--json"],
+            &[("KATA_XTASK_CACHE_DIR", &b.cache), ("KATA_XTASK_DIST_DIR", &b.dist_a)],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let steps = plan["steps"].as_array().unwrap();
+        assert!(steps.len() >= 3, "agent, rootfs and {cmd}: {plan}");
+        for s in steps {
+            assert_eq!(s["cached"], true, "{cmd}: step {} would run again", s["step"]);
+        }
+    }
+}
+
+#[test]
+fn manifest_lists_the_artifacts_with_their_digests() {
+    let b = built();
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(b.dist_a.join("manifest.json")).unwrap()).unwrap();
+    for (name, kind) in [("kata-containers-initrd.img", "initrd"), ("kata-containers.img", "image")] {
+        let a = m["artifacts"].as_array().unwrap().iter().find(|a| a["name"] == name).expect(name);
+        assert_eq!(a["kind"], kind);
+        assert_eq!(a["recipe"], "minimal");
+        let path = root().join(a["path"].as_str().unwrap());
+        assert_eq!(a["sha256"], sha256(&path));
+        assert_eq!(a["bytes"], std::fs::metadata(&path).unwrap().len());
+    }
+}
+
+#[test]
+fn gnu_cpio_lists_the_initrd() {
+    let b = built();
+    let initrd = b.dist_a.join("kata-containers-initrd.img");
+    let gz = Command::new("gzip").arg("-dc").arg(&initrd).output().unwrap();
+    assert!(gz.status.success());
+    let mut child = Command::new("cpio")
+        .args(["-t", "-v", "--quiet"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&gz.stdout).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let listing = String::from_utf8_lossy(&out.stdout);
+    for want in [" init -> ", " sbin/init -> ", " bin/busybox", " dev/console", " var/lib/osbuilder/osbuilder.yaml"] {
+        assert!(listing.contains(want), "`{want}` not in cpio listing:\n{listing}");
+    }
+    // owner 0:0 everywhere
+    for line in listing.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!((f[2], f[3]), ("root", "root"), "{line}");
+    }
+}
+
+fn u32le(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+}
+
+/// (start LBA, sectors) of MBR partition 1 at `base`.
+fn mbr_partition(img: &[u8], base: usize) -> (u64, u64) {
+    assert_eq!(&img[base + 510..base + 512], &[0x55, 0xAA], "MBR signature at {base:#x}");
+    let e = base + 446;
+    (u32le(img, e + 8) as u64, u32le(img, e + 12) as u64)
+}
+
+/// The kernel's nd_fletcher64 (drivers/nvdimm/core.c), over u32 words.
+fn fletcher64(data: &[u8]) -> u64 {
+    let mut lo: u32 = 0;
+    let mut hi: u64 = 0;
+    for w in data.chunks_exact(4) {
+        lo = lo.wrapping_add(u32::from_le_bytes(w.try_into().unwrap()));
+        hi = hi.wrapping_add(lo as u64);
+    }
+    (hi << 32) | lo as u64
+}
+
+#[test]
+fn dax_image_layout_matches_the_design() {
+    const MIB: u64 = 1 << 20;
+    let b = built();
+    let img = std::fs::read(b.dist_a.join("kata-containers.img")).unwrap();
+    assert_eq!(img.len() as u64 % (128 * MIB), 0, "size aligned to 128 MiB");
+    // Outer MBR: the partition at 3 MiB (2 MiB header + the image's 1 MiB).
+    let (outer_start, outer_len) = mbr_partition(&img, 0);
+    assert_eq!(outer_start * 512, 3 * MIB);
+    // The image's own MBR at 2 MiB: partition at 1 MiB of the image.
+    let (inner_start, inner_len) = mbr_partition(&img, 2 * MIB as usize);
+    assert_eq!(inner_start * 512, MIB);
+    assert_eq!(outer_len, inner_len);
+    // pfn info block at 4 KiB (struct nd_pfn_sb, 4096 bytes).
+    let sb = &img[4096..8192];
+    assert_eq!(&sb[0..16], b"NVDIMM_PFN_INFO\0");
+    let le16 = |o: usize| u16::from_le_bytes(sb[o..o + 2].try_into().unwrap());
+    let le64 = |o: usize| u64::from_le_bytes(sb[o..o + 8].try_into().unwrap());
+    assert_eq!(le16(52), 1, "version_major");
+    assert_eq!(le64(56), 2 * MIB, "dataoff");
+    assert_eq!(u32le(sb, 72), 1, "mode PFN_MODE_RAM");
+    assert_eq!(u32le(sb, 84), 2 * MIB as u32, "align");
+    let mut zeroed = sb.to_vec();
+    zeroed[4088..4096].fill(0);
+    assert_eq!(le64(4088), fletcher64(&zeroed), "checksum");
+    // e2fsck on the partition as the first MBR describes it.
+    let part = tempfile::NamedTempFile::new().unwrap();
+    let start = (outer_start * 512) as usize;
+    std::fs::write(part.path(), &img[start..start + (outer_len * 512) as usize]).unwrap();
+    let fsck = Command::new("e2fsck").arg("-fn").arg(part.path()).output().unwrap();
+    assert!(fsck.status.success(), "e2fsck: {}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
+}
+
+#[test]
+fn agent_is_a_static_musl_executable() {
+    built();
+    let agent = root().join("target/agent/x86_64-unknown-linux-musl/agent/kata-agent");
+    let out = Command::new("readelf").args(["-l", "-d"]).arg(&agent).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("program interpreter"), "dynamic: {text}");
+    assert!(!text.contains("(NEEDED)"), "needs libraries: {text}");
+    // musl leaves its mark in the binary; glibc's static builds say GLIBC.
+    let bytes = std::fs::read(&agent).unwrap();
+    assert!(!bytes.windows(6).any(|w| w == b"GLIBC_"), "glibc symbols in the agent");
+}
