@@ -1,0 +1,608 @@
+//! Raw rootfs disk images: an MBR with one Linux partition at 1 MiB holding an
+//! ext4 (`mke2fs -d`) or erofs (`mkfs.erofs`) filesystem built from a tree,
+//! without loop devices or mounts; optionally preceded by the 2 MiB NVDIMM
+//! "DAX header" so that the image can back a QEMU nvdimm.
+//!
+//! With DAX the file looks like this (as upstream osbuilder lays it out):
+//!
+//! ```text
+//! 0        MBR #1: one partition from 3 MiB to the end of the file
+//! 4 KiB    struct nd_pfn_sb ("NVDIMM_PFN_INFO", mode RAM, dataoff 2 MiB, align 2 MiB)
+//! 2 MiB    MBR #2: one partition from 1 MiB (of this inner disk) to its end
+//! 3 MiB    the filesystem
+//! ```
+//!
+//! A kernel whose NVDIMM driver reads the pfn info block sees a pmem device
+//! starting at 2 MiB and reads MBR #2; anything else reads MBR #1. Both
+//! partitions cover the same bytes.
+//!
+//! Determinism: ext4 gets a fixed UUID and directory hash seed, our own
+//! mke2fs.conf (host defaults cannot leak in), `E2FSPROGS_FAKE_TIME` for the
+//! superblock and mke2fs-created inodes, and afterwards `debugfs -w` sets
+//! atime/mtime/ctime/crtime of every populated inode (mke2fs copies the host's
+//! ctime and atime, which nothing else can pin). erofs gets `-T`, `--all-root`
+//! and a fixed UUID.
+
+use crate::walk::{list_tree, EntryKind};
+use anyhow::{bail, Context, Result};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+
+pub const MIB: u64 = 1 << 20;
+pub const SECTOR: u64 = 512;
+/// Where the single partition starts, relative to its MBR.
+pub const PARTITION_OFFSET: u64 = MIB;
+/// Size of the DAX header placed in front of the image.
+pub const DAX_HEADER_BYTES: u64 = 2 * MIB;
+/// Where the kernel looks for the pfn info block in a namespace.
+pub const DAX_INFO_OFFSET: u64 = 4096;
+/// MBR partition type "Linux".
+pub const MBR_TYPE_LINUX: u8 = 0x83;
+/// ext4 can only do DAX with blocks of the page size.
+pub const EXT4_BLOCK_SIZE: u64 = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filesystem {
+    Ext4,
+    Erofs,
+}
+
+impl Filesystem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Filesystem::Ext4 => "ext4",
+            Filesystem::Erofs => "erofs",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageOptions {
+    pub fs: Filesystem,
+    /// The whole file's size is a multiple of this (upstream: 128 MiB).
+    pub align_mib: u64,
+    /// Free space wanted inside an ext4 filesystem; must be 0 for erofs.
+    pub free_mib: u64,
+    /// Put the 2 MiB NVDIMM/DAX header in front.
+    pub dax: bool,
+    /// Filesystem UUID, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+    pub fs_uuid: String,
+    /// ext4 directory hash seed (a UUID); unused by erofs.
+    pub hash_seed: String,
+    /// Every timestamp the filesystem tools write.
+    pub source_date_epoch: i64,
+}
+
+impl ImageOptions {
+    /// Upstream-like defaults: ext4, 128 MiB alignment, DAX header, no extra
+    /// free space. The UUIDs are fixed so that images are reproducible.
+    pub fn new(source_date_epoch: i64) -> Self {
+        ImageOptions {
+            fs: Filesystem::Ext4,
+            align_mib: 128,
+            free_mib: 0,
+            dax: true,
+            fs_uuid: "6a7a3b1e-58d4-4bd0-9b58-6b6174610001".into(),
+            hash_seed: "6a7a3b1e-58d4-4bd0-9b58-6b6174610002".into(),
+            source_date_epoch,
+        }
+    }
+}
+
+/// What [`build_image`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageReport {
+    /// Size of the whole file.
+    pub bytes: u64,
+    /// Size of the filesystem (ext4: the whole partition; erofs: its image).
+    pub fs_bytes: u64,
+    /// Free space inside the filesystem (ext4; 0 for erofs).
+    pub fs_free_bytes: u64,
+    /// Byte offset of the filesystem in the file (1 MiB, or 3 MiB with DAX).
+    pub partition_offset: u64,
+    /// Size of the partition (both MBRs describe the same bytes).
+    pub partition_bytes: u64,
+    pub dax: bool,
+}
+
+/// Builds a raw disk image of `tree` at `out` (temp file + rename).
+pub fn build_image(tree: &Path, out: &Path, opts: &ImageOptions) -> Result<ImageReport> {
+    if opts.align_mib == 0 || (opts.dax && opts.align_mib % 2 != 0) {
+        bail!("image align_mib {}: must be positive (and even with DAX, to keep 2 MiB alignment)", opts.align_mib);
+    }
+    let fs_uuid = parse_uuid(&opts.fs_uuid).context("image fs_uuid")?;
+    parse_uuid(&opts.hash_seed).context("image hash_seed")?;
+    if !tree.is_dir() {
+        bail!("{}: rootfs tree is not a directory", tree.display());
+    }
+    let header = if opts.dax { DAX_HEADER_BYTES } else { 0 };
+    let align = opts.align_mib * MIB;
+    let scratch = tempfile::Builder::new()
+        .prefix(".image-build.")
+        .tempdir_in(crate::util::parent_dir(out))
+        .context("cannot create a scratch directory next to the output")?;
+    let fs_image = scratch.path().join(format!("fs.{}", opts.fs.as_str()));
+
+    let (total, fs_bytes, fs_free_bytes) = match opts.fs {
+        Filesystem::Ext4 => {
+            if opts.source_date_epoch < 1 {
+                bail!("ext4 images need SOURCE_DATE_EPOCH >= 1 (got {}): e2fsprogs treats E2FSPROGS_FAKE_TIME=0 as unset and would stamp the wall clock", opts.source_date_epoch);
+            }
+            let estimate = ext4_size_estimate(tree)? + opts.free_mib * MIB;
+            let mut total = round_up(header + PARTITION_OFFSET + estimate, align);
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let fs_bytes = total - header - PARTITION_OFFSET;
+                match make_ext4(tree, &fs_image, fs_bytes, opts, scratch.path())? {
+                    Ext4Outcome::Built { free_bytes } if free_bytes >= opts.free_mib * MIB => {
+                        break (total, fs_bytes, free_bytes);
+                    }
+                    _ if attempts < 16 => total += align,
+                    _ => bail!("ext4: {} does not fit a {} MiB filesystem with {} MiB free after 16 attempts", tree.display(), fs_bytes / MIB, opts.free_mib),
+                }
+            }
+        }
+        Filesystem::Erofs => {
+            if opts.free_mib != 0 {
+                bail!("image free_mib {}: erofs is read-only, free space has no meaning; use 0 or --fs ext4", opts.free_mib);
+            }
+            make_erofs(tree, &fs_image, opts)?;
+            let fs_bytes = std::fs::metadata(&fs_image)?.len();
+            (round_up(header + PARTITION_OFFSET + fs_bytes, align), fs_bytes, 0)
+        }
+    };
+
+    let inner_bytes = total - header;
+    let partition_bytes = inner_bytes - PARTITION_OFFSET;
+    let inner_mbr = Mbr::single_partition(fs_uuid_signature(&fs_uuid), PARTITION_OFFSET, partition_bytes)?;
+    crate::util::write_atomically(out, |file| {
+        file.set_len(total)?;
+        if opts.dax {
+            let outer = Mbr::single_partition(fs_uuid_signature(&fs_uuid), header + PARTITION_OFFSET, partition_bytes)?;
+            file.write_all_at(&outer.encode(), 0)?;
+            file.write_all_at(&DaxHeader::for_namespace(total).encode(), DAX_INFO_OFFSET)?;
+        }
+        file.write_all_at(&inner_mbr.encode(), header)?;
+        copy_sparse(&fs_image, &file, header + PARTITION_OFFSET)?;
+        file.sync_all()?;
+        Ok(())
+    })?;
+    Ok(ImageReport {
+        bytes: total,
+        fs_bytes,
+        fs_free_bytes,
+        partition_offset: header + PARTITION_OFFSET,
+        partition_bytes,
+        dax: opts.dax,
+    })
+}
+
+fn round_up(v: u64, to: u64) -> u64 {
+    v.div_ceil(to) * to
+}
+
+/// A generous lower bound for an ext4 filesystem holding `tree`: data
+/// blocks, inode table share, journal and metadata slack. The build loop
+/// grows the image if it is still too small.
+fn ext4_size_estimate(tree: &Path) -> Result<u64> {
+    let entries = list_tree(tree)?;
+    let mut blocks = 0u64;
+    for e in &entries {
+        blocks += match &e.kind {
+            EntryKind::Regular if e.link_group.map_or(true, |(first, _)| std::ptr::eq(&entries[first], e)) => {
+                e.size.div_ceil(EXT4_BLOCK_SIZE) + 1
+            }
+            EntryKind::Directory => 2,
+            EntryKind::Symlink(t) if t.len() >= 60 => 1,
+            _ => 0,
+        };
+    }
+    let data = blocks * EXT4_BLOCK_SIZE + entries.len() as u64 * 256;
+    // Journal (mke2fs picks 16 MiB up to 1 GiB filesystems) and ~10% metadata.
+    Ok(data + data / 10 + 20 * MIB)
+}
+
+enum Ext4Outcome {
+    Built { free_bytes: u64 },
+    TooSmall,
+}
+
+/// Our own mke2fs.conf, so the host's /etc/mke2fs.conf cannot change the
+/// result: 4 KiB blocks (DAX), 256-byte inodes, the ext4 features of
+/// e2fsprogs 1.47 minus orphan_file and metadata_csum_seed (unknown to some
+/// older e2fsck), all supported by Linux 6.1.
+const MKE2FS_CONF: &str = "[defaults]
+\tbase_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
+\tblocksize = 4096
+\tinode_size = 256
+\tinode_ratio = 16384
+\tenable_periodic_fsck = 0
+\tdefault_mntopts = acl,user_xattr
+
+[fs_types]
+\text4 = {
+\t\tfeatures = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
+\t}
+\tdefault = {
+\t}
+";
+
+fn make_ext4(tree: &Path, fs_image: &Path, fs_bytes: u64, opts: &ImageOptions, scratch: &Path) -> Result<Ext4Outcome> {
+    let conf = scratch.join("mke2fs.conf");
+    std::fs::write(&conf, MKE2FS_CONF)?;
+    let _ = std::fs::remove_file(fs_image);
+    File::create(fs_image)?.set_len(fs_bytes)?;
+    let epoch = opts.source_date_epoch.to_string();
+    let ext_opts = format!(
+        "hash_seed={},root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0,nodiscard",
+        opts.hash_seed
+    );
+    let mut mke2fs = Command::new("mke2fs");
+    mke2fs
+        .env("MKE2FS_CONFIG", &conf)
+        .env("E2FSPROGS_FAKE_TIME", &epoch)
+        .args(["-q", "-F", "-t", "ext4", "-T", "default", "-b", "4096", "-I", "256", "-m", "0"])
+        .args(["-U", &opts.fs_uuid, "-E", &ext_opts, "-d"])
+        .arg(tree)
+        .arg(fs_image);
+    let out = run_tool(&mut mke2fs, "mke2fs (package e2fsprogs)")?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let full = ["Could not allocate block", "No space left", "Could not allocate inode", "too small"];
+        if full.iter().any(|m| stderr.contains(m)) {
+            return Ok(Ext4Outcome::TooSmall);
+        }
+        bail!("mke2fs failed ({}): {}", out.status, stderr.trim());
+    }
+
+    // mke2fs copies ctime and atime from the host files: pin every inode's
+    // times. Paths are quoted for debugfs; the tree walk rejects nothing,
+    // so refuse names debugfs cannot quote.
+    let mut script = String::new();
+    for e in list_tree(tree)? {
+        let rel = String::from_utf8(e.rel.clone())
+            .map_err(|_| anyhow::anyhow!("{}: non-UTF-8 file name cannot be fixed up by debugfs", e.host_path.display()))?;
+        if rel.contains(['"', '\n', '\\']) {
+            bail!("{}: file names with quotes, backslashes or newlines are not supported in ext4 images", e.host_path.display());
+        }
+        for field in ["atime", "mtime", "ctime", "crtime"] {
+            script.push_str(&format!("set_inode_field \"/{rel}\" {field} @{epoch}\n"));
+        }
+    }
+    let script_path = scratch.join("fix-times.debugfs");
+    std::fs::write(&script_path, script)?;
+    let mut debugfs = Command::new("debugfs");
+    debugfs.env("E2FSPROGS_FAKE_TIME", &epoch).arg("-w").arg("-f").arg(&script_path).arg(fs_image);
+    let out = run_tool(&mut debugfs, "debugfs (package e2fsprogs)")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // debugfs reports per-command errors on stderr but exits 0; its banner
+    // is the only line expected there.
+    let errors: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty()).collect();
+    if !out.status.success() || !errors.is_empty() {
+        bail!("debugfs could not pin inode times: {}", errors.join("; "));
+    }
+
+    let mut dumpe2fs = Command::new("dumpe2fs");
+    dumpe2fs.arg("-h").arg(fs_image);
+    let out = run_tool(&mut dumpe2fs, "dumpe2fs (package e2fsprogs)")?;
+    if !out.status.success() {
+        bail!("dumpe2fs failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> Result<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .with_context(|| format!("dumpe2fs -h printed no `{name}`"))
+    };
+    Ok(Ext4Outcome::Built { free_bytes: field("Free blocks:")? * field("Block size:")? })
+}
+
+fn make_erofs(tree: &Path, fs_image: &Path, opts: &ImageOptions) -> Result<()> {
+    let mut mkfs = Command::new("mkfs.erofs");
+    mkfs.arg("--quiet")
+        .arg(format!("-T{}", opts.source_date_epoch))
+        .arg("--all-root")
+        .arg(format!("-U{}", opts.fs_uuid))
+        // No xattrs: recipes have none, and host labels must not leak in.
+        .arg("-x-1")
+        // As upstream: file tails in their own blocks, which DAX can map.
+        .arg("-Enoinline_data")
+        .arg(fs_image)
+        .arg(tree);
+    let out = run_tool(&mut mkfs, "mkfs.erofs (package erofs-utils)")?;
+    if !out.status.success() {
+        bail!("mkfs.erofs failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+fn run_tool(cmd: &mut Command, what: &str) -> Result<std::process::Output> {
+    cmd.output().with_context(|| format!("cannot run {what}; is it installed? (`cargo xtask doctor --install`)"))
+}
+
+/// Copies `from` into `to` at `offset`, skipping all-zero chunks (the
+/// destination was extended with zeros already), so images stay sparse.
+fn copy_sparse(from: &Path, to: &File, offset: u64) -> Result<()> {
+    let mut src = File::open(from)?;
+    let mut buf = vec![0u8; MIB as usize];
+    let mut pos = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = src.read(&mut buf[filled..])?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        if buf[..filled].iter().any(|&b| b != 0) {
+            to.write_all_at(&buf[..filled], offset + pos)?;
+        }
+        pos += filled as u64;
+    }
+    Ok(())
+}
+
+fn parse_uuid(s: &str) -> Result<[u8; 16]> {
+    let hex_digits: String = s.chars().filter(|&c| c != '-').collect();
+    let groups: Vec<usize> = s.split('-').map(str::len).collect();
+    if groups != [8, 4, 4, 4, 12] || hex_digits.len() != 32 {
+        bail!("`{s}` is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)");
+    }
+    let bytes = hex::decode(&hex_digits).with_context(|| format!("`{s}` is not a UUID (hex digits expected)"))?;
+    Ok(bytes.try_into().expect("32 hex digits"))
+}
+
+/// The MBR disk signature: fixed per filesystem UUID (tools like parted would
+/// pick a random one).
+fn fs_uuid_signature(uuid: &[u8; 16]) -> u32 {
+    u32::from_le_bytes([uuid[0], uuid[1], uuid[2], uuid[3]])
+}
+
+/// One primary partition entry of an MBR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MbrPartition {
+    pub bootable: bool,
+    pub partition_type: u8,
+    pub first_lba: u32,
+    pub sectors: u32,
+}
+
+/// A classic DOS master boot record (no boot code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mbr {
+    pub disk_signature: u32,
+    pub partitions: [Option<MbrPartition>; 4],
+}
+
+impl Mbr {
+    pub const SIZE: usize = 512;
+    const TABLE: usize = 446;
+
+    /// One Linux partition of `bytes` starting at byte `start`.
+    pub fn single_partition(disk_signature: u32, start: u64, bytes: u64) -> Result<Mbr> {
+        if start % SECTOR != 0 || bytes % SECTOR != 0 {
+            bail!("MBR partition start {start} and size {bytes} must be multiples of 512");
+        }
+        let first_lba = u32::try_from(start / SECTOR).context("MBR partition start beyond 2 TiB")?;
+        let sectors = u32::try_from(bytes / SECTOR).context("MBR partition larger than 2 TiB")?;
+        Ok(Mbr {
+            disk_signature,
+            partitions: [
+                Some(MbrPartition { bootable: false, partition_type: MBR_TYPE_LINUX, first_lba, sectors }),
+                None,
+                None,
+                None,
+            ],
+        })
+    }
+
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[440..444].copy_from_slice(&self.disk_signature.to_le_bytes());
+        for (i, p) in self.partitions.iter().enumerate() {
+            let Some(p) = p else { continue };
+            let e = &mut b[Self::TABLE + 16 * i..Self::TABLE + 16 * (i + 1)];
+            e[0] = if p.bootable { 0x80 } else { 0 };
+            e[1..4].copy_from_slice(&chs(p.first_lba));
+            e[4] = p.partition_type;
+            e[5..8].copy_from_slice(&chs(p.first_lba + p.sectors - 1));
+            e[8..12].copy_from_slice(&p.first_lba.to_le_bytes());
+            e[12..16].copy_from_slice(&p.sectors.to_le_bytes());
+        }
+        b[510] = 0x55;
+        b[511] = 0xAA;
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Mbr> {
+        if b.len() < Self::SIZE || b[510] != 0x55 || b[511] != 0xAA {
+            bail!("not an MBR: missing the 0x55AA boot signature");
+        }
+        let mut partitions = [None; 4];
+        for (i, slot) in partitions.iter_mut().enumerate() {
+            let e = &b[Self::TABLE + 16 * i..Self::TABLE + 16 * (i + 1)];
+            if e[4] == 0 {
+                continue;
+            }
+            *slot = Some(MbrPartition {
+                bootable: e[0] == 0x80,
+                partition_type: e[4],
+                first_lba: u32::from_le_bytes(e[8..12].try_into().unwrap()),
+                sectors: u32::from_le_bytes(e[12..16].try_into().unwrap()),
+            });
+        }
+        Ok(Mbr { disk_signature: u32::from_le_bytes(b[440..444].try_into().unwrap()), partitions })
+    }
+}
+
+/// CHS address of an LBA in the conventional 255-head, 63-sector geometry,
+/// saturated at cylinder 1023 as partitioning tools do.
+fn chs(lba: u32) -> [u8; 3] {
+    const HEADS: u32 = 255;
+    const SECTORS: u32 = 63;
+    let (c, h, s) = {
+        let c = lba / (HEADS * SECTORS);
+        if c > 1023 {
+            (1023, 254, 63)
+        } else {
+            (c, (lba / SECTORS) % HEADS, lba % SECTORS + 1)
+        }
+    };
+    [h as u8, (s as u8 & 0x3f) | (((c >> 8) as u8 & 0x3) << 6), c as u8]
+}
+
+/// Fletcher-64 as the Linux NVDIMM driver computes it (`nd_fletcher64`):
+/// over little-endian 32-bit words, a 32-bit running sum (wrapping) and a
+/// 64-bit sum of those running sums; result `hi << 32 | lo`.
+pub fn fletcher64(data: &[u8]) -> u64 {
+    let mut lo: u32 = 0;
+    let mut hi: u64 = 0;
+    for word in data.chunks_exact(4) {
+        lo = lo.wrapping_add(u32::from_le_bytes(word.try_into().unwrap()));
+        hi = hi.wrapping_add(lo as u64);
+    }
+    (hi << 32) | lo as u64
+}
+
+/// `struct nd_pfn_sb` (Linux `drivers/nvdimm/pfn.h`), the 4 KiB info block
+/// that turns the start of a pmem namespace into a pfn device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DaxHeader {
+    pub uuid: [u8; 16],
+    /// Must equal the namespace's uuid; label-less QEMU nvdimm namespaces have
+    /// the nil uuid.
+    pub parent_uuid: [u8; 16],
+    pub flags: u32,
+    pub version_major: u16,
+    pub version_minor: u16,
+    /// Where the data (here: MBR #2) starts, relative to the namespace.
+    pub dataoff: u64,
+    pub npfns: u64,
+    pub mode: u32,
+    pub start_pad: u32,
+    pub end_trunc: u32,
+    pub align: u32,
+    pub page_size: u32,
+    pub page_struct_size: u16,
+}
+
+impl DaxHeader {
+    pub const SIZE: usize = 4096;
+    pub const SIGNATURE: &'static [u8; 16] = b"NVDIMM_PFN_INFO\0";
+    /// `enum nd_pfn_mode`: NONE = 0, RAM = 1, PMEM = 2.
+    pub const MODE_RAM: u32 = 1;
+    pub const OFF_UUID: usize = 16;
+    pub const OFF_PARENT_UUID: usize = 32;
+    pub const OFF_FLAGS: usize = 48;
+    pub const OFF_VERSION_MAJOR: usize = 52;
+    pub const OFF_VERSION_MINOR: usize = 54;
+    pub const OFF_DATAOFF: usize = 56;
+    pub const OFF_NPFNS: usize = 64;
+    pub const OFF_MODE: usize = 72;
+    pub const OFF_START_PAD: usize = 76;
+    pub const OFF_END_TRUNC: usize = 80;
+    pub const OFF_ALIGN: usize = 84;
+    pub const OFF_PAGE_SIZE: usize = 88;
+    pub const OFF_PAGE_STRUCT_SIZE: usize = 92;
+    pub const OFF_CHECKSUM: usize = 4088;
+
+    /// The header for a namespace (the whole image file) of `namespace_bytes`:
+    /// mode RAM (page structs in RAM, nothing reserved on the device), data
+    /// at 2 MiB, 2 MiB alignment for huge-page DAX mappings. Version 1.4 with
+    /// page size 4 KiB and 64-byte struct page, as the 6.1 kernel itself
+    /// writes; npfns counts the 4 KiB pages after the data offset.
+    pub fn for_namespace(namespace_bytes: u64) -> DaxHeader {
+        DaxHeader {
+            uuid: [0; 16],
+            parent_uuid: [0; 16],
+            flags: 0,
+            version_major: 1,
+            version_minor: 4,
+            dataoff: DAX_HEADER_BYTES,
+            npfns: namespace_bytes.saturating_sub(DAX_HEADER_BYTES) / 4096,
+            mode: Self::MODE_RAM,
+            start_pad: 0,
+            end_trunc: 0,
+            align: DAX_HEADER_BYTES as u32,
+            page_size: 4096,
+            page_struct_size: 64,
+        }
+    }
+
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[..16].copy_from_slice(Self::SIGNATURE);
+        b[Self::OFF_UUID..Self::OFF_UUID + 16].copy_from_slice(&self.uuid);
+        b[Self::OFF_PARENT_UUID..Self::OFF_PARENT_UUID + 16].copy_from_slice(&self.parent_uuid);
+        b[Self::OFF_FLAGS..][..4].copy_from_slice(&self.flags.to_le_bytes());
+        b[Self::OFF_VERSION_MAJOR..][..2].copy_from_slice(&self.version_major.to_le_bytes());
+        b[Self::OFF_VERSION_MINOR..][..2].copy_from_slice(&self.version_minor.to_le_bytes());
+        b[Self::OFF_DATAOFF..][..8].copy_from_slice(&self.dataoff.to_le_bytes());
+        b[Self::OFF_NPFNS..][..8].copy_from_slice(&self.npfns.to_le_bytes());
+        b[Self::OFF_MODE..][..4].copy_from_slice(&self.mode.to_le_bytes());
+        b[Self::OFF_START_PAD..][..4].copy_from_slice(&self.start_pad.to_le_bytes());
+        b[Self::OFF_END_TRUNC..][..4].copy_from_slice(&self.end_trunc.to_le_bytes());
+        b[Self::OFF_ALIGN..][..4].copy_from_slice(&self.align.to_le_bytes());
+        b[Self::OFF_PAGE_SIZE..][..4].copy_from_slice(&self.page_size.to_le_bytes());
+        b[Self::OFF_PAGE_STRUCT_SIZE..][..2].copy_from_slice(&self.page_struct_size.to_le_bytes());
+        // The checksum covers the whole block with the checksum field zeroed.
+        let sum = fletcher64(&b);
+        b[Self::OFF_CHECKSUM..].copy_from_slice(&sum.to_le_bytes());
+        b
+    }
+
+    /// Parses an info block, verifying signature and checksum.
+    pub fn decode(b: &[u8]) -> Result<DaxHeader> {
+        if b.len() < Self::SIZE {
+            bail!("DAX header: {} bytes, need {}", b.len(), Self::SIZE);
+        }
+        if &b[..16] != Self::SIGNATURE {
+            bail!("DAX header: no NVDIMM_PFN_INFO signature");
+        }
+        let mut copy = [0u8; Self::SIZE];
+        copy.copy_from_slice(&b[..Self::SIZE]);
+        copy[Self::OFF_CHECKSUM..].fill(0);
+        let stored = u64::from_le_bytes(b[Self::OFF_CHECKSUM..Self::SIZE].try_into().unwrap());
+        if fletcher64(&copy) != stored {
+            bail!("DAX header: checksum mismatch");
+        }
+        let u16_at = |o: usize| u16::from_le_bytes(b[o..o + 2].try_into().unwrap());
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+        Ok(DaxHeader {
+            uuid: b[Self::OFF_UUID..Self::OFF_UUID + 16].try_into().unwrap(),
+            parent_uuid: b[Self::OFF_PARENT_UUID..Self::OFF_PARENT_UUID + 16].try_into().unwrap(),
+            flags: u32_at(Self::OFF_FLAGS),
+            version_major: u16_at(Self::OFF_VERSION_MAJOR),
+            version_minor: u16_at(Self::OFF_VERSION_MINOR),
+            dataoff: u64_at(Self::OFF_DATAOFF),
+            npfns: u64_at(Self::OFF_NPFNS),
+            mode: u32_at(Self::OFF_MODE),
+            start_pad: u32_at(Self::OFF_START_PAD),
+            end_trunc: u32_at(Self::OFF_END_TRUNC),
+            align: u32_at(Self::OFF_ALIGN),
+            page_size: u32_at(Self::OFF_PAGE_SIZE),
+            page_struct_size: u16_at(Self::OFF_PAGE_STRUCT_SIZE),
+        })
+    }
+}
+
+/// Reads `len` bytes at `offset` of `path` (test and inspection helper).
+pub fn read_at(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>> {
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0u8; len];
+    f.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,255 @@
+use super::*;
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+/// An independent Fletcher-64: 128-bit accumulators reduced explicitly, so a
+/// mistake in the wrapping of `fletcher64` cannot be mirrored here.
+fn reference_fletcher64(data: &[u8]) -> u64 {
+    let mut lo: u128 = 0;
+    let mut hi: u128 = 0;
+    let mut i = 0;
+    while i + 4 <= data.len() {
+        let word = data[i] as u128 | (data[i + 1] as u128) << 8 | (data[i + 2] as u128) << 16 | (data[i + 3] as u128) << 24;
+        lo = (lo + word) % (1u128 << 32);
+        hi = (hi + lo) % (1u128 << 64);
+        i += 4;
+    }
+    (((hi << 32) % (1u128 << 64)) | lo) as u64
+}
+
+#[test]
+fn fletcher64_known_answers() {
+    // Words 1, 2, 3: running sums 1, 3, 6; their sum 10.
+    let words: Vec<u8> = [1u32, 2, 3].iter().flat_map(|w| w.to_le_bytes()).collect();
+    assert_eq!(fletcher64(&words), 0x0000_000A_0000_0006);
+    // The low sum wraps at 32 bits: 0xFFFFFFFF + 2 = 1; hi = 0xFFFFFFFF + 1
+    // = 2^32, whose << 32 falls off a u64.
+    let words: Vec<u8> = [0xFFFF_FFFFu32, 2].iter().flat_map(|w| w.to_le_bytes()).collect();
+    assert_eq!(fletcher64(&words), 0x0000_0000_0000_0001);
+    assert_eq!(fletcher64(&[0u8; 4096]), 0);
+    let pseudo: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    assert_eq!(fletcher64(&pseudo), reference_fletcher64(&pseudo));
+}
+
+#[test]
+fn dax_header_matches_kernel_layout() {
+    let namespace = 128 * MIB;
+    let b = DaxHeader::for_namespace(namespace).encode();
+    // Offsets from struct nd_pfn_sb in linux/drivers/nvdimm/pfn.h (6.1):
+    // signature[16] @0, uuid[16] @16, parent_uuid[16] @32, flags u32 @48,
+    // version_major u16 @52, version_minor u16 @54, dataoff u64 @56,
+    // npfns u64 @64, mode u32 @72, start_pad u32 @76, end_trunc u32 @80,
+    // align u32 @84, page_size u32 @88, page_struct_size u16 @92,
+    // padding[3994] @94, checksum u64 @4088; 4096 bytes in all.
+    assert_eq!(b.len(), 4096);
+    assert_eq!(&b[0..16], b"NVDIMM_PFN_INFO\0");
+    assert_eq!(&b[16..48], &[0u8; 32]);
+    assert_eq!(&b[48..52], &[0, 0, 0, 0]);
+    assert_eq!(&b[52..54], &[1, 0]);
+    assert_eq!(&b[54..56], &[4, 0]);
+    assert_eq!(&b[56..64], &[0, 0, 0x20, 0, 0, 0, 0, 0], "dataoff = 2 MiB");
+    assert_eq!(u64::from_le_bytes(b[64..72].try_into().unwrap()), (128 - 2) * 1024 * 1024 / 4096);
+    assert_eq!(&b[72..76], &[1, 0, 0, 0], "PFN_MODE_RAM");
+    assert_eq!(&b[76..84], &[0u8; 8]);
+    assert_eq!(&b[84..88], &[0, 0, 0x20, 0], "align = 2 MiB");
+    assert_eq!(&b[88..92], &[0, 0x10, 0, 0], "page_size = 4096");
+    assert_eq!(&b[92..94], &[64, 0]);
+    assert!(b[94..4088].iter().all(|&x| x == 0));
+    let mut zeroed = b;
+    zeroed[4088..].fill(0);
+    assert_eq!(u64::from_le_bytes(b[4088..].try_into().unwrap()), reference_fletcher64(&zeroed));
+    assert_ne!(&b[4088..], &[0u8; 8]);
+
+    let decoded = DaxHeader::decode(&b).unwrap();
+    assert_eq!(decoded, DaxHeader::for_namespace(namespace));
+    let mut corrupt = b;
+    corrupt[100] = 1;
+    assert!(DaxHeader::decode(&corrupt).unwrap_err().to_string().contains("checksum"));
+}
+
+#[test]
+fn mbr_layout_and_partx_agree() {
+    let mbr = Mbr::single_partition(0x1234_5678, 3 * MIB, 125 * MIB).unwrap();
+    let b = mbr.encode();
+    assert_eq!(&b[440..444], &[0x78, 0x56, 0x34, 0x12]);
+    assert_eq!(b[446], 0, "not bootable");
+    assert_eq!(b[450], 0x83);
+    assert_eq!(u32::from_le_bytes(b[454..458].try_into().unwrap()), 6144);
+    assert_eq!(u32::from_le_bytes(b[458..462].try_into().unwrap()), 125 * 2048);
+    // CHS of LBA 6144 with 255 heads, 63 sectors: c=0, h=97, s=34.
+    assert_eq!(&b[447..450], &[97, 34, 0]);
+    assert!(b[462..510].iter().all(|&x| x == 0));
+    assert_eq!(&b[510..512], &[0x55, 0xAA]);
+    assert_eq!(Mbr::decode(&b).unwrap(), mbr);
+    assert!(Mbr::single_partition(0, 1000, 4096).is_err());
+
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let f = File::create(&disk).unwrap();
+    f.set_len(128 * MIB).unwrap();
+    f.write_all_at(&b, 0).unwrap();
+    let out = Command::new("partx").args(["--show", "--noheadings", "-o", "NR,START,SECTORS,TYPE"]).arg(&disk).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fields: Vec<String> = String::from_utf8(out.stdout).unwrap().split_whitespace().map(String::from).collect();
+    assert_eq!(fields, ["1", "6144", "256000", "0x83"]);
+}
+
+fn small_tree(dir: &Path) -> PathBuf {
+    let recipe = crate::tree::tests::minimal_recipe();
+    let inputs = crate::tree::tests::test_inputs(&recipe, dir, 1_700_000_000);
+    let tree = dir.join("rootfs");
+    crate::tree::build_rootfs(&recipe, &inputs, &tree).unwrap();
+    tree
+}
+
+fn sha256_file(p: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(p).unwrap()))
+}
+
+fn extract_partition(image: &Path, report: &ImageReport, to: &Path) {
+    let data = read_at(image, report.partition_offset, report.partition_bytes as usize).unwrap();
+    std::fs::write(to, data).unwrap();
+}
+
+/// Sets new ctimes (chmod twice) and atimes (reading) on every file, as a
+/// later build on a different day would see them; mtimes are restored.
+fn disturb_host_times(tree: &Path) {
+    for e in list_tree(tree).unwrap() {
+        if matches!(e.kind, EntryKind::Regular | EntryKind::Directory) {
+            let p = std::fs::Permissions::from_mode(e.perm);
+            std::fs::set_permissions(&e.host_path, std::fs::Permissions::from_mode(0o700)).unwrap();
+            std::fs::set_permissions(&e.host_path, p).unwrap();
+            if e.kind == EntryKind::Regular {
+                std::fs::read(&e.host_path).unwrap();
+            }
+        }
+    }
+    crate::tree::pin_times(tree, 1_700_000_000).unwrap();
+    for e in list_tree(tree).unwrap() {
+        if e.kind == EntryKind::Regular {
+            std::fs::read(&e.host_path).unwrap();
+        }
+    }
+}
+
+#[test]
+fn ext4_dax_image_is_valid_and_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = small_tree(dir.path());
+    let opts = ImageOptions::new(1_700_000_000);
+    let a = dir.path().join("a.img");
+    let report = build_image(&tree, &a, &opts).unwrap();
+    let len = std::fs::metadata(&a).unwrap().len();
+    assert_eq!(report.bytes, len);
+    assert_eq!(len % (128 * MIB), 0);
+    assert_eq!(report.partition_offset, 3 * MIB);
+    assert_eq!(report.partition_bytes, len - 3 * MIB);
+    assert_eq!(report.fs_bytes, report.partition_bytes);
+
+    let outer = Mbr::decode(&read_at(&a, 0, 512).unwrap()).unwrap();
+    let p = outer.partitions[0].unwrap();
+    assert_eq!((p.partition_type, p.first_lba as u64 * 512, p.sectors as u64 * 512), (0x83, 3 * MIB, len - 3 * MIB));
+    assert!(outer.partitions[1..].iter().all(Option::is_none));
+    let inner = Mbr::decode(&read_at(&a, 2 * MIB, 512).unwrap()).unwrap();
+    let p = inner.partitions[0].unwrap();
+    assert_eq!((p.first_lba as u64 * 512, p.sectors as u64 * 512), (MIB, len - 3 * MIB));
+    let dax = read_at(&a, 4096, 4096).unwrap();
+    assert_eq!(&dax[..16], b"NVDIMM_PFN_INFO\0");
+    assert_eq!(u64::from_le_bytes(dax[56..64].try_into().unwrap()), 2 * MIB);
+    assert_eq!(DaxHeader::decode(&dax).unwrap(), DaxHeader::for_namespace(len));
+
+    let part = dir.path().join("part.ext4");
+    extract_partition(&a, &report, &part);
+    let fsck = Command::new("e2fsck").arg("-fn").arg(&part).output().unwrap();
+    assert!(fsck.status.success(), "e2fsck: {}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
+    let dumpe2fs = Command::new("dumpe2fs").arg("-h").arg(&part).output().unwrap();
+    let header = String::from_utf8_lossy(&dumpe2fs.stdout);
+    assert!(header.contains(&format!("Filesystem UUID:          {}", opts.fs_uuid)), "{header}");
+    assert!(header.contains("Block size:               4096"), "{header}");
+    assert!(header.contains(&format!("Directory Hash Seed:      {}", opts.hash_seed)), "{header}");
+    let cat = Command::new("debugfs").args(["-R", "cat /etc/hostname"]).arg(&part).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), "kata-guest\n");
+    let stat = Command::new("debugfs").args(["-R", "stat /dev/console"]).arg(&part).output().unwrap();
+    let stat = String::from_utf8_lossy(&stat.stdout);
+    assert!(stat.contains("Type: character special") && stat.contains("Mode:  0600"), "{stat}");
+    assert!(stat.contains("Device major/minor number: 05:01"), "{stat}");
+    assert!(stat.contains("ctime: 0x6553f100:00000000"), "{stat}");
+    let stat = Command::new("debugfs").args(["-R", "stat /sbin/init"]).arg(&part).output().unwrap();
+    assert!(String::from_utf8_lossy(&stat.stdout).contains("Fast link dest: \"/usr/bin/kata-agent\""));
+
+    // Second build later, after ctimes and atimes on the host changed.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    disturb_host_times(&tree);
+    let b = dir.path().join("b.img");
+    assert_eq!(build_image(&tree, &b, &opts).unwrap(), report);
+    assert_eq!(sha256_file(&a), sha256_file(&b), "ext4 image differs between builds");
+
+    // The same inputs rebuilt into a new tree give the same image.
+    let dir2 = tempfile::tempdir().unwrap();
+    let tree2 = small_tree(dir2.path());
+    let c = dir.path().join("c.img");
+    build_image(&tree2, &c, &opts).unwrap();
+    assert_eq!(sha256_file(&a), sha256_file(&c), "ext4 image differs for a rebuilt tree");
+
+    // And a different epoch does change it.
+    let d = dir.path().join("d.img");
+    build_image(&tree, &d, &ImageOptions { source_date_epoch: 1_700_000_001, ..opts.clone() }).unwrap();
+    assert_ne!(sha256_file(&a), sha256_file(&d));
+}
+
+#[test]
+fn ext4_plain_image_honours_free_space_and_alignment() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = small_tree(dir.path());
+    let opts = ImageOptions { dax: false, align_mib: 32, free_mib: 40, ..ImageOptions::new(1_700_000_000) };
+    let out = dir.path().join("plain.img");
+    let report = build_image(&tree, &out, &opts).unwrap();
+    assert_eq!(report.bytes % (32 * MIB), 0);
+    assert_eq!(report.partition_offset, MIB);
+    assert!(report.fs_free_bytes >= 40 * MIB, "{report:?}");
+    let mbr = Mbr::decode(&read_at(&out, 0, 512).unwrap()).unwrap();
+    assert_eq!(mbr.partitions[0].unwrap().first_lba, 2048);
+    assert_ne!(&read_at(&out, 4096, 16).unwrap()[..], b"NVDIMM_PFN_INFO\0");
+    let part = dir.path().join("part");
+    extract_partition(&out, &report, &part);
+    let fsck = Command::new("e2fsck").arg("-fn").arg(&part).output().unwrap();
+    assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stdout));
+
+    let err = build_image(&tree, &out, &ImageOptions { source_date_epoch: 0, ..opts.clone() }).unwrap_err();
+    assert!(err.to_string().contains("SOURCE_DATE_EPOCH >= 1"), "{err}");
+    let err = build_image(&tree, &out, &ImageOptions { fs_uuid: "nope".into(), ..opts }).unwrap_err();
+    assert!(format!("{err:#}").contains("fs_uuid: `nope` is not a UUID"), "{err:#}");
+}
+
+#[test]
+fn erofs_image_is_valid_and_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = small_tree(dir.path());
+    let opts = ImageOptions { fs: Filesystem::Erofs, ..ImageOptions::new(1_700_000_000) };
+    let a = dir.path().join("a.img");
+    let report = build_image(&tree, &a, &opts).unwrap();
+    assert_eq!(report.bytes % (128 * MIB), 0);
+    assert_eq!(report.partition_offset, 3 * MIB);
+    let part = dir.path().join("part.erofs");
+    extract_partition(&a, &report, &part);
+    let fsck = Command::new("fsck.erofs").arg(&part).output().unwrap();
+    assert!(fsck.status.success(), "fsck.erofs: {}", String::from_utf8_lossy(&fsck.stderr));
+    let x = dir.path().join("x");
+    let fsck = Command::new("fsck.erofs").arg(format!("--extract={}", x.display())).arg(&part).output().unwrap();
+    assert!(fsck.status.success(), "fsck.erofs --extract: {}", String::from_utf8_lossy(&fsck.stderr));
+    assert_eq!(std::fs::read_to_string(x.join("etc/hostname")).unwrap(), "kata-guest\n");
+    assert_eq!(std::fs::read_link(x.join("init")).unwrap(), Path::new("/usr/bin/kata-agent"));
+    let dump = Command::new("dump.erofs").arg(&part).output().unwrap();
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(dump.contains(&opts.fs_uuid), "{dump}");
+
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    disturb_host_times(&tree);
+    let b = dir.path().join("b.img");
+    build_image(&tree, &b, &opts).unwrap();
+    assert_eq!(sha256_file(&a), sha256_file(&b), "erofs image differs between builds");
+
+    let err = build_image(&tree, &b, &ImageOptions { free_mib: 1, ..opts }).unwrap_err();
+    assert!(err.to_string().contains("erofs is read-only"), "{err}");
+}

@@ -1,0 +1,516 @@
+//! Builds a guest rootfs directory from a recipe and its (already fetched and
+//! verified) inputs, and checks a built tree the way upstream osbuilder does.
+//!
+//! Everything in the tree is owned by 0:0, has the permissions the recipe
+//! gives it (the umask plays no part), and has atime = mtime =
+//! SOURCE_DATE_EPOCH, so the tree's tar digest only depends on the inputs.
+
+use crate::recipe::{
+    DeviceKind, GuestPath, InitMode, Mode, Recipe, AGENT_INIT_LINKS, AGENT_PATH, OSBUILDER_YAML_PATH,
+};
+use anyhow::{anyhow, bail, Context, Result};
+use nix::errno::Errno;
+use nix::sys::stat::{makedev, mknod, utimensat, Mode as NixMode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Version of the osbuilder.yaml layout written by this crate.
+pub const OSBUILDER_FILE_FORMAT_VERSION: &str = "1";
+
+/// The files a recipe needs besides its own text.
+#[derive(Debug, Clone)]
+pub struct RootfsInputs {
+    /// A static busybox binary for the guest architecture (x86_64); it is run
+    /// on the host once (`--list-full`) to learn its applets.
+    pub busybox: PathBuf,
+    /// The static kata-agent binary.
+    pub agent: PathBuf,
+    /// Written to /var/lib/osbuilder/osbuilder.yaml.
+    pub osbuilder: OsbuilderInfo,
+    /// Every timestamp in the tree; must equal `osbuilder.source_date_epoch`.
+    pub source_date_epoch: i64,
+}
+
+/// What went into a rootfs, recorded inside it (upstream keeps the same file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct OsbuilderInfo {
+    pub file_format_version: String,
+    pub recipe: String,
+    pub init: InitMode,
+    /// Upstream's name for "the agent runs as PID 1".
+    pub agent_is_init_daemon: bool,
+    pub agent_version: String,
+    /// The tool that built the tree, e.g. `rootfs-builder 0.1.0`.
+    pub builder: String,
+    pub source_date_epoch: i64,
+    pub inputs: Vec<InputInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputInfo {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+}
+
+impl OsbuilderInfo {
+    /// Fills in the fields this crate knows (format and builder version).
+    pub fn new(recipe: &Recipe, agent_version: &str, inputs: Vec<InputInfo>, source_date_epoch: i64) -> Self {
+        OsbuilderInfo {
+            file_format_version: OSBUILDER_FILE_FORMAT_VERSION.into(),
+            recipe: recipe.name.clone(),
+            init: recipe.init,
+            agent_is_init_daemon: recipe.init == InitMode::Agent,
+            agent_version: agent_version.into(),
+            builder: format!("rootfs-builder {}", env!("CARGO_PKG_VERSION")),
+            source_date_epoch,
+            inputs,
+        }
+    }
+
+    pub fn to_yaml(&self) -> Result<String> {
+        Ok(format!(
+            "# What went into this guest rootfs; written by rootfs-builder.\n{}",
+            serde_yaml_ng::to_string(self)?
+        ))
+    }
+}
+
+/// Builds the rootfs tree for `recipe` at `dest`, which must not exist. The
+/// tree is assembled in a temp directory next to `dest` and renamed into
+/// place once complete and checked. Needs root (device nodes, chown to 0:0).
+pub fn build_rootfs(recipe: &Recipe, inputs: &RootfsInputs, dest: &Path) -> Result<()> {
+    if std::fs::symlink_metadata(dest).is_ok() {
+        bail!("{}: already exists; the rootfs is built into a new directory (remove it first)", dest.display());
+    }
+    let info = &inputs.osbuilder;
+    if info.recipe != recipe.name || info.init != recipe.init {
+        bail!(
+            "osbuilder info names recipe `{}` (init {}) but the recipe is `{}` (init {})",
+            info.recipe, info.init.as_str(), recipe.name, recipe.init.as_str()
+        );
+    }
+    if info.source_date_epoch != inputs.source_date_epoch {
+        bail!(
+            "osbuilder info source_date_epoch {} differs from the build's {}",
+            info.source_date_epoch, inputs.source_date_epoch
+        );
+    }
+    require_elf(&inputs.agent, "agent")?;
+    if recipe.busybox.is_some() {
+        require_elf(&inputs.busybox, "busybox")?;
+    }
+    let parent = crate::util::parent_dir(dest);
+    let staging = tempfile::Builder::new()
+        .prefix(&format!(".{}.", dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()))
+        .suffix(".tmp")
+        .tempdir_in(parent)
+        .with_context(|| format!("cannot create a temp directory in {}", parent.display()))?;
+    let root = staging.path();
+    populate(recipe, inputs, root)?;
+    pin_times(root, inputs.source_date_epoch)?;
+    check_rootfs(root, recipe).context("the freshly built tree fails its own check")?;
+    let built = staging.keep();
+    if let Err(e) = std::fs::rename(&built, dest) {
+        let _ = std::fs::remove_dir_all(&built);
+        return Err(anyhow!(e).context(format!("{}: cannot rename the built tree into place", dest.display())));
+    }
+    Ok(())
+}
+
+/// One thing to create in the tree.
+enum Node {
+    Directory(Mode),
+    File { mode: Mode, source: FileSource },
+    Symlink(String),
+    Device { kind: DeviceKind, major: u32, minor: u32, mode: Mode },
+}
+
+enum FileSource {
+    Bytes(Vec<u8>),
+    Copy(PathBuf),
+}
+
+fn populate(recipe: &Recipe, inputs: &RootfsInputs, root: &Path) -> Result<()> {
+    // Collect everything first, keyed by path, so that collisions are caught
+    // before anything is written and creation happens parents-first.
+    let mut plan: Plan = BTreeMap::new();
+    for d in &recipe.directories {
+        add_node(&mut plan, d.path.clone(), Node::Directory(d.mode), "recipe directories".into())?;
+    }
+    for f in &recipe.files {
+        add_node(&mut plan, f.path.clone(), Node::File { mode: f.mode, source: FileSource::Bytes(f.content.clone().into_bytes()) }, "recipe files".into())?;
+    }
+    for s in &recipe.symlinks {
+        add_node(&mut plan, s.path.clone(), Node::Symlink(s.target.clone()), "recipe symlinks".into())?;
+    }
+    for d in &recipe.devices {
+        add_node(&mut plan, d.path.clone(), Node::Device { kind: d.kind, major: d.major, minor: d.minor, mode: d.mode }, "recipe devices".into())?;
+    }
+    match recipe.init {
+        InitMode::Agent => {
+            let agent = GuestPath::new(AGENT_PATH).expect("valid constant");
+            add_node(&mut plan, agent, Node::File { mode: Mode(0o755), source: FileSource::Copy(inputs.agent.clone()) }, "the agent".into())?;
+            for link in AGENT_INIT_LINKS {
+                add_node(&mut plan, GuestPath::new(link).expect("valid constant"), Node::Symlink(AGENT_PATH.into()), "init: agent".into())?;
+            }
+        }
+    }
+    add_node(
+        &mut plan,
+        GuestPath::new(OSBUILDER_YAML_PATH).expect("valid constant"),
+        Node::File { mode: Mode(0o644), source: FileSource::Bytes(inputs.osbuilder.to_yaml()?.into_bytes()) },
+        "osbuilder.yaml".into(),
+    )?;
+    if let Some(bb) = &recipe.busybox {
+        add_node(&mut plan, bb.path.clone(), Node::File { mode: Mode(0o755), source: FileSource::Copy(inputs.busybox.clone()) }, "busybox".into())?;
+        let applets = busybox_applets(&inputs.busybox)?;
+        for excluded in &bb.exclude_applets {
+            if !applets.contains(excluded) {
+                bail!("recipe busybox.exclude_applets: {excluded} is not an applet of {} (see `busybox --list-full`); remove it from the list", inputs.busybox.display());
+            }
+        }
+        for applet in applets {
+            if bb.exclude_applets.contains(&applet) || applet == bb.path {
+                continue;
+            }
+            if let Some((_, other)) = plan.get(&applet) {
+                bail!("busybox applet {applet} collides with {other}; add it to busybox.exclude_applets");
+            }
+            add_node(&mut plan, applet, Node::Symlink(bb.path.as_str().into()), "busybox applets".into())?;
+        }
+    }
+    for path in plan.keys() {
+        if let Some(parent) = path.parent() {
+            if !matches!(plan.get(&parent), Some((Node::Directory(_), _))) {
+                bail!("{path} needs directory {parent}; declare it in the recipe's `directories`");
+            }
+        }
+    }
+
+    chown_root(root)?;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))?;
+    for (path, (node, _)) in &plan {
+        let host = root.join(path.relative());
+        create_node(&host, node).with_context(|| format!("{path}: cannot create in {}", root.display()))?;
+    }
+    Ok(())
+}
+
+type Plan = BTreeMap<GuestPath, (Node, String)>;
+
+fn add_node(plan: &mut Plan, path: GuestPath, node: Node, origin: String) -> Result<()> {
+    if let Some((_, other)) = plan.get(&path) {
+        bail!("{path} comes from both {other} and {origin}");
+    }
+    plan.insert(path, (node, origin));
+    Ok(())
+}
+
+fn create_node(host: &Path, node: &Node) -> Result<()> {
+    match node {
+        Node::Directory(mode) => {
+            std::fs::create_dir(host)?;
+            chown_root(host)?;
+            set_mode(host, *mode)?;
+        }
+        Node::File { mode, source } => {
+            match source {
+                FileSource::Bytes(b) => std::fs::write(host, b)?,
+                FileSource::Copy(from) => {
+                    std::fs::copy(from, host).with_context(|| format!("cannot copy {}", from.display()))?;
+                }
+            }
+            chown_root(host)?;
+            set_mode(host, *mode)?;
+        }
+        Node::Symlink(target) => {
+            symlink(target, host)?;
+            chown_root(host)?;
+        }
+        Node::Device { kind, major, minor, mode } => {
+            let sflag = match kind {
+                DeviceKind::Char => SFlag::S_IFCHR,
+                DeviceKind::Block => SFlag::S_IFBLK,
+            };
+            match mknod(host, sflag, NixMode::from_bits_truncate(0o600), makedev(*major as u64, *minor as u64)) {
+                Ok(()) => {}
+                Err(Errno::EPERM) => bail!(
+                    "mknod: permission denied; creating device nodes needs root (CAP_MKNOD): run the build as root"
+                ),
+                Err(e) => return Err(e.into()),
+            }
+            chown_root(host)?;
+            set_mode(host, *mode)?;
+        }
+    }
+    Ok(())
+}
+
+fn set_mode(host: &Path, mode: Mode) -> Result<()> {
+    // chmod after chown: chown clears setuid/setgid bits.
+    std::fs::set_permissions(host, std::fs::Permissions::from_mode(mode.0))?;
+    Ok(())
+}
+
+fn chown_root(host: &Path) -> Result<()> {
+    match std::os::unix::fs::lchown(host, Some(0), Some(0)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            bail!("chown to 0:0: permission denied; the rootfs must be owned by root: run the build as root")
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn require_elf(path: &Path, what: &str) -> Result<()> {
+    let mut magic = [0u8; 4];
+    let read = std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
+    read.with_context(|| format!("{what} binary {}: cannot read", path.display()))?;
+    if &magic != b"\x7fELF" {
+        bail!("{what} binary {}: not an ELF executable", path.display());
+    }
+    Ok(())
+}
+
+/// Applet paths of a busybox binary, from its own `--list-full`.
+pub fn busybox_applets(busybox: &Path) -> Result<Vec<GuestPath>> {
+    let out = Command::new(busybox)
+        .arg("--list-full")
+        .output()
+        .with_context(|| format!("cannot run `{} --list-full`", busybox.display()))?;
+    if !out.status.success() {
+        bail!(
+            "`{} --list-full` failed ({}): {}",
+            busybox.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8(out.stdout).context("busybox --list-full printed non-UTF-8")?;
+    let mut applets = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let path = GuestPath::new(&format!("/{}", line.trim()))
+            .map_err(|e| anyhow!("busybox --list-full printed an unusable path: {e}"))?;
+        applets.push(path);
+    }
+    if applets.is_empty() {
+        bail!("`{} --list-full` listed no applets", busybox.display());
+    }
+    applets.sort();
+    applets.dedup();
+    Ok(applets)
+}
+
+/// Sets atime and mtime of every entry under (and including) `root` to
+/// `epoch`, without following symlinks.
+pub fn pin_times(root: &Path, epoch: i64) -> Result<()> {
+    let ts = TimeSpec::new(epoch, 0);
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            for child in std::fs::read_dir(&path)? {
+                stack.push(child?.path());
+            }
+        }
+        utimensat(None, &path, &ts, &ts, UtimensatFlags::NoFollowSymlink)
+            .with_context(|| format!("{}: cannot set timestamps", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Upstream-style sanity check of a built tree: init present and executable,
+/// the agent present, executable and what init resolves to, osbuilder.yaml
+/// present and describing this recipe.
+pub fn check_rootfs(dest: &Path, recipe: &Recipe) -> Result<()> {
+    if !dest.is_dir() {
+        bail!("{}: not a directory", dest.display());
+    }
+    let executable = |guest: &str| -> Result<PathBuf> {
+        let resolved = resolve_in_tree(dest, guest)?;
+        let meta = std::fs::metadata(&resolved).with_context(|| format!("{}: {guest} is not installed", dest.display()))?;
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            bail!("{}: {guest} is not an executable file", dest.display());
+        }
+        Ok(resolved)
+    };
+    match recipe.init {
+        InitMode::Agent => {
+            let agent = executable(AGENT_PATH)?;
+            for link in AGENT_INIT_LINKS {
+                if executable(link)? != agent {
+                    bail!("{}: {link} does not resolve to the agent {AGENT_PATH}", dest.display());
+                }
+            }
+        }
+    }
+    let yaml = dest.join(&OSBUILDER_YAML_PATH[1..]);
+    let text = std::fs::read_to_string(&yaml).with_context(|| format!("{}: {OSBUILDER_YAML_PATH} is missing", dest.display()))?;
+    let info: OsbuilderInfo = serde_yaml_ng::from_str(&text).with_context(|| format!("{}: cannot parse", yaml.display()))?;
+    if info.recipe != recipe.name {
+        bail!("{}: {OSBUILDER_YAML_PATH} describes recipe `{}`, not `{}`", dest.display(), info.recipe, recipe.name);
+    }
+    Ok(())
+}
+
+/// Resolves a guest path inside `root` as the guest would see it: absolute
+/// symlink targets are taken relative to `root`, never the host's `/`.
+fn resolve_in_tree(root: &Path, guest: &str) -> Result<PathBuf> {
+    let mut pending: Vec<String> = guest.split('/').filter(|c| !c.is_empty()).rev().map(String::from).collect();
+    let mut current: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while let Some(component) = pending.pop() {
+        match component.as_str() {
+            "." => continue,
+            ".." => {
+                current.pop();
+                continue;
+            }
+            _ => {}
+        }
+        current.push(component);
+        let host = current.iter().fold(root.to_path_buf(), |p, c| p.join(c));
+        let Ok(meta) = std::fs::symlink_metadata(&host) else {
+            return Ok(host);
+        };
+        if meta.file_type().is_symlink() {
+            hops += 1;
+            if hops > 40 {
+                bail!("{}: too many symlinks resolving {guest}", root.display());
+            }
+            let target = std::fs::read_link(&host)?;
+            let target = target.to_string_lossy().into_owned();
+            current.pop();
+            if target.starts_with('/') {
+                current.clear();
+            }
+            pending.extend(target.split('/').filter(|c| !c.is_empty()).rev().map(String::from));
+        }
+    }
+    Ok(current.iter().fold(root.to_path_buf(), |p, c| p.join(c)))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    pub(crate) fn minimal_recipe() -> Recipe {
+        Recipe::find(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../image-recipes"), "minimal").unwrap()
+    }
+
+    /// Busybox from the host's busybox-static, and a copy of it standing in
+    /// for the static agent.
+    pub(crate) fn test_inputs(recipe: &Recipe, scratch: &Path, epoch: i64) -> RootfsInputs {
+        let agent = scratch.join("fake-kata-agent");
+        std::fs::copy("/bin/busybox", &agent).unwrap();
+        let inputs = vec![InputInfo { name: "busybox-static".into(), version: "test".into(), sha256: "0".repeat(64) }];
+        RootfsInputs {
+            busybox: PathBuf::from("/bin/busybox"),
+            agent,
+            osbuilder: OsbuilderInfo::new(recipe, "0.0.0-test", inputs, epoch),
+            source_date_epoch: epoch,
+        }
+    }
+
+    #[test]
+    fn minimal_tree_has_agent_init_busybox_devices_and_pinned_metadata() {
+        let recipe = minimal_recipe();
+        let dir = tempfile::tempdir().unwrap();
+        let inputs = test_inputs(&recipe, dir.path(), 1_234_567_890);
+        let dest = dir.path().join("rootfs");
+        let old_umask = nix::sys::stat::umask(NixMode::from_bits_truncate(0o077));
+        let result = build_rootfs(&recipe, &inputs, &dest);
+        nix::sys::stat::umask(old_umask);
+        result.unwrap();
+
+        assert_eq!(std::fs::read_link(dest.join("sbin/init")).unwrap(), Path::new(AGENT_PATH));
+        assert_eq!(std::fs::read_link(dest.join("init")).unwrap(), Path::new(AGENT_PATH));
+        assert_eq!(std::fs::read_link(dest.join("bin/sh")).unwrap(), Path::new("/bin/busybox"));
+        assert!(std::fs::symlink_metadata(dest.join("linuxrc")).is_err());
+        let agent = std::fs::metadata(dest.join("usr/bin/kata-agent")).unwrap();
+        assert_eq!(agent.mode() & 0o7777, 0o755);
+        let console = std::fs::symlink_metadata(dest.join("dev/console")).unwrap();
+        assert_eq!((libc::major(console.rdev()), libc::minor(console.rdev())), (5, 1));
+        let null = std::fs::symlink_metadata(dest.join("dev/null")).unwrap();
+        assert_eq!((libc::major(null.rdev()), libc::minor(null.rdev()), null.mode() & 0o7777), (1, 3, 0o666));
+        assert_eq!(std::fs::metadata(dest.join("tmp")).unwrap().mode() & 0o7777, 0o1777);
+        assert_eq!(std::fs::metadata(&dest).unwrap().mode() & 0o7777, 0o755);
+        let info: OsbuilderInfo =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(dest.join("var/lib/osbuilder/osbuilder.yaml")).unwrap()).unwrap();
+        assert_eq!(info, inputs.osbuilder);
+        // Every entry: owner 0:0, times pinned (symlinks included), and the
+        // recipe's permissions despite the 077 umask.
+        for entry in crate::walk::list_tree(&dest).unwrap() {
+            let m = std::fs::symlink_metadata(&entry.host_path).unwrap();
+            assert_eq!((m.uid(), m.gid()), (0, 0), "{:?}", entry.host_path);
+            // atime is pinned too, but any read (this walk) may move it on a
+            // relatime mount; no artifact uses it.
+            assert_eq!(m.mtime(), 1_234_567_890, "{:?}", entry.host_path);
+        }
+        for d in &recipe.directories {
+            let m = std::fs::metadata(dest.join(d.path.relative())).unwrap();
+            assert_eq!(m.mode() & 0o7777, d.mode.0, "{}", d.path);
+        }
+        for f in &recipe.files {
+            let m = std::fs::metadata(dest.join(f.path.relative())).unwrap();
+            assert_eq!(m.mode() & 0o7777, f.mode.0, "{}", f.path);
+            assert_eq!(std::fs::read_to_string(dest.join(f.path.relative())).unwrap(), f.content);
+        }
+        // Leaves no temp directory behind.
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
+        assert!(leftovers.is_empty());
+        check_rootfs(&dest, &recipe).unwrap();
+
+        // Rebuilding gives the same tree digest.
+        let dest2 = dir.path().join("rootfs2");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        build_rootfs(&recipe, &inputs, &dest2).unwrap();
+        assert_eq!(crate::tree_digest(&dest).unwrap(), crate::tree_digest(&dest2).unwrap());
+
+        let err = build_rootfs(&recipe, &inputs, &dest).unwrap_err().to_string();
+        assert!(err.contains("already exists"), "{err}");
+    }
+
+    #[test]
+    fn check_rootfs_catches_missing_agent_and_metadata() {
+        let recipe = minimal_recipe();
+        let dir = tempfile::tempdir().unwrap();
+        let inputs = test_inputs(&recipe, dir.path(), 0);
+        let dest = dir.path().join("rootfs");
+        build_rootfs(&recipe, &inputs, &dest).unwrap();
+        std::fs::set_permissions(dest.join("usr/bin/kata-agent"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = check_rootfs(&dest, &recipe).unwrap_err().to_string();
+        assert!(err.contains("/usr/bin/kata-agent is not an executable file"), "{err}");
+        std::fs::remove_file(dest.join("usr/bin/kata-agent")).unwrap();
+        let err = check_rootfs(&dest, &recipe).unwrap_err().to_string();
+        assert!(err.contains("/usr/bin/kata-agent is not installed"), "{err}");
+        std::fs::copy("/bin/busybox", dest.join("usr/bin/kata-agent")).unwrap();
+        std::fs::remove_file(dest.join("var/lib/osbuilder/osbuilder.yaml")).unwrap();
+        let err = check_rootfs(&dest, &recipe).unwrap_err().to_string();
+        assert!(err.contains("osbuilder.yaml is missing"), "{err}");
+    }
+
+    #[test]
+    fn bad_inputs_are_named() {
+        let recipe = minimal_recipe();
+        let dir = tempfile::tempdir().unwrap();
+        let mut inputs = test_inputs(&recipe, dir.path(), 0);
+        std::fs::write(dir.path().join("not-elf"), "#!/bin/sh\n").unwrap();
+        inputs.agent = dir.path().join("not-elf");
+        let err = build_rootfs(&recipe, &inputs, &dir.path().join("r")).unwrap_err().to_string();
+        assert!(err.contains("agent binary") && err.contains("not an ELF executable"), "{err}");
+        let mut inputs = test_inputs(&recipe, dir.path(), 0);
+        inputs.source_date_epoch = 5;
+        let err = build_rootfs(&recipe, &inputs, &dir.path().join("r")).unwrap_err().to_string();
+        assert!(err.contains("source_date_epoch"), "{err}");
+        assert!(!dir.path().join("r").exists());
+    }
+}

@@ -1,0 +1,147 @@
+//! A sorted, lstat-based listing of a directory tree, shared by the tar and
+//! cpio writers so that both see the same entries in the same order.
+
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum EntryKind {
+    Directory,
+    Regular,
+    Symlink(Vec<u8>),
+    CharDevice { major: u32, minor: u32 },
+    BlockDevice { major: u32, minor: u32 },
+    Fifo,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct TreeEntry {
+    /// Path relative to the tree root, without leading `/`; empty for the root.
+    pub rel: Vec<u8>,
+    /// Path on the host.
+    pub host_path: PathBuf,
+    pub kind: EntryKind,
+    /// Permission bits including setuid/setgid/sticky.
+    pub perm: u32,
+    pub size: u64,
+    pub mtime: i64,
+    /// Index of the first entry (in sorted order) of this entry's hard-link
+    /// group, and the group's size; None for entries that are not hard-linked.
+    pub link_group: Option<(usize, u32)>,
+    /// For directories: 2 + number of subdirectories, as a filesystem counts.
+    pub dir_nlink: u32,
+}
+
+impl TreeEntry {
+    pub fn mode_type_bits(&self) -> u32 {
+        match self.kind {
+            EntryKind::Directory => libc::S_IFDIR,
+            EntryKind::Regular => libc::S_IFREG,
+            EntryKind::Symlink(_) => libc::S_IFLNK,
+            EntryKind::CharDevice { .. } => libc::S_IFCHR,
+            EntryKind::BlockDevice { .. } => libc::S_IFBLK,
+            EntryKind::Fifo => libc::S_IFIFO,
+        }
+    }
+}
+
+/// Lists `root` and everything below it (no symlink is followed), sorted by
+/// relative path bytes, root first. Sockets are rejected: no archive format
+/// we write can carry them.
+pub(crate) fn list_tree(root: &Path) -> Result<Vec<TreeEntry>> {
+    let meta = std::fs::symlink_metadata(root).with_context(|| format!("{}: cannot stat", root.display()))?;
+    if !meta.is_dir() {
+        bail!("{}: not a directory", root.display());
+    }
+    let mut raw = Vec::new();
+    collect(root, Vec::new(), &mut raw)?;
+    raw.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let mut entries = Vec::with_capacity(raw.len());
+    let mut groups: BTreeMap<(u64, u64), Vec<usize>> = BTreeMap::new();
+    for (i, (rel, host_path, meta)) in raw.into_iter().enumerate() {
+        let ft = meta.file_type();
+        let rdev = meta.rdev();
+        let kind = if ft.is_dir() {
+            EntryKind::Directory
+        } else if ft.is_file() {
+            EntryKind::Regular
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&host_path)
+                .with_context(|| format!("{}: cannot read symlink", host_path.display()))?;
+            EntryKind::Symlink(target.as_os_str().as_bytes().to_vec())
+        } else if ft.is_char_device() {
+            EntryKind::CharDevice { major: libc::major(rdev), minor: libc::minor(rdev) }
+        } else if ft.is_block_device() {
+            EntryKind::BlockDevice { major: libc::major(rdev), minor: libc::minor(rdev) }
+        } else if ft.is_fifo() {
+            EntryKind::Fifo
+        } else {
+            bail!("{}: sockets cannot be archived; remove it from the tree", host_path.display());
+        };
+        if kind != EntryKind::Directory && meta.nlink() > 1 {
+            groups.entry((meta.dev(), meta.ino())).or_default().push(i);
+        }
+        entries.push(TreeEntry {
+            rel,
+            host_path,
+            perm: meta.mode() & 0o7777,
+            size: if kind == EntryKind::Regular { meta.len() } else { 0 },
+            mtime: meta.mtime(),
+            kind,
+            link_group: None,
+            dir_nlink: 2,
+        });
+    }
+    for members in groups.values() {
+        if members.len() > 1 {
+            let count = u32::try_from(members.len()).expect("link count fits u32");
+            for &m in members {
+                entries[m].link_group = Some((members[0], count));
+            }
+        }
+    }
+    // Count subdirectories: the parent of `a/b` is the entry whose rel is `a`.
+    let index: BTreeMap<Vec<u8>, usize> =
+        entries.iter().enumerate().map(|(i, e)| (e.rel.clone(), i)).collect();
+    for i in 0..entries.len() {
+        if entries[i].kind == EntryKind::Directory && !entries[i].rel.is_empty() {
+            let rel = &entries[i].rel;
+            let parent = match rel.iter().rposition(|&b| b == b'/') {
+                Some(p) => rel[..p].to_vec(),
+                None => Vec::new(),
+            };
+            let p = index[&parent];
+            entries[p].dir_nlink += 1;
+        }
+    }
+    Ok(entries)
+}
+
+fn collect(dir: &Path, rel: Vec<u8>, out: &mut Vec<(Vec<u8>, PathBuf, std::fs::Metadata)>) -> Result<()> {
+    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("{}: cannot stat", dir.display()))?;
+    out.push((rel.clone(), dir.to_path_buf(), meta));
+    let mut children: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot list directory", dir.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{}: cannot list directory", dir.display()))?;
+    children.sort_by_key(|e| e.file_name());
+    for child in children {
+        let path = child.path();
+        let mut child_rel = rel.clone();
+        if !child_rel.is_empty() {
+            child_rel.push(b'/');
+        }
+        child_rel.extend_from_slice(child.file_name().as_bytes());
+        let meta = std::fs::symlink_metadata(&path).with_context(|| format!("{}: cannot stat", path.display()))?;
+        if meta.is_dir() {
+            collect(&path, child_rel, out)?;
+        } else {
+            out.push((child_rel, path, meta));
+        }
+    }
+    Ok(())
+}
