@@ -118,6 +118,11 @@ pub fn file_name(ctx: &Ctx, args: &ImageArgs) -> String {
 }
 
 pub fn run(ctx: &Ctx, args: &ImageArgs) -> Result<()> {
+    match args.fs {
+        FsArg::Ext4 => crate::tools::require("image", &[("mke2fs", "e2fsprogs"), ("debugfs", "e2fsprogs")])?,
+        FsArg::Erofs => crate::tools::require("image", &[("mkfs.erofs", "erofs-utils")])?,
+    }
+    rootfs::require_tools()?;
     let (before, inputs) = inputs(ctx, args)?;
     let mut plan = Plan::default();
     for b in &before {
@@ -128,11 +133,6 @@ pub fn run(ctx: &Ctx, args: &ImageArgs) -> Result<()> {
         return Ok(());
     }
     ctx.ensure_dist_writable()?;
-    match args.fs {
-        FsArg::Ext4 => crate::tools::require("image", &[("mke2fs", "e2fsprogs"), ("debugfs", "e2fsprogs")])?,
-        FsArg::Erofs => crate::tools::require("image", &[("mkfs.erofs", "erofs-utils")])?,
-    }
-    rootfs::require_tools()?;
     let b = build(ctx, args)?;
     let name = file_name(ctx, args);
     let dest = publish::file(ctx, &b.file, &name)?;

@@ -82,6 +82,7 @@ pub fn file_name(ctx: &Ctx, recipe: &str) -> String {
 }
 
 pub fn run(ctx: &Ctx, args: &InitrdArgs) -> Result<()> {
+    rootfs::require_tools()?;
     let (before, inputs) = inputs(ctx, args)?;
     let mut plan = Plan::default();
     for b in &before {
@@ -92,7 +93,6 @@ pub fn run(ctx: &Ctx, args: &InitrdArgs) -> Result<()> {
         return Ok(());
     }
     ctx.ensure_dist_writable()?;
-    rootfs::require_tools()?;
     let b = build(ctx, args)?;
     let name = file_name(ctx, &args.recipe);
     let dest = publish::file(ctx, &b.file, &name)?;

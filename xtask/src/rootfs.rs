@@ -46,7 +46,7 @@ pub fn inputs(ctx: &Ctx, recipe_name: &str) -> Result<(StepInputs, StepInputs, R
 
 /// What building a rootfs runs on the host.
 pub fn require_tools() -> Result<()> {
-    crate::tools::require("rootfs", &[("apt-get", "apt"), ("dpkg-deb", "dpkg"), ("cargo", "cargo (rustup)")])
+    crate::tools::require("rootfs", &[("apt-get", "apt"), ("dpkg-deb", "dpkg"), ("cargo", "rustup"), ("rustc", "rustup")])
 }
 
 pub fn build(ctx: &Ctx, recipe_name: &str) -> Result<RootfsBuild> {
@@ -94,6 +94,7 @@ pub fn build(ctx: &Ctx, recipe_name: &str) -> Result<RootfsBuild> {
 }
 
 pub fn run(ctx: &Ctx, recipe_name: &str) -> Result<()> {
+    require_tools()?;
     let (inputs, agent, _) = inputs(ctx, recipe_name)?;
     let mut plan = Plan::default();
     plan.add(ctx, &agent);
@@ -102,7 +103,6 @@ pub fn run(ctx: &Ctx, recipe_name: &str) -> Result<()> {
         return Ok(());
     }
     ctx.ensure_dist_writable()?;
-    require_tools()?;
     let r = build(ctx, recipe_name)?;
     let name = format!("rootfs-{recipe_name}");
     let dest = publish::tree(ctx, &r.dir, &name)?;

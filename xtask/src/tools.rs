@@ -80,11 +80,11 @@ fn is_executable(p: &Path) -> bool {
 
 /// First line of `program --version` (or another flag), for cache keys.
 pub fn version_line(program: &str, flag: &str) -> Result<String> {
-    let out = Command::new(program)
-        .arg(flag)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("`{program}` is missing; `cargo xtask doctor` says how to install it"))?;
+    let out = Command::new(program).arg(flag).stdin(Stdio::null()).output().map_err(|e| {
+        anyhow::Error::new(crate::error::InputError::new(format!(
+            "host tool `{program}` cannot be run ({e}); `cargo xtask doctor` says how to install it"
+        )))
+    })?;
     let text = if out.stdout.is_empty() { out.stderr } else { out.stdout };
     Ok(String::from_utf8_lossy(&text).lines().next().unwrap_or("").trim().to_string())
 }
@@ -103,8 +103,13 @@ pub fn fresh_log(path: &Path) -> Result<PathBuf> {
 pub fn require(step: &str, tools: &[(&str, &str)]) -> Result<()> {
     for (program, package) in tools {
         if which(program).is_none() {
+            let how = if *package == "rustup" {
+                "install a Rust toolchain with rustup".to_string()
+            } else {
+                format!("install it with `apt-get install -y {package}` (or `cargo xtask doctor --install`)")
+            };
             return Err(anyhow::Error::new(crate::error::InputError::new(format!(
-                "{step}: host tool `{program}` is missing; install it with `apt-get install -y {package}` (or `cargo xtask doctor --install`)"
+                "{step}: host tool `{program}` is missing; {how}"
             ))));
         }
     }
