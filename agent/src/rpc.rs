@@ -1,0 +1,468 @@
+//! The ttrpc services: grpc.Health and grpc.AgentService.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+use protocols::agent::{
+    AgentDetails, CreateSandboxRequest, DestroySandboxRequest, GuestDetailsRequest,
+    GuestDetailsResponse, OnlineCPUMemRequest, SetGuestDateTimeRequest,
+};
+use protocols::empty::Empty;
+use protocols::health::{
+    health_check_response::ServingStatus, CheckRequest, HealthCheckResponse, VersionCheckResponse,
+};
+use protocols::{agent, agent_ttrpc, health_ttrpc};
+use ttrpc::{Code, MethodHandler, TtrpcContext};
+
+use crate::config::Config;
+use crate::guest;
+use crate::storage::{self, Prepared};
+
+/// The agent's version, reported by Health.Version and GetGuestDetails.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The API version string upstream agents report as `grpc_version`.
+pub const API_VERSION: &str = "0.0.1";
+
+/// Why the agent stops serving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shutdown {
+    SandboxDestroyed,
+}
+
+fn status(code: Code, message: impl Into<String>) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message.into()))
+}
+
+/// The sandbox the runtime created (one per agent).
+#[derive(Debug, Default)]
+struct Sandbox {
+    id: String,
+    hostname: String,
+    storages: Vec<Prepared>,
+}
+
+pub struct AgentState {
+    config: Arc<Config>,
+    sandbox: Mutex<Option<Sandbox>>,
+    shutdown: Mutex<Sender<Shutdown>>,
+}
+
+impl AgentState {
+    pub fn new(config: Arc<Config>, shutdown: Sender<Shutdown>) -> Arc<AgentState> {
+        Arc::new(AgentState {
+            config,
+            sandbox: Mutex::new(None),
+            shutdown: Mutex::new(shutdown),
+        })
+    }
+
+    fn apply_hostname(&self, hostname: &str) -> std::io::Result<()> {
+        if let Some(path) = &self.config.hostname_file {
+            write_atomically(path, format!("{hostname}\n").as_bytes())
+        } else if self.config.init_mode {
+            nix::unistd::sethostname(hostname).map_err(std::io::Error::from)
+        } else {
+            log::info!("service mode: hostname {hostname:?} recorded, host hostname left alone");
+            Ok(())
+        }
+    }
+
+    fn apply_dns(&self, dns: &[String]) -> std::io::Result<()> {
+        let mut text = String::new();
+        for line in dns {
+            // upstream runtimes send whole resolv.conf lines ("nameserver 10.0.0.1",
+            // "search x", "options ndots:5")
+            text.push_str(line.trim());
+            text.push('\n');
+        }
+        if let Some(path) = &self.config.resolv_conf {
+            return write_atomically(path, text.as_bytes());
+        }
+        if !self.config.init_mode {
+            log::info!("service mode: {} DNS line(s) not written (set KATA_AGENT_RESOLV_CONF to write them)", dns.len());
+            return Ok(());
+        }
+        // The guest rootfs is read-only (ro, DAX image): the file lives on
+        // /run and is bind-mounted over /etc/resolv.conf, as upstream does.
+        let run_copy = Path::new(GUEST_DNS_RUN_FILE);
+        write_atomically(run_copy, text.as_bytes())?;
+        let target = Path::new(GUEST_DNS_FILE);
+        if !target.exists() {
+            fs::File::create(target).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("{GUEST_DNS_FILE} is missing and cannot be created ({e}); the rootfs must provide it"))
+            })?;
+        }
+        nix::mount::mount(
+            Some(run_copy),
+            target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            std::io::Error::other(format!(
+                "bind {} over {GUEST_DNS_FILE}: {e}",
+                run_copy.display()
+            ))
+        })
+    }
+}
+
+/// The guest's resolver configuration and where its content really lives.
+const GUEST_DNS_FILE: &str = "/etc/resolv.conf";
+const GUEST_DNS_RUN_FILE: &str = "/run/kata-containers/sandbox/resolv.conf";
+
+/// Writes to a temporary file beside `path` and renames it into place.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let mut file = fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
+fn valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+}
+
+pub struct HealthService;
+
+impl health_ttrpc::Health for HealthService {
+    fn check(&self, _ctx: &TtrpcContext, _req: CheckRequest) -> ttrpc::Result<HealthCheckResponse> {
+        let mut resp = HealthCheckResponse::new();
+        resp.status = ServingStatus::SERVING.into();
+        Ok(resp)
+    }
+
+    fn version(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: CheckRequest,
+    ) -> ttrpc::Result<VersionCheckResponse> {
+        let mut resp = VersionCheckResponse::new();
+        resp.grpc_version = API_VERSION.into();
+        resp.agent_version = AGENT_VERSION.into();
+        Ok(resp)
+    }
+}
+
+pub struct AgentService {
+    pub state: Arc<AgentState>,
+}
+
+/// Declared methods this agent does not handle yet: UNIMPLEMENTED naming the
+/// method (the generated defaults would say NOT_FOUND, which misleads clients
+/// into thinking a container or process is missing).
+macro_rules! not_implemented {
+    ($($fn_name:ident($req:ty) -> $resp:ty = $wire:literal;)*) => {
+        $(
+            fn $fn_name(&self, _ctx: &TtrpcContext, _req: $req) -> ttrpc::Result<$resp> {
+                Err(status(Code::UNIMPLEMENTED, concat!("/grpc.AgentService/", $wire, " is not implemented by this agent yet")))
+            }
+        )*
+    };
+}
+
+impl agent_ttrpc::AgentService for AgentService {
+    not_implemented! {
+        create_container(agent::CreateContainerRequest) -> Empty = "CreateContainer";
+        start_container(agent::StartContainerRequest) -> Empty = "StartContainer";
+        remove_container(agent::RemoveContainerRequest) -> Empty = "RemoveContainer";
+        exec_process(agent::ExecProcessRequest) -> Empty = "ExecProcess";
+        signal_process(agent::SignalProcessRequest) -> Empty = "SignalProcess";
+        wait_process(agent::WaitProcessRequest) -> agent::WaitProcessResponse = "WaitProcess";
+        stats_container(agent::StatsContainerRequest) -> agent::StatsContainerResponse = "StatsContainer";
+        pause_container(agent::PauseContainerRequest) -> Empty = "PauseContainer";
+        resume_container(agent::ResumeContainerRequest) -> Empty = "ResumeContainer";
+        write_stdin(agent::WriteStreamRequest) -> agent::WriteStreamResponse = "WriteStdin";
+        read_stdout(agent::ReadStreamRequest) -> agent::ReadStreamResponse = "ReadStdout";
+        read_stderr(agent::ReadStreamRequest) -> agent::ReadStreamResponse = "ReadStderr";
+        close_stdin(agent::CloseStdinRequest) -> Empty = "CloseStdin";
+        tty_win_resize(agent::TtyWinResizeRequest) -> Empty = "TtyWinResize";
+    }
+
+    fn get_guest_details(
+        &self,
+        _ctx: &TtrpcContext,
+        req: GuestDetailsRequest,
+    ) -> ttrpc::Result<GuestDetailsResponse> {
+        let config = &self.state.config;
+        let mut resp = GuestDetailsResponse::new();
+        if req.mem_block_size {
+            resp.mem_block_size_bytes = guest::memory_block_size(&config.sysfs_root)
+                .map_err(|e| {
+                    status(
+                        Code::INTERNAL,
+                        format!("GetGuestDetails: memory block size: {e}"),
+                    )
+                })?
+                .unwrap_or(0);
+        }
+        if req.mem_hotplug_probe {
+            resp.support_mem_hotplug_probe = guest::memory_hotplug_probe(&config.sysfs_root);
+        }
+        let mut details = AgentDetails::new();
+        details.version = AGENT_VERSION.into();
+        details.init_daemon = config.init_mode;
+        details.storage_handlers = storage::SUPPORTED_DRIVERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        details.supports_seccomp = false;
+        resp.agent_details = Some(details).into();
+        resp.kernel_release = guest::kernel_release();
+        Ok(resp)
+    }
+
+    fn create_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateSandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        let mut sandbox = self.state.sandbox.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = sandbox.as_ref() {
+            return Err(status(
+                Code::ALREADY_EXISTS,
+                format!(
+                    "CreateSandbox: sandbox {:?} already exists in this guest",
+                    existing.id
+                ),
+            ));
+        }
+        if !req.hostname.is_empty() && !valid_hostname(&req.hostname) {
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                format!(
+                    "CreateSandbox: hostname {:?} is not a valid hostname",
+                    req.hostname
+                ),
+            ));
+        }
+        if req.sandbox_pidns {
+            return Err(status(Code::UNIMPLEMENTED, "CreateSandbox: sandbox_pidns (shared PID namespace) is not implemented by this agent yet"));
+        }
+        if !req.kernel_modules.is_empty() {
+            return Err(status(
+                Code::UNIMPLEMENTED,
+                "CreateSandbox: kernel_modules are not implemented by this agent yet",
+            ));
+        }
+        if !req.hostname.is_empty() {
+            self.state.apply_hostname(&req.hostname).map_err(|e| {
+                status(
+                    Code::INTERNAL,
+                    format!("CreateSandbox: set hostname {:?}: {e}", req.hostname),
+                )
+            })?;
+        }
+        if !req.dns.is_empty() {
+            self.state.apply_dns(&req.dns).map_err(|e| {
+                status(
+                    Code::INTERNAL,
+                    format!("CreateSandbox: write DNS configuration: {e}"),
+                )
+            })?;
+        }
+        let mut prepared = Vec::new();
+        for s in req.storages.iter() {
+            match storage::prepare(s) {
+                Ok(p) => prepared.push(p),
+                Err(e) => {
+                    // leave the guest as it was: undo what this call mounted
+                    prepared.iter().rev().for_each(storage::release);
+                    let code = match e {
+                        storage::StorageError::Unsupported { .. } => Code::UNIMPLEMENTED,
+                        storage::StorageError::Invalid { .. } => Code::INVALID_ARGUMENT,
+                        storage::StorageError::Failed { .. } => Code::INTERNAL,
+                    };
+                    return Err(status(code, format!("CreateSandbox: {e}")));
+                }
+            }
+        }
+        log::info!(
+            "sandbox {:?} created (hostname {:?}, {} storage(s))",
+            req.sandbox_id,
+            req.hostname,
+            prepared.len()
+        );
+        *sandbox = Some(Sandbox {
+            id: req.sandbox_id,
+            hostname: req.hostname,
+            storages: prepared,
+        });
+        Ok(Empty::new())
+    }
+
+    fn destroy_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: DestroySandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        let sandbox = self
+            .state
+            .sandbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match sandbox {
+            Some(sandbox) => {
+                sandbox.storages.iter().rev().for_each(storage::release);
+                log::info!(
+                    "sandbox {:?} (hostname {:?}) destroyed",
+                    sandbox.id,
+                    sandbox.hostname
+                );
+            }
+            None => log::info!("DestroySandbox without a sandbox: shutting down anyway"),
+        }
+        // The reply is queued when this returns; main waits a moment for it
+        // to be written before it stops the server.
+        let _ = self
+            .state
+            .shutdown
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Shutdown::SandboxDestroyed);
+        Ok(Empty::new())
+    }
+
+    fn online_cpu_mem(
+        &self,
+        _ctx: &TtrpcContext,
+        req: OnlineCPUMemRequest,
+    ) -> ttrpc::Result<Empty> {
+        let sysfs = self.state.config.sysfs_root.clone();
+        let work = move || -> std::io::Result<(u32, u32)> {
+            let cpus = guest::online_cpus(&sysfs, req.nb_cpus)?;
+            let memory = if req.cpu_only {
+                0
+            } else {
+                guest::online_memory(&sysfs)?
+            };
+            Ok((cpus, memory))
+        };
+        if req.wait {
+            let (cpus, memory) =
+                work().map_err(|e| status(Code::INTERNAL, format!("OnlineCPUMem: {e}")))?;
+            log::info!("onlined {cpus} CPU(s) and {memory} memory block(s)");
+        } else {
+            std::thread::spawn(move || match work() {
+                Ok((cpus, memory)) => {
+                    log::info!("onlined {cpus} CPU(s) and {memory} memory block(s)")
+                }
+                Err(e) => log::error!("OnlineCPUMem: {e}"),
+            });
+        }
+        Ok(Empty::new())
+    }
+
+    fn set_guest_date_time(
+        &self,
+        _ctx: &TtrpcContext,
+        req: SetGuestDateTimeRequest,
+    ) -> ttrpc::Result<Empty> {
+        let time = guest::datetime_from_request(req.Sec, req.Usec)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("SetGuestDateTime: {e}")))?;
+        if !self.state.config.init_mode {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                "SetGuestDateTime: the agent runs in service mode (not PID 1 of a VM) and does not set the host's clock",
+            ));
+        }
+        guest::set_clock(time).map_err(|e| {
+            status(
+                Code::INTERNAL,
+                format!("SetGuestDateTime: clock_settime: {e}"),
+            )
+        })?;
+        Ok(Empty::new())
+    }
+}
+
+/// Wraps a generated method handler so that a request payload that does not
+/// decode gets an INVALID_ARGUMENT reply. ttrpc 0.9's generated handlers
+/// return an error for it, which makes the server drop the whole connection
+/// without telling the client why.
+struct DecodeErrorReply {
+    path: String,
+    inner: Box<dyn MethodHandler + Send + Sync>,
+}
+
+impl MethodHandler for DecodeErrorReply {
+    fn handler(&self, ctx: TtrpcContext, req: ttrpc::Request) -> ttrpc::Result<()> {
+        let stream_id = ctx.mh.stream_id;
+        let res_tx = ctx.res_tx.clone();
+        match self.inner.handler(ctx, req) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // The generated handler fails only before it queued a reply
+                // (decode/encode) or when the reply channel is gone; in the
+                // latter case this send fails too and the connection ends.
+                log::warn!("{}: bad request: {e}", self.path);
+                let mut res = ttrpc::Response::new();
+                res.set_status(ttrpc::get_status(
+                    Code::INVALID_ARGUMENT,
+                    format!("{}: cannot decode the request: {e}", self.path),
+                ));
+                ttrpc::response_to_channel(stream_id, res, res_tx)
+            }
+        }
+    }
+}
+
+pub type Methods = HashMap<String, Box<dyn MethodHandler + Send + Sync>>;
+
+/// Every method of both services, ready for `ttrpc::Server::register_service`.
+pub fn methods(state: Arc<AgentState>) -> Methods {
+    let mut all = agent_ttrpc::create_agent_service(Arc::new(AgentService { state }));
+    all.extend(health_ttrpc::create_health(Arc::new(HealthService)));
+    all.into_iter()
+        .map(|(path, inner)| {
+            let wrapped: Box<dyn MethodHandler + Send + Sync> = Box::new(DecodeErrorReply {
+                path: path.clone(),
+                inner,
+            });
+            (path, wrapped)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostnames_are_checked() {
+        assert!(valid_hostname("sandbox-1.example"));
+        assert!(!valid_hostname(""));
+        assert!(!valid_hostname("a b"));
+        assert!(!valid_hostname(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn every_agent_method_is_registered_and_wrapped() {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let config = Arc::new(Config::load(false, &|_: &str| Some("/nonexistent".into())));
+        let m = methods(AgentState::new(config, tx));
+        assert!(m.contains_key("/grpc.Health/Check"));
+        assert!(m.contains_key("/grpc.AgentService/CreateSandbox"));
+        assert!(m.contains_key("/grpc.AgentService/ReadStdout"));
+    }
+}
