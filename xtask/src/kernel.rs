@@ -57,9 +57,6 @@ impl KernelBuild {
     pub fn bzimage(&self) -> PathBuf {
         self.dir.join("bzImage")
     }
-    pub fn vmlinux(&self) -> PathBuf {
-        self.dir.join("vmlinux")
-    }
 }
 
 fn bad<E: std::fmt::Display>(e: E) -> anyhow::Error {
@@ -308,10 +305,4 @@ pub fn install(ctx: &Ctx, args: &KernelArgs, k: &KernelBuild) -> Result<Vec<crat
         arts.push(publish::artifact(ctx, &name, kind, &dest, &k.key, None)?);
     }
     Ok(arts)
-}
-
-/// For other steps (boot tests): the kernel to boot, built if needed.
-pub fn default_bzimage(ctx: &Ctx) -> Result<PathBuf> {
-    let k = build(ctx, &KernelArgs::default())?;
-    Ok(k.bzimage())
 }

@@ -29,6 +29,7 @@ mod test_cmd;
 mod tools;
 mod ui;
 mod versions;
+mod vmtest;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

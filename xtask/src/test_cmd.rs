@@ -22,6 +22,8 @@ pub struct TestArgs {
 pub enum TestWhat {
     /// cargo test over the workspace.
     Unit,
+    /// Boot the built guest and drive the agent.
+    Vm(crate::vmtest::VmArgs),
     /// Everything: unit, then the VM test with the initrd and with the image.
     All,
 }
@@ -46,9 +48,31 @@ pub fn unit(ctx: &Ctx) -> Result<()> {
 pub fn run(ctx: &Ctx, args: &TestArgs) -> Result<()> {
     match args.what.clone().unwrap_or(TestWhat::All) {
         TestWhat::Unit => unit(ctx),
-        TestWhat::All => {
-            unit(ctx)?;
-            Ok(())
+        TestWhat::Vm(args) => crate::vmtest::run(ctx, &args),
+        TestWhat::All => all(ctx),
+    }
+}
+
+/// Everything CI runs; ends with one `N passed, N failed` line.
+fn all(ctx: &Ctx) -> Result<()> {
+    let mut passed = 0;
+    let mut failed = Vec::new();
+    let mut record = |name: &str, r: Result<()>| match r {
+        Ok(()) => passed += 1,
+        Err(e) => {
+            ctx.ui.info(&format!("FAIL {name}: {e:#}"));
+            failed.push(name.to_string());
         }
+    };
+    record("unit", unit(ctx));
+    let initrd = crate::vmtest::VmArgs { initrd: true, faults: true, recipe: "minimal".into(), ..Default::default() };
+    record("vm --initrd --faults", crate::vmtest::run(ctx, &initrd));
+    let image = crate::vmtest::VmArgs { image: true, recipe: "minimal".into(), ..Default::default() };
+    record("vm --image", crate::vmtest::run(ctx, &image));
+    println!("test: {passed} passed, {} failed", failed.len());
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("failed: {}", failed.join(", "))
     }
 }

@@ -28,12 +28,6 @@ impl Ui {
         }
     }
 
-    pub fn warn(&self, msg: &str) {
-        if !self.quiet {
-            eprintln!("warning: {msg}");
-        }
-    }
-
     pub fn verbose(&self, msg: &str) {
         if self.verbose && !self.quiet {
             eprintln!("  {msg}");

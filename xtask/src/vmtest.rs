@@ -1,0 +1,305 @@
+//! `cargo xtask test vm [--initrd|--image] [--faults] [--json]`: boots the
+//! built kernel with the built initrd or DAX image in QEMU and drives the
+//! agent over vsock through the runtime's own hypervisor module and client,
+//! the same code the shim uses.
+//!
+//! The fault scenarios prove the failure paths with real parts: QEMU killed
+//! under a live agent connection, and an agent that never answers (it is
+//! told to listen on another vsock port). Each must end in a clear error
+//! within a bound and leave no process, socket or state dir behind.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use protocols::agent::{CreateSandboxRequest, GuestDetailsRequest};
+use runtime::agent_client::AgentClient;
+use runtime::hypervisor::{Accel, BootMedia, ImageFs, QemuConfig, Vm};
+use serde::Serialize;
+
+use crate::context::Ctx;
+use crate::{image, initrd, kernel};
+
+/// Generous for TCG on a loaded 2-core CI machine; a KVM boot takes ~1 s.
+const SERVING_TIMEOUT: Duration = Duration::from_secs(120);
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+const POWEROFF_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long "an agent that never answers" is waited for.
+const SILENT_AGENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Args, Clone, Default)]
+pub struct VmArgs {
+    /// Boot the initrd (the default).
+    #[arg(long, conflicts_with = "image")]
+    pub initrd: bool,
+    /// Boot the DAX rootfs image as an NVDIMM.
+    #[arg(long)]
+    pub image: bool,
+    /// Also run the fault scenarios (QEMU killed, agent silent).
+    #[arg(long)]
+    pub faults: bool,
+    #[arg(long, default_value = "minimal")]
+    pub recipe: String,
+    /// auto probes KVM with a real boot and falls back to TCG.
+    #[arg(long, default_value = "auto")]
+    pub accel: Accel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Media {
+    Initrd,
+    Image,
+}
+
+#[derive(Serialize)]
+pub struct BootReport {
+    pub media: Media,
+    pub accel: Accel,
+    /// QEMU start to the first SERVING answer of Health.Check.
+    pub boot_to_serving_ms: u64,
+    pub agent_version: String,
+    pub grpc_version: String,
+    pub guest_kernel: String,
+    pub agent_is_init: bool,
+    pub qemu_exit: String,
+    pub console_log: String,
+}
+
+#[derive(Serialize)]
+pub struct FaultReport {
+    pub scenario: &'static str,
+    pub error: String,
+    pub detected_after_ms: u64,
+    pub leftovers: Vec<String>,
+}
+
+/// The artifacts one boot needs, built (or taken from the cache).
+pub struct Guest {
+    pub kernel: PathBuf,
+    pub boot: BootMedia,
+    pub media: Media,
+    pub console_dir: PathBuf,
+}
+
+pub fn prepare(ctx: &Ctx, media: Media, recipe: &str) -> Result<Guest> {
+    let kernel = kernel::build(ctx, &kernel::KernelArgs::default())?.bzimage();
+    let boot = match media {
+        Media::Initrd => {
+            let args = initrd::InitrdArgs { recipe: recipe.to_string(), compression: initrd::CompressionArg::Gzip };
+            BootMedia::Initrd(initrd::build(ctx, &args)?.file)
+        }
+        Media::Image => {
+            let args = image::ImageArgs {
+                recipe: recipe.to_string(),
+                fs: image::FsArg::Ext4,
+                no_dax: false,
+                align_mib: 128,
+                free_mib: 0,
+            };
+            BootMedia::Image { path: image::build(ctx, &args)?.file, fs: ImageFs::Ext4, dax: true }
+        }
+    };
+    Ok(Guest { kernel, boot, media, console_dir: ctx.logs() })
+}
+
+fn config(guest: &Guest, name: &str, accel: Accel, extra_params: &[&str]) -> QemuConfig {
+    // Unique per process: parallel runs must not share a state dir.
+    let id = format!("xtask-{name}-{}", std::process::id());
+    let mut cfg = QemuConfig::new(id, &guest.kernel, guest.boot.clone());
+    cfg.accel = accel;
+    cfg.console_log = Some(guest.console_dir.join(format!("vm-{name}-console.log")));
+    cfg.kernel_params = extra_params.iter().map(|s| s.to_string()).collect();
+    cfg
+}
+
+fn media_name(m: Media) -> &'static str {
+    match m {
+        Media::Initrd => "initrd",
+        Media::Image => "image",
+    }
+}
+
+/// What must be gone after a VM is torn down.
+struct Traces {
+    state_dir: PathBuf,
+    pids: Vec<u32>,
+}
+
+impl Traces {
+    fn of(vm: &Vm) -> Traces {
+        Traces { state_dir: vm.state_dir().to_path_buf(), pids: vm.pid().into_iter().chain(vm.vsock_daemon_pid()).collect() }
+    }
+
+    fn leftovers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.state_dir.exists() {
+            out.push(format!("state dir {} still exists", self.state_dir.display()));
+        }
+        for pid in &self.pids {
+            if process_alive(*pid) {
+                out.push(format!("process {pid} still runs"));
+            }
+        }
+        out
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    // A zombie is gone for our purposes: it holds no resources but its pid.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// The main scenario: boot, SERVING, Version, GetGuestDetails,
+/// CreateSandbox, DestroySandbox, QEMU powers off by itself.
+pub fn boot_and_drive(ctx: &Ctx, guest: &Guest, accel: Accel) -> Result<BootReport> {
+    let name = media_name(guest.media);
+    let cfg = config(guest, name, accel, &[]);
+    let console = cfg.console_log.clone().expect("set above");
+    let mut vm = Vm::start(cfg).context("start QEMU")?;
+    let traces = Traces::of(&vm);
+    let started = vm.started_at();
+    let address = vm.agent_address().context("the VM has no agent channel")?;
+    let client = AgentClient::wait_serving(&address, SERVING_TIMEOUT, CALL_TIMEOUT, || vm.check_alive())
+        .with_context(|| format!("agent in the {name} guest (console: {})", console.display()))?;
+    let boot_to_serving = started.elapsed();
+    let version = client.version()?;
+    let details = client.get_guest_details(&GuestDetailsRequest { mem_block_size: true, ..Default::default() })?;
+    let agent_details = details.agent_details.clone().into_option().unwrap_or_default();
+    let mut req = CreateSandboxRequest::new();
+    req.hostname = "kata-vmtest".into();
+    req.sandbox_id = format!("vmtest-{}", std::process::id());
+    req.dns = vec!["nameserver 192.0.2.53".into()];
+    client.create_sandbox(&req)?;
+    client.destroy_sandbox()?;
+    drop(client);
+    let status = vm.wait_exit(POWEROFF_TIMEOUT).context("after DestroySandbox the guest must power off")?;
+    let accel_used = vm.accel();
+    vm.shutdown()?;
+    let left = traces.leftovers();
+    if !left.is_empty() {
+        bail!("after the {name} VM: {}", left.join("; "));
+    }
+    let report = BootReport {
+        media: guest.media,
+        accel: accel_used,
+        boot_to_serving_ms: boot_to_serving.as_millis() as u64,
+        agent_version: version.agent_version.clone(),
+        grpc_version: version.grpc_version.clone(),
+        guest_kernel: details.kernel_release.clone(),
+        agent_is_init: agent_details.init_daemon,
+        qemu_exit: status.to_string(),
+        console_log: ctx.rel(&console),
+    };
+    check_report(ctx, &report)?;
+    Ok(report)
+}
+
+fn check_report(ctx: &Ctx, r: &BootReport) -> Result<()> {
+    if r.agent_version != crate::agent::AGENT_VERSION {
+        bail!("agent reports version {} but the build is {}", r.agent_version, crate::agent::AGENT_VERSION);
+    }
+    if !r.guest_kernel.starts_with(&ctx.versions.kernel.version) {
+        bail!("guest runs kernel `{}`, not the pipeline's {}", r.guest_kernel, ctx.versions.kernel.version);
+    }
+    if !r.agent_is_init {
+        bail!("the minimal guest runs the agent as init, but it says it is not PID 1");
+    }
+    if !r.qemu_exit.contains("exit status: 0") {
+        bail!("QEMU ended with {} after the guest powered off", r.qemu_exit);
+    }
+    Ok(())
+}
+
+/// QEMU is killed under a live agent connection: the next call must fail
+/// within its timeout and teardown must leave nothing.
+pub fn fault_qemu_killed(guest: &Guest, accel: Accel) -> Result<FaultReport> {
+    let cfg = config(guest, "fault-kill", accel, &[]);
+    let mut vm = Vm::start(cfg)?;
+    let traces = Traces::of(&vm);
+    let address = vm.agent_address().context("no agent channel")?;
+    let client = AgentClient::wait_serving(&address, SERVING_TIMEOUT, Duration::from_secs(5), || vm.check_alive())?;
+    let pid = vm.pid().context("QEMU has no pid")?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)?;
+    let t = Instant::now();
+    let err = match client.check() {
+        Ok(_) => bail!("Health.Check answered after QEMU was killed"),
+        Err(e) => e.to_string(),
+    };
+    let detected = t.elapsed();
+    let alive = vm.check_alive();
+    if alive.is_ok() {
+        bail!("the Vm does not notice that QEMU was killed");
+    }
+    drop(client);
+    drop(vm);
+    Ok(FaultReport { scenario: "qemu-killed", error: err, detected_after_ms: detected.as_millis() as u64, leftovers: traces.leftovers() })
+}
+
+/// The agent listens on another vsock port, so nothing ever answers on
+/// 1024: waiting must end at its bound with an error naming the address.
+pub fn fault_silent_agent(guest: &Guest, accel: Accel) -> Result<FaultReport> {
+    let cfg = config(guest, "fault-silent", accel, &["agent.server_addr=vsock://-1:1025"]);
+    let mut vm = Vm::start(cfg)?;
+    let traces = Traces::of(&vm);
+    let address = vm.agent_address().context("no agent channel")?;
+    let t = Instant::now();
+    let err = match AgentClient::wait_serving(&address, SILENT_AGENT_TIMEOUT, Duration::from_secs(2), || vm.check_alive()) {
+        Ok(_) => bail!("an agent answered on port 1024 although it was told to listen on 1025"),
+        Err(e) => e.to_string(),
+    };
+    let waited = t.elapsed();
+    if waited > SILENT_AGENT_TIMEOUT + Duration::from_secs(10) {
+        bail!("waiting for a silent agent took {waited:?}, beyond its bound {SILENT_AGENT_TIMEOUT:?}");
+    }
+    vm.shutdown()?;
+    Ok(FaultReport { scenario: "agent-silent", error: err, detected_after_ms: waited.as_millis() as u64, leftovers: traces.leftovers() })
+}
+
+pub fn check_fault(f: &FaultReport) -> Result<()> {
+    if !f.leftovers.is_empty() {
+        bail!("{}: left behind: {}", f.scenario, f.leftovers.join("; "));
+    }
+    if f.error.trim().is_empty() {
+        bail!("{}: the error says nothing", f.scenario);
+    }
+    Ok(())
+}
+
+pub fn run(ctx: &Ctx, args: &VmArgs) -> Result<()> {
+    let media = if args.image { Media::Image } else { Media::Initrd };
+    let guest = prepare(ctx, media, &args.recipe)?;
+    let mut json = serde_json::Map::new();
+    let report = boot_and_drive(ctx, &guest, args.accel)?;
+    ctx.ui.info(&format!(
+        "test vm --{}: PASS: SERVING {} ms after QEMU start ({:?}), agent {}, guest kernel {}, QEMU {}",
+        media_name(media),
+        report.boot_to_serving_ms,
+        report.accel,
+        report.agent_version,
+        report.guest_kernel,
+        report.qemu_exit
+    ));
+    json.insert("boot".into(), serde_json::to_value(&report)?);
+    if args.faults {
+        let mut faults = Vec::new();
+        for f in [fault_qemu_killed(&guest, args.accel)?, fault_silent_agent(&guest, args.accel)?] {
+            check_fault(&f)?;
+            ctx.ui.info(&format!("test vm fault {}: PASS: error after {} ms: {}", f.scenario, f.detected_after_ms, first_line(&f.error)));
+            faults.push(f);
+        }
+        json.insert("faults".into(), serde_json::to_value(&faults)?);
+    }
+    if ctx.json {
+        ctx.print_json(&serde_json::Value::Object(json))?;
+    }
+    Ok(())
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
