@@ -29,7 +29,7 @@ pub enum TestWhat {
 }
 
 /// Where the kernel-builder tests find the pinned kernel source.
-pub const KERNEL_TARBALL_ENV: &str = "KATA_TEST_KERNEL_TARBALL";
+pub const KERNEL_TARBALL_ENV: &str = "KATA_KERNEL_TARBALL";
 
 pub fn unit(ctx: &Ctx) -> Result<()> {
     let tarball = ctx.fetcher()?.debian_member("kernel", &ctx.versions.kernel.debian)?;

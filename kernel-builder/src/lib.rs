@@ -1,0 +1,38 @@
+//! Guest kernel configuration and build for Kata Containers guests.
+//!
+//! The kernel configuration is *derived*, never stored: `make allnoconfig`
+//! seeded (through `KCONFIG_ALLCONFIG`) with the fragments under
+//! `kernel-configs/` (`common/`, `<arch>/`, optionally `debug/`). Kconfig
+//! silently drops any option whose dependencies are off, so after
+//! configuring, every requested option is checked against the final
+//! `.config`, and each miss is reported with the fragment `file:line` that
+//! asked for it. Options a kernel version may legitimately lack are listed in
+//! `whitelist.conf`.
+//!
+//! Builds are out of tree (`make O=<build dir>`), so one extracted source can
+//! serve several configurations (normal and debug) and stays pristine.
+//!
+//! This crate does no fetching or caching; the caller (xtask) hands it a
+//! verified tarball and decides where things live. It hashes the inputs it
+//! consumes via [`Fragments::input_files`] and [`Patches::input_files`].
+
+mod build;
+mod config;
+mod error;
+mod fragments;
+mod patches;
+
+pub use build::{build, extract_source, kernel_release, BuildOptions, KernelOutputs};
+pub use config::{check_config, configure, read_config, ConfigReport, Missing};
+pub use error::{Error, Result};
+pub use fragments::{ConfigValue, Fragments, Origin, Request};
+pub use patches::{apply_patches, Patches};
+
+/// The kernel's own name for a Kata architecture, as passed in `ARCH=`, and
+/// the compressed image it builds. Only x86_64 is wired up so far.
+pub(crate) fn kernel_arch(arch: &str) -> Result<(&'static str, &'static str)> {
+    match arch {
+        "x86_64" => Ok(("x86_64", "arch/x86/boot/bzImage")),
+        other => Err(Error::UnsupportedArch(other.to_string())),
+    }
+}
