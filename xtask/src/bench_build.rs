@@ -13,7 +13,8 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::cache::remove_tree;
-use crate::context::{Ctx, CACHE_ENV};
+use crate::bench::median;
+use crate::context::{Ctx, CACHE_ENV, DIST_ENV};
 
 const SAMPLES: usize = 5;
 
@@ -28,16 +29,6 @@ struct Report {
     image_bytes: u64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn xtask(ctx: &Ctx, cache: &Path, args: &[&str]) -> Result<f64> {
     let exe = std::env::current_exe()?;
     let start = Instant::now();
@@ -46,6 +37,7 @@ fn xtask(ctx: &Ctx, cache: &Path, args: &[&str]) -> Result<f64> {
         .arg("--versions")
         .arg(&ctx.versions_path)
         .env(CACHE_ENV, cache)
+        .env(DIST_ENV, cache.join("dist"))
         .current_dir(&ctx.root)
         .output()?;
     let ms = start.elapsed().as_secs_f64() * 1000.0;
@@ -82,7 +74,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         cold.push(a + b);
         ctx.ui.info(&format!("  cold initrd+image #{}: {:.0} ms", i + 1, a + b));
     }
-    let dist = ctx.dist();
+    let dist = cache.join("dist");
     let size = |name: &str| -> Result<u64> {
         Ok(std::fs::metadata(dist.join(name)).with_context(|| format!("{name} in {}", dist.display()))?.len())
     };

@@ -11,6 +11,7 @@
 mod agent;
 mod bench;
 mod bench_build;
+mod bench_vm;
 mod cache;
 mod context;
 mod doctor;
@@ -21,6 +22,7 @@ mod hash;
 mod image;
 mod initrd;
 mod kernel;
+mod kernel_boot;
 mod manifest;
 mod plan;
 mod publish;

@@ -22,6 +22,8 @@ pub struct TestArgs {
 pub enum TestWhat {
     /// cargo test over the workspace.
     Unit,
+    /// The pipeline's kernel boots to init in a project-made initrd.
+    Kernel,
     /// Boot the built guest and drive the agent.
     Vm(crate::vmtest::VmArgs),
     /// Everything: unit, then the VM test with the initrd and with the image.
@@ -48,6 +50,7 @@ pub fn unit(ctx: &Ctx) -> Result<()> {
 pub fn run(ctx: &Ctx, args: &TestArgs) -> Result<()> {
     match args.what.clone().unwrap_or(TestWhat::All) {
         TestWhat::Unit => unit(ctx),
+        TestWhat::Kernel => crate::kernel_boot::test(ctx),
         TestWhat::Vm(args) => crate::vmtest::run(ctx, &args),
         TestWhat::All => all(ctx),
     }
@@ -65,6 +68,7 @@ fn all(ctx: &Ctx) -> Result<()> {
         }
     };
     record("unit", unit(ctx));
+    record("kernel boots to init", crate::kernel_boot::test(ctx));
     let initrd = crate::vmtest::VmArgs { initrd: true, faults: true, recipe: "minimal".into(), ..Default::default() };
     record("vm --initrd --faults", crate::vmtest::run(ctx, &initrd));
     let image = crate::vmtest::VmArgs { image: true, recipe: "minimal".into(), ..Default::default() };

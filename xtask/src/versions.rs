@@ -21,7 +21,8 @@ pub struct Versions {
     pub distro: Distro,
     pub rust: RustPin,
     pub kernel: KernelPin,
-    pub busybox: BusyboxPin,
+    pub busybox: PackagedPin,
+    pub reference_kernel: PackagedPin,
     pub qemu: HostToolPin,
     pub containerd: HostToolPin,
     pub vhost_device_vsock: CratePin,
@@ -54,7 +55,8 @@ pub struct KernelPin {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct BusyboxPin {
+/// An input taken from one file of a Debian package.
+pub struct PackagedPin {
     pub version: String,
     pub debian: DebianPackagePin,
 }

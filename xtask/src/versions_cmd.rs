@@ -46,6 +46,10 @@ pub fn run(ctx: &Ctx, update: Option<&str>, source: Source) -> Result<()> {
         );
     }
     println!("busybox             {}: {}={} sha256 {}", v.busybox.version, v.busybox.debian.package, v.busybox.debian.version, v.busybox.debian.sha256);
+    println!(
+        "reference kernel    {}: {}={} sha256 {} (benchmarks only)",
+        v.reference_kernel.version, v.reference_kernel.debian.package, v.reference_kernel.debian.version, v.reference_kernel.debian.sha256
+    );
     println!("qemu                >= {} (Debian {}={})", v.qemu.minimum_version, v.qemu.debian.package, v.qemu.debian.version);
     println!("containerd          >= {} (Debian {}={})", v.containerd.minimum_version, v.containerd.debian.package, v.containerd.debian.version);
     println!("vhost-device-vsock  {} (crate {} sha256 {})", v.vhost_device_vsock.version, v.vhost_device_vsock.crate_name, v.vhost_device_vsock.sha256);
