@@ -26,19 +26,26 @@ pub enum TestWhat {
     Kernel,
     /// Boot the built guest and drive the agent.
     Vm(crate::vmtest::VmArgs),
+    /// Run containers through a private containerd with the built shim.
+    E2e(crate::e2e::E2eArgs),
     /// Everything: unit, then the VM test with the initrd and with the image.
     All,
 }
 
 /// Where the kernel-builder tests find the pinned kernel source.
 pub const KERNEL_TARBALL_ENV: &str = "KATA_KERNEL_TARBALL";
+/// The kernel the runtime's VM tests boot.
+pub const TEST_KERNEL_ENV: &str = "KATA_TEST_KERNEL";
 
 pub fn unit(ctx: &Ctx) -> Result<()> {
     let tarball = ctx.fetcher()?.debian_member("kernel", &ctx.versions.kernel.debian)?;
+    // The runtime's real-QEMU tests boot the pipeline's own kernel.
+    let kernel = crate::kernel::build(ctx, &crate::kernel::KernelArgs::default())?;
     ctx.ui.info("test unit: cargo test --workspace");
     let status = Command::new("cargo")
         .args(["test", "--workspace", "--locked"])
         .env(KERNEL_TARBALL_ENV, &tarball)
+        .env(TEST_KERNEL_ENV, kernel.bzimage())
         .current_dir(&ctx.root)
         .status()?;
     if !status.success() {
@@ -52,6 +59,7 @@ pub fn run(ctx: &Ctx, args: &TestArgs) -> Result<()> {
         TestWhat::Unit => unit(ctx),
         TestWhat::Kernel => crate::kernel_boot::test(ctx),
         TestWhat::Vm(args) => crate::vmtest::run(ctx, &args),
+        TestWhat::E2e(args) => crate::e2e::run(ctx, &args),
         TestWhat::All => all(ctx),
     }
 }

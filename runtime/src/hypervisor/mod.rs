@@ -1,0 +1,25 @@
+//! The hypervisor layer shared by tests, `cargo xtask test vm` and (later)
+//! the shim: one QEMU process per sandbox, described by a [`QemuConfig`] and
+//! owned by a [`Vm`].
+//!
+//! The flow is `Vm::start(config)` -> talk to the agent at
+//! [`Vm::agent_address`] -> [`Vm::wait_exit`] (guest powered off) or
+//! [`Vm::shutdown`]. Dropping a [`Vm`] tears everything down as well: QEMU
+//! (QMP `quit`, then SIGKILL after a bound), the vsock daemon, the sockets and
+//! the per-VM state directory.
+
+mod accel;
+mod error;
+mod process;
+mod qemu;
+pub mod qmp;
+pub mod vsock;
+
+pub use accel::{probe_boot, probe_kvm, resolve_accel, Accel, KvmProbe, KVM_PROBE_TIMEOUT};
+pub use error::VmError;
+pub use qemu::{
+    build_kernel_cmdline, build_qemu_args, BootMedia, ImageFs, LaunchPlan, QemuConfig, Vm,
+    VsockBackend, DEFAULT_STATE_ROOT,
+};
+pub use qmp::{QmpClient, QmpError, QmpStatus};
+pub use vsock::{find_vsock_daemon, AgentAddress, HybridVsockDaemon, AGENT_VSOCK_PORT};

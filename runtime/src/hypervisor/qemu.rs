@@ -1,0 +1,1089 @@
+//! QEMU: configuration, command line and the process that runs it.
+//!
+//! The command line is built by two pure functions ([`build_qemu_args`],
+//! [`build_kernel_cmdline`]) from a [`QemuConfig`] (what the caller wants) and
+//! a [`LaunchPlan`] (what was resolved on this host: accelerator, vsock
+//! backend, paths in the state directory), so that it can be unit tested
+//! without running anything.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::accel::{resolve_accel, Accel};
+use super::error::VmError;
+use super::process::{kill_with_parent, stop_child, tail_file, wait_timeout, POLL};
+use super::qmp::{QmpClient, QmpError, QmpStatus};
+use super::vsock::{
+    find_vsock_daemon, AgentAddress, HybridVsockDaemon, AGENT_VSOCK_PORT, VSOCK_DAEMON_HINT,
+};
+
+/// Parent of the per-VM state directories (upstream Kata's location).
+pub const DEFAULT_STATE_ROOT: &str = "/run/kata-containers";
+
+/// Lines of console / stderr quoted in errors.
+const TAIL_LINES: usize = 25;
+
+/// Longest unix socket path (sun_path is 108 bytes with the trailing NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Filesystem of a rootfs image; selects the kernel's root parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImageFs {
+    #[default]
+    Ext4,
+    Erofs,
+}
+
+/// What the guest boots from besides the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootMedia {
+    /// `-initrd PATH`; the agent runs as (or under) `/init`.
+    Initrd(PathBuf),
+    /// The rootfs image as a read-only NVDIMM (`/dev/pmem0`), partition 1 as
+    /// root. `dax` must match the image: true when it carries the 2 MiB DAX
+    /// header (the default of `xtask image`), false for `--no-dax` images.
+    Image {
+        path: PathBuf,
+        fs: ImageFs,
+        dax: bool,
+    },
+}
+
+/// Host side of the agent channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VsockBackend {
+    /// `Vhost` when `/dev/vhost-vsock` exists, else `HybridVsock`.
+    #[default]
+    Auto,
+    /// `-device vhost-vsock-pci`; host connects with AF_VSOCK.
+    Vhost,
+    /// `-device vhost-user-vsock-pci` + `vhost-device-vsock`; host connects
+    /// to a unix socket with the `CONNECT` handshake.
+    HybridVsock,
+    /// No agent channel (boot tests).
+    None,
+}
+
+impl VsockBackend {
+    fn resolve(self) -> VsockBackend {
+        match self {
+            VsockBackend::Auto if Path::new("/dev/vhost-vsock").exists() => VsockBackend::Vhost,
+            VsockBackend::Auto => VsockBackend::HybridVsock,
+            other => other,
+        }
+    }
+}
+
+/// Everything a caller chooses about one VM. Build with [`QemuConfig::new`]
+/// and adjust the public fields.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    /// Sandbox id: names the state directory (`[A-Za-z0-9._-]`, 1-64 chars).
+    pub id: String,
+    pub qemu_binary: PathBuf,
+    /// Uncompressed `vmlinux` or `bzImage`.
+    pub kernel: PathBuf,
+    pub boot: BootMedia,
+    /// Appended to the kernel command line, e.g. `agent.log=debug`.
+    pub kernel_params: Vec<String>,
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    pub accel: Accel,
+    pub vsock: VsockBackend,
+    pub guest_cid: u32,
+    /// `vhost-device-vsock` binary; `None` searches `$PATH` and `~/.cargo/bin`.
+    pub vsock_daemon: Option<PathBuf>,
+    /// The state directory is `state_root/<id>`; it must not exist yet and is
+    /// removed on teardown.
+    pub state_root: PathBuf,
+    /// Where the serial console goes. `None`: `console.log` in the state
+    /// directory (removed on teardown; errors quote its last lines). Give a
+    /// path outside it to keep the log.
+    pub console_log: Option<PathBuf>,
+    /// Adds `quiet` to the kernel command line (the console then shows only
+    /// warnings and what the guest's userspace writes).
+    pub quiet: bool,
+    /// Bound for QEMU (and the vsock daemon) to come up and answer QMP.
+    pub startup_timeout: Duration,
+    /// Bound between QMP `quit` and SIGKILL on teardown.
+    pub shutdown_timeout: Duration,
+    /// Bound of each QMP exchange.
+    pub qmp_timeout: Duration,
+    /// SIGKILL QEMU and the vsock daemon if the thread that started them
+    /// dies (PR_SET_PDEATHSIG), so a killed test or xtask leaves nothing
+    /// behind. Set it to false when the `Vm` may outlive the thread that
+    /// called [`Vm::start`] (thread pools, async runtimes).
+    pub kill_on_parent_death: bool,
+}
+
+impl QemuConfig {
+    pub fn new(id: impl Into<String>, kernel: impl Into<PathBuf>, boot: BootMedia) -> Self {
+        QemuConfig {
+            id: id.into(),
+            qemu_binary: PathBuf::from("qemu-system-x86_64"),
+            kernel: kernel.into(),
+            boot,
+            kernel_params: Vec::new(),
+            memory_mib: 512,
+            vcpus: 1,
+            accel: Accel::Auto,
+            vsock: VsockBackend::Auto,
+            guest_cid: 3,
+            vsock_daemon: None,
+            state_root: PathBuf::from(DEFAULT_STATE_ROOT),
+            console_log: None,
+            quiet: true,
+            startup_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(3),
+            qmp_timeout: Duration::from_secs(5),
+            kill_on_parent_death: true,
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_root.join(&self.id)
+    }
+
+    fn validate(&self) -> Result<(), VmError> {
+        let id_ok = !self.id.is_empty()
+            && self.id.len() <= 64
+            && self.id != "."
+            && self.id != ".."
+            && self
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !id_ok {
+            return Err(VmError::config(
+                "id",
+                format!("{:?} must be 1-64 characters of [A-Za-z0-9._-]", self.id),
+            ));
+        }
+        require_file("kernel", &self.kernel)?;
+        match &self.boot {
+            BootMedia::Initrd(p) => require_file("initrd", p)?,
+            BootMedia::Image { path, .. } => require_file("image", path)?,
+        }
+        if self.memory_mib < 64 {
+            return Err(VmError::config(
+                "memory_mib",
+                format!(
+                    "{} MiB is too little for a guest; use at least 64",
+                    self.memory_mib
+                ),
+            ));
+        }
+        if self.vcpus == 0 {
+            return Err(VmError::config("vcpus", "must be at least 1"));
+        }
+        if self.guest_cid < 3 {
+            return Err(VmError::config(
+                "guest_cid",
+                format!("{} is reserved (0-2); use 3 or more", self.guest_cid),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn require_file(field: &'static str, path: &Path) -> Result<(), VmError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(VmError::config(
+            field,
+            format!("{} is not a regular file", path.display()),
+        )),
+        Err(e) => Err(VmError::config(field, format!("{}: {e}", path.display()))),
+    }
+}
+
+/// What was resolved for one launch: accelerator, vsock backend and paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchPlan {
+    /// `Kvm` or `Tcg`.
+    pub accel: Accel,
+    /// `Vhost`, `HybridVsock` or `None`.
+    pub vsock: VsockBackend,
+    pub state_dir: PathBuf,
+    pub console_log: PathBuf,
+    pub qmp_socket: PathBuf,
+    /// vhost-user socket between QEMU and vhost-device-vsock.
+    pub vhost_vsock_socket: PathBuf,
+    /// Hybrid vsock socket host programs connect to.
+    pub vsock_uds_path: PathBuf,
+    pub pidfile: PathBuf,
+    pub qemu_stderr: PathBuf,
+    pub vsock_daemon_log: PathBuf,
+    /// Size in bytes of the NVDIMM image (`BootMedia::Image` only).
+    pub image_size: Option<u64>,
+}
+
+impl LaunchPlan {
+    /// The standard layout of a state directory.
+    pub fn new(
+        state_dir: &Path,
+        accel: Accel,
+        vsock: VsockBackend,
+        console_log: Option<&Path>,
+        image_size: Option<u64>,
+    ) -> Self {
+        LaunchPlan {
+            accel,
+            vsock,
+            state_dir: state_dir.to_owned(),
+            console_log: console_log
+                .map(Path::to_owned)
+                .unwrap_or_else(|| state_dir.join("console.log")),
+            qmp_socket: state_dir.join("qmp.sock"),
+            vhost_vsock_socket: state_dir.join("vhost-vsock.sock"),
+            vsock_uds_path: state_dir.join("vsock.sock"),
+            pidfile: state_dir.join("qemu.pid"),
+            qemu_stderr: state_dir.join("qemu.stderr"),
+            vsock_daemon_log: state_dir.join("vhost-device-vsock.log"),
+            image_size,
+        }
+    }
+
+    /// Where the agent will be reachable once the guest is up.
+    pub fn agent_address(&self, guest_cid: u32) -> Option<AgentAddress> {
+        match self.vsock {
+            VsockBackend::Vhost => Some(AgentAddress::Vsock {
+                cid: guest_cid,
+                port: AGENT_VSOCK_PORT,
+            }),
+            VsockBackend::HybridVsock => Some(AgentAddress::HybridVsock {
+                uds_path: self.vsock_uds_path.clone(),
+                port: AGENT_VSOCK_PORT,
+            }),
+            VsockBackend::None | VsockBackend::Auto => None,
+        }
+    }
+}
+
+/// QEMU option values are comma separated: a literal comma is doubled.
+pub(crate) fn qemu_escape(path: &Path) -> String {
+    path.to_string_lossy().replace(',', ",,")
+}
+
+/// Kernel command line: console and power behaviour, root parameters of
+/// the boot media, then the caller's parameters (which may override).
+pub fn build_kernel_cmdline(cfg: &QemuConfig) -> String {
+    let mut params: Vec<String> = [
+        "console=ttyS0",
+        // A panic reboots after 1 s, and a reboot makes QEMU exit
+        // (-no-reboot): a dead guest ends its VM instead of hanging.
+        "panic=1",
+        "reboot=k",
+        // Skip probes that only cost boot time in a VM.
+        "no_timer_check",
+        "noreplace-smp",
+        "i8042.direct=1",
+        "i8042.dumbkbd=1",
+        "i8042.nopnp=1",
+        "i8042.noaux=1",
+        "cryptomgr.notests",
+        "net.ifnames=0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if cfg.quiet {
+        params.push("quiet".into());
+    }
+    if let BootMedia::Image { fs, dax, .. } = &cfg.boot {
+        params.push("root=/dev/pmem0p1".into());
+        params.push(
+            match (fs, dax) {
+                (ImageFs::Ext4, true) => "rootflags=dax,data=ordered,errors=remount-ro ro",
+                (ImageFs::Ext4, false) => "rootflags=data=ordered,errors=remount-ro ro",
+                (ImageFs::Erofs, true) => "rootflags=dax ro",
+                (ImageFs::Erofs, false) => "ro",
+            }
+            .into(),
+        );
+        params.push(match fs {
+            ImageFs::Ext4 => "rootfstype=ext4".into(),
+            ImageFs::Erofs => "rootfstype=erofs".into(),
+        });
+    }
+    params.extend(cfg.kernel_params.iter().cloned());
+    params.join(" ")
+}
+
+/// The full QEMU argument list (without the binary).
+pub fn build_qemu_args(cfg: &QemuConfig, plan: &LaunchPlan) -> Result<Vec<String>, VmError> {
+    let mut args: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
+    let vhost_user = plan.vsock == VsockBackend::HybridVsock;
+    let nvdimm = match &cfg.boot {
+        BootMedia::Image { path, .. } => {
+            let size = plan
+                .image_size
+                .ok_or_else(|| VmError::config("image", "image size unknown"))?;
+            if size == 0 || size % (2 << 20) != 0 {
+                return Err(VmError::config(
+                    "image",
+                    format!(
+                        "{} is {size} bytes; an NVDIMM image must be a non-empty multiple of 2 MiB",
+                        path.display()
+                    ),
+                ));
+            }
+            Some((path.clone(), size))
+        }
+        BootMedia::Initrd(_) => None,
+    };
+
+    push(&["-name", &format!("sandbox-{}", cfg.id)]);
+    let mut machine = String::from("q35");
+    if nvdimm.is_some() {
+        machine.push_str(",nvdimm=on");
+    }
+    if vhost_user {
+        // vhost-user back-ends map guest RAM: it must be a shareable fd.
+        machine.push_str(",memory-backend=mem");
+    }
+    push(&["-machine", &machine]);
+    match plan.accel {
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg => push(&["-accel", "tcg"]),
+        Accel::Auto => {
+            return Err(VmError::config(
+                "accel",
+                "must be resolved to kvm or tcg before building the command line",
+            ))
+        }
+    }
+    push(&["-smp", &cfg.vcpus.to_string()]);
+    match &nvdimm {
+        Some((_, size)) => {
+            // The NVDIMM occupies a hotplug slot above RAM: maxmem must hold both.
+            let maxmem = cfg.memory_mib as u64 + size.div_ceil(1 << 20);
+            push(&[
+                "-m",
+                &format!("{}M,slots=2,maxmem={}M", cfg.memory_mib, maxmem),
+            ]);
+        }
+        None => push(&["-m", &format!("{}M", cfg.memory_mib)]),
+    }
+    if vhost_user {
+        push(&[
+            "-object",
+            &format!(
+                "memory-backend-memfd,id=mem,size={}M,share=on",
+                cfg.memory_mib
+            ),
+        ]);
+    }
+    push(&["-kernel", &cfg.kernel.to_string_lossy()]);
+    push(&["-append", &build_kernel_cmdline(cfg)]);
+    if let BootMedia::Initrd(initrd) = &cfg.boot {
+        push(&["-initrd", &initrd.to_string_lossy()]);
+    }
+    if let Some((path, size)) = &nvdimm {
+        // As upstream Kata: the image is mapped read-only and the NVDIMM is
+        // "unarmed" so the guest driver treats it as read-only too.
+        push(&[
+            "-object",
+            &format!(
+                "memory-backend-file,id=mem0,mem-path={},size={size},readonly=on",
+                qemu_escape(path)
+            ),
+        ]);
+        push(&["-device", "nvdimm,id=nv0,memdev=mem0,unarmed=on"]);
+    }
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-vga",
+        "none",
+        "-no-reboot",
+    ]);
+    push(&[
+        "-chardev",
+        &format!("file,id=console0,path={}", qemu_escape(&plan.console_log)),
+    ]);
+    push(&["-serial", "chardev:console0"]);
+    push(&[
+        "-chardev",
+        &format!(
+            "socket,id=qmp0,path={},server=on,wait=off",
+            qemu_escape(&plan.qmp_socket)
+        ),
+    ]);
+    push(&["-mon", "chardev=qmp0,mode=control"]);
+    push(&["-pidfile", &plan.pidfile.to_string_lossy()]);
+    // Entropy for the guest from its first instant (the agent's TLS-free
+    // ttrpc does not need much, but getrandom() must not block).
+    push(&[
+        "-object",
+        "rng-random,id=rng0,filename=/dev/urandom",
+        "-device",
+        "virtio-rng-pci,rng=rng0",
+    ]);
+    match plan.vsock {
+        VsockBackend::Vhost => push(&[
+            "-device",
+            &format!("vhost-vsock-pci,id=vsock0,guest-cid={}", cfg.guest_cid),
+        ]),
+        VsockBackend::HybridVsock => {
+            push(&[
+                "-chardev",
+                &format!(
+                    "socket,id=vsock0,path={}",
+                    qemu_escape(&plan.vhost_vsock_socket)
+                ),
+            ]);
+            push(&[
+                "-device",
+                "vhost-user-vsock-pci,id=vsockdev0,chardev=vsock0",
+            ]);
+        }
+        VsockBackend::None => {}
+        VsockBackend::Auto => {
+            return Err(VmError::config(
+                "vsock",
+                "must be resolved before building the command line",
+            ))
+        }
+    }
+    Ok(args)
+}
+
+/// A running QEMU and everything that belongs to it. Dropping it tears all
+/// of that down; [`Vm::shutdown`] does the same and reports problems.
+pub struct Vm {
+    id: String,
+    guest_cid: u32,
+    plan: LaunchPlan,
+    qemu_binary: PathBuf,
+    args: Vec<String>,
+    qemu: Option<Child>,
+    exit_status: Option<ExitStatus>,
+    daemon: Option<HybridVsockDaemon>,
+    qmp: Option<QmpClient>,
+    started_at: Instant,
+    shutdown_timeout: Duration,
+    state_dir_created: bool,
+    torn_down: bool,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("id", &self.id)
+            .field("plan", &self.plan)
+            .field("pid", &self.pid())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vm {
+    /// Start a VM: resolve the accelerator and vsock backend, create the
+    /// state directory, start vhost-device-vsock (hybrid vsock), start QEMU
+    /// and wait until its QMP socket answers. On any error everything
+    /// started so far is torn down before returning.
+    pub fn start(cfg: QemuConfig) -> Result<Vm, VmError> {
+        cfg.validate()?;
+        let state_dir = cfg.state_dir();
+        let image_size = match &cfg.boot {
+            BootMedia::Image { path, .. } => Some(
+                std::fs::metadata(path)
+                    .map_err(|e| VmError::io(format!("cannot stat image {}", path.display()), e))?
+                    .len(),
+            ),
+            BootMedia::Initrd(_) => None,
+        };
+        let (accel, _probe) = resolve_accel(cfg.accel, &cfg.qemu_binary, &cfg.kernel);
+        let vsock = cfg.vsock.resolve();
+        let plan = LaunchPlan::new(
+            &state_dir,
+            accel,
+            vsock,
+            cfg.console_log.as_deref(),
+            image_size,
+        );
+        for sock in [
+            &plan.qmp_socket,
+            &plan.vhost_vsock_socket,
+            &plan.vsock_uds_path,
+        ] {
+            if sock.as_os_str().len() > MAX_SOCKET_PATH {
+                return Err(VmError::config(
+                    "state_root",
+                    format!("socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter state_root", sock.display()),
+                ));
+            }
+        }
+        let daemon_binary = if vsock == VsockBackend::HybridVsock {
+            Some(match &cfg.vsock_daemon {
+                Some(p) => p.clone(),
+                None => find_vsock_daemon().ok_or_else(|| {
+                    VmError::config("vsock", format!("vhost-device-vsock not found in $PATH or ~/.cargo/bin; {VSOCK_DAEMON_HINT}"))
+                })?,
+            })
+        } else {
+            None
+        };
+        let args = build_qemu_args(&cfg, &plan)?;
+
+        if state_dir.exists() {
+            return Err(VmError::config(
+                "id",
+                format!("state directory {} already exists: another VM with id {:?} runs, or a crash left it behind (remove it)", state_dir.display(), cfg.id),
+            ));
+        }
+        std::fs::create_dir_all(&state_dir).map_err(|e| {
+            VmError::io(
+                format!(
+                    "cannot create state directory {} (set state_root to a writable directory)",
+                    state_dir.display()
+                ),
+                e,
+            )
+        })?;
+
+        // From here on, `vm` owns what exists: an early return drops it,
+        // and Drop tears down whatever was started.
+        let mut vm = Vm {
+            id: cfg.id.clone(),
+            guest_cid: cfg.guest_cid,
+            plan,
+            qemu_binary: cfg.qemu_binary.clone(),
+            args,
+            qemu: None,
+            exit_status: None,
+            daemon: None,
+            qmp: None,
+            started_at: Instant::now(),
+            shutdown_timeout: cfg.shutdown_timeout,
+            state_dir_created: true,
+            torn_down: false,
+        };
+
+        if let Some(binary) = daemon_binary {
+            vm.daemon = Some(HybridVsockDaemon::start(
+                &binary,
+                cfg.guest_cid,
+                &vm.plan.vhost_vsock_socket,
+                &vm.plan.vsock_uds_path,
+                &vm.plan.vsock_daemon_log,
+                cfg.startup_timeout,
+                cfg.kill_on_parent_death,
+            )?);
+        }
+
+        let stderr = File::create(&vm.plan.qemu_stderr).map_err(|e| {
+            VmError::io(
+                format!("cannot create {}", vm.plan.qemu_stderr.display()),
+                e,
+            )
+        })?;
+        let mut cmd = Command::new(&vm.qemu_binary);
+        cmd.args(&vm.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        if cfg.kill_on_parent_death {
+            kill_with_parent(&mut cmd);
+        }
+        vm.started_at = Instant::now();
+        vm.qemu = Some(cmd.spawn().map_err(|source| VmError::Spawn {
+            program: vm.qemu_binary.display().to_string(),
+            hint: "; install qemu-system-x86 (Debian) or set qemu_binary".into(),
+            source,
+        })?);
+
+        let deadline = vm.started_at + cfg.startup_timeout;
+        loop {
+            vm.check_alive()?;
+            if vm.plan.qmp_socket.exists() {
+                match QmpClient::connect(&vm.plan.qmp_socket, cfg.qmp_timeout) {
+                    Ok(client) => {
+                        vm.qmp = Some(client);
+                        break;
+                    }
+                    Err(QmpError::Connect { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(vm.timeout_error("QEMU's QMP socket to answer", cfg.startup_timeout));
+            }
+            std::thread::sleep(POLL);
+        }
+        let status = vm.query_status()?;
+        if !status.running {
+            return Err(vm.exited_or(VmError::Qmp(QmpError::Protocol {
+                what: "start".into(),
+                detail: format!("QEMU is not running the guest: status {:?}", status.status),
+            })));
+        }
+        log::info!(
+            "VM {} started (accel {}, vsock {:?}, pid {:?})",
+            vm.id,
+            vm.plan.accel.qemu_name(),
+            vm.plan.vsock,
+            vm.pid()
+        );
+        Ok(vm)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Resolved accelerator, vsock backend and paths.
+    pub fn plan(&self) -> &LaunchPlan {
+        &self.plan
+    }
+
+    pub fn accel(&self) -> Accel {
+        self.plan.accel
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.plan.state_dir
+    }
+
+    pub fn console_log(&self) -> &Path {
+        &self.plan.console_log
+    }
+
+    /// Everything the guest wrote on its serial console so far.
+    pub fn console_output(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.plan.console_log).unwrap_or_default())
+            .into_owned()
+    }
+
+    /// The QEMU command line that was run (binary first).
+    pub fn command_line(&self) -> Vec<String> {
+        std::iter::once(self.qemu_binary.to_string_lossy().into_owned())
+            .chain(self.args.iter().cloned())
+            .collect()
+    }
+
+    /// When QEMU was spawned: measure boot-to-agent times from here.
+    pub fn started_at(&self) -> Instant {
+        self.started_at
+    }
+
+    /// QEMU's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        match (&self.qemu, self.exit_status) {
+            (Some(c), None) => Some(c.id()),
+            _ => None,
+        }
+    }
+
+    /// vhost-device-vsock's pid (hybrid vsock only).
+    pub fn vsock_daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(HybridVsockDaemon::pid)
+    }
+
+    /// Where the agent is reachable (`None` with `VsockBackend::None`).
+    pub fn agent_address(&self) -> Option<AgentAddress> {
+        self.plan.agent_address(self.guest_cid)
+    }
+
+    /// Ok while QEMU (and the vsock daemon) run; otherwise an error carrying
+    /// QEMU's exit status, its stderr and the console tail.
+    pub fn check_alive(&mut self) -> Result<(), VmError> {
+        if let Some(status) = self.poll_exit()? {
+            return Err(self.exited_error(status));
+        }
+        if let Some(d) = self.daemon.as_mut() {
+            d.check_alive()?;
+        }
+        Ok(())
+    }
+
+    /// Wait (at most `timeout`) for QEMU to exit by itself, e.g. after the
+    /// guest powered off or rebooted (-no-reboot).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, VmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.poll_exit()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                return Err(self.timeout_error("QEMU to exit by itself (guest power-off)", timeout));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// QMP `query-status`.
+    pub fn query_status(&mut self) -> Result<QmpStatus, VmError> {
+        self.qmp_execute("query-status", None).map(|v| QmpStatus {
+            status: v
+                .get("status")
+                .and_then(|s| s.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            running: v.get("running").and_then(|s| s.as_bool()).unwrap_or(false),
+        })
+    }
+
+    /// Run a QMP command on the VM's (single, persistent) QMP connection.
+    pub fn qmp_execute(
+        &mut self,
+        command: &str,
+        arguments: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, VmError> {
+        let result = match self.qmp.as_mut() {
+            Some(q) => q.execute(command, arguments),
+            None => Err(QmpError::Closed(command.into())),
+        };
+        result.map_err(|e| self.exited_or(e.into()))
+    }
+
+    /// Stop everything (QMP quit, SIGKILL after `shutdown_timeout`, stop the
+    /// vsock daemon, remove sockets and the state directory) and report
+    /// anything that could not be cleaned up.
+    pub fn shutdown(mut self) -> Result<(), VmError> {
+        self.teardown()
+    }
+
+    fn poll_exit(&mut self) -> Result<Option<ExitStatus>, VmError> {
+        if self.exit_status.is_some() {
+            return Ok(self.exit_status);
+        }
+        let Some(child) = self.qemu.as_mut() else {
+            return Ok(None);
+        };
+        match child.try_wait() {
+            Ok(status) => {
+                self.exit_status = status;
+                Ok(status)
+            }
+            Err(e) => Err(VmError::io("cannot poll QEMU", e)),
+        }
+    }
+
+    /// `fallback`, unless QEMU has died: then the (more useful) exit error.
+    fn exited_or(&mut self, fallback: VmError) -> VmError {
+        // Give a dying QEMU a moment to be reaped, so that a QMP error caused
+        // by a kill is reported as the kill.
+        if let Some(child) = self.qemu.as_mut() {
+            if let Ok(Some(status)) = wait_timeout(child, Duration::from_millis(200)) {
+                self.exit_status = Some(status);
+                return self.exited_error(status);
+            }
+        }
+        fallback
+    }
+
+    fn console_diagnostics(&self) -> (Option<PathBuf>, String, String) {
+        (
+            Some(self.plan.console_log.clone()),
+            tail_file(&self.plan.console_log, TAIL_LINES),
+            tail_file(&self.plan.qemu_stderr, TAIL_LINES),
+        )
+    }
+
+    fn exited_error(&self, status: ExitStatus) -> VmError {
+        let (console_log, console_tail, stderr_tail) = self.console_diagnostics();
+        VmError::QemuExited {
+            status: status.to_string(),
+            console_log,
+            console_tail,
+            stderr_tail,
+        }
+    }
+
+    /// A timeout error about `what`, with the console and stderr tails.
+    pub fn timeout_error(&self, what: &str, after: Duration) -> VmError {
+        let (console_log, console_tail, stderr_tail) = self.console_diagnostics();
+        VmError::Timeout {
+            what: what.into(),
+            after,
+            console_log,
+            console_tail,
+            stderr_tail,
+        }
+    }
+
+    fn teardown(&mut self) -> Result<(), VmError> {
+        if self.torn_down {
+            return Ok(());
+        }
+        self.torn_down = true;
+        let mut problems = Vec::new();
+        if let Some(child) = self.qemu.as_mut() {
+            if self.exit_status.is_none() {
+                // Graceful first: QMP quit lets QEMU flush and unlink its
+                // pidfile; SIGKILL after the bound whatever happens.
+                if let (Ok(None), Some(q)) = (child.try_wait(), self.qmp.as_mut()) {
+                    if let Err(e) = q.quit() {
+                        log::warn!("VM {}: QMP quit failed ({e}); killing QEMU", self.id);
+                    }
+                }
+                match stop_child(child, None, self.shutdown_timeout) {
+                    Ok(status) => self.exit_status = Some(status),
+                    Err(e) => problems.push(format!("cannot stop QEMU (pid {}): {e}", child.id())),
+                }
+            }
+        }
+        self.finish_teardown(problems)
+    }
+
+    fn finish_teardown(&mut self, mut problems: Vec<String>) -> Result<(), VmError> {
+        self.qmp = None;
+        if let Some(mut d) = self.daemon.take() {
+            d.stop();
+        }
+        if self.state_dir_created {
+            if let Err(e) = std::fs::remove_dir_all(&self.plan.state_dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    problems.push(format!(
+                        "cannot remove {}: {e}",
+                        self.plan.state_dir.display()
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(VmError::Teardown(problems.join("; ")))
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            log::warn!("VM {}: {e}", self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(boot: BootMedia) -> QemuConfig {
+        let mut cfg = QemuConfig::new("sb1", "/k/vmlinux", boot);
+        cfg.kernel_params = vec!["agent.log=debug".into()];
+        cfg
+    }
+
+    fn plan(vsock: VsockBackend, image_size: Option<u64>) -> LaunchPlan {
+        LaunchPlan::new(
+            Path::new("/run/kata-containers/sb1"),
+            Accel::Tcg,
+            vsock,
+            None,
+            image_size,
+        )
+    }
+
+    /// The value following `flag`, for each occurrence.
+    fn values<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn initrd_command_line() {
+        let cfg = config(BootMedia::Initrd("/i/initrd.img".into()));
+        let args = build_qemu_args(&cfg, &plan(VsockBackend::None, None)).unwrap();
+        assert_eq!(values(&args, "-machine"), ["q35"]);
+        assert_eq!(values(&args, "-accel"), ["tcg"]);
+        assert_eq!(values(&args, "-m"), ["512M"]);
+        assert_eq!(values(&args, "-kernel"), ["/k/vmlinux"]);
+        assert_eq!(values(&args, "-initrd"), ["/i/initrd.img"]);
+        assert!(
+            !args
+                .iter()
+                .any(|a| a.contains("nvdimm") || a.contains("vsock") || a.contains("memfd")),
+            "{args:?}"
+        );
+        for flag in ["-nodefaults", "-no-user-config", "-no-reboot"] {
+            assert!(args.iter().any(|a| a == flag), "{flag} missing: {args:?}");
+        }
+        assert_eq!(values(&args, "-display"), ["none"]);
+        assert_eq!(
+            values(&args, "-chardev"),
+            [
+                "file,id=console0,path=/run/kata-containers/sb1/console.log",
+                "socket,id=qmp0,path=/run/kata-containers/sb1/qmp.sock,server=on,wait=off"
+            ]
+        );
+        assert_eq!(values(&args, "-serial"), ["chardev:console0"]);
+        assert_eq!(values(&args, "-mon"), ["chardev=qmp0,mode=control"]);
+        assert_eq!(
+            values(&args, "-pidfile"),
+            ["/run/kata-containers/sb1/qemu.pid"]
+        );
+        let append = values(&args, "-append")[0];
+        assert!(
+            append.starts_with("console=ttyS0 panic=1 reboot=k "),
+            "{append}"
+        );
+        assert!(append.ends_with(" quiet agent.log=debug"), "{append}");
+        assert!(!append.contains("root="), "{append}");
+    }
+
+    #[test]
+    fn nvdimm_command_line() {
+        let image = BootMedia::Image {
+            path: "/i/kata,containers.img".into(),
+            fs: ImageFs::Ext4,
+            dax: true,
+        };
+        let cfg = config(image);
+        let size = 128u64 << 20;
+        let args = build_qemu_args(&cfg, &plan(VsockBackend::None, Some(size))).unwrap();
+        assert_eq!(values(&args, "-machine"), ["q35,nvdimm=on"]);
+        assert_eq!(values(&args, "-m"), ["512M,slots=2,maxmem=640M"]);
+        assert!(values(&args, "-initrd").is_empty());
+        // The comma in the file name is escaped as QEMU requires.
+        assert_eq!(
+            values(&args, "-object")[0],
+            format!("memory-backend-file,id=mem0,mem-path=/i/kata,,containers.img,size={size},readonly=on")
+        );
+        assert_eq!(
+            values(&args, "-device")[0],
+            "nvdimm,id=nv0,memdev=mem0,unarmed=on"
+        );
+        let append = values(&args, "-append")[0];
+        assert!(
+            append.contains(" root=/dev/pmem0p1 rootflags=dax,data=ordered,errors=remount-ro ro rootfstype=ext4 agent.log=debug"),
+            "{append}"
+        );
+    }
+
+    #[test]
+    fn root_parameters_follow_fs_and_dax() {
+        let cmdline = |fs, dax| {
+            build_kernel_cmdline(&config(BootMedia::Image {
+                path: "/i".into(),
+                fs,
+                dax,
+            }))
+        };
+        assert!(cmdline(ImageFs::Ext4, false).contains(
+            "root=/dev/pmem0p1 rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4"
+        ));
+        assert!(cmdline(ImageFs::Erofs, true)
+            .contains("root=/dev/pmem0p1 rootflags=dax ro rootfstype=erofs"));
+        let mut cfg = config(BootMedia::Initrd("/i".into()));
+        cfg.quiet = false;
+        assert!(!build_kernel_cmdline(&cfg).contains("quiet"));
+    }
+
+    #[test]
+    fn hybrid_vsock_adds_vhost_user_device_and_shared_memory() {
+        let cfg = config(BootMedia::Initrd("/i/initrd.img".into()));
+        let args = build_qemu_args(&cfg, &plan(VsockBackend::HybridVsock, None)).unwrap();
+        assert_eq!(values(&args, "-machine"), ["q35,memory-backend=mem"]);
+        assert!(
+            values(&args, "-object").contains(&"memory-backend-memfd,id=mem,size=512M,share=on"),
+            "{args:?}"
+        );
+        assert!(values(&args, "-chardev")
+            .contains(&"socket,id=vsock0,path=/run/kata-containers/sb1/vhost-vsock.sock"));
+        assert!(
+            values(&args, "-device").contains(&"vhost-user-vsock-pci,id=vsockdev0,chardev=vsock0")
+        );
+
+        // Both: nvdimm and vhost-user memory.
+        let image = BootMedia::Image {
+            path: "/i/img".into(),
+            fs: ImageFs::Ext4,
+            dax: true,
+        };
+        let args = build_qemu_args(
+            &config(image),
+            &plan(VsockBackend::HybridVsock, Some(256 << 20)),
+        )
+        .unwrap();
+        assert_eq!(
+            values(&args, "-machine"),
+            ["q35,nvdimm=on,memory-backend=mem"]
+        );
+        assert_eq!(values(&args, "-m"), ["512M,slots=2,maxmem=768M"]);
+    }
+
+    #[test]
+    fn vhost_vsock_and_kvm() {
+        let cfg = config(BootMedia::Initrd("/i/initrd.img".into()));
+        let mut p = plan(VsockBackend::Vhost, None);
+        p.accel = Accel::Kvm;
+        let args = build_qemu_args(&cfg, &p).unwrap();
+        assert_eq!(values(&args, "-accel"), ["kvm"]);
+        assert_eq!(values(&args, "-cpu"), ["host"]);
+        assert!(values(&args, "-device").contains(&"vhost-vsock-pci,id=vsock0,guest-cid=3"));
+        assert_eq!(
+            values(&args, "-machine"),
+            ["q35"],
+            "vhost-vsock (kernel) needs no shared memory backend"
+        );
+        assert_eq!(
+            p.agent_address(3),
+            Some(AgentAddress::Vsock { cid: 3, port: 1024 })
+        );
+    }
+
+    #[test]
+    fn unresolved_choices_and_bad_images_are_rejected() {
+        let cfg = config(BootMedia::Initrd("/i".into()));
+        let mut p = plan(VsockBackend::None, None);
+        p.accel = Accel::Auto;
+        assert!(matches!(
+            build_qemu_args(&cfg, &p),
+            Err(VmError::Config { field: "accel", .. })
+        ));
+        let image = config(BootMedia::Image {
+            path: "/i/img".into(),
+            fs: ImageFs::Ext4,
+            dax: true,
+        });
+        let err = build_qemu_args(&image, &plan(VsockBackend::None, Some(1000))).unwrap_err();
+        assert!(err.to_string().contains("multiple of 2 MiB"), "{err}");
+    }
+
+    #[test]
+    fn config_validation_names_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, b"k").unwrap();
+        let mut cfg = QemuConfig::new("bad/id", &kernel, BootMedia::Initrd(kernel.clone()));
+        assert!(matches!(
+            cfg.validate(),
+            Err(VmError::Config { field: "id", .. })
+        ));
+        cfg.id = "ok".into();
+        cfg.boot = BootMedia::Initrd(dir.path().join("missing.img"));
+        let err = cfg.validate().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VmError::Config {
+                    field: "initrd",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("missing.img"), "{err}");
+        cfg.boot = BootMedia::Initrd(kernel.clone());
+        cfg.validate().unwrap();
+        // A failed start leaves no state directory behind.
+        cfg.state_root = dir.path().join("state");
+        cfg.qemu_binary = dir.path().join("no-such-qemu");
+        cfg.accel = Accel::Tcg;
+        cfg.vsock = VsockBackend::None;
+        let err = Vm::start(cfg).unwrap_err();
+        assert!(matches!(err, VmError::Spawn { .. }), "{err}");
+        assert!(!dir.path().join("state/ok").exists());
+    }
+}

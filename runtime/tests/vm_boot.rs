@@ -1,0 +1,178 @@
+//! Real QEMU (TCG): boot, console capture, QMP, power-off exit, teardown,
+//! and a VM killed while the host waits for its agent.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use runtime::agent_client::{wait_for_agent, AgentError};
+use runtime::hypervisor::{Accel, BootMedia, ImageFs, QemuConfig, Vm, VmError, VsockBackend};
+
+fn base_config(dir: &std::path::Path, id: &str, boot: BootMedia) -> QemuConfig {
+    let mut cfg = QemuConfig::new(id, common::test_kernel(), boot);
+    cfg.accel = Accel::Tcg;
+    cfg.vsock = VsockBackend::HybridVsock;
+    cfg.state_root = dir.join("run");
+    cfg.memory_mib = 256;
+    cfg
+}
+
+#[test]
+fn initrd_boot_powers_off_and_teardown_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = common::busybox_initrd(dir.path());
+    let cfg = base_config(dir.path(), "boot1", BootMedia::Initrd(initrd));
+    let mut vm = Vm::start(cfg).unwrap();
+    let state_dir = vm.state_dir().to_owned();
+    assert!(state_dir.join("qmp.sock").exists());
+    assert!(state_dir.join("vsock.sock").exists());
+    let qemu_pid = vm.pid().unwrap();
+    let daemon_pid = vm
+        .vsock_daemon_pid()
+        .expect("hybrid vsock runs vhost-device-vsock");
+    assert!(common::process_exists(qemu_pid) && common::process_exists(daemon_pid));
+    assert!(vm
+        .command_line()
+        .iter()
+        .any(|a| a == "vhost-user-vsock-pci,id=vsockdev0,chardev=vsock0"));
+
+    let status = vm
+        .wait_exit(Duration::from_secs(90))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        status.success(),
+        "QEMU exit status after guest power-off: {status}"
+    );
+    let console = vm.console_output();
+    assert!(
+        console.contains("KATA-TEST-INIT: up"),
+        "console:\n{console}"
+    );
+    assert!(vm.pid().is_none());
+    // QEMU is gone; the daemon is not (it outlives its front-end) until teardown.
+    assert!(
+        common::process_exists(daemon_pid),
+        "vhost-device-vsock should still run before teardown"
+    );
+
+    vm.shutdown().unwrap();
+    assert!(
+        !common::process_exists(daemon_pid),
+        "vhost-device-vsock {daemon_pid} left running"
+    );
+    assert!(
+        !common::process_exists(qemu_pid),
+        "QEMU {qemu_pid} left running"
+    );
+    assert!(
+        !state_dir.exists(),
+        "state dir {} left behind",
+        state_dir.display()
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("run")).unwrap().count(),
+        0
+    );
+}
+
+#[test]
+fn killed_qemu_fails_the_agent_wait_quickly_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = common::busybox_initrd(dir.path());
+    let mut cfg = base_config(dir.path(), "kill1", BootMedia::Initrd(initrd));
+    cfg.kernel_params.push("kata_test_mode=sleep".into());
+    let mut vm = Vm::start(cfg).unwrap();
+    let state_dir = vm.state_dir().to_owned();
+    let qemu_pid = vm.pid().unwrap();
+    let daemon_pid = vm.vsock_daemon_pid().unwrap();
+
+    // The guest has no agent: a direct hybrid vsock connect fails, bounded.
+    let uds = vm.plan().vsock_uds_path.clone();
+    let t = Instant::now();
+    let err = runtime::hypervisor::vsock::hybrid_vsock_connect(&uds, 1024, Duration::from_secs(2))
+        .unwrap_err();
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "connect took {:?}: {err}",
+        t.elapsed()
+    );
+
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(qemu_pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        Instant::now()
+    });
+    let err =
+        wait_for_agent(&mut vm, Duration::from_secs(120), Duration::from_secs(5)).unwrap_err();
+    let returned = Instant::now();
+    let killed_at = killer.join().unwrap();
+    let latency = returned.duration_since(killed_at);
+    assert!(
+        latency < Duration::from_secs(4),
+        "the dead VM was noticed only after {latency:?}"
+    );
+    match &err {
+        AgentError::Vm(VmError::QemuExited { status, .. }) => {
+            assert!(status.contains("9"), "{status}")
+        }
+        other => panic!("expected QemuExited, got {other}"),
+    }
+    let msg = err.to_string();
+    eprintln!("error after kill ({latency:?}): {msg}");
+    assert!(
+        msg.contains("QEMU exited unexpectedly") && msg.contains("console log"),
+        "{msg}"
+    );
+
+    drop(vm);
+    assert!(
+        !common::process_exists(daemon_pid),
+        "vhost-device-vsock left running"
+    );
+    assert!(!state_dir.exists(), "state dir left behind");
+}
+
+#[test]
+fn nvdimm_image_is_attached_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("rootfs.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let boot = BootMedia::Image {
+        path: image.clone(),
+        fs: ImageFs::Ext4,
+        dax: true,
+    };
+    let mut vm = Vm::start(base_config(dir.path(), "nv1", boot)).unwrap();
+    let devices = vm.qmp_execute("query-memory-devices", None).unwrap();
+    let nv = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["type"] == "nvdimm")
+        .unwrap_or_else(|| panic!("no nvdimm in {devices}"));
+    assert_eq!(nv["data"]["id"], "nv0");
+    assert_eq!(nv["data"]["size"], 8 << 20);
+    assert_eq!(nv["data"]["memdev"], "/objects/mem0");
+    let ro = vm
+        .qmp_execute(
+            "qom-get",
+            Some(serde_json::json!({"path": "/objects/mem0", "property": "readonly"})),
+        )
+        .unwrap();
+    assert_eq!(ro, true);
+    let state_dir = vm.state_dir().to_owned();
+    vm.shutdown().unwrap();
+    assert!(!state_dir.exists());
+    assert_eq!(
+        std::fs::metadata(&image).unwrap().len(),
+        8 << 20,
+        "the image is untouched"
+    );
+}
