@@ -15,6 +15,7 @@ mod bench_vm;
 mod cache;
 mod context;
 mod doctor;
+mod e2e;
 mod elf;
 mod error;
 mod fetch;

@@ -291,3 +291,54 @@ fn agent_is_a_static_musl_executable() {
     let bytes = std::fs::read(&agent).unwrap();
     assert!(!bytes.windows(6).any(|w| w == b"GLIBC_"), "glibc symbols in the agent");
 }
+
+#[test]
+fn a_pin_the_archive_dropped_names_the_fix() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("v.yaml");
+    let text = versions_text().replace("version: \"1:1.35.0-4+deb12u1+b1\"", "version: \"1:1.35.0-0+gone1\"");
+    std::fs::write(&f, text).unwrap();
+    let o = xtask(
+        &["rootfs", "--recipe", "minimal", "--versions", f.to_str().unwrap()],
+        &[("KATA_XTASK_CACHE_DIR", &d.path().join("c")), ("KATA_XTASK_DIST_DIR", &d.path().join("d"))],
+    );
+    assert_bad_input(&o, &["busybox-static=1:1.35.0-0+gone1", "cargo xtask versions --update busybox"]);
+}
+
+#[test]
+fn update_repins_to_what_the_archive_serves_and_keeps_comments() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("v.yaml");
+    let stale = versions_text()
+        .replace("version: \"1:1.35.0-4+deb12u1+b1\"", "version: \"1:1.35.0-0+gone1\"")
+        .replace("3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744", &"1".repeat(64));
+    std::fs::write(&f, &stale).unwrap();
+    let o = xtask(
+        &["versions", "--update", "busybox", "--versions", f.to_str().unwrap()],
+        &[("KATA_XTASK_CACHE_DIR", &d.path().join("c"))],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let updated = std::fs::read_to_string(&f).unwrap();
+    let comments = |t: &str| t.lines().filter(|l| l.trim_start().starts_with('#')).count();
+    assert_eq!(comments(&updated), comments(&stale), "comments kept");
+    // What the archive serves now, independently of xtask.
+    let policy = Command::new("apt-cache").args(["policy", "busybox-static"]).output().unwrap();
+    let candidate = String::from_utf8_lossy(&policy.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Candidate:").map(|v| v.trim().to_string()))
+        .unwrap();
+    assert!(updated.contains(&format!("version: \"{candidate}\"")), "{updated}");
+    assert!(!updated.contains(&"1".repeat(64)), "sha256 re-pinned");
+    // The pinned digest is that of the package apt serves, fetched here
+    // independently.
+    let dl = d.path().join("dl");
+    std::fs::create_dir(&dl).unwrap();
+    let got = Command::new("apt-get")
+        .args(["download", &format!("busybox-static={candidate}")])
+        .current_dir(&dl)
+        .output()
+        .unwrap();
+    assert!(got.status.success());
+    let deb = std::fs::read_dir(&dl).unwrap().next().unwrap().unwrap().path();
+    assert!(updated.contains(&format!("sha256: {}", sha256(&deb))), "{updated}");
+}
