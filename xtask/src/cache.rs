@@ -4,15 +4,22 @@
 //! labelled inputs (`StepInputs`). Equal key: the step is skipped and its
 //! entry reused. A step builds into a temp dir inside the cache and the dir is
 //! renamed into place only when the step succeeded, so a crash or an error
-//! never leaves a partial entry. One lock file serialises concurrent runs.
+//! never leaves a partial entry.
+//!
+//! Concurrent runs share the cache safely: building an entry holds a lock on
+//! that entry only (a second run wanting the same entry waits, then finds it
+//! built), finished entries are immutable and read without locks, and every
+//! process works in its own temp dir. A run therefore never blocks another
+//! run that needs different entries (`cargo xtask test` runs xtask from its
+//! tests while it holds entries of its own).
 //!
 //! Layout under the cache root:
 //! ```text
-//! lock                         flock(2)ed by the running xtask
 //! inputs/<sha256>/<file>       verified downloads (see fetch.rs)
 //! steps/<step>/<key>/          a finished entry; `.inputs.json` inside
+//! steps/<step>/.<key>.lock     flock(2)ed while the entry is built
 //! steps/<step>/last.json       the inputs of the last run (for "why it ran")
-//! tmp/                         work dirs; emptied at every start
+//! tmp/<pid>-<n>/               one process's work dirs; a dead pid's are swept
 //! ```
 
 use std::collections::BTreeMap;
@@ -30,7 +37,8 @@ const CACHE_FORMAT: u32 = 1;
 
 pub struct Cache {
     root: PathBuf,
-    _lock: File,
+    /// This process's work area under tmp/, removed on drop.
+    work: PathBuf,
 }
 
 /// Everything a step consumes, labelled so that a miss can say what changed.
@@ -123,34 +131,28 @@ fn short(s: &str) -> &str {
 }
 
 impl Cache {
-    /// Opens (creating if needed) the cache and takes its lock, waiting for
-    /// a concurrent run to finish.
+    /// Opens (creating if needed) the cache, sweeping work dirs that
+    /// crashed runs left behind.
     pub fn open(root: &Path, ui: &Ui) -> Result<Cache> {
-        fs::create_dir_all(root).with_context(|| {
+        let _ = ui;
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&tmp).with_context(|| {
             format!("cache dir {} cannot be created; pass another with --cache-dir", root.display())
         })?;
-        let lock_path = root.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("open {}", lock_path.display()))?;
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            ui.info(&format!("waiting for another xtask run holding {}", lock_path.display()));
-            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                bail!("lock {}: {}", lock_path.display(), std::io::Error::last_os_error());
+        for e in fs::read_dir(&tmp)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let owner = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            let alive = owner.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            if !alive {
+                let _ = remove_tree(&e.path());
             }
         }
-        let cache = Cache { root: root.to_path_buf(), _lock: lock };
-        // With the lock held, anything in tmp/ is debris of a crashed run.
-        let tmp = cache.root.join("tmp");
-        if tmp.exists() {
-            remove_tree(&tmp)?;
-        }
-        fs::create_dir_all(&tmp)?;
-        Ok(cache)
+        let work = tempfile::Builder::new()
+            .prefix(&format!("{}-", std::process::id()))
+            .tempdir_in(&tmp)
+            .with_context(|| format!("cache dir {} is not writable", root.display()))?
+            .keep();
+        Ok(Cache { root: root.to_path_buf(), work })
     }
 
     pub fn root(&self) -> &Path {
@@ -169,7 +171,7 @@ impl Cache {
     /// A fresh work dir inside the cache (same filesystem, so entries can be
     /// renamed into place).
     pub fn temp_dir(&self, prefix: &str) -> Result<tempfile::TempDir> {
-        Ok(tempfile::Builder::new().prefix(prefix).tempdir_in(self.root.join("tmp"))?)
+        Ok(tempfile::Builder::new().prefix(prefix).tempdir_in(&self.work)?)
     }
 
     /// Returns the entry for `inputs`, running `build` into an empty dir when
@@ -180,9 +182,17 @@ impl Cache {
         ui: &Ui,
         build: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<Entry> {
-        let last_path = self.root.join("steps").join(inputs.step()).join("last.json");
+        let step_dir = self.root.join("steps").join(inputs.step());
+        let last_path = step_dir.join("last.json");
         if let Some(entry) = self.lookup(inputs) {
             ui.verbose(&format!("{}: cache hit {}", inputs.step(), &entry.key[..12]));
+            return Ok(entry);
+        }
+        fs::create_dir_all(&step_dir)?;
+        let _guard = EntryLock::take(&step_dir.join(format!(".{}.lock", inputs.key())), ui)?;
+        // Another run may have built it while we waited.
+        if let Some(entry) = self.lookup(inputs) {
+            ui.verbose(&format!("{}: built by a concurrent run {}", inputs.step(), &entry.key[..12]));
             return Ok(entry);
         }
         match fs::read(&last_path).ok().and_then(|b| serde_json::from_slice::<BTreeMap<String, String>>(&b).ok()) {
@@ -199,10 +209,37 @@ impl Cache {
         let record = serde_json::to_vec_pretty(inputs.items())?;
         fs::write(out.join(".inputs.json"), &record)?;
         let dest = self.entry_dir(inputs);
-        fs::create_dir_all(dest.parent().expect("has parent"))?;
         fs::rename(&out, &dest).with_context(|| format!("move entry into {}", dest.display()))?;
         write_atomic(&last_path, &record)?;
         Ok(Entry { dir: dest, key: inputs.key(), hit: false })
+    }
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        let _ = remove_tree(&self.work);
+    }
+}
+
+/// An exclusive flock(2) on one entry's lock file, released on drop.
+struct EntryLock(File);
+
+impl EntryLock {
+    fn take(path: &Path, ui: &Ui) -> Result<EntryLock> {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("open {}", path.display()))?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            ui.info(&format!("waiting for another run building {}", path.display()));
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                bail!("lock {}: {}", path.display(), std::io::Error::last_os_error());
+            }
+        }
+        Ok(EntryLock(f))
     }
 }
 
@@ -302,21 +339,22 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.to_string(), "boom");
         assert!(cache.lookup(&inputs).is_none());
-        assert_eq!(fs::read_dir(d.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(&cache.work).unwrap().count(), 0, "the failed work dir is gone");
         // and a later successful run creates it
         cache.step(&inputs, &quiet(), |out| Ok(fs::write(out.join("ok"), b"")?)).unwrap();
         assert!(cache.lookup(&inputs).is_some());
     }
 
     #[test]
-    fn debris_of_a_crashed_run_is_swept() {
+    fn debris_of_a_crashed_run_is_swept_but_live_runs_are_kept() {
         let d = tempfile::tempdir().unwrap();
-        {
-            let _c = Cache::open(d.path(), &quiet()).unwrap();
-        }
-        fs::create_dir_all(d.path().join("tmp/demo-crashed/out")).unwrap();
+        let live = Cache::open(d.path(), &quiet()).unwrap();
+        // pid 0 never names a live process here.
+        fs::create_dir_all(d.path().join("tmp/0-crashed/out")).unwrap();
         let _c = Cache::open(d.path(), &quiet()).unwrap();
-        assert_eq!(fs::read_dir(d.path().join("tmp")).unwrap().count(), 0);
+        assert!(!d.path().join("tmp/0-crashed").exists());
+        assert!(live.work.exists(), "another live run's work dir stays");
+        drop(live);
     }
 
     #[test]
@@ -333,11 +371,32 @@ mod tests {
     }
 
     #[test]
-    fn lock_excludes_a_second_holder() {
+    fn concurrent_runs_build_an_entry_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
         let d = tempfile::tempdir().unwrap();
-        let _held = Cache::open(d.path(), &quiet()).unwrap();
-        let f = OpenOptions::new().write(true).open(d.path().join("lock")).unwrap();
-        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        assert_ne!(r, 0, "the lock must be held while the cache is open");
+        let runs = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let root = d.path().to_path_buf();
+                let runs = runs.clone();
+                std::thread::spawn(move || {
+                    // Each its own Cache, as separate processes would have.
+                    let cache = Cache::open(&root, &quiet()).unwrap();
+                    let inputs = StepInputs::new("demo", 1);
+                    cache
+                        .step(&inputs, &quiet(), |out| {
+                            runs.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(200));
+                            Ok(fs::write(out.join("x"), b"1")?)
+                        })
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
     }
 }

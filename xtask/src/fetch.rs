@@ -106,8 +106,15 @@ impl<'a> Fetcher<'a> {
         let dest_name = file.file_name().expect("file name");
         fs::rename(file, staging.path().join(dest_name))?;
         fs::create_dir_all(dir.parent().expect("parent"))?;
-        let staged = staging.keep();
-        fs::rename(&staged, &dir).with_context(|| format!("store {}", dir.display()))?;
+        if let Err(e) = fs::rename(staging.path(), &dir) {
+            // A concurrent run stored the same verified file first: same
+            // digest, same content, so theirs serves.
+            if !dir.join(dest_name).is_file() {
+                return Err(e).with_context(|| format!("store {}", dir.display()));
+            }
+        } else {
+            let _ = staging.keep();
+        }
         Ok(dir.join(dest_name))
     }
 
