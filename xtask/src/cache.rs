@@ -222,7 +222,9 @@ impl Drop for Cache {
 }
 
 /// An exclusive flock(2) on one entry's lock file, released on drop.
-struct EntryLock(File);
+struct EntryLock {
+    _file: File,
+}
 
 impl EntryLock {
     fn take(path: &Path, ui: &Ui) -> Result<EntryLock> {
@@ -239,7 +241,7 @@ impl EntryLock {
                 bail!("lock {}: {}", path.display(), std::io::Error::last_os_error());
             }
         }
-        Ok(EntryLock(f))
+        Ok(EntryLock { _file: f })
     }
 }
 
