@@ -26,7 +26,9 @@
 //!   [hypervisor.qemu] path, kernel, initrd | image, machine_type,
 //!                     kernel_params, default_vcpus, default_memory,
 //!                     shared_fs = "virtio-fs", virtio_fs_daemon,
-//!                     virtio_fs_cache, enable_debug
+//!                     virtio_fs_cache, enable_debug, rootfs_type (image),
+//!                     and this project's extensions accelerator = "tcg",
+//!                     vhost_user_vsock_daemon
 //!   [agent.kata]      enable_debug, dial_timeout
 //!   [runtime]         enable_debug, internetworking_model,
 //!                     sandbox_cgroup_only, static_sandbox_resource_mgmt
@@ -1060,7 +1062,21 @@ pub fn kata_configuration(guest: &vmtest::Guest) -> Result<String> {
     }
     let boot = match &guest.boot {
         runtime::hypervisor::BootMedia::Initrd(p) => format!("initrd = \"{}\"", p.display()),
-        runtime::hypervisor::BootMedia::Image { path, .. } => format!("image = \"{}\"", path.display()),
+        runtime::hypervisor::BootMedia::Image { path, fs, .. } => {
+            let fs = match fs {
+                runtime::hypervisor::ImageFs::Ext4 => "ext4",
+                runtime::hypervisor::ImageFs::Erofs => "erofs",
+            };
+            format!("image = \"{}\"\nrootfs_type = \"{fs}\"", path.display())
+        }
+    };
+    // Our extension key; without /dev/vhost-vsock the shim needs it, and
+    // containerd's PATH need not hold ~/.cargo/bin where doctor installs it.
+    let vsock_daemon = match crate::tools::which("vhost-device-vsock")
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin/vhost-device-vsock")).filter(|p| p.is_file()))
+    {
+        Some(p) => format!("vhost_user_vsock_daemon = \"{}\"\n", p.display()),
+        None => String::new(),
     };
     Ok(format!(
         r#"# Written by `cargo xtask test e2e` for its private containerd.
@@ -1076,7 +1092,10 @@ shared_fs = "virtio-fs"
 virtio_fs_daemon = "{virtiofsd}"
 virtio_fs_cache = "auto"
 enable_debug = true
-
+# Our extensions (runtime/src/config.rs): KVM guests crash on the CI hosts,
+# so no probe: TCG.
+accelerator = "tcg"
+{vsock_daemon}
 [agent.kata]
 enable_debug = true
 # Seconds; a TCG boot on a loaded CI machine is slow.
@@ -1091,6 +1110,7 @@ static_sandbox_resource_mgmt = true
         qemu = qemu.display(),
         kernel = guest.kernel.display(),
         virtiofsd = VIRTIOFSD,
+        vsock_daemon = vsock_daemon,
     ))
 }
 

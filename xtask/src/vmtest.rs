@@ -158,7 +158,9 @@ fn process_alive(pid: u32) -> bool {
 /// CreateSandbox, DestroySandbox, QEMU powers off by itself.
 pub fn boot_and_drive(ctx: &Ctx, guest: &Guest, accel: Accel) -> Result<BootReport> {
     let name = media_name(guest.media);
-    let cfg = config(guest, name, accel, &[]);
+    let mut cfg = config(guest, name, accel, &[]);
+    // The image's proof is in the kernel's own mount messages.
+    cfg.quiet = guest.media != Media::Image;
     let console = cfg.console_log.clone().expect("set above");
     let mut vm = Vm::start(cfg).context("start QEMU")?;
     let traces = Traces::of(&vm);
@@ -179,7 +181,11 @@ pub fn boot_and_drive(ctx: &Ctx, guest: &Guest, accel: Accel) -> Result<BootRepo
     drop(client);
     let status = vm.wait_exit(POWEROFF_TIMEOUT).context("after DestroySandbox the guest must power off")?;
     let accel_used = vm.accel();
+    let console_text = vm.console_output();
     vm.shutdown()?;
+    if guest.media == Media::Image {
+        check_dax_root(&console_text).with_context(|| format!("console: {}", console.display()))?;
+    }
     let left = traces.leftovers();
     if !left.is_empty() {
         bail!("after the {name} VM: {}", left.join("; "));
@@ -197,6 +203,20 @@ pub fn boot_and_drive(ctx: &Ctx, guest: &Guest, accel: Accel) -> Result<BootRepo
     };
     check_report(ctx, &report)?;
     Ok(report)
+}
+
+/// The root filesystem is the image's partition on the NVDIMM, mounted
+/// with DAX (the kernel read the pfn info block and the inner MBR).
+fn check_dax_root(console: &str) -> Result<()> {
+    let mounted = console.lines().any(|l| l.contains("EXT4-fs (pmem0p1): mounted filesystem"));
+    let dax = console.lines().any(|l| l.contains("pmem0p1") && l.contains("DAX"));
+    if !mounted {
+        bail!("the kernel did not mount /dev/pmem0p1 as root");
+    }
+    if !dax {
+        bail!("/dev/pmem0p1 was mounted without DAX");
+    }
+    Ok(())
 }
 
 fn check_report(ctx: &Ctx, r: &BootReport) -> Result<()> {
