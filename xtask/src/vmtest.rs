@@ -206,15 +206,24 @@ pub fn boot_and_drive(ctx: &Ctx, guest: &Guest, accel: Accel) -> Result<BootRepo
 }
 
 /// The root filesystem is the image's partition on the NVDIMM, mounted
-/// with DAX (the kernel read the pfn info block and the inner MBR).
+/// with DAX. Two proofs from the kernel's own messages: the pfn device
+/// (`nd_pmem pfnN.M`) exists only when the kernel accepted our pfn info
+/// block, and ext4 in 6.1 refuses a `dax` mount ("DAX unsupported by block
+/// device") instead of silently falling back, so root mounted with
+/// `rootflags=dax` means DAX is on.
 fn check_dax_root(console: &str) -> Result<()> {
-    let mounted = console.lines().any(|l| l.contains("EXT4-fs (pmem0p1): mounted filesystem"));
-    let dax = console.lines().any(|l| l.contains("pmem0p1") && l.contains("DAX"));
-    if !mounted {
+    let has = |pred: &dyn Fn(&str) -> bool| console.lines().any(pred);
+    if !has(&|l| l.contains("nd_pmem pfn")) {
+        bail!("the kernel did not create a pfn device: it rejected the image's pfn info block");
+    }
+    if !has(&|l| l.contains("Kernel command line:") && l.contains("rootflags=dax")) {
+        bail!("root was not mounted with rootflags=dax");
+    }
+    if !has(&|l| l.contains("EXT4-fs (pmem0p1): mounted filesystem")) {
         bail!("the kernel did not mount /dev/pmem0p1 as root");
     }
-    if !dax {
-        bail!("/dev/pmem0p1 was mounted without DAX");
+    if has(&|l| l.contains("DAX unsupported")) {
+        bail!("/dev/pmem0p1 does not support DAX");
     }
     Ok(())
 }
