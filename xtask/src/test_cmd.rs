@@ -46,6 +46,8 @@ pub fn unit(ctx: &Ctx) -> Result<()> {
         .args(["test", "--workspace", "--locked"])
         .env(KERNEL_TARBALL_ENV, &tarball)
         .env(TEST_KERNEL_ENV, kernel.bzimage())
+        // The kernel tests reuse this run's cache (the kernel is in it).
+        .env(crate::context::CACHE_ENV, &ctx.cache_dir)
         .current_dir(&ctx.root)
         .status()?;
     if !status.success() {
