@@ -74,7 +74,7 @@ pub fn build(ctx: &Ctx) -> Result<AgentBuild> {
             bail!("{} is not static (interpreter: {}, needed libraries: {})", built.display(), facts.has_interpreter, facts.needed_libraries);
         }
         std::fs::copy(&built, out.join("kata-agent"))?;
-        Ok(())
+        publish::seal(&out.join("kata-agent"))
     })?;
     progress.finish(if entry.hit { "cached" } else { "built" });
     Ok(AgentBuild {
@@ -97,7 +97,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     ctx.ensure_dist_writable()?;
     let agent = build(ctx)?;
     let dest = publish::file(ctx, &agent.binary, "kata-agent")?;
-    let art = publish::artifact(ctx, "kata-agent", Kind::Agent, &dest, &agent.key, None)?;
+    let art = publish::artifact(ctx, "kata-agent", Kind::Agent, &dest, &agent.binary, &agent.key, None)?;
     Manifest::record(&ctx.dist(), &ctx.versions.version, ctx.epoch, vec![art.clone()])?;
     ctx.ui.info(&format!("agent: {} ({} bytes, static)", art.path, art.bytes));
     if ctx.json {

@@ -96,7 +96,7 @@ pub fn build(ctx: &Ctx, args: &ImageArgs) -> Result<ImageBuild> {
             let opts = options(ctx, args);
             let e = cache.step(&inputs, &ctx.ui, |out| {
                 build_image(&r.dir, &out.join("image"), &opts)?;
-                Ok(())
+                publish::seal(&out.join("image"))
             })?;
             progress.finish("built");
             e
@@ -137,7 +137,7 @@ pub fn run(ctx: &Ctx, args: &ImageArgs) -> Result<()> {
     let name = file_name(ctx, args);
     let dest = publish::file(ctx, &b.file, &name)?;
     publish::symlink(ctx, &name, "kata-containers.img")?;
-    let art = publish::artifact(ctx, "kata-containers.img", Kind::Image, &dest, &b.key, Some(&args.recipe))?;
+    let art = publish::artifact(ctx, "kata-containers.img", Kind::Image, &dest, &b.file, &b.key, Some(&args.recipe))?;
     Manifest::record(&ctx.dist(), &ctx.versions.version, ctx.epoch, vec![art.clone()])?;
     ctx.ui.info(&format!("image: {} ({} bytes, sha256 {})", art.path, art.bytes, art.sha256));
     if ctx.json {

@@ -68,7 +68,7 @@ pub fn build(ctx: &Ctx, args: &InitrdArgs) -> Result<InitrdBuild> {
             let progress = ctx.ui.step(&format!("initrd {}", args.recipe));
             let e = cache.step(&inputs, &ctx.ui, |out| {
                 write_initrd(&r.dir, &out.join("initrd"), args.compression.lib(), ctx.epoch)?;
-                Ok(())
+                publish::seal(&out.join("initrd"))
             })?;
             progress.finish("built");
             e
@@ -97,7 +97,7 @@ pub fn run(ctx: &Ctx, args: &InitrdArgs) -> Result<()> {
     let name = file_name(ctx, &args.recipe);
     let dest = publish::file(ctx, &b.file, &name)?;
     publish::symlink(ctx, &name, "kata-containers-initrd.img")?;
-    let art = publish::artifact(ctx, "kata-containers-initrd.img", Kind::Initrd, &dest, &b.key, Some(&args.recipe))?;
+    let art = publish::artifact(ctx, "kata-containers-initrd.img", Kind::Initrd, &dest, &b.file, &b.key, Some(&args.recipe))?;
     Manifest::record(&ctx.dist(), &ctx.versions.version, ctx.epoch, vec![art.clone()])?;
     ctx.ui.info(&format!("initrd: {} ({} bytes, sha256 {})", art.path, art.bytes, art.sha256));
     if ctx.json {

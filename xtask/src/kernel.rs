@@ -232,6 +232,9 @@ pub fn build(ctx: &Ctx, args: &KernelArgs) -> Result<KernelBuild> {
         std::fs::rename(&built.config, out.join("config"))?;
         std::fs::rename(&built.system_map, out.join("System.map"))?;
         std::fs::write(out.join("release"), &built.version)?;
+        for f in ["vmlinux", "bzImage", "config"] {
+            publish::seal(&out.join(f))?;
+        }
         // The object tree is large and not an output.
         crate::cache::remove_tree(&build_dir)
     })?;
@@ -256,7 +259,7 @@ pub fn run(ctx: &Ctx, args: &KernelArgs) -> Result<()> {
         let config = config_only(ctx, &l)?;
         let dest = publish::file(ctx, &config, &format!("config-{stem}"))?;
         let _ = std::fs::remove_dir_all(config.parent().expect("in a dir"));
-        let art = publish::artifact(ctx, &format!("config-{stem}"), Kind::KernelConfig, &dest, &l.build.key(), None)?;
+        let art = publish::artifact(ctx, &format!("config-{stem}"), Kind::KernelConfig, &dest, &dest, &l.build.key(), None)?;
         Manifest::record(&ctx.dist(), &ctx.versions.version, ctx.epoch, vec![art.clone()])?;
         ctx.ui.info(&format!(
             "kernel config: every requested option is set ({} fragments options); {}",
@@ -302,7 +305,7 @@ pub fn install(ctx: &Ctx, args: &KernelArgs, k: &KernelBuild) -> Result<Vec<crat
         if let Some(l) = link {
             publish::symlink(ctx, &name, &format!("{l}{sfx}.container"))?;
         }
-        arts.push(publish::artifact(ctx, &name, kind, &dest, &k.key, None)?);
+        arts.push(publish::artifact(ctx, &name, kind, &dest, &k.dir.join(file), &k.key, None)?);
     }
     Ok(arts)
 }

@@ -13,14 +13,45 @@ use crate::hash;
 use crate::manifest::{Artifact, Kind};
 use crate::tools::run_captured;
 
+/// Records a step output's sha256 next to it (`<file>.sha256`), inside the
+/// step's entry: entries never change, so the digest is computed once.
+pub fn seal(path: &Path) -> Result<()> {
+    let digest = hash::file_sha256(path)?;
+    fs::write(sidecar(path), digest)?;
+    Ok(())
+}
+
+fn sidecar(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".sha256");
+    PathBuf::from(s)
+}
+
+/// The sha256 of a cached output: from its seal, else computed.
+pub fn cached_sha256(path: &Path) -> Result<String> {
+    match fs::read_to_string(sidecar(path)) {
+        Ok(s) if s.len() == 64 => Ok(s),
+        _ => hash::file_sha256(path),
+    }
+}
+
 /// Copies a cached file to `dist/<name>` (temp + rename). A copy, not a hard
-/// link: whatever a user does to dist must not reach into the cache.
+/// link: whatever a user does to dist must not reach into the cache. The
+/// copy takes the cached file's mtime, so an unchanged rerun sees the same
+/// size and mtime and skips copying (a user's edit changes the mtime).
 pub fn file(ctx: &Ctx, src: &Path, name: &str) -> Result<PathBuf> {
     let dist = ctx.dist();
     fs::create_dir_all(&dist).with_context(|| format!("output dir {} is not writable", dist.display()))?;
     let dest = dist.join(name);
+    let src_meta = fs::metadata(src)?;
+    if let Ok(m) = fs::symlink_metadata(&dest) {
+        if m.is_file() && m.len() == src_meta.len() && m.modified().ok() == src_meta.modified().ok() {
+            return Ok(dest);
+        }
+    }
     let tmp = tempfile::Builder::new().prefix(".publish").tempfile_in(&dist)?;
     fs::copy(src, tmp.path()).with_context(|| format!("copy {} to {}", src.display(), dist.display()))?;
+    tmp.as_file().set_modified(src_meta.modified()?)?;
     tmp.persist(&dest).with_context(|| format!("rename into {}", dest.display()))?;
     Ok(dest)
 }
@@ -53,12 +84,22 @@ pub fn tree(ctx: &Ctx, src: &Path, name: &str) -> Result<PathBuf> {
     Ok(dest)
 }
 
-pub fn artifact(ctx: &Ctx, name: &str, kind: Kind, path: &Path, cache_key: &str, recipe: Option<&str>) -> Result<Artifact> {
+/// Describes a published file; `cached` is the step output it was copied
+/// from (its seal gives the digest without reading the file again).
+pub fn artifact(
+    ctx: &Ctx,
+    name: &str,
+    kind: Kind,
+    path: &Path,
+    cached: &Path,
+    cache_key: &str,
+    recipe: Option<&str>,
+) -> Result<Artifact> {
     Ok(Artifact {
         name: name.to_string(),
         kind,
         path: ctx.rel(path),
-        sha256: hash::file_sha256(path)?,
+        sha256: cached_sha256(cached)?,
         bytes: fs::metadata(path)?.len(),
         cache_key: cache_key.to_string(),
         recipe: recipe.map(str::to_string),
