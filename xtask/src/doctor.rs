@@ -85,6 +85,8 @@ fn requirements(v: &Versions) -> Vec<Requirement> {
         },
         apt("virtiofsd", "sharing container rootfs", Check::File("/usr/lib/qemu/virtiofsd"), "qemu-system-common"),
         apt("containerd", "the end-to-end container test", Check::Program("containerd"), "containerd"),
+        apt("ctr", "the end-to-end container test", Check::Program("ctr"), "containerd"),
+        apt("gzip", "the e2e test image's layer", Check::Program("gzip"), "gzip"),
         apt("runc", "the start-latency benchmark baseline", Check::Program("runc"), "runc"),
         Requirement {
             what: format!("rust target {}", v.rust.musl_target),
