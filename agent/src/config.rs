@@ -18,6 +18,9 @@ pub const ENV_RESOLV_CONF: &str = "KATA_AGENT_RESOLV_CONF";
 pub const ENV_HOSTNAME_FILE: &str = "KATA_AGENT_HOSTNAME_FILE";
 pub const ENV_SYSFS: &str = "KATA_AGENT_SYSFS";
 pub const ENV_CONSOLE: &str = "KATA_AGENT_CONSOLE";
+pub const ENV_RUN_DIR: &str = "KATA_AGENT_RUN_DIR";
+/// Upstream's directory of container bundles and the shared filesystem.
+pub const DEFAULT_RUN_DIR: &str = "/run/kata-containers";
 /// The console of init mode (logs, debug shell).
 pub const DEFAULT_CONSOLE: &str = "/dev/console";
 
@@ -56,6 +59,9 @@ pub struct Config {
     pub sysfs_root: PathBuf,
     /// Console device of init mode (logs, debug shell).
     pub console: PathBuf,
+    /// Container bundles, the shared filesystem mount and libcontainer's
+    /// state (see [`crate::container`]).
+    pub run_dir: PathBuf,
     /// Lines to log once the logger is up (config problems are never fatal).
     pub notes: Vec<(log::Level, String)>,
 }
@@ -266,6 +272,9 @@ impl Config {
             hostname_file,
             sysfs_root,
             console: console_path(env),
+            run_dir: env(ENV_RUN_DIR)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR)),
             notes,
         }
     }

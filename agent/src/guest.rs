@@ -116,6 +116,14 @@ pub fn set_clock(time: nix::sys::time::TimeSpec) -> io::Result<()> {
     nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, time).map_err(io::Error::from)
 }
 
+/// `uname -r` of the running kernel (empty if uname fails, which it does not
+/// on Linux).
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,12 +171,4 @@ mod tests {
         assert!(datetime_from_request(1, 1_000_000).is_err());
         assert!(datetime_from_request(-1, 0).is_err());
     }
-}
-
-/// `uname -r` of the running kernel (empty if uname fails, which it does not
-/// on Linux).
-pub fn kernel_release() -> String {
-    nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default()
 }

@@ -21,22 +21,35 @@
 //! named by environment variables, or are only recorded), and DestroySandbox
 //! makes the process exit with status 0.
 //!
+//! # Containers
+//! The container methods (CreateContainer ... TtyWinResize) run containers
+//! with youki's `libcontainer` (namespaces, cgroup v2, pivot_root,
+//! capabilities, rlimits, user switching). Creating a container or an exec
+//! goes through a short-lived, single-threaded helper: this same binary run
+//! with `--libcontainer-helper` (see [`runtime_helper`]). Bundles, the shared
+//! filesystem mount point and the rules for `Spec.Root.Path` are described
+//! in [`container`].
+//!
 //! # Configuration
 //! Kernel parameters (from /proc/cmdline): `agent.log=<level>`,
 //! `agent.server_addr=<vsock://CID:PORT | unix:///path>`, `agent.debug_console`.
 //! Unknown `agent.*` keys are logged and ignored. Environment overrides:
 //! `KATA_AGENT_CMDLINE` (file read instead of /proc/cmdline),
 //! `KATA_AGENT_SERVER_ADDR`, `KATA_AGENT_LOG_LEVEL`, `KATA_AGENT_RESOLV_CONF`,
-//! `KATA_AGENT_HOSTNAME_FILE`, `KATA_AGENT_SYSFS`, `KATA_AGENT_CONSOLE`
-//! (see [`config`]).
+//! `KATA_AGENT_HOSTNAME_FILE`, `KATA_AGENT_SYSFS`, `KATA_AGENT_CONSOLE`,
+//! `KATA_AGENT_RUN_DIR` (instead of /run/kata-containers; see [`config`]).
 
+mod cgroup_stats;
 mod config;
 mod console;
+mod container;
 mod guest;
 mod init;
 mod logger;
+mod oci;
 mod reaper;
 mod rpc;
+mod runtime_helper;
 mod storage;
 
 use std::sync::Arc;
@@ -58,6 +71,8 @@ const BIND_ATTEMPTS: u32 = 50;
 const BIND_INTERVAL: Duration = Duration::from_millis(100);
 
 fn main() {
+    // the container helper (see runtime_helper) is this binary too
+    runtime_helper::run_if_requested(&std::env::args().collect::<Vec<_>>());
     let init_mode = std::process::id() == 1;
     let mut early_problems = Vec::new();
     if init_mode {
@@ -120,7 +135,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let (shutdown_tx, shutdown_rx) = std::sync::mpsc::channel();
-    let state = rpc::AgentState::new(config.clone(), shutdown_tx);
+    let state = rpc::AgentState::new(config.clone(), shutdown_tx, reaper.clone());
     let socket_path = config
         .server_addr
         .strip_prefix("unix://")

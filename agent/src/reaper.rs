@@ -38,7 +38,6 @@ pub enum ExitStatus {
 impl ExitStatus {
     /// The shell convention upstream's WaitProcess reports: the exit code,
     /// or 128 + signal number.
-    #[allow(dead_code)] // WaitProcess (next issue) reports it
     pub fn code(self) -> i32 {
         match self {
             ExitStatus::Exited(c) => c,
@@ -114,6 +113,18 @@ impl Reaper {
         Ok(reaper)
     }
 
+    /// A reaper without a thread or signal handler, for unit tests of code
+    /// that only needs a handle.
+    #[cfg(test)]
+    pub fn inert() -> Reaper {
+        Reaper {
+            shared: Arc::new(Shared {
+                table: Mutex::new(Table::default()),
+                exited: Condvar::new(),
+            }),
+        }
+    }
+
     fn run(&self, wake: OwnedFd) {
         let mut buf = [0u8; 64];
         loop {
@@ -141,7 +152,12 @@ impl Reaper {
         let mut table = self.shared.table.lock().unwrap_or_else(|e| e.into_inner());
         let mut any_tracked = false;
         loop {
-            let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            let (pid, status) = match waitpid(
+                Pid::from_raw(-1),
+                // __WALL: libcontainer clones container processes with no
+                // exit signal; plain waitpid would never see them
+                Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
+            ) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Exited(code)),
                 Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, ExitStatus::Signaled(sig as i32)),
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,

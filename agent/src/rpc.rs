@@ -19,7 +19,9 @@ use protocols::{agent, agent_ttrpc, health_ttrpc};
 use ttrpc::{Code, MethodHandler, TtrpcContext};
 
 use crate::config::Config;
+use crate::container::{Containers, Failure, Layout};
 use crate::guest;
+use crate::reaper::Reaper;
 use crate::storage::{self, Prepared};
 
 /// The agent's version, reported by Health.Version and GetGuestDetails.
@@ -37,6 +39,33 @@ fn status(code: Code, message: impl Into<String>) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, message.into()))
 }
 
+/// User and group names to resolve in the container's /etc/passwd are not
+/// supported: the numeric OCI.Process.User is what the agent applies.
+fn refuse_string_user(
+    method: &str,
+    user: &protobuf::MessageField<agent::StringUser>,
+) -> ttrpc::Result<()> {
+    match user.as_ref() {
+        Some(u) if !u.uid.is_empty() || !u.gid.is_empty() || !u.additionalGids.is_empty() => {
+            Err(status(
+                Code::UNIMPLEMENTED,
+                format!("{method}: string_user (user names resolved in the container) is not implemented by this agent yet; send numeric ids in Process.User"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A container failure as the reply status, naming the method.
+fn reply<T>(method: &str, result: Result<T, Failure>) -> ttrpc::Result<T> {
+    result.map_err(|f| {
+        if f.code != Code::NOT_FOUND {
+            log::warn!("{method}: {}", f.message);
+        }
+        status(f.code, format!("{method}: {}", f.message))
+    })
+}
+
 /// The sandbox the runtime created (one per agent).
 #[derive(Debug, Default)]
 struct Sandbox {
@@ -49,14 +78,19 @@ pub struct AgentState {
     config: Arc<Config>,
     sandbox: Mutex<Option<Sandbox>>,
     shutdown: Mutex<Sender<Shutdown>>,
+    containers: Containers,
 }
 
 impl AgentState {
-    pub fn new(config: Arc<Config>, shutdown: Sender<Shutdown>) -> Arc<AgentState> {
+    pub fn new(config: Arc<Config>, shutdown: Sender<Shutdown>, reaper: Reaper) -> Arc<AgentState> {
+        let layout = Layout {
+            run_dir: config.run_dir.clone(),
+        };
         Arc::new(AgentState {
             config,
             sandbox: Mutex::new(None),
             shutdown: Mutex::new(shutdown),
+            containers: Containers::new(layout, reaper),
         })
     }
 
@@ -167,35 +201,195 @@ pub struct AgentService {
     pub state: Arc<AgentState>,
 }
 
-/// Declared methods this agent does not handle yet: UNIMPLEMENTED naming the
-/// method (the generated defaults would say NOT_FOUND, which misleads clients
-/// into thinking a container or process is missing).
-macro_rules! not_implemented {
-    ($($fn_name:ident($req:ty) -> $resp:ty = $wire:literal;)*) => {
-        $(
-            fn $fn_name(&self, _ctx: &TtrpcContext, _req: $req) -> ttrpc::Result<$resp> {
-                Err(status(Code::UNIMPLEMENTED, concat!("/grpc.AgentService/", $wire, " is not implemented by this agent yet")))
-            }
-        )*
-    };
-}
-
 impl agent_ttrpc::AgentService for AgentService {
-    not_implemented! {
-        create_container(agent::CreateContainerRequest) -> Empty = "CreateContainer";
-        start_container(agent::StartContainerRequest) -> Empty = "StartContainer";
-        remove_container(agent::RemoveContainerRequest) -> Empty = "RemoveContainer";
-        exec_process(agent::ExecProcessRequest) -> Empty = "ExecProcess";
-        signal_process(agent::SignalProcessRequest) -> Empty = "SignalProcess";
-        wait_process(agent::WaitProcessRequest) -> agent::WaitProcessResponse = "WaitProcess";
-        stats_container(agent::StatsContainerRequest) -> agent::StatsContainerResponse = "StatsContainer";
-        pause_container(agent::PauseContainerRequest) -> Empty = "PauseContainer";
-        resume_container(agent::ResumeContainerRequest) -> Empty = "ResumeContainer";
-        write_stdin(agent::WriteStreamRequest) -> agent::WriteStreamResponse = "WriteStdin";
-        read_stdout(agent::ReadStreamRequest) -> agent::ReadStreamResponse = "ReadStdout";
-        read_stderr(agent::ReadStreamRequest) -> agent::ReadStreamResponse = "ReadStderr";
-        close_stdin(agent::CloseStdinRequest) -> Empty = "CloseStdin";
-        tty_win_resize(agent::TtyWinResizeRequest) -> Empty = "TtyWinResize";
+    fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::CreateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        if req.sandbox_pidns {
+            return Err(status(Code::UNIMPLEMENTED, "CreateContainer: sandbox_pidns (shared PID namespace) is not implemented by this agent yet"));
+        }
+        if !req.shared_mounts.is_empty() {
+            return Err(status(
+                Code::UNIMPLEMENTED,
+                "CreateContainer: shared_mounts are not implemented by this agent yet",
+            ));
+        }
+        refuse_string_user("CreateContainer", &req.string_user)?;
+        reply("CreateContainer", self.state.containers.create(&req))?;
+        Ok(Empty::new())
+    }
+
+    fn start_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::StartContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        reply("StartContainer", self.state.containers.start(&req.container_id))?;
+        Ok(Empty::new())
+    }
+
+    fn remove_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let timeout = std::time::Duration::from_secs(req.timeout.into());
+        reply(
+            "RemoveContainer",
+            self.state.containers.remove(&req.container_id, timeout),
+        )?;
+        Ok(Empty::new())
+    }
+
+    fn exec_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ExecProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        refuse_string_user("ExecProcess", &req.string_user)?;
+        reply("ExecProcess", self.state.containers.exec(&req))?;
+        Ok(Empty::new())
+    }
+
+    fn signal_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        reply(
+            "SignalProcess",
+            self.state
+                .containers
+                .signal(&req.container_id, &req.exec_id, req.signal),
+        )?;
+        Ok(Empty::new())
+    }
+
+    fn wait_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::WaitProcessRequest,
+    ) -> ttrpc::Result<agent::WaitProcessResponse> {
+        let code = reply(
+            "WaitProcess",
+            self.state.containers.wait(&req.container_id, &req.exec_id),
+        )?;
+        let mut resp = agent::WaitProcessResponse::new();
+        resp.status = code;
+        Ok(resp)
+    }
+
+    fn stats_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::StatsContainerRequest,
+    ) -> ttrpc::Result<agent::StatsContainerResponse> {
+        let stats = reply(
+            "StatsContainer",
+            self.state.containers.stats(&req.container_id),
+        )?;
+        let mut resp = agent::StatsContainerResponse::new();
+        resp.cgroup_stats = Some(stats).into();
+        Ok(resp)
+    }
+
+    fn pause_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::PauseContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        reply("PauseContainer", self.state.containers.pause(&req.container_id))?;
+        Ok(Empty::new())
+    }
+
+    fn resume_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ResumeContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        reply("ResumeContainer", self.state.containers.resume(&req.container_id))?;
+        Ok(Empty::new())
+    }
+
+    fn write_stdin(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::WriteStreamRequest,
+    ) -> ttrpc::Result<agent::WriteStreamResponse> {
+        let len = reply(
+            "WriteStdin",
+            self.state
+                .containers
+                .write_stdin(&req.container_id, &req.exec_id, &req.data),
+        )?;
+        let mut resp = agent::WriteStreamResponse::new();
+        resp.len = len;
+        Ok(resp)
+    }
+
+    fn read_stdout(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ReadStreamRequest,
+    ) -> ttrpc::Result<agent::ReadStreamResponse> {
+        let data = reply(
+            "ReadStdout",
+            self.state
+                .containers
+                .read_stdout(&req.container_id, &req.exec_id, req.len),
+        )?;
+        let mut resp = agent::ReadStreamResponse::new();
+        resp.data = data;
+        Ok(resp)
+    }
+
+    fn read_stderr(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ReadStreamRequest,
+    ) -> ttrpc::Result<agent::ReadStreamResponse> {
+        let data = reply(
+            "ReadStderr",
+            self.state
+                .containers
+                .read_stderr(&req.container_id, &req.exec_id, req.len),
+        )?;
+        let mut resp = agent::ReadStreamResponse::new();
+        resp.data = data;
+        Ok(resp)
+    }
+
+    fn close_stdin(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::CloseStdinRequest,
+    ) -> ttrpc::Result<Empty> {
+        reply(
+            "CloseStdin",
+            self.state
+                .containers
+                .close_stdin(&req.container_id, &req.exec_id),
+        )?;
+        Ok(Empty::new())
+    }
+
+    fn tty_win_resize(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::TtyWinResizeRequest,
+    ) -> ttrpc::Result<Empty> {
+        reply(
+            "TtyWinResize",
+            self.state.containers.resize_tty(
+                &req.container_id,
+                &req.exec_id,
+                req.row,
+                req.column,
+            ),
+        )?;
+        Ok(Empty::new())
     }
 
     fn get_guest_details(
@@ -460,7 +654,7 @@ mod tests {
     fn every_agent_method_is_registered_and_wrapped() {
         let (tx, _rx) = std::sync::mpsc::channel();
         let config = Arc::new(Config::load(false, &|_: &str| Some("/nonexistent".into())));
-        let m = methods(AgentState::new(config, tx));
+        let m = methods(AgentState::new(config, tx, Reaper::inert()));
         assert!(m.contains_key("/grpc.Health/Check"));
         assert!(m.contains_key("/grpc.AgentService/CreateSandbox"));
         assert!(m.contains_key("/grpc.AgentService/ReadStdout"));

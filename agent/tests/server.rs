@@ -338,14 +338,29 @@ fn ephemeral_storage_is_mounted_and_released() {
 }
 
 #[test]
-fn declared_but_unimplemented_methods_say_unimplemented() {
+fn unimplemented_options_say_so_and_bad_container_calls_are_refused() {
     let agent = Agent::start();
     let client = agent.agent();
-    let s = status_of(client.create_container(ctx(), &agent::CreateContainerRequest::new()));
+    let mut req = agent::CreateContainerRequest::new();
+    req.container_id = "c1".into();
+    req.sandbox_pidns = true;
+    let s = status_of(client.create_container(ctx(), &req));
     assert_eq!(s.code(), Code::UNIMPLEMENTED);
     assert!(s.message().contains("CreateContainer"), "{}", s.message());
-    let s = status_of(client.read_stdout(ctx(), &agent::ReadStreamRequest::new()));
+    req.sandbox_pidns = false;
+    let mut user = agent::StringUser::new();
+    user.uid = "nobody".into();
+    req.string_user = Some(user).into();
+    let s = status_of(client.create_container(ctx(), &req));
     assert_eq!(s.code(), Code::UNIMPLEMENTED);
+    assert!(s.message().contains("string_user"), "{}", s.message());
+    let s = status_of(client.create_container(ctx(), &agent::CreateContainerRequest::new()));
+    assert_eq!(s.code(), Code::INVALID_ARGUMENT);
+    assert!(s.message().contains("container_id"), "{}", s.message());
+    let mut read = agent::ReadStreamRequest::new();
+    read.container_id = "nosuch".into();
+    let s = status_of(client.read_stdout(ctx(), &read));
+    assert_eq!(s.code(), Code::NOT_FOUND);
     assert!(s.message().contains("ReadStdout"), "{}", s.message());
     agent.assert_serving();
 }
