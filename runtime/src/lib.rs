@@ -8,8 +8,17 @@
 //!   `grpc.AgentService`) over hybrid vsock, vhost-vsock or a unix socket,
 //!   with per-call timeouts and a "wait until SERVING" loop.
 //!
-//! The `kata-runtime` binary is a thin CLI over both; the shim will be
-//! another user of the same API.
+//! - [`config`]: `configuration.toml` (upstream Kata's sections and keys).
+//! - [`oci`]: the bundle's OCI spec converted to the agent API and adapted
+//!   to the guest.
+//! - [`shim`]: containerd's shim v2 task service (`containerd-shim-kata-v2`):
+//!   one VM per sandbox, containers run by the guest agent.
+//!
+//! The `kata-runtime` binary (agent-ctl, check, env) and the shim binary are
+//! thin layers over these.
 
 pub mod agent_client;
+pub mod config;
 pub mod hypervisor;
+pub mod oci;
+pub mod shim;

@@ -63,6 +63,10 @@ pub enum VmError {
     #[error("vhost-device-vsock exited unexpectedly ({status}); its log: {log_tail}")]
     VsockDaemonExited { status: String, log_tail: String },
 
+    /// virtiofsd exited while the VM needed it.
+    #[error("virtiofsd exited unexpectedly ({status}); its log: {log_tail}")]
+    VirtioFsDaemonExited { status: String, log_tail: String },
+
     /// A QMP exchange failed.
     #[error("QMP: {0}")]
     Qmp(#[from] QmpError),

@@ -13,6 +13,7 @@ mod error;
 mod process;
 mod qemu;
 pub mod qmp;
+pub mod virtiofs;
 pub mod vsock;
 
 pub use accel::{probe_boot, probe_kvm, resolve_accel, Accel, KvmProbe, KVM_PROBE_TIMEOUT};
@@ -22,4 +23,5 @@ pub use qemu::{
     VsockBackend, DEFAULT_STATE_ROOT,
 };
 pub use qmp::{QmpClient, QmpError, QmpStatus};
+pub use virtiofs::{SharedFs, VirtioFsCache, VirtioFsDaemon, DEFAULT_SHARED_FS_TAG, DEFAULT_VIRTIOFSD};
 pub use vsock::{find_vsock_daemon, AgentAddress, HybridVsockDaemon, AGENT_VSOCK_PORT};

@@ -15,6 +15,7 @@ use super::accel::{resolve_accel, Accel};
 use super::error::VmError;
 use super::process::{kill_with_parent, stop_child, tail_file, wait_timeout, POLL};
 use super::qmp::{QmpClient, QmpError, QmpStatus};
+use super::virtiofs::{SharedFs, VirtioFsDaemon};
 use super::vsock::{
     find_vsock_daemon, AgentAddress, HybridVsockDaemon, AGENT_VSOCK_PORT, VSOCK_DAEMON_HINT,
 };
@@ -95,6 +96,9 @@ pub struct QemuConfig {
     pub guest_cid: u32,
     /// `vhost-device-vsock` binary; `None` searches `$PATH` and `~/.cargo/bin`.
     pub vsock_daemon: Option<PathBuf>,
+    /// A host directory shared with the guest over virtio-fs (virtiofsd +
+    /// `vhost-user-fs-pci`); `None`: no shared filesystem.
+    pub shared_fs: Option<SharedFs>,
     /// The state directory is `state_root/<id>`; it must not exist yet and is
     /// removed on teardown.
     pub state_root: PathBuf,
@@ -132,6 +136,7 @@ impl QemuConfig {
             vsock: VsockBackend::Auto,
             guest_cid: 3,
             vsock_daemon: None,
+            shared_fs: None,
             state_root: PathBuf::from(DEFAULT_STATE_ROOT),
             console_log: None,
             quiet: true,
@@ -216,6 +221,9 @@ pub struct LaunchPlan {
     pub pidfile: PathBuf,
     pub qemu_stderr: PathBuf,
     pub vsock_daemon_log: PathBuf,
+    /// vhost-user socket between QEMU and virtiofsd.
+    pub virtiofsd_socket: PathBuf,
+    pub virtiofsd_log: PathBuf,
     /// Size in bytes of the NVDIMM image (`BootMedia::Image` only).
     pub image_size: Option<u64>,
 }
@@ -242,6 +250,8 @@ impl LaunchPlan {
             pidfile: state_dir.join("qemu.pid"),
             qemu_stderr: state_dir.join("qemu.stderr"),
             vsock_daemon_log: state_dir.join("vhost-device-vsock.log"),
+            virtiofsd_socket: state_dir.join("virtiofsd.sock"),
+            virtiofsd_log: state_dir.join("virtiofsd.log"),
             image_size,
         }
     }
@@ -316,7 +326,7 @@ pub fn build_kernel_cmdline(cfg: &QemuConfig) -> String {
 pub fn build_qemu_args(cfg: &QemuConfig, plan: &LaunchPlan) -> Result<Vec<String>, VmError> {
     let mut args: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
-    let vhost_user = plan.vsock == VsockBackend::HybridVsock;
+    let vhost_user = plan.vsock == VsockBackend::HybridVsock || cfg.shared_fs.is_some();
     let nvdimm = match &cfg.boot {
         BootMedia::Image { path, .. } => {
             let size = plan
@@ -451,6 +461,22 @@ pub fn build_qemu_args(cfg: &QemuConfig, plan: &LaunchPlan) -> Result<Vec<String
             ))
         }
     }
+    if let Some(shared) = &cfg.shared_fs {
+        push(&[
+            "-chardev",
+            &format!(
+                "socket,id=virtiofs0,path={}",
+                qemu_escape(&plan.virtiofsd_socket)
+            ),
+        ]);
+        push(&[
+            "-device",
+            &format!(
+                "vhost-user-fs-pci,id=virtiofsdev0,chardev=virtiofs0,tag={}",
+                shared.tag
+            ),
+        ]);
+    }
     Ok(args)
 }
 
@@ -465,6 +491,7 @@ pub struct Vm {
     qemu: Option<Child>,
     exit_status: Option<ExitStatus>,
     daemon: Option<HybridVsockDaemon>,
+    virtiofsd: Option<VirtioFsDaemon>,
     qmp: Option<QmpClient>,
     started_at: Instant,
     shutdown_timeout: Duration,
@@ -511,6 +538,7 @@ impl Vm {
             &plan.qmp_socket,
             &plan.vhost_vsock_socket,
             &plan.vsock_uds_path,
+            &plan.virtiofsd_socket,
         ] {
             if sock.as_os_str().len() > MAX_SOCKET_PATH {
                 return Err(VmError::config(
@@ -558,6 +586,7 @@ impl Vm {
             qemu: None,
             exit_status: None,
             daemon: None,
+            virtiofsd: None,
             qmp: None,
             started_at: Instant::now(),
             shutdown_timeout: cfg.shutdown_timeout,
@@ -572,6 +601,16 @@ impl Vm {
                 &vm.plan.vhost_vsock_socket,
                 &vm.plan.vsock_uds_path,
                 &vm.plan.vsock_daemon_log,
+                cfg.startup_timeout,
+                cfg.kill_on_parent_death,
+            )?);
+        }
+
+        if let Some(shared) = &cfg.shared_fs {
+            vm.virtiofsd = Some(VirtioFsDaemon::start(
+                shared,
+                &vm.plan.virtiofsd_socket,
+                &vm.plan.virtiofsd_log,
                 cfg.startup_timeout,
                 cfg.kill_on_parent_death,
             )?);
@@ -680,6 +719,11 @@ impl Vm {
         }
     }
 
+    /// virtiofsd's pid (with a shared filesystem only).
+    pub fn virtiofsd_pid(&self) -> Option<u32> {
+        self.virtiofsd.as_ref().map(VirtioFsDaemon::pid)
+    }
+
     /// vhost-device-vsock's pid (hybrid vsock only).
     pub fn vsock_daemon_pid(&self) -> Option<u32> {
         self.daemon.as_ref().map(HybridVsockDaemon::pid)
@@ -697,6 +741,9 @@ impl Vm {
             return Err(self.exited_error(status));
         }
         if let Some(d) = self.daemon.as_mut() {
+            d.check_alive()?;
+        }
+        if let Some(d) = self.virtiofsd.as_mut() {
             d.check_alive()?;
         }
         Ok(())
@@ -835,6 +882,9 @@ impl Vm {
     fn finish_teardown(&mut self, mut problems: Vec<String>) -> Result<(), VmError> {
         self.qmp = None;
         if let Some(mut d) = self.daemon.take() {
+            d.stop();
+        }
+        if let Some(mut d) = self.virtiofsd.take() {
             d.stop();
         }
         if self.state_dir_created {
@@ -1011,6 +1061,23 @@ mod tests {
             ["q35,nvdimm=on,memory-backend=mem"]
         );
         assert_eq!(values(&args, "-m"), ["512M,slots=2,maxmem=768M"]);
+    }
+
+    #[test]
+    fn shared_fs_adds_vhost_user_fs_and_shared_memory() {
+        let mut cfg = config(BootMedia::Initrd("/i/initrd.img".into()));
+        cfg.shared_fs = Some(SharedFs::new("/run/kata-containers/shared/sb1"));
+        // Even with kernel vhost-vsock, virtiofsd needs shareable guest RAM.
+        let args = build_qemu_args(&cfg, &plan(VsockBackend::Vhost, None)).unwrap();
+        assert_eq!(values(&args, "-machine"), ["q35,memory-backend=mem"]);
+        assert!(
+            values(&args, "-object").contains(&"memory-backend-memfd,id=mem,size=512M,share=on"),
+            "{args:?}"
+        );
+        assert!(values(&args, "-chardev")
+            .contains(&"socket,id=virtiofs0,path=/run/kata-containers/sb1/virtiofsd.sock"));
+        assert!(values(&args, "-device")
+            .contains(&"vhost-user-fs-pci,id=virtiofsdev0,chardev=virtiofs0,tag=kataShared"));
     }
 
     #[test]
