@@ -89,6 +89,19 @@ pub fn bind(src: &Path, target: &Path, readonly: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Bind-mounts `dir` onto itself and marks it MS_SHARED, so mounts made
+/// below it later reach every mount namespace copied from this one.
+pub fn make_shared_mountpoint(dir: &Path) -> anyhow::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| anyhow::anyhow!("bind-mount {} onto itself: {e}", dir.display()))?;
+    if let Err(e) = mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED, None::<&str>) {
+        let _ = umount2(dir, MntFlags::MNT_DETACH);
+        anyhow::bail!("make {} a shared mount: {e}", dir.display());
+    }
+    Ok(())
+}
+
 /// The mount points at or below `dir`, deepest first (from /proc/self/mountinfo).
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {

@@ -41,6 +41,14 @@ impl Sandbox {
         }
         std::fs::create_dir_all(&shared_dir)
             .map_err(|e| anyhow::anyhow!("create {}: {e}", shared_dir.display()))?;
+        // virtiofsd serves this dir from a mount namespace of its own, copied
+        // when it starts; container rootfs are mounted here later. Only a
+        // shared mount propagates those into its copy (the host's /run may
+        // be private, as it is inside containers), so make it one.
+        if let Err(e) = mounts::make_shared_mountpoint(&shared_dir) {
+            let _ = mounts::remove_tree_no_cross(&shared_dir);
+            return Err(e);
+        }
         let result = Self::start_vm(cfg, id, hostname, &shared_dir);
         if result.is_err() {
             let _ = mounts::remove_tree_no_cross(&shared_dir);
