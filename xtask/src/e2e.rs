@@ -675,6 +675,14 @@ impl PrivateContainerd {
             if kata_state.exists() {
                 out.push(format!("kata state dir {} still exists", kata_state.display()));
             }
+            // The shim's virtiofsd source dir, where container rootfs are mounted.
+            let shared = Path::new(KATA_STATE_ROOT).join("shared/sandboxes").join(&id);
+            for m in mounts_under(&shared) {
+                out.push(format!("mount {} is still there", m.display()));
+            }
+            if shared.exists() {
+                out.push(format!("kata shared dir {} still exists", shared.display()));
+            }
             let sock = self.shim_socket(&id);
             if sock.exists() {
                 out.push(format!("shim socket {} (container {id}) still exists", sock.display()));
