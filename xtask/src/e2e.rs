@@ -1108,6 +1108,8 @@ accelerator = "tcg"
 enable_debug = true
 # Seconds; a TCG boot on a loaded CI machine is slow.
 dial_timeout = 120
+# Our extension: the bound of each agent call (f-agent-silent relies on it).
+request_timeout = {request_timeout}
 
 [runtime]
 enable_debug = true
@@ -1118,6 +1120,7 @@ static_sandbox_resource_mgmt = true
         qemu = qemu.display(),
         kernel = guest.kernel.display(),
         virtiofsd = VIRTIOFSD,
+        request_timeout = AGENT_REQUEST_TIMEOUT.as_secs(),
         vsock_daemon = vsock_daemon,
     ))
 }
@@ -1477,6 +1480,55 @@ fn fault_qemu_killed(r: &mut Runner, ids: &[String]) -> Result<String> {
     Ok(format!("ctr run ended ({}) {} ms after QEMU {} was killed; nothing left", out.status_text(), detected.as_millis(), qemus[0].pid))
 }
 
+/// The bound of one agent call in the test's configuration.
+const AGENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The guest stops answering (its QEMU is frozen with SIGSTOP): the next
+/// call through the shim must fail with a clear error within the agent
+/// request bound, and after the sandbox is killed nothing may be left.
+fn fault_agent_silent(r: &mut Runner, ids: &[String]) -> Result<String> {
+    let id = ids[0].as_str();
+    let ctr = r.ctr();
+    r.run(id, &["-d"], &["sleep", "300"], None)?.require_success()?;
+    ctr.wait_task_status(id, "RUNNING", Duration::from_secs(60))?;
+    let qemus: Vec<ProcInfo> =
+        r.env.containerd.our_processes().into_iter().filter(|p| p.program() == "qemu-system-x86_64").collect();
+    if qemus.len() != 1 {
+        bail!("expected one QEMU of ours for {id}, found {}", qemus.len());
+    }
+    let qemu = qemus[0].pid;
+    signal(qemu, nix::sys::signal::Signal::SIGSTOP)?;
+    let t = Instant::now();
+    let bound = AGENT_REQUEST_TIMEOUT + Duration::from_secs(30);
+    let out = run_bounded(ctr.exec_command(id, "silent", &["true"]), None, bound + Duration::from_secs(30));
+    let waited = t.elapsed();
+    // Whatever happened, end the frozen sandbox the hard way.
+    let _ = signal(qemu, nix::sys::signal::Signal::SIGKILL);
+    let _ = signal(qemu, nix::sys::signal::Signal::SIGCONT);
+    let out = out?;
+    if out.success() {
+        bail!("exec succeeded although the guest was frozen: {}", out.describe());
+    }
+    if out.timed_out || waited > bound {
+        bail!("the error took {waited:?}, beyond the agent request bound {AGENT_REQUEST_TIMEOUT:?} (+30 s): {}", out.describe());
+    }
+    let _ = run_bounded(ctr.command(&["tasks", "delete", "-f", id]), None, r.timeout);
+    let _ = run_bounded(ctr.command(&["containers", "delete", id]), None, r.timeout);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = r.env.containerd.leftovers();
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("after the silent agent, left behind:\n  {}", left.join("\n  "));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let first = out.stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("").to_string();
+    Ok(format!("exec failed after {} ms with: {first}; nothing left", waited.as_millis()))
+}
+
 /// Specs the runtime cannot honour must come back to ctr as an error and
 /// leave nothing behind.
 fn fault_invalid_spec(r: &mut Runner, ids: &[String]) -> Result<String> {
@@ -1555,6 +1607,7 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
     if args.faults {
         if kata {
             r.scenario("f-qemu-killed", &["qemukill"], fault_qemu_killed);
+            r.scenario("f-agent-silent", &["silent"], fault_agent_silent);
         } else {
             ctx.ui.info("SKIP f-qemu-killed: kata only (runc runs no QEMU)");
             skipped.push("f-qemu-killed");

@@ -83,6 +83,8 @@ fn all(ctx: &Ctx) -> Result<()> {
     record("vm --initrd --faults", crate::vmtest::run(ctx, &initrd));
     let image = crate::vmtest::VmArgs { image: true, recipe: "minimal".into(), ..Default::default() };
     record("vm --image", crate::vmtest::run(ctx, &image));
+    let e2e = crate::e2e::E2eArgs { faults: true, ..Default::default() };
+    record("e2e --faults", crate::e2e::run(ctx, &e2e));
     println!("test: {passed} passed, {} failed", failed.len());
     if failed.is_empty() {
         Ok(())
