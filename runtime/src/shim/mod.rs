@@ -15,7 +15,7 @@ mod mounts;
 mod sandbox;
 mod service;
 mod stats;
-mod stdio;
+pub mod stdio;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -533,6 +533,16 @@ impl Service {
                 format!("{id}/{exec_id}: cannot delete a running process; kill it first"),
             ));
         }
+        // A process deleted before it ever ran (its start failed, e.g. the
+        // agent timed out) must still end: a `wait` on it would otherwise
+        // block forever, and ttrpc's shutdown waits for that handler.
+        let (exit_status, exited_at) = if status == Status::Stopped {
+            (exit_status, exited_at)
+        } else {
+            p.set_exited(VM_DIED_STATUS);
+            (VM_DIED_STATUS, Some(SystemTime::now()))
+        };
+        crate::shim::stdio::unblock_fifo_reader(&p.stdio.stdin);
         let exited_at = exited_at.unwrap_or_else(SystemTime::now);
         let mut resp = api::DeleteResponse::new();
         resp.pid = sb.vm_pid;

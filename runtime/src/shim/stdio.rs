@@ -114,6 +114,18 @@ impl StdioRelay {
     }
 }
 
+/// A stdin relay blocks in open(2) until containerd opens the FIFO's write
+/// end; if it never will (the process is gone), opening and closing the
+/// write end ourselves releases it, and it reads EOF. Nothing happens when
+/// no reader waits (ENXIO) or there is no stdin.
+pub fn unblock_fifo_reader(path: &str) {
+    if path.is_empty() {
+        return;
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path);
+}
+
 fn relay_stdin(
     address: &AgentAddress,
     call_timeout: Duration,
