@@ -15,6 +15,8 @@ pub enum BenchName {
     Kernel,
     /// QEMU start to agent SERVING over 10 boots, initrd and DAX image; agent size.
     Boot,
+    /// `ctr run --rm true`, kata against runc (alternated); idle sandbox PSS.
+    Start,
 }
 
 pub fn run(ctx: &Ctx, name: BenchName) -> Result<()> {
@@ -22,6 +24,7 @@ pub fn run(ctx: &Ctx, name: BenchName) -> Result<()> {
         BenchName::Build => crate::bench_build::run(ctx),
         BenchName::Kernel => crate::bench_vm::kernel(ctx),
         BenchName::Boot => crate::bench_vm::boot(ctx),
+        BenchName::Start => crate::bench_start::run(ctx),
     }
 }
 

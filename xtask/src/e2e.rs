@@ -1193,7 +1193,6 @@ impl E2eEnv {
 
     /// One `ctr run --rm IMAGE true` with `runtime`; the wall time of the
     /// whole command (create, start, exit, delete), for `bench start`.
-    #[allow(dead_code)] // for `bench start`, which the lead wires up
     pub fn time_run_true(&self, runtime: &str, name: &str) -> Result<Duration> {
         let id = self.containerd.new_id(name);
         let timeout = if runtime == KATA_RUNTIME { KATA_COMMAND_TIMEOUT } else { RUNC_COMMAND_TIMEOUT };

@@ -11,6 +11,7 @@
 mod agent;
 mod bench;
 mod bench_build;
+mod bench_start;
 mod bench_vm;
 mod cache;
 mod context;

@@ -1,0 +1,78 @@
+//! `bench start`: container start latency through a real containerd, this
+//! runtime against runc, and the memory of one idle sandbox.
+//!
+//! `ctr run --rm IMAGE true` is timed end to end (create, start, exit,
+//! delete), alternating kata and runc in one containerd so both see the same
+//! machine load; the ratio is of the two medians of that one run. The
+//! footprint is the PSS of the shim and its descendants (QEMU, virtiofsd,
+//! vhost-device-vsock) while a `sleep` container idles.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::bench::median;
+use crate::context::Ctx;
+use crate::e2e::{sandbox_footprint, E2eEnv, EnvOptions, KATA_RUNTIME, RUNC_RUNTIME};
+use crate::vmtest::Media;
+
+const SAMPLES: usize = 10;
+
+#[derive(Serialize)]
+struct StartReport {
+    samples_each: usize,
+    kata_run_true_ms_median: f64,
+    runc_run_true_ms_median: f64,
+    kata_over_runc_ratio: f64,
+    idle_sandbox_pss_kib: u64,
+    idle_sandbox_processes: Vec<(u32, String, u64)>,
+}
+
+pub fn run(ctx: &Ctx) -> Result<()> {
+    let opts = EnvOptions { kata: true, shim: None, media: Media::Initrd, recipe: "minimal".into(), keep: false };
+    let env = E2eEnv::start(ctx, &opts)?;
+    // One of each first: page cache and image unpacking are not what we measure.
+    env.time_run_true(KATA_RUNTIME, "warm-kata")?;
+    env.time_run_true(RUNC_RUNTIME, "warm-runc")?;
+    let (mut kata, mut runc) = (Vec::new(), Vec::new());
+    for i in 0..SAMPLES {
+        let k = env.time_run_true(KATA_RUNTIME, &format!("k{i}"))?;
+        let r = env.time_run_true(RUNC_RUNTIME, &format!("r{i}"))?;
+        ctx.ui.info(&format!("  #{}: kata {} ms, runc {} ms", i + 1, k.as_millis(), r.as_millis()));
+        kata.push(k.as_secs_f64() * 1000.0);
+        runc.push(r.as_secs_f64() * 1000.0);
+    }
+    // The footprint of an idle sandbox.
+    let id = env.containerd.new_id("idle");
+    let ctr = env.ctr();
+    let run = crate::e2e::run_bounded(
+        ctr.run_command(KATA_RUNTIME, &["-d"], &env.image.name, &id, &["sleep", "600"]),
+        None,
+        Duration::from_secs(180),
+    )?;
+    run.require_success()?;
+    ctr.wait_task_status(&id, "RUNNING", Duration::from_secs(60))?;
+    // Let the guest settle (page cache, agent threads) before measuring.
+    std::thread::sleep(Duration::from_secs(3));
+    let fp = sandbox_footprint(&id);
+    env.containerd.force_remove(&id);
+    let fp = fp?;
+    let (k, r) = (median(kata), median(runc));
+    let report = StartReport {
+        samples_each: SAMPLES,
+        kata_run_true_ms_median: k,
+        runc_run_true_ms_median: r,
+        kata_over_runc_ratio: k / r,
+        idle_sandbox_pss_kib: fp.total_pss_kib,
+        idle_sandbox_processes: fp.processes.clone(),
+    };
+    ctx.ui.info(&format!(
+        "bench start (median of {SAMPLES}, alternated): ctr run --rm true: kata {k:.0} ms, runc {r:.0} ms, ratio {:.1}; idle sandbox PSS {} KiB",
+        report.kata_over_runc_ratio, report.idle_sandbox_pss_kib
+    ));
+    if ctx.json {
+        ctx.print_json(&serde_json::to_value(&report)?)?;
+    }
+    Ok(())
+}
