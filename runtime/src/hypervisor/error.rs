@@ -59,13 +59,10 @@ pub enum VmError {
         stderr_tail: String,
     },
 
-    /// The hybrid vsock daemon exited while the VM needed it.
-    #[error("vhost-device-vsock exited unexpectedly ({status}); its log: {log_tail}")]
-    VsockDaemonExited { status: String, log_tail: String },
-
-    /// virtiofsd exited while the VM needed it.
-    #[error("virtiofsd exited unexpectedly ({status}); its log: {log_tail}")]
-    VirtioFsDaemonExited { status: String, log_tail: String },
+    /// A helper daemon (vhost-device-vsock, virtiofsd) exited while the VM
+    /// needed it.
+    #[error("{name} exited unexpectedly ({status}); its log: {log_tail}")]
+    HelperDaemonExited { name: &'static str, status: String, log_tail: String },
 
     /// A QMP exchange failed.
     #[error("QMP: {0}")]

@@ -12,6 +12,7 @@ mod accel;
 mod error;
 mod process;
 mod qemu;
+mod daemon;
 pub mod qmp;
 pub mod virtiofs;
 pub mod vsock;

@@ -7,13 +7,11 @@
 //! teardown; it never outlives the [`super::Vm`] that owns it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use nix::sys::signal::Signal;
-
+use super::daemon::HelperDaemon;
 use super::error::VmError;
-use super::process::{kill_with_parent, stop_child, tail_file, POLL};
 
 /// The mount tag upstream Kata gives its shared directory.
 pub const DEFAULT_SHARED_FS_TAG: &str = "kataShared";
@@ -99,13 +97,13 @@ impl SharedFs {
 /// connected).
 #[derive(Debug)]
 pub struct VirtioFsDaemon {
-    child: Child,
+    inner: HelperDaemon,
     pub socket: PathBuf,
-    log: PathBuf,
 }
 
 impl VirtioFsDaemon {
-    /// Start virtiofsd and wait (at most `timeout`) for its socket.
+    /// Start virtiofsd serving `shared.source` on `socket`, and wait (at most
+    /// `timeout`) for the socket.
     pub fn start(
         shared: &SharedFs,
         socket: &Path,
@@ -115,92 +113,35 @@ impl VirtioFsDaemon {
     ) -> Result<Self, VmError> {
         match std::fs::metadata(&shared.source) {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(VmError::config(
-                    "shared_fs",
-                    format!("{} is not a directory", shared.source.display()),
-                ))
-            }
-            Err(e) => {
-                return Err(VmError::config(
-                    "shared_fs",
-                    format!("{}: {e}", shared.source.display()),
-                ))
-            }
+            Ok(_) => return Err(VmError::config("shared_fs", format!("{} is not a directory", shared.source.display()))),
+            Err(e) => return Err(VmError::config("shared_fs", format!("{}: {e}", shared.source.display()))),
         }
-        let log_file = std::fs::File::create(log)
-            .map_err(|e| VmError::io(format!("cannot create {}", log.display()), e))?;
-        let log_err = log_file
-            .try_clone()
-            .map_err(|e| VmError::io("dup log fd", e))?;
         let mut cmd = Command::new(&shared.daemon);
-        cmd.args(shared.daemon_args(socket))
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err);
-        if kill_on_parent_death {
-            kill_with_parent(&mut cmd);
-        }
-        let child = cmd.spawn().map_err(|source| VmError::Spawn {
-            program: shared.daemon.display().to_string(),
-            hint: "; install it (Debian: qemu-system-common ships /usr/lib/qemu/virtiofsd) or set virtio_fs_daemon".into(),
-            source,
-        })?;
-        let mut daemon = VirtioFsDaemon {
-            child,
-            socket: socket.to_owned(),
-            log: log.to_owned(),
-        };
-        let deadline = Instant::now() + timeout;
-        loop {
-            daemon.check_alive()?;
-            if socket.exists() {
-                return Ok(daemon);
-            }
-            if Instant::now() >= deadline {
-                daemon.stop();
-                return Err(VmError::Timeout {
-                    what: format!("virtiofsd to create {}", socket.display()),
-                    after: timeout,
-                    console_log: None,
-                    console_tail: String::new(),
-                    stderr_tail: tail_file(log, 20),
-                });
-            }
-            std::thread::sleep(POLL);
-        }
+        cmd.args(shared.daemon_args(socket));
+        let inner = HelperDaemon::spawn(
+            "virtiofsd",
+            cmd,
+            "; install it (Debian: qemu-system-common ships /usr/lib/qemu/virtiofsd) or set virtio_fs_daemon".into(),
+            vec![socket.to_owned()],
+            log,
+            timeout,
+            kill_on_parent_death,
+        )?;
+        Ok(VirtioFsDaemon { inner, socket: socket.to_owned() })
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.inner.pid()
     }
 
     /// Error if virtiofsd has exited.
     pub fn check_alive(&mut self) -> Result<(), VmError> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => Err(VmError::VirtioFsDaemonExited {
-                status: status.to_string(),
-                log_tail: tail_file(&self.log, 20),
-            }),
-            Ok(None) => Ok(()),
-            Err(e) => Err(VmError::io("cannot poll virtiofsd", e)),
-        }
+        self.inner.check_alive()
     }
 
     /// SIGTERM, SIGKILL after one second, reap, remove the socket. Idempotent.
     pub fn stop(&mut self) {
-        let _ = stop_child(
-            &mut self.child,
-            Some(Signal::SIGTERM),
-            Duration::from_secs(1),
-        );
-        let _ = std::fs::remove_file(&self.socket);
-    }
-}
-
-impl Drop for VirtioFsDaemon {
-    fn drop(&mut self) {
-        self.stop();
+        self.inner.stop()
     }
 }
 

@@ -16,13 +16,11 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use nix::sys::signal::Signal;
-
+use super::daemon::HelperDaemon;
 use super::error::VmError;
-use super::process::{kill_with_parent, stop_child, tail_file, POLL};
 
 /// The port the agent listens on in the guest (upstream Kata's value).
 pub const AGENT_VSOCK_PORT: u32 = 1024;
@@ -220,12 +218,11 @@ pub(crate) const VSOCK_DAEMON_HINT: &str =
 /// does (it waits for the next front-end), so its owner must stop it.
 #[derive(Debug)]
 pub struct HybridVsockDaemon {
-    child: Child,
+    inner: HelperDaemon,
     /// vhost-user socket QEMU connects to.
     pub socket: PathBuf,
     /// Unix socket host programs connect to (`CONNECT <port>`).
     pub uds_path: PathBuf,
-    log: PathBuf,
 }
 
 impl HybridVsockDaemon {
@@ -241,90 +238,32 @@ impl HybridVsockDaemon {
         timeout: Duration,
         kill_on_parent_death: bool,
     ) -> Result<Self, VmError> {
-        let log_file = std::fs::File::create(log)
-            .map_err(|e| VmError::io(format!("cannot create {}", log.display()), e))?;
-        let log_err = log_file
-            .try_clone()
-            .map_err(|e| VmError::io("dup log fd", e))?;
         let mut cmd = Command::new(binary);
-        cmd.arg("--guest-cid")
-            .arg(guest_cid.to_string())
-            .arg("--socket")
-            .arg(socket)
-            .arg("--uds-path")
-            .arg(uds_path)
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err);
-        if kill_on_parent_death {
-            kill_with_parent(&mut cmd);
-        }
-        let child = cmd.spawn().map_err(|source| VmError::Spawn {
-            program: binary.display().to_string(),
-            hint: format!("; {VSOCK_DAEMON_HINT}"),
-            source,
-        })?;
-        let mut daemon = HybridVsockDaemon {
-            child,
-            socket: socket.to_owned(),
-            uds_path: uds_path.to_owned(),
-            log: log.to_owned(),
-        };
-        let deadline = Instant::now() + timeout;
-        loop {
-            daemon.check_alive()?;
-            if socket.exists() && uds_path.exists() {
-                return Ok(daemon);
-            }
-            if Instant::now() >= deadline {
-                daemon.stop();
-                return Err(VmError::Timeout {
-                    what: format!(
-                        "vhost-device-vsock to create {} and {}",
-                        socket.display(),
-                        uds_path.display()
-                    ),
-                    after: timeout,
-                    console_log: None,
-                    console_tail: String::new(),
-                    stderr_tail: tail_file(log, 20),
-                });
-            }
-            std::thread::sleep(POLL);
-        }
+        cmd.arg("--guest-cid").arg(guest_cid.to_string()).arg("--socket").arg(socket).arg("--uds-path").arg(uds_path);
+        let inner = HelperDaemon::spawn(
+            "vhost-device-vsock",
+            cmd,
+            format!("; {VSOCK_DAEMON_HINT}"),
+            vec![socket.to_owned(), uds_path.to_owned()],
+            log,
+            timeout,
+            kill_on_parent_death,
+        )?;
+        Ok(HybridVsockDaemon { inner, socket: socket.to_owned(), uds_path: uds_path.to_owned() })
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.inner.pid()
     }
 
     /// Error if the daemon has exited.
     pub fn check_alive(&mut self) -> Result<(), VmError> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => Err(VmError::VsockDaemonExited {
-                status: status.to_string(),
-                log_tail: tail_file(&self.log, 20),
-            }),
-            Ok(None) => Ok(()),
-            Err(e) => Err(VmError::io("cannot poll vhost-device-vsock", e)),
-        }
+        self.inner.check_alive()
     }
 
     /// SIGTERM, SIGKILL after one second, reap, remove its sockets. Idempotent.
     pub fn stop(&mut self) {
-        let _ = stop_child(
-            &mut self.child,
-            Some(Signal::SIGTERM),
-            Duration::from_secs(1),
-        );
-        let _ = std::fs::remove_file(&self.socket);
-        let _ = std::fs::remove_file(&self.uds_path);
-    }
-}
-
-impl Drop for HybridVsockDaemon {
-    fn drop(&mut self) {
-        self.stop();
+        self.inner.stop()
     }
 }
 
@@ -333,6 +272,7 @@ mod tests {
     use super::*;
     use std::io::BufRead;
     use std::os::unix::net::UnixListener;
+    use std::time::Instant;
 
     #[test]
     fn agent_addresses_round_trip() {
