@@ -87,22 +87,12 @@ pub fn inputs(ctx: &Ctx, args: &ImageArgs) -> Result<(Vec<StepInputs>, StepInput
 
 pub fn build(ctx: &Ctx, args: &ImageArgs) -> Result<ImageBuild> {
     let (_, inputs) = inputs(ctx, args)?;
-    let cache = ctx.cache()?;
-    let entry = match cache.lookup(&inputs) {
-        Some(e) => e,
-        None => {
-            let r = rootfs::build(ctx, &args.recipe)?;
-            let progress = ctx.ui.step(&format!("image {} ({})", args.recipe, args.fs.name()));
-            let opts = options(ctx, args);
-            let e = cache.step(&inputs, &ctx.ui, |out| {
-                build_image(&r.dir, &out.join("image"), &opts)?;
-                publish::seal(&out.join("image"))
-            })?;
-            progress.finish("built");
-            e
-        }
-    };
-    Ok(ImageBuild { file: entry.dir.join("image"), key: entry.key })
+    let opts = options(ctx, args);
+    let what = format!("image {} ({})", args.recipe, args.fs.name());
+    let (file, key) = rootfs::derived_file(ctx, &args.recipe, &inputs, &what, "image", |tree, out| {
+        build_image(tree, out, &opts).map(drop)
+    })?;
+    Ok(ImageBuild { file, key })
 }
 
 pub fn file_name(ctx: &Ctx, args: &ImageArgs) -> String {

@@ -60,21 +60,11 @@ pub fn inputs(ctx: &Ctx, args: &InitrdArgs) -> Result<(Vec<StepInputs>, StepInpu
 
 pub fn build(ctx: &Ctx, args: &InitrdArgs) -> Result<InitrdBuild> {
     let (_, inputs) = inputs(ctx, args)?;
-    let cache = ctx.cache()?;
-    let entry = match cache.lookup(&inputs) {
-        Some(e) => e,
-        None => {
-            let r = rootfs::build(ctx, &args.recipe)?;
-            let progress = ctx.ui.step(&format!("initrd {}", args.recipe));
-            let e = cache.step(&inputs, &ctx.ui, |out| {
-                write_initrd(&r.dir, &out.join("initrd"), args.compression.lib(), ctx.epoch)?;
-                publish::seal(&out.join("initrd"))
-            })?;
-            progress.finish("built");
-            e
-        }
-    };
-    Ok(InitrdBuild { file: entry.dir.join("initrd"), key: entry.key })
+    let what = format!("initrd {}", args.recipe);
+    let (file, key) = rootfs::derived_file(ctx, &args.recipe, &inputs, &what, "initrd", |tree, out| {
+        write_initrd(tree, out, args.compression.lib(), ctx.epoch)
+    })?;
+    Ok(InitrdBuild { file, key })
 }
 
 pub fn file_name(ctx: &Ctx, recipe: &str) -> String {

@@ -93,6 +93,34 @@ pub fn build(ctx: &Ctx, recipe_name: &str) -> Result<RootfsBuild> {
     Ok(RootfsBuild { dir: entry.dir.join("rootfs"), key: entry.key, digest })
 }
 
+/// A step that turns the recipe's rootfs tree into one file (initrd,
+/// image): a cache hit needs no rootfs at all; a miss builds (or takes) the
+/// rootfs, then `make(tree, output)`. Returns the sealed output in the entry.
+pub fn derived_file(
+    ctx: &Ctx,
+    recipe: &str,
+    inputs: &StepInputs,
+    what: &str,
+    file: &str,
+    make: impl FnOnce(&std::path::Path, &std::path::Path) -> Result<()>,
+) -> Result<(PathBuf, String)> {
+    let cache = ctx.cache()?;
+    let entry = match cache.lookup(inputs) {
+        Some(e) => e,
+        None => {
+            let r = build(ctx, recipe)?;
+            let progress = ctx.ui.step(what);
+            let e = cache.step(inputs, &ctx.ui, |out| {
+                make(&r.dir, &out.join(file))?;
+                publish::seal(&out.join(file))
+            })?;
+            progress.finish("built");
+            e
+        }
+    };
+    Ok((entry.dir.join(file), entry.key))
+}
+
 pub fn run(ctx: &Ctx, recipe_name: &str) -> Result<()> {
     require_tools()?;
     let (inputs, agent, _) = inputs(ctx, recipe_name)?;
