@@ -22,6 +22,7 @@ enum Check {
 #[derive(Debug, Clone)]
 enum Fix {
     Apt(&'static str),
+    Pip(&'static str),
     RustupTarget(String),
     CargoInstall { name: String, version: String },
 }
@@ -30,6 +31,7 @@ impl Fix {
     fn command(&self) -> String {
         match self {
             Fix::Apt(p) => format!("apt-get install -y {p}"),
+            Fix::Pip(p) => format!("python3 -m pip install {p}"),
             Fix::RustupTarget(t) => format!("rustup target add {t}"),
             Fix::CargoInstall { name, version } => format!("cargo install --locked {name} --version {version}"),
         }
@@ -87,6 +89,12 @@ fn requirements(v: &Versions) -> Vec<Requirement> {
         apt("containerd", "the end-to-end container test", Check::Program("containerd"), "containerd"),
         apt("ctr", "the end-to-end container test", Check::Program("ctr"), "containerd"),
         apt("gzip", "the e2e test image's layer", Check::Program("gzip"), "gzip"),
+        Requirement {
+            what: "pyspdxtools".into(),
+            needed_for: "validating the release SBOM (tests)",
+            check: Check::Program("pyspdxtools"),
+            fix: Fix::Pip("spdx-tools"),
+        },
         apt("runc", "the start-latency benchmark baseline", Check::Program("runc"), "runc"),
         Requirement {
             what: format!("rust target {}", v.rust.musl_target),
@@ -183,6 +191,10 @@ pub fn install(v: &Versions, ui: &Ui) -> Result<()> {
     for r in &reqs {
         match &r.fix {
             Fix::Apt(_) => {}
+            Fix::Pip(p) => {
+                ui.info(&format!("installing {p} from PyPI"));
+                run_visible(Command::new("python3").args(["-m", "pip", "install", "--quiet", p]))?;
+            }
             Fix::RustupTarget(t) => {
                 ui.info(&format!("adding rust target {t}"));
                 run_visible(Command::new("rustup").args(["target", "add", t]))?;

@@ -33,6 +33,12 @@
 //!   [runtime]         enable_debug, internetworking_model,
 //!                     sandbox_cgroup_only, static_sandbox_resource_mgmt
 //!
+//! `--from-release` runs the scenarios with only what a release ships: the
+//! release is built (cached steps), its tarball unpacked under a temp dir,
+//! and the shim, kernel, image, vsock daemon and configuration.toml taken
+//! from there (see [`from_release`]); `--install-deb` installs the .deb into
+//! the host's real /opt/kata instead (opt-in for that reason).
+//!
 //! For `cargo xtask bench` this module exposes [`E2eEnv::start`],
 //! [`E2eEnv::time_run_true`] (one `ctr run --rm IMAGE true` with a given
 //! runtime) and [`sandbox_footprint`] (PSS of a running sandbox's shim and
@@ -113,11 +119,21 @@ pub struct E2eArgs {
     /// (io.containerd.runc.v2 proves the harness without the shim).
     #[arg(long, hide = true, default_value = KATA_RUNTIME)]
     pub runtime: String,
+    /// Run with only what the release ships: `cargo xtask release` (cached
+    /// steps), unpack its tarball into a temp prefix and use that tree's shim,
+    /// kernel, image, vsock daemon and configuration.toml (re-rooted there).
+    #[arg(long)]
+    pub from_release: bool,
+    /// With --from-release: `dpkg -i` the release's .deb instead, which
+    /// installs into the real /opt/kata of this host (so it is opt-in), and
+    /// run with the installed configuration.
+    #[arg(long, requires = "from_release")]
+    pub install_deb: bool,
 }
 
 impl Default for E2eArgs {
     fn default() -> Self {
-        E2eArgs { shim: None, keep: false, faults: false, image: false, recipe: "minimal".into(), runtime: KATA_RUNTIME.into() }
+        E2eArgs { shim: None, keep: false, faults: false, image: false, recipe: "minimal".into(), runtime: KATA_RUNTIME.into(), from_release: false, install_deb: false }
     }
 }
 
@@ -1148,16 +1164,27 @@ pub struct E2eEnv {
 impl E2eEnv {
     /// Builds what is needed, starts containerd and imports the image.
     pub fn start(ctx: &Ctx, opts: &EnvOptions) -> Result<E2eEnv> {
-        let logs = ctx.logs();
-        std::fs::create_dir_all(&logs)?;
         // Everything built before containerd starts: a build failure must
         // not leave a containerd behind, and builds are slow.
-        let (shim, config_text) = if opts.kata {
+        let kata = if opts.kata {
             let shim = shim_binary(ctx, opts.shim.as_deref())?;
             let guest = vmtest::prepare(ctx, opts.media, &opts.recipe)?;
-            (Some(shim), Some(kata_configuration(&guest)?))
+            Some((shim, kata_configuration(&guest)?))
         } else {
-            (None, None)
+            None
+        };
+        Self::start_with(ctx, opts, kata)
+    }
+
+    /// Like [`E2eEnv::start`], with the shim and its configuration.toml
+    /// given (`--from-release` takes both from the release tree); `None`
+    /// runs without the kata runtime.
+    pub fn start_with(ctx: &Ctx, opts: &EnvOptions, kata: Option<(PathBuf, String)>) -> Result<E2eEnv> {
+        let logs = ctx.logs();
+        std::fs::create_dir_all(&logs)?;
+        let (shim, config_text) = match kata {
+            Some((shim, text)) => (Some(shim), Some(text)),
+            None => (None, None),
         };
         let busybox = image_busybox(ctx)?;
         let image_work = tempfile::Builder::new().prefix("kata-e2e-image-").tempdir()?;
@@ -1552,6 +1579,46 @@ fn fault_invalid_spec(r: &mut Runner, ids: &[String]) -> Result<String> {
 }
 
 // ---------------------------------------------------------------------------
+// --from-release: the shipped tree, nothing else
+// ---------------------------------------------------------------------------
+
+/// Builds (or takes from the cache) the release and returns (the temp dir
+/// holding the unpacked tree, the shipped shim, the shipped configuration
+/// re-rooted at the unpacked prefix).
+///
+/// The shipped configuration.toml names `/opt/kata/...` paths. Rather than
+/// install into the host's real /opt/kata, the tarball is unpacked under a
+/// temp dir and the configuration's `/opt/kata` prefix string is replaced by
+/// `<tmp>/opt/kata`: every other line (accelerator = "auto", memory,
+/// timeouts) stays as shipped. With `install_deb` the .deb is installed with
+/// dpkg into the real /opt/kata and its configuration is used unchanged.
+fn from_release(ctx: &Ctx, install_deb: bool) -> Result<(Option<tempfile::TempDir>, PathBuf, String)> {
+    let built = crate::release::build(ctx, &crate::release::ReleaseArgs::default())?;
+    let prefix = Path::new(crate::release::PREFIX);
+    let config_rel = "share/defaults/kata-containers/configuration.toml";
+    if install_deb {
+        let step = ctx.ui.step(&format!("test e2e: dpkg -i {}", built.deb.display()));
+        crate::tools::run_captured(Command::new("dpkg").arg("-i").arg(&built.deb))?;
+        step.finish("installed into /opt/kata");
+        let config = std::fs::read_to_string(prefix.join(config_rel))?;
+        return Ok((None, prefix.join("bin").join(SHIM_BINARY), config));
+    }
+    let tree = tempfile::Builder::new().prefix("kata-e2e-release-").tempdir()?;
+    crate::tools::run_captured(Command::new("tar").arg("--zstd").arg("-xf").arg(&built.tarball).arg("-C").arg(tree.path()))
+        .context("unpack the release tarball (needs GNU tar and zstd)")?;
+    let root = tree.path().join(prefix.strip_prefix("/").expect("absolute prefix"));
+    let shipped = std::fs::read_to_string(root.join(config_rel))
+        .with_context(|| format!("the release tarball has no {config_rel}"))?;
+    let config = shipped.replace(crate::release::PREFIX, &root.display().to_string());
+    let shim = root.join("bin").join(SHIM_BINARY);
+    if !shim.is_file() {
+        bail!("the release tarball has no bin/{SHIM_BINARY}");
+    }
+    ctx.ui.info(&format!("test e2e: from release {} unpacked at {}", built.tarball.display(), root.display()));
+    Ok((Some(tree), shim, config))
+}
+
+// ---------------------------------------------------------------------------
 // The command
 // ---------------------------------------------------------------------------
 
@@ -1580,7 +1647,21 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
         return Ok(());
     }
     let opts = EnvOptions { kata, shim: args.shim.clone(), media, recipe: args.recipe.clone(), keep: args.keep };
-    let env = E2eEnv::start(ctx, &opts)?;
+    // The unpacked release (--from-release) must outlive the containerd using it.
+    let mut _release_tree = None;
+    let env = if args.from_release {
+        if !kata || args.shim.is_some() || args.image {
+            return Err(InputError::new(
+                "--from-release runs the released shim, kernel and configuration (image boot, as shipped): drop --shim, --image and --runtime",
+            )
+            .into());
+        }
+        let (tree, shim, config) = from_release(ctx, args.install_deb)?;
+        _release_tree = tree;
+        E2eEnv::start_with(ctx, &opts, Some((shim, config)))?
+    } else {
+        E2eEnv::start(ctx, &opts)?
+    };
     ctx.ui.info(&format!(
         "test e2e: containerd {} (pid {}), image {} {}, runtime {}{}",
         env.containerd.layout.address.display(),

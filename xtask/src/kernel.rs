@@ -130,6 +130,13 @@ fn load(ctx: &Ctx, args: &KernelArgs) -> Result<Loaded> {
     Ok(Loaded { source_kind: args.source, fragments, patches, source, build })
 }
 
+/// The kernel's two steps (`kernel-source`, `kernel`), for the plans of
+/// commands that build it as a part (`release`).
+pub fn plan_inputs(ctx: &Ctx, args: &KernelArgs) -> Result<(StepInputs, StepInputs)> {
+    let l = load(ctx, args)?;
+    Ok((l.source, l.build))
+}
+
 pub fn require_tools() -> Result<()> {
     crate::tools::require(
         "kernel",

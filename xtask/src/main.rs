@@ -28,7 +28,9 @@ mod kernel_boot;
 mod manifest;
 mod plan;
 mod publish;
+mod release;
 mod rootfs;
+mod runtime_bins;
 mod test_cmd;
 mod tools;
 mod ui;
@@ -107,6 +109,8 @@ enum Command {
     Initrd(initrd::InitrdArgs),
     /// A rootfs disk image (DAX header by default).
     Image(image::ImageArgs),
+    /// Everything, plus the static tarball, .deb, .rpm, SHA256SUMS and SBOM.
+    Release(release::ReleaseArgs),
     /// The tests: unit (cargo test), vm (boot and talk to the agent), all.
     Test(test_cmd::TestArgs),
     /// Benchmarks.
@@ -145,6 +149,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Rootfs { recipe } => rootfs::run(&ctx, &recipe),
         Command::Initrd(args) => initrd::run(&ctx, &args),
         Command::Image(args) => image::run(&ctx, &args),
+        Command::Release(args) => release::run(&ctx, &args),
         Command::Test(args) => test_cmd::run(&ctx, &args),
         Command::Bench { name } => bench::run(&ctx, name),
     }

@@ -85,6 +85,8 @@ fn all(ctx: &Ctx) -> Result<()> {
     record("vm --image", crate::vmtest::run(ctx, &image));
     let e2e = crate::e2e::E2eArgs { faults: true, ..Default::default() };
     record("e2e --faults", crate::e2e::run(ctx, &e2e));
+    let from_release = crate::e2e::E2eArgs { from_release: true, ..Default::default() };
+    record("e2e --from-release", crate::e2e::run(ctx, &from_release));
     println!("test: {passed} passed, {} failed", failed.len());
     if failed.is_empty() {
         Ok(())

@@ -1,0 +1,389 @@
+//! `cargo xtask release [--version V]`: everything a release publishes.
+//!
+//! Steps, each cached (an unchanged rerun is all cache hits):
+//! kernel, agent -> rootfs -> initrd and DAX image, `runtime-bins` (static
+//! shim and kata-runtime), `vhost-device-vsock` (the pinned crate), then
+//! `release`: configuration.toml rendered for `/opt/kata`, the static
+//! tarball, the .deb, the .rpm, the SPDX SBOM and SHA256SUMS, all written by
+//! the `packaging` crate (which reads every archive back and refuses one that
+//! could damage a host). The `release` key chains the keys of every step it
+//! packs plus the template, versions.yaml, Cargo.lock (the SBOM lists its
+//! crates), the packaging code, the version and SOURCE_DATE_EPOCH.
+//!
+//! Everything lands in `target/dist/` and in the manifest (kinds tarball,
+//! deb, rpm, sbom, checksums, shim, runtime, config).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use packaging::{
+    check_host_safety_deb, check_host_safety_layout, check_host_safety_rpm, check_host_safety_tarball, debian_version,
+    render_configuration, rpm_version, tarball_name, write_deb, write_rpm, write_sha256sums, write_spdx_sbom,
+    write_tarball, DebMeta, Layout, Pin, ReleaseInputs, RpmMeta, SbomInputs,
+};
+
+use crate::cache::StepInputs;
+use crate::context::Ctx;
+use crate::error::InputError;
+use crate::manifest::{Artifact, Kind, Manifest};
+use crate::plan::Plan;
+use crate::runtime_bins::{self, RUNTIME, SHIM, VSOCK_DAEMON};
+use crate::{image, initrd, kernel, publish};
+
+const FORMAT: u32 = 1;
+/// Upstream's install prefix; the packages install there.
+pub const PREFIX: &str = "/opt/kata";
+const RECIPE: &str = "minimal";
+const MAINTAINER: &str = "Kata Containers release team <release@katacontainers.io>";
+pub const CHECKSUMS: &str = "SHA256SUMS";
+pub const CONFIG_NAME: &str = "configuration.toml";
+
+#[derive(Args, Clone, Default)]
+pub struct ReleaseArgs {
+    /// The release version [default: `version` in versions.yaml].
+    #[arg(long, value_name = "V")]
+    pub version: Option<String>,
+}
+
+/// The file names of one release, all in the `release` step's entry and in dist.
+pub struct ReleaseNames {
+    pub tarball: String,
+    pub deb: String,
+    pub rpm: String,
+    pub sbom: String,
+}
+
+impl ReleaseNames {
+    fn new(version: &str) -> Result<Self> {
+        let deb = DebMeta::kata_static(version, MAINTAINER, 0)?;
+        let rpm = RpmMeta::kata_static(version)?;
+        Ok(ReleaseNames {
+            tarball: tarball_name(version),
+            deb: format!("{}_{}_{}.deb", deb.package, deb.version, deb.architecture),
+            rpm: format!("{}-{}-{}.{}.rpm", rpm.name, rpm.version, rpm.release, rpm.arch),
+            sbom: format!("kata-static-{version}.spdx.json"),
+        })
+    }
+}
+
+/// The version, checked up front (exit 2) against every format that carries it.
+fn release_version(ctx: &Ctx, args: &ReleaseArgs) -> Result<String> {
+    let (v, origin) = match &args.version {
+        Some(v) => (v.clone(), "--version".to_string()),
+        None => (ctx.versions.version.clone(), format!("{}: version", ctx.versions_path.display())),
+    };
+    let bad_chars = v.is_empty() || v.chars().any(|c| c.is_whitespace() || c == '/');
+    let check = if bad_chars { Err(anyhow::anyhow!("empty or has spaces or '/'")) } else { debian_version(&v).and(rpm_version(&v)).map(drop) };
+    if let Err(e) = check {
+        return Err(InputError::new(format!(
+            "{origin} {v:?} cannot name a release ({e:#}); use a version like 1.2.3 or 1.2.3-rc1"
+        ))
+        .into());
+    }
+    Ok(v)
+}
+
+fn epoch(ctx: &Ctx) -> Result<u64> {
+    u64::try_from(ctx.epoch).map_err(|_| {
+        InputError::new(format!("SOURCE_DATE_EPOCH {} is negative; packages need a time after 1970", ctx.epoch)).into()
+    })
+}
+
+fn kernel_args() -> kernel::KernelArgs {
+    kernel::KernelArgs::default()
+}
+
+fn initrd_args() -> initrd::InitrdArgs {
+    initrd::InitrdArgs { recipe: RECIPE.into(), compression: initrd::CompressionArg::Gzip }
+}
+
+fn image_args() -> image::ImageArgs {
+    image::ImageArgs { recipe: RECIPE.into(), fs: image::FsArg::Ext4, no_dax: false, align_mib: 128, free_mib: 0 }
+}
+
+fn template_path(ctx: &Ctx) -> PathBuf {
+    ctx.root.join("runtime").join("config").join("configuration.toml.in")
+}
+
+/// Every step of a release, in build order, with the `release` step last.
+struct Steps {
+    kernel_source: StepInputs,
+    kernel: StepInputs,
+    guest_before: Vec<StepInputs>,
+    initrd: StepInputs,
+    image: StepInputs,
+    runtime_bins: StepInputs,
+    vsock: StepInputs,
+    release: StepInputs,
+}
+
+fn steps(ctx: &Ctx, version: &str) -> Result<Steps> {
+    let (kernel_source, kernel) = kernel::plan_inputs(ctx, &kernel_args())?;
+    let (guest_before, initrd) = initrd::inputs(ctx, &initrd_args())?;
+    let (_, image) = image::inputs(ctx, &image_args())?;
+    let runtime_bins = runtime_bins::runtime_inputs(ctx)?;
+    let vsock = runtime_bins::vsock_inputs(ctx)?;
+    let keys = PartKeys {
+        kernel: kernel.key(),
+        initrd: initrd.key(),
+        image: image.key(),
+        runtime_bins: runtime_bins.key(),
+        vsock: vsock.key(),
+    };
+    let release = release_step(ctx, version, &keys)?;
+    Ok(Steps { kernel_source, kernel, guest_before, initrd, image, runtime_bins, vsock, release })
+}
+
+/// The keys of the steps a release packs.
+struct PartKeys {
+    kernel: String,
+    initrd: String,
+    image: String,
+    runtime_bins: String,
+    vsock: String,
+}
+
+/// The `release` step's inputs. `build` computes them again from the keys of
+/// the entries it actually packs: a source edited while the release builds
+/// must not give a package the key of other binaries.
+fn release_step(ctx: &Ctx, version: &str, keys: &PartKeys) -> Result<StepInputs> {
+    let mut release = StepInputs::new("release", FORMAT);
+    release
+        .value("kernel.key", &keys.kernel)
+        .value("initrd.key", &keys.initrd)
+        .value("image.key", &keys.image)
+        .value("runtime-bins.key", &keys.runtime_bins)
+        .value("vhost-device-vsock.key", &keys.vsock)
+        .file("configuration.toml.in", &template_path(ctx))?
+        .file("versions.yaml", &ctx.versions_path)?
+        .file("Cargo.lock", &ctx.root.join("Cargo.lock"))?
+        .tree("src.packaging", &ctx.root.join("packaging"))?
+        .value("prefix", PREFIX)
+        .value("recipe", RECIPE)
+        .value("version", version)
+        .value("source_date_epoch", ctx.epoch);
+    Ok(release)
+}
+
+/// The plan lists what would run: a step's inputs (the kernel source, the
+/// agent and rootfs) only when a step consuming them is not cached, as the
+/// builders skip them then.
+fn plan(ctx: &Ctx, s: &Steps) -> Plan {
+    let cached = |i: &StepInputs| ctx.cache_dir.join("steps").join(i.step()).join(i.key()).is_dir();
+    let mut plan = Plan::default();
+    if !cached(&s.kernel) {
+        plan.add(ctx, &s.kernel_source);
+    }
+    plan.add(ctx, &s.kernel);
+    if !cached(&s.initrd) || !cached(&s.image) {
+        for b in &s.guest_before {
+            plan.add(ctx, b);
+        }
+    }
+    for i in [&s.initrd, &s.image, &s.runtime_bins, &s.vsock, &s.release] {
+        plan.add(ctx, i);
+    }
+    plan
+}
+
+/// `pkg:deb/...` version: `+` is percent-encoded in purls.
+fn deb_pin(name: &str, version: &str, sha256: &str) -> Pin {
+    Pin {
+        name: name.into(),
+        version: version.into(),
+        // Fetched through apt from the Debian archive; the purl names it.
+        download_location: "NOASSERTION".into(),
+        sha256: sha256.into(),
+        purl: Some(format!("pkg:deb/debian/{name}@{}", version.replace('+', "%2B"))),
+    }
+}
+
+/// What went into the shipped files from outside this workspace (the
+/// workspace's own crates come from Cargo.lock). The Rust toolchain has no
+/// sha256 pin (rustup installs it), so it is not a pinned package here; its
+/// `rustc -vV` is part of the binaries' cache keys.
+fn sbom_pins(ctx: &Ctx) -> Vec<Pin> {
+    let v = &ctx.versions;
+    let vsock = &v.vhost_device_vsock;
+    vec![
+        deb_pin(&v.kernel.debian.package, &v.kernel.debian.version, &v.kernel.debian.sha256.to_string()),
+        deb_pin(&v.busybox.debian.package, &v.busybox.debian.version, &v.busybox.debian.sha256.to_string()),
+        Pin {
+            name: vsock.crate_name.clone(),
+            version: vsock.version.clone(),
+            download_location: format!("https://crates.io/api/v1/crates/{}/{}/download", vsock.crate_name, vsock.version),
+            sha256: vsock.sha256.to_string(),
+            purl: Some(format!("pkg:cargo/{}@{}", vsock.crate_name, vsock.version)),
+        },
+    ]
+}
+
+/// What the release step packs, all already built.
+struct Parts {
+    kernel: kernel::KernelBuild,
+    initrd: initrd::InitrdBuild,
+    image: image::ImageBuild,
+    bins: runtime_bins::RuntimeBins,
+    vsock: runtime_bins::VsockDaemon,
+}
+
+fn release_inputs(ctx: &Ctx, version: &str, epoch: u64, p: &Parts, configuration_toml: String) -> ReleaseInputs {
+    let stem = kernel::stem(ctx, &kernel_args());
+    let vmlinux = format!("vmlinux-{stem}");
+    let vmlinuz = format!("vmlinuz-{stem}");
+    let image = format!("kata-{RECIPE}-{version}.image");
+    let initrd = format!("kata-{RECIPE}-{version}.initrd");
+    ReleaseInputs {
+        version: version.into(),
+        source_date_epoch: epoch,
+        prefix: PREFIX.into(),
+        shim: p.bins.shim.clone(),
+        runtime: p.bins.runtime.clone(),
+        helpers: vec![(VSOCK_DAEMON.into(), p.vsock.binary.clone())],
+        kernel_files: vec![(vmlinux.clone(), p.kernel.dir.join("vmlinux")), (vmlinuz.clone(), p.kernel.bzimage())],
+        kernel_symlinks: vec![("vmlinux.container".into(), vmlinux), ("vmlinuz.container".into(), vmlinuz)],
+        image_files: vec![(image.clone(), p.image.file.clone()), (initrd.clone(), p.initrd.file.clone())],
+        image_symlinks: vec![("kata-containers.img".into(), image), ("kata-containers-initrd.img".into(), initrd)],
+        configuration_toml,
+        versions_yaml: ctx.versions_path.clone(),
+    }
+}
+
+/// configuration.toml for `prefix`, from the template in runtime/config/.
+pub fn render_config(ctx: &Ctx, prefix: &str) -> Result<String> {
+    let path = template_path(ctx);
+    let template = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let mut vars = BTreeMap::new();
+    vars.insert("libexec".to_string(), format!("{prefix}/libexec"));
+    render_configuration(&template, prefix, &vars).with_context(|| format!("render {}", path.display()))
+}
+
+/// The `release` step: every package, checked, into `out`.
+fn package(ctx: &Ctx, version: &str, epoch: u64, parts: &Parts, names: &ReleaseNames, out: &Path) -> Result<()> {
+    let config = render_config(ctx, PREFIX)?;
+    std::fs::write(out.join(CONFIG_NAME), &config)?;
+    let inputs = release_inputs(ctx, version, epoch, parts, config);
+    let layout = Layout::from_inputs(&inputs)?;
+    check_host_safety_layout(&layout)?;
+    let tarball = out.join(&names.tarball);
+    let deb = out.join(&names.deb);
+    let rpm = out.join(&names.rpm);
+    let sbom = out.join(&names.sbom);
+    let step = ctx.ui.step("release: tarball");
+    write_tarball(&layout, &tarball, epoch)?;
+    check_host_safety_tarball(&tarball, PREFIX)?;
+    step.finish("written");
+    let step = ctx.ui.step("release: .deb");
+    write_deb(&layout, &DebMeta::kata_static(version, MAINTAINER, epoch)?, &deb, epoch)?;
+    check_host_safety_deb(&deb, PREFIX)?;
+    step.finish("written");
+    let step = ctx.ui.step("release: .rpm");
+    write_rpm(&layout, &RpmMeta::kata_static(version)?, &rpm, epoch)?;
+    check_host_safety_rpm(&rpm, PREFIX)?;
+    step.finish("written");
+    let lock = ctx.root.join("Cargo.lock");
+    let sbom_inputs = SbomInputs { name: "kata-static".into(), version: version.into(), pins: sbom_pins(ctx), cargo_lock: &lock };
+    write_spdx_sbom(&sbom_inputs, &sbom, epoch)?;
+    write_sha256sums(&[&tarball, &deb, &rpm, &sbom], &out.join(CHECKSUMS))?;
+    for f in [&names.tarball, &names.deb, &names.rpm, &names.sbom, &CHECKSUMS.to_string(), &CONFIG_NAME.to_string()] {
+        publish::seal(&out.join(f))?;
+    }
+    Ok(())
+}
+
+fn require_tools() -> Result<()> {
+    kernel::require_tools()?;
+    crate::rootfs::require_tools()?;
+    crate::tools::require("release", &[("mke2fs", "e2fsprogs"), ("debugfs", "e2fsprogs")])
+}
+
+/// A published release.
+pub struct Built {
+    pub version: String,
+    /// In dist.
+    pub tarball: PathBuf,
+    pub deb: PathBuf,
+    pub artifacts: Vec<Artifact>,
+    pub vsock_target: String,
+}
+
+pub fn run(ctx: &Ctx, args: &ReleaseArgs) -> Result<()> {
+    require_tools()?;
+    let version = release_version(ctx, args)?;
+    let s = steps(ctx, &version)?;
+    if plan(ctx, &s).show_if_dry_run(ctx)? {
+        return Ok(());
+    }
+    let b = build(ctx, args)?;
+    if ctx.json {
+        ctx.print_json(&serde_json::json!({
+            "version": b.version,
+            "source_date_epoch": ctx.epoch,
+            "prefix": PREFIX,
+            "vhost_device_vsock_target": b.vsock_target,
+            "artifacts": b.artifacts,
+        }))?;
+    }
+    Ok(())
+}
+
+/// Builds (or takes from the cache) every step, publishes into dist and
+/// records the manifest.
+pub fn build(ctx: &Ctx, args: &ReleaseArgs) -> Result<Built> {
+    require_tools()?;
+    let version = release_version(ctx, args)?;
+    let epoch = epoch(ctx)?;
+    let names = ReleaseNames::new(&version)?;
+    ctx.ensure_dist_writable()?;
+    let started = std::time::Instant::now();
+    let parts = Parts {
+        kernel: kernel::build(ctx, &kernel_args())?,
+        initrd: initrd::build(ctx, &initrd_args())?,
+        image: image::build(ctx, &image_args())?,
+        bins: runtime_bins::build_runtime(ctx)?,
+        vsock: runtime_bins::build_vsock_daemon(ctx)?,
+    };
+    if !parts.vsock.target.is_empty() && parts.vsock.target != ctx.versions.rust.musl_target {
+        ctx.ui.info(&format!("warning: {VSOCK_DAEMON} is built for {} (dynamically linked), not {}", parts.vsock.target, ctx.versions.rust.musl_target));
+    }
+    let keys = PartKeys {
+        kernel: parts.kernel.key.clone(),
+        initrd: parts.initrd.key.clone(),
+        image: parts.image.key.clone(),
+        runtime_bins: parts.bins.key.clone(),
+        vsock: parts.vsock.key.clone(),
+    };
+    let release = release_step(ctx, &version, &keys)?;
+    let progress = ctx.ui.step("release");
+    let entry = ctx.cache()?.step(&release, &ctx.ui, |out| package(ctx, &version, epoch, &parts, &names, out))?;
+    progress.finish(if entry.hit { "cached" } else { "packaged" });
+
+    let mut arts: Vec<Artifact> = Vec::new();
+    let mut add = |name: &str, kind: Kind, src: &Path, key: &str| -> Result<()> {
+        let dest = publish::file(ctx, src, name)?;
+        arts.push(publish::artifact(ctx, name, kind, &dest, src, key, None)?);
+        Ok(())
+    };
+    add(&names.tarball, Kind::Tarball, &entry.dir.join(&names.tarball), &entry.key)?;
+    add(&names.deb, Kind::Deb, &entry.dir.join(&names.deb), &entry.key)?;
+    add(&names.rpm, Kind::Rpm, &entry.dir.join(&names.rpm), &entry.key)?;
+    add(&names.sbom, Kind::Sbom, &entry.dir.join(&names.sbom), &entry.key)?;
+    add(CHECKSUMS, Kind::Checksums, &entry.dir.join(CHECKSUMS), &entry.key)?;
+    add(CONFIG_NAME, Kind::Config, &entry.dir.join(CONFIG_NAME), &entry.key)?;
+    add(SHIM, Kind::Shim, &parts.bins.shim, &parts.bins.key)?;
+    add(RUNTIME, Kind::Runtime, &parts.bins.runtime, &parts.bins.key)?;
+    Manifest::record(&ctx.dist(), &version, ctx.epoch, arts.clone())?;
+    for a in &arts {
+        ctx.ui.info(&format!("release: {} ({} bytes)", a.path, a.bytes));
+    }
+    ctx.ui.info(&format!("release {version}: done in {:.1}s; check with `sha256sum -c {CHECKSUMS}` in {}", started.elapsed().as_secs_f64(), ctx.rel(&ctx.dist())));
+    Ok(Built {
+        tarball: ctx.dist().join(&names.tarball),
+        deb: ctx.dist().join(&names.deb),
+        version,
+        artifacts: arts,
+        vsock_target: parts.vsock.target,
+    })
+}
