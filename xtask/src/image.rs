@@ -9,7 +9,7 @@ use rootfs_builder::image::{build_image, Filesystem, ImageOptions};
 
 use crate::cache::StepInputs;
 use crate::context::Ctx;
-use crate::manifest::{Kind, Manifest};
+use crate::manifest::Kind;
 use crate::plan::Plan;
 use crate::{publish, rootfs};
 
@@ -114,24 +114,10 @@ pub fn run(ctx: &Ctx, args: &ImageArgs) -> Result<()> {
     }
     rootfs::require_tools()?;
     let (before, inputs) = inputs(ctx, args)?;
-    let mut plan = Plan::default();
-    for b in &before {
-        plan.add(ctx, b);
-    }
-    plan.add(ctx, &inputs);
-    if plan.show_if_dry_run(ctx)? {
+    if Plan::of(ctx, before.iter().chain([&inputs])).show_if_dry_run(ctx)? {
         return Ok(());
     }
     ctx.ensure_dist_writable()?;
     let b = build(ctx, args)?;
-    let name = file_name(ctx, args);
-    let dest = publish::file(ctx, &b.file, &name)?;
-    publish::symlink(ctx, &name, "kata-containers.img")?;
-    let art = publish::artifact(ctx, "kata-containers.img", Kind::Image, &dest, &b.file, &b.key, Some(&args.recipe))?;
-    Manifest::record(&ctx.dist(), &ctx.versions.version, ctx.epoch, vec![art.clone()])?;
-    ctx.ui.info(&format!("image: {} ({} bytes, sha256 {})", art.path, art.bytes, art.sha256));
-    if ctx.json {
-        ctx.print_json(&serde_json::to_value(&art)?)?;
-    }
-    Ok(())
+    publish::guest_asset(ctx, &b.file, &b.key, &file_name(ctx, args), "kata-containers.img", Kind::Image, &args.recipe)
 }

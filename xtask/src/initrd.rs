@@ -8,7 +8,7 @@ use rootfs_builder::{write_initrd, Compression};
 
 use crate::cache::StepInputs;
 use crate::context::Ctx;
-use crate::manifest::{Kind, Manifest};
+use crate::manifest::Kind;
 use crate::plan::Plan;
 use crate::{publish, rootfs};
 
@@ -74,24 +74,11 @@ pub fn file_name(ctx: &Ctx, recipe: &str) -> String {
 pub fn run(ctx: &Ctx, args: &InitrdArgs) -> Result<()> {
     rootfs::require_tools()?;
     let (before, inputs) = inputs(ctx, args)?;
-    let mut plan = Plan::default();
-    for b in &before {
-        plan.add(ctx, b);
-    }
-    plan.add(ctx, &inputs);
-    if plan.show_if_dry_run(ctx)? {
+    if Plan::of(ctx, before.iter().chain([&inputs])).show_if_dry_run(ctx)? {
         return Ok(());
     }
     ctx.ensure_dist_writable()?;
     let b = build(ctx, args)?;
     let name = file_name(ctx, &args.recipe);
-    let dest = publish::file(ctx, &b.file, &name)?;
-    publish::symlink(ctx, &name, "kata-containers-initrd.img")?;
-    let art = publish::artifact(ctx, "kata-containers-initrd.img", Kind::Initrd, &dest, &b.file, &b.key, Some(&args.recipe))?;
-    Manifest::record(&ctx.dist(), &ctx.versions.version, ctx.epoch, vec![art.clone()])?;
-    ctx.ui.info(&format!("initrd: {} ({} bytes, sha256 {})", art.path, art.bytes, art.sha256));
-    if ctx.json {
-        ctx.print_json(&serde_json::to_value(&art)?)?;
-    }
-    Ok(())
+    publish::guest_asset(ctx, &b.file, &b.key, &name, "kata-containers-initrd.img", Kind::Initrd, &args.recipe)
 }

@@ -21,6 +21,15 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The plan of these steps, in order.
+    pub fn of<'a>(ctx: &Ctx, steps: impl IntoIterator<Item = &'a StepInputs>) -> Plan {
+        let mut plan = Plan::default();
+        for s in steps {
+            plan.add(ctx, s);
+        }
+        plan
+    }
+
     pub fn add(&mut self, ctx: &Ctx, inputs: &StepInputs) {
         let cached = ctx.cache_dir.join("steps").join(inputs.step()).join(inputs.key()).is_dir();
         self.steps.push(PlannedStep {

@@ -105,3 +105,26 @@ pub fn artifact(
         recipe: recipe.map(str::to_string),
     })
 }
+
+/// Publishes a guest asset the way upstream installs it: the versioned file
+/// (`kata-minimal-0.1.0.initrd`) plus its well-known name as a symlink
+/// (`kata-containers-initrd.img`), which also names the manifest entry.
+pub fn guest_asset(
+    ctx: &Ctx,
+    cached: &Path,
+    cache_key: &str,
+    versioned_name: &str,
+    link: &str,
+    kind: Kind,
+    recipe: &str,
+) -> Result<()> {
+    let dest = file(ctx, cached, versioned_name)?;
+    symlink(ctx, versioned_name, link)?;
+    let art = artifact(ctx, link, kind, &dest, cached, cache_key, Some(recipe))?;
+    crate::manifest::Manifest::record(&ctx.dist(), &ctx.versions.version, ctx.epoch, vec![art.clone()])?;
+    ctx.ui.info(&format!("{link}: {} ({} bytes, sha256 {})", art.path, art.bytes, art.sha256));
+    if ctx.json {
+        ctx.print_json(&serde_json::to_value(&art)?)?;
+    }
+    Ok(())
+}
