@@ -329,32 +329,13 @@ fn read_text(path: &Path) -> Result<String> {
 /// `<dir>/<group>/*.conf` sorted by file name.
 fn list_conf_files(configs_dir: &Path, group: &str) -> Result<Vec<(String, PathBuf)>> {
     let dir = configs_dir.join(group);
-    let entries = std::fs::read_dir(&dir).map_err(|e| Error::Input {
-        path: dir.clone(),
-        problem: format!("cannot list fragment directory `{group}/`: {e}"),
-    })?;
-    let mut files = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(&dir, e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            return Err(Error::Input {
-                path: entry.path(),
-                problem: "file name is not UTF-8".into(),
-            });
-        };
-        let file_type = entry.file_type().map_err(|e| Error::io(entry.path(), e))?;
-        if name.ends_with(".conf") && !file_type.is_dir() {
-            files.push((format!("{group}/{name}"), entry.path()));
-        }
-    }
+    let files = crate::sorted_files(&dir, ".conf", group, &format!("fragment directory `{group}/`"))?;
     if files.is_empty() {
         return Err(Error::Input {
             path: dir,
             problem: format!("no *.conf fragments in `{group}/`"),
         });
     }
-    files.sort();
     Ok(files)
 }
 

@@ -26,25 +26,7 @@ impl Patches {
             });
         }
         let dir = configs_dir.join("patches").join(series);
-        let entries = std::fs::read_dir(&dir).map_err(|e| Error::Input {
-            path: dir.clone(),
-            problem: format!("cannot list patch series `{series}`: {e}"),
-        })?;
-        let mut files = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io(&dir, e))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else {
-                return Err(Error::Input {
-                    path: entry.path(),
-                    problem: "file name is not UTF-8".into(),
-                });
-            };
-            if name.ends_with(".patch") {
-                files.push((format!("patches/{series}/{name}"), entry.path()));
-            }
-        }
-        files.sort();
+        let files = crate::sorted_files(&dir, ".patch", &format!("patches/{series}"), &format!("patch series `{series}`"))?;
         Ok(Patches {
             series: series.to_string(),
             files,
