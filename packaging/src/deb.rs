@@ -244,6 +244,10 @@ pub fn default_lintian_overrides(package: &str) -> String {
          # every host distribution: ELF type DYN without DT_NEEDED, which lintian mistakes for a\n\
          # shared library missing its libc dependency.\n\
          {package}: shared-library-lacks-prerequisites [opt/kata/*]\n\
+         # vhost-device-vsock reads its YAML config through serde_yaml, whose parser is\n\
+         # unsafe-libyaml, a Rust translation of libyaml compiled into the binary: a static\n\
+         # binary cannot link the system's libyaml.\n\
+         {package}: embedded-library libyaml [opt/kata/libexec/vhost-device-vsock]\n\
          # Guest kernels are payloads for the virtual machine, not host binaries: their symbols\n\
          # are kept for guest crash analysis and the host never loads them.\n\
          {package}: unstripped-binary-or-object [opt/kata/share/kata-containers/*]\n\

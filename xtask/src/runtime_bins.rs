@@ -66,6 +66,12 @@ fn require_static(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Shipped host binaries carry no symbol tables (Debian policy; lintian's
+/// unstripped-binary-or-object). Set through cargo's profile environment so
+/// that it also holds for `cargo install` of a crate we do not control.
+const STRIP_ENV: &str = "CARGO_PROFILE_RELEASE_STRIP";
+const STRIP: &str = "symbols";
+
 pub fn release_target_dir(ctx: &Ctx) -> PathBuf {
     ctx.root.join("target").join("release-build")
 }
@@ -78,7 +84,8 @@ pub fn runtime_inputs(ctx: &Ctx) -> Result<StepInputs> {
         .file("Cargo.toml", &ctx.root.join("Cargo.toml"))?
         .value("rustc", version_line("rustc", "-vV")?)
         .value("target", &ctx.versions.rust.musl_target)
-        .value("profile", "release");
+        .value("profile", "release")
+        .value("strip", STRIP);
     Ok(i)
 }
 
@@ -97,6 +104,7 @@ pub fn build_runtime(ctx: &Ctx) -> Result<RuntimeBins> {
         let mut cmd = Command::new("cargo");
         cmd.args(["build", "--release", "--locked", "-p", "kata-runtime", "--bins", "--target", &target])
             .env(rustflags_env(&target), flags)
+            .env(STRIP_ENV, STRIP)
             .env("CARGO_TARGET_DIR", release_target_dir(ctx))
             .current_dir(&ctx.root);
         if ctx.offline {
@@ -127,7 +135,8 @@ pub fn vsock_inputs(ctx: &Ctx) -> Result<StepInputs> {
         .value("crate.sha256", &pin.sha256)
         .value("rustc", version_line("rustc", "-vV")?)
         .value("target", &ctx.versions.rust.musl_target)
-        .value("locked", true);
+        .value("locked", true)
+        .value("strip", STRIP);
     Ok(i)
 }
 
@@ -181,6 +190,7 @@ pub fn build_vsock_daemon(ctx: &Ctx) -> Result<VsockDaemon> {
                 .arg(&root)
                 .args([pin.crate_name.as_str(), "--version", pin.version.as_str(), "--target", target])
                 .env(rustflags_env(target), flags)
+                .env(STRIP_ENV, STRIP)
                 .env("CARGO_TARGET_DIR", &target_dir)
                 .current_dir(work.path());
             if ctx.offline {
