@@ -110,7 +110,7 @@ pub struct ImageReport {
 
 /// Builds a raw disk image of `tree` at `out` (temp file + rename).
 pub fn build_image(tree: &Path, out: &Path, opts: &ImageOptions) -> Result<ImageReport> {
-    if opts.align_mib == 0 || (opts.dax && opts.align_mib % 2 != 0) {
+    if opts.align_mib == 0 || (opts.dax && !opts.align_mib.is_multiple_of(2)) {
         bail!("image align_mib {}: must be positive (and even with DAX, to keep 2 MiB alignment)", opts.align_mib);
     }
     let fs_uuid = parse_uuid(&opts.fs_uuid).context("image fs_uuid")?;
@@ -193,7 +193,7 @@ fn ext4_size_estimate(tree: &Path) -> Result<u64> {
     let mut blocks = 0u64;
     for e in &entries {
         blocks += match &e.kind {
-            EntryKind::Regular if e.link_group.map_or(true, |(first, _)| std::ptr::eq(&entries[first], e)) => {
+            EntryKind::Regular if e.link_group.is_none_or(|(first, _)| std::ptr::eq(&entries[first], e)) => {
                 e.size.div_ceil(EXT4_BLOCK_SIZE) + 1
             }
             EntryKind::Directory => 2,
@@ -388,7 +388,7 @@ impl Mbr {
 
     /// One Linux partition of `bytes` starting at byte `start`.
     pub fn single_partition(disk_signature: u32, start: u64, bytes: u64) -> Result<Mbr> {
-        if start % SECTOR != 0 || bytes % SECTOR != 0 {
+        if !start.is_multiple_of(SECTOR) || !bytes.is_multiple_of(SECTOR) {
             bail!("MBR partition start {start} and size {bytes} must be multiples of 512");
         }
         let first_lba = u32::try_from(start / SECTOR).context("MBR partition start beyond 2 TiB")?;
