@@ -1,0 +1,424 @@
+//! The private containerd the scenarios run against (its own root, state,
+//! socket and config under a temp dir) and the `ctr` client for it.
+
+use super::*;
+
+/// Paths of one private containerd.
+#[derive(Debug, Clone)]
+pub struct ContainerdLayout {
+    pub dir: PathBuf,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub address: PathBuf,
+    pub config: PathBuf,
+    pub bin_dir: PathBuf,
+    pub fifo_dir: PathBuf,
+    pub opt_dir: PathBuf,
+}
+
+impl ContainerdLayout {
+    pub(super) fn new(dir: &Path) -> ContainerdLayout {
+        ContainerdLayout {
+            dir: dir.to_path_buf(),
+            root: dir.join("root"),
+            state: dir.join("state"),
+            address: dir.join("containerd.sock"),
+            config: dir.join("containerd.toml"),
+            bin_dir: dir.join("bin"),
+            fifo_dir: dir.join("fifo"),
+            opt_dir: dir.join("opt"),
+        }
+    }
+}
+
+/// The containerd config: version 2, own paths, no CRI (no CNI noise),
+/// overlayfs only. `ctr run --runtime io.containerd.kata.v2` names the
+/// runtime directly: containerd maps it to the binary
+/// `containerd-shim-kata-v2` on its PATH. The CRI runtime table is written
+/// for CRI users of this file and is inert while CRI is disabled.
+pub fn containerd_config(l: &ContainerdLayout) -> String {
+    format!(
+        r#"# Written by `cargo xtask test e2e`: a private containerd for the end-to-end tests.
+version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing",
+]
+
+[grpc]
+  address = "{address}"
+
+[debug]
+  level = "debug"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
+
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]
+    runtime_type = "{kata}"
+"#,
+        root = l.root.display(),
+        state = l.state.display(),
+        address = l.address.display(),
+        opt = l.opt_dir.display(),
+        kata = KATA_RUNTIME,
+    )
+}
+
+/// A running private containerd; dropping it stops containerd and removes
+/// every trace (see the module doc).
+pub struct PrivateContainerd {
+    pub layout: ContainerdLayout,
+    pub log: PathBuf,
+    pub(super) child: Option<Child>,
+    pub pid: u32,
+    pub start_ticks: u64,
+    /// `RUN_MARKER_ENV=<token>`, as found in /proc/PID/environ.
+    pub marker: String,
+    /// Container ids handed out, for targeted cleanup and checks.
+    pub(super) ids: std::cell::RefCell<BTreeSet<String>>,
+    pub(super) keep: bool,
+    pub(super) temp: Option<tempfile::TempDir>,
+}
+
+impl PrivateContainerd {
+    /// `env` is added to containerd's environment (and so to every shim's);
+    /// `shim_dir`, when given, goes first on its PATH.
+    /// A fresh temp dir for [`PrivateContainerd::start`]. Short base: the
+    /// grpc socket path must stay under the 107-byte sun_path limit, and so
+    /// must containerd's derived ttrpc socket.
+    pub fn temp_dir() -> Result<tempfile::TempDir> {
+        tempfile::Builder::new().prefix("kata-e2e-").tempdir_in("/tmp").context("create a temp dir in /tmp")
+    }
+
+    /// Starts containerd in `temp` (from [`PrivateContainerd::temp_dir`]).
+    pub fn start(
+        temp: tempfile::TempDir,
+        log: &Path,
+        shim: Option<&Path>,
+        env: &[(String, String)],
+        keep: bool,
+    ) -> Result<PrivateContainerd> {
+        for tool in ["containerd", "ctr"] {
+            if crate::tools::which(tool).is_none() {
+                bail!("{tool} is not installed: apt-get install containerd (or `cargo xtask doctor --install`)");
+            }
+        }
+        let layout = ContainerdLayout::new(temp.path());
+        if layout.address.as_os_str().len() + ".ttrpc".len() > 100 {
+            bail!("socket path {} is too long for a unix socket", layout.address.display());
+        }
+        for d in [&layout.root, &layout.state, &layout.bin_dir, &layout.fifo_dir, &layout.opt_dir] {
+            std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+        }
+        if let Some(shim) = shim {
+            let link = layout.bin_dir.join(SHIM_BINARY);
+            std::os::unix::fs::symlink(shim, &link).with_context(|| format!("link {}", link.display()))?;
+        }
+        std::fs::write(&layout.config, containerd_config(&layout))?;
+        if let Some(d) = log.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let log_file = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        let token = format!("{}-{}", std::process::id(), temp.path().file_name().unwrap_or_default().to_string_lossy());
+        let marker = format!("{RUN_MARKER_ENV}={token}");
+        let mut path = OsString::from(&layout.bin_dir);
+        if let Some(p) = std::env::var_os("PATH") {
+            path.push(":");
+            path.push(p);
+        }
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config").arg(&layout.config).env("PATH", path).env(RUN_MARKER_ENV, &token);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
+        let child = cmd.spawn().context("cannot start containerd")?;
+        let pid = child.id();
+        let start_ticks = read_proc(pid).map(|p| p.start_ticks).unwrap_or(0);
+        let mut cd = PrivateContainerd {
+            layout,
+            log: log.to_path_buf(),
+            child: Some(child),
+            pid,
+            start_ticks,
+            marker,
+            ids: Default::default(),
+            keep,
+            temp: Some(temp),
+        };
+        cd.wait_ready()?;
+        Ok(cd)
+    }
+
+    pub(super) fn wait_ready(&mut self) -> Result<()> {
+        let t = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("containerd exited at start ({status}); log {}:\n{}", self.log.display(), tail_lines(&self.log, LOG_TAIL_LINES));
+            }
+            if self.layout.address.exists() {
+                let out = run_bounded(self.ctr().command(&["version"]), None, Duration::from_secs(10))?;
+                if out.success() {
+                    return Ok(());
+                }
+            }
+            if t.elapsed() > CONTAINERD_READY_TIMEOUT {
+                bail!(
+                    "containerd did not answer on {} within {:?}; log {}:\n{}",
+                    self.layout.address.display(),
+                    CONTAINERD_READY_TIMEOUT,
+                    self.log.display(),
+                    tail_lines(&self.log, LOG_TAIL_LINES)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn ctr(&self) -> Ctr {
+        Ctr { address: self.layout.address.clone(), namespace: NAMESPACE.into(), fifo_dir: self.layout.fifo_dir.clone() }
+    }
+
+    /// A container id unique to this run, remembered for the checks.
+    pub fn new_id(&self, name: &str) -> String {
+        let id = format!("e2e-{}-{name}", std::process::id());
+        self.ids.borrow_mut().insert(id.clone());
+        id
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.ids.borrow().iter().cloned().collect()
+    }
+
+    pub fn log_tail(&self) -> String {
+        tail_lines(&self.log, LOG_TAIL_LINES)
+    }
+
+    /// Processes of this run other than containerd itself: marked through
+    /// the environment, or a watched program started after containerd whose
+    /// command line names one of our containers.
+    pub fn our_processes(&self) -> Vec<ProcInfo> {
+        let ids = self.ids();
+        let me = std::process::id();
+        all_procs()
+            .into_iter()
+            .filter(|p| p.pid != self.pid && p.pid != me && !p.zombie)
+            .filter(|p| {
+                environ_has(p.pid, &self.marker)
+                    || (WATCHED_PROGRAMS.contains(&p.program())
+                        && p.start_ticks >= self.start_ticks
+                        && ids.iter().any(|id| p.cmdline().contains(id.as_str())))
+            })
+            .collect()
+    }
+
+    /// `/run/containerd/s/<sha256(address/namespace/id)>`: where a shim
+    /// serving container `id` for this containerd puts its socket.
+    pub fn shim_socket(&self, id: &str) -> PathBuf {
+        let key = format!("{}/{}/{}", self.layout.address.display(), NAMESPACE, id);
+        Path::new(SHIM_SOCKET_ROOT).join(bytes_sha256(key.as_bytes()))
+    }
+
+    /// Everything of ours that should be gone once no container exists.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in self.our_processes() {
+            out.push(format!("process {} ({}) still runs: {}", p.pid, p.program(), p.cmdline()));
+        }
+        for m in mounts_under(&self.layout.dir) {
+            out.push(format!("mount {} is still there", m.display()));
+        }
+        for id in self.ids() {
+            let kata_state = Path::new(KATA_STATE_ROOT).join(&id);
+            for m in mounts_under(&kata_state) {
+                out.push(format!("mount {} is still there", m.display()));
+            }
+            if kata_state.exists() {
+                out.push(format!("kata state dir {} still exists", kata_state.display()));
+            }
+            // The shim's virtiofsd source dir, where container rootfs are mounted.
+            let shared = Path::new(KATA_STATE_ROOT).join("shared/sandboxes").join(&id);
+            for m in mounts_under(&shared) {
+                out.push(format!("mount {} is still there", m.display()));
+            }
+            if shared.exists() {
+                out.push(format!("kata shared dir {} still exists", shared.display()));
+            }
+            let sock = self.shim_socket(&id);
+            if sock.exists() {
+                out.push(format!("shim socket {} (container {id}) still exists", sock.display()));
+            }
+            let bundle = self.layout.state.join("io.containerd.runtime.v2.task").join(NAMESPACE).join(&id);
+            if bundle.exists() {
+                out.push(format!("bundle {} still exists", bundle.display()));
+            }
+        }
+        for s in sockets_under(&self.layout.state) {
+            out.push(format!("socket {} is left in containerd's state dir", s.display()));
+        }
+        let ctr = self.ctr();
+        for (what, args) in [("task", ["tasks", "ls", "-q"]), ("container", ["containers", "ls", "-q"])] {
+            match run_bounded(ctr.command(&args), None, Duration::from_secs(20)) {
+                Ok(o) if o.success() => {
+                    for id in o.stdout.lines().filter(|l| !l.trim().is_empty()) {
+                        out.push(format!("containerd still lists {what} {id}"));
+                    }
+                }
+                Ok(o) => out.push(format!("cannot list {what}s: {}", o.describe())),
+                Err(e) => out.push(format!("cannot list {what}s: {e:#}")),
+            }
+        }
+        out
+    }
+
+    /// Best effort: removes a container and its task, whatever state they
+    /// are in, so that one failed scenario does not spoil the next.
+    pub fn force_remove(&self, id: &str) {
+        let ctr = self.ctr();
+        let t = Duration::from_secs(60);
+        let _ = run_bounded(ctr.command(&["tasks", "kill", "-a", "-s", "SIGKILL", id]), None, t);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            match ctr.task_status(id) {
+                Ok(Some(s)) if s != "STOPPED" => std::thread::sleep(Duration::from_millis(200)),
+                _ => break,
+            }
+        }
+        let _ = run_bounded(ctr.command(&["tasks", "delete", "-f", id]), None, t);
+        let _ = run_bounded(ctr.command(&["containers", "delete", id]), None, t);
+    }
+
+    pub(super) fn stop(&mut self) {
+        for id in self.ids() {
+            if matches!(self.ctr().task_status(&id), Ok(Some(_))) {
+                self.force_remove(&id);
+            }
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+            let t = Instant::now();
+            while matches!(child.try_wait(), Ok(None)) && t.elapsed() < CONTAINERD_STOP_TIMEOUT {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Shims outlive containerd by design; ours must not outlive the run.
+        for _ in 0..3 {
+            let procs = self.our_processes();
+            if procs.is_empty() {
+                break;
+            }
+            for p in &procs {
+                let _ = signal(p.pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let mut mounts = mounts_under(&self.layout.dir);
+        for id in self.ids() {
+            mounts.extend(mounts_under(&Path::new(KATA_STATE_ROOT).join(&id)));
+        }
+        // Deepest first.
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        for id in self.ids() {
+            let _ = std::fs::remove_file(self.shim_socket(&id));
+            let _ = std::fs::remove_dir_all(Path::new(KATA_STATE_ROOT).join(&id));
+        }
+    }
+}
+
+impl Drop for PrivateContainerd {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(temp) = self.temp.take() {
+            if self.keep {
+                let kept = temp.keep();
+                eprintln!("test e2e: --keep: containerd dir kept at {}", kept.display());
+            } else if let Err(e) = temp.close() {
+                eprintln!("test e2e: warning: cannot remove {}: {e}", self.layout.dir.display());
+            }
+        }
+    }
+}
+
+/// `ctr` bound to one containerd and namespace.
+pub struct Ctr {
+    pub address: PathBuf,
+    pub namespace: String,
+    pub fifo_dir: PathBuf,
+}
+
+impl Ctr {
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address").arg(&self.address).arg("--namespace").arg(&self.namespace).args(args);
+        cmd
+    }
+
+    /// `ctr run` with our runtime, snapshotter and FIFO dir (ctr's default
+    /// FIFO dir is /run/containerd/fifo: outside what we own).
+    pub fn run_command(&self, runtime: &str, flags: &[&str], image: &str, id: &str, args: &[&str]) -> Command {
+        let mut cmd = self.command(&["run", "--runtime", runtime, "--snapshotter", "overlayfs"]);
+        cmd.arg("--fifo-dir").arg(&self.fifo_dir).args(flags).arg(image).arg(id).args(args);
+        cmd
+    }
+
+    pub fn exec_command(&self, id: &str, exec_id: &str, args: &[&str]) -> Command {
+        let mut cmd = self.command(&["tasks", "exec", "--exec-id", exec_id]);
+        cmd.arg("--fifo-dir").arg(&self.fifo_dir).arg(id).args(args);
+        cmd
+    }
+
+    /// The STATUS column of `ctr tasks ls` for `id`, None when it has no task.
+    pub fn task_status(&self, id: &str) -> Result<Option<String>> {
+        let out = run_bounded(self.command(&["tasks", "ls"]), None, Duration::from_secs(30))?.require_success()?;
+        Ok(out.stdout.lines().skip(1).find_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.first() == Some(&id)).then(|| cols.last().unwrap_or(&"").to_string())
+        }))
+    }
+
+    pub fn wait_task_status(&self, id: &str, want: &str, timeout: Duration) -> Result<()> {
+        let t = Instant::now();
+        let mut last = None;
+        while t.elapsed() < timeout {
+            last = self.task_status(id)?;
+            if last.as_deref() == Some(want) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!("task {id} is {:?} after {:?}, not {want}", last.unwrap_or_else(|| "gone".into()), timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containerd_config_names_our_paths() {
+        let l = ContainerdLayout::new(Path::new("/tmp/kata-e2e-x"));
+        let c = containerd_config(&l);
+        assert!(c.contains("root = \"/tmp/kata-e2e-x/root\""));
+        assert!(c.contains("address = \"/tmp/kata-e2e-x/containerd.sock\""));
+        assert!(c.contains("\"io.containerd.grpc.v1.cri\""));
+        assert!(c.starts_with("# Written") && c.contains("\nversion = 2\n"));
+    }
+}

@@ -1,0 +1,495 @@
+//! `cargo xtask test e2e [--faults] [--shim PATH] [--keep] [--json]`: runs
+//! containers through a real, private containerd with the built
+//! `containerd-shim-kata-v2`, using `ctr` as users do.
+//!
+//! Files: this one holds the command, the environment (containerd, image,
+//! shim and configuration ready for scenarios) and the Kata configuration;
+//! `containerd.rs` the private containerd and `ctr`, `oci_image.rs` the test
+//! image, `scenarios.rs` the scenarios and faults, `shipped.rs`
+//! `--from-release`, `host.rs` /proc and mount inspection, `bounded.rs`
+//! commands with a time bound.
+//!
+//! The harness owns everything it starts: a containerd with its own root,
+//! state dir, socket and config under a temp dir, and a small OCI image
+//! (busybox and its applet links) written here as an OCI layout archive and
+//! imported with `ctr images import` (no registry is needed). A guard stops
+//! containerd, kills any process of ours still alive, unmounts what is left
+//! under the temp dir and removes it, also when a scenario fails.
+//!
+//! "Ours" is decided without guessing from names: containerd is started with
+//! a per-run marker in its environment ([`RUN_MARKER_ENV`]); shims inherit
+//! containerd's environment and pass it on to QEMU, virtiofsd and
+//! vhost-device-vsock. Processes with a watched name that started after our
+//! containerd and name one of our container ids on their command line count
+//! too, for children started with a scrubbed environment.
+//!
+//! `--runtime io.containerd.runc.v2` (hidden, diagnostic) runs the same
+//! scenarios with runc, which proves the harness itself; the guest kernel
+//! check then asserts the host kernel instead, and the QEMU fault is skipped.
+//!
+//! Shim configuration: the harness writes a `configuration.toml` into its
+//! temp dir and hands it to the shim through `KATA_CONF_FILE` in
+//! containerd's environment. Keys used (Kata's names):
+//!   [hypervisor.qemu] path, kernel, initrd | image, machine_type,
+//!                     kernel_params, default_vcpus, default_memory,
+//!                     shared_fs = "virtio-fs", virtio_fs_daemon,
+//!                     virtio_fs_cache, enable_debug, rootfs_type (image),
+//!                     and this project's extensions accelerator = "tcg",
+//!                     vhost_user_vsock_daemon
+//!   [agent.kata]      enable_debug, dial_timeout
+//!   [runtime]         enable_debug, internetworking_model,
+//!                     sandbox_cgroup_only, static_sandbox_resource_mgmt
+//!
+//! `--from-release` runs the scenarios with only what a release ships: the
+//! release is built (cached steps), its tarball unpacked under a temp dir,
+//! and the shim, kernel, image, vsock daemon and configuration.toml taken
+//! from there (see [`from_release`]); `--install-deb` installs the .deb into
+//! the host's real /opt/kata instead and purges it afterwards (opt-in; `test
+//! all` runs it when root).
+//!
+//! For `cargo xtask bench` this module exposes [`E2eEnv::start`],
+//! [`E2eEnv::time_run_true`] (one `ctr run --rm IMAGE true` with a given
+//! runtime) and [`sandbox_footprint`] (PSS of a running sandbox's shim and
+//! its QEMU, virtiofsd and vsock daemon).
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::context::Ctx;
+use crate::error::InputError;
+use crate::hash::{bytes_sha256, file_sha256};
+use crate::vmtest::{self, Media};
+
+mod bounded;
+mod containerd;
+mod host;
+mod oci_image;
+mod scenarios;
+mod shipped;
+
+pub use bounded::run_bounded;
+use bounded::*;
+use containerd::*;
+use host::*;
+use oci_image::*;
+use scenarios::*;
+use shipped::*;
+
+pub const KATA_RUNTIME: &str = "io.containerd.kata.v2";
+pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+/// The binary containerd derives from [`KATA_RUNTIME`] and looks up on PATH.
+pub const SHIM_BINARY: &str = "containerd-shim-kata-v2";
+pub const IMAGE_BASE_NAME: &str = "localhost/kata-e2e";
+pub const IMAGE_TAG: &str = "latest";
+pub const NAMESPACE: &str = "e2e";
+/// Set in containerd's environment (and so inherited by every shim and its
+/// children) to tell our processes from anyone else's.
+pub const RUN_MARKER_ENV: &str = "KATA_E2E_RUN";
+/// Kata's first configuration lookup.
+pub const KATA_CONF_ENV: &str = "KATA_CONF_FILE";
+const VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
+/// Where a containerd shim (Go's and the containerd-shim crate's) puts its
+/// socket: `<root>/s/<sha256(address/namespace/id)>`, whatever containerd's
+/// own state dir is.
+const SHIM_SOCKET_ROOT: &str = "/run/containerd/s";
+/// Per-sandbox state of the kata shim (design §5).
+const KATA_STATE_ROOT: &str = "/run/kata-containers";
+/// Process names whose survival after a scenario is a leak.
+const WATCHED_PROGRAMS: &[&str] =
+    &["qemu-system-x86_64", "virtiofsd", "vhost-device-vsock", SHIM_BINARY, "containerd-shim-runc-v2"];
+/// Applet links in the test image (all resolve to /bin/busybox).
+const APPLETS: &[&str] = &[
+    "cat", "echo", "env", "false", "id", "ls", "mkdir", "ps", "pwd", "rm", "sh", "sleep", "true", "uname",
+];
+
+/// A ctr command with the kata runtime boots a VM under TCG on a loaded
+/// 2-core machine; runc needs a fraction of this.
+const KATA_COMMAND_TIMEOUT: Duration = Duration::from_secs(240);
+const RUNC_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+const CONTAINERD_READY_TIMEOUT: Duration = Duration::from_secs(30);
+const CONTAINERD_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+const LOG_TAIL_LINES: usize = 25;
+
+#[derive(Args, Clone)]
+pub struct E2eArgs {
+    /// Use this containerd-shim-kata-v2 instead of building it with cargo.
+    #[arg(long, value_name = "PATH")]
+    pub shim: Option<PathBuf>,
+    /// Keep the temp dir (containerd root and state, configs, image archive)
+    /// for inspection. Processes and mounts are cleaned up regardless.
+    #[arg(long)]
+    pub keep: bool,
+    /// Also run the fault scenarios (QEMU killed under a container, invalid specs).
+    #[arg(long)]
+    pub faults: bool,
+    /// Boot the DAX rootfs image instead of the initrd.
+    #[arg(long)]
+    pub image: bool,
+    #[arg(long, default_value = "minimal")]
+    pub recipe: String,
+    /// Diagnostic: run the scenarios with another runtime
+    /// (io.containerd.runc.v2 proves the harness without the shim).
+    #[arg(long, hide = true, default_value = KATA_RUNTIME)]
+    pub runtime: String,
+    /// Run with only what the release ships: `cargo xtask release` (cached
+    /// steps), unpack its tarball into a temp prefix and use that tree's shim,
+    /// kernel, image, vsock daemon and configuration.toml (re-rooted there).
+    #[arg(long)]
+    pub from_release: bool,
+    /// With --from-release: `dpkg -i` the release's .deb instead, which
+    /// installs into the real /opt/kata of this host (root; refused when the
+    /// package or /opt/kata is already there), run with the installed
+    /// configuration, then `dpkg --purge` it and check nothing is left.
+    #[arg(long, requires = "from_release")]
+    pub install_deb: bool,
+}
+
+impl Default for E2eArgs {
+    fn default() -> Self {
+        E2eArgs { shim: None, keep: false, faults: false, image: false, recipe: "minimal".into(), runtime: KATA_RUNTIME.into(), from_release: false, install_deb: false }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Shim, guest and the Kata configuration
+// ---------------------------------------------------------------------------
+
+fn target_dir(ctx: &Ctx) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => ctx.root.join(d),
+        _ => ctx.root.join("target"),
+    }
+}
+
+/// The shim binary: `--shim PATH`, else built with cargo (release).
+pub fn shim_binary(ctx: &Ctx, explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        if !p.is_file() {
+            return Err(InputError::new(format!("--shim {}: no such file; pass the built {SHIM_BINARY}", p.display())).into());
+        }
+        return Ok(std::fs::canonicalize(p)?);
+    }
+    let cmd_text = format!("cargo build --release -p kata-runtime --bin {SHIM_BINARY}");
+    let step = ctx.ui.step(&format!("test e2e: {cmd_text}"));
+    let out = Command::new("cargo")
+        .args(["build", "--release", "-p", "kata-runtime", "--bin", SHIM_BINARY])
+        .current_dir(&ctx.root)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run cargo")?;
+    if !out.status.success() {
+        step.finish("failed");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = tail[tail.len().saturating_sub(4)..].join(" | ");
+        bail!("{SHIM_BINARY} is not built: `{cmd_text}` failed ({}): {tail}", out.status);
+    }
+    step.finish("done");
+    let bin = target_dir(ctx).join("release").join(SHIM_BINARY);
+    if !bin.is_file() {
+        bail!("{SHIM_BINARY} is not built: cargo succeeded but {} does not exist", bin.display());
+    }
+    Ok(bin)
+}
+
+/// `configuration.toml` for the shim (Kata's section and key names; see the
+/// module doc for the list this harness relies on).
+pub fn kata_configuration(guest: &vmtest::Guest) -> Result<String> {
+    let qemu = crate::tools::which("qemu-system-x86_64")
+        .context("qemu-system-x86_64 is not installed: apt-get install qemu-system-x86")?;
+    if !Path::new(VIRTIOFSD).is_file() {
+        bail!("{VIRTIOFSD} is missing: apt-get install qemu-system-common (virtiofsd shares the container rootfs)");
+    }
+    let boot = match &guest.boot {
+        runtime::hypervisor::BootMedia::Initrd(p) => format!("initrd = \"{}\"", p.display()),
+        runtime::hypervisor::BootMedia::Image { path, fs, .. } => {
+            let fs = match fs {
+                runtime::hypervisor::ImageFs::Ext4 => "ext4",
+                runtime::hypervisor::ImageFs::Erofs => "erofs",
+            };
+            format!("image = \"{}\"\nrootfs_type = \"{fs}\"", path.display())
+        }
+    };
+    // Our extension key; without /dev/vhost-vsock the shim needs it, and
+    // containerd's PATH need not hold ~/.cargo/bin where doctor installs it.
+    let vsock_daemon = match crate::tools::which("vhost-device-vsock")
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin/vhost-device-vsock")).filter(|p| p.is_file()))
+    {
+        Some(p) => format!("vhost_user_vsock_daemon = \"{}\"\n", p.display()),
+        None => String::new(),
+    };
+    Ok(format!(
+        r#"# Written by `cargo xtask test e2e` for its private containerd.
+[hypervisor.qemu]
+path = "{qemu}"
+kernel = "{kernel}"
+{boot}
+machine_type = "q35"
+kernel_params = ""
+default_vcpus = 1
+default_memory = 512
+shared_fs = "virtio-fs"
+virtio_fs_daemon = "{virtiofsd}"
+virtio_fs_cache = "auto"
+enable_debug = true
+# Our extensions (runtime/src/config.rs): KVM guests crash on the CI hosts,
+# so no probe: TCG.
+accelerator = "tcg"
+{vsock_daemon}
+[agent.kata]
+enable_debug = true
+# Seconds; a TCG boot on a loaded CI machine is slow.
+dial_timeout = 120
+# Our extension: the bound of each agent call (f-agent-silent relies on it).
+request_timeout = {request_timeout}
+
+[runtime]
+enable_debug = true
+internetworking_model = "none"
+sandbox_cgroup_only = false
+static_sandbox_resource_mgmt = true
+"#,
+        qemu = qemu.display(),
+        kernel = guest.kernel.display(),
+        virtiofsd = VIRTIOFSD,
+        request_timeout = AGENT_REQUEST_TIMEOUT.as_secs(),
+        vsock_daemon = vsock_daemon,
+    ))
+}
+
+// ---------------------------------------------------------------------------
+// The environment: containerd + image (+ shim) ready for scenarios
+// ---------------------------------------------------------------------------
+
+pub struct EnvOptions {
+    /// Set up the kata runtime (shim, guest, configuration.toml).
+    pub kata: bool,
+    pub shim: Option<PathBuf>,
+    pub media: Media,
+    pub recipe: String,
+    pub keep: bool,
+}
+
+pub struct E2eEnv {
+    pub containerd: PrivateContainerd,
+    pub image: OciImage,
+    pub shim: Option<PathBuf>,
+    pub kata_config: Option<PathBuf>,
+}
+
+impl E2eEnv {
+    /// Builds what is needed, starts containerd and imports the image.
+    pub fn start(ctx: &Ctx, opts: &EnvOptions) -> Result<E2eEnv> {
+        // Everything built before containerd starts: a build failure must
+        // not leave a containerd behind, and builds are slow.
+        let kata = if opts.kata {
+            let shim = shim_binary(ctx, opts.shim.as_deref())?;
+            let guest = vmtest::prepare(ctx, opts.media, &opts.recipe)?;
+            Some((shim, kata_configuration(&guest)?))
+        } else {
+            None
+        };
+        Self::start_with(ctx, opts, kata)
+    }
+
+    /// Like [`E2eEnv::start`], with the shim and its configuration.toml
+    /// given (`--from-release` takes both from the release tree); `None`
+    /// runs without the kata runtime.
+    pub fn start_with(ctx: &Ctx, opts: &EnvOptions, kata: Option<(PathBuf, String)>) -> Result<E2eEnv> {
+        let logs = ctx.logs();
+        std::fs::create_dir_all(&logs)?;
+        let (shim, config_text) = match kata {
+            Some((shim, text)) => (Some(shim), Some(text)),
+            None => (None, None),
+        };
+        let busybox = image_busybox(ctx)?;
+        let image_work = tempfile::Builder::new().prefix("kata-e2e-image-").tempdir()?;
+        let mut image = write_oci_archive(&busybox, image_work.path(), ctx.epoch)?;
+
+        // One directory holds (and --keep keeps) everything of the run; the
+        // Kata config must exist before containerd starts, as its path goes
+        // into containerd's environment.
+        let temp = PrivateContainerd::temp_dir()?;
+        let mut env = Vec::new();
+        let mut kata_config = None;
+        if let Some(text) = &config_text {
+            let p = temp.path().join("configuration.toml");
+            std::fs::write(&p, text)?;
+            std::fs::copy(&p, logs.join("e2e-configuration.toml"))?;
+            env.push((KATA_CONF_ENV.to_string(), p.display().to_string()));
+            env.push(("RUST_LOG".to_string(), "debug".to_string()));
+            kata_config = Some(p);
+        }
+        let archive = temp.path().join("kata-e2e-image.oci.tar");
+        std::fs::rename(&image.archive, &archive).or_else(|_| std::fs::copy(&image.archive, &archive).map(drop))?;
+        image.archive = archive;
+        drop(image_work);
+        let containerd = PrivateContainerd::start(temp, &logs.join("e2e-containerd.log"), shim.as_deref(), &env, opts.keep)?;
+        std::fs::copy(&containerd.layout.config, logs.join("e2e-containerd.toml"))?;
+        import_image(&containerd, &image)?;
+        Ok(E2eEnv { containerd, image, shim, kata_config })
+    }
+
+    pub fn ctr(&self) -> Ctr {
+        self.containerd.ctr()
+    }
+
+    /// One `ctr run --rm IMAGE true` with `runtime`; the wall time of the
+    /// whole command (create, start, exit, delete), for `bench start`.
+    pub fn time_run_true(&self, runtime: &str, name: &str) -> Result<Duration> {
+        let id = self.containerd.new_id(name);
+        let timeout = if runtime == KATA_RUNTIME { KATA_COMMAND_TIMEOUT } else { RUNC_COMMAND_TIMEOUT };
+        let cmd = self.ctr().run_command(runtime, &["--rm"], &self.image.name, &id, &["true"]);
+        let out = run_bounded(cmd, None, timeout)?;
+        if !out.success() {
+            self.containerd.force_remove(&id);
+            bail!("{}\ncontainerd log tail:\n{}", out.describe(), self.containerd.log_tail());
+        }
+        Ok(out.took)
+    }
+}
+
+/// Memory of one running sandbox.
+#[derive(Debug, Clone, Serialize)]
+pub struct SandboxFootprint {
+    pub container_id: String,
+    /// (pid, program, PSS KiB) of the shim and each of its descendants.
+    pub processes: Vec<(u32, String, u64)>,
+    pub total_pss_kib: u64,
+}
+
+/// PSS of the shim serving `container_id` (found by its `-id` argument)
+/// and of every process under it (QEMU, virtiofsd, vhost-device-vsock).
+pub fn sandbox_footprint(container_id: &str) -> Result<SandboxFootprint> {
+    let procs = all_procs();
+    let shim = procs
+        .iter()
+        .filter(|p| !p.zombie && p.program().starts_with("containerd-shim"))
+        .find(|p| p.argv.windows(2).any(|w| w[0] == "-id" && w[1] == container_id))
+        .with_context(|| format!("no containerd shim runs with -id {container_id}"))?;
+    let mut processes = Vec::new();
+    for p in descendants(shim.pid, &procs).into_iter().filter(|p| !p.zombie) {
+        processes.push((p.pid, p.program().to_string(), pss_kib(p.pid)?));
+    }
+    let total_pss_kib = processes.iter().map(|p| p.2).sum();
+    Ok(SandboxFootprint { container_id: container_id.into(), processes, total_pss_kib })
+}
+
+// ---------------------------------------------------------------------------
+// The command
+// ---------------------------------------------------------------------------
+
+pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
+    let kata = args.runtime == KATA_RUNTIME;
+    if !kata && args.runtime != RUNC_RUNTIME {
+        return Err(InputError::new(format!(
+            "--runtime {}: only {KATA_RUNTIME} (the default) and {RUNC_RUNTIME} (harness check) are supported",
+            args.runtime
+        ))
+        .into());
+    }
+    if !kata && args.shim.is_some() {
+        return Err(InputError::new(format!("--shim is for {KATA_RUNTIME}; drop it or --runtime")).into());
+    }
+    let media = if args.image { Media::Image } else { Media::Initrd };
+    if ctx.dry_run {
+        ctx.ui.info(&format!(
+            "test e2e plan: {}; write the busybox OCI image; start a private containerd (config under a temp dir in /tmp, log {}); \
+             import {IMAGE_BASE_NAME}:{IMAGE_TAG}; scenarios with --runtime {}{}",
+            if kata { "build the shim, kernel and guest, write configuration.toml" } else { "no shim (runc)" },
+            ctx.rel(&ctx.logs().join("e2e-containerd.log")),
+            args.runtime,
+            if args.faults { " plus faults" } else { "" }
+        ));
+        return Ok(());
+    }
+    let opts = EnvOptions { kata, shim: args.shim.clone(), media, recipe: args.recipe.clone(), keep: args.keep };
+    // The unpacked release (--from-release) must outlive the containerd using it.
+    let mut release_tree = None;
+    let env = if args.from_release {
+        if !kata || args.shim.is_some() || args.image {
+            return Err(InputError::new(
+                "--from-release runs the released shim, kernel and configuration (image boot, as shipped): drop --shim, --image and --runtime",
+            )
+            .into());
+        }
+        let (tree, shim, config) = from_release(ctx, args.install_deb)?;
+        release_tree = Some(tree);
+        E2eEnv::start_with(ctx, &opts, Some((shim, config)))?
+    } else {
+        E2eEnv::start(ctx, &opts)?
+    };
+    ctx.ui.info(&format!(
+        "test e2e: containerd {} (pid {}), image {} {}, runtime {}{}",
+        env.containerd.layout.address.display(),
+        env.containerd.pid,
+        env.image.name,
+        env.image.manifest_digest,
+        args.runtime,
+        env.shim.as_ref().map(|s| format!(", shim {}", s.display())).unwrap_or_default()
+    ));
+    let mut r = Runner {
+        ctx,
+        env: &env,
+        runtime: args.runtime.clone(),
+        timeout: if kata { KATA_COMMAND_TIMEOUT } else { RUNC_COMMAND_TIMEOUT },
+        results: Vec::new(),
+        guest_kernel: None,
+    };
+    let mut skipped = Vec::new();
+    r.scenario("a-kernel", &["uname"], scenario_kernel);
+    r.scenario("b-exit-code", &["exit7"], scenario_exit_code);
+    r.scenario("c-stdio", &["cat", "outerr"], scenario_stdio);
+    r.scenario("d-detached-exec-kill", &["detached"], scenario_detached_exec_kill);
+    if args.faults {
+        if kata {
+            r.scenario("f-qemu-killed", &["qemukill"], fault_qemu_killed);
+            r.scenario("f-agent-silent", &["silent"], fault_agent_silent);
+        } else {
+            ctx.ui.info("SKIP f-qemu-killed: kata only (runc runs no QEMU)");
+            skipped.push("f-qemu-killed");
+        }
+        r.scenario("f-invalid-spec", &["badcwd", "badexe"], fault_invalid_spec);
+    }
+    r.scenario("e-no-leftovers", &[], scenario_no_leftovers);
+
+    let results = std::mem::take(&mut r.results);
+    let guest_kernel = r.guest_kernel.take();
+    let failed: Vec<&str> = results.iter().filter(|s| !s.passed).map(|s| s.name.as_str()).collect();
+    let passed = results.len() - failed.len();
+    if ctx.json {
+        ctx.print_json(&json!({
+            "runtime": args.runtime,
+            "shim": env.shim.as_ref().map(|p| p.display().to_string()),
+            "kata_config": env.kata_config.as_ref().map(|_| ctx.rel(&ctx.logs().join("e2e-configuration.toml"))),
+            "guest_kernel": guest_kernel,
+            "host_kernel": host_kernel().ok(),
+            "image": &env.image,
+            "containerd_log": ctx.rel(&env.containerd.log),
+            "scenarios": &results,
+            "passed": passed,
+            "failed": failed.len(),
+            "skipped": skipped,
+        }))?;
+    }
+    drop(env);
+    if let Some(ShippedTree::Installed(deb)) = release_tree.take() {
+        deb.purge(ctx)?;
+    }
+    ctx.ui.info(&format!("test e2e: {passed} passed, {} failed", failed.len()));
+    if !failed.is_empty() {
+        bail!("test e2e failed: {}", failed.join(", "));
+    }
+    Ok(())
+}

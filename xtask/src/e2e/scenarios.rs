@@ -1,0 +1,319 @@
+//! The container scenarios and fault injections, each a function over a
+//! [`Runner`] that returns what it saw or fails saying what went wrong.
+
+use super::*;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioResult {
+    pub name: String,
+    pub passed: bool,
+    pub ms: u64,
+    pub detail: String,
+}
+
+pub(super) struct Runner<'a> {
+    pub(super) ctx: &'a Ctx,
+    pub(super) env: &'a E2eEnv,
+    pub(super) runtime: String,
+    pub(super) timeout: Duration,
+    pub(super) results: Vec<ScenarioResult>,
+    pub(super) guest_kernel: Option<String>,
+}
+
+impl Runner<'_> {
+    pub(super) fn kata(&self) -> bool {
+        self.runtime == KATA_RUNTIME
+    }
+
+    pub(super) fn ctr(&self) -> Ctr {
+        self.env.ctr()
+    }
+
+    pub(super) fn run(&self, id: &str, flags: &[&str], args: &[&str], stdin: Option<&[u8]>) -> Result<Outcome> {
+        let cmd = self.ctr().run_command(&self.runtime, flags, &self.env.image.name, id, args);
+        run_bounded(cmd, stdin.map(|s| s.to_vec()), self.timeout)
+    }
+
+    /// Runs one scenario; a failure carries the containerd (and so shim)
+    /// log tail, and the containers it created are removed afterwards.
+    pub(super) fn scenario(&mut self, name: &str, ids: &[&str], f: impl FnOnce(&mut Self, &[String]) -> Result<String>) {
+        let ids: Vec<String> = ids.iter().map(|n| self.env.containerd.new_id(n)).collect();
+        let t = Instant::now();
+        let r = f(self, &ids);
+        let ms = t.elapsed().as_millis() as u64;
+        let (passed, detail) = match r {
+            Ok(d) => (true, d),
+            Err(e) => {
+                for id in &ids {
+                    self.env.containerd.force_remove(id);
+                }
+                (false, format!("{e:#}\n--- containerd log tail ({}):\n{}", self.env.containerd.log.display(), self.env.containerd.log_tail()))
+            }
+        };
+        if passed {
+            self.ctx.ui.info(&format!("PASS {name} ({ms} ms): {detail}"));
+        } else {
+            self.ctx.ui.info(&format!("FAIL {name} ({ms} ms): {detail}"));
+        }
+        self.results.push(ScenarioResult { name: name.into(), passed, ms, detail });
+    }
+}
+
+pub(super) fn host_kernel() -> Result<String> {
+    Ok(nix::sys::utsname::uname()?.release().to_string_lossy().into_owned())
+}
+
+pub(super) fn expect_code(out: &Outcome, code: i32) -> Result<()> {
+    if out.timed_out || out.code != Some(code) {
+        bail!("expected exit status {code}: {}", out.describe());
+    }
+    Ok(())
+}
+
+pub(super) fn leftovers_now(cd: &PrivateContainerd) -> Result<()> {
+    let left = cd.leftovers();
+    if !left.is_empty() {
+        bail!("left behind:\n  {}", left.join("\n  "));
+    }
+    Ok(())
+}
+
+pub(super) fn scenario_kernel(r: &mut Runner, ids: &[String]) -> Result<String> {
+    let out = r.run(&ids[0], &["--rm"], &["uname", "-r"], None)?.require_success()?;
+    let seen = out.stdout.trim().to_string();
+    let host = host_kernel()?;
+    if r.kata() {
+        let want = &r.ctx.versions.kernel.version;
+        if !seen.starts_with(want.as_str()) {
+            bail!("the container sees kernel {seen:?}, not the pipeline's {want} (host runs {host})");
+        }
+        if seen == host {
+            bail!("the container sees the host's kernel {host}: it did not run in a VM");
+        }
+        r.guest_kernel = Some(seen.clone());
+        Ok(format!("guest kernel {seen} (pipeline {want}, host {host}) in {} ms", out.took.as_millis()))
+    } else {
+        // runc shares the host kernel: this proves the harness, not a VM.
+        if seen != host {
+            bail!("runc container sees kernel {seen:?} but the host runs {host}");
+        }
+        Ok(format!("runc container sees the host kernel {seen} (kata asserts the guest kernel here)"))
+    }
+}
+
+pub(super) fn scenario_exit_code(r: &mut Runner, ids: &[String]) -> Result<String> {
+    let out = r.run(&ids[0], &["--rm"], &["sh", "-c", "exit 7"], None)?;
+    expect_code(&out, 7)?;
+    Ok("`sh -c 'exit 7'` -> ctr exit status 7".into())
+}
+
+/// `ctr run` forwards its stdin's EOF to the task (CloseIO) only once the
+/// task exists; an EOF read before that is lost (ctr 1.6), and `cat` would
+/// wait forever. So the data goes in at once and EOF once the task runs,
+/// which is also what a person typing into `ctr run` does.
+pub(super) fn run_with_stdin(r: &Runner, id: &str, args: &[&str], data: &[u8]) -> Result<Outcome> {
+    let cmd = r.ctr().run_command(&r.runtime, &["--rm"], &r.env.image.name, id, args);
+    let (mut running, mut pipe) = Running::spawn_with_stdin(cmd)?;
+    pipe.write_all(data).context("write to ctr's stdin")?;
+    let ctr = r.ctr();
+    let t = Instant::now();
+    while running.is_running() && t.elapsed() < r.timeout {
+        if ctr.task_status(id)?.as_deref() == Some("RUNNING") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(pipe);
+    running.wait(r.timeout.saturating_sub(t.elapsed()))
+}
+
+pub(super) fn scenario_stdio(r: &mut Runner, ids: &[String]) -> Result<String> {
+    let out = run_with_stdin(r, &ids[0], &["cat"], b"hello from stdin\n")?.require_success()?;
+    if out.stdout != "hello from stdin\n" {
+        bail!("`cat` echoed {:?}, expected \"hello from stdin\\n\": {}", out.stdout, out.describe());
+    }
+    let out = r.run(&ids[1], &["--rm"], &["sh", "-c", "echo out; echo err >&2"], None)?.require_success()?;
+    if out.stdout != "out\n" || out.stderr != "err\n" {
+        bail!("expected stdout \"out\\n\" and stderr \"err\\n\": {}", out.describe());
+    }
+    Ok("stdin reached cat and came back; stdout and stderr stayed apart".into())
+}
+
+pub(super) fn scenario_detached_exec_kill(r: &mut Runner, ids: &[String]) -> Result<String> {
+    let id = ids[0].as_str();
+    let ctr = r.ctr();
+    r.run(id, &["-d"], &["sleep", "300"], None)?.require_success()?;
+    ctr.wait_task_status(id, "RUNNING", Duration::from_secs(30))?;
+    let sock_seen = r.env.containerd.shim_socket(id).exists();
+    // The leftover scan must see a live sandbox, or its "nothing left" means nothing.
+    let live = r.env.containerd.our_processes();
+    if !live.iter().any(|p| p.program().starts_with("containerd-shim")) {
+        bail!("the process scan finds no shim of ours while {id} runs (found: {:?})", live.iter().map(|p| p.program()).collect::<Vec<_>>());
+    }
+    if r.kata() && !live.iter().any(|p| p.program() == "qemu-system-x86_64") {
+        bail!("the process scan finds no QEMU of ours while {id} runs");
+    }
+    let footprint = sandbox_footprint(id)?;
+    if footprint.total_pss_kib == 0 || (r.kata() && !footprint.processes.iter().any(|p| p.1 == "qemu-system-x86_64")) {
+        bail!("implausible footprint of {id}: {footprint:?}");
+    }
+    let while_running = r.env.containerd.leftovers();
+    if !while_running.iter().any(|l| l.starts_with("mount ")) || !while_running.iter().any(|l| l.contains(id)) {
+        bail!("the leftover check does not see the running {id} (its rootfs mount and task): {while_running:?}");
+    }
+    let out = run_bounded(ctr.exec_command(id, "e1", &["sh", "-c", "echo exec-ok"]), None, r.timeout)?.require_success()?;
+    if out.stdout.trim() != "exec-ok" {
+        bail!("exec printed {:?}, expected exec-ok: {}", out.stdout, out.describe());
+    }
+    run_bounded(ctr.command(&["tasks", "kill", "-s", "SIGKILL", id]), None, r.timeout)?.require_success()?;
+    ctr.wait_task_status(id, "STOPPED", Duration::from_secs(60))?;
+    // ctr 1.6 reports the status of the deleted task as a warning
+    // ("exit with non-zero exit code 137" = 128 + SIGKILL) and exits 0.
+    let del = run_bounded(ctr.command(&["tasks", "delete", id]), None, r.timeout)?.require_success()?;
+    if !del.stderr.contains("exit code 137") {
+        bail!("ctr tasks delete of a SIGKILLed task does not report exit code 137: {}", del.describe());
+    }
+    run_bounded(ctr.command(&["containers", "delete", id]), None, r.timeout)?.require_success()?;
+    leftovers_now(&r.env.containerd)?;
+    let procs: Vec<String> = footprint.processes.iter().map(|(pid, name, kib)| format!("{name}[{pid}] {kib}")).collect();
+    Ok(format!(
+        "run -d, exec e1 printed exec-ok, SIGKILL -> STOPPED, delete reported 137, container deleted, nothing left; \
+         sandbox PSS {} KiB ({}){}",
+        footprint.total_pss_kib,
+        procs.join(", "),
+        if sock_seen { "" } else { " (note: no shim socket seen at the expected /run/containerd/s path)" }
+    ))
+}
+
+pub(super) fn scenario_no_leftovers(r: &mut Runner, _ids: &[String]) -> Result<String> {
+    leftovers_now(&r.env.containerd)?;
+    Ok(format!(
+        "no shim/QEMU/virtiofsd/vsock process, mount, socket, bundle or kata state of {} containers left",
+        r.env.containerd.ids().len()
+    ))
+}
+
+/// QEMU of a running sandbox is killed: `ctr run` must end with an error
+/// within its bound, and the shim must clean up everything.
+pub(super) fn fault_qemu_killed(r: &mut Runner, ids: &[String]) -> Result<String> {
+    let id = ids[0].as_str();
+    let cmd = r.ctr().run_command(&r.runtime, &["--rm"], &r.env.image.name, id, &["sleep", "300"]);
+    let mut running = Running::spawn(cmd, None)?;
+    let ctr = r.ctr();
+    let t = Instant::now();
+    loop {
+        if !running.is_running() {
+            let out = running.wait(Duration::from_secs(1))?;
+            bail!("ctr run ended before the container ran: {}", out.describe());
+        }
+        if ctr.task_status(id)?.as_deref() == Some("RUNNING") {
+            break;
+        }
+        if t.elapsed() > r.timeout {
+            let out = running.wait(Duration::ZERO)?;
+            bail!("the container never reached RUNNING: {}", out.describe());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let qemus: Vec<ProcInfo> =
+        r.env.containerd.our_processes().into_iter().filter(|p| p.program() == "qemu-system-x86_64").collect();
+    if qemus.len() != 1 {
+        let _ = signal(running.pid(), nix::sys::signal::Signal::SIGKILL);
+        bail!("expected one QEMU of ours for {id}, found {}", qemus.len());
+    }
+    signal(qemus[0].pid, nix::sys::signal::Signal::SIGKILL)?;
+    let killed = Instant::now();
+    let out = running.wait(Duration::from_secs(120))?;
+    if out.timed_out {
+        bail!("ctr run did not end within 120 s of QEMU being killed: {}", out.describe());
+    }
+    if out.success() {
+        bail!("ctr run reported success although QEMU was killed: {}", out.describe());
+    }
+    let detected = killed.elapsed();
+    // The shim tears down after reporting the exit; give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = r.env.containerd.leftovers();
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("after QEMU was killed, left behind:\n  {}", left.join("\n  "));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(format!("ctr run ended ({}) {} ms after QEMU {} was killed; nothing left", out.status_text(), detected.as_millis(), qemus[0].pid))
+}
+
+/// The bound of one agent call in the test's configuration.
+pub(super) const AGENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The guest stops answering (its QEMU is frozen with SIGSTOP): the next
+/// call through the shim must fail with a clear error within the agent
+/// request bound, and after the sandbox is killed nothing may be left.
+pub(super) fn fault_agent_silent(r: &mut Runner, ids: &[String]) -> Result<String> {
+    let id = ids[0].as_str();
+    let ctr = r.ctr();
+    r.run(id, &["-d"], &["sleep", "300"], None)?.require_success()?;
+    ctr.wait_task_status(id, "RUNNING", Duration::from_secs(60))?;
+    let qemus: Vec<ProcInfo> =
+        r.env.containerd.our_processes().into_iter().filter(|p| p.program() == "qemu-system-x86_64").collect();
+    if qemus.len() != 1 {
+        bail!("expected one QEMU of ours for {id}, found {}", qemus.len());
+    }
+    let qemu = qemus[0].pid;
+    signal(qemu, nix::sys::signal::Signal::SIGSTOP)?;
+    let t = Instant::now();
+    let bound = AGENT_REQUEST_TIMEOUT + Duration::from_secs(30);
+    let out = run_bounded(ctr.exec_command(id, "silent", &["true"]), None, bound + Duration::from_secs(30));
+    let waited = t.elapsed();
+    // Whatever happened, end the frozen sandbox the hard way.
+    let _ = signal(qemu, nix::sys::signal::Signal::SIGKILL);
+    let _ = signal(qemu, nix::sys::signal::Signal::SIGCONT);
+    let out = out?;
+    if out.success() {
+        bail!("exec succeeded although the guest was frozen: {}", out.describe());
+    }
+    if out.timed_out || waited > bound {
+        bail!("the error took {waited:?}, beyond the agent request bound {AGENT_REQUEST_TIMEOUT:?} (+30 s): {}", out.describe());
+    }
+    let _ = run_bounded(ctr.command(&["tasks", "delete", "-f", id]), None, r.timeout);
+    let _ = run_bounded(ctr.command(&["containers", "delete", id]), None, r.timeout);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = r.env.containerd.leftovers();
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("after the silent agent, left behind:\n  {}", left.join("\n  "));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let first = out.stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("").to_string();
+    Ok(format!("exec failed after {} ms with: {first}; nothing left", waited.as_millis()))
+}
+
+/// Specs the runtime cannot honour must come back to ctr as an error and
+/// leave nothing behind.
+pub(super) fn fault_invalid_spec(r: &mut Runner, ids: &[String]) -> Result<String> {
+    let mut seen = Vec::new();
+    let cases: [(&str, &[&str], &[&str]); 2] = [
+        ("a cwd under a regular file", &["--rm", "--cwd", "/bin/busybox/nowhere"], &["true"]),
+        ("a missing executable", &["--rm"], &["/does/not/exist"]),
+    ];
+    for ((what, flags, args), id) in cases.iter().zip(ids) {
+        let out = r.run(id, flags, args, None)?;
+        if out.success() || out.timed_out {
+            bail!("{what}: expected ctr to fail: {}", out.describe());
+        }
+        if out.stderr.trim().is_empty() {
+            bail!("{what}: ctr failed without saying why: {}", out.describe());
+        }
+        leftovers_now(&r.env.containerd).with_context(|| format!("after {what}"))?;
+        let first = out.stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+        seen.push(format!("{what}: {} ({first})", out.status_text()));
+    }
+    Ok(seen.join("; "))
+}
