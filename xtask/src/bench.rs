@@ -17,6 +17,8 @@ pub enum BenchName {
     Boot,
     /// `ctr run --rm true`, kata against runc (alternated); idle sandbox PSS.
     Start,
+    /// Cold release in a clean clone with and without a cached kernel, warm no-op; sizes.
+    Release,
 }
 
 pub fn run(ctx: &Ctx, name: BenchName) -> Result<()> {
@@ -25,6 +27,7 @@ pub fn run(ctx: &Ctx, name: BenchName) -> Result<()> {
         BenchName::Kernel => crate::bench_vm::kernel(ctx),
         BenchName::Boot => crate::bench_vm::boot(ctx),
         BenchName::Start => crate::bench_start::run(ctx),
+        BenchName::Release => crate::bench_release::run(ctx),
     }
 }
 

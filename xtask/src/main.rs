@@ -11,6 +11,7 @@
 mod agent;
 mod bench;
 mod bench_build;
+mod bench_release;
 mod bench_start;
 mod bench_vm;
 mod cache;
@@ -29,6 +30,7 @@ mod manifest;
 mod plan;
 mod publish;
 mod release;
+mod repro;
 mod rootfs;
 mod runtime_bins;
 mod test_cmd;

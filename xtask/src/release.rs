@@ -85,6 +85,11 @@ fn release_version(ctx: &Ctx, args: &ReleaseArgs) -> Result<String> {
     Ok(v)
 }
 
+/// The tarball's file name for the default version.
+pub fn tarball_file_name(ctx: &Ctx) -> Result<String> {
+    Ok(tarball_name(&release_version(ctx, &ReleaseArgs::default())?))
+}
+
 fn epoch(ctx: &Ctx) -> Result<u64> {
     u64::try_from(ctx.epoch).map_err(|_| {
         InputError::new(format!("SOURCE_DATE_EPOCH {} is negative; packages need a time after 1970", ctx.epoch)).into()

@@ -1,9 +1,13 @@
-//! `cargo xtask test [unit|vm|all]`: the project's test command.
+//! `cargo xtask test [unit|kernel|vm|e2e|repro|all]`: the project's test command.
 //!
 //! `unit` is `cargo test` over the workspace with the verified kernel source
-//! handed to the kernel-builder tests; `vm` boots the built artifacts (see
-//! vmtest.rs); `all` (the default, and what CI runs) does both, the VM test
-//! once with the initrd and once with the DAX image.
+//! handed to the kernel-builder tests; `kernel` boots the pipeline's kernel
+//! to init; `vm` boots the built guest and drives the agent (vmtest.rs);
+//! `e2e` runs containers through a private containerd (e2e.rs); `repro`
+//! builds two releases in clean clones and compares them (repro.rs). `all`
+//! (the default, and what CI runs) runs each of them, the VM test with the
+//! initrd and with the DAX image, e2e from the build, from the release
+//! tarball and (as root) from the installed .deb.
 
 use std::process::Command;
 
@@ -28,7 +32,9 @@ pub enum TestWhat {
     Vm(crate::vmtest::VmArgs),
     /// Run containers through a private containerd with the built shim.
     E2e(crate::e2e::E2eArgs),
-    /// Everything: unit, then the VM test with the initrd and with the image.
+    /// Two releases in clean clones at different paths give the same SHA256SUMS.
+    Repro(crate::repro::ReproArgs),
+    /// Everything CI runs (the default).
     All,
 }
 
@@ -62,6 +68,7 @@ pub fn run(ctx: &Ctx, args: &TestArgs) -> Result<()> {
         TestWhat::Kernel => crate::kernel_boot::test(ctx),
         TestWhat::Vm(args) => crate::vmtest::run(ctx, &args),
         TestWhat::E2e(args) => crate::e2e::run(ctx, &args),
+        TestWhat::Repro(args) => crate::repro::test(ctx, &args),
         TestWhat::All => all(ctx),
     }
 }
@@ -87,6 +94,13 @@ fn all(ctx: &Ctx) -> Result<()> {
     record("e2e --faults", crate::e2e::run(ctx, &e2e));
     let from_release = crate::e2e::E2eArgs { from_release: true, ..Default::default() };
     record("e2e --from-release", crate::e2e::run(ctx, &from_release));
+    if nix::unistd::Uid::effective().is_root() {
+        let deb = crate::e2e::E2eArgs { from_release: true, install_deb: true, ..Default::default() };
+        record("e2e --from-release --install-deb", crate::e2e::run(ctx, &deb));
+    } else {
+        ctx.ui.info("SKIP e2e --from-release --install-deb: dpkg -i into /opt/kata needs root");
+    }
+    record("release reproducible across clones", crate::repro::test(ctx, &crate::repro::ReproArgs::default()));
     println!("test: {passed} passed, {} failed", failed.len());
     if failed.is_empty() {
         Ok(())

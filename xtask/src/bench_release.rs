@@ -1,0 +1,104 @@
+//! `bench release`: what `cargo xtask release` costs a user in a fresh clone.
+//!
+//! Two clean clones (repro.rs: tracked sources copied, empty caches, their
+//! own cargo target dirs, the clone's xtask built first and not timed):
+//! - cold, kernel cached: clone A with only the main cache's kernel entry;
+//! - cold, nothing cached: clone B builds everything, the kernel included
+//!   (and downloads its pinned inputs);
+//! - warm no-op: `cargo xtask release` again in clone A, [`WARM_SAMPLES`]
+//!   times, as a user types it (cargo's own up-to-date check included).
+//!
+//! A cold run takes 10 to 25 minutes here, so each cold figure is one sample
+//! (the report says so); ratios come from this one run. The sizes are those
+//! of clone A's dist, and the report says whether A and B gave identical
+//! SHA256SUMS; when they did, the kernel's from-scratch rebuild is recorded
+//! as `test repro` would.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::bench::median;
+use crate::context::Ctx;
+use crate::kernel::KernelArgs;
+use crate::repro::{self, ClonePair, KernelRebuilt};
+
+const WARM_SAMPLES: usize = 5;
+
+#[derive(Serialize)]
+struct Report {
+    cold_samples: usize,
+    cold_with_cached_kernel_s: f64,
+    cold_from_empty_s: f64,
+    warm_samples: usize,
+    warm_noop_ms_median: f64,
+    cold_from_empty_over_cold_with_kernel: f64,
+    cold_with_kernel_over_warm: f64,
+    identical_sha256sums: bool,
+    sizes: Vec<(String, u64)>,
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+pub fn run(ctx: &Ctx) -> Result<()> {
+    let kernel = crate::kernel::build(ctx, &KernelArgs::default())?;
+    let pair = ClonePair::create(ctx)?;
+    pair.a.seed_kernel(&kernel)?;
+    let cold_kernel = ClonePair::release(ctx, &pair.a, "cold, kernel cached")?;
+    ctx.ui.info(&format!("  cold release, kernel cached: {:.0} s", secs(cold_kernel)));
+    let cold_empty = ClonePair::release(ctx, &pair.b, "cold, nothing cached")?;
+    ctx.ui.info(&format!("  cold release, nothing cached: {:.0} s", secs(cold_empty)));
+
+    let mut warm = Vec::new();
+    for i in 0..WARM_SAMPLES {
+        let took = pair.a.release()?.as_secs_f64() * 1000.0;
+        ctx.ui.info(&format!("  warm no-op release #{}: {took:.0} ms", i + 1));
+        warm.push(took);
+    }
+    let identical = match repro::compare(ctx, &pair.a, &pair.b) {
+        Ok(_) => {
+            KernelRebuilt::compare_and_record(ctx, &kernel, &pair.b)?;
+            true
+        }
+        Err(e) => {
+            ctx.ui.info(&format!("bench release: {e:#}"));
+            false
+        }
+    };
+    let mut sizes = Vec::new();
+    for line in pair.a.sums()?.lines() {
+        let Some((_, name)) = line.split_once("  ") else { continue };
+        let len = std::fs::metadata(pair.a.dist.join(name)).with_context(|| format!("{name} in clone a's dist"))?.len();
+        sizes.push((name.to_string(), len));
+    }
+    let warm_m = median(warm);
+    let report = Report {
+        cold_samples: 1,
+        cold_with_cached_kernel_s: secs(cold_kernel),
+        cold_from_empty_s: secs(cold_empty),
+        warm_samples: WARM_SAMPLES,
+        warm_noop_ms_median: warm_m,
+        cold_from_empty_over_cold_with_kernel: secs(cold_empty) / secs(cold_kernel),
+        cold_with_kernel_over_warm: secs(cold_kernel) * 1000.0 / warm_m,
+        identical_sha256sums: identical,
+        sizes,
+    };
+    ctx.ui.info(&format!(
+        "bench release: cold with cached kernel {:.0} s, cold from empty {:.0} s ({:.2}x), warm no-op {:.0} ms (median of {WARM_SAMPLES}); identical SHA256SUMS: {}",
+        report.cold_with_cached_kernel_s,
+        report.cold_from_empty_s,
+        report.cold_from_empty_over_cold_with_kernel,
+        report.warm_noop_ms_median,
+        report.identical_sha256sums
+    ));
+    for (name, len) in &report.sizes {
+        ctx.ui.info(&format!("  {name}: {len} B"));
+    }
+    if ctx.json {
+        ctx.print_json(&serde_json::to_value(&report)?)?;
+    }
+    Ok(())
+}
