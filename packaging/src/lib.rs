@@ -39,5 +39,5 @@ pub use safety::{
     check_host_safety_deb, check_host_safety_layout, check_host_safety_rpm,
     check_host_safety_tarball, SafetyViolation,
 };
-pub use sbom::{write_spdx_sbom, Pin, SbomInputs};
+pub use sbom::{write_spdx_sbom, HelperLock, Pin, SbomInputs};
 pub use tarball::{tarball_name, write_tarball};

@@ -174,6 +174,7 @@ fn build_release(dir: &Path, touch_time: &str) -> Outputs {
         version: VERSION.into(),
         pins: pins(),
         cargo_lock: &lock,
+        helper_locks: vec![],
     };
     write_spdx_sbom(&sbom, &out.sbom, EPOCH).unwrap();
     write_sha256sums(&[&out.tarball, &out.deb, &out.rpm, &out.sbom], &out.sums).unwrap();

@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use packaging::{
     check_host_safety_deb, check_host_safety_layout, check_host_safety_rpm, check_host_safety_tarball, debian_version,
-    render_configuration, rpm_version, tarball_name, write_deb, write_rpm, write_sha256sums, write_spdx_sbom,
+    render_configuration, rpm_version, HelperLock, tarball_name, write_deb, write_rpm, write_sha256sums, write_spdx_sbom,
     write_tarball, DebMeta, Layout, Pin, ReleaseInputs, RpmMeta, SbomInputs,
 };
 
@@ -289,7 +289,13 @@ fn package(ctx: &Ctx, version: &str, epoch: u64, parts: &Parts, names: &ReleaseN
     check_host_safety_rpm(&rpm, PREFIX)?;
     step.finish("written");
     let lock = ctx.root.join("Cargo.lock");
-    let sbom_inputs = SbomInputs { name: "kata-static".into(), version: version.into(), pins: sbom_pins(ctx), cargo_lock: &lock };
+    let sbom_inputs = SbomInputs {
+        name: "kata-static".into(),
+        version: version.into(),
+        pins: sbom_pins(ctx),
+        cargo_lock: &lock,
+        helper_locks: vec![HelperLock { pin: ctx.versions.vhost_device_vsock.crate_name.clone(), cargo_lock: &parts.vsock.cargo_lock }],
+    };
     write_spdx_sbom(&sbom_inputs, &sbom, epoch)?;
     write_sha256sums(&[&tarball, &deb, &rpm, &sbom], &out.join(CHECKSUMS))?;
     for f in [&names.tarball, &names.deb, &names.rpm, &names.sbom, &CHECKSUMS.to_string(), &CONFIG_NAME.to_string()] {

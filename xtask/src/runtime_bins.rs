@@ -19,11 +19,12 @@ use anyhow::{bail, Context, Result};
 
 use crate::cache::StepInputs;
 use crate::context::Ctx;
-use crate::tools::{run_logged, version_line};
+use crate::tools::{run_captured, run_logged, version_line};
 use crate::{elf, publish};
 
 const RUNTIME_FORMAT: u32 = 1;
-const VSOCK_FORMAT: u32 = 1;
+// 2: the entry keeps the crate's Cargo.lock (for the SBOM).
+const VSOCK_FORMAT: u32 = 2;
 
 pub const SHIM: &str = "containerd-shim-kata-v2";
 pub const RUNTIME: &str = "kata-runtime";
@@ -37,6 +38,8 @@ pub struct RuntimeBins {
 
 pub struct VsockDaemon {
     pub binary: PathBuf,
+    /// The crate's own lock file: what `cargo install --locked` built.
+    pub cargo_lock: PathBuf,
     pub key: String,
     /// The target it was built for (musl unless that failed; see `build_vsock_daemon`).
     pub target: String,
@@ -210,7 +213,17 @@ pub fn build_vsock_daemon(ctx: &Ctx) -> Result<VsockDaemon> {
                 "x86_64-unknown-linux-gnu".to_string()
             }
         };
-        check_crate_pin(ctx)?;
+        let crate_file = check_crate_pin(ctx)?;
+        // `cargo install --locked` built exactly the crates of the lock file
+        // inside the verified .crate; the SBOM lists them.
+        let lock = run_captured(
+            Command::new("tar")
+                .arg("-xzOf")
+                .arg(&crate_file)
+                .arg(format!("{}-{}/Cargo.lock", pin.crate_name, pin.version)),
+        )
+        .with_context(|| format!("{} has no Cargo.lock to list its crates in the SBOM", crate_file.display()))?;
+        std::fs::write(out.join("Cargo.lock"), lock)?;
         let built = root.join("bin").join(VSOCK_DAEMON);
         if target == musl {
             require_static(&built)?;
@@ -221,5 +234,5 @@ pub fn build_vsock_daemon(ctx: &Ctx) -> Result<VsockDaemon> {
     })?;
     progress.finish(if entry.hit { "cached" } else { "built" });
     let target = std::fs::read_to_string(entry.dir.join("target")).unwrap_or_default();
-    Ok(VsockDaemon { binary: entry.dir.join(VSOCK_DAEMON), key: entry.key, target })
+    Ok(VsockDaemon { binary: entry.dir.join(VSOCK_DAEMON), cargo_lock: entry.dir.join("Cargo.lock"), key: entry.key, target })
 }

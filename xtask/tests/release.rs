@@ -131,6 +131,12 @@ fn release_verifies_with_user_tools_and_reruns_from_cache() {
     let rpm_check = run(Command::new("rpm").arg("-K").arg("--nosignature").arg(&rpm));
     assert!(rpm_check.contains("digests OK"), "rpm -K: {rpm_check}");
 
+    // The SBOM lists the crates compiled into the shipped vhost-device-vsock
+    // (from that crate's own lock file), not only this workspace's.
+    let sbom: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join(artifact(&v, "sbom"))).unwrap()).unwrap();
+    let listed = |name: &str| sbom["packages"].as_array().unwrap().iter().any(|p| p["name"] == name);
+    assert!(listed("vhost-device-vsock") && listed("vhost-user-backend"), "vhost-device-vsock and its crates must be in the SBOM");
+
     // The shipped configuration names the install prefix, not this clone.
     let config = std::fs::read_to_string(d.join(artifact(&v, "config"))).unwrap();
     assert!(config.contains("kernel = \"/opt/kata/share/kata-containers/vmlinuz.container\""), "{config}");
