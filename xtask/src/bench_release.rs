@@ -69,10 +69,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         }
     };
     let mut sizes = Vec::new();
-    for line in pair.a.sums()?.lines() {
-        let Some((_, name)) = line.split_once("  ") else { continue };
-        let len = std::fs::metadata(pair.a.dist.join(name)).with_context(|| format!("{name} in clone a's dist"))?.len();
-        sizes.push((name.to_string(), len));
+    for name in repro::sums_by_name(&pair.a.sums()?).into_keys() {
+        let len = std::fs::metadata(pair.a.dist.join(&name)).with_context(|| format!("{name} in clone a's dist"))?.len();
+        sizes.push((name, len));
     }
     let warm_m = median(warm);
     let report = Report {

@@ -261,6 +261,21 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Every non-directory below `dir` (symlinks are listed, not followed), sorted.
+pub fn files_below(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            out.extend(files_below(&e.path())?);
+        } else {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Removes a tree that may hold read-only dirs (cargo and rootfs trees do).
 pub fn remove_tree(path: &Path) -> Result<()> {
     if let Err(first) = fs::remove_dir_all(path) {

@@ -281,15 +281,17 @@ impl ClonePair {
     }
 }
 
+/// A SHA256SUMS text as file name -> digest.
+pub fn sums_by_name(sums: &str) -> BTreeMap<String, String> {
+    sums.lines()
+        .filter_map(|l| l.split_once("  "))
+        .map(|(sum, name)| (name.trim_start_matches('*').to_string(), sum.to_string()))
+        .collect()
+}
+
 /// Lines of `a` and `b` (two SHA256SUMS) that differ, as "file: a vs b".
 pub fn differing_sums(a: &str, b: &str) -> Vec<String> {
-    let parse = |s: &str| -> BTreeMap<String, String> {
-        s.lines()
-            .filter_map(|l| l.split_once("  "))
-            .map(|(sum, name)| (name.trim_start_matches('*').to_string(), sum.to_string()))
-            .collect()
-    };
-    let (pa, pb) = (parse(a), parse(b));
+    let (pa, pb) = (sums_by_name(a), sums_by_name(b));
     let names: std::collections::BTreeSet<&String> = pa.keys().chain(pb.keys()).collect();
     names
         .into_iter()
@@ -312,7 +314,7 @@ fn differing_members(a: &CleanClone, b: &CleanClone, tarball: &str) -> Result<Ve
     };
     let (da, db) = (unpack(a)?, unpack(b)?);
     let mut differ = Vec::new();
-    for e in walk(&da)? {
+    for e in crate::cache::files_below(&da)? {
         let rel = e.strip_prefix(&da)?;
         let other = db.join(rel);
         let same = match (std::fs::symlink_metadata(&e), std::fs::symlink_metadata(&other)) {
@@ -325,20 +327,6 @@ fn differing_members(a: &CleanClone, b: &CleanClone, tarball: &str) -> Result<Ve
         }
     }
     Ok(differ)
-}
-
-fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir)? {
-        let p = e?.path();
-        if std::fs::symlink_metadata(&p)?.is_dir() {
-            out.extend(walk(&p)?);
-        } else {
-            out.push(p);
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// Fails naming what differs between the two clones' releases.

@@ -132,7 +132,7 @@ pub fn write_oci_archive(busybox: &Path, work: &Path, epoch: i64) -> Result<OciI
     });
     std::fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
     std::fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    for f in walk_files(&layout)? {
+    for f in crate::cache::files_below(&layout)? {
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644))?;
     }
     rootfs_builder::tree::pin_times(&layout, epoch)?;
@@ -150,19 +150,6 @@ pub fn write_oci_archive(busybox: &Path, work: &Path, epoch: i64) -> Result<OciI
         layer_digest: format!("sha256:{layer_digest}"),
         busybox_sha256: file_sha256(busybox)?,
     })
-}
-
-pub(super) fn walk_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        if e.file_type()?.is_dir() {
-            out.extend(walk_files(&e.path())?);
-        } else {
-            out.push(e.path());
-        }
-    }
-    Ok(out)
 }
 
 /// Imports the archive and checks that containerd lists it under its name
