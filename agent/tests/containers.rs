@@ -518,7 +518,7 @@ fn invalid_ids_and_escaping_paths_are_refused() {
         assert_eq!(s.code(), Code::INVALID_ARGUMENT, "{what}: {s:?}");
         s.message().to_string()
     };
-    for bad in ["../x", "-a", "a/b", "x", ""] {
+    for bad in ["../x", "-a", "a/b", ".x", "", "/etc"] {
         refused(&create_request(bad, spec(&["true"])), bad);
     }
     let id = cid("esc");

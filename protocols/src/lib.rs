@@ -13,6 +13,7 @@
 //!   `Health`) and `create_agent_service` / `create_health` to register them.
 //! - [`empty`]: `google.protobuf.Empty`, as the generated services name it.
 //! - [`requests`]: socket-free decoding of one request frame (fuzzing, tools).
+//! - [`ids`]: the container/exec/sandbox id rule both sides apply.
 
 // The generated code's own inner `#![allow]`s are stripped by build.rs (they
 // cannot appear in an `include!`), so they are restated here.
@@ -67,6 +68,7 @@ pub mod types {
     include!(concat!(env!("OUT_DIR"), "/types.rs"));
 }
 
+pub mod ids;
 pub mod requests;
 
 /// Fully qualified ttrpc service names, as they appear on the wire.

@@ -13,6 +13,8 @@
 //!   to the guest.
 //! - [`shim`]: containerd's shim v2 task service (`containerd-shim-kata-v2`):
 //!   one VM per sandbox, containers run by the guest agent.
+//! - [`state_fs`]: removal of what the runtime created under its state
+//!   root, never following symlinks or entering mounts.
 //!
 //! The `kata-runtime` binary (agent-ctl, check, env) and the shim binary are
 //! thin layers over these.
@@ -22,3 +24,4 @@ pub mod config;
 pub mod hypervisor;
 pub mod oci;
 pub mod shim;
+pub mod state_fs;

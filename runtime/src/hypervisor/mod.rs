@@ -10,6 +10,7 @@
 
 mod accel;
 mod error;
+pub mod identity;
 mod process;
 mod qemu;
 mod daemon;
@@ -21,7 +22,7 @@ pub use accel::{probe_boot, probe_kvm, resolve_accel, Accel, KvmProbe, KVM_PROBE
 pub use error::VmError;
 pub use qemu::{
     build_kernel_cmdline, build_qemu_args, BootMedia, ImageFs, LaunchPlan, QemuConfig, Vm,
-    VsockBackend, DEFAULT_STATE_ROOT,
+    VsockBackend, DEFAULT_STATE_ROOT, QEMU_IDENTITY_FILE,
 };
 pub use qmp::{QmpClient, QmpError, QmpStatus};
 pub use virtiofs::{SharedFs, VirtioFsCache, VirtioFsDaemon, DEFAULT_SHARED_FS_TAG, DEFAULT_VIRTIOFSD};

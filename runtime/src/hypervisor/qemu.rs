@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::accel::{resolve_accel, Accel};
 use super::error::VmError;
+use super::identity::ProcessIdentity;
 use super::process::{kill_with_parent, stop_child, tail_file, wait_timeout, POLL};
 use super::qmp::{QmpClient, QmpError, QmpStatus};
 use super::virtiofs::{SharedFs, VirtioFsDaemon};
@@ -22,6 +23,8 @@ use super::vsock::{
 
 /// Parent of the per-VM state directories (upstream Kata's location).
 pub const DEFAULT_STATE_ROOT: &str = "/run/kata-containers";
+/// In the state directory: QEMU's [`ProcessIdentity`] record.
+pub const QEMU_IDENTITY_FILE: &str = "qemu.identity";
 
 /// Lines of console / stderr quoted in errors.
 const TAIL_LINES: usize = 25;
@@ -152,20 +155,7 @@ impl QemuConfig {
     }
 
     fn validate(&self) -> Result<(), VmError> {
-        let id_ok = !self.id.is_empty()
-            && self.id.len() <= 64
-            && self.id != "."
-            && self.id != ".."
-            && self
-                .id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !id_ok {
-            return Err(VmError::config(
-                "id",
-                format!("{:?} must be 1-64 characters of [A-Za-z0-9._-]", self.id),
-            ));
-        }
+        protocols::ids::check_id("VM id", &self.id).map_err(|m| VmError::config("id", m))?;
         require_file("kernel", &self.kernel)?;
         match &self.boot {
             BootMedia::Initrd(p) => require_file("initrd", p)?,
@@ -191,6 +181,19 @@ impl QemuConfig {
         }
         Ok(())
     }
+}
+
+/// Write a file that must not exist yet, readable by its owner only.
+fn write_new_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    f.write_all(data)
 }
 
 fn require_file(field: &'static str, path: &Path) -> Result<(), VmError> {
@@ -219,6 +222,9 @@ pub struct LaunchPlan {
     /// Hybrid vsock socket host programs connect to.
     pub vsock_uds_path: PathBuf,
     pub pidfile: PathBuf,
+    /// QEMU's pid and start time ([`ProcessIdentity`]), for a process that
+    /// must stop it after this one died.
+    pub identity_file: PathBuf,
     pub qemu_stderr: PathBuf,
     pub vsock_daemon_log: PathBuf,
     /// vhost-user socket between QEMU and virtiofsd.
@@ -248,6 +254,7 @@ impl LaunchPlan {
             vhost_vsock_socket: state_dir.join("vhost-vsock.sock"),
             vsock_uds_path: state_dir.join("vsock.sock"),
             pidfile: state_dir.join("qemu.pid"),
+            identity_file: state_dir.join(QEMU_IDENTITY_FILE),
             qemu_stderr: state_dir.join("qemu.stderr"),
             vsock_daemon_log: state_dir.join("vhost-device-vsock.log"),
             virtiofsd_socket: state_dir.join("virtiofsd.sock"),
@@ -565,7 +572,9 @@ impl Vm {
                 format!("state directory {} already exists: another VM with id {:?} runs, or a crash left it behind (remove it)", state_dir.display(), cfg.id),
             ));
         }
-        std::fs::create_dir_all(&state_dir).map_err(|e| {
+        // 0700 whatever the umask: the directory holds the QMP socket (full
+        // control of the VM) and the agent's socket.
+        crate::state_fs::create_below(&cfg.state_root, Path::new(&cfg.id), 0o700).map_err(|e| {
             VmError::io(
                 format!(
                     "cannot create state directory {} (set state_root to a writable directory)",
@@ -636,6 +645,14 @@ impl Vm {
             hint: "; install qemu-system-x86 (Debian) or set qemu_binary".into(),
             source,
         })?);
+        // What a later process (the shim's `delete` action) needs to stop
+        // this QEMU, and only this one, should this process die first.
+        let pid = vm.qemu.as_ref().map_or(0, Child::id) as i32;
+        let identity = ProcessIdentity::of(pid)
+            .map_err(|e| VmError::io(format!("cannot read QEMU's start time (pid {pid})"), e))?;
+        write_new_file(&vm.plan.identity_file, identity.to_record().as_bytes()).map_err(|e| {
+            VmError::io(format!("cannot write {}", vm.plan.identity_file.display()), e)
+        })?;
 
         let deadline = vm.started_at + cfg.startup_timeout;
         loop {
@@ -888,13 +905,17 @@ impl Vm {
             d.stop();
         }
         if self.state_dir_created {
-            if let Err(e) = std::fs::remove_dir_all(&self.plan.state_dir) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    problems.push(format!(
-                        "cannot remove {}: {e}",
-                        self.plan.state_dir.display()
-                    ));
-                }
+            // Only what this VM created: no symlink is followed and no
+            // mount entered (state_fs).
+            let removed = match (self.plan.state_dir.parent(), self.plan.state_dir.file_name()) {
+                (Some(root), Some(name)) => crate::state_fs::remove_below(root, Path::new(name)).map(drop),
+                _ => Err(std::io::Error::other("not below a state root")),
+            };
+            if let Err(e) = removed {
+                problems.push(format!(
+                    "cannot remove {}: {e}",
+                    self.plan.state_dir.display()
+                ));
             }
         }
         if problems.is_empty() {

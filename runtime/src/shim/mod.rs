@@ -11,6 +11,7 @@
 //! names a sandbox is served by that sandbox's shim (the `start` action
 //! groups by that id) and joins its VM.
 
+mod annotations;
 mod mounts;
 mod sandbox;
 mod service;
@@ -23,32 +24,21 @@ use std::sync::Arc;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{api, Config, ExitSignal, Flags, StartOpts};
 
-pub use service::{Service, CRI_CONTAINER_TYPE, CRI_SANDBOX_ID, VM_DIED_STATUS};
+use crate::hypervisor::identity::{ProcessIdentity, SignalOutcome};
+
+pub use annotations::{CRIO_CONTAINER_TYPE, CRIO_SANDBOX_ID, CRI_CONTAINER_TYPE, CRI_SANDBOX_ID};
+pub use service::{Service, VM_DIED_STATUS};
 
 /// The runtime name containerd knows this shim by.
 pub const RUNTIME_ID: &str = "io.containerd.kata.v2";
 
-/// Container / exec ids accepted (they become path components and the VM's
-/// id): `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most 64 characters.
-pub fn valid_id(id: &str) -> bool {
-    let b = id.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-}
+/// Container and exec ids: the rule the agent applies too
+/// ([`protocols::ids`]).
+pub use protocols::ids::valid_id;
+pub use annotations::sandbox_id_of_bundle;
 
-/// The sandbox a bundle belongs to: its CRI sandbox id for a CRI
-/// "container", else the container's own id.
-pub fn sandbox_id_of_bundle(bundle: &Path, container_id: &str) -> String {
-    let text = std::fs::read_to_string(bundle.join("config.json")).unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    let ann = &v["annotations"];
-    match (ann[CRI_CONTAINER_TYPE].as_str(), ann[CRI_SANDBOX_ID].as_str()) {
-        (Some("container"), Some(sid)) if !sid.is_empty() => sid.to_string(),
-        _ => container_id.to_string(),
-    }
+fn invalid(msg: impl Into<String>) -> containerd_shim::Error {
+    containerd_shim::Error::InvalidArgument(msg.into())
 }
 
 pub struct KataShim {
@@ -84,7 +74,8 @@ impl containerd_shim::Shim for KataShim {
     }
 
     fn start_shim(&mut self, opts: StartOpts) -> Result<String, containerd_shim::Error> {
-        let grouping = sandbox_id_of_bundle(&self.bundle, &opts.id);
+        protocols::ids::check_id("container id (-id)", &opts.id).map_err(invalid)?;
+        let grouping = sandbox_id_of_bundle(&self.bundle, &opts.id).map_err(invalid)?;
         let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
         containerd_shim::util::write_address(&address)?;
         Ok(address)
@@ -95,7 +86,10 @@ impl containerd_shim::Shim for KataShim {
         let state_root = crate::config::load()
             .map(|c| c.runtime.state_root)
             .unwrap_or_else(|_| PathBuf::from(crate::hypervisor::DEFAULT_STATE_ROOT));
-        let sid = sandbox_id_of_bundle(&self.bundle, &self.id);
+        // Both ids name host paths below: nothing is touched unless both
+        // are valid (nothing could have been created under an invalid one).
+        protocols::ids::check_id("container id (-id)", &self.id).map_err(invalid)?;
+        let sid = sandbox_id_of_bundle(&self.bundle, &self.id).map_err(invalid)?;
         let problems = cleanup_leftovers(&state_root, &sid, &self.id);
         for p in &problems {
             eprintln!("containerd-shim-kata-v2 delete {}: {p}", self.id);
@@ -118,66 +112,38 @@ impl containerd_shim::Shim for KataShim {
     }
 }
 
-/// Kill what a dead shim left of sandbox `sid` (QEMU by its pidfile; the
-/// daemons exit or are orphaned with their sockets removed), unmount the
-/// container's rootfs and remove the state and shared directories.
+/// Stop what a dead shim left of sandbox `sid` (QEMU, proven to be the
+/// one it started; the daemons die with their parent), unmount the
+/// container's rootfs and remove what the shim created for it below the
+/// state root. Both ids are valid; nothing outside the state root is
+/// touched and no symlink below it is followed.
 fn cleanup_leftovers(state_root: &Path, sid: &str, cid: &str) -> Vec<String> {
     let mut problems = Vec::new();
-    let state_dir = state_root.join(sid);
-    if sid == cid {
-        if let Ok(pid) = std::fs::read_to_string(state_dir.join("qemu.pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+    let owns_sandbox = sid == cid;
+    if owns_sandbox && sid != sandbox::SHARED_DIR_NAME {
+        let record = Path::new(sid).join(crate::hypervisor::QEMU_IDENTITY_FILE);
+        match crate::state_fs::read_below(state_root, &record) {
+            Ok(None) => {}
+            Ok(Some(text)) => match ProcessIdentity::from_record(&String::from_utf8_lossy(&text)) {
+                Ok(qemu) => match qemu.signal(nix::sys::signal::Signal::SIGKILL) {
+                    Ok(SignalOutcome::Sent) | Ok(SignalOutcome::Gone) => {}
+                    Ok(SignalOutcome::Reused) => problems.push(format!(
+                        "pid {} is no longer this sandbox's QEMU; not signalled",
+                        qemu.pid
+                    )),
+                    Err(e) => problems.push(format!("stop QEMU (pid {}): {e}", qemu.pid)),
+                },
+                Err(e) => problems.push(format!("{}: {e}; QEMU not signalled", record.display())),
+            },
+            Err(e) => problems.push(format!("read QEMU's identity: {e}; QEMU not signalled")),
         }
     }
-    let shared = mounts::shared_dir(state_root, sid);
-    let target = if sid == cid { shared.clone() } else { shared.join(cid) };
-    problems.extend(mounts::unmount_all_under(&target));
-    if let Err(e) = mounts::remove_tree_no_cross(&target) {
-        problems.push(format!("remove {}: {e}", target.display()));
-    }
-    if sid == cid && state_dir.exists() {
-        if let Err(e) = mounts::remove_tree_no_cross(&state_dir) {
-            problems.push(format!("remove {}: {e}", state_dir.display()));
+    let rel = mounts::shared_rel(sid, (!owns_sandbox).then_some(cid));
+    problems.extend(mounts::unmount_and_remove(state_root, &rel));
+    if owns_sandbox && sid != sandbox::SHARED_DIR_NAME {
+        if let Err(e) = crate::state_fs::remove_below(state_root, Path::new(sid)) {
+            problems.push(format!("remove: {e}"));
         }
     }
     problems
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids() {
-        assert!(valid_id("c1"));
-        assert!(valid_id("a"));
-        assert!(valid_id("0123abc_-."));
-        assert!(!valid_id(""));
-        assert!(!valid_id(".hidden"));
-        assert!(!valid_id("a/b"));
-        assert!(!valid_id(&"a".repeat(65)));
-    }
-
-    #[test]
-    fn grouping_follows_cri_annotations() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(sandbox_id_of_bundle(dir.path(), "c1"), "c1");
-        std::fs::write(
-            dir.path().join("config.json"),
-            r#"{"annotations": {"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "pod1"}}"#,
-        )
-        .unwrap();
-        assert_eq!(sandbox_id_of_bundle(dir.path(), "c1"), "pod1");
-        std::fs::write(
-            dir.path().join("config.json"),
-            r#"{"annotations": {"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.sandbox-id": "pod1"}}"#,
-        )
-        .unwrap();
-        assert_eq!(sandbox_id_of_bundle(dir.path(), "pod1"), "pod1");
-    }
 }

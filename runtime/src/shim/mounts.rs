@@ -2,20 +2,45 @@
 //! sources) placed in the directory virtiofsd shares with the guest, and
 //! their removal.
 //!
-//! Removal never deletes recursively: a directory that still holds a mount
-//! would otherwise lose the container's files. Mounts are detached first,
-//! then only empty directories are removed.
+//! Removal goes through [`crate::state_fs`]: mounts are detached first,
+//! then only what the shim created below its state root is removed, never
+//! following a symlink and never entering a mount (a directory that still
+//! holds one would otherwise lose the container's files).
 
 use std::path::{Path, PathBuf};
 
 use containerd_shim::protos::types::mount::Mount;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
+use crate::state_fs;
+
 /// The host directory virtiofsd shares for sandbox `sid`
 /// (`<state_root>/shared/sandboxes/<sid>`, outside the VM's own state
 /// directory, which is removed recursively on VM teardown).
 pub fn shared_dir(state_root: &Path, sid: &str) -> PathBuf {
     state_root.join("shared/sandboxes").join(sid)
+}
+
+/// `shared/sandboxes/<sid>`, or a container's `shared/sandboxes/<sid>/<cid>`,
+/// relative to the state root. Both ids must be valid ([`protocols::ids`]).
+pub fn shared_rel(sid: &str, cid: Option<&str>) -> PathBuf {
+    let p = Path::new("shared/sandboxes").join(sid);
+    match cid {
+        Some(c) => p.join(c),
+        None => p,
+    }
+}
+
+/// Detach every mount below `state_root/rel`, then remove what the shim
+/// created there. Returns what could not be done.
+pub fn unmount_and_remove(state_root: &Path, rel: &Path) -> Vec<String> {
+    // The mount table has canonical paths.
+    let root = std::fs::canonicalize(state_root).unwrap_or_else(|_| state_root.to_owned());
+    let mut problems = unmount_all_under(&root.join(rel));
+    if let Err(e) = state_fs::remove_below(&root, rel) {
+        problems.push(format!("remove: {e}"));
+    }
+    problems
 }
 
 /// Mount the rootfs containerd gives (usually one overlay mount) at
@@ -102,47 +127,11 @@ pub fn make_shared_mountpoint(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The mount points at or below `dir`, deepest first (from /proc/self/mountinfo).
-pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    let mut found: Vec<PathBuf> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mountinfo)
-        .map(PathBuf::from)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-    found.dedup();
-    found
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape_mountinfo(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            if let Ok(n) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(n as char);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i] as char);
-        i += 1;
-    }
-    out
-}
-
 /// Detach every mount at or below `dir` (lazily: a busy mount cannot block
 /// the cleanup). Returns what could not be unmounted.
 pub fn unmount_all_under(dir: &Path) -> Vec<String> {
     let mut problems = Vec::new();
-    for m in mounts_under(dir) {
+    for m in state_fs::mounts_under(dir) {
         match umount2(&m, MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
             Err(e) => problems.push(format!("unmount {}: {e}", m.display())),
@@ -151,61 +140,9 @@ pub fn unmount_all_under(dir: &Path) -> Vec<String> {
     problems
 }
 
-/// Remove `dir` and everything below it that is an empty directory or a
-/// plain file we created as a bind target, never crossing into a mount
-/// (mounts must be detached first). Missing is fine.
-pub fn remove_tree_no_cross(dir: &Path) -> std::io::Result<()> {
-    let meta = match std::fs::symlink_metadata(dir) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if !meta.is_dir() {
-        return std::fs::remove_file(dir);
-    }
-    if !mounts_under(dir).is_empty() {
-        return Err(std::io::Error::other(format!(
-            "{} still holds mounts; not removing it",
-            dir.display()
-        )));
-    }
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let p = entry.path();
-        if entry.file_type()?.is_dir() {
-            remove_tree_no_cross(&p)?;
-        } else {
-            std::fs::remove_file(&p)?;
-        }
-    }
-    std::fs::remove_dir(dir)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_unescaping() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-        assert_eq!(unescape_mountinfo("/x\\134y"), "/x\\y");
-    }
-
-    #[test]
-    fn removal_keeps_out_of_mounts_and_removes_plain_trees() {
-        let dir = tempfile::tempdir().unwrap();
-        let tree = dir.path().join("sb/c1/rootfs");
-        std::fs::create_dir_all(&tree).unwrap();
-        std::fs::write(dir.path().join("sb/c1/hosts"), b"").unwrap();
-        remove_tree_no_cross(&dir.path().join("sb")).unwrap();
-        assert!(!dir.path().join("sb").exists());
-        remove_tree_no_cross(&dir.path().join("absent")).unwrap();
-        // The real mount table: / is a mount, so removing it must refuse
-        // without touching anything.
-        let err = remove_tree_no_cross(Path::new("/")).unwrap_err();
-        assert!(err.to_string().contains("still holds mounts"), "{err}");
-    }
 
     #[test]
     fn shared_dir_layout() {
@@ -213,5 +150,7 @@ mod tests {
             shared_dir(Path::new("/run/kata-containers"), "sb1"),
             Path::new("/run/kata-containers/shared/sandboxes/sb1")
         );
+        assert_eq!(shared_rel("sb1", None), Path::new("shared/sandboxes/sb1"));
+        assert_eq!(shared_rel("sb1", Some("c1")), Path::new("shared/sandboxes/sb1/c1"));
     }
 }

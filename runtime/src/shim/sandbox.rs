@@ -13,9 +13,17 @@ use crate::config::KataConfig;
 use crate::hypervisor::{Vm, DEFAULT_SHARED_FS_TAG};
 use crate::oci::GUEST_SHARED_DIR;
 
+/// The directory below the state root that holds every sandbox's shared
+/// directory; no sandbox may take it as its id.
+pub const SHARED_DIR_NAME: &str = "shared";
+
 pub struct Sandbox {
     pub id: String,
-    /// The host directory shared with the guest (virtiofsd's source).
+    /// The runtime's state root (`[runtime] state_root`): everything the
+    /// sandbox creates on the host is below it.
+    pub state_root: PathBuf,
+    /// The host directory shared with the guest (virtiofsd's source):
+    /// `state_root/shared/sandboxes/<id>`.
     pub shared_dir: PathBuf,
     pub agent: AgentClient,
     pub address: AgentAddress,
@@ -28,30 +36,36 @@ pub struct Sandbox {
 impl Sandbox {
     /// Start the VM of sandbox `id` and create the sandbox in the agent.
     pub fn start(cfg: &KataConfig, id: &str, hostname: &str) -> anyhow::Result<Sandbox> {
-        let shared_dir = mounts::shared_dir(&cfg.runtime.state_root, id);
-        if shared_dir.exists() {
+        protocols::ids::check_id("sandbox id", id).map_err(anyhow::Error::msg)?;
+        if id == SHARED_DIR_NAME {
+            // The VM's state directory is `state_root/<id>`, beside the
+            // `shared/` tree every sandbox uses.
+            anyhow::bail!("sandbox id {id:?} is reserved: it names the state root's shared directory; use another id");
+        }
+        let root = &cfg.runtime.state_root;
+        let rel = mounts::shared_rel(id, None);
+        let shared_dir = mounts::shared_dir(root, id);
+        if shared_dir.symlink_metadata().is_ok() {
             // A previous shim of the same id died: its mounts must not leak
             // into this sandbox.
-            let problems = mounts::unmount_all_under(&shared_dir);
+            let problems = mounts::unmount_and_remove(root, &rel);
             if !problems.is_empty() {
                 anyhow::bail!("stale {}: {}", shared_dir.display(), problems.join("; "));
             }
-            mounts::remove_tree_no_cross(&shared_dir)
-                .map_err(|e| anyhow::anyhow!("remove stale {}: {e}", shared_dir.display()))?;
         }
-        std::fs::create_dir_all(&shared_dir)
-            .map_err(|e| anyhow::anyhow!("create {}: {e}", shared_dir.display()))?;
+        crate::state_fs::create_below(root, &rel, 0o755)
+            .map_err(|e| anyhow::anyhow!("create the shared directory: {e}"))?;
         // virtiofsd serves this dir from a mount namespace of its own, copied
         // when it starts; container rootfs are mounted here later. Only a
         // shared mount propagates those into its copy (the host's /run may
         // be private, as it is inside containers), so make it one.
         if let Err(e) = mounts::make_shared_mountpoint(&shared_dir) {
-            let _ = mounts::remove_tree_no_cross(&shared_dir);
+            let _ = crate::state_fs::remove_below(root, &rel);
             return Err(e);
         }
         let result = Self::start_vm(cfg, id, hostname, &shared_dir);
         if result.is_err() {
-            let _ = mounts::remove_tree_no_cross(&shared_dir);
+            let _ = mounts::unmount_and_remove(root, &rel);
         }
         result
     }
@@ -96,6 +110,7 @@ impl Sandbox {
         let address = agent.address().clone();
         Ok(Sandbox {
             id: id.to_string(),
+            state_root: cfg.runtime.state_root.clone(),
             shared_dir: shared_dir.to_owned(),
             address,
             call_timeout,
@@ -135,10 +150,7 @@ impl Sandbox {
     /// Everything on the host: the VM, then mounts and the shared directory.
     pub fn destroy(&self, graceful: bool) -> Vec<String> {
         let mut problems = self.stop_vm(graceful);
-        problems.extend(mounts::unmount_all_under(&self.shared_dir));
-        if let Err(e) = mounts::remove_tree_no_cross(&self.shared_dir) {
-            problems.push(format!("remove {}: {e}", self.shared_dir.display()));
-        }
+        problems.extend(mounts::unmount_and_remove(&self.state_root, &mounts::shared_rel(&self.id, None)));
         // The parent `shared/sandboxes` stays only while other sandboxes use it.
         if let Some(parent) = self.shared_dir.parent() {
             let _ = std::fs::remove_dir(parent);

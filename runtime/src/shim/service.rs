@@ -42,9 +42,6 @@ use crate::oci;
 /// Exit status of every process when its VM dies (as a killed process:
 /// nothing better is known).
 pub const VM_DIED_STATUS: u32 = 255;
-/// CRI annotations that put a container into an existing sandbox.
-pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
-pub const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 /// Bound for a process's output to drain before its exit is published.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 /// How often the sandbox watcher checks QEMU.
@@ -138,8 +135,6 @@ struct Container {
     bundle: PathBuf,
     /// The sandbox this container created (its VM goes with it).
     owns_sandbox: bool,
-    /// `<shared>/<cid>`: rootfs mount and bind-mount sources below it.
-    host_dir: PathBuf,
     init: Arc<Proc>,
     execs: HashMap<String, Arc<Proc>>,
 }
@@ -284,12 +279,7 @@ impl Service {
 
     fn do_create(&self, req: &api::CreateTaskRequest) -> ttrpc::Result<u32> {
         let cid = req.id.as_str();
-        if !crate::shim::valid_id(cid) {
-            return Err(status_err(
-                Code::INVALID_ARGUMENT,
-                format!("container id {cid:?} is invalid: use [A-Za-z0-9][A-Za-z0-9_.-]+ (at most 64)"),
-            ));
-        }
+        protocols::ids::check_id("container id", cid).map_err(|m| status_err(Code::INVALID_ARGUMENT, m))?;
         if self.lock().containers.contains_key(cid) {
             return Err(status_err(Code::ALREADY_EXISTS, format!("container {cid} already exists")));
         }
@@ -302,10 +292,8 @@ impl Service {
             .map_err(|e| status_err(Code::INVALID_ARGUMENT, format!("{}: {e}", config_json.display())))?;
 
         // CRI: a "container" joins the sandbox named by its annotation.
-        let joins = match spec.Annotations.get(CRI_CONTAINER_TYPE).map(String::as_str) {
-            Some("container") => spec.Annotations.get(CRI_SANDBOX_ID).cloned(),
-            _ => None,
-        };
+        let joins = super::annotations::joined_sandbox(&spec.Annotations)
+            .map_err(|m| status_err(Code::INVALID_ARGUMENT, format!("{}: {m}", config_json.display())))?;
         let (sandbox, owns) = match joins {
             Some(sid) => {
                 let st = self.lock();
@@ -331,9 +319,8 @@ impl Service {
                 (Arc::new(sb), true)
             }
         };
-        let fail_cleanup = |host_dir: &Path| {
-            let _ = mounts::unmount_all_under(host_dir);
-            let _ = mounts::remove_tree_no_cross(host_dir);
+        let fail_cleanup = || {
+            let _ = mounts::unmount_and_remove(&sandbox.state_root, &mounts::shared_rel(&sandbox.id, Some(cid)));
             if owns {
                 sandbox.destroy(true);
             }
@@ -341,7 +328,7 @@ impl Service {
 
         let host_dir = sandbox.shared_dir.join(cid);
         if let Err(e) = self.prepare_container(&sandbox, req, &bundle, &host_dir, &mut spec) {
-            fail_cleanup(&host_dir);
+            fail_cleanup();
             return Err(e);
         }
 
@@ -350,7 +337,7 @@ impl Service {
         creq.exec_id = cid.into();
         creq.OCI = MessageField::some(spec);
         if let Err(e) = sandbox.agent.agent().create_container(sandbox.agent.context(), &creq) {
-            fail_cleanup(&host_dir);
+            fail_cleanup();
             return Err(internal(format!("container {cid}: CreateContainer: {e}")));
         }
 
@@ -373,7 +360,6 @@ impl Service {
                 Container {
                     bundle: bundle.clone(),
                     owns_sandbox: owns,
-                    host_dir,
                     init,
                     execs: HashMap::new(),
                 },
@@ -569,10 +555,7 @@ impl Service {
         }
         let container = self.lock().containers.remove(id);
         if let Some(c) = container {
-            problems.extend(mounts::unmount_all_under(&c.host_dir));
-            if let Err(e) = mounts::remove_tree_no_cross(&c.host_dir) {
-                problems.push(format!("remove {}: {e}", c.host_dir.display()));
-            }
+            problems.extend(mounts::unmount_and_remove(&sb.state_root, &mounts::shared_rel(&sb.id, Some(id))));
             if c.owns_sandbox {
                 problems.extend(sb.destroy(true));
                 self.lock().sandbox = None;
@@ -645,9 +628,7 @@ impl containerd_shim::Task for Service {
 
     fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
         log::info!("exec {} {} (terminal {})", req.id, req.exec_id, req.terminal);
-        if !crate::shim::valid_id(&req.exec_id) {
-            return Err(status_err(Code::INVALID_ARGUMENT, format!("exec id {:?} is invalid", req.exec_id)));
-        }
+        protocols::ids::check_id("exec id", &req.exec_id).map_err(|m| status_err(Code::INVALID_ARGUMENT, m))?;
         let mut process = oci::process_from_json(&req.spec.value)
             .map_err(|e| status_err(Code::INVALID_ARGUMENT, format!("exec {}: {e}", req.exec_id)))?;
         oci::adapt_process(&mut process);

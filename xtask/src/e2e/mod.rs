@@ -452,13 +452,15 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
     r.scenario("b-exit-code", &["exit7"], scenario_exit_code);
     r.scenario("c-stdio", &["cat", "outerr"], scenario_stdio);
     r.scenario("d-detached-exec-kill", &["detached"], scenario_detached_exec_kill);
+    r.scenario("g-one-char-id", &[], scenario_one_char_id);
     if args.faults {
         if kata {
             r.scenario("f-qemu-killed", &["qemukill"], fault_qemu_killed);
             r.scenario("f-agent-silent", &["silent"], fault_agent_silent);
+            r.scenario("f-hostile-ids", &["hostile1", "hostile2", "hostile3", "hostile4"], fault_hostile_ids);
         } else {
-            ctx.ui.info("SKIP f-qemu-killed: kata only (runc runs no QEMU)");
-            skipped.push("f-qemu-killed");
+            ctx.ui.info("SKIP f-qemu-killed, f-agent-silent, f-hostile-ids: kata only (runc runs no QEMU and reads no CRI annotations)");
+            skipped.extend(["f-qemu-killed", "f-agent-silent", "f-hostile-ids"]);
         }
         r.scenario("f-invalid-spec", &["badcwd", "badexe"], fault_invalid_spec);
     }

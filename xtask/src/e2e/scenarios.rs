@@ -317,3 +317,71 @@ pub(super) fn fault_invalid_spec(r: &mut Runner, ids: &[String]) -> Result<Strin
     }
     Ok(seen.join("; "))
 }
+
+/// Hostile sandbox ids in CRI and CRI-O annotations (parent paths, an
+/// absolute path): containerd must get a clear error naming the
+/// annotation, a victim directory where those paths lead must stay as it
+/// was, and nothing may be left behind. Before ids were validated, the
+/// shim's cleanup removed such a directory recursively.
+pub(super) fn fault_hostile_ids(r: &mut Runner, ids: &[String]) -> Result<String> {
+    let victim = Path::new("/run").join(format!("kata-e2e-victim-{}", std::process::id()));
+    std::fs::create_dir_all(victim.join("sub"))?;
+    std::fs::write(victim.join("precious"), b"keep")?;
+    std::fs::write(victim.join("sub/also"), b"keep")?;
+    let result = (|| -> Result<String> {
+        // From <state root>/shared/sandboxes/ (and from <state root>/).
+        let up = format!("../../../{}", victim.file_name().unwrap_or_default().to_string_lossy());
+        let abs = victim.display().to_string();
+        let cases = [
+            ("io.kubernetes.cri.container-type", "container", "io.kubernetes.cri.sandbox-id", up.as_str()),
+            ("io.kubernetes.cri.container-type", "container", "io.kubernetes.cri.sandbox-id", abs.as_str()),
+            ("io.kubernetes.cri.container-type", "sandbox", "io.kubernetes.cri.sandbox-id", up.as_str()),
+            ("io.kubernetes.cri-o.ContainerType", "container", "io.kubernetes.cri-o.SandboxID", up.as_str()),
+        ];
+        let mut seen = Vec::new();
+        for ((type_key, kind, id_key, sid), id) in cases.iter().zip(ids) {
+            let what = format!("{id_key}={sid} ({kind})");
+            let type_ann = format!("{type_key}={kind}");
+            let id_ann = format!("{id_key}={sid}");
+            let out = r.run(id, &["--rm", "--annotation", &type_ann, "--annotation", &id_ann], &["true"], None)?;
+            if out.success() || out.timed_out {
+                bail!("{what}: expected ctr to fail: {}", out.describe());
+            }
+            if !(out.stderr.contains(id_key) && out.stderr.contains("is invalid")) {
+                bail!("{what}: the error does not name the annotation and say it is invalid: {}", out.describe());
+            }
+            for f in ["precious", "sub/also"] {
+                if std::fs::read(victim.join(f)).ok().as_deref() != Some(&b"keep"[..]) {
+                    bail!("{what}: {} was changed or removed", victim.join(f).display());
+                }
+            }
+            // containerd keeps the container record of a failed `run --rm`.
+            let _ = run_bounded(r.ctr().command(&["containers", "delete", id]), None, r.timeout);
+            leftovers_now(&r.env.containerd).with_context(|| format!("after {what}"))?;
+            seen.push(what);
+        }
+        Ok(format!("refused with the annotation named, victim {} intact, nothing left: {}", victim.display(), seen.join("; ")))
+    })();
+    let _ = std::fs::remove_dir_all(&victim);
+    result
+}
+
+/// One-character container ids work, as they do with runc, and leave
+/// nothing behind (the shim and the agent apply one id rule).
+pub(super) fn scenario_one_char_id(r: &mut Runner, _ids: &[String]) -> Result<String> {
+    // Not registered with the harness: a one-letter id would make its
+    // "names one of our ids on the command line" process scan match
+    // unrelated processes. Ours are still found by the run marker.
+    let id = "k";
+    let out = r.run(id, &["--rm"], &["sh", "-c", "echo one-char-ok"], None)?.require_success()?;
+    if out.stdout.trim() != "one-char-ok" {
+        bail!("expected one-char-ok: {}", out.describe());
+    }
+    for p in [Path::new(KATA_STATE_ROOT).join(id), Path::new(KATA_STATE_ROOT).join("shared/sandboxes").join(id)] {
+        if p.symlink_metadata().is_ok() {
+            bail!("{} is left behind", p.display());
+        }
+    }
+    leftovers_now(&r.env.containerd)?;
+    Ok(format!("ctr run {id} ran and printed one-char-ok; nothing left"))
+}
