@@ -58,7 +58,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         ctx.ui.info(&format!("  warm no-op release #{}: {took:.0} ms", i + 1));
         warm.push(took);
     }
-    let identical = match repro::compare(ctx, &pair.a, &pair.b) {
+    let identical = match repro::compare(ctx, &pair.a.dist, &pair.b.dist) {
         Ok(_) => {
             KernelRebuilt::compare_and_record(ctx, &kernel, &pair.b)?;
             true

@@ -1,25 +1,30 @@
-//! `cargo xtask test repro`: two releases, each built the way a user builds
-//! one in a fresh clone with empty caches, in two different directories,
-//! must give byte-identical `SHA256SUMS`.
+//! `cargo xtask test repro`: this checkout's release and a release built
+//! the way a user builds one in a fresh clone with empty caches, in another
+//! directory, must give byte-identical `SHA256SUMS`.
 //!
-//! Each [`CleanClone`] is a copy of this checkout's sources: the files git
-//! tracks or would track (not ignored), as they are on disk, so uncommitted
-//! edits are tested too with its own empty cache,
-//! dist dir and cargo target dirs, and runs `cargo xtask release` there. The
-//! two differ in everything a build could leak: the clone's path and depth,
-//! cache, dist and target dirs, umask, time zone and locale.
+//! The first build is this checkout's own `release` (its cache entries were
+//! each built from scratch once, by whichever run first needed them). The
+//! second is a [`CleanClone`]: a copy of the sources (the files git tracks
+//! or would track, as they are on disk, so uncommitted edits are tested
+//! too) with its own empty cache, dist and cargo target dirs, running
+//! `cargo xtask release` there. It differs from this checkout in everything
+//! a build could leak: the path and its depth, cache, dist and target dirs,
+//! umask, time zone and locale. Letting this checkout be one of the two
+//! builds saves a whole release per run without weakening the claim: two
+//! independent builds are compared either way.
 //!
 //! The kernel is the one exception to "empty caches", because rebuilding an
-//! unchanged kernel twice per CI run would cost about 25 minutes. Clone A
-//! gets the kernel entry of the main cache. Clone B builds the kernel from
-//! empty unless the main cache holds a [`KernelRebuilt`] record for that
-//! kernel's key: the proof that a from-scratch build in another directory
-//! gave the same bytes. That record is written here, only after such a
-//! rebuild matched, so a changed kernel (a new key) is rebuilt and compared
-//! once, then trusted for as long as its inputs stay the same.
-//! `--rebuild-kernel` ignores the record.
+//! unchanged kernel costs 5 to 12 minutes per run. The clone builds the
+//! kernel from empty unless a [`KernelRebuilt`] record for that kernel's key
+//! proves that a from-scratch build in another directory gave the same
+//! bytes. A record is written to the main cache only after such a rebuild
+//! matched; a record kept with the sources (`ci/kernel-rebuilt/<key>.json`)
+//! serves a machine whose cache is new, and there this checkout's kernel,
+//! itself built from scratch, must match the recorded digests, which is the
+//! same proof made again. A changed kernel (a new key) is rebuilt and
+//! compared once. `--rebuild-kernel` ignores every record.
 //!
-//! `bench release` (bench_release.rs) times the same clones.
+//! `bench release` (bench_release.rs) times two clones.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -176,8 +181,7 @@ impl CleanClone {
     }
 
     pub fn sums(&self) -> Result<String> {
-        let path = self.dist.join(crate::release::CHECKSUMS);
-        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))
+        sums_in(&self.dist)
     }
 
     fn kernel_entry(&self, key: &str) -> PathBuf {
@@ -201,9 +205,47 @@ impl KernelRebuilt {
         ctx.cache_dir.join("verified").join("kernel-rebuilt").join(format!("{key}.json"))
     }
 
-    pub fn load(ctx: &Ctx, key: &str) -> Option<KernelRebuilt> {
-        let bytes = std::fs::read(Self::path(ctx, key)).ok()?;
+    /// The record kept with the sources, for a machine whose cache is new.
+    pub fn committed_path(ctx: &Ctx, key: &str) -> PathBuf {
+        ctx.root.join("ci").join("kernel-rebuilt").join(format!("{key}.json"))
+    }
+
+    fn read(path: &Path, key: &str) -> Option<KernelRebuilt> {
+        let bytes = std::fs::read(path).ok()?;
         serde_json::from_slice::<KernelRebuilt>(&bytes).ok().filter(|r| r.key == key)
+    }
+
+    /// A record for `main`'s key, from the main cache or kept with the
+    /// sources, whose digests `main`'s own files match. A record that
+    /// `main` does not match is an error: two builds of one key differ.
+    pub fn find(ctx: &Ctx, main: &KernelBuild) -> Result<Option<KernelRebuilt>> {
+        let candidates = [Self::path(ctx, &main.key), Self::committed_path(ctx, &main.key)];
+        let Some((path, record)) =
+            candidates.iter().find_map(|p| Self::read(p, &main.key).map(|r| (p.clone(), r)))
+        else {
+            return Ok(None);
+        };
+        let mut differ = Vec::new();
+        for f in KERNEL_FILES {
+            let have = file_sha256(&main.dir.join(f))?;
+            match record.sha256.get(f) {
+                Some(want) if *want == have => {}
+                Some(want) => differ.push(format!("{f} ({} recorded, {} built)", &want[..12], &have[..12])),
+                None => differ.push(format!("{f} (not in the record)")),
+            }
+        }
+        if !differ.is_empty() {
+            bail!(
+                "kernel {} in {} differs from the build recorded in {} (rebuilt in {}): {}; \
+                 rerun with --rebuild-kernel to compare two fresh builds",
+                &main.key[..12],
+                main.dir.display(),
+                ctx.rel(&path),
+                record.rebuilt_in,
+                differ.join(", ")
+            );
+        }
+        Ok(Some(record))
     }
 
     /// Compares a clone's from-scratch kernel with the main cache's entry
@@ -239,9 +281,11 @@ impl KernelRebuilt {
     }
 }
 
-/// The two clones under one temp dir, at paths of different names and depths.
+/// Two clones under one temp dir, at paths of different names and depths
+/// (`bench release` times them).
 pub struct ClonePair {
-    pub base: tempfile::TempDir,
+    /// Removed with the pair.
+    _base: tempfile::TempDir,
     pub a: CleanClone,
     pub b: CleanClone,
 }
@@ -264,7 +308,7 @@ impl ClonePair {
             c.build_xtask()?;
             step.finish("built");
         }
-        Ok(ClonePair { base, a, b })
+        Ok(ClonePair { _base: base, a, b })
     }
 
     /// Runs one clone's release with progress; returns its wall time.
@@ -275,10 +319,6 @@ impl ClonePair {
         Ok(took)
     }
 
-    /// Keeps the clones on disk (for `--keep` or a failure to look at).
-    pub fn keep(self) -> PathBuf {
-        self.base.keep()
-    }
 }
 
 /// A SHA256SUMS text as file name -> digest.
@@ -305,14 +345,15 @@ pub fn differing_sums(a: &str, b: &str) -> Vec<String> {
 
 /// The tarball members whose content differs between the two clones' dists
 /// (unpacked with GNU tar), for the error message.
-fn differing_members(a: &CleanClone, b: &CleanClone, tarball: &str) -> Result<Vec<String>> {
-    let unpack = |c: &CleanClone| -> Result<PathBuf> {
-        let dir = c.dist.with_extension("unpacked");
+fn differing_members(a: &Path, b: &Path, tarball: &str) -> Result<Vec<String>> {
+    let scratch = tempfile::Builder::new().prefix("kata-repro-unpacked-").tempdir()?;
+    let unpack = |dist: &Path, name: &str| -> Result<PathBuf> {
+        let dir = scratch.path().join(name);
         std::fs::create_dir_all(&dir)?;
-        crate::tools::run_captured(Command::new("tar").arg("--zstd").arg("-xf").arg(c.dist.join(tarball)).arg("-C").arg(&dir))?;
+        crate::tools::run_captured(Command::new("tar").arg("--zstd").arg("-xf").arg(dist.join(tarball)).arg("-C").arg(&dir))?;
         Ok(dir)
     };
-    let (da, db) = (unpack(a)?, unpack(b)?);
+    let (da, db) = (unpack(a, "a")?, unpack(b, "b")?);
     let mut differ = Vec::new();
     for e in crate::cache::files_below(&da)? {
         let rel = e.strip_prefix(&da)?;
@@ -329,9 +370,15 @@ fn differing_members(a: &CleanClone, b: &CleanClone, tarball: &str) -> Result<Ve
     Ok(differ)
 }
 
-/// Fails naming what differs between the two clones' releases.
-pub fn compare(ctx: &Ctx, a: &CleanClone, b: &CleanClone) -> Result<String> {
-    let (sa, sb) = (a.sums()?, b.sums()?);
+/// The `SHA256SUMS` of the release in `dist`.
+pub fn sums_in(dist: &Path) -> Result<String> {
+    let path = dist.join(crate::release::CHECKSUMS);
+    std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))
+}
+
+/// Fails naming what differs between the releases in two dist dirs.
+pub fn compare(ctx: &Ctx, a: &Path, b: &Path) -> Result<String> {
+    let (sa, sb) = (sums_in(a)?, sums_in(b)?);
     if sa == sb {
         return Ok(sa);
     }
@@ -352,50 +399,71 @@ pub fn compare(ctx: &Ctx, a: &CleanClone, b: &CleanClone) -> Result<String> {
 pub fn test(ctx: &Ctx, args: &ReproArgs) -> Result<()> {
     if ctx.dry_run {
         ctx.ui.info(
-            "test repro plan: copy the tracked sources into two clones at different paths; in each, with an empty cache, \
-             its own target and dist dirs and a different umask/TZ/locale, cargo xtask release; compare SHA256SUMS",
+            "test repro plan: cargo xtask release here; copy the tracked sources into a clean clone at another path; \
+             there, with an empty cache, its own target and dist dirs and a different umask/TZ/locale, cargo xtask release; \
+             compare the two SHA256SUMS",
         );
         return Ok(());
     }
+    // Build one: this checkout's release.
+    crate::release::build(ctx, &crate::release::ReleaseArgs::default())?;
     let kernel = crate::kernel::build(ctx, &KernelArgs::default())?;
-    let proven = if args.rebuild_kernel { None } else { KernelRebuilt::load(ctx, &kernel.key) };
-    let pair = ClonePair::create(ctx)?;
+    let proven = if args.rebuild_kernel { None } else { KernelRebuilt::find(ctx, &kernel)? };
+    // Build two: a clean clone.
+    let base = tempfile::Builder::new().prefix("kata-repro-").tempdir()?;
+    let step = ctx.ui.step("copy the sources into a clean clone");
+    let clone = CleanClone::create(
+        ctx,
+        "b",
+        &base.path().join("b/home/builder/src/kata-osbuilder-rs"),
+        &base.path().join("b/var/lib/build-state"),
+        VARIANT_B,
+    )?;
+    step.finish(&clone.root.display().to_string());
     let result = (|| -> Result<String> {
-        pair.a.seed_kernel(&kernel)?;
-        ClonePair::release(ctx, &pair.a, "kernel from the main cache")?;
+        let step = ctx.ui.step(&format!("clone {}: cargo build -p xtask (log {})", clone.name, ctx.rel(&clone.log)));
+        clone.build_xtask()?;
+        step.finish("built");
         match &proven {
             Some(p) => {
-                pair.b.seed_kernel(&kernel)?;
+                clone.seed_kernel(&kernel)?;
                 ctx.ui.info(&format!(
-                    "test repro: kernel {} was rebuilt from empty in {} with identical files (unix time {}); clone b takes it from the main cache",
+                    "test repro: kernel {} was rebuilt from empty in {} with the files built here (unix time {}); the clone takes it from the main cache",
                     &kernel.key[..12],
                     p.rebuilt_in,
                     p.compared_at
                 ));
-                ClonePair::release(ctx, &pair.b, "kernel from the main cache")?;
+                ClonePair::release(ctx, &clone, "kernel from the main cache")?;
             }
             None => {
-                ClonePair::release(ctx, &pair.b, "everything from empty, the kernel too")?;
+                ClonePair::release(ctx, &clone, "everything from empty, the kernel too")?;
             }
         }
-        let sums = compare(ctx, &pair.a, &pair.b)?;
+        let sums = compare(ctx, &ctx.dist(), &clone.dist)?;
         if proven.is_none() {
-            KernelRebuilt::compare_and_record(ctx, &kernel, &pair.b)?;
-            ctx.ui.info(&format!("test repro: kernel {} rebuilt from empty is identical; recorded", &kernel.key[..12]));
+            KernelRebuilt::compare_and_record(ctx, &kernel, &clone)?;
+            ctx.ui.info(&format!(
+                "test repro: kernel {} rebuilt from empty is identical; recorded in the cache (copy it to {} to keep the proof with the sources)",
+                &kernel.key[..12],
+                ctx.rel(&KernelRebuilt::committed_path(ctx, &kernel.key))
+            ));
         }
         Ok(sums)
     })();
     match result {
         Ok(sums) => {
-            ctx.ui.info(&format!("test repro: both clean releases have the same SHA256SUMS:\n{}", sums.trim_end()));
+            ctx.ui.info(&format!(
+                "test repro: this checkout's release and the clean clone's have the same SHA256SUMS:\n{}",
+                sums.trim_end()
+            ));
             if args.keep {
-                ctx.ui.info(&format!("test repro: kept {}", pair.keep().display()));
+                ctx.ui.info(&format!("test repro: kept {}", base.keep().display()));
             }
             Ok(())
         }
         Err(e) => {
-            let kept = pair.keep();
-            Err(e.context(format!("clones kept in {} (logs: {})", kept.display(), ctx.rel(&ctx.logs().join("repro-*.log")))))
+            let kept = base.keep();
+            Err(e.context(format!("clone kept in {} (log: {})", kept.display(), ctx.rel(&clone.log))))
         }
     }
 }

@@ -4,7 +4,8 @@
 //! handed to the kernel-builder tests; `kernel` boots the pipeline's kernel
 //! to init; `vm` boots the built guest and drives the agent (vmtest.rs);
 //! `e2e` runs containers through a private containerd (e2e.rs); `repro`
-//! builds two releases in clean clones and compares them (repro.rs). `all`
+//! compares this checkout's release with one built in a clean clone
+//! (repro.rs). `all`
 //! (the default, and what CI runs) runs each of them, the VM test with the
 //! initrd and with the DAX image, e2e from the build, from the release
 //! tarball and (as root) from the installed .deb.
