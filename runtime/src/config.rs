@@ -8,8 +8,14 @@
 //! `/opt/kata`).
 //!
 //! Upstream files carry many keys this runtime does not use: unknown keys
-//! (and sections) are ignored with a debug log. A known key with a bad value
-//! is an error naming the key and the file.
+//! (and sections) are collected in [`KataConfig::ignored`], which the shim
+//! logs as a warning and `kata-runtime env` prints, so none is dropped
+//! silently. A known key with a bad value is an error naming the key and
+//! the file. Security-relevant upstream keys whose feature this runtime
+//! does not implement (guest seccomp, annotation overrides, the agent's
+//! debug console, ...) are accepted only at the value that asks for
+//! nothing, and refused otherwise with the fix: a configuration must never
+//! believe it got a protection it did not get.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -81,6 +87,10 @@ pub struct QemuSection {
     pub vhost_user_vsock_daemon: Option<PathBuf>,
     /// Our extension: "auto" (KVM when a probe boots, else TCG), "kvm", "tcg".
     pub accelerator: String,
+    /// `seccompsandbox`: QEMU's `-sandbox` option, e.g.
+    /// `on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny`;
+    /// empty: none.
+    pub seccompsandbox: String,
 }
 
 /// `[agent.kata]`
@@ -112,6 +122,56 @@ pub struct KataConfig {
     pub hypervisor: QemuSection,
     pub agent: AgentSection,
     pub runtime: RuntimeSection,
+    /// Keys and sections present in the file that this runtime does not
+    /// use, as `[section] key`.
+    pub ignored: Vec<String>,
+}
+
+/// Security-relevant upstream keys whose feature this runtime does not
+/// implement: (section, key, the one accepted value as TOML, the fix).
+const UNIMPLEMENTED_SECURITY_KEYS: &[(&str, &str, &str, &str)] = &[
+    ("hypervisor.qemu", "enable_annotations", "[]",
+     "this runtime applies no io.katacontainers.config.* annotation overrides; set it to [] or remove it"),
+    ("hypervisor.qemu", "rootless", "false", "QEMU runs as root here; set rootless = false or remove it"),
+    ("hypervisor.qemu", "guest_hook_path", "\"\"", "OCI hooks do not run in the guest; remove guest_hook_path"),
+    ("agent.kata", "debug_console_enabled", "false",
+     "the agent has no debug console in this release; set debug_console_enabled = false or remove it"),
+    ("runtime", "disable_guest_seccomp", "true",
+     "the guest does not enforce seccomp profiles yet; set disable_guest_seccomp = true (upstream's default) or remove it"),
+    ("runtime", "sandbox_cgroup_only", "false",
+     "the VM is not placed in the sandbox cgroup yet; set sandbox_cgroup_only = false or remove it"),
+    ("runtime", "experimental", "[]", "no experimental features exist here; set experimental = [] or remove it"),
+];
+
+/// Upstream's allow-lists for paths that annotations may override. No
+/// override is accepted ([`UNIMPLEMENTED_SECURITY_KEYS`]:
+/// `enable_annotations`), so these constrain nothing further; they are
+/// type-checked and count as used.
+const ANNOTATION_PATH_LISTS: &[&str] = &[
+    "valid_hypervisor_paths",
+    "valid_jailer_paths",
+    "valid_file_mem_backends",
+    "valid_virtio_fs_daemon_paths",
+    "valid_vhost_user_store_paths",
+    "valid_entropy_sources",
+];
+
+/// The annotation prefix of upstream's per-pod configuration overrides.
+pub const OVERRIDE_ANNOTATION_PREFIX: &str = "io.katacontainers.config.";
+
+/// `Err` naming the first `io.katacontainers.config.*` annotation: this
+/// runtime enables none of them (`enable_annotations` must be empty), and
+/// ignoring one would let a pod believe its override took effect.
+pub fn check_override_annotations<'a>(keys: impl IntoIterator<Item = &'a String>) -> Result<(), String> {
+    let mut refused: Vec<&String> = keys.into_iter().filter(|k| k.starts_with(OVERRIDE_ANNOTATION_PREFIX)).collect();
+    refused.sort();
+    match refused.first() {
+        None => Ok(()),
+        Some(k) => Err(format!(
+            "annotation {k} is not enabled: this runtime enables no {OVERRIDE_ANNOTATION_PREFIX}* overrides \
+             ([hypervisor.qemu] enable_annotations must be empty)"
+        )),
+    }
 }
 
 /// The configuration file to use: the first that exists in the lookup order,
@@ -243,17 +303,34 @@ impl<'a> Section<'a> {
         }
     }
 
-    /// Log the keys this runtime does not know (upstream files have many).
-    fn log_unknown(&self) {
-        if let Some(t) = self.table {
-            for k in t.keys().filter(|k| !self.used.contains(&k.as_str())) {
-                log::debug!(
-                    "{}: [{}] {k}: not used by this runtime; ignored",
-                    self.file.display(),
-                    self.name
-                );
-            }
+    /// The keys this runtime does not use (upstream files have many), as
+    /// `[section] key`.
+    fn unknown(&self) -> Vec<String> {
+        let Some(t) = self.table else { return Vec::new() };
+        t.keys()
+            .filter(|k| !self.used.contains(&k.as_str()))
+            .map(|k| format!("[{}] {k}", self.name))
+            .collect()
+    }
+
+    /// [`UNIMPLEMENTED_SECURITY_KEYS`] of this section.
+    fn refuse_unimplemented(&mut self) -> Result<(), ConfigError> {
+        let name = self.name;
+        for (_, key, accepted, fix) in UNIMPLEMENTED_SECURITY_KEYS.iter().filter(|k| k.0 == name) {
+            self.refuse_unless(key, accepted, fix)?;
         }
+        Ok(())
+    }
+
+    /// Refuse, with the fix, a value other than `accepted` (TOML) for a key
+    /// whose feature is not implemented.
+    fn refuse_unless(&mut self, key: &'static str, accepted: &str, fix: &str) -> Result<(), ConfigError> {
+        let Some(v) = self.get(key) else { return Ok(()) };
+        let want: Value = format!("v = {accepted}").parse::<Table>().ok().and_then(|mut t| t.remove("v")).unwrap_or(Value::Boolean(false));
+        if *v == want {
+            return Ok(());
+        }
+        Err(self.err(key, format!("{v} is not supported: {fix}")))
     }
 }
 
@@ -271,15 +348,13 @@ pub fn parse(text: &str, file: &Path) -> Result<KataConfig, ConfigError> {
         file: file.to_owned(),
         message: e.to_string().trim().replace('\n', " "),
     })?;
+    let mut ignored_sections = Vec::new();
     for (k, v) in &root {
         let known = match k.as_str() {
             "hypervisor" => {
                 if let Some(t) = v.as_table() {
                     for h in t.keys().filter(|h| h.as_str() != "qemu") {
-                        log::debug!(
-                            "{}: [hypervisor.{h}]: only [hypervisor.qemu] is supported; ignored",
-                            file.display()
-                        );
+                        ignored_sections.push(format!("[hypervisor.{h}] (only [hypervisor.qemu] is supported)"));
                     }
                 }
                 true
@@ -288,7 +363,7 @@ pub fn parse(text: &str, file: &Path) -> Result<KataConfig, ConfigError> {
             _ => false,
         };
         if !known {
-            log::debug!("{}: [{k}]: not used by this runtime; ignored", file.display());
+            ignored_sections.push(format!("[{k}]"));
         }
     }
 
@@ -350,6 +425,10 @@ pub fn parse(text: &str, file: &Path) -> Result<KataConfig, ConfigError> {
     if let Err(e) = accelerator.parse::<Accel>() {
         return Err(h.err("accelerator", e));
     }
+    let seccompsandbox = h.string_or("seccompsandbox", "")?;
+    if let Err(e) = crate::hypervisor::check_sandbox_option(&seccompsandbox) {
+        return Err(h.err("seccompsandbox", e));
+    }
     let hypervisor = QemuSection {
         path: h
             .path("path")?
@@ -369,8 +448,13 @@ pub fn parse(text: &str, file: &Path) -> Result<KataConfig, ConfigError> {
         enable_debug: h.bool("enable_debug", false)?,
         vhost_user_vsock_daemon: h.path("vhost_user_vsock_daemon")?,
         accelerator,
+        seccompsandbox,
     };
-    h.log_unknown();
+    for key in ANNOTATION_PATH_LISTS {
+        h.string_list(key)?;
+    }
+    h.refuse_unimplemented()?;
+    let mut ignored = h.unknown();
 
     let mut a = Section {
         file,
@@ -383,7 +467,8 @@ pub fn parse(text: &str, file: &Path) -> Result<KataConfig, ConfigError> {
         dial_timeout: a.uint("dial_timeout", 45, 1, 3600)?,
         request_timeout: a.uint("request_timeout", 30, 1, 3600)?,
     };
-    a.log_unknown();
+    a.refuse_unimplemented()?;
+    ignored.extend(a.unknown());
 
     let mut r = Section {
         file,
@@ -408,13 +493,15 @@ pub fn parse(text: &str, file: &Path) -> Result<KataConfig, ConfigError> {
             .path("state_root")?
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_ROOT)),
     };
-    r.log_unknown();
+    r.refuse_unimplemented()?;
+    ignored.extend(r.unknown());
 
     Ok(KataConfig {
         file: file.to_owned(),
         hypervisor,
         agent,
         runtime,
+        ignored: ignored_sections.into_iter().chain(ignored).collect(),
     })
 }
 
@@ -462,6 +549,7 @@ impl KataConfig {
         cfg.vsock = VsockBackend::Auto;
         cfg.vsock_daemon = h.vhost_user_vsock_daemon.clone();
         cfg.state_root = self.runtime.state_root.clone();
+        cfg.sandbox_option = Some(self.hypervisor.seccompsandbox.clone()).filter(|s| !s.is_empty());
         cfg.shared_fs = Some(SharedFs {
             daemon: h.virtio_fs_daemon.clone(),
             source: shared_dir.to_owned(),
@@ -543,11 +631,22 @@ kernel_modules = []
 [runtime]
 enable_debug = true
 internetworking_model = "tcfilter"
-sandbox_cgroup_only = true
+sandbox_cgroup_only = false
 static_sandbox_resource_mgmt = true
 experimental = []
 "#;
         let c = parse_str(text).unwrap();
+        assert_eq!(
+            c.ignored,
+            [
+                "[factory]",
+                "[hypervisor.clh] (only [hypervisor.qemu] is supported)",
+                "[hypervisor.qemu] block_device_driver",
+                "[hypervisor.qemu] enable_iommu",
+                "[agent.kata] kernel_modules",
+            ],
+            "every key this runtime does not use is reported"
+        );
         let h = &c.hypervisor;
         assert_eq!(h.kernel_params, ["agent.log=debug", "systemd.show_status=0"]);
         assert_eq!(h.default_vcpus, 2);
@@ -555,7 +654,7 @@ experimental = []
         assert_eq!(h.initrd, None);
         assert_eq!(h.virtio_fs_extra_args, ["--thread-pool-size=1"]);
         assert_eq!(c.agent.dial_timeout, 120);
-        assert!(c.runtime.sandbox_cgroup_only);
+        assert!(!c.runtime.sandbox_cgroup_only);
         assert!(c.debug());
 
         let q = c.qemu_config("sb1", Path::new("/run/kata-containers/shared/sandboxes/sb1"));
@@ -658,5 +757,57 @@ experimental = []
         );
         assert!(c.hypervisor.image.is_some() ^ c.hypervisor.initrd.is_some());
         assert!(!text.contains("{{"), "unrendered placeholders: {text}");
+    }
+
+    #[test]
+    fn unimplemented_security_features_are_refused_with_the_fix() {
+        for (section, line, needle) in [
+            ("hypervisor.qemu", "enable_annotations = [\"kernel_params\"]", "enable_annotations"),
+            ("hypervisor.qemu", "rootless = true", "rootless"),
+            ("hypervisor.qemu", "guest_hook_path = \"/usr/share/oci/hooks\"", "guest_hook_path"),
+            ("agent.kata", "debug_console_enabled = true", "debug_console_enabled"),
+            ("runtime", "disable_guest_seccomp = false", "disable_guest_seccomp"),
+            ("runtime", "sandbox_cgroup_only = true", "sandbox_cgroup_only"),
+            ("runtime", "experimental = [\"newstore\"]", "experimental"),
+        ] {
+            let text = if section == "hypervisor.qemu" {
+                format!("{MINIMAL}{line}\n")
+            } else {
+                format!("{MINIMAL}\n[{section}]\n{line}\n")
+            };
+            let e = parse_str(&text).unwrap_err().to_string();
+            assert!(e.contains(&format!("[{section}] {needle}")) && e.contains("not supported"), "{line}: {e}");
+            assert!(e.contains("set it to") || e.contains("remove"), "{line}: the error must say the fix: {e}");
+        }
+        // The values that ask for nothing are accepted and not reported.
+        let text = format!(
+            "{MINIMAL}enable_annotations = []\nrootless = false\nguest_hook_path = \"\"\nvalid_hypervisor_paths = [\"/usr/bin/qemu-system-x86_64\"]\n\
+             [agent.kata]\ndebug_console_enabled = false\n[runtime]\ndisable_guest_seccomp = true\nsandbox_cgroup_only = false\nexperimental = []\n"
+        );
+        let c = parse_str(&text).unwrap();
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+        let e = parse_str(&format!("{MINIMAL}valid_hypervisor_paths = \"/usr/bin\"\n")).unwrap_err().to_string();
+        assert!(e.contains("valid_hypervisor_paths") && e.contains("array"), "{e}");
+    }
+
+    #[test]
+    fn seccompsandbox_reaches_qemu_and_typos_are_refused() {
+        let on = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+        let c = parse_str(&format!("{MINIMAL}seccompsandbox = \"{on}\"\n")).unwrap();
+        let q = c.qemu_config("sb1", Path::new("/s"));
+        assert_eq!(q.sandbox_option.as_deref(), Some(on));
+        assert_eq!(parse_str(MINIMAL).unwrap().qemu_config("sb1", Path::new("/s")).sandbox_option, None);
+        for bad in ["yes", "on,spawn=maybe", "on,spwan=deny", "on,obsolete"] {
+            let e = parse_str(&format!("{MINIMAL}seccompsandbox = \"{bad}\"\n")).unwrap_err().to_string();
+            assert!(e.contains("[hypervisor.qemu] seccompsandbox"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn override_annotations_are_refused_by_name() {
+        let keys = ["io.kubernetes.cri.sandbox-id".to_string(), "io.katacontainers.config.hypervisor.kernel".to_string()];
+        let e = check_override_annotations(&keys).unwrap_err();
+        assert!(e.contains("io.katacontainers.config.hypervisor.kernel") && e.contains("enable_annotations"), "{e}");
+        assert!(check_override_annotations(&keys[..1]).is_ok());
     }
 }

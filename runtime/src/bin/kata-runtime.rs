@@ -341,6 +341,8 @@ fn env(a: EnvArgs) -> Result<(), Failure> {
         hypervisor: Hypervisor<'a>,
         agent: Agent<'a>,
         runtime: &'a runtime::config::RuntimeSection,
+        /// Keys and sections of the file that this runtime does not use.
+        ignored: &'a [String],
     }
     let e = Env {
         config_file: cfg.file.display().to_string(),
@@ -348,6 +350,7 @@ fn env(a: EnvArgs) -> Result<(), Failure> {
         hypervisor: Hypervisor { qemu: &cfg.hypervisor },
         agent: Agent { kata: &cfg.agent },
         runtime: &cfg.runtime,
+        ignored: &cfg.ignored,
     };
     let text = if a.json {
         serde_json::to_string_pretty(&e).map_err(|x| Failure::Call(x.to_string()))?

@@ -21,7 +21,7 @@ pub mod vsock;
 pub use accel::{probe_boot, probe_kvm, resolve_accel, Accel, KvmProbe, KVM_PROBE_TIMEOUT};
 pub use error::VmError;
 pub use qemu::{
-    build_kernel_cmdline, build_qemu_args, BootMedia, ImageFs, LaunchPlan, QemuConfig, Vm,
+    build_kernel_cmdline, build_qemu_args, check_sandbox_option, BootMedia, ImageFs, LaunchPlan, QemuConfig, Vm,
     VsockBackend, DEFAULT_STATE_ROOT, QEMU_IDENTITY_FILE,
 };
 pub use qmp::{QmpClient, QmpError, QmpStatus};

@@ -123,6 +123,10 @@ pub struct QemuConfig {
     /// behind. Set it to false when the `Vm` may outlive the thread that
     /// called [`Vm::start`] (thread pools, async runtimes).
     pub kill_on_parent_death: bool,
+    /// QEMU's `-sandbox` option (its seccomp filter), e.g.
+    /// `on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny`
+    /// (upstream's `seccompsandbox`). `None`: no filter.
+    pub sandbox_option: Option<String>,
 }
 
 impl QemuConfig {
@@ -147,6 +151,7 @@ impl QemuConfig {
             shutdown_timeout: Duration::from_secs(3),
             qmp_timeout: Duration::from_secs(5),
             kill_on_parent_death: true,
+            sandbox_option: None,
         }
     }
 
@@ -181,6 +186,33 @@ impl QemuConfig {
         }
         Ok(())
     }
+}
+
+/// A value for QEMU's `-sandbox`: `on` or `off`, then `key=value` options
+/// of QEMU's (obsolete, elevateprivileges, spawn, resourcecontrol), so
+/// that a typo fails here, naming the key, rather than as QEMU's exit.
+pub fn check_sandbox_option(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    let mut parts = value.split(',');
+    match parts.next() {
+        Some("on") | Some("off") => {}
+        first => return Err(format!("{value:?} must start with on or off, not {:?}", first.unwrap_or(""))),
+    }
+    for p in parts {
+        let (k, v) = p.split_once('=').ok_or_else(|| format!("{p:?} in {value:?} is not key=value"))?;
+        let ok = match k {
+            "obsolete" => v == "allow" || v == "deny",
+            "elevateprivileges" => matches!(v, "allow" | "deny" | "children"),
+            "spawn" | "resourcecontrol" => v == "allow" || v == "deny",
+            _ => return Err(format!("{k:?} in {value:?} is not a -sandbox option (obsolete, elevateprivileges, spawn, resourcecontrol)")),
+        };
+        if !ok {
+            return Err(format!("{k}={v} in {value:?}: {v:?} is not a value QEMU takes for {k}"));
+        }
+    }
+    Ok(())
 }
 
 /// Write a file that must not exist yet, readable by its owner only.
@@ -354,6 +386,10 @@ pub fn build_qemu_args(cfg: &QemuConfig, plan: &LaunchPlan) -> Result<Vec<String
     };
 
     push(&["-name", &format!("sandbox-{}", cfg.id)]);
+    if let Some(opt) = &cfg.sandbox_option {
+        check_sandbox_option(opt).map_err(|e| VmError::config("sandbox_option", e))?;
+        push(&["-sandbox", opt]);
+    }
     let mut machine = String::from("q35");
     if nvdimm.is_some() {
         machine.push_str(",nvdimm=on");

@@ -208,6 +208,13 @@ impl Service {
                 .map_err(|e| status_err(Code::FAILED_PRECONDITION, format!("configuration: {e}")))?,
         );
         log::info!("configuration loaded from {}", loaded.file.display());
+        if !loaded.ignored.is_empty() {
+            log::warn!(
+                "{}: not used by this runtime, ignored: {}",
+                loaded.file.display(),
+                loaded.ignored.join(", ")
+            );
+        }
         *c = Some(loaded.clone());
         Ok(loaded)
     }
@@ -291,6 +298,8 @@ impl Service {
         let mut spec = oci::spec_from_json(&text)
             .map_err(|e| status_err(Code::INVALID_ARGUMENT, format!("{}: {e}", config_json.display())))?;
 
+        crate::config::check_override_annotations(spec.Annotations.keys())
+            .map_err(|m| status_err(Code::INVALID_ARGUMENT, format!("container {cid}: {m}")))?;
         // CRI: a "container" joins the sandbox named by its annotation.
         let joins = super::annotations::joined_sandbox(&spec.Annotations)
             .map_err(|m| status_err(Code::INVALID_ARGUMENT, format!("{}: {m}", config_json.display())))?;
