@@ -757,6 +757,8 @@ experimental = []
         );
         assert!(c.hypervisor.image.is_some() ^ c.hypervisor.initrd.is_some());
         assert!(!text.contains("{{"), "unrendered placeholders: {text}");
+        assert!(c.ignored.is_empty(), "the shipped file sets keys the runtime ignores: {:?}", c.ignored);
+        assert!(c.hypervisor.seccompsandbox.starts_with("on,"), "QEMU's seccomp filter ships on");
     }
 
     #[test]
