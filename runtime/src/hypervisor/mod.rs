@@ -9,6 +9,7 @@
 //! the per-VM state directory.
 
 mod accel;
+pub mod cid;
 mod error;
 pub mod identity;
 mod process;

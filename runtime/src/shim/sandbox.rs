@@ -10,12 +10,15 @@ use protocols::agent::{CreateSandboxRequest, Storage};
 use super::mounts;
 use crate::agent_client::{wait_for_agent, AgentAddress, AgentClient};
 use crate::config::KataConfig;
+use crate::hypervisor::cid::CidLease;
 use crate::hypervisor::{Vm, DEFAULT_SHARED_FS_TAG};
 use crate::oci::GUEST_SHARED_DIR;
 
 /// The directory below the state root that holds every sandbox's shared
 /// directory; no sandbox may take it as its id.
 pub const SHARED_DIR_NAME: &str = "shared";
+/// In `state_root/shared/`: the vsock guest CID leases ([`CidLease`]).
+pub const CID_DIR_NAME: &str = "vsock-cids";
 
 pub struct Sandbox {
     pub id: String,
@@ -31,6 +34,8 @@ pub struct Sandbox {
     /// QEMU's pid (reported as the task pid, as upstream's shim does).
     pub vm_pid: u32,
     pub vm: Mutex<Option<Vm>>,
+    /// The VM's vsock guest CID, held until the VM is stopped.
+    cid: Mutex<Option<CidLease>>,
 }
 
 impl Sandbox {
@@ -76,7 +81,10 @@ impl Sandbox {
         hostname: &str,
         shared_dir: &Path,
     ) -> anyhow::Result<Sandbox> {
-        let qemu = cfg.qemu_config(id, shared_dir);
+        let mut qemu = cfg.qemu_config(id, shared_dir);
+        let cid = CidLease::acquire(&cfg.runtime.state_root.join(SHARED_DIR_NAME).join(CID_DIR_NAME))
+            .map_err(|e| anyhow::anyhow!("sandbox {id}: vsock guest CID: {e}"))?;
+        qemu.guest_cid = cid.cid();
         log::info!(
             "sandbox {id}: starting VM (kernel {}, {:?}, {} MiB, {} vCPU, shared dir {})",
             qemu.kernel.display(),
@@ -117,6 +125,7 @@ impl Sandbox {
             vm_pid: vm.pid().unwrap_or(0),
             agent,
             vm: Mutex::new(Some(vm)),
+            cid: Mutex::new(Some(cid)),
         })
     }
 
@@ -144,6 +153,8 @@ impl Sandbox {
                 problems.push(e.to_string());
             }
         }
+        // QEMU is gone: its CID is free.
+        drop(self.cid.lock().unwrap_or_else(|e| e.into_inner()).take());
         problems
     }
 
