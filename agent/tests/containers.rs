@@ -40,6 +40,7 @@ fn status_of<T: std::fmt::Debug>(result: ttrpc::Result<T>) -> ttrpc::Status {
 /// Whether this machine can run the tests (root, busybox, cgroup2).
 /// The tests' requirements: a failure naming them, never a silent pass.
 fn require_host() {
+    // SAFETY: geteuid(2) takes no arguments and cannot fail.
     let ok = unsafe { libc::geteuid() } == 0
         && Path::new(BUSYBOX).exists()
         && fs::read_to_string("/proc/filesystems")
@@ -212,7 +213,9 @@ impl Drop for Agent {
 
 fn statfs_is_cgroup2(path: &str) -> bool {
     let c = std::ffi::CString::new(path).unwrap();
+    // SAFETY: statfs is plain old data (integers only): all-zero is valid.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a live, writable statfs.
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type == libc::CGROUP2_SUPER_MAGIC }
 }
 
