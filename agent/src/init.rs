@@ -212,9 +212,72 @@ pub fn power_off() -> ! {
     }
 }
 
+/// Makes a panic in init mode end the VM cleanly. The agent is built with
+/// `panic = "abort"`, and PID 1 dying turns into a kernel panic whose oops
+/// buries the agent's own message and leaves the VM hanging on
+/// `panic=`-less kernels; instead the hook reports the panic (message and
+/// location) and powers off, so the host sees the VM stop and the console
+/// log says why. Install it only when the agent is PID 1.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let text = describe_panic(info.payload(), info.location(), thread.name());
+        // Before the logger is installed (the early mounts), log::error!
+        // would go nowhere: write to stderr, which is the console.
+        if log::log_enabled!(log::Level::Error) {
+            log::error!("{text}");
+        } else {
+            eprintln!("kata-agent: {text}");
+        }
+        power_off();
+    }));
+}
+
+/// The line a panic is reported with: thread, location and message.
+fn describe_panic(
+    payload: &(dyn std::any::Any + Send),
+    location: Option<&std::panic::Location<'_>>,
+    thread: Option<&str>,
+) -> String {
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    let location = location
+        .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+        .unwrap_or_else(|| "an unknown location".into());
+    format!(
+        "PID 1 panicked in thread {} at {location}: {message}; powering off",
+        thread.unwrap_or("<unnamed>")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn panic_report_names_thread_location_and_message() {
+        let here = std::panic::Location::caller();
+        let text = describe_panic(&"boom", Some(here), Some("reaper"));
+        assert_eq!(
+            text,
+            format!(
+                "PID 1 panicked in thread reaper at {}:{}:{}: boom; powering off",
+                here.file(),
+                here.line(),
+                here.column()
+            )
+        );
+        // panic!("{x}") carries a String, not a &str
+        let owned = describe_panic(&String::from("formatted 7"), None, None);
+        assert_eq!(
+            owned,
+            "PID 1 panicked in thread <unnamed> at an unknown location: formatted 7; powering off"
+        );
+        assert!(describe_panic(&42u8, None, None).contains("(no message)"));
+    }
 
     #[test]
     fn ifreq_layout_matches_the_kernel() {
