@@ -332,6 +332,7 @@ fn remove(client: &AgentServiceClient, cid: &str) -> ttrpc::Result<protocols::em
 }
 
 #[test]
+#[ignore = "needs root, busybox-static and cgroup2: run by cargo xtask test unit"]
 fn container_output_and_exit_status_then_nothing_left_behind() {
     require_host();
     let mut agent = Agent::start();
@@ -370,6 +371,7 @@ fn container_output_and_exit_status_then_nothing_left_behind() {
 }
 
 #[test]
+#[ignore = "needs root, busybox-static and cgroup2: run by cargo xtask test unit"]
 fn exec_stdin_stats_pause_resume_and_signal() {
     require_host();
     let mut agent = Agent::start();
@@ -466,6 +468,7 @@ fn exec_stdin_stats_pause_resume_and_signal() {
 }
 
 #[test]
+#[ignore = "needs root, busybox-static and cgroup2: run by cargo xtask test unit"]
 fn signal_one_exec_only() {
     require_host();
     let mut agent = Agent::start();
@@ -512,6 +515,7 @@ fn signal_one_exec_only() {
 }
 
 #[test]
+#[ignore = "needs root, busybox-static and cgroup2: run by cargo xtask test unit"]
 fn invalid_ids_and_escaping_paths_are_refused() {
     require_host();
     let agent = Agent::start();
@@ -567,6 +571,7 @@ fn invalid_ids_and_escaping_paths_are_refused() {
 }
 
 #[test]
+#[ignore = "needs root, busybox-static and cgroup2: run by cargo xtask test unit"]
 fn terminal_process_gets_a_pty() {
     require_host();
     let mut agent = Agent::start();

@@ -63,6 +63,7 @@ fn ctx() -> context::Context {
 }
 
 #[test]
+#[ignore = "needs root and util-linux (unshare, nsenter): run by cargo xtask test unit"]
 fn init_mode_in_namespaces() {
     // A requirement, not a skip: a test that passes without running proves nothing.
     assert!(

@@ -296,6 +296,7 @@ fn unsupported_storage_is_refused_cleanly() {
 }
 
 #[test]
+#[ignore = "needs root (mounts a tmpfs): run by cargo xtask test unit"]
 fn ephemeral_storage_is_mounted_and_released() {
     // A requirement, not a skip: a test that passes without running proves nothing.
     // SAFETY: geteuid(2) cannot fail and takes no arguments.
