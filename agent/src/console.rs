@@ -68,6 +68,9 @@ fn spawn_shell(reaper: &Reaper, shell: &str, console: &Path) -> std::io::Result<
         .stderr(Stdio::from(tty));
     // A new session with the console as controlling terminal, so that job
     // control and Ctrl-C work in the shell.
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // raw, async-signal-safe syscalls (setsid, ioctl): no allocation, no locks
+    // that another thread of the parent could have held at fork time.
     unsafe {
         cmd.pre_exec(|| {
             if libc::setsid() < 0 {

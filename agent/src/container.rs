@@ -74,8 +74,6 @@ fn internal(message: impl Into<String>) -> Failure {
 
 /// Container and exec ids follow the rule the shim applies too
 /// ([`protocols::ids`]): they become path components here.
-pub use protocols::ids::valid_id;
-
 fn check_id(what: &str, id: &str) -> Result<()> {
     protocols::ids::check_id(what, id).map_err(|m| fail(Code::INVALID_ARGUMENT, m))
 }
@@ -1050,6 +1048,8 @@ fn read_stream(f: &File, len: u32) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use protocols::ids::valid_id;
 
     #[test]
     fn ids_follow_the_pattern() {

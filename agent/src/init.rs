@@ -144,10 +144,13 @@ pub fn bring_interface_up(name: &str) -> io::Result<()> {
             format!("interface name {name:?} too long"),
         ));
     }
+    // SAFETY: socket(2) takes no pointers; the result is checked below.
     let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if sock < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: `sock` is a fresh, valid descriptor (checked above) that nothing
+    // else owns, so the OwnedFd is its only owner and closes it once.
     let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(sock) };
     let mut req = IfreqFlags {
         name: [0; libc::IFNAMSIZ],
@@ -155,10 +158,14 @@ pub fn bring_interface_up(name: &str) -> io::Result<()> {
         _pad: [0; 22],
     };
     req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: SIOCGIFFLAGS reads and writes one `struct ifreq`; IfreqFlags is
+    // #[repr(C)] with the name, the flags and padding to ifreq's full size,
+    // and `req` lives across the call.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } < 0 {
         return Err(io::Error::last_os_error());
     }
     req.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS only reads the same full-size `struct ifreq`.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) } < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -168,6 +175,7 @@ pub fn bring_interface_up(name: &str) -> io::Result<()> {
 /// Makes orphaned descendants re-parent to the agent (they would anyway when
 /// it is PID 1; in service mode this keeps container processes ours).
 pub fn become_subreaper() -> io::Result<()> {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag, no pointers.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -189,8 +197,10 @@ pub fn set_boot_hostname() -> io::Result<()> {
 pub fn power_off() -> ! {
     log::info!("powering off");
     // SIGTERM then SIGKILL to everything but ourselves (kill(-1) skips PID 1)
+    // SAFETY: kill(2) takes no pointers; a failure (nobody left) is harmless.
     unsafe { libc::kill(-1, libc::SIGTERM) };
     std::thread::sleep(std::time::Duration::from_millis(200));
+    // SAFETY: as above.
     unsafe { libc::kill(-1, libc::SIGKILL) };
     nix::unistd::sync();
     let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF).unwrap_err();
@@ -202,9 +212,72 @@ pub fn power_off() -> ! {
     }
 }
 
+/// Makes a panic in init mode end the VM cleanly. The agent is built with
+/// `panic = "abort"`, and PID 1 dying turns into a kernel panic whose oops
+/// buries the agent's own message and leaves the VM hanging on
+/// `panic=`-less kernels; instead the hook reports the panic (message and
+/// location) and powers off, so the host sees the VM stop and the console
+/// log says why. Install it only when the agent is PID 1.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let text = describe_panic(info.payload(), info.location(), thread.name());
+        // Before the logger is installed (the early mounts), log::error!
+        // would go nowhere: write to stderr, which is the console.
+        if log::log_enabled!(log::Level::Error) {
+            log::error!("{text}");
+        } else {
+            eprintln!("kata-agent: {text}");
+        }
+        power_off();
+    }));
+}
+
+/// The line a panic is reported with: thread, location and message.
+fn describe_panic(
+    payload: &(dyn std::any::Any + Send),
+    location: Option<&std::panic::Location<'_>>,
+    thread: Option<&str>,
+) -> String {
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    let location = location
+        .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+        .unwrap_or_else(|| "an unknown location".into());
+    format!(
+        "PID 1 panicked in thread {} at {location}: {message}; powering off",
+        thread.unwrap_or("<unnamed>")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn panic_report_names_thread_location_and_message() {
+        let here = std::panic::Location::caller();
+        let text = describe_panic(&"boom", Some(here), Some("reaper"));
+        assert_eq!(
+            text,
+            format!(
+                "PID 1 panicked in thread reaper at {}:{}:{}: boom; powering off",
+                here.file(),
+                here.line(),
+                here.column()
+            )
+        );
+        // panic!("{x}") carries a String, not a &str
+        let owned = describe_panic(&String::from("formatted 7"), None, None);
+        assert_eq!(
+            owned,
+            "PID 1 panicked in thread <unnamed> at an unknown location: formatted 7; powering off"
+        );
+        assert!(describe_panic(&42u8, None, None).contains("(no message)"));
+    }
 
     #[test]
     fn ifreq_layout_matches_the_kernel() {

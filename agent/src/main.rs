@@ -13,7 +13,8 @@
 //! and applies CreateSandbox to the guest (hostname, /etc/resolv.conf,
 //! storage mounts). DestroySandbox ends the VM: after the reply is written it
 //! stops all processes, syncs and powers off. A fatal error powers off too,
-//! since PID 1 exiting would panic the kernel.
+//! since PID 1 exiting would panic the kernel; so does a panic (a hook logs
+//! its message and location first, see [`init::install_panic_hook`]).
 //!
 //! # Service mode (any other PID)
 //! For development and tests on a host: no mounts, no power-off, the
@@ -76,6 +77,9 @@ fn main() {
     let init_mode = std::process::id() == 1;
     let mut early_problems = Vec::new();
     if init_mode {
+        // First of all: from here on a panic powers the VM off instead of
+        // killing PID 1 (a kernel panic).
+        init::install_panic_hook();
         init::set_default_environment();
         early_problems = init::mount_early_filesystems();
         let console = config::console_path(&|key: &str| std::env::var(key).ok());

@@ -80,6 +80,9 @@ extern "C" fn on_sigchld(_: libc::c_int) {
     if fd >= 0 {
         let byte = 1u8;
         // A full pipe already holds a pending wake-up: nothing is lost.
+        // SAFETY: write(2) is async-signal-safe; the pointer is to one live
+        // byte on this stack and `fd` is the pipe's write end, which is never
+        // closed (forgotten in Reaper::start).
         unsafe { libc::write(fd, &byte as *const u8 as *const libc::c_void, 1) };
     }
 }
@@ -99,6 +102,8 @@ impl Reaper {
             SaFlags::SA_RESTART | SaFlags::SA_NOCLDSTOP,
             SigSet::empty(),
         );
+        // SAFETY: the handler only loads an atomic and calls write(2), both
+        // async-signal-safe, and WAKE_FD is set before it is installed.
         unsafe { sigaction(Signal::SIGCHLD, &action) }.map_err(io::Error::from)?;
 
         let shared = Arc::new(Shared {
@@ -136,7 +141,10 @@ impl Reaper {
                 events: libc::POLLIN,
                 revents: 0,
             };
+            // SAFETY: one valid pollfd, on this stack, for the call's length.
             unsafe { libc::poll(&mut pfd, 1, 5_000) };
+            // SAFETY: `buf` is a live, writable buffer of buf.len() bytes and
+            // `wake` an open descriptor owned by this thread.
             while unsafe {
                 libc::read(
                     wake.as_raw_fd(),
@@ -278,6 +286,8 @@ mod tests {
             reaper.wait_timeout(slow.pid, Some(Duration::from_millis(100))),
             None
         );
+        // SAFETY: kill(2) takes no pointers; `slow` is our unreaped child,
+        // so its pid cannot have been reused.
         unsafe { libc::kill(slow.pid, libc::SIGKILL) };
         assert_eq!(reaper.wait(slow.pid), Some(ExitStatus::Signaled(9)));
         // the untracked child is no zombie: it was reaped (no /proc entry left)

@@ -78,6 +78,9 @@ fn root_is_initramfs() -> bool {
     const TMPFS_MAGIC: i64 = 0x0102_1994;
     match nix::sys::statfs::statfs("/") {
         Ok(st) => {
+            // The type is i64 with glibc but c_ulong with musl (the shipped
+            // agent's target): the cast is only a no-op on the host build.
+            #[allow(clippy::unnecessary_cast)]
             let t = st.filesystem_type().0 as i64;
             t == RAMFS_MAGIC || t == TMPFS_MAGIC
         }

@@ -59,7 +59,7 @@ pub enum Error {
     #[error("kernel build failed; full log: {log}\nlast lines:\n{tail}")]
     Build { log: PathBuf, tail: String },
 
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

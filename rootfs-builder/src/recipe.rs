@@ -21,7 +21,7 @@ pub const OSBUILDER_YAML_PATH: &str = "/var/lib/osbuilder/osbuilder.yaml";
 /// A recipe failed to load. Display is always one line that names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
-    #[error("{}: cannot read recipe: {source}", path.display())]
+    #[error("{}: cannot read recipe", path.display())]
     Io {
         path: PathBuf,
         #[source]

@@ -421,6 +421,7 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[ignore = "needs root (device nodes) and busybox-static (/bin/busybox): run by cargo xtask test unit"]
     fn minimal_tree_has_agent_init_busybox_devices_and_pinned_metadata() {
         let recipe = minimal_recipe();
         let dir = tempfile::tempdir().unwrap();
@@ -480,6 +481,7 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[ignore = "needs root (device nodes) and busybox-static (/bin/busybox): run by cargo xtask test unit"]
     fn check_rootfs_catches_missing_agent_and_metadata() {
         let recipe = minimal_recipe();
         let dir = tempfile::tempdir().unwrap();
@@ -499,6 +501,7 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[ignore = "needs busybox-static (/bin/busybox): run by cargo xtask test unit"]
     fn bad_inputs_are_named() {
         let recipe = minimal_recipe();
         let dir = tempfile::tempdir().unwrap();

@@ -34,7 +34,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("cannot connect to the agent at {address}: {source}")]
+    #[error("cannot connect to the agent at {address}")]
     Connect {
         address: String,
         #[source]
@@ -172,9 +172,9 @@ impl AgentClient {
                         last_attempt =
                             format!("agent answered Check with status {:?}", reply.status)
                     }
-                    Err(e) => last_attempt = e.to_string(),
+                    Err(e) => last_attempt = crate::error_chain(&e),
                 },
-                Err(e) => last_attempt = e.to_string(),
+                Err(e) => last_attempt = crate::error_chain(&e),
             }
             log::debug!("agent not serving yet: {last_attempt}");
             let pause = RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now()));

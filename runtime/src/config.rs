@@ -46,7 +46,7 @@ pub fn default_conf_file() -> PathBuf {
 pub enum ConfigError {
     #[error("no configuration file found; looked for {tried}; set {CONF_FILE_ENV} or install one")]
     NotFound { tried: String },
-    #[error("{file}: {source}")]
+    #[error("cannot read {file}")]
     Read {
         file: PathBuf,
         #[source]

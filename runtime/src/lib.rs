@@ -25,3 +25,33 @@ pub mod hypervisor;
 pub mod oci;
 pub mod shim;
 pub mod state_fs;
+
+/// The error and its causes on one line (`outer: cause: root cause`), as
+/// anyhow's `{:#}` prints them. The crate's error types keep their cause in
+/// `source()` rather than in their message, so printing one with `{}` alone
+/// would drop it.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_chain_prints_each_cause_once() {
+        let e = crate::agent_client::AgentError::Connect {
+            address: "unix:///x.sock".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such socket"),
+        };
+        assert_eq!(
+            super::error_chain(&e),
+            "cannot connect to the agent at unix:///x.sock: no such socket"
+        );
+    }
+}

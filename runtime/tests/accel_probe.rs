@@ -54,6 +54,7 @@ fn direct_kvm_boot(kernel: &std::path::Path) -> bool {
 }
 
 #[test]
+#[ignore = "needs QEMU, busybox-static, cpio and a guest kernel: run by cargo xtask test unit"]
 fn kvm_probe_is_bounded_cached_and_consistent() {
     let kernel = common::test_kernel();
     let qemu = std::path::Path::new("qemu-system-x86_64");
@@ -93,6 +94,7 @@ fn kvm_probe_is_bounded_cached_and_consistent() {
 }
 
 #[test]
+#[ignore = "needs QEMU, busybox-static, cpio and a guest kernel: run by cargo xtask test unit"]
 fn probe_success_path_boots_under_tcg() {
     // On hosts where KVM does not work the KVM probe only ever fails; the same
     // check under TCG must recognise a kernel that boots to its root panic.

@@ -18,6 +18,7 @@ fn base_config(dir: &std::path::Path, id: &str, boot: BootMedia) -> QemuConfig {
 }
 
 #[test]
+#[ignore = "needs QEMU, busybox-static, cpio and a guest kernel: run by cargo xtask test unit"]
 fn initrd_boot_powers_off_and_teardown_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let initrd = common::busybox_initrd(dir.path());
@@ -76,6 +77,7 @@ fn initrd_boot_powers_off_and_teardown_leaves_nothing() {
 }
 
 #[test]
+#[ignore = "needs QEMU, busybox-static, cpio and a guest kernel: run by cargo xtask test unit"]
 fn killed_qemu_fails_the_agent_wait_quickly_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let initrd = common::busybox_initrd(dir.path());
@@ -137,6 +139,7 @@ fn killed_qemu_fails_the_agent_wait_quickly_and_leaves_nothing() {
 }
 
 #[test]
+#[ignore = "needs QEMU, busybox-static, cpio and a guest kernel: run by cargo xtask test unit"]
 fn nvdimm_image_is_attached_read_only() {
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("rootfs.img");

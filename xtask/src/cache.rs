@@ -234,9 +234,11 @@ impl EntryLock {
             .write(true)
             .open(path)
             .with_context(|| format!("open {}", path.display()))?;
-        // SAFETY: flock on a file descriptor we own.
+        // SAFETY: flock(2) takes no pointers and `f` is an open descriptor we
+        // own for the whole call (the lock lives as long as `f`).
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             ui.info(&format!("waiting for another run building {}", path.display()));
+            // SAFETY: as above; this time blocking until the holder is done.
             if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
                 bail!("lock {}: {}", path.display(), std::io::Error::last_os_error());
             }

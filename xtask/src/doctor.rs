@@ -3,10 +3,10 @@
 
 use std::process::Command;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde::Serialize;
 
-use crate::tools::{run_captured, which};
+use crate::tools::{run_captured, run_visible, which};
 use crate::ui::Ui;
 use crate::versions::Versions;
 
@@ -204,15 +204,6 @@ pub fn install(v: &Versions, ui: &Ui) -> Result<()> {
                 run_visible(Command::new("cargo").args(["install", "--locked", name, "--version", version]))?;
             }
         }
-    }
-    Ok(())
-}
-
-fn run_visible(cmd: &mut Command) -> Result<()> {
-    // Installer output goes to stderr so `--json` keeps stdout clean.
-    let status = cmd.stdout(std::io::stderr()).status()?;
-    if !status.success() {
-        bail!("`{:?}` failed ({status})", cmd);
     }
     Ok(())
 }

@@ -80,6 +80,7 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs busybox-static (/bin/busybox): run by cargo xtask test unit"]
     fn static_busybox_is_seen_as_static() {
         let f = inspect(Path::new("/bin/busybox")).expect("busybox-static is installed (cargo xtask doctor)");
         assert!(!f.has_interpreter);

@@ -23,7 +23,9 @@ pub struct RootfsBuild {
 }
 
 pub fn load_recipe(ctx: &Ctx, name: &str) -> Result<(Recipe, PathBuf)> {
-    let recipe = Recipe::find(&ctx.recipes_dir(), name).map_err(|e| InputError::new(e.to_string()))?;
+    let recipe = Recipe::find(&ctx.recipes_dir(), name)
+        // {:#}: the message and its cause (an unreadable recipe's I/O error).
+        .map_err(|e| InputError::new(format!("{:#}", anyhow::Error::new(e))))?;
     let file = ctx.recipes_dir().join(format!("{name}.yaml"));
     Ok((recipe, file))
 }

@@ -56,6 +56,18 @@ pub fn run_logged(cmd: &mut Command, log: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Runs a command whose output the user should see as it comes (installers,
+/// cargo test, clippy); its stdout goes to stderr so `--json` keeps stdout
+/// one JSON object. A failure names the command.
+pub fn run_visible(cmd: &mut Command) -> Result<()> {
+    let what = describe(cmd);
+    let status = cmd.stdout(std::io::stderr()).status().with_context(|| format!("cannot run `{what}`"))?;
+    if !status.success() {
+        bail!("`{what}` failed ({status})");
+    }
+    Ok(())
+}
+
 /// The path of a program on PATH (or an absolute path that exists).
 pub fn which(program: &str) -> Option<PathBuf> {
     if program.contains('/') {

@@ -290,6 +290,23 @@ mod tests {
     }
 
     #[test]
+    fn rust_toolchain_file_pins_the_versions_yaml_toolchain() {
+        let v = Versions::parse(&repo_file(), Path::new("versions.yaml")).unwrap();
+        let toml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../rust-toolchain.toml")).unwrap();
+        // A hand parse of the one key: xtask has no TOML parser, and the file
+        // is ours and simple.
+        let channel = toml
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("channel"))
+            .filter_map(|rest| rest.trim_start().strip_prefix('='))
+            .map(|value| value.trim().trim_matches('"').to_string())
+            .next()
+            .expect("rust-toolchain.toml has a channel");
+        assert_eq!(channel, v.rust.toolchain, "rust-toolchain.toml and versions.yaml rust.toolchain disagree");
+        assert!(toml.contains(&format!("\"{}\"", v.rust.musl_target)), "rust-toolchain.toml lists the musl target");
+    }
+
+    #[test]
     fn unknown_key_names_file_path_and_line() {
         let text = repo_file().replace("  suite: bookworm\n", "  suite: bookworm\n  flavour: stable\n");
         let e = err_of(&text);

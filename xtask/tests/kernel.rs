@@ -82,6 +82,7 @@ fn fragments_requested() -> Vec<(String, String, PathBuf)> {
 }
 
 #[test]
+#[ignore = "needs the kernel source from apt (network) and a kernel build: run by cargo xtask test unit"]
 fn built_config_holds_every_requested_option_and_rerun_is_a_hit() {
     let dist = tempfile::tempdir().unwrap();
     let o = xtask(&["kernel", "--json"], dist.path());
@@ -100,7 +101,10 @@ fn built_config_holds_every_requested_option_and_rerun_is_a_hit() {
     assert!(requested.len() > 100, "the fragments ask for many options");
     for (k, want, file) in &requested {
         let got = built.get(k).map(String::as_str).unwrap_or("n");
-        if got != want && !(whitelisted(k) && !built.contains_key(k)) {
+        // A whitelisted option the kernel does not know is absent from the
+        // .config, and that is allowed.
+        let tolerated = whitelisted(k) && !built.contains_key(k);
+        if got != want && !tolerated {
             wrong.push(format!("{k}: want {want}, built {got} ({})", file.display()));
         }
     }
@@ -122,6 +126,7 @@ fn built_config_holds_every_requested_option_and_rerun_is_a_hit() {
 }
 
 #[test]
+#[ignore = "needs the kernel source from apt (network) and a kernel build: run by cargo xtask test unit"]
 fn config_only_names_a_nonexistent_option_and_the_whitelist_tolerates_it() {
     let dist = tempfile::tempdir().unwrap();
     let configs = configs_copy();
@@ -150,6 +155,7 @@ fn broken_fragment_syntax_names_file_and_line() {
 }
 
 #[test]
+#[ignore = "needs the kernel source from apt (network) and a kernel build: run by cargo xtask test unit"]
 fn a_patch_that_does_not_apply_is_named_and_nothing_is_cached() {
     let dist = tempfile::tempdir().unwrap();
     let configs = configs_copy();
@@ -171,6 +177,7 @@ fn a_patch_that_does_not_apply_is_named_and_nothing_is_cached() {
 }
 
 #[test]
+#[ignore = "needs the kernel source from apt (network) and a kernel build: run by cargo xtask test unit"]
 fn source_digest_mismatch_and_missing_package_fail_closed() {
     let d = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(root().join("versions.yaml")).unwrap();

@@ -94,6 +94,7 @@ fn unwritable_output_dirs_are_refused_before_any_work() {
 }
 
 #[test]
+#[ignore = "needs apt-get and the network: run by cargo xtask test unit"]
 fn digest_mismatch_fails_closed_and_stores_nothing() {
     let d = tempfile::tempdir().unwrap();
     let f = d.path().join("v.yaml");
@@ -156,6 +157,7 @@ fn built() -> &'static Built {
 }
 
 #[test]
+#[ignore = "needs apt-get, the network, the musl target, mke2fs and cpio (real initrd and image builds): run by cargo xtask test unit"]
 fn two_builds_from_empty_caches_are_bit_identical() {
     let b = built();
     for name in ["kata-containers-initrd.img", "kata-containers.img"] {
@@ -165,6 +167,7 @@ fn two_builds_from_empty_caches_are_bit_identical() {
 }
 
 #[test]
+#[ignore = "needs apt-get, the network, the musl target, mke2fs and cpio (real initrd and image builds): run by cargo xtask test unit"]
 fn unchanged_rerun_is_all_cache_hits() {
     let b = built();
     for cmd in ["initrd", "image"] {
@@ -183,6 +186,7 @@ fn unchanged_rerun_is_all_cache_hits() {
 }
 
 #[test]
+#[ignore = "needs apt-get, the network, the musl target, mke2fs and cpio (real initrd and image builds): run by cargo xtask test unit"]
 fn manifest_lists_the_artifacts_with_their_digests() {
     let b = built();
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(b.dist_a.join("manifest.json")).unwrap()).unwrap();
@@ -197,6 +201,7 @@ fn manifest_lists_the_artifacts_with_their_digests() {
 }
 
 #[test]
+#[ignore = "needs apt-get, the network, the musl target, mke2fs and cpio (real initrd and image builds): run by cargo xtask test unit"]
 fn gnu_cpio_lists_the_initrd() {
     let b = built();
     let initrd = b.dist_a.join("kata-containers-initrd.img");
@@ -246,6 +251,7 @@ fn fletcher64(data: &[u8]) -> u64 {
 }
 
 #[test]
+#[ignore = "needs apt-get, the network, the musl target, mke2fs and cpio (real initrd and image builds): run by cargo xtask test unit"]
 fn dax_image_layout_matches_the_design() {
     const MIB: u64 = 1 << 20;
     let b = built();
@@ -279,6 +285,7 @@ fn dax_image_layout_matches_the_design() {
 }
 
 #[test]
+#[ignore = "needs apt-get, the network, the musl target, mke2fs and cpio (real initrd and image builds): run by cargo xtask test unit"]
 fn agent_is_a_static_musl_executable() {
     built();
     let agent = root().join("target/agent/x86_64-unknown-linux-musl/agent/kata-agent");
@@ -293,6 +300,7 @@ fn agent_is_a_static_musl_executable() {
 }
 
 #[test]
+#[ignore = "needs apt-get (a Debian host): run by cargo xtask test unit"]
 fn a_pin_the_archive_dropped_names_the_fix() {
     let d = tempfile::tempdir().unwrap();
     let f = d.path().join("v.yaml");
@@ -306,6 +314,7 @@ fn a_pin_the_archive_dropped_names_the_fix() {
 }
 
 #[test]
+#[ignore = "needs apt-get and the network: run by cargo xtask test unit"]
 fn update_repins_to_what_the_archive_serves_and_keeps_comments() {
     let d = tempfile::tempdir().unwrap();
     let f = d.path().join("v.yaml");

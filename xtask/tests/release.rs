@@ -88,6 +88,7 @@ const TREE: [&str; 10] = [
 ];
 
 #[test]
+#[ignore = "needs a whole release: the network, root and every host tool doctor installs: run by cargo xtask test unit"]
 fn release_verifies_with_user_tools_and_reruns_from_cache() {
     let dist = tempfile::tempdir().unwrap();
     let cache = main_cache();

@@ -134,6 +134,7 @@ fn disturb_host_times(tree: &Path) {
 }
 
 #[test]
+#[ignore = "needs root (device nodes) and busybox-static (/bin/busybox): run by cargo xtask test unit"]
 fn ext4_dax_image_is_valid_and_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     let tree = small_tree(dir.path());
@@ -199,6 +200,7 @@ fn ext4_dax_image_is_valid_and_deterministic() {
 }
 
 #[test]
+#[ignore = "needs root (device nodes) and busybox-static (/bin/busybox): run by cargo xtask test unit"]
 fn ext4_plain_image_honours_free_space_and_alignment() {
     let dir = tempfile::tempdir().unwrap();
     let tree = small_tree(dir.path());
@@ -223,6 +225,7 @@ fn ext4_plain_image_honours_free_space_and_alignment() {
 }
 
 #[test]
+#[ignore = "needs root (device nodes), busybox-static (/bin/busybox) and erofs-utils: run by cargo xtask test unit"]
 fn erofs_image_is_valid_and_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     let tree = small_tree(dir.path());

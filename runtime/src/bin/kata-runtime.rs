@@ -185,7 +185,7 @@ fn agent_ctl(a: AgentCtlArgs) -> Result<(), Failure> {
     }
     .map_err(|e| Failure::Call(e.to_string()))?;
 
-    let fail = |e: runtime::agent_client::AgentError| Failure::Call(e.to_string());
+    let fail = |e: runtime::agent_client::AgentError| Failure::Call(runtime::error_chain(&e));
     let empty = protobuf::well_known_types::empty::Empty::new();
     let json = match req {
         Req::Check => to_json(&client.check().map_err(fail)?)?,
@@ -234,7 +234,7 @@ fn qemu_version(qemu: &std::path::Path) -> Result<(u32, u32, String), String> {
 
 fn check(a: CheckArgs) -> Result<(), Failure> {
     use runtime::hypervisor::{probe_boot, probe_kvm, Accel, KVM_PROBE_TIMEOUT};
-    let cfg = runtime::config::load().map_err(|e| Failure::Usage(e.to_string()))?;
+    let cfg = runtime::config::load().map_err(|e| Failure::Usage(runtime::error_chain(&e)))?;
     println!("Configuration: {}", cfg.file.display());
     let mut fatal = Vec::new();
     let mut warnings = Vec::new();
@@ -324,7 +324,7 @@ fn check(a: CheckArgs) -> Result<(), Failure> {
 }
 
 fn env(a: EnvArgs) -> Result<(), Failure> {
-    let cfg = runtime::config::load().map_err(|e| Failure::Usage(e.to_string()))?;
+    let cfg = runtime::config::load().map_err(|e| Failure::Usage(runtime::error_chain(&e)))?;
     // Same sections as configuration.toml: [hypervisor.qemu], [agent.kata], [runtime].
     #[derive(serde::Serialize)]
     struct Hypervisor<'a> {

@@ -18,7 +18,7 @@ pub enum VmError {
     },
 
     /// A file or directory operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]
@@ -26,7 +26,7 @@ pub enum VmError {
     },
 
     /// A helper program could not be started.
-    #[error("cannot start {program}: {source}{hint}")]
+    #[error("cannot start {program}{hint}")]
     Spawn {
         program: String,
         hint: String,
@@ -65,7 +65,9 @@ pub enum VmError {
     HelperDaemonExited { name: &'static str, status: String, log_tail: String },
 
     /// A QMP exchange failed.
-    #[error("QMP: {0}")]
+    // Every QmpError message already says "QMP"; transparent keeps its
+    // cause chain instead of printing it a second time.
+    #[error(transparent)]
     Qmp(#[from] QmpError),
 
     /// Teardown could not remove everything; lists what was left.

@@ -1,5 +1,5 @@
-//! The hypervisor layer shared by tests, `cargo xtask test vm` and (later)
-//! the shim: one QEMU process per sandbox, described by a [`QemuConfig`] and
+//! The hypervisor layer shared by tests, `cargo xtask test vm` and the shim
+//! (`containerd-shim-kata-v2`): one QEMU process per sandbox, described by a [`QemuConfig`] and
 //! owned by a [`Vm`].
 //!
 //! The flow is `Vm::start(config)` -> talk to the agent at

@@ -920,7 +920,7 @@ impl Vm {
                 // pidfile; SIGKILL after the bound whatever happens.
                 if let (Ok(None), Some(q)) = (child.try_wait(), self.qmp.as_mut()) {
                     if let Err(e) = q.quit() {
-                        log::warn!("VM {}: QMP quit failed ({e}); killing QEMU", self.id);
+                        log::warn!("VM {}: QMP quit failed ({}); killing QEMU", self.id, crate::error_chain(&e));
                     }
                 }
                 match stop_child(child, None, self.shutdown_timeout) {

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
-    #[error("cannot connect to QMP socket {path}: {source}")]
+    #[error("cannot connect to QMP socket {path}")]
     Connect {
         path: PathBuf,
         #[source]
@@ -23,7 +23,7 @@ pub enum QmpError {
     },
     #[error("timed out after {after:?} waiting for the QMP {what}")]
     Timeout { what: String, after: Duration },
-    #[error("QMP socket I/O failed during {what}: {source}")]
+    #[error("QMP socket I/O failed during {what}")]
     Io {
         what: String,
         #[source]

@@ -93,11 +93,11 @@ impl Sandbox {
             qemu.vcpus,
             shared_dir.display()
         );
-        let mut vm = Vm::start(qemu).map_err(|e| anyhow::anyhow!("sandbox {id}: VM: {e}"))?;
+        let mut vm = Vm::start(qemu).map_err(|e| anyhow::anyhow!("sandbox {id}: VM: {}", crate::error_chain(&e)))?;
         log::debug!("sandbox {id}: QEMU command line: {:?}", vm.command_line());
         let call_timeout = cfg.request_timeout();
         let (agent, boot_time) = wait_for_agent(&mut vm, cfg.dial_timeout(), call_timeout)
-            .map_err(|e| anyhow::anyhow!("sandbox {id}: agent did not come up: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("sandbox {id}: agent did not come up: {}", crate::error_chain(&e)))?;
         log::info!(
             "sandbox {id}: agent serving {:?} after QEMU start (accel {})",
             boot_time,
@@ -114,7 +114,7 @@ impl Sandbox {
         req.storages.push(storage);
         agent
             .create_sandbox(&req)
-            .map_err(|e| anyhow::anyhow!("sandbox {id}: CreateSandbox: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("sandbox {id}: CreateSandbox: {}", crate::error_chain(&e)))?;
         let address = agent.address().clone();
         Ok(Sandbox {
             id: id.to_string(),
@@ -134,7 +134,7 @@ impl Sandbox {
         let mut vm = self.vm.lock().unwrap_or_else(|e| e.into_inner());
         match vm.as_mut() {
             None => Err("the VM was shut down".into()),
-            Some(v) => v.check_alive().map_err(|e| e.to_string()),
+            Some(v) => v.check_alive().map_err(|e| crate::error_chain(&e)),
         }
     }
 
@@ -150,7 +150,7 @@ impl Sandbox {
         let vm = self.vm.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(vm) = vm {
             if let Err(e) = vm.shutdown() {
-                problems.push(e.to_string());
+                problems.push(crate::error_chain(&e));
             }
         }
         // QEMU is gone: its CID is free.

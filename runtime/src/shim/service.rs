@@ -205,7 +205,7 @@ impl Service {
         }
         let loaded = Arc::new(
             crate::config::load()
-                .map_err(|e| status_err(Code::FAILED_PRECONDITION, format!("configuration: {e}")))?,
+                .map_err(|e| status_err(Code::FAILED_PRECONDITION, format!("configuration: {}", crate::error_chain(&e))))?,
         );
         log::info!("configuration loaded from {}", loaded.file.display());
         if !loaded.ignored.is_empty() {

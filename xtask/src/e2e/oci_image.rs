@@ -1,4 +1,4 @@
-//! The test image: busybox from the pinned Debian package, written as a
+//! The test image: the host's busybox (see [`image_busybox`]), written as a
 //! deterministic OCI archive and imported into the private containerd.
 
 use super::*;
