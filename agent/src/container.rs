@@ -374,7 +374,8 @@ fn read_until_eof(pipe: impl Into<OwnedFd>, text: &mut String, limit: Duration) 
             revents: 0,
         };
         // SAFETY: one valid pollfd.
-        let ready = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        let ready =
+            unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
         if ready < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -433,7 +434,10 @@ fn receive_console(listener: &UnixListener) -> Result<File> {
         MsgFlags::MSG_CMSG_CLOEXEC,
     )
     .map_err(|e| internal(format!("receive the terminal: {e}")))?;
-    for cmsg in msg.cmsgs().map_err(|e| internal(format!("receive the terminal: {e}")))? {
+    for cmsg in msg
+        .cmsgs()
+        .map_err(|e| internal(format!("receive the terminal: {e}")))?
+    {
         if let ControlMessageOwned::ScmRights(fds) = cmsg {
             if let Some(fd) = fds.first() {
                 // SAFETY: the fd was just received and is owned by nobody else.
@@ -441,7 +445,9 @@ fn receive_console(listener: &UnixListener) -> Result<File> {
             }
         }
     }
-    Err(internal("the console socket message carried no terminal fd"))
+    Err(internal(
+        "the console socket message carried no terminal fd",
+    ))
 }
 
 /// stdio set-up for a new process: pipes, or a console socket whose pty
@@ -452,9 +458,8 @@ fn prepare_stdio(
 ) -> Result<(Option<AgentStdio>, Option<UnixListener>, HelperStdio)> {
     if terminal {
         let _ = fs::remove_file(socket_path);
-        let listener = UnixListener::bind(socket_path).map_err(|e| {
-            internal(format!("console socket {}: {e}", socket_path.display()))
-        })?;
+        let listener = UnixListener::bind(socket_path)
+            .map_err(|e| internal(format!("console socket {}: {e}", socket_path.display())))?;
         Ok((
             None,
             Some(listener),
@@ -478,7 +483,10 @@ fn finish_stdio(
     let master = receive_console(&listener);
     let _ = fs::remove_file(socket_path);
     let master = master?;
-    let dup = |f: &File| f.try_clone().map_err(|e| internal(format!("dup terminal: {e}")));
+    let dup = |f: &File| {
+        f.try_clone()
+            .map_err(|e| internal(format!("dup terminal: {e}")))
+    };
     Ok(AgentStdio {
         stdin: Some(dup(&master)?),
         stdout: Some(dup(&master)?),
@@ -521,7 +529,11 @@ impl Containers {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn with_container<T>(&self, cid: &str, f: impl FnOnce(&mut Container) -> Result<T>) -> Result<T> {
+    fn with_container<T>(
+        &self,
+        cid: &str,
+        f: impl FnOnce(&mut Container) -> Result<T>,
+    ) -> Result<T> {
         check_id("container_id", cid)?;
         let mut table = self.table();
         let c = table
@@ -693,7 +705,8 @@ impl Containers {
             id: cid.to_string(),
             bundle,
             rootfs_mount: undo.rootfs_mount.take(),
-            cgroup_dir: Path::new(CGROUP_ROOT).join(cgroup_path.strip_prefix("/").unwrap_or(&cgroup_path)),
+            cgroup_dir: Path::new(CGROUP_ROOT)
+                .join(cgroup_path.strip_prefix("/").unwrap_or(&cgroup_path)),
             storages: std::mem::take(&mut undo.storages),
             init: Arc::new(Process::new(exec_id, pid, stdio)),
             execs: HashMap::new(),
@@ -734,7 +747,10 @@ impl Containers {
             ));
         };
         if process.Args.is_empty() {
-            return Err(fail(Code::INVALID_ARGUMENT, "ExecProcess: process.Args is empty"));
+            return Err(fail(
+                Code::INVALID_ARGUMENT,
+                "ExecProcess: process.Args is empty",
+            ));
         }
         let _serial = self.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
         let bundle = self.with_container(cid, |c| {
@@ -753,8 +769,7 @@ impl Containers {
             .map_err(|e| internal(format!("serialize process.json: {e}")))?;
         write_file_atomically(&process_file, &json)?;
         let socket_path = bundle.join(format!("console-{}.sock", req.exec_id));
-        let (agent_stdio, listener, helper_stdio) =
-            prepare_stdio(process.Terminal, &socket_path)?;
+        let (agent_stdio, listener, helper_stdio) = prepare_stdio(process.Terminal, &socket_path)?;
         let result = run_helper(
             &self.reaper,
             "exec",
@@ -766,7 +781,10 @@ impl Containers {
         let _ = fs::remove_file(&process_file);
         let pid = result.map_err(|f| {
             let _ = fs::remove_file(&socket_path);
-            fail(f.code, format!("ExecProcess {cid}/{}: {}", req.exec_id, f.message))
+            fail(
+                f.code,
+                format!("ExecProcess {cid}/{}: {}", req.exec_id, f.message),
+            )
         })?;
         let stdio = match finish_stdio(agent_stdio, listener, &socket_path) {
             Ok(s) => s,
@@ -803,10 +821,14 @@ impl Containers {
 
     pub fn signal(&self, cid: &str, exec_id: &str, signal: u32) -> Result<()> {
         let sig = Signal::try_from(signal as i32).map_err(|_| {
-            fail(Code::INVALID_ARGUMENT, format!("signal {signal} is not a valid signal number"))
+            fail(
+                Code::INVALID_ARGUMENT,
+                format!("signal {signal} is not a valid signal number"),
+            )
         })?;
         let (pids, what) = if exec_id.is_empty() {
-            let (init, dir) = self.with_container(cid, |c| Ok((c.init.clone(), c.cgroup_dir.clone())))?;
+            let (init, dir) =
+                self.with_container(cid, |c| Ok((c.init.clone(), c.cgroup_dir.clone())))?;
             let mut pids = cgroup_pids(&dir);
             if !init.exited() && !pids.contains(&init.pid) {
                 pids.push(init.pid);
@@ -827,9 +849,10 @@ impl Containers {
 
     pub fn read_stdout(&self, cid: &str, exec_id: &str, len: u32) -> Result<Vec<u8>> {
         let p = self.process(cid, exec_id)?;
-        let f = p.stdout.as_ref().ok_or_else(|| {
-            fail(Code::FAILED_PRECONDITION, "the process has no stdout")
-        })?;
+        let f = p
+            .stdout
+            .as_ref()
+            .ok_or_else(|| fail(Code::FAILED_PRECONDITION, "the process has no stdout"))?;
         read_stream(f, len)
     }
 
@@ -869,9 +892,10 @@ impl Containers {
 
     pub fn resize_tty(&self, cid: &str, exec_id: &str, rows: u32, cols: u32) -> Result<()> {
         let p = self.process(cid, exec_id)?;
-        let tty = p.tty.as_ref().ok_or_else(|| {
-            fail(Code::FAILED_PRECONDITION, "the process has no terminal")
-        })?;
+        let tty = p
+            .tty
+            .as_ref()
+            .ok_or_else(|| fail(Code::FAILED_PRECONDITION, "the process has no terminal"))?;
         let size = libc::winsize {
             ws_row: rows.min(u16::MAX as u32) as u16,
             ws_col: cols.min(u16::MAX as u32) as u16,
@@ -895,16 +919,22 @@ impl Containers {
 
     pub fn pause(&self, cid: &str) -> Result<()> {
         self.with_container(cid, |_| Ok(()))?;
-        self.load(cid)?
-            .pause()
-            .map_err(|e| fail(Code::FAILED_PRECONDITION, format!("pause container {cid}: {e}")))
+        self.load(cid)?.pause().map_err(|e| {
+            fail(
+                Code::FAILED_PRECONDITION,
+                format!("pause container {cid}: {e}"),
+            )
+        })
     }
 
     pub fn resume(&self, cid: &str) -> Result<()> {
         self.with_container(cid, |_| Ok(()))?;
-        self.load(cid)?
-            .resume()
-            .map_err(|e| fail(Code::FAILED_PRECONDITION, format!("resume container {cid}: {e}")))
+        self.load(cid)?.resume().map_err(|e| {
+            fail(
+                Code::FAILED_PRECONDITION,
+                format!("resume container {cid}: {e}"),
+            )
+        })
     }
 
     /// Kills every process of the container, waits for them (up to
@@ -940,7 +970,10 @@ impl Containers {
                     self.table().insert(cid.to_string(), c);
                     return Err(fail(
                         Code::DEADLINE_EXCEEDED,
-                        format!("RemoveContainer {cid}: process {} did not exit within {timeout:?}", p.pid),
+                        format!(
+                            "RemoveContainer {cid}: process {} did not exit within {timeout:?}",
+                            p.pid
+                        ),
                     ));
                 }
                 None => {}
@@ -1013,7 +1046,9 @@ fn delete_libcontainer_state(state_root: &Path, cid: &str, cgroup_path: &Path) {
         let _ = lc.delete(true);
     }
     let _ = fs::remove_dir_all(state_root.join(cid));
-    let _ = fs::remove_dir(Path::new(CGROUP_ROOT).join(cgroup_path.strip_prefix("/").unwrap_or(cgroup_path)));
+    let _ = fs::remove_dir(
+        Path::new(CGROUP_ROOT).join(cgroup_path.strip_prefix("/").unwrap_or(cgroup_path)),
+    );
 }
 
 fn cgroup_pids(dir: &Path) -> Vec<i32> {
@@ -1027,7 +1062,11 @@ fn cgroup_pids(dir: &Path) -> Vec<i32> {
 /// One read of at most `len` bytes; end of stream is an error, as upstream
 /// reports it (the runtime stops copying on any error).
 fn read_stream(f: &File, len: u32) -> Result<Vec<u8>> {
-    let len = if len == 0 { 32 * 1024 } else { len.min(1 << 20) as usize };
+    let len = if len == 0 {
+        32 * 1024
+    } else {
+        len.min(1 << 20) as usize
+    };
     let mut buf = vec![0u8; len];
     loop {
         match (&*f).read(&mut buf) {
@@ -1066,14 +1105,18 @@ mod tests {
     fn rootfs_paths_must_stay_in_the_run_dir() {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("run");
-        let layout = Layout { run_dir: run.clone() };
+        let layout = Layout {
+            run_dir: run.clone(),
+        };
         let shared = layout.shared_containers().join("c1/rootfs");
         fs::create_dir_all(&shared).unwrap();
         let real_shared = fs::canonicalize(&shared).unwrap();
         assert_eq!(layout.resolve_rootfs("c1", "").unwrap(), real_shared);
         assert_eq!(layout.resolve_rootfs("c1", "rootfs").unwrap(), real_shared);
         assert_eq!(
-            layout.resolve_rootfs("c1", shared.to_str().unwrap()).unwrap(),
+            layout
+                .resolve_rootfs("c1", shared.to_str().unwrap())
+                .unwrap(),
             real_shared
         );
         let refused = |p: &str| layout.resolve_rootfs("c1", p).unwrap_err().code;

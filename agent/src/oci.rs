@@ -78,7 +78,11 @@ pub fn process_json(p: &oci::Process) -> Value {
     put(&mut m, "args", json!(p.Args));
     put(&mut m, "env", json!(p.Env));
     // runtime-spec: cwd is required and absolute
-    let cwd = if p.Cwd.is_empty() { "/" } else { p.Cwd.as_str() };
+    let cwd = if p.Cwd.is_empty() {
+        "/"
+    } else {
+        p.Cwd.as_str()
+    };
     m.insert("cwd".into(), json!(cwd));
     if let Some(c) = p.Capabilities.as_ref() {
         let mut caps = Map::new();
@@ -436,8 +440,16 @@ mod tests {
         assert_eq!(p.user().gid(), 100);
         assert_eq!(p.user().additional_gids().as_ref().unwrap(), &vec![10, 11]);
         let caps = p.capabilities().as_ref().unwrap();
-        assert!(caps.bounding().as_ref().unwrap().contains(&Capability::Chown));
-        assert!(caps.effective().as_ref().unwrap().contains(&Capability::Kill));
+        assert!(caps
+            .bounding()
+            .as_ref()
+            .unwrap()
+            .contains(&Capability::Chown));
+        assert!(caps
+            .effective()
+            .as_ref()
+            .unwrap()
+            .contains(&Capability::Kill));
         let rl = &p.rlimits().as_ref().unwrap()[0];
         assert_eq!(rl.typ(), PosixRlimitType::RlimitNofile);
         assert_eq!((rl.hard(), rl.soft()), (1024, 512));
@@ -454,8 +466,14 @@ mod tests {
         let ns = linux.namespaces().as_ref().unwrap();
         assert_eq!(ns[0].typ(), LinuxNamespaceType::Pid);
         assert_eq!(ns[1].typ(), LinuxNamespaceType::Network);
-        assert_eq!(ns[1].path().as_ref().unwrap().to_str(), Some("/proc/1/ns/net"));
-        assert_eq!(linux.cgroups_path().as_ref().unwrap().to_str(), Some("/kata/c1"));
+        assert_eq!(
+            ns[1].path().as_ref().unwrap().to_str(),
+            Some("/proc/1/ns/net")
+        );
+        assert_eq!(
+            linux.cgroups_path().as_ref().unwrap().to_str(),
+            Some("/kata/c1")
+        );
         assert_eq!(linux.masked_paths().as_ref().unwrap()[0], "/proc/kcore");
         let res = linux.resources().as_ref().unwrap();
         assert_eq!(res.memory().as_ref().unwrap().limit(), Some(64 << 20));
@@ -468,8 +486,13 @@ mod tests {
     #[test]
     fn bad_names_are_refused_with_the_field() {
         let mut s = sample();
-        s.Process.as_mut().unwrap().Capabilities.as_mut().unwrap().Bounding =
-            vec!["CAP_NOT_A_THING".into()];
+        s.Process
+            .as_mut()
+            .unwrap()
+            .Capabilities
+            .as_mut()
+            .unwrap()
+            .Bounding = vec!["CAP_NOT_A_THING".into()];
         let e = to_oci_spec(&s).unwrap_err();
         assert!(e.to_string().contains("CAP_NOT_A_THING"), "{e}");
         let mut s = sample();

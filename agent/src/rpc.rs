@@ -226,7 +226,10 @@ impl agent_ttrpc::AgentService for AgentService {
         _ctx: &TtrpcContext,
         req: agent::StartContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        reply("StartContainer", self.state.containers.start(&req.container_id))?;
+        reply(
+            "StartContainer",
+            self.state.containers.start(&req.container_id),
+        )?;
         Ok(Empty::new())
     }
 
@@ -300,7 +303,10 @@ impl agent_ttrpc::AgentService for AgentService {
         _ctx: &TtrpcContext,
         req: agent::PauseContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        reply("PauseContainer", self.state.containers.pause(&req.container_id))?;
+        reply(
+            "PauseContainer",
+            self.state.containers.pause(&req.container_id),
+        )?;
         Ok(Empty::new())
     }
 
@@ -309,7 +315,10 @@ impl agent_ttrpc::AgentService for AgentService {
         _ctx: &TtrpcContext,
         req: agent::ResumeContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        reply("ResumeContainer", self.state.containers.resume(&req.container_id))?;
+        reply(
+            "ResumeContainer",
+            self.state.containers.resume(&req.container_id),
+        )?;
         Ok(Empty::new())
     }
 
@@ -382,12 +391,9 @@ impl agent_ttrpc::AgentService for AgentService {
     ) -> ttrpc::Result<Empty> {
         reply(
             "TtyWinResize",
-            self.state.containers.resize_tty(
-                &req.container_id,
-                &req.exec_id,
-                req.row,
-                req.column,
-            ),
+            self.state
+                .containers
+                .resize_tty(&req.container_id, &req.exec_id, req.row, req.column),
         )?;
         Ok(Empty::new())
     }

@@ -101,8 +101,7 @@ fn run(args: &[String]) -> Result<i32, String> {
     if console == NO_CONSOLE {
         // SAFETY: the agent set these fds up for this process (see module doc)
         // and nothing else in the helper owns them.
-        let [stdin, stdout, stderr] =
-            STDIO_FDS.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+        let [stdin, stdout, stderr] = STDIO_FDS.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
         builder = builder
             .with_stdin(stdin)
             .with_stdout(stdout)

@@ -46,7 +46,10 @@ fn require_host() {
         && fs::read_to_string("/proc/filesystems")
             .map(|f| f.contains("cgroup2"))
             .unwrap_or(false);
-    assert!(ok, "container tests need root, {BUSYBOX} (busybox-static) and cgroup2");
+    assert!(
+        ok,
+        "container tests need root, {BUSYBOX} (busybox-static) and cgroup2"
+    );
 }
 
 struct Agent {
@@ -65,7 +68,10 @@ impl Agent {
         let log = fs::File::create(dir.path().join("agent.log")).unwrap();
         let mut cmd = Command::new(agent_binary());
         cmd.env("KATA_AGENT_CMDLINE", dir.path().join("cmdline"))
-            .env("KATA_AGENT_SERVER_ADDR", format!("unix://{}", socket.display()))
+            .env(
+                "KATA_AGENT_SERVER_ADDR",
+                format!("unix://{}", socket.display()),
+            )
             .env("KATA_AGENT_RUN_DIR", dir.path().join("run"))
             .env_remove("KATA_AGENT_LOG_LEVEL")
             .stdin(Stdio::null())
@@ -118,7 +124,11 @@ impl Agent {
             if let Some(status) = agent.child.try_wait().unwrap() {
                 panic!("agent exited early with {status}: {}", agent.log());
             }
-            assert!(Instant::now() < deadline, "agent did not listen: {}", agent.log());
+            assert!(
+                Instant::now() < deadline,
+                "agent did not listen: {}",
+                agent.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         agent
@@ -140,7 +150,11 @@ impl Agent {
 
     /// A busybox rootfs where the runtime's shared directory puts it.
     fn make_rootfs(&self, cid: &str) -> PathBuf {
-        let rootfs = self.run_dir().join("shared/containers").join(cid).join("rootfs");
+        let rootfs = self
+            .run_dir()
+            .join("shared/containers")
+            .join(cid)
+            .join("rootfs");
         for d in ["bin", "proc", "dev", "tmp", "etc"] {
             fs::create_dir_all(rootfs.join(d)).unwrap();
         }
@@ -263,7 +277,13 @@ fn spec(args: &[&str]) -> oci::Spec {
         mount(
             "/dev/pts",
             "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+            ],
         ),
     ];
     let mut linux = oci::Linux::new();
@@ -346,7 +366,11 @@ fn container_output_and_exit_status_then_nothing_left_behind() {
             &create_request(&id, spec(&["sh", "-c", "echo out; echo err >&2; exit 7"])),
         )
         .unwrap_or_else(|e| panic!("CreateContainer: {e:?}\n{}", agent.log()));
-    assert!(cgroup.is_dir(), "no cgroup {} after create", cgroup.display());
+    assert!(
+        cgroup.is_dir(),
+        "no cgroup {} after create",
+        cgroup.display()
+    );
     assert!(agent.run_dir().join(&id).join("config.json").is_file());
     let mut start = agent::StartContainerRequest::new();
     start.container_id = id.clone();
@@ -420,7 +444,10 @@ fn exec_stdin_stats_pause_resume_and_signal() {
     let out = String::from_utf8_lossy(&out);
     assert!(out.starts_with("ctr "), "{out:?}");
     let exec_pid: u32 = out.trim().split(' ').nth(1).unwrap().parse().unwrap();
-    assert!(exec_pid > 1 && exec_pid < 100, "exec pid {exec_pid} is not in the container's pid namespace");
+    assert!(
+        exec_pid > 1 && exec_pid < 100,
+        "exec pid {exec_pid} is not in the container's pid namespace"
+    );
     let s = status_of(client.exec_process(ctx(), &exec));
     assert_eq!(s.code(), Code::ALREADY_EXISTS);
 
@@ -434,7 +461,9 @@ fn exec_stdin_stats_pause_resume_and_signal() {
     if cgroup.join("memory.current").exists() {
         assert!(cg.memory_stats.usage.usage > 0, "{cg:?}");
     } else {
-        eprintln!("memory controller not enabled in this cgroup v2 hierarchy: memory figures not checked");
+        eprintln!(
+            "memory controller not enabled in this cgroup v2 hierarchy: memory figures not checked"
+        );
     }
 
     // pause / resume through the cgroup v2 freezer
@@ -567,7 +596,10 @@ fn invalid_ids_and_escaping_paths_are_refused() {
     assert!(!agent.run_dir().join(&id).exists());
     let mut w = agent::WaitProcessRequest::new();
     w.container_id = id.clone();
-    assert_eq!(status_of(client.wait_process(ctx(), &w)).code(), Code::NOT_FOUND);
+    assert_eq!(
+        status_of(client.wait_process(ctx(), &w)).code(),
+        Code::NOT_FOUND
+    );
 }
 
 #[test]

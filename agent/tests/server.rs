@@ -187,8 +187,14 @@ fn guest_details_report_sysfs_and_agent() {
     assert_eq!(details.version, env!("CARGO_PKG_VERSION"));
     assert!(!details.init_daemon);
     // In service mode the agent runs on this host: its kernel is ours.
-    let uname = std::process::Command::new("uname").arg("-r").output().unwrap();
-    assert_eq!(resp.kernel_release, String::from_utf8_lossy(&uname.stdout).trim());
+    let uname = std::process::Command::new("uname")
+        .arg("-r")
+        .output()
+        .unwrap();
+    assert_eq!(
+        resp.kernel_release,
+        String::from_utf8_lossy(&uname.stdout).trim()
+    );
     for driver in ["virtio-fs", "9p", "local", "ephemeral"] {
         assert!(
             details.storage_handlers.iter().any(|d| d == driver),
@@ -300,7 +306,11 @@ fn unsupported_storage_is_refused_cleanly() {
 fn ephemeral_storage_is_mounted_and_released() {
     // A requirement, not a skip: a test that passes without running proves nothing.
     // SAFETY: geteuid(2) cannot fail and takes no arguments.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "mounting tmpfs needs root: run the tests as root");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "mounting tmpfs needs root: run the tests as root"
+    );
     let mut agent = Agent::start();
     let target = agent.path("guest/scratch");
     let mut s = Storage::new();

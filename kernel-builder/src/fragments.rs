@@ -329,7 +329,12 @@ fn read_text(path: &Path) -> Result<String> {
 /// `<dir>/<group>/*.conf` sorted by file name.
 fn list_conf_files(configs_dir: &Path, group: &str) -> Result<Vec<(String, PathBuf)>> {
     let dir = configs_dir.join(group);
-    let files = crate::sorted_files(&dir, ".conf", group, &format!("fragment directory `{group}/`"))?;
+    let files = crate::sorted_files(
+        &dir,
+        ".conf",
+        group,
+        &format!("fragment directory `{group}/`"),
+    )?;
     if files.is_empty() {
         return Err(Error::Input {
             path: dir,

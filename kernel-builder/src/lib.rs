@@ -32,15 +32,25 @@ pub use patches::{apply_patches, Patches};
 /// the compressed image it builds. Only x86_64 is wired up so far.
 /// The files named `*.<ext>` in `dir` (not directories), sorted by name, as
 /// `(<label>/<name>, path)`; `what` names the dir in errors.
-pub(crate) fn sorted_files(dir: &std::path::Path, ext: &str, label: &str, what: &str) -> Result<Vec<(String, std::path::PathBuf)>> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| Error::Input { path: dir.to_path_buf(), problem: format!("cannot list {what}: {e}") })?;
+pub(crate) fn sorted_files(
+    dir: &std::path::Path,
+    ext: &str,
+    label: &str,
+    what: &str,
+) -> Result<Vec<(String, std::path::PathBuf)>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::Input {
+        path: dir.to_path_buf(),
+        problem: format!("cannot list {what}: {e}"),
+    })?;
     let mut files = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else {
-            return Err(Error::Input { path: entry.path(), problem: "file name is not UTF-8".into() });
+            return Err(Error::Input {
+                path: entry.path(),
+                problem: "file name is not UTF-8".into(),
+            });
         };
         let file_type = entry.file_type().map_err(|e| Error::io(entry.path(), e))?;
         if name.ends_with(ext) && !file_type.is_dir() {

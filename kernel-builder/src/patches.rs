@@ -26,7 +26,12 @@ impl Patches {
             });
         }
         let dir = configs_dir.join("patches").join(series);
-        let files = crate::sorted_files(&dir, ".patch", &format!("patches/{series}"), &format!("patch series `{series}`"))?;
+        let files = crate::sorted_files(
+            &dir,
+            ".patch",
+            &format!("patches/{series}"),
+            &format!("patch series `{series}`"),
+        )?;
         Ok(Patches {
             series: series.to_string(),
             files,

@@ -76,7 +76,8 @@ pub fn write_spdx_sbom(inputs: &SbomInputs<'_>, out: &Path, epoch: u64) -> Resul
 }
 
 fn read_lock(path: &Path) -> Result<CargoLock> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("{}: not a Cargo.lock", path.display()))
 }
 
@@ -152,7 +153,11 @@ fn spdx_document(inputs: &SbomInputs<'_>, epoch: u64) -> Result<Value> {
 
     for helper in &inputs.helper_locks {
         let Some(pin_id) = pin_ids.get(&helper.pin) else {
-            bail!("{}: lock file of {:?}, which is not one of the SBOM's pins", helper.cargo_lock.display(), helper.pin);
+            bail!(
+                "{}: lock file of {:?}, which is not one of the SBOM's pins",
+                helper.cargo_lock.display(),
+                helper.pin
+            );
         };
         for krate in read_lock(helper.cargo_lock)?.package {
             // The helper's own package: the pin already describes it.
@@ -303,7 +308,10 @@ mod tests {
     #[test]
     fn helper_lock_crates_are_listed_once_and_contained_by_the_helper_pin() {
         let dir = tempfile::tempdir().unwrap();
-        let (lock, helper_lock) = (dir.path().join("Cargo.lock"), dir.path().join("helper.lock"));
+        let (lock, helper_lock) = (
+            dir.path().join("Cargo.lock"),
+            dir.path().join("helper.lock"),
+        );
         std::fs::write(&lock, LOCK).unwrap();
         std::fs::write(&helper_lock, HELPER_LOCK).unwrap();
         let inputs = SbomInputs {
@@ -311,22 +319,44 @@ mod tests {
             version: "1.0.0".into(),
             pins: vec![helper_pin()],
             cargo_lock: &lock,
-            helper_locks: vec![HelperLock { pin: "helper".into(), cargo_lock: &helper_lock }],
+            helper_locks: vec![HelperLock {
+                pin: "helper".into(),
+                cargo_lock: &helper_lock,
+            }],
         };
         let doc = spdx_document(&inputs, 0).unwrap();
         let packages = doc["packages"].as_array().unwrap();
-        let named = |n: &str| packages.iter().filter(|p| p["name"] == n).collect::<Vec<_>>();
-        assert_eq!(named("shared").len(), 1, "a crate in both locks is listed once");
-        assert_eq!(named("helper").len(), 1, "the helper itself is its pin, not a crate too");
+        let named = |n: &str| {
+            packages
+                .iter()
+                .filter(|p| p["name"] == n)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            named("shared").len(),
+            1,
+            "a crate in both locks is listed once"
+        );
+        assert_eq!(
+            named("helper").len(),
+            1,
+            "the helper itself is its pin, not a crate too"
+        );
         let only = named("only-in-helper");
         assert_eq!(only.len(), 1);
         assert_eq!(only[0]["checksums"][0]["checksumValue"], "2".repeat(64));
-        assert_eq!(only[0]["externalRefs"][0]["referenceLocator"], "pkg:cargo/only-in-helper@0.2.11");
+        assert_eq!(
+            only[0]["externalRefs"][0]["referenceLocator"],
+            "pkg:cargo/only-in-helper@0.2.11"
+        );
         let pin_id = named("helper")[0]["SPDXID"].as_str().unwrap();
         let in_helper = contained_by(&doc, pin_id);
         for n in ["shared", "only-in-helper"] {
             let id = named(n)[0]["SPDXID"].as_str().unwrap();
-            assert!(in_helper.contains(&id), "{n} must be contained by the helper's pin");
+            assert!(
+                in_helper.contains(&id),
+                "{n} must be contained by the helper's pin"
+            );
         }
     }
 
@@ -340,9 +370,15 @@ mod tests {
             version: "1.0.0".into(),
             pins: vec![],
             cargo_lock: &lock,
-            helper_locks: vec![HelperLock { pin: "helper".into(), cargo_lock: &lock }],
+            helper_locks: vec![HelperLock {
+                pin: "helper".into(),
+                cargo_lock: &lock,
+            }],
         };
         let err = format!("{:#}", spdx_document(&inputs, 0).unwrap_err());
-        assert!(err.contains("\"helper\"") && err.contains("not one of the SBOM's pins"), "{err}");
+        assert!(
+            err.contains("\"helper\"") && err.contains("not one of the SBOM's pins"),
+            "{err}"
+        );
     }
 }

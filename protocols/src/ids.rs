@@ -41,7 +41,14 @@ mod tests {
 
     #[test]
     fn accepts_what_runc_accepts() {
-        for id in ["a", "7", "c1", "0123abc_-.", "pod.sandbox-1_x", &"a".repeat(64)] {
+        for id in [
+            "a",
+            "7",
+            "c1",
+            "0123abc_-.",
+            "pod.sandbox-1_x",
+            &"a".repeat(64),
+        ] {
             assert!(valid_id(id), "{id:?}");
         }
     }
@@ -70,7 +77,10 @@ mod tests {
     #[test]
     fn the_error_names_the_field_and_the_rule() {
         let e = check_id("annotation io.kubernetes.cri.sandbox-id", "../x").unwrap_err();
-        assert!(e.starts_with("annotation io.kubernetes.cri.sandbox-id \"../x\" is invalid"), "{e}");
+        assert!(
+            e.starts_with("annotation io.kubernetes.cri.sandbox-id \"../x\" is invalid"),
+            "{e}"
+        );
         assert!(e.contains(ID_RULE), "{e}");
     }
 }

@@ -57,8 +57,19 @@ impl NewcHeader {
         let mut h = [0u8; Self::LEN];
         h[..6].copy_from_slice(NEWC_MAGIC);
         let fields = [
-            self.ino, self.mode, self.uid, self.gid, self.nlink, self.mtime, self.filesize, self.devmajor,
-            self.devminor, self.rdevmajor, self.rdevminor, self.namesize, self.check,
+            self.ino,
+            self.mode,
+            self.uid,
+            self.gid,
+            self.nlink,
+            self.mtime,
+            self.filesize,
+            self.devmajor,
+            self.devminor,
+            self.rdevmajor,
+            self.rdevminor,
+            self.namesize,
+            self.check,
         ];
         for (i, v) in fields.iter().enumerate() {
             let start = 6 + i * 8;
@@ -69,9 +80,18 @@ impl NewcHeader {
 }
 
 /// Writes one entry: header, name (NUL, padded to 4), data (padded to 4).
-pub fn write_newc_entry<W: Write>(w: &mut W, header: &NewcHeader, name: &[u8], data: &mut dyn Read) -> Result<u64> {
+pub fn write_newc_entry<W: Write>(
+    w: &mut W,
+    header: &NewcHeader,
+    name: &[u8],
+    data: &mut dyn Read,
+) -> Result<u64> {
     if header.namesize as usize != name.len() + 1 {
-        bail!("cpio: namesize {} does not match name length {}", header.namesize, name.len());
+        bail!(
+            "cpio: namesize {} does not match name length {}",
+            header.namesize,
+            name.len()
+        );
     }
     w.write_all(&header.encode())?;
     w.write_all(name)?;
@@ -79,10 +99,17 @@ pub fn write_newc_entry<W: Write>(w: &mut W, header: &NewcHeader, name: &[u8], d
     w.write_all(&[0u8; 4][..1 + pad4(head_len)])?;
     let copied = std::io::copy(&mut data.take(header.filesize as u64), w)?;
     if copied != header.filesize as u64 {
-        bail!("cpio: {} shrank while archiving ({copied} of {} bytes)", String::from_utf8_lossy(name), header.filesize);
+        bail!(
+            "cpio: {} shrank while archiving ({copied} of {} bytes)",
+            String::from_utf8_lossy(name),
+            header.filesize
+        );
     }
     w.write_all(&[0u8; 3][..pad4(header.filesize as usize)])?;
-    Ok((head_len + pad4(head_len) + header.filesize as usize + pad4(header.filesize as usize)) as u64)
+    Ok(
+        (head_len + pad4(head_len) + header.filesize as usize + pad4(header.filesize as usize))
+            as u64,
+    )
 }
 
 fn pad4(n: usize) -> usize {
@@ -93,8 +120,9 @@ fn pad4(n: usize) -> usize {
 /// by path, owner 0:0, every mtime = `source_date_epoch`, inode numbers 1..
 /// in path order.
 pub fn write_cpio<W: Write>(tree: &Path, mut out: W, source_date_epoch: i64) -> Result<()> {
-    let mtime = u32::try_from(source_date_epoch)
-        .with_context(|| format!("SOURCE_DATE_EPOCH {source_date_epoch} does not fit a newc mtime (0..=4294967295)"))?;
+    let mtime = u32::try_from(source_date_epoch).with_context(|| {
+        format!("SOURCE_DATE_EPOCH {source_date_epoch} does not fit a newc mtime (0..=4294967295)")
+    })?;
     let entries = list_tree(tree)?;
     // Inode numbers: one per distinct inode, in order of first appearance.
     let mut ino_of_first: BTreeMap<usize, u32> = BTreeMap::new();
@@ -116,8 +144,17 @@ pub fn write_cpio<W: Write>(tree: &Path, mut out: W, source_date_epoch: i64) -> 
         write_tree_entry(&mut out, e, i, inos[i], mtime, &last_of_group)
             .with_context(|| format!("{}: cannot archive", e.host_path.display()))?;
     }
-    let trailer = NewcHeader { nlink: 1, namesize: TRAILER.len() as u32 + 1, ..Default::default() };
-    write_newc_entry(&mut out, &trailer, TRAILER.as_bytes(), &mut std::io::empty())?;
+    let trailer = NewcHeader {
+        nlink: 1,
+        namesize: TRAILER.len() as u32 + 1,
+        ..Default::default()
+    };
+    write_newc_entry(
+        &mut out,
+        &trailer,
+        TRAILER.as_bytes(),
+        &mut std::io::empty(),
+    )?;
     out.flush()?;
     Ok(())
 }
@@ -130,7 +167,11 @@ fn write_tree_entry<W: Write>(
     mtime: u32,
     last_of_group: &BTreeMap<usize, usize>,
 ) -> Result<()> {
-    let name: Vec<u8> = if e.rel.is_empty() { b".".to_vec() } else { e.rel.clone() };
+    let name: Vec<u8> = if e.rel.is_empty() {
+        b".".to_vec()
+    } else {
+        e.rel.clone()
+    };
     let mut header = NewcHeader {
         ino,
         mode: e.mode_type_bits() | e.perm,
@@ -151,7 +192,8 @@ fn write_tree_entry<W: Write>(
                 None => true,
             };
             if carries_data {
-                header.filesize = u32::try_from(e.size).context("file larger than 4 GiB cannot go into a newc archive")?;
+                header.filesize = u32::try_from(e.size)
+                    .context("file larger than 4 GiB cannot go into a newc archive")?;
                 data = Box::new(std::fs::File::open(&e.host_path)?);
             }
         }
@@ -174,7 +216,12 @@ fn write_tree_entry<W: Write>(
 
 /// Writes `out` as a compressed initrd of `tree` (temp file + rename). The
 /// tree must contain `/init` (file or symlink): the kernel runs it.
-pub fn write_initrd(tree: &Path, out: &Path, compression: Compression, source_date_epoch: i64) -> Result<()> {
+pub fn write_initrd(
+    tree: &Path,
+    out: &Path,
+    compression: Compression,
+    source_date_epoch: i64,
+) -> Result<()> {
     let init = tree.join("init");
     if std::fs::symlink_metadata(&init).is_err() {
         bail!("{}: no /init in the tree; the kernel starts /init from an initrd (build the rootfs with `init: agent`)", tree.display());
@@ -188,13 +235,19 @@ pub fn write_initrd(tree: &Path, out: &Path, compression: Compression, source_da
                     .operating_system(3) // Unix, fixed rather than "unknown" for clarity
                     .write(buffered, flate2::Compression::new(Compression::GZIP_LEVEL));
                 write_cpio(tree, &mut gz, source_date_epoch)?;
-                gz.finish()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                gz.finish()?
+                    .into_inner()
+                    .map_err(|e| e.into_error())?
+                    .sync_all()?;
             }
             Compression::Zstd => {
                 let mut z = zstd::Encoder::new(buffered, Compression::ZSTD_LEVEL)?;
                 z.include_checksum(true)?;
                 write_cpio(tree, &mut z, source_date_epoch)?;
-                z.finish()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                z.finish()?
+                    .into_inner()
+                    .map_err(|e| e.into_error())?
+                    .sync_all()?;
             }
         }
         Ok(())
@@ -223,8 +276,8 @@ mod tests {
         };
         let bytes = h.encode();
         let expected = concat!(
-            "070701", "00000001", "000081A4", "00000000", "00000000", "00000001", "6553F100", "00000005",
-            "00000000", "00000000", "00000ABC", "00000000", "0000000D", "00000000"
+            "070701", "00000001", "000081A4", "00000000", "00000000", "00000001", "6553F100",
+            "00000005", "00000000", "00000000", "00000ABC", "00000000", "0000000D", "00000000"
         );
         assert_eq!(std::str::from_utf8(&bytes).unwrap(), expected);
         // Name padding: 110 + 13 = 123 -> 124; data 5 -> 8.
@@ -237,22 +290,45 @@ mod tests {
         assert_eq!(&buf[124..129], b"kata\n");
         assert_eq!(&buf[129..132], &[0, 0, 0]);
         let bad = NewcHeader { namesize: 3, ..h };
-        assert!(write_newc_entry(&mut Vec::new(), &bad, b"etc/hostname", &mut std::io::empty()).is_err());
+        assert!(write_newc_entry(
+            &mut Vec::new(),
+            &bad,
+            b"etc/hostname",
+            &mut std::io::empty()
+        )
+        .is_err());
     }
 
     fn sample_tree(root: &Path) {
         std::fs::create_dir_all(root.join("sbin")).unwrap();
         std::fs::create_dir_all(root.join("dev")).unwrap();
         std::fs::write(root.join("sbin/agent"), b"#!/bin/true\nagent body\n").unwrap();
-        std::fs::set_permissions(root.join("sbin/agent"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            root.join("sbin/agent"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         std::fs::hard_link(root.join("sbin/agent"), root.join("sbin/agent2")).unwrap();
         std::fs::hard_link(root.join("sbin/agent"), root.join("agent3")).unwrap();
         symlink("/sbin/agent", root.join("init")).unwrap();
         std::fs::write(root.join("empty"), b"").unwrap();
         use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-        mknod(&root.join("dev/console"), SFlag::S_IFCHR, Mode::from_bits_truncate(0o600), makedev(5, 1)).unwrap();
-        mknod(&root.join("dev/vda"), SFlag::S_IFBLK, Mode::from_bits_truncate(0o660), makedev(254, 0)).unwrap();
-        std::fs::set_permissions(root.join("dev/vda"), std::fs::Permissions::from_mode(0o660)).unwrap();
+        mknod(
+            &root.join("dev/console"),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o600),
+            makedev(5, 1),
+        )
+        .unwrap();
+        mknod(
+            &root.join("dev/vda"),
+            SFlag::S_IFBLK,
+            Mode::from_bits_truncate(0o660),
+            makedev(254, 0),
+        )
+        .unwrap();
+        std::fs::set_permissions(root.join("dev/vda"), std::fs::Permissions::from_mode(0o660))
+            .unwrap();
         crate::tree::pin_times(root, 1_000).unwrap();
     }
 
@@ -275,14 +351,39 @@ mod tests {
             .unwrap();
         list.stdin.as_ref().unwrap().write_all(&archive).unwrap();
         let out = list.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let listing = String::from_utf8(out.stdout).unwrap();
-        let names: Vec<&str> = listing.lines().map(|l| l.rsplit(' ').next().unwrap()).collect();
+        let names: Vec<&str> = listing
+            .lines()
+            .map(|l| l.rsplit(' ').next().unwrap())
+            .collect();
         assert_eq!(names[0], ".", "{listing}");
         assert!(listing.contains("init -> /sbin/agent"), "{listing}");
-        assert!(listing.lines().any(|l| l.starts_with("crw-------") && l.ends_with(" 5,   1 Nov 14  2023 dev/console")), "{listing}");
-        assert!(listing.lines().any(|l| l.starts_with("brw-rw----") && l.ends_with(" 254,   0 Nov 14  2023 dev/vda")), "{listing}");
-        assert!(listing.lines().all(|l| l.split_whitespace().nth(2) == Some("0") && l.split_whitespace().nth(3) == Some("0")), "{listing}");
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with("crw-------")
+                    && l.ends_with(" 5,   1 Nov 14  2023 dev/console")),
+            "{listing}"
+        );
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with("brw-rw----")
+                    && l.ends_with(" 254,   0 Nov 14  2023 dev/vda")),
+            "{listing}"
+        );
+        assert!(
+            listing
+                .lines()
+                .all(|l| l.split_whitespace().nth(2) == Some("0")
+                    && l.split_whitespace().nth(3) == Some("0")),
+            "{listing}"
+        );
 
         let x = dir.path().join("x");
         std::fs::create_dir(&x).unwrap();
@@ -295,8 +396,15 @@ mod tests {
             .unwrap();
         extract.stdin.as_ref().unwrap().write_all(&archive).unwrap();
         let out = extract.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(std::fs::read(x.join("sbin/agent")).unwrap(), b"#!/bin/true\nagent body\n");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read(x.join("sbin/agent")).unwrap(),
+            b"#!/bin/true\nagent body\n"
+        );
         let a = std::fs::metadata(x.join("sbin/agent")).unwrap();
         let b = std::fs::metadata(x.join("sbin/agent2")).unwrap();
         let c = std::fs::metadata(x.join("agent3")).unwrap();
@@ -304,7 +412,10 @@ mod tests {
         assert_eq!(a.ino(), c.ino());
         assert_eq!(a.mode() & 0o7777, 0o755);
         assert_eq!(a.mtime(), 1_700_000_000);
-        assert_eq!(std::fs::read_link(x.join("init")).unwrap(), Path::new("/sbin/agent"));
+        assert_eq!(
+            std::fs::read_link(x.join("init")).unwrap(),
+            Path::new("/sbin/agent")
+        );
         let con = std::fs::symlink_metadata(x.join("dev/console")).unwrap();
         assert_eq!((libc::major(con.rdev()), libc::minor(con.rdev())), (5, 1));
         let vda = std::fs::symlink_metadata(x.join("dev/vda")).unwrap();
@@ -326,9 +437,15 @@ mod tests {
         loop {
             let h = &archive[pos..pos + 110];
             assert_eq!(&h[..6], b"070701");
-            let field = |i: usize| u32::from_str_radix(std::str::from_utf8(&h[6 + 8 * i..14 + 8 * i]).unwrap(), 16).unwrap();
-            let (ino, nlink, mtime, size, namesize) = (field(0), field(4), field(5), field(6), field(11));
-            let name = std::str::from_utf8(&archive[pos + 110..pos + 110 + namesize as usize - 1]).unwrap().to_string();
+            let field = |i: usize| {
+                u32::from_str_radix(std::str::from_utf8(&h[6 + 8 * i..14 + 8 * i]).unwrap(), 16)
+                    .unwrap()
+            };
+            let (ino, nlink, mtime, size, namesize) =
+                (field(0), field(4), field(5), field(6), field(11));
+            let name = std::str::from_utf8(&archive[pos + 110..pos + 110 + namesize as usize - 1])
+                .unwrap()
+                .to_string();
             pos += 110 + namesize as usize;
             pos += (4 - pos % 4) % 4;
             pos += size as usize;
@@ -341,10 +458,28 @@ mod tests {
         }
         assert_eq!(pos, archive.len());
         let names: Vec<&str> = seen.iter().map(|s| s.0.as_str()).collect();
-        assert_eq!(names, [".", "agent3", "dev", "dev/console", "dev/vda", "empty", "init", "sbin", "sbin/agent", "sbin/agent2"]);
+        assert_eq!(
+            names,
+            [
+                ".",
+                "agent3",
+                "dev",
+                "dev/console",
+                "dev/vda",
+                "empty",
+                "init",
+                "sbin",
+                "sbin/agent",
+                "sbin/agent2"
+            ]
+        );
         let inos: Vec<u32> = seen.iter().map(|s| s.1).collect();
         assert_eq!(inos, [1, 2, 3, 4, 5, 6, 7, 8, 2, 2]);
-        let links: Vec<(u32, u32)> = seen.iter().filter(|s| s.1 == 2).map(|s| (s.2, s.3)).collect();
+        let links: Vec<(u32, u32)> = seen
+            .iter()
+            .filter(|s| s.1 == 2)
+            .map(|s| (s.2, s.3))
+            .collect();
         assert_eq!(links, [(3, 0), (3, 0), (3, 23)]);
         assert_eq!(seen[0].2, 4, "root nlink = 2 + two subdirectories");
     }
@@ -378,7 +513,8 @@ mod tests {
         }
         let empty = dir.path().join("empty");
         std::fs::create_dir(&empty).unwrap();
-        let err = write_initrd(&empty, &dir.path().join("c.img"), Compression::Gzip, 0).unwrap_err();
+        let err =
+            write_initrd(&empty, &dir.path().join("c.img"), Compression::Gzip, 0).unwrap_err();
         assert!(err.to_string().contains("no /init in the tree"), "{err}");
         assert!(!dir.path().join("c.img").exists());
     }

@@ -111,7 +111,10 @@ pub struct ImageReport {
 /// Builds a raw disk image of `tree` at `out` (temp file + rename).
 pub fn build_image(tree: &Path, out: &Path, opts: &ImageOptions) -> Result<ImageReport> {
     if opts.align_mib == 0 || (opts.dax && !opts.align_mib.is_multiple_of(2)) {
-        bail!("image align_mib {}: must be positive (and even with DAX, to keep 2 MiB alignment)", opts.align_mib);
+        bail!(
+            "image align_mib {}: must be positive (and even with DAX, to keep 2 MiB alignment)",
+            opts.align_mib
+        );
     }
     let fs_uuid = parse_uuid(&opts.fs_uuid).context("image fs_uuid")?;
     parse_uuid(&opts.hash_seed).context("image hash_seed")?;
@@ -152,17 +155,29 @@ pub fn build_image(tree: &Path, out: &Path, opts: &ImageOptions) -> Result<Image
             }
             make_erofs(tree, &fs_image, opts)?;
             let fs_bytes = std::fs::metadata(&fs_image)?.len();
-            (round_up(header + PARTITION_OFFSET + fs_bytes, align), fs_bytes, 0)
+            (
+                round_up(header + PARTITION_OFFSET + fs_bytes, align),
+                fs_bytes,
+                0,
+            )
         }
     };
 
     let inner_bytes = total - header;
     let partition_bytes = inner_bytes - PARTITION_OFFSET;
-    let inner_mbr = Mbr::single_partition(fs_uuid_signature(&fs_uuid), PARTITION_OFFSET, partition_bytes)?;
+    let inner_mbr = Mbr::single_partition(
+        fs_uuid_signature(&fs_uuid),
+        PARTITION_OFFSET,
+        partition_bytes,
+    )?;
     crate::util::write_atomically(out, |file| {
         file.set_len(total)?;
         if opts.dax {
-            let outer = Mbr::single_partition(fs_uuid_signature(&fs_uuid), header + PARTITION_OFFSET, partition_bytes)?;
+            let outer = Mbr::single_partition(
+                fs_uuid_signature(&fs_uuid),
+                header + PARTITION_OFFSET,
+                partition_bytes,
+            )?;
             file.write_all_at(&outer.encode(), 0)?;
             file.write_all_at(&DaxHeader::for_namespace(total).encode(), DAX_INFO_OFFSET)?;
         }
@@ -193,7 +208,10 @@ fn ext4_size_estimate(tree: &Path) -> Result<u64> {
     let mut blocks = 0u64;
     for e in &entries {
         blocks += match &e.kind {
-            EntryKind::Regular if e.link_group.is_none_or(|(first, _)| std::ptr::eq(&entries[first], e)) => {
+            EntryKind::Regular
+                if e.link_group
+                    .is_none_or(|(first, _)| std::ptr::eq(&entries[first], e)) =>
+            {
                 e.size.div_ceil(EXT4_BLOCK_SIZE) + 1
             }
             EntryKind::Directory => 2,
@@ -231,7 +249,13 @@ const MKE2FS_CONF: &str = "[defaults]
 \t}
 ";
 
-fn make_ext4(tree: &Path, fs_image: &Path, fs_bytes: u64, opts: &ImageOptions, scratch: &Path) -> Result<Ext4Outcome> {
+fn make_ext4(
+    tree: &Path,
+    fs_image: &Path,
+    fs_bytes: u64,
+    opts: &ImageOptions,
+    scratch: &Path,
+) -> Result<Ext4Outcome> {
     let conf = scratch.join("mke2fs.conf");
     std::fs::write(&conf, MKE2FS_CONF)?;
     let _ = std::fs::remove_file(fs_image);
@@ -245,14 +269,21 @@ fn make_ext4(tree: &Path, fs_image: &Path, fs_bytes: u64, opts: &ImageOptions, s
     mke2fs
         .env("MKE2FS_CONFIG", &conf)
         .env("E2FSPROGS_FAKE_TIME", &epoch)
-        .args(["-q", "-F", "-t", "ext4", "-T", "default", "-b", "4096", "-I", "256", "-m", "0"])
+        .args([
+            "-q", "-F", "-t", "ext4", "-T", "default", "-b", "4096", "-I", "256", "-m", "0",
+        ])
         .args(["-U", &opts.fs_uuid, "-E", &ext_opts, "-d"])
         .arg(tree)
         .arg(fs_image);
     let out = run_tool(&mut mke2fs, "mke2fs (package e2fsprogs)")?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let full = ["Could not allocate block", "No space left", "Could not allocate inode", "too small"];
+        let full = [
+            "Could not allocate block",
+            "No space left",
+            "Could not allocate inode",
+            "too small",
+        ];
         if full.iter().any(|m| stderr.contains(m)) {
             return Ok(Ext4Outcome::TooSmall);
         }
@@ -264,8 +295,12 @@ fn make_ext4(tree: &Path, fs_image: &Path, fs_bytes: u64, opts: &ImageOptions, s
     // so refuse names debugfs cannot quote.
     let mut script = String::new();
     for e in list_tree(tree)? {
-        let rel = String::from_utf8(e.rel.clone())
-            .map_err(|_| anyhow::anyhow!("{}: non-UTF-8 file name cannot be fixed up by debugfs", e.host_path.display()))?;
+        let rel = String::from_utf8(e.rel.clone()).map_err(|_| {
+            anyhow::anyhow!(
+                "{}: non-UTF-8 file name cannot be fixed up by debugfs",
+                e.host_path.display()
+            )
+        })?;
         if rel.contains(['"', '\n', '\\']) {
             bail!("{}: file names with quotes, backslashes or newlines are not supported in ext4 images", e.host_path.display());
         }
@@ -276,12 +311,20 @@ fn make_ext4(tree: &Path, fs_image: &Path, fs_bytes: u64, opts: &ImageOptions, s
     let script_path = scratch.join("fix-times.debugfs");
     std::fs::write(&script_path, script)?;
     let mut debugfs = Command::new("debugfs");
-    debugfs.env("E2FSPROGS_FAKE_TIME", &epoch).arg("-w").arg("-f").arg(&script_path).arg(fs_image);
+    debugfs
+        .env("E2FSPROGS_FAKE_TIME", &epoch)
+        .arg("-w")
+        .arg("-f")
+        .arg(&script_path)
+        .arg(fs_image);
     let out = run_tool(&mut debugfs, "debugfs (package e2fsprogs)")?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     // debugfs reports per-command errors on stderr but exits 0; its banner
     // is the only line expected there.
-    let errors: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty()).collect();
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+        .collect();
     if !out.status.success() || !errors.is_empty() {
         bail!("debugfs could not pin inode times: {}", errors.join("; "));
     }
@@ -290,7 +333,10 @@ fn make_ext4(tree: &Path, fs_image: &Path, fs_bytes: u64, opts: &ImageOptions, s
     dumpe2fs.arg("-h").arg(fs_image);
     let out = run_tool(&mut dumpe2fs, "dumpe2fs (package e2fsprogs)")?;
     if !out.status.success() {
-        bail!("dumpe2fs failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "dumpe2fs failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |name: &str| -> Result<u64> {
@@ -298,7 +344,9 @@ fn make_ext4(tree: &Path, fs_image: &Path, fs_bytes: u64, opts: &ImageOptions, s
             .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
             .with_context(|| format!("dumpe2fs -h printed no `{name}`"))
     };
-    Ok(Ext4Outcome::Built { free_bytes: field("Free blocks:")? * field("Block size:")? })
+    Ok(Ext4Outcome::Built {
+        free_bytes: field("Free blocks:")? * field("Block size:")?,
+    })
 }
 
 fn make_erofs(tree: &Path, fs_image: &Path, opts: &ImageOptions) -> Result<()> {
@@ -315,13 +363,19 @@ fn make_erofs(tree: &Path, fs_image: &Path, opts: &ImageOptions) -> Result<()> {
         .arg(tree);
     let out = run_tool(&mut mkfs, "mkfs.erofs (package erofs-utils)")?;
     if !out.status.success() {
-        bail!("mkfs.erofs failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "mkfs.erofs failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
 
 fn run_tool(cmd: &mut Command, what: &str) -> Result<std::process::Output> {
-    cmd.output().with_context(|| format!("cannot run {what}; is it installed? (`cargo xtask doctor --install`)"))
+    cmd.output().with_context(|| {
+        format!("cannot run {what}; is it installed? (`cargo xtask doctor --install`)")
+    })
 }
 
 /// Copies `from` into `to` at `offset`, skipping all-zero chunks (the
@@ -356,7 +410,8 @@ fn parse_uuid(s: &str) -> Result<[u8; 16]> {
     if groups != [8, 4, 4, 4, 12] || hex_digits.len() != 32 {
         bail!("`{s}` is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)");
     }
-    let bytes = hex::decode(&hex_digits).with_context(|| format!("`{s}` is not a UUID (hex digits expected)"))?;
+    let bytes = hex::decode(&hex_digits)
+        .with_context(|| format!("`{s}` is not a UUID (hex digits expected)"))?;
     Ok(bytes.try_into().expect("32 hex digits"))
 }
 
@@ -391,12 +446,18 @@ impl Mbr {
         if !start.is_multiple_of(SECTOR) || !bytes.is_multiple_of(SECTOR) {
             bail!("MBR partition start {start} and size {bytes} must be multiples of 512");
         }
-        let first_lba = u32::try_from(start / SECTOR).context("MBR partition start beyond 2 TiB")?;
+        let first_lba =
+            u32::try_from(start / SECTOR).context("MBR partition start beyond 2 TiB")?;
         let sectors = u32::try_from(bytes / SECTOR).context("MBR partition larger than 2 TiB")?;
         Ok(Mbr {
             disk_signature,
             partitions: [
-                Some(MbrPartition { bootable: false, partition_type: MBR_TYPE_LINUX, first_lba, sectors }),
+                Some(MbrPartition {
+                    bootable: false,
+                    partition_type: MBR_TYPE_LINUX,
+                    first_lba,
+                    sectors,
+                }),
                 None,
                 None,
                 None,
@@ -439,7 +500,10 @@ impl Mbr {
                 sectors: u32::from_le_bytes(e[12..16].try_into().unwrap()),
             });
         }
-        Ok(Mbr { disk_signature: u32::from_le_bytes(b[440..444].try_into().unwrap()), partitions })
+        Ok(Mbr {
+            disk_signature: u32::from_le_bytes(b[440..444].try_into().unwrap()),
+            partitions,
+        })
     }
 }
 
@@ -456,7 +520,11 @@ fn chs(lba: u32) -> [u8; 3] {
             (c, (lba / SECTORS) % HEADS, lba % SECTORS + 1)
         }
     };
-    [h as u8, (s as u8 & 0x3f) | (((c >> 8) as u8 & 0x3) << 6), c as u8]
+    [
+        h as u8,
+        (s as u8 & 0x3f) | (((c >> 8) as u8 & 0x3) << 6),
+        c as u8,
+    ]
 }
 
 /// Fletcher-64 as the Linux NVDIMM driver computes it (`nd_fletcher64`):
@@ -579,7 +647,9 @@ impl DaxHeader {
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
         Ok(DaxHeader {
             uuid: b[Self::OFF_UUID..Self::OFF_UUID + 16].try_into().unwrap(),
-            parent_uuid: b[Self::OFF_PARENT_UUID..Self::OFF_PARENT_UUID + 16].try_into().unwrap(),
+            parent_uuid: b[Self::OFF_PARENT_UUID..Self::OFF_PARENT_UUID + 16]
+                .try_into()
+                .unwrap(),
             flags: u32_at(Self::OFF_FLAGS),
             version_major: u16_at(Self::OFF_VERSION_MAJOR),
             version_minor: u16_at(Self::OFF_VERSION_MINOR),

@@ -15,7 +15,9 @@ mod util;
 mod walk;
 
 pub use cpio::{write_cpio, write_initrd, Compression};
-pub use image::{build_image, fletcher64, DaxHeader, Filesystem, ImageOptions, ImageReport, Mbr, MbrPartition};
+pub use image::{
+    build_image, fletcher64, DaxHeader, Filesystem, ImageOptions, ImageReport, Mbr, MbrPartition,
+};
 pub use recipe::{InitMode, Recipe, RecipeError};
 pub use tar::{tree_digest, write_tree_tar};
 pub use tree::{build_rootfs, check_rootfs, InputInfo, OsbuilderInfo, RootfsInputs};

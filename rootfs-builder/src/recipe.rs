@@ -219,7 +219,9 @@ impl TryFrom<String> for GuestPath {
             }
         }
         if s.contains('\0') || s.contains('\n') || s.contains('"') || s.contains('\\') {
-            return Err(format!("path `{s}` contains a NUL, newline, quote or backslash"));
+            return Err(format!(
+                "path `{s}` contains a NUL, newline, quote or backslash"
+            ));
         }
         Ok(GuestPath(s))
     }
@@ -270,10 +272,16 @@ impl<T: TryFrom<String, Error = String>> serde::de::Visitor<'_> for ScalarVisito
         T::try_from(v.to_string()).map_err(E::custom)
     }
     fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<T, E> {
-        Err(E::custom(format!("expected {}, not the number {v} (quote it)", self.0)))
+        Err(E::custom(format!(
+            "expected {}, not the number {v} (quote it)",
+            self.0
+        )))
     }
     fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<T, E> {
-        Err(E::custom(format!("expected {}, not the number {v} (quote it)", self.0)))
+        Err(E::custom(format!(
+            "expected {}, not the number {v} (quote it)",
+            self.0
+        )))
     }
 }
 
@@ -299,7 +307,10 @@ impl Recipe {
             source,
         })?;
         let recipe = Self::parse(&text, path)?;
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
         if recipe.name != stem {
             return Err(RecipeError::Invalid {
                 file: path.to_path_buf(),
@@ -391,7 +402,10 @@ impl Recipe {
         {
             return Err(invalid(
                 "name".into(),
-                format!("`{}` must be non-empty lowercase letters, digits, - or _", self.name),
+                format!(
+                    "`{}` must be non-empty lowercase letters, digits, - or _",
+                    self.name
+                ),
             ));
         }
         let dirs: BTreeSet<&GuestPath> = self.directories.iter().map(|d| &d.path).collect();
@@ -421,8 +435,10 @@ impl Recipe {
                 return Err(invalid(key.clone(), format!("{path} is declared twice")));
             }
         }
-        let builder_entries: Vec<(String, &GuestPath)> =
-            builder_paths.iter().map(|p| (format!("(builder path {p})"), p)).collect();
+        let builder_entries: Vec<(String, &GuestPath)> = builder_paths
+            .iter()
+            .map(|p| (format!("(builder path {p})"), p))
+            .collect();
         for (key, path) in entries.iter().chain(builder_entries.iter()) {
             if let Some(parent) = path.parent() {
                 if !dirs.contains(&parent) {
@@ -435,13 +451,19 @@ impl Recipe {
         }
         for (i, s) in self.symlinks.iter().enumerate() {
             if s.target.is_empty() || s.target.contains('\0') {
-                return Err(invalid(format!("symlinks[{i}].target"), "target must be a non-empty string without NUL".into()));
+                return Err(invalid(
+                    format!("symlinks[{i}].target"),
+                    "target must be a non-empty string without NUL".into(),
+                ));
             }
         }
         if let Some(bb) = &self.busybox {
             for (i, p) in bb.exclude_applets.iter().enumerate() {
                 if bb.exclude_applets[..i].contains(p) {
-                    return Err(invalid(format!("busybox.exclude_applets[{i}]"), format!("{p} is listed twice")));
+                    return Err(invalid(
+                        format!("busybox.exclude_applets[{i}]"),
+                        format!("{p} is listed twice"),
+                    ));
                 }
             }
         }
@@ -455,9 +477,9 @@ fn bare_yaml_message(full: &str, key: &str) -> String {
     let mut msg = full;
     if let Some(idx) = msg.rfind(" at line ") {
         let tail = &msg[idx + " at line ".len()..];
-        let looks_like_position = tail
-            .split_once(" column ")
-            .is_some_and(|(l, c)| l.bytes().all(|b| b.is_ascii_digit()) && c.bytes().all(|b| b.is_ascii_digit()));
+        let looks_like_position = tail.split_once(" column ").is_some_and(|(l, c)| {
+            l.bytes().all(|b| b.is_ascii_digit()) && c.bytes().all(|b| b.is_ascii_digit())
+        });
         if looks_like_position {
             msg = &msg[..idx];
         }
@@ -511,35 +533,55 @@ directories:
 
     #[test]
     fn wrong_type_names_key_path_and_line() {
-        let text = format!("{GOOD}files:\n  - path: /etc/hostname\n    mode: \"0644\"\n    content: [a, b]\n");
+        let text = format!(
+            "{GOOD}files:\n  - path: /etc/hostname\n    mode: \"0644\"\n    content: [a, b]\n"
+        );
         let err = parse(&text).unwrap_err().to_string();
         assert_eq!(err, "image-recipes/t.yaml:14:14: files[0].content: invalid type: sequence, expected a string");
     }
 
     #[test]
     fn numeric_mode_is_rejected_with_fix() {
-        let text = format!("{GOOD}files:\n  - path: /etc/hostname\n    mode: 644\n    content: x\n");
+        let text =
+            format!("{GOOD}files:\n  - path: /etc/hostname\n    mode: 644\n    content: x\n");
         let err = parse(&text).unwrap_err().to_string();
         assert_eq!(err, "image-recipes/t.yaml:13:11: files[0].mode: expected a quoted octal mode such as \"0755\", not the number 644 (quote it)");
         // A leading zero keeps YAML from reading a number: taken as octal.
-        let text = format!("{GOOD}files:\n  - path: /etc/hostname\n    mode: 0644\n    content: x\n");
+        let text =
+            format!("{GOOD}files:\n  - path: /etc/hostname\n    mode: 0644\n    content: x\n");
         assert_eq!(parse(&text).unwrap().files[0].mode, Mode(0o644));
-        let text = format!("{GOOD}files:\n  - path: /etc/hostname\n    mode: \"0948\"\n    content: x\n");
+        let text =
+            format!("{GOOD}files:\n  - path: /etc/hostname\n    mode: \"0948\"\n    content: x\n");
         let err = parse(&text).unwrap_err().to_string();
-        assert!(err.contains("files[0].mode: invalid mode \"0948\""), "{err}");
+        assert!(
+            err.contains("files[0].mode: invalid mode \"0948\""),
+            "{err}"
+        );
     }
 
     #[test]
     fn systemd_init_is_explicitly_unsupported() {
-        let err = parse(&GOOD.replace("init: agent", "init: systemd")).unwrap_err().to_string();
-        assert!(err.starts_with("image-recipes/t.yaml:2:7: init: `systemd` is not supported yet"), "{err}");
+        let err = parse(&GOOD.replace("init: agent", "init: systemd"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("image-recipes/t.yaml:2:7: init: `systemd` is not supported yet"),
+            "{err}"
+        );
     }
 
     #[test]
     fn relative_and_unnormalised_paths_are_rejected() {
-        let err = parse(&GOOD.replace("path: /etc,", "path: etc,")).unwrap_err().to_string();
-        assert!(err.contains("directories[0].path: path `etc` must be absolute"), "{err}");
-        let err = parse(&GOOD.replace("path: /etc,", "path: /etc/../x,")).unwrap_err().to_string();
+        let err = parse(&GOOD.replace("path: /etc,", "path: etc,"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("directories[0].path: path `etc` must be absolute"),
+            "{err}"
+        );
+        let err = parse(&GOOD.replace("path: /etc,", "path: /etc/../x,"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("must be normalised"), "{err}");
     }
 
@@ -550,23 +592,41 @@ directories:
         assert_eq!(err, "image-recipes/t.yaml: files[0].path: parent directory /opt of /opt/x is not declared; add it to `directories`");
         let text = format!("{GOOD}symlinks:\n  - {{path: /etc, target: /x}}\n");
         let err = parse(&text).unwrap_err().to_string();
-        assert_eq!(err, "image-recipes/t.yaml: symlinks[0].path: /etc is declared twice");
-        let err = parse(&GOOD.replace("  - {path: /sbin, mode: \"0755\"}\n", "")).unwrap_err().to_string();
-        assert!(err.contains("parent directory /sbin of /sbin/init is not declared"), "{err}");
+        assert_eq!(
+            err,
+            "image-recipes/t.yaml: symlinks[0].path: /etc is declared twice"
+        );
+        let err = parse(&GOOD.replace("  - {path: /sbin, mode: \"0755\"}\n", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("parent directory /sbin of /sbin/init is not declared"),
+            "{err}"
+        );
         let text = format!("{GOOD}files:\n  - {{path: /sbin/init, mode: \"0755\", content: x}}\n");
         let err = parse(&text).unwrap_err().to_string();
-        assert!(err.contains("/sbin/init is created by the builder"), "{err}");
+        assert!(
+            err.contains("/sbin/init is created by the builder"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unknown_recipe_lists_available_ones() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("t.yaml"), GOOD).unwrap();
-        std::fs::write(dir.path().join("other.yaml"), GOOD.replace("name: t", "name: other")).unwrap();
+        std::fs::write(
+            dir.path().join("other.yaml"),
+            GOOD.replace("name: t", "name: other"),
+        )
+        .unwrap();
         let err = Recipe::find(dir.path(), "nope").unwrap_err().to_string();
         assert_eq!(
             err,
-            format!("unknown recipe `nope`: no {}/nope.yaml; available recipes: other, t", dir.path().display())
+            format!(
+                "unknown recipe `nope`: no {}/nope.yaml; available recipes: other, t",
+                dir.path().display()
+            )
         );
         assert!(Recipe::find(dir.path(), "../t").is_err());
         assert_eq!(Recipe::find(dir.path(), "t").unwrap().name, "t");

@@ -20,9 +20,13 @@ const RECORD: u64 = 20 * BLOCK as u64;
 /// Writes the tree at `dir` as a tar stream to `out`.
 pub fn write_tree_tar<W: Write>(dir: &Path, out: W) -> Result<()> {
     let entries = list_tree(dir)?;
-    let mut w = CountingWriter { inner: out, count: 0 };
+    let mut w = CountingWriter {
+        inner: out,
+        count: 0,
+    };
     for entry in &entries {
-        write_entry(&mut w, entry, &entries).with_context(|| format!("{}: cannot archive", entry.host_path.display()))?;
+        write_entry(&mut w, entry, &entries)
+            .with_context(|| format!("{}: cannot archive", entry.host_path.display()))?;
     }
     w.write_all(&[0u8; 2 * BLOCK])?;
     let pad = (RECORD - w.count % RECORD) % RECORD;
@@ -73,7 +77,11 @@ fn archive_name(entry: &TreeEntry) -> Vec<u8> {
     name
 }
 
-fn write_entry<W: Write>(w: &mut CountingWriter<W>, entry: &TreeEntry, all: &[TreeEntry]) -> Result<()> {
+fn write_entry<W: Write>(
+    w: &mut CountingWriter<W>,
+    entry: &TreeEntry,
+    all: &[TreeEntry],
+) -> Result<()> {
     let name = archive_name(entry);
     let mut typeflag = match entry.kind {
         EntryKind::Regular => b'0',
@@ -96,7 +104,9 @@ fn write_entry<W: Write>(w: &mut CountingWriter<W>, entry: &TreeEntry, all: &[Tr
         }
     }
     let (major, minor) = match entry.kind {
-        EntryKind::CharDevice { major, minor } | EntryKind::BlockDevice { major, minor } => (major, minor),
+        EntryKind::CharDevice { major, minor } | EntryKind::BlockDevice { major, minor } => {
+            (major, minor)
+        }
         _ => (0, 0),
     };
     if entry.mtime < 0 {
@@ -232,7 +242,8 @@ mod tests {
         )
         .unwrap();
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(root.join("null"), std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::fs::set_permissions(root.join("null"), std::fs::Permissions::from_mode(0o666))
+            .unwrap();
         crate::tree::pin_times(root, 1_700_000_000).unwrap();
     }
 
@@ -245,23 +256,52 @@ mod tests {
         let tar_path = dir.path().join("t.tar");
         write_tree_tar(&root, std::fs::File::create(&tar_path).unwrap()).unwrap();
         assert_eq!(std::fs::metadata(&tar_path).unwrap().len() % RECORD, 0);
-        let out = Command::new("tar").env("TZ", "UTC").args(["--numeric-owner", "-tvf"]).arg(&tar_path).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("tar")
+            .env("TZ", "UTC")
+            .args(["--numeric-owner", "-tvf"])
+            .arg(&tar_path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let listing = String::from_utf8(out.stdout).unwrap();
-        let names: Vec<&str> = listing.lines().map(|l| l.split_whitespace().nth(5).unwrap()).collect();
+        let names: Vec<&str> = listing
+            .lines()
+            .map(|l| l.split_whitespace().nth(5).unwrap())
+            .collect();
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted, "{listing}");
-        assert!(listing.contains("./etc/deep/link link to ./a-file"), "{listing}");
+        assert!(
+            listing.contains("./etc/deep/link link to ./a-file"),
+            "{listing}"
+        );
         assert!(listing.contains("./sym -> /etc/hostname"), "{listing}");
-        assert!(listing.contains(&format!("./etc/{}", "x".repeat(120))), "{listing}");
-        assert!(listing.lines().any(|l| l.starts_with("crw-rw-rw- 0/0") && l.contains("1,3") && l.ends_with("./null")), "{listing}");
+        assert!(
+            listing.contains(&format!("./etc/{}", "x".repeat(120))),
+            "{listing}"
+        );
+        assert!(
+            listing.lines().any(|l| l.starts_with("crw-rw-rw- 0/0")
+                && l.contains("1,3")
+                && l.ends_with("./null")),
+            "{listing}"
+        );
         assert!(listing.lines().all(|l| l.contains(" 0/0 ")), "{listing}");
         assert!(listing.contains("2023-11-14"), "{listing}");
 
         let x = dir.path().join("x");
         std::fs::create_dir(&x).unwrap();
-        let st = Command::new("tar").arg("-xf").arg(&tar_path).arg("-C").arg(&x).status().unwrap();
+        let st = Command::new("tar")
+            .arg("-xf")
+            .arg(&tar_path)
+            .arg("-C")
+            .arg(&x)
+            .status()
+            .unwrap();
         assert!(st.success());
         assert_eq!(tree_digest(&x).unwrap(), tree_digest(&root).unwrap());
     }
@@ -282,7 +322,11 @@ mod tests {
         let d2 = tree_digest(&root).unwrap();
         assert_ne!(d1, d2);
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(root.join("etc/hostname"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(
+            root.join("etc/hostname"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
         crate::tree::pin_times(&root, 1_700_000_001).unwrap();
         assert_ne!(d2, tree_digest(&root).unwrap());
     }

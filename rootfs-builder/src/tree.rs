@@ -6,7 +6,8 @@
 //! SOURCE_DATE_EPOCH, so the tree's tar digest only depends on the inputs.
 
 use crate::recipe::{
-    DeviceKind, GuestPath, InitMode, Mode, Recipe, AGENT_INIT_LINKS, AGENT_PATH, OSBUILDER_YAML_PATH,
+    DeviceKind, GuestPath, InitMode, Mode, Recipe, AGENT_INIT_LINKS, AGENT_PATH,
+    OSBUILDER_YAML_PATH,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
@@ -61,7 +62,12 @@ pub struct InputInfo {
 
 impl OsbuilderInfo {
     /// Fills in the fields this crate knows (format and builder version).
-    pub fn new(recipe: &Recipe, agent_version: &str, inputs: Vec<InputInfo>, source_date_epoch: i64) -> Self {
+    pub fn new(
+        recipe: &Recipe,
+        agent_version: &str,
+        inputs: Vec<InputInfo>,
+        source_date_epoch: i64,
+    ) -> Self {
         OsbuilderInfo {
             file_format_version: OSBUILDER_FILE_FORMAT_VERSION.into(),
             recipe: recipe.name.clone(),
@@ -87,19 +93,26 @@ impl OsbuilderInfo {
 /// place once complete and checked. Needs root (device nodes, chown to 0:0).
 pub fn build_rootfs(recipe: &Recipe, inputs: &RootfsInputs, dest: &Path) -> Result<()> {
     if std::fs::symlink_metadata(dest).is_ok() {
-        bail!("{}: already exists; the rootfs is built into a new directory (remove it first)", dest.display());
+        bail!(
+            "{}: already exists; the rootfs is built into a new directory (remove it first)",
+            dest.display()
+        );
     }
     let info = &inputs.osbuilder;
     if info.recipe != recipe.name || info.init != recipe.init {
         bail!(
             "osbuilder info names recipe `{}` (init {}) but the recipe is `{}` (init {})",
-            info.recipe, info.init.as_str(), recipe.name, recipe.init.as_str()
+            info.recipe,
+            info.init.as_str(),
+            recipe.name,
+            recipe.init.as_str()
         );
     }
     if info.source_date_epoch != inputs.source_date_epoch {
         bail!(
             "osbuilder info source_date_epoch {} differs from the build's {}",
-            info.source_date_epoch, inputs.source_date_epoch
+            info.source_date_epoch,
+            inputs.source_date_epoch
         );
     }
     require_elf(&inputs.agent, "agent")?;
@@ -108,7 +121,12 @@ pub fn build_rootfs(recipe: &Recipe, inputs: &RootfsInputs, dest: &Path) -> Resu
     }
     let parent = crate::util::parent_dir(dest);
     let staging = tempfile::Builder::new()
-        .prefix(&format!(".{}.", dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()))
+        .prefix(&format!(
+            ".{}.",
+            dest.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        ))
         .suffix(".tmp")
         .tempdir_in(parent)
         .with_context(|| format!("cannot create a temp directory in {}", parent.display()))?;
@@ -119,7 +137,10 @@ pub fn build_rootfs(recipe: &Recipe, inputs: &RootfsInputs, dest: &Path) -> Resu
     let built = staging.keep();
     if let Err(e) = std::fs::rename(&built, dest) {
         let _ = std::fs::remove_dir_all(&built);
-        return Err(anyhow!(e).context(format!("{}: cannot rename the built tree into place", dest.display())));
+        return Err(anyhow!(e).context(format!(
+            "{}: cannot rename the built tree into place",
+            dest.display()
+        )));
     }
     Ok(())
 }
@@ -127,9 +148,17 @@ pub fn build_rootfs(recipe: &Recipe, inputs: &RootfsInputs, dest: &Path) -> Resu
 /// One thing to create in the tree.
 enum Node {
     Directory(Mode),
-    File { mode: Mode, source: FileSource },
+    File {
+        mode: Mode,
+        source: FileSource,
+    },
     Symlink(String),
-    Device { kind: DeviceKind, major: u32, minor: u32, mode: Mode },
+    Device {
+        kind: DeviceKind,
+        major: u32,
+        minor: u32,
+        mode: Mode,
+    },
 }
 
 enum FileSource {
@@ -142,34 +171,86 @@ fn populate(recipe: &Recipe, inputs: &RootfsInputs, root: &Path) -> Result<()> {
     // before anything is written and creation happens parents-first.
     let mut plan: Plan = BTreeMap::new();
     for d in &recipe.directories {
-        add_node(&mut plan, d.path.clone(), Node::Directory(d.mode), "recipe directories".into())?;
+        add_node(
+            &mut plan,
+            d.path.clone(),
+            Node::Directory(d.mode),
+            "recipe directories".into(),
+        )?;
     }
     for f in &recipe.files {
-        add_node(&mut plan, f.path.clone(), Node::File { mode: f.mode, source: FileSource::Bytes(f.content.clone().into_bytes()) }, "recipe files".into())?;
+        add_node(
+            &mut plan,
+            f.path.clone(),
+            Node::File {
+                mode: f.mode,
+                source: FileSource::Bytes(f.content.clone().into_bytes()),
+            },
+            "recipe files".into(),
+        )?;
     }
     for s in &recipe.symlinks {
-        add_node(&mut plan, s.path.clone(), Node::Symlink(s.target.clone()), "recipe symlinks".into())?;
+        add_node(
+            &mut plan,
+            s.path.clone(),
+            Node::Symlink(s.target.clone()),
+            "recipe symlinks".into(),
+        )?;
     }
     for d in &recipe.devices {
-        add_node(&mut plan, d.path.clone(), Node::Device { kind: d.kind, major: d.major, minor: d.minor, mode: d.mode }, "recipe devices".into())?;
+        add_node(
+            &mut plan,
+            d.path.clone(),
+            Node::Device {
+                kind: d.kind,
+                major: d.major,
+                minor: d.minor,
+                mode: d.mode,
+            },
+            "recipe devices".into(),
+        )?;
     }
     match recipe.init {
         InitMode::Agent => {
             let agent = GuestPath::new(AGENT_PATH).expect("valid constant");
-            add_node(&mut plan, agent, Node::File { mode: Mode(0o755), source: FileSource::Copy(inputs.agent.clone()) }, "the agent".into())?;
+            add_node(
+                &mut plan,
+                agent,
+                Node::File {
+                    mode: Mode(0o755),
+                    source: FileSource::Copy(inputs.agent.clone()),
+                },
+                "the agent".into(),
+            )?;
             for link in AGENT_INIT_LINKS {
-                add_node(&mut plan, GuestPath::new(link).expect("valid constant"), Node::Symlink(AGENT_PATH.into()), "init: agent".into())?;
+                add_node(
+                    &mut plan,
+                    GuestPath::new(link).expect("valid constant"),
+                    Node::Symlink(AGENT_PATH.into()),
+                    "init: agent".into(),
+                )?;
             }
         }
     }
     add_node(
         &mut plan,
         GuestPath::new(OSBUILDER_YAML_PATH).expect("valid constant"),
-        Node::File { mode: Mode(0o644), source: FileSource::Bytes(inputs.osbuilder.to_yaml()?.into_bytes()) },
+        Node::File {
+            mode: Mode(0o644),
+            source: FileSource::Bytes(inputs.osbuilder.to_yaml()?.into_bytes()),
+        },
         "osbuilder.yaml".into(),
     )?;
     if let Some(bb) = &recipe.busybox {
-        add_node(&mut plan, bb.path.clone(), Node::File { mode: Mode(0o755), source: FileSource::Copy(inputs.busybox.clone()) }, "busybox".into())?;
+        add_node(
+            &mut plan,
+            bb.path.clone(),
+            Node::File {
+                mode: Mode(0o755),
+                source: FileSource::Copy(inputs.busybox.clone()),
+            },
+            "busybox".into(),
+        )?;
         let applets = busybox_applets(&inputs.busybox)?;
         for excluded in &bb.exclude_applets {
             if !applets.contains(excluded) {
@@ -183,7 +264,12 @@ fn populate(recipe: &Recipe, inputs: &RootfsInputs, root: &Path) -> Result<()> {
             if let Some((_, other)) = plan.get(&applet) {
                 bail!("busybox applet {applet} collides with {other}; add it to busybox.exclude_applets");
             }
-            add_node(&mut plan, applet, Node::Symlink(bb.path.as_str().into()), "busybox applets".into())?;
+            add_node(
+                &mut plan,
+                applet,
+                Node::Symlink(bb.path.as_str().into()),
+                "busybox applets".into(),
+            )?;
         }
     }
     for path in plan.keys() {
@@ -198,7 +284,8 @@ fn populate(recipe: &Recipe, inputs: &RootfsInputs, root: &Path) -> Result<()> {
     std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))?;
     for (path, (node, _)) in &plan {
         let host = root.join(path.relative());
-        create_node(&host, node).with_context(|| format!("{path}: cannot create in {}", root.display()))?;
+        create_node(&host, node)
+            .with_context(|| format!("{path}: cannot create in {}", root.display()))?;
     }
     Ok(())
 }
@@ -224,7 +311,8 @@ fn create_node(host: &Path, node: &Node) -> Result<()> {
             match source {
                 FileSource::Bytes(b) => std::fs::write(host, b)?,
                 FileSource::Copy(from) => {
-                    std::fs::copy(from, host).with_context(|| format!("cannot copy {}", from.display()))?;
+                    std::fs::copy(from, host)
+                        .with_context(|| format!("cannot copy {}", from.display()))?;
                 }
             }
             chown_root(host)?;
@@ -234,7 +322,12 @@ fn create_node(host: &Path, node: &Node) -> Result<()> {
             symlink(target, host)?;
             chown_root(host)?;
         }
-        Node::Device { kind, major, minor, mode } => {
+        Node::Device {
+            kind,
+            major,
+            minor,
+            mode,
+        } => {
             let sflag = match kind {
                 DeviceKind::Char => SFlag::S_IFCHR,
                 DeviceKind::Block => SFlag::S_IFBLK,
@@ -271,7 +364,8 @@ fn chown_root(host: &Path) -> Result<()> {
 
 fn require_elf(path: &Path, what: &str) -> Result<()> {
     let mut magic = [0u8; 4];
-    let read = std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
+    let read =
+        std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
     read.with_context(|| format!("{what} binary {}: cannot read", path.display()))?;
     if &magic != b"\x7fELF" {
         bail!("{what} binary {}: not an ELF executable", path.display());
@@ -335,7 +429,8 @@ pub fn check_rootfs(dest: &Path, recipe: &Recipe) -> Result<()> {
     }
     let executable = |guest: &str| -> Result<PathBuf> {
         let resolved = resolve_in_tree(dest, guest)?;
-        let meta = std::fs::metadata(&resolved).with_context(|| format!("{}: {guest} is not installed", dest.display()))?;
+        let meta = std::fs::metadata(&resolved)
+            .with_context(|| format!("{}: {guest} is not installed", dest.display()))?;
         if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
             bail!("{}: {guest} is not an executable file", dest.display());
         }
@@ -346,16 +441,26 @@ pub fn check_rootfs(dest: &Path, recipe: &Recipe) -> Result<()> {
             let agent = executable(AGENT_PATH)?;
             for link in AGENT_INIT_LINKS {
                 if executable(link)? != agent {
-                    bail!("{}: {link} does not resolve to the agent {AGENT_PATH}", dest.display());
+                    bail!(
+                        "{}: {link} does not resolve to the agent {AGENT_PATH}",
+                        dest.display()
+                    );
                 }
             }
         }
     }
     let yaml = dest.join(&OSBUILDER_YAML_PATH[1..]);
-    let text = std::fs::read_to_string(&yaml).with_context(|| format!("{}: {OSBUILDER_YAML_PATH} is missing", dest.display()))?;
-    let info: OsbuilderInfo = serde_yaml_ng::from_str(&text).with_context(|| format!("{}: cannot parse", yaml.display()))?;
+    let text = std::fs::read_to_string(&yaml)
+        .with_context(|| format!("{}: {OSBUILDER_YAML_PATH} is missing", dest.display()))?;
+    let info: OsbuilderInfo = serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("{}: cannot parse", yaml.display()))?;
     if info.recipe != recipe.name {
-        bail!("{}: {OSBUILDER_YAML_PATH} describes recipe `{}`, not `{}`", dest.display(), info.recipe, recipe.name);
+        bail!(
+            "{}: {OSBUILDER_YAML_PATH} describes recipe `{}`, not `{}`",
+            dest.display(),
+            info.recipe,
+            recipe.name
+        );
     }
     Ok(())
 }
@@ -363,7 +468,12 @@ pub fn check_rootfs(dest: &Path, recipe: &Recipe) -> Result<()> {
 /// Resolves a guest path inside `root` as the guest would see it: absolute
 /// symlink targets are taken relative to `root`, never the host's `/`.
 fn resolve_in_tree(root: &Path, guest: &str) -> Result<PathBuf> {
-    let mut pending: Vec<String> = guest.split('/').filter(|c| !c.is_empty()).rev().map(String::from).collect();
+    let mut pending: Vec<String> = guest
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .rev()
+        .map(String::from)
+        .collect();
     let mut current: Vec<String> = Vec::new();
     let mut hops = 0;
     while let Some(component) = pending.pop() {
@@ -391,7 +501,13 @@ fn resolve_in_tree(root: &Path, guest: &str) -> Result<PathBuf> {
             if target.starts_with('/') {
                 current.clear();
             }
-            pending.extend(target.split('/').filter(|c| !c.is_empty()).rev().map(String::from));
+            pending.extend(
+                target
+                    .split('/')
+                    .filter(|c| !c.is_empty())
+                    .rev()
+                    .map(String::from),
+            );
         }
     }
     Ok(current.iter().fold(root.to_path_buf(), |p, c| p.join(c)))
@@ -403,7 +519,11 @@ pub(crate) mod tests {
     use std::os::unix::fs::MetadataExt;
 
     pub(crate) fn minimal_recipe() -> Recipe {
-        Recipe::find(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../image-recipes"), "minimal").unwrap()
+        Recipe::find(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../image-recipes"),
+            "minimal",
+        )
+        .unwrap()
     }
 
     /// Busybox from the host's busybox-static, and a copy of it standing in
@@ -411,7 +531,11 @@ pub(crate) mod tests {
     pub(crate) fn test_inputs(recipe: &Recipe, scratch: &Path, epoch: i64) -> RootfsInputs {
         let agent = scratch.join("fake-kata-agent");
         std::fs::copy("/bin/busybox", &agent).unwrap();
-        let inputs = vec![InputInfo { name: "busybox-static".into(), version: "test".into(), sha256: "0".repeat(64) }];
+        let inputs = vec![InputInfo {
+            name: "busybox-static".into(),
+            version: "test".into(),
+            sha256: "0".repeat(64),
+        }];
         RootfsInputs {
             busybox: PathBuf::from("/bin/busybox"),
             agent,
@@ -432,20 +556,44 @@ pub(crate) mod tests {
         nix::sys::stat::umask(old_umask);
         result.unwrap();
 
-        assert_eq!(std::fs::read_link(dest.join("sbin/init")).unwrap(), Path::new(AGENT_PATH));
-        assert_eq!(std::fs::read_link(dest.join("init")).unwrap(), Path::new(AGENT_PATH));
-        assert_eq!(std::fs::read_link(dest.join("bin/sh")).unwrap(), Path::new("/bin/busybox"));
+        assert_eq!(
+            std::fs::read_link(dest.join("sbin/init")).unwrap(),
+            Path::new(AGENT_PATH)
+        );
+        assert_eq!(
+            std::fs::read_link(dest.join("init")).unwrap(),
+            Path::new(AGENT_PATH)
+        );
+        assert_eq!(
+            std::fs::read_link(dest.join("bin/sh")).unwrap(),
+            Path::new("/bin/busybox")
+        );
         assert!(std::fs::symlink_metadata(dest.join("linuxrc")).is_err());
         let agent = std::fs::metadata(dest.join("usr/bin/kata-agent")).unwrap();
         assert_eq!(agent.mode() & 0o7777, 0o755);
         let console = std::fs::symlink_metadata(dest.join("dev/console")).unwrap();
-        assert_eq!((libc::major(console.rdev()), libc::minor(console.rdev())), (5, 1));
+        assert_eq!(
+            (libc::major(console.rdev()), libc::minor(console.rdev())),
+            (5, 1)
+        );
         let null = std::fs::symlink_metadata(dest.join("dev/null")).unwrap();
-        assert_eq!((libc::major(null.rdev()), libc::minor(null.rdev()), null.mode() & 0o7777), (1, 3, 0o666));
-        assert_eq!(std::fs::metadata(dest.join("tmp")).unwrap().mode() & 0o7777, 0o1777);
+        assert_eq!(
+            (
+                libc::major(null.rdev()),
+                libc::minor(null.rdev()),
+                null.mode() & 0o7777
+            ),
+            (1, 3, 0o666)
+        );
+        assert_eq!(
+            std::fs::metadata(dest.join("tmp")).unwrap().mode() & 0o7777,
+            0o1777
+        );
         assert_eq!(std::fs::metadata(&dest).unwrap().mode() & 0o7777, 0o755);
-        let info: OsbuilderInfo =
-            serde_yaml_ng::from_str(&std::fs::read_to_string(dest.join("var/lib/osbuilder/osbuilder.yaml")).unwrap()).unwrap();
+        let info: OsbuilderInfo = serde_yaml_ng::from_str(
+            &std::fs::read_to_string(dest.join("var/lib/osbuilder/osbuilder.yaml")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(info, inputs.osbuilder);
         // Every entry: owner 0:0, times pinned (symlinks included), and the
         // recipe's permissions despite the 077 umask.
@@ -463,10 +611,17 @@ pub(crate) mod tests {
         for f in &recipe.files {
             let m = std::fs::metadata(dest.join(f.path.relative())).unwrap();
             assert_eq!(m.mode() & 0o7777, f.mode.0, "{}", f.path);
-            assert_eq!(std::fs::read_to_string(dest.join(f.path.relative())).unwrap(), f.content);
+            assert_eq!(
+                std::fs::read_to_string(dest.join(f.path.relative())).unwrap(),
+                f.content
+            );
         }
         // Leaves no temp directory behind.
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
         assert!(leftovers.is_empty());
         check_rootfs(&dest, &recipe).unwrap();
 
@@ -474,9 +629,14 @@ pub(crate) mod tests {
         let dest2 = dir.path().join("rootfs2");
         std::thread::sleep(std::time::Duration::from_millis(1100));
         build_rootfs(&recipe, &inputs, &dest2).unwrap();
-        assert_eq!(crate::tree_digest(&dest).unwrap(), crate::tree_digest(&dest2).unwrap());
+        assert_eq!(
+            crate::tree_digest(&dest).unwrap(),
+            crate::tree_digest(&dest2).unwrap()
+        );
 
-        let err = build_rootfs(&recipe, &inputs, &dest).unwrap_err().to_string();
+        let err = build_rootfs(&recipe, &inputs, &dest)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("already exists"), "{err}");
     }
 
@@ -488,12 +648,22 @@ pub(crate) mod tests {
         let inputs = test_inputs(&recipe, dir.path(), 0);
         let dest = dir.path().join("rootfs");
         build_rootfs(&recipe, &inputs, &dest).unwrap();
-        std::fs::set_permissions(dest.join("usr/bin/kata-agent"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(
+            dest.join("usr/bin/kata-agent"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
         let err = check_rootfs(&dest, &recipe).unwrap_err().to_string();
-        assert!(err.contains("/usr/bin/kata-agent is not an executable file"), "{err}");
+        assert!(
+            err.contains("/usr/bin/kata-agent is not an executable file"),
+            "{err}"
+        );
         std::fs::remove_file(dest.join("usr/bin/kata-agent")).unwrap();
         let err = check_rootfs(&dest, &recipe).unwrap_err().to_string();
-        assert!(err.contains("/usr/bin/kata-agent is not installed"), "{err}");
+        assert!(
+            err.contains("/usr/bin/kata-agent is not installed"),
+            "{err}"
+        );
         std::fs::copy("/bin/busybox", dest.join("usr/bin/kata-agent")).unwrap();
         std::fs::remove_file(dest.join("var/lib/osbuilder/osbuilder.yaml")).unwrap();
         let err = check_rootfs(&dest, &recipe).unwrap_err().to_string();
@@ -508,11 +678,18 @@ pub(crate) mod tests {
         let mut inputs = test_inputs(&recipe, dir.path(), 0);
         std::fs::write(dir.path().join("not-elf"), "#!/bin/sh\n").unwrap();
         inputs.agent = dir.path().join("not-elf");
-        let err = build_rootfs(&recipe, &inputs, &dir.path().join("r")).unwrap_err().to_string();
-        assert!(err.contains("agent binary") && err.contains("not an ELF executable"), "{err}");
+        let err = build_rootfs(&recipe, &inputs, &dir.path().join("r"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("agent binary") && err.contains("not an ELF executable"),
+            "{err}"
+        );
         let mut inputs = test_inputs(&recipe, dir.path(), 0);
         inputs.source_date_epoch = 5;
-        let err = build_rootfs(&recipe, &inputs, &dir.path().join("r")).unwrap_err().to_string();
+        let err = build_rootfs(&recipe, &inputs, &dir.path().join("r"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("source_date_epoch"), "{err}");
         assert!(!dir.path().join("r").exists());
     }

@@ -10,16 +10,25 @@ use std::path::Path;
 /// renames it to `out`. On error the temp file is removed and `out` untouched.
 pub(crate) fn write_atomically(out: &Path, fill: impl FnOnce(File) -> Result<()>) -> Result<()> {
     let parent = parent_dir(out);
-    let name = out.file_name().with_context(|| format!("{}: not a file path", out.display()))?;
+    let name = out
+        .file_name()
+        .with_context(|| format!("{}: not a file path", out.display()))?;
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{}.", name.to_string_lossy()))
         .suffix(".tmp")
         .tempfile_in(parent)
-        .with_context(|| format!("{}: cannot create a temp file in {}", out.display(), parent.display()))?;
+        .with_context(|| {
+            format!(
+                "{}: cannot create a temp file in {}",
+                out.display(),
+                parent.display()
+            )
+        })?;
     let file = tmp.as_file().try_clone()?;
     fill(file).with_context(|| format!("{}: cannot write", out.display()))?;
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))?;
-    tmp.persist(out).with_context(|| format!("{}: cannot rename into place", out.display()))?;
+    tmp.persist(out)
+        .with_context(|| format!("{}: cannot rename into place", out.display()))?;
     Ok(())
 }
 

@@ -52,7 +52,8 @@ impl TreeEntry {
 /// relative path bytes, root first. Sockets are rejected: no archive format
 /// we write can carry them.
 pub(crate) fn list_tree(root: &Path) -> Result<Vec<TreeEntry>> {
-    let meta = std::fs::symlink_metadata(root).with_context(|| format!("{}: cannot stat", root.display()))?;
+    let meta = std::fs::symlink_metadata(root)
+        .with_context(|| format!("{}: cannot stat", root.display()))?;
     if !meta.is_dir() {
         bail!("{}: not a directory", root.display());
     }
@@ -74,13 +75,22 @@ pub(crate) fn list_tree(root: &Path) -> Result<Vec<TreeEntry>> {
                 .with_context(|| format!("{}: cannot read symlink", host_path.display()))?;
             EntryKind::Symlink(target.as_os_str().as_bytes().to_vec())
         } else if ft.is_char_device() {
-            EntryKind::CharDevice { major: libc::major(rdev), minor: libc::minor(rdev) }
+            EntryKind::CharDevice {
+                major: libc::major(rdev),
+                minor: libc::minor(rdev),
+            }
         } else if ft.is_block_device() {
-            EntryKind::BlockDevice { major: libc::major(rdev), minor: libc::minor(rdev) }
+            EntryKind::BlockDevice {
+                major: libc::major(rdev),
+                minor: libc::minor(rdev),
+            }
         } else if ft.is_fifo() {
             EntryKind::Fifo
         } else {
-            bail!("{}: sockets cannot be archived; remove it from the tree", host_path.display());
+            bail!(
+                "{}: sockets cannot be archived; remove it from the tree",
+                host_path.display()
+            );
         };
         if kind != EntryKind::Directory && meta.nlink() > 1 {
             groups.entry((meta.dev(), meta.ino())).or_default().push(i);
@@ -89,7 +99,11 @@ pub(crate) fn list_tree(root: &Path) -> Result<Vec<TreeEntry>> {
             rel,
             host_path,
             perm: meta.mode() & 0o7777,
-            size: if kind == EntryKind::Regular { meta.len() } else { 0 },
+            size: if kind == EntryKind::Regular {
+                meta.len()
+            } else {
+                0
+            },
             mtime: meta.mtime(),
             kind,
             link_group: None,
@@ -105,8 +119,11 @@ pub(crate) fn list_tree(root: &Path) -> Result<Vec<TreeEntry>> {
         }
     }
     // Count subdirectories: the parent of `a/b` is the entry whose rel is `a`.
-    let index: BTreeMap<Vec<u8>, usize> =
-        entries.iter().enumerate().map(|(i, e)| (e.rel.clone(), i)).collect();
+    let index: BTreeMap<Vec<u8>, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.rel.clone(), i))
+        .collect();
     for i in 0..entries.len() {
         if entries[i].kind == EntryKind::Directory && !entries[i].rel.is_empty() {
             let rel = &entries[i].rel;
@@ -121,8 +138,13 @@ pub(crate) fn list_tree(root: &Path) -> Result<Vec<TreeEntry>> {
     Ok(entries)
 }
 
-fn collect(dir: &Path, rel: Vec<u8>, out: &mut Vec<(Vec<u8>, PathBuf, std::fs::Metadata)>) -> Result<()> {
-    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("{}: cannot stat", dir.display()))?;
+fn collect(
+    dir: &Path,
+    rel: Vec<u8>,
+    out: &mut Vec<(Vec<u8>, PathBuf, std::fs::Metadata)>,
+) -> Result<()> {
+    let meta = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("{}: cannot stat", dir.display()))?;
     out.push((rel.clone(), dir.to_path_buf(), meta));
     let mut children: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("{}: cannot list directory", dir.display()))?
@@ -136,7 +158,8 @@ fn collect(dir: &Path, rel: Vec<u8>, out: &mut Vec<(Vec<u8>, PathBuf, std::fs::M
             child_rel.push(b'/');
         }
         child_rel.extend_from_slice(child.file_name().as_bytes());
-        let meta = std::fs::symlink_metadata(&path).with_context(|| format!("{}: cannot stat", path.display()))?;
+        let meta = std::fs::symlink_metadata(&path)
+            .with_context(|| format!("{}: cannot stat", path.display()))?;
         if meta.is_dir() {
             collect(&path, child_rel, out)?;
         } else {

@@ -162,8 +162,13 @@ pub const OVERRIDE_ANNOTATION_PREFIX: &str = "io.katacontainers.config.";
 /// `Err` naming the first `io.katacontainers.config.*` annotation: this
 /// runtime enables none of them (`enable_annotations` must be empty), and
 /// ignoring one would let a pod believe its override took effect.
-pub fn check_override_annotations<'a>(keys: impl IntoIterator<Item = &'a String>) -> Result<(), String> {
-    let mut refused: Vec<&String> = keys.into_iter().filter(|k| k.starts_with(OVERRIDE_ANNOTATION_PREFIX)).collect();
+pub fn check_override_annotations<'a>(
+    keys: impl IntoIterator<Item = &'a String>,
+) -> Result<(), String> {
+    let mut refused: Vec<&String> = keys
+        .into_iter()
+        .filter(|k| k.starts_with(OVERRIDE_ANNOTATION_PREFIX))
+        .collect();
     refused.sort();
     match refused.first() {
         None => Ok(()),
@@ -261,7 +266,10 @@ impl<'a> Section<'a> {
     /// A path; an empty string counts as unset (upstream templates leave
     /// unused paths empty).
     fn path(&mut self, key: &'static str) -> Result<Option<PathBuf>, ConfigError> {
-        Ok(self.string(key)?.filter(|s| !s.is_empty()).map(PathBuf::from))
+        Ok(self
+            .string(key)?
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from))
     }
 
     fn bool(&mut self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
@@ -275,7 +283,13 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn uint(&mut self, key: &'static str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+    fn uint(
+        &mut self,
+        key: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<u64, ConfigError> {
         match self.get(key) {
             None => Ok(default),
             Some(Value::Integer(i)) if *i >= min as i64 && (*i as u64) <= max => Ok(*i as u64),
@@ -295,18 +309,26 @@ impl<'a> Section<'a> {
                     Value::String(s) => Ok(s.clone()),
                     other => Err(self.err(
                         key,
-                        format!("expected an array of strings, found an element of type {}", other.type_str()),
+                        format!(
+                            "expected an array of strings, found an element of type {}",
+                            other.type_str()
+                        ),
                     )),
                 })
                 .collect(),
-            Some(v) => Err(self.err(key, format!("expected an array of strings, found {}", v.type_str()))),
+            Some(v) => Err(self.err(
+                key,
+                format!("expected an array of strings, found {}", v.type_str()),
+            )),
         }
     }
 
     /// The keys this runtime does not use (upstream files have many), as
     /// `[section] key`.
     fn unknown(&self) -> Vec<String> {
-        let Some(t) = self.table else { return Vec::new() };
+        let Some(t) = self.table else {
+            return Vec::new();
+        };
         t.keys()
             .filter(|k| !self.used.contains(&k.as_str()))
             .map(|k| format!("[{}] {k}", self.name))
@@ -324,9 +346,20 @@ impl<'a> Section<'a> {
 
     /// Refuse, with the fix, a value other than `accepted` (TOML) for a key
     /// whose feature is not implemented.
-    fn refuse_unless(&mut self, key: &'static str, accepted: &str, fix: &str) -> Result<(), ConfigError> {
-        let Some(v) = self.get(key) else { return Ok(()) };
-        let want: Value = format!("v = {accepted}").parse::<Table>().ok().and_then(|mut t| t.remove("v")).unwrap_or(Value::Boolean(false));
+    fn refuse_unless(
+        &mut self,
+        key: &'static str,
+        accepted: &str,
+        fix: &str,
+    ) -> Result<(), ConfigError> {
+        let Some(v) = self.get(key) else {
+            return Ok(());
+        };
+        let want: Value = format!("v = {accepted}")
+            .parse::<Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(Value::Boolean(false));
         if *v == want {
             return Ok(());
         }
@@ -344,17 +377,21 @@ fn subtable<'a>(root: &'a Table, path: &[&str]) -> Option<&'a Table> {
 
 /// Parse configuration text; `file` names it in errors.
 pub fn parse(text: &str, file: &Path) -> Result<KataConfig, ConfigError> {
-    let root: Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-        file: file.to_owned(),
-        message: e.to_string().trim().replace('\n', " "),
-    })?;
+    let root: Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Syntax {
+            file: file.to_owned(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
     let mut ignored_sections = Vec::new();
     for (k, v) in &root {
         let known = match k.as_str() {
             "hypervisor" => {
                 if let Some(t) = v.as_table() {
                     for h in t.keys().filter(|h| h.as_str() != "qemu") {
-                        ignored_sections.push(format!("[hypervisor.{h}] (only [hypervisor.qemu] is supported)"));
+                        ignored_sections.push(format!(
+                            "[hypervisor.{h}] (only [hypervisor.qemu] is supported)"
+                        ));
                     }
                 }
                 true
@@ -376,9 +413,12 @@ pub fn parse(text: &str, file: &Path) -> Result<KataConfig, ConfigError> {
     if h.table.is_none() {
         return Err(h.err("", "section missing: the runtime needs [hypervisor.qemu] with at least kernel and initrd or image"));
     }
-    let kernel = h
-        .path("kernel")?
-        .ok_or_else(|| h.err("kernel", "missing: set it to the guest kernel (vmlinux or bzImage)"))?;
+    let kernel = h.path("kernel")?.ok_or_else(|| {
+        h.err(
+            "kernel",
+            "missing: set it to the guest kernel (vmlinux or bzImage)",
+        )
+    })?;
     let initrd = h.path("initrd")?;
     let image = h.path("image")?;
     match (&initrd, &image) {
@@ -392,11 +432,17 @@ pub fn parse(text: &str, file: &Path) -> Result<KataConfig, ConfigError> {
     }
     let rootfs_type = h.string_or("rootfs_type", "ext4")?;
     if !matches!(rootfs_type.as_str(), "ext4" | "erofs") {
-        return Err(h.err("rootfs_type", format!("{rootfs_type:?} is not supported: use ext4 or erofs")));
+        return Err(h.err(
+            "rootfs_type",
+            format!("{rootfs_type:?} is not supported: use ext4 or erofs"),
+        ));
     }
     let machine_type = h.string_or("machine_type", "q35")?;
     if machine_type != "q35" {
-        return Err(h.err("machine_type", format!("{machine_type:?} is not supported: this runtime only runs q35")));
+        return Err(h.err(
+            "machine_type",
+            format!("{machine_type:?} is not supported: this runtime only runs q35"),
+        ));
     }
     let kernel_params = h
         .string("kernel_params")?
@@ -477,7 +523,10 @@ pub fn parse(text: &str, file: &Path) -> Result<KataConfig, ConfigError> {
         used: Vec::new(),
     };
     let internetworking_model = r.string_or("internetworking_model", "none")?;
-    if !matches!(internetworking_model.as_str(), "none" | "tcfilter" | "macvtap") {
+    if !matches!(
+        internetworking_model.as_str(),
+        "none" | "tcfilter" | "macvtap"
+    ) {
         return Err(r.err(
             "internetworking_model",
             format!("{internetworking_model:?} is unknown: use none, tcfilter or macvtap"),
@@ -583,11 +632,17 @@ initrd = "/k/initrd.img"
     #[test]
     fn defaults_follow_upstream() {
         let c = parse_str(MINIMAL).unwrap();
-        assert_eq!(c.hypervisor.path, PathBuf::from("/usr/bin/qemu-system-x86_64"));
+        assert_eq!(
+            c.hypervisor.path,
+            PathBuf::from("/usr/bin/qemu-system-x86_64")
+        );
         assert_eq!(c.hypervisor.default_memory, 2048);
         assert_eq!(c.hypervisor.default_vcpus, 1);
         assert_eq!(c.hypervisor.shared_fs, "virtio-fs");
-        assert_eq!(c.hypervisor.virtio_fs_daemon, PathBuf::from(DEFAULT_VIRTIOFSD));
+        assert_eq!(
+            c.hypervisor.virtio_fs_daemon,
+            PathBuf::from(DEFAULT_VIRTIOFSD)
+        );
         assert_eq!(c.agent.dial_timeout, 45);
         assert_eq!(c.runtime.state_root, PathBuf::from("/run/kata-containers"));
         assert!(!c.debug());
@@ -648,7 +703,10 @@ experimental = []
             "every key this runtime does not use is reported"
         );
         let h = &c.hypervisor;
-        assert_eq!(h.kernel_params, ["agent.log=debug", "systemd.show_status=0"]);
+        assert_eq!(
+            h.kernel_params,
+            ["agent.log=debug", "systemd.show_status=0"]
+        );
         assert_eq!(h.default_vcpus, 2);
         assert_eq!(h.rootfs_type, "erofs");
         assert_eq!(h.initrd, None);
@@ -657,30 +715,75 @@ experimental = []
         assert!(!c.runtime.sandbox_cgroup_only);
         assert!(c.debug());
 
-        let q = c.qemu_config("sb1", Path::new("/run/kata-containers/shared/sandboxes/sb1"));
+        let q = c.qemu_config(
+            "sb1",
+            Path::new("/run/kata-containers/shared/sandboxes/sb1"),
+        );
         assert_eq!(q.memory_mib, 512);
         assert_eq!(q.accel, Accel::Tcg);
         assert!(!q.kill_on_parent_death);
-        assert!(matches!(q.boot, BootMedia::Image { fs: ImageFs::Erofs, dax: true, .. }));
+        assert!(matches!(
+            q.boot,
+            BootMedia::Image {
+                fs: ImageFs::Erofs,
+                dax: true,
+                ..
+            }
+        ));
         let shared = q.shared_fs.unwrap();
         assert_eq!(shared.tag, "kataShared");
         assert_eq!(shared.cache, VirtioFsCache::Always);
-        assert_eq!(q.vsock_daemon, Some(PathBuf::from("/opt/kata/libexec/vhost-device-vsock")));
+        assert_eq!(
+            q.vsock_daemon,
+            Some(PathBuf::from("/opt/kata/libexec/vhost-device-vsock"))
+        );
         assert_eq!(q.kernel_params[0], "agent.log=debug");
     }
 
     #[test]
     fn bad_values_name_the_key_and_the_file() {
         let cases: &[(&str, &str, &str)] = &[
-            ("default_memory = \"2G\"", "[hypervisor.qemu] default_memory", "expected an integer"),
-            ("default_memory = 16", "[hypervisor.qemu] default_memory", "out of range"),
-            ("default_vcpus = 0", "[hypervisor.qemu] default_vcpus", "out of range"),
-            ("shared_fs = \"virtio-9p\"", "[hypervisor.qemu] shared_fs", "virtio-9p"),
-            ("virtio_fs_cache = \"fast\"", "[hypervisor.qemu] virtio_fs_cache", "fast"),
-            ("machine_type = \"pc\"", "[hypervisor.qemu] machine_type", "q35"),
-            ("enable_debug = \"yes\"", "[hypervisor.qemu] enable_debug", "true or false"),
+            (
+                "default_memory = \"2G\"",
+                "[hypervisor.qemu] default_memory",
+                "expected an integer",
+            ),
+            (
+                "default_memory = 16",
+                "[hypervisor.qemu] default_memory",
+                "out of range",
+            ),
+            (
+                "default_vcpus = 0",
+                "[hypervisor.qemu] default_vcpus",
+                "out of range",
+            ),
+            (
+                "shared_fs = \"virtio-9p\"",
+                "[hypervisor.qemu] shared_fs",
+                "virtio-9p",
+            ),
+            (
+                "virtio_fs_cache = \"fast\"",
+                "[hypervisor.qemu] virtio_fs_cache",
+                "fast",
+            ),
+            (
+                "machine_type = \"pc\"",
+                "[hypervisor.qemu] machine_type",
+                "q35",
+            ),
+            (
+                "enable_debug = \"yes\"",
+                "[hypervisor.qemu] enable_debug",
+                "true or false",
+            ),
             ("image = \"/k/img\"", "[hypervisor.qemu] initrd", "both"),
-            ("accelerator = \"hvf\"", "[hypervisor.qemu] accelerator", "hvf"),
+            (
+                "accelerator = \"hvf\"",
+                "[hypervisor.qemu] accelerator",
+                "hvf",
+            ),
         ];
         for (line, key, what) in cases {
             let text = format!("{MINIMAL}{line}\n");
@@ -693,9 +796,14 @@ experimental = []
             assert!(msg.contains(key), "{line}: {msg}");
             assert!(msg.contains(what), "{line}: {msg}");
         }
-        let err = parse_str("[agent.kata]\ndial_timeout = -1\n[hypervisor.qemu]\nkernel=\"/k\"\ninitrd=\"/i\"\n")
-            .unwrap_err();
-        assert!(err.to_string().contains("[agent.kata] dial_timeout"), "{err}");
+        let err = parse_str(
+            "[agent.kata]\ndial_timeout = -1\n[hypervisor.qemu]\nkernel=\"/k\"\ninitrd=\"/i\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("[agent.kata] dial_timeout"),
+            "{err}"
+        );
         let err = parse_str("[hypervisor.qemu]\ninitrd = \"/i\"\n").unwrap_err();
         assert!(err.to_string().contains("kernel: missing"), "{err}");
         let err = parse_str("[runtime]\n").unwrap_err();
@@ -726,7 +834,10 @@ experimental = []
         let err = find_config_file(env_file.to_str(), &candidates).unwrap_err();
         assert!(err.to_string().contains("env.toml"), "{err}");
         std::fs::write(&env_file, MINIMAL).unwrap();
-        assert_eq!(find_config_file(env_file.to_str(), &candidates).unwrap(), env_file);
+        assert_eq!(
+            find_config_file(env_file.to_str(), &candidates).unwrap(),
+            env_file
+        );
         let c = load_file(&env_file).unwrap();
         assert_eq!(c.file, env_file);
 
@@ -757,19 +868,46 @@ experimental = []
         );
         assert!(c.hypervisor.image.is_some() ^ c.hypervisor.initrd.is_some());
         assert!(!text.contains("{{"), "unrendered placeholders: {text}");
-        assert!(c.ignored.is_empty(), "the shipped file sets keys the runtime ignores: {:?}", c.ignored);
-        assert!(c.hypervisor.seccompsandbox.starts_with("on,"), "QEMU's seccomp filter ships on");
+        assert!(
+            c.ignored.is_empty(),
+            "the shipped file sets keys the runtime ignores: {:?}",
+            c.ignored
+        );
+        assert!(
+            c.hypervisor.seccompsandbox.starts_with("on,"),
+            "QEMU's seccomp filter ships on"
+        );
     }
 
     #[test]
     fn unimplemented_security_features_are_refused_with_the_fix() {
         for (section, line, needle) in [
-            ("hypervisor.qemu", "enable_annotations = [\"kernel_params\"]", "enable_annotations"),
+            (
+                "hypervisor.qemu",
+                "enable_annotations = [\"kernel_params\"]",
+                "enable_annotations",
+            ),
             ("hypervisor.qemu", "rootless = true", "rootless"),
-            ("hypervisor.qemu", "guest_hook_path = \"/usr/share/oci/hooks\"", "guest_hook_path"),
-            ("agent.kata", "debug_console_enabled = true", "debug_console_enabled"),
-            ("runtime", "disable_guest_seccomp = false", "disable_guest_seccomp"),
-            ("runtime", "sandbox_cgroup_only = true", "sandbox_cgroup_only"),
+            (
+                "hypervisor.qemu",
+                "guest_hook_path = \"/usr/share/oci/hooks\"",
+                "guest_hook_path",
+            ),
+            (
+                "agent.kata",
+                "debug_console_enabled = true",
+                "debug_console_enabled",
+            ),
+            (
+                "runtime",
+                "disable_guest_seccomp = false",
+                "disable_guest_seccomp",
+            ),
+            (
+                "runtime",
+                "sandbox_cgroup_only = true",
+                "sandbox_cgroup_only",
+            ),
             ("runtime", "experimental = [\"newstore\"]", "experimental"),
         ] {
             let text = if section == "hypervisor.qemu" {
@@ -778,8 +916,14 @@ experimental = []
                 format!("{MINIMAL}\n[{section}]\n{line}\n")
             };
             let e = parse_str(&text).unwrap_err().to_string();
-            assert!(e.contains(&format!("[{section}] {needle}")) && e.contains("not supported"), "{line}: {e}");
-            assert!(e.contains("set it to") || e.contains("remove"), "{line}: the error must say the fix: {e}");
+            assert!(
+                e.contains(&format!("[{section}] {needle}")) && e.contains("not supported"),
+                "{line}: {e}"
+            );
+            assert!(
+                e.contains("set it to") || e.contains("remove"),
+                "{line}: the error must say the fix: {e}"
+            );
         }
         // The values that ask for nothing are accepted and not reported.
         let text = format!(
@@ -788,8 +932,13 @@ experimental = []
         );
         let c = parse_str(&text).unwrap();
         assert!(c.ignored.is_empty(), "{:?}", c.ignored);
-        let e = parse_str(&format!("{MINIMAL}valid_hypervisor_paths = \"/usr/bin\"\n")).unwrap_err().to_string();
-        assert!(e.contains("valid_hypervisor_paths") && e.contains("array"), "{e}");
+        let e = parse_str(&format!("{MINIMAL}valid_hypervisor_paths = \"/usr/bin\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("valid_hypervisor_paths") && e.contains("array"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -798,18 +947,33 @@ experimental = []
         let c = parse_str(&format!("{MINIMAL}seccompsandbox = \"{on}\"\n")).unwrap();
         let q = c.qemu_config("sb1", Path::new("/s"));
         assert_eq!(q.sandbox_option.as_deref(), Some(on));
-        assert_eq!(parse_str(MINIMAL).unwrap().qemu_config("sb1", Path::new("/s")).sandbox_option, None);
+        assert_eq!(
+            parse_str(MINIMAL)
+                .unwrap()
+                .qemu_config("sb1", Path::new("/s"))
+                .sandbox_option,
+            None
+        );
         for bad in ["yes", "on,spawn=maybe", "on,spwan=deny", "on,obsolete"] {
-            let e = parse_str(&format!("{MINIMAL}seccompsandbox = \"{bad}\"\n")).unwrap_err().to_string();
+            let e = parse_str(&format!("{MINIMAL}seccompsandbox = \"{bad}\"\n"))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("[hypervisor.qemu] seccompsandbox"), "{bad}: {e}");
         }
     }
 
     #[test]
     fn override_annotations_are_refused_by_name() {
-        let keys = ["io.kubernetes.cri.sandbox-id".to_string(), "io.katacontainers.config.hypervisor.kernel".to_string()];
+        let keys = [
+            "io.kubernetes.cri.sandbox-id".to_string(),
+            "io.katacontainers.config.hypervisor.kernel".to_string(),
+        ];
         let e = check_override_annotations(&keys).unwrap_err();
-        assert!(e.contains("io.katacontainers.config.hypervisor.kernel") && e.contains("enable_annotations"), "{e}");
+        assert!(
+            e.contains("io.katacontainers.config.hypervisor.kernel")
+                && e.contains("enable_annotations"),
+            "{e}"
+        );
         assert!(check_override_annotations(&keys[..1]).is_ok());
     }
 }

@@ -81,14 +81,20 @@ impl<'a> Obj<'a> {
         match self.raw(key) {
             None => Ok(String::new()),
             Some(Value::String(s)) => Ok(s.clone()),
-            Some(v) => Err(err(&self.field(key), format!("expected a string, found {v}"))),
+            Some(v) => Err(err(
+                &self.field(key),
+                format!("expected a string, found {v}"),
+            )),
         }
     }
     fn bool(&self, key: &str) -> Result<bool> {
         match self.raw(key) {
             None => Ok(false),
             Some(Value::Bool(b)) => Ok(*b),
-            Some(v) => Err(err(&self.field(key), format!("expected a boolean, found {v}"))),
+            Some(v) => Err(err(
+                &self.field(key),
+                format!("expected a boolean, found {v}"),
+            )),
         }
     }
     fn i64(&self, key: &str) -> Result<i64> {
@@ -103,7 +109,10 @@ impl<'a> Obj<'a> {
         match self.raw(key) {
             None => Ok(0),
             Some(v) => v.as_u64().ok_or_else(|| {
-                err(&self.field(key), format!("expected a non-negative integer, found {v}"))
+                err(
+                    &self.field(key),
+                    format!("expected a non-negative integer, found {v}"),
+                )
             }),
         }
     }
@@ -125,7 +134,10 @@ impl<'a> Obj<'a> {
                     )),
                 })
                 .collect(),
-            Some(v) => Err(err(&self.field(key), format!("expected an array, found {v}"))),
+            Some(v) => Err(err(
+                &self.field(key),
+                format!("expected an array, found {v}"),
+            )),
         }
     }
     fn u32s(&self, key: &str) -> Result<Vec<u32>> {
@@ -137,10 +149,18 @@ impl<'a> Obj<'a> {
                 .map(|(i, v)| {
                     v.as_u64()
                         .and_then(|n| u32::try_from(n).ok())
-                        .ok_or_else(|| err(&format!("{}[{i}]", self.field(key)), format!("expected a 32-bit unsigned integer, found {v}")))
+                        .ok_or_else(|| {
+                            err(
+                                &format!("{}[{i}]", self.field(key)),
+                                format!("expected a 32-bit unsigned integer, found {v}"),
+                            )
+                        })
                 })
                 .collect(),
-            Some(v) => Err(err(&self.field(key), format!("expected an array, found {v}"))),
+            Some(v) => Err(err(
+                &self.field(key),
+                format!("expected an array, found {v}"),
+            )),
         }
     }
     /// Each element of an array of objects.
@@ -152,7 +172,10 @@ impl<'a> Obj<'a> {
                 .enumerate()
                 .map(|(i, v)| Obj::new(&format!("{}[{i}]", self.field(key)), Some(v)))
                 .collect(),
-            Some(v) => Err(err(&self.field(key), format!("expected an array, found {v}"))),
+            Some(v) => Err(err(
+                &self.field(key),
+                format!("expected an array, found {v}"),
+            )),
         }
     }
     fn string_map(&self, key: &str) -> Result<HashMap<String, String>> {
@@ -165,7 +188,10 @@ impl<'a> Obj<'a> {
                         out.insert(k.clone(), s.clone());
                     }
                     other => {
-                        return Err(err(&o.field(k), format!("expected a string, found {other}")))
+                        return Err(err(
+                            &o.field(k),
+                            format!("expected a string, found {other}"),
+                        ))
                     }
                 }
             }
@@ -316,8 +342,16 @@ fn resources(r: &Obj) -> Result<oci::LinuxResources> {
         x.Allow = d.bool("allow")?;
         x.Type = d.string("type")?;
         // -1 (or absent) is the wildcard
-        x.Major = if d.raw("major").is_some() { d.i64("major")? } else { -1 };
-        x.Minor = if d.raw("minor").is_some() { d.i64("minor")? } else { -1 };
+        x.Major = if d.raw("major").is_some() {
+            d.i64("major")?
+        } else {
+            -1
+        };
+        x.Minor = if d.raw("minor").is_some() {
+            d.i64("minor")?
+        } else {
+            -1
+        };
         x.Access = d.string("access")?;
         out.Devices.push(x);
     }
@@ -571,7 +605,11 @@ mod tests {
         assert_eq!(l.UIDMappings[0].HostID, 100000);
         assert_eq!(l.Sysctl["net.ipv4.ip_forward"], "1");
         let r = l.Resources.as_ref().unwrap();
-        assert_eq!((r.Devices[0].Major, r.Devices[0].Minor), (-1, -1), "wildcards");
+        assert_eq!(
+            (r.Devices[0].Major, r.Devices[0].Minor),
+            (-1, -1),
+            "wildcards"
+        );
         assert_eq!((r.Devices[1].Major, r.Devices[1].Minor), (1, 3));
         assert_eq!(r.Memory.Limit, 268435456);
         assert_eq!(r.CPU.Quota, -1);
@@ -595,7 +633,10 @@ mod tests {
     fn guest_adaptation() {
         let mut s = spec_from_json(CTR_SPEC).unwrap();
         let done = adapt_for_guest(&mut s, "c1");
-        assert_eq!(s.Root.Path, "/run/kata-containers/shared/containers/c1/rootfs");
+        assert_eq!(
+            s.Root.Path,
+            "/run/kata-containers/shared/containers/c1/rootfs"
+        );
         assert!(s.Hooks.is_none());
         assert_eq!(done.dropped_hooks, 1);
         assert_eq!(done.dropped_namespace_paths, ["network=/proc/42/ns/net"]);
@@ -620,7 +661,8 @@ mod tests {
     fn bad_types_name_the_field() {
         let e = spec_from_json(r#"{"process": {"args": "sh"}}"#).unwrap_err();
         assert_eq!(e.field, "process.args");
-        let e = spec_from_json(r#"{"linux": {"resources": {"memory": {"limit": "1G"}}}}"#).unwrap_err();
+        let e =
+            spec_from_json(r#"{"linux": {"resources": {"memory": {"limit": "1G"}}}}"#).unwrap_err();
         assert_eq!(e.field, "linux.resources.memory.limit");
         let e = spec_from_json(r#"{"process": {"user": {"uid": -1}}}"#).unwrap_err();
         assert_eq!(e.field, "process.user.uid");

@@ -42,7 +42,10 @@ fn refuse(path: &Path, why: &str) -> io::Error {
 }
 
 fn errno_at(path: &Path, what: &str, e: Errno) -> io::Error {
-    io::Error::new(io::Error::from(e).kind(), format!("{what} {}: {e}", path.display()))
+    io::Error::new(
+        io::Error::from(e).kind(),
+        format!("{what} {}: {e}", path.display()),
+    )
 }
 
 /// The components of `rel`: each a plain name (no `/`, `.`, `..`, nothing
@@ -55,7 +58,10 @@ fn plain_components(rel: &Path) -> io::Result<Vec<&OsStr>> {
             _ => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("{}: not a plain relative path below the state root", rel.display()),
+                    format!(
+                        "{}: not a plain relative path below the state root",
+                        rel.display()
+                    ),
                 ))
             }
         }
@@ -97,7 +103,10 @@ pub fn remove_below(root: &Path, rel: &Path) -> io::Result<Removal> {
             Ok(d) => dir = d,
             Err(Errno::ENOENT) => return Ok(Removal::Absent),
             Err(Errno::ELOOP) | Err(Errno::ENOTDIR) => {
-                return Err(refuse(&path, "not a directory the runtime created (a symlink?)"))
+                return Err(refuse(
+                    &path,
+                    "not a directory the runtime created (a symlink?)",
+                ))
             }
             Err(e) => return Err(errno_at(&path, "open", e)),
         }
@@ -127,7 +136,10 @@ pub fn create_below(root: &Path, rel: &Path, mode: u32) -> io::Result<PathBuf> {
         dir = match Dir::openat(Some(dir.as_raw_fd()), name, DIR_FLAGS, Mode::empty()) {
             Ok(d) => d,
             Err(Errno::ELOOP) | Err(Errno::ENOTDIR) => {
-                return Err(refuse(&path, "not a directory the runtime created (a symlink?)"))
+                return Err(refuse(
+                    &path,
+                    "not a directory the runtime created (a symlink?)",
+                ))
             }
             Err(e) => return Err(errno_at(&path, "open", e)),
         };
@@ -158,7 +170,10 @@ pub fn read_below(root: &Path, rel: &Path) -> io::Result<Option<Vec<u8>>> {
             Ok(d) => d,
             Err(Errno::ENOENT) => return Ok(None),
             Err(Errno::ELOOP) | Err(Errno::ENOTDIR) => {
-                return Err(refuse(&path, "not a directory the runtime created (a symlink?)"))
+                return Err(refuse(
+                    &path,
+                    "not a directory the runtime created (a symlink?)",
+                ))
             }
             Err(e) => return Err(errno_at(&path, "open", e)),
         };
@@ -168,7 +183,9 @@ pub fn read_below(root: &Path, rel: &Path) -> io::Result<Option<Vec<u8>>> {
     let fd = match nix::fcntl::openat(Some(dir.as_raw_fd()), *last, flags, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(None),
-        Err(Errno::ELOOP) => return Err(refuse(&path, "a symlink where the runtime writes a file")),
+        Err(Errno::ELOOP) => {
+            return Err(refuse(&path, "a symlink where the runtime writes a file"))
+        }
         Err(e) => return Err(errno_at(&path, "open", e)),
     };
     // SAFETY: openat returned a new descriptor that nothing else owns; the
@@ -192,7 +209,10 @@ fn remove_entry(parent: &Dir, name: &OsStr, path: &Path) -> io::Result<Removal> 
     match SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT {
         SFlag::S_IFDIR => {}
         SFlag::S_IFLNK => {
-            return Err(refuse(path, "a symlink where the runtime creates a directory"))
+            return Err(refuse(
+                path,
+                "a symlink where the runtime creates a directory",
+            ))
         }
         _ => {
             unlinkat(Some(parent.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir)
@@ -201,12 +221,21 @@ fn remove_entry(parent: &Dir, name: &OsStr, path: &Path) -> io::Result<Removal> 
         }
     }
     if let Some(m) = mounts_under(path).first() {
-        return Err(refuse(path, &format!("{} is still mounted below it", m.display())));
+        return Err(refuse(
+            path,
+            &format!("{} is still mounted below it", m.display()),
+        ));
     }
     let dir = Dir::openat(Some(parent.as_raw_fd()), name, DIR_FLAGS, Mode::empty())
         .map_err(|e| errno_at(path, "open", e))?;
-    let parent_dev = fstat(parent.as_raw_fd()).map_err(|e| errno_at(path, "stat parent of", e))?.st_dev;
-    if fstat(dir.as_raw_fd()).map_err(|e| errno_at(path, "stat", e))?.st_dev != parent_dev {
+    let parent_dev = fstat(parent.as_raw_fd())
+        .map_err(|e| errno_at(path, "stat parent of", e))?
+        .st_dev;
+    if fstat(dir.as_raw_fd())
+        .map_err(|e| errno_at(path, "stat", e))?
+        .st_dev
+        != parent_dev
+    {
         return Err(refuse(path, "a mount point"));
     }
     clear_dir(dir, path)?;
@@ -218,7 +247,9 @@ fn remove_entry(parent: &Dir, name: &OsStr, path: &Path) -> io::Result<Removal> 
 /// Remove everything in `dir` (reached at `path`), depth first, on its
 /// own device only.
 fn clear_dir(mut dir: Dir, path: &Path) -> io::Result<()> {
-    let dev = fstat(dir.as_raw_fd()).map_err(|e| errno_at(path, "stat", e))?.st_dev;
+    let dev = fstat(dir.as_raw_fd())
+        .map_err(|e| errno_at(path, "stat", e))?
+        .st_dev;
     // Names first: unlinking while readdir walks the same stream is
     // unspecified.
     let mut names: Vec<Vec<u8>> = Vec::new();
@@ -325,8 +356,14 @@ mod tests {
         assert!(!root.join("shared/sandboxes/sb1").exists());
         assert!(root.join("shared/sandboxes").is_dir());
         intact(&v);
-        assert_eq!(remove_below(&root, Path::new("shared/sandboxes/sb1")).unwrap(), Removal::Absent);
-        assert_eq!(remove_below(&root, Path::new("nothing/here")).unwrap(), Removal::Absent);
+        assert_eq!(
+            remove_below(&root, Path::new("shared/sandboxes/sb1")).unwrap(),
+            Removal::Absent
+        );
+        assert_eq!(
+            remove_below(&root, Path::new("nothing/here")).unwrap(),
+            Removal::Absent
+        );
     }
 
     #[test]
@@ -347,7 +384,10 @@ mod tests {
         let e = remove_below(&root, Path::new("sbx/sb1")).unwrap_err();
         assert!(e.to_string().contains("symlink"), "{e}");
         intact(&v);
-        assert!(root.join("sbx/sb1").symlink_metadata().is_ok(), "the planted link is left for inspection");
+        assert!(
+            root.join("sbx/sb1").symlink_metadata().is_ok(),
+            "the planted link is left for inspection"
+        );
     }
 
     #[test]
@@ -359,7 +399,11 @@ mod tests {
         let p = create_below(&root, Path::new("a/b"), 0o700).unwrap();
         assert_eq!(p, root.join("a/b"));
         for d in ["a", "a/b"] {
-            let mode = std::fs::metadata(root.join(d)).unwrap().permissions().mode() & 0o7777;
+            let mode = std::fs::metadata(root.join(d))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777;
             assert_eq!(mode, 0o700, "{d}");
         }
         symlink(&v, root.join("a/link")).unwrap();
@@ -376,7 +420,10 @@ mod tests {
         let v = victim(t.path());
         create_below(&root, Path::new("sb1"), 0o700).unwrap();
         std::fs::write(root.join("sb1/rec"), b"12 34\n").unwrap();
-        assert_eq!(read_below(&root, Path::new("sb1/rec")).unwrap().unwrap(), b"12 34\n");
+        assert_eq!(
+            read_below(&root, Path::new("sb1/rec")).unwrap().unwrap(),
+            b"12 34\n"
+        );
         assert_eq!(read_below(&root, Path::new("sb1/none")).unwrap(), None);
         assert_eq!(read_below(&root, Path::new("sb2/rec")).unwrap(), None);
         symlink(v.join("precious"), root.join("sb1/link")).unwrap();

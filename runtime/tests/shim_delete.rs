@@ -46,14 +46,21 @@ impl Host {
         // configuration does not load: make sure this one does.
         let cfg = runtime::config::load_file(&conf).expect("test configuration loads");
         assert_eq!(cfg.runtime.state_root, state);
-        Host { _tmp: tmp, state, victim, conf }
+        Host {
+            _tmp: tmp,
+            state,
+            victim,
+            conf,
+        }
     }
 
     fn bundle(&self, name: &str, annotations: &[(&str, &str)]) -> PathBuf {
         let b = self._tmp.path().join("bundles").join(name);
         std::fs::create_dir_all(&b).unwrap();
-        let ann: serde_json::Map<String, serde_json::Value> =
-            annotations.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect();
+        let ann: serde_json::Map<String, serde_json::Value> = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect();
         let spec = serde_json::json!({"ociVersion": "1.0.2", "annotations": ann});
         std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
         b
@@ -61,7 +68,14 @@ impl Host {
 
     fn delete(&self, id: &str, bundle: &Path) -> Output {
         Command::new(env!("CARGO_BIN_EXE_containerd-shim-kata-v2"))
-            .args(["-namespace", "k8s.io", "-id", id, "-address", "/nonexistent/containerd.sock"])
+            .args([
+                "-namespace",
+                "k8s.io",
+                "-id",
+                id,
+                "-address",
+                "/nonexistent/containerd.sock",
+            ])
             .arg("-bundle")
             .arg(bundle)
             .arg("delete")
@@ -73,8 +87,16 @@ impl Host {
     }
 
     fn victim_intact(&self, case: &str) {
-        assert_eq!(std::fs::read(self.victim.join("precious")).ok().as_deref(), Some(&b"keep"[..]), "{case}");
-        assert_eq!(std::fs::read(self.victim.join("sub/also")).ok().as_deref(), Some(&b"keep"[..]), "{case}");
+        assert_eq!(
+            std::fs::read(self.victim.join("precious")).ok().as_deref(),
+            Some(&b"keep"[..]),
+            "{case}"
+        );
+        assert_eq!(
+            std::fs::read(self.victim.join("sub/also")).ok().as_deref(),
+            Some(&b"keep"[..]),
+            "{case}"
+        );
     }
 }
 
@@ -98,8 +120,14 @@ fn hostile_sandbox_annotations_are_refused_and_touch_nothing() {
     ];
     let victim = host.victim.to_string_lossy().into_owned();
     for (type_key, id_key) in [
-        ("io.kubernetes.cri.container-type", "io.kubernetes.cri.sandbox-id"),
-        ("io.kubernetes.cri-o.ContainerType", "io.kubernetes.cri-o.SandboxID"),
+        (
+            "io.kubernetes.cri.container-type",
+            "io.kubernetes.cri.sandbox-id",
+        ),
+        (
+            "io.kubernetes.cri-o.ContainerType",
+            "io.kubernetes.cri-o.SandboxID",
+        ),
     ] {
         for sid in hostile.iter().copied().chain([victim.as_str()]) {
             for kind in ["container", "sandbox"] {
@@ -108,9 +136,15 @@ fn hostile_sandbox_annotations_are_refused_and_touch_nothing() {
                 let out = host.delete("c1", &b);
                 assert_eq!(out.status.code(), Some(1), "{case}: {}", stderr(&out));
                 let err = stderr(&out);
-                assert!(err.contains(id_key) && err.contains("is invalid"), "{case}: {err}");
+                assert!(
+                    err.contains(id_key) && err.contains("is invalid"),
+                    "{case}: {err}"
+                );
                 host.victim_intact(&case);
-                assert!(host.state.join("shared/sandboxes").is_dir(), "{case}: the state root was touched");
+                assert!(
+                    host.state.join("shared/sandboxes").is_dir(),
+                    "{case}: the state root was touched"
+                );
             }
         }
     }
@@ -123,7 +157,11 @@ fn hostile_container_ids_are_refused() {
     for id in ["../victim", "../../victim", "..", "/tmp", ".x", "a/b"] {
         let out = host.delete(id, &b);
         assert_eq!(out.status.code(), Some(1), "{id:?}: {}", stderr(&out));
-        assert!(stderr(&out).contains("is invalid"), "{id:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("is invalid"),
+            "{id:?}: {}",
+            stderr(&out)
+        );
         host.victim_intact(id);
     }
 }
@@ -140,21 +178,39 @@ fn symlinks_planted_in_the_state_root_are_not_followed() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("left in place"), "{}", stderr(&out));
     host.victim_intact("symlinked sandbox dirs");
-    assert!(host.state.join("c1").symlink_metadata().unwrap().file_type().is_symlink());
+    assert!(host
+        .state
+        .join("c1")
+        .symlink_metadata()
+        .unwrap()
+        .file_type()
+        .is_symlink());
 
     // A symlinked parent: shared -> the victim's parent.
     let host = Host::new();
     std::fs::remove_dir_all(host.state.join("shared")).unwrap();
     symlink(host.victim.parent().unwrap(), host.state.join("shared")).unwrap();
     std::fs::create_dir_all(host.victim.parent().unwrap().join("sandboxes/victim")).unwrap();
-    std::fs::write(host.victim.parent().unwrap().join("sandboxes/victim/x"), b"keep").unwrap();
-    let b = host.bundle("joins", &[
-        ("io.kubernetes.cri.container-type", "container"),
-        ("io.kubernetes.cri.sandbox-id", "victim"),
-    ]);
+    std::fs::write(
+        host.victim.parent().unwrap().join("sandboxes/victim/x"),
+        b"keep",
+    )
+    .unwrap();
+    let b = host.bundle(
+        "joins",
+        &[
+            ("io.kubernetes.cri.container-type", "container"),
+            ("io.kubernetes.cri.sandbox-id", "victim"),
+        ],
+    );
     let out = host.delete("c2", &b);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(host.victim.parent().unwrap().join("sandboxes/victim/x").exists());
+    assert!(host
+        .victim
+        .parent()
+        .unwrap()
+        .join("sandboxes/victim/x")
+        .exists());
     host.victim_intact("symlinked shared/");
 
     // A QEMU record reached through a symlinked state dir is not used: the
@@ -171,8 +227,16 @@ fn symlinks_planted_in_the_state_root_are_not_followed() {
     symlink(&planted, host.state.join("c3")).unwrap();
     let out = host.delete("c3", &host.bundle("plain", &[]));
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("QEMU not signalled"), "{}", stderr(&out));
-    assert_eq!(other.try_wait().unwrap(), None, "a process named through a planted link was signalled");
+    assert!(
+        stderr(&out).contains("QEMU not signalled"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        other.try_wait().unwrap(),
+        None,
+        "a process named through a planted link was signalled"
+    );
     other.kill().unwrap();
     other.wait().unwrap();
 }
@@ -186,12 +250,23 @@ fn only_the_recorded_process_is_killed_and_only_what_the_shim_made_is_removed() 
     let mut other = sleeper();
     let real = ProcessIdentity::of(other.id() as i32).unwrap();
     std::fs::create_dir_all(host.state.join("c1")).unwrap();
-    let stale = ProcessIdentity { pid: real.pid, start_ticks: real.start_ticks + 7 };
+    let stale = ProcessIdentity {
+        pid: real.pid,
+        start_ticks: real.start_ticks + 7,
+    };
     std::fs::write(host.state.join("c1/qemu.identity"), stale.to_record()).unwrap();
     let out = host.delete("c1", &b);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("no longer this sandbox's QEMU"), "{}", stderr(&out));
-    assert_eq!(other.try_wait().unwrap(), None, "a reused pid was signalled");
+    assert!(
+        stderr(&out).contains("no longer this sandbox's QEMU"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        other.try_wait().unwrap(),
+        None,
+        "a reused pid was signalled"
+    );
     assert!(!host.state.join("c1").exists());
 
     // The real record: that process is killed, and the shim's own dirs go.
@@ -203,7 +278,11 @@ fn only_the_recorded_process_is_killed_and_only_what_the_shim_made_is_removed() 
     let out = host.delete("c1", &b);
     assert!(out.status.success(), "{}", stderr(&out));
     let status = other.wait().unwrap();
-    assert_eq!(status.signal(), Some(libc::SIGKILL), "the recorded QEMU stand-in must be killed");
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the recorded QEMU stand-in must be killed"
+    );
     assert!(!host.state.join("c1").exists());
     assert!(!host.state.join("shared/sandboxes/c1").exists());
     assert!(host.state.join("shared/sandboxes").is_dir());

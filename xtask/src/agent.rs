@@ -58,20 +58,40 @@ pub fn build(ctx: &Ctx) -> Result<AgentBuild> {
             "--remap-path-prefix={}=/kata --remap-path-prefix={cargo_home}=/cargo",
             ctx.root.display()
         );
-        let env_name = format!("CARGO_TARGET_{}_RUSTFLAGS", target.to_uppercase().replace('-', "_"));
+        let env_name = format!(
+            "CARGO_TARGET_{}_RUSTFLAGS",
+            target.to_uppercase().replace('-', "_")
+        );
         run_logged(
             Command::new("cargo")
-                .args(["build", "--locked", "-p", "kata-agent", "--target", &target, "--profile", PROFILE])
+                .args([
+                    "build",
+                    "--locked",
+                    "-p",
+                    "kata-agent",
+                    "--target",
+                    &target,
+                    "--profile",
+                    PROFILE,
+                ])
                 .env(env_name, flags)
                 .env("CARGO_TARGET_DIR", agent_target_dir(ctx))
                 .current_dir(&ctx.root),
             &log,
         )
         .context("building kata-agent (is the musl target installed? `cargo xtask doctor`)")?;
-        let built = agent_target_dir(ctx).join(&target).join(PROFILE).join("kata-agent");
+        let built = agent_target_dir(ctx)
+            .join(&target)
+            .join(PROFILE)
+            .join("kata-agent");
         let facts = elf::inspect(&built)?;
         if facts.has_interpreter || facts.needed_libraries > 0 {
-            bail!("{} is not static (interpreter: {}, needed libraries: {})", built.display(), facts.has_interpreter, facts.needed_libraries);
+            bail!(
+                "{} is not static (interpreter: {}, needed libraries: {})",
+                built.display(),
+                facts.has_interpreter,
+                facts.needed_libraries
+            );
         }
         std::fs::copy(&built, out.join("kata-agent"))?;
         publish::seal(&out.join("kata-agent"))
@@ -97,9 +117,25 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     ctx.ensure_dist_writable()?;
     let agent = build(ctx)?;
     let dest = publish::file(ctx, &agent.binary, "kata-agent")?;
-    let art = publish::artifact(ctx, "kata-agent", Kind::Agent, &dest, &agent.binary, &agent.key, None)?;
-    Manifest::record(&ctx.dist(), &ctx.versions.version, ctx.epoch, vec![art.clone()])?;
-    ctx.ui.info(&format!("agent: {} ({} bytes, static)", art.path, art.bytes));
+    let art = publish::artifact(
+        ctx,
+        "kata-agent",
+        Kind::Agent,
+        &dest,
+        &agent.binary,
+        &agent.key,
+        None,
+    )?;
+    Manifest::record(
+        &ctx.dist(),
+        &ctx.versions.version,
+        ctx.epoch,
+        vec![art.clone()],
+    )?;
+    ctx.ui.info(&format!(
+        "agent: {} ({} bytes, static)",
+        art.path, art.bytes
+    ));
     if ctx.json {
         ctx.print_json(&serde_json::to_value(&art)?)?;
     }

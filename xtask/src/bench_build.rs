@@ -12,8 +12,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::cache::remove_tree;
 use crate::bench::median;
+use crate::cache::remove_tree;
 use crate::context::{Ctx, CACHE_ENV, DIST_ENV};
 
 const SAMPLES: usize = 5;
@@ -42,7 +42,11 @@ fn xtask(ctx: &Ctx, cache: &Path, args: &[&str]) -> Result<f64> {
         .output()?;
     let ms = start.elapsed().as_secs_f64() * 1000.0;
     if !out.status.success() {
-        bail!("`cargo xtask {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "`cargo xtask {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(ms)
 }
@@ -50,14 +54,16 @@ fn xtask(ctx: &Ctx, cache: &Path, args: &[&str]) -> Result<f64> {
 pub fn run(ctx: &Ctx) -> Result<()> {
     let cache = ctx.root.join("target").join("bench-cache");
     // Seed: agent (and everything else) once.
-    ctx.ui.info("bench build: seeding a private cache (agent, rootfs, initrd, image)");
+    ctx.ui
+        .info("bench build: seeding a private cache (agent, rootfs, initrd, image)");
     xtask(ctx, &cache, &["initrd", "--recipe", "minimal"])?;
     xtask(ctx, &cache, &["image", "--recipe", "minimal"])?;
 
     let mut warm = Vec::new();
     for i in 0..SAMPLES {
         warm.push(xtask(ctx, &cache, &["image", "--recipe", "minimal"])?);
-        ctx.ui.info(&format!("  warm no-op image #{}: {:.0} ms", i + 1, warm[i]));
+        ctx.ui
+            .info(&format!("  warm no-op image #{}: {:.0} ms", i + 1, warm[i]));
     }
     let mut cold = Vec::new();
     for i in 0..SAMPLES {
@@ -72,11 +78,14 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         let a = xtask(ctx, &cache, &["initrd", "--recipe", "minimal"])?;
         let b = xtask(ctx, &cache, &["image", "--recipe", "minimal"])?;
         cold.push(a + b);
-        ctx.ui.info(&format!("  cold initrd+image #{}: {:.0} ms", i + 1, a + b));
+        ctx.ui
+            .info(&format!("  cold initrd+image #{}: {:.0} ms", i + 1, a + b));
     }
     let dist = cache.join("dist");
     let size = |name: &str| -> Result<u64> {
-        Ok(std::fs::metadata(dist.join(name)).with_context(|| format!("{name} in {}", dist.display()))?.len())
+        Ok(std::fs::metadata(dist.join(name))
+            .with_context(|| format!("{name} in {}", dist.display()))?
+            .len())
     };
     let warm_m = median(warm);
     let cold_m = median(cold);
@@ -86,7 +95,10 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         cold_initrd_and_image_ms_median: cold_m,
         cold_over_warm_ratio: cold_m / warm_m,
         agent_bytes: std::fs::metadata(
-            crate::agent::agent_target_dir(ctx).join(&ctx.versions.rust.musl_target).join(crate::agent::PROFILE).join("kata-agent"),
+            crate::agent::agent_target_dir(ctx)
+                .join(&ctx.versions.rust.musl_target)
+                .join(crate::agent::PROFILE)
+                .join("kata-agent"),
         )?
         .len(),
         initrd_bytes: size("kata-containers-initrd.img")?,

@@ -48,14 +48,21 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let pair = ClonePair::create(ctx)?;
     pair.a.seed_kernel(&kernel)?;
     let cold_kernel = ClonePair::release(ctx, &pair.a, "cold, kernel cached")?;
-    ctx.ui.info(&format!("  cold release, kernel cached: {:.0} s", secs(cold_kernel)));
+    ctx.ui.info(&format!(
+        "  cold release, kernel cached: {:.0} s",
+        secs(cold_kernel)
+    ));
     let cold_empty = ClonePair::release(ctx, &pair.b, "cold, nothing cached")?;
-    ctx.ui.info(&format!("  cold release, nothing cached: {:.0} s", secs(cold_empty)));
+    ctx.ui.info(&format!(
+        "  cold release, nothing cached: {:.0} s",
+        secs(cold_empty)
+    ));
 
     let mut warm = Vec::new();
     for i in 0..WARM_SAMPLES {
         let took = pair.a.release()?.as_secs_f64() * 1000.0;
-        ctx.ui.info(&format!("  warm no-op release #{}: {took:.0} ms", i + 1));
+        ctx.ui
+            .info(&format!("  warm no-op release #{}: {took:.0} ms", i + 1));
         warm.push(took);
     }
     let identical = match repro::compare(ctx, &pair.a.dist, &pair.b.dist) {
@@ -70,7 +77,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     };
     let mut sizes = Vec::new();
     for name in repro::sums_by_name(&pair.a.sums()?).into_keys() {
-        let len = std::fs::metadata(pair.a.dist.join(&name)).with_context(|| format!("{name} in clone a's dist"))?.len();
+        let len = std::fs::metadata(pair.a.dist.join(&name))
+            .with_context(|| format!("{name} in clone a's dist"))?
+            .len();
         sizes.push((name, len));
     }
     let warm_m = median(warm);

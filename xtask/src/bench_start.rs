@@ -30,7 +30,13 @@ struct StartReport {
 }
 
 pub fn run(ctx: &Ctx) -> Result<()> {
-    let opts = EnvOptions { kata: true, shim: None, media: Media::Initrd, recipe: "minimal".into(), keep: false };
+    let opts = EnvOptions {
+        kata: true,
+        shim: None,
+        media: Media::Initrd,
+        recipe: "minimal".into(),
+        keep: false,
+    };
     let env = E2eEnv::start(ctx, &opts)?;
     // One of each first: page cache and image unpacking are not what we measure.
     env.time_run_true(KATA_RUNTIME, "warm-kata")?;
@@ -39,7 +45,12 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     for i in 0..SAMPLES {
         let k = env.time_run_true(KATA_RUNTIME, &format!("k{i}"))?;
         let r = env.time_run_true(RUNC_RUNTIME, &format!("r{i}"))?;
-        ctx.ui.info(&format!("  #{}: kata {} ms, runc {} ms", i + 1, k.as_millis(), r.as_millis()));
+        ctx.ui.info(&format!(
+            "  #{}: kata {} ms, runc {} ms",
+            i + 1,
+            k.as_millis(),
+            r.as_millis()
+        ));
         kata.push(k.as_secs_f64() * 1000.0);
         runc.push(r.as_secs_f64() * 1000.0);
     }
@@ -47,7 +58,13 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let id = env.containerd.new_id("idle");
     let ctr = env.ctr();
     let run = crate::e2e::run_bounded(
-        ctr.run_command(KATA_RUNTIME, &["-d"], &env.image.name, &id, &["sleep", "600"]),
+        ctr.run_command(
+            KATA_RUNTIME,
+            &["-d"],
+            &env.image.name,
+            &id,
+            &["sleep", "600"],
+        ),
         None,
         Duration::from_secs(180),
     )?;

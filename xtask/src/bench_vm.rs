@@ -32,12 +32,15 @@ struct KernelReport {
 /// only: downloads are reused from the user's cache), sizes, and time to
 /// init of our kernel against Debian's cloud kernel, alternating.
 pub fn kernel(ctx: &Ctx) -> Result<()> {
-    let private = tempfile::Builder::new().prefix("bench-kernel").tempdir_in(ctx.root.join("target"))?;
+    let private = tempfile::Builder::new()
+        .prefix("bench-kernel")
+        .tempdir_in(ctx.root.join("target"))?;
     let inputs = ctx.cache()?.root().join("inputs");
     if inputs.exists() {
         std::os::unix::fs::symlink(&inputs, private.path().join("inputs"))?;
     }
-    ctx.ui.info("bench kernel: cold build in a private cache (about 10 minutes on 2 cores)");
+    ctx.ui
+        .info("bench kernel: cold build in a private cache (about 10 minutes on 2 cores)");
     let t = Instant::now();
     let out = Command::new(std::env::current_exe()?)
         .args(["kernel", "--versions"])
@@ -51,7 +54,9 @@ pub fn kernel(ctx: &Ctx) -> Result<()> {
     }
     let cold_build_s = t.elapsed().as_secs_f64();
     let k = crate::kernel::build(ctx, &crate::kernel::KernelArgs::default())?;
-    let reference = ctx.fetcher()?.debian_member("reference_kernel", &ctx.versions.reference_kernel.debian)?;
+    let reference = ctx
+        .fetcher()?
+        .debian_member("reference_kernel", &ctx.versions.reference_kernel.debian)?;
     let work = tempfile::tempdir()?;
     let initrd = work.path().join("probe.initrd");
     probe_initrd(ctx, &initrd)?;
@@ -61,7 +66,12 @@ pub fn kernel(ctx: &Ctx) -> Result<()> {
         let a = boot_to_init(ctx, &k.bzimage(), &initrd, "bench-ours", Accel::Auto)?;
         let b = boot_to_init(ctx, &reference, &initrd, "bench-debian", a.accel)?;
         accel = a.accel;
-        ctx.ui.info(&format!("  boot #{}: ours {} ms, debian {} ms", i + 1, a.to_init.as_millis(), b.to_init.as_millis()));
+        ctx.ui.info(&format!(
+            "  boot #{}: ours {} ms, debian {} ms",
+            i + 1,
+            a.to_init.as_millis(),
+            b.to_init.as_millis()
+        ));
         ours.push(a.to_init.as_secs_f64() * 1000.0);
         theirs.push(b.to_init.as_secs_f64() * 1000.0);
     }
@@ -107,7 +117,12 @@ pub fn boot(ctx: &Ctx) -> Result<()> {
         let x = boot_and_drive(ctx, &initrd, Accel::Auto)?;
         let y = boot_and_drive(ctx, &image, x.accel)?;
         accel = x.accel;
-        ctx.ui.info(&format!("  boot #{}: initrd {} ms, image {} ms", i + 1, x.boot_to_serving_ms, y.boot_to_serving_ms));
+        ctx.ui.info(&format!(
+            "  boot #{}: initrd {} ms, image {} ms",
+            i + 1,
+            x.boot_to_serving_ms,
+            y.boot_to_serving_ms
+        ));
         a.push(x.boot_to_serving_ms as f64);
         b.push(y.boot_to_serving_ms as f64);
     }

@@ -60,8 +60,14 @@ impl StepInputs {
     /// code changes what it produces.
     pub fn new(step: &str, format: u32) -> Self {
         let mut items = BTreeMap::new();
-        items.insert("step.format".to_string(), format!("{CACHE_FORMAT}.{format}"));
-        StepInputs { step: step.to_string(), items }
+        items.insert(
+            "step.format".to_string(),
+            format!("{CACHE_FORMAT}.{format}"),
+        );
+        StepInputs {
+            step: step.to_string(),
+            items,
+        }
     }
 
     pub fn step(&self) -> &str {
@@ -109,7 +115,9 @@ impl StepInputs {
         for (k, v) in &self.items {
             match previous.get(k) {
                 None => out.push(format!("{k} is new")),
-                Some(old) if old != v => out.push(format!("{k} changed ({} -> {})", short(old), short(v))),
+                Some(old) if old != v => {
+                    out.push(format!("{k} changed ({} -> {})", short(old), short(v)))
+                }
                 _ => {}
             }
         }
@@ -137,7 +145,10 @@ impl Cache {
         let _ = ui;
         let tmp = root.join("tmp");
         fs::create_dir_all(&tmp).with_context(|| {
-            format!("cache dir {} cannot be created; pass another with --cache-dir", root.display())
+            format!(
+                "cache dir {} cannot be created; pass another with --cache-dir",
+                root.display()
+            )
         })?;
         for e in fs::read_dir(&tmp)?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -152,7 +163,10 @@ impl Cache {
             .tempdir_in(&tmp)
             .with_context(|| format!("cache dir {} is not writable", root.display()))?
             .keep();
-        Ok(Cache { root: root.to_path_buf(), work })
+        Ok(Cache {
+            root: root.to_path_buf(),
+            work,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -160,18 +174,27 @@ impl Cache {
     }
 
     pub fn entry_dir(&self, inputs: &StepInputs) -> PathBuf {
-        self.root.join("steps").join(inputs.step()).join(inputs.key())
+        self.root
+            .join("steps")
+            .join(inputs.step())
+            .join(inputs.key())
     }
 
     pub fn lookup(&self, inputs: &StepInputs) -> Option<Entry> {
         let dir = self.entry_dir(inputs);
-        dir.is_dir().then(|| Entry { dir, key: inputs.key(), hit: true })
+        dir.is_dir().then(|| Entry {
+            dir,
+            key: inputs.key(),
+            hit: true,
+        })
     }
 
     /// A fresh work dir inside the cache (same filesystem, so entries can be
     /// renamed into place).
     pub fn temp_dir(&self, prefix: &str) -> Result<tempfile::TempDir> {
-        Ok(tempfile::Builder::new().prefix(prefix).tempdir_in(&self.work)?)
+        Ok(tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(&self.work)?)
     }
 
     /// Returns the entry for `inputs`, running `build` into an empty dir when
@@ -185,22 +208,40 @@ impl Cache {
         let step_dir = self.root.join("steps").join(inputs.step());
         let last_path = step_dir.join("last.json");
         if let Some(entry) = self.lookup(inputs) {
-            ui.verbose(&format!("{}: cache hit {}", inputs.step(), &entry.key[..12]));
+            ui.verbose(&format!(
+                "{}: cache hit {}",
+                inputs.step(),
+                &entry.key[..12]
+            ));
             return Ok(entry);
         }
         fs::create_dir_all(&step_dir)?;
         let _guard = EntryLock::take(&step_dir.join(format!(".{}.lock", inputs.key())), ui)?;
         // Another run may have built it while we waited.
         if let Some(entry) = self.lookup(inputs) {
-            ui.verbose(&format!("{}: built by a concurrent run {}", inputs.step(), &entry.key[..12]));
+            ui.verbose(&format!(
+                "{}: built by a concurrent run {}",
+                inputs.step(),
+                &entry.key[..12]
+            ));
             return Ok(entry);
         }
-        match fs::read(&last_path).ok().and_then(|b| serde_json::from_slice::<BTreeMap<String, String>>(&b).ok()) {
+        match fs::read(&last_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<BTreeMap<String, String>>(&b).ok())
+        {
             Some(prev) => {
                 let changes = inputs.changes_since(&prev);
-                ui.verbose(&format!("{}: runs because {}", inputs.step(), changes.join(", ")));
+                ui.verbose(&format!(
+                    "{}: runs because {}",
+                    inputs.step(),
+                    changes.join(", ")
+                ));
             }
-            None => ui.verbose(&format!("{}: runs because nothing is cached for it", inputs.step())),
+            None => ui.verbose(&format!(
+                "{}: runs because nothing is cached for it",
+                inputs.step()
+            )),
         }
         let work = self.temp_dir(inputs.step())?;
         let out = work.path().join("out");
@@ -211,7 +252,11 @@ impl Cache {
         let dest = self.entry_dir(inputs);
         fs::rename(&out, &dest).with_context(|| format!("move entry into {}", dest.display()))?;
         write_atomic(&last_path, &record)?;
-        Ok(Entry { dir: dest, key: inputs.key(), hit: false })
+        Ok(Entry {
+            dir: dest,
+            key: inputs.key(),
+            hit: false,
+        })
     }
 }
 
@@ -237,10 +282,17 @@ impl EntryLock {
         // SAFETY: flock(2) takes no pointers and `f` is an open descriptor we
         // own for the whole call (the lock lives as long as `f`).
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            ui.info(&format!("waiting for another run building {}", path.display()));
+            ui.info(&format!(
+                "waiting for another run building {}",
+                path.display()
+            ));
             // SAFETY: as above; this time blocking until the holder is done.
             if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                bail!("lock {}: {}", path.display(), std::io::Error::last_os_error());
+                bail!(
+                    "lock {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                );
             }
         }
         Ok(EntryLock { _file: f })
@@ -251,15 +303,20 @@ impl EntryLock {
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("write into {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("write into {}", dir.display()))?;
     std::io::Write::write_all(&mut tmp, data)?;
     // Temp files are created 0600; the result is a normal, readable file
     // (or keeps the mode of the file it replaces).
     use std::os::unix::fs::PermissionsExt;
-    let mode = fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o644);
-    tmp.as_file().set_permissions(fs::Permissions::from_mode(mode))?;
+    let mode = fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o644);
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(mode))?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).with_context(|| format!("rename into {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("rename into {}", path.display()))?;
     Ok(())
 }
 
@@ -324,7 +381,9 @@ mod tests {
             })
             .unwrap();
         assert!(!first.hit);
-        let second = cache.step(&inputs, &quiet(), |_| panic!("must not run on a hit")).unwrap();
+        let second = cache
+            .step(&inputs, &quiet(), |_| panic!("must not run on a hit"))
+            .unwrap();
         assert!(second.hit);
         assert_eq!(first.dir, second.dir);
         assert_eq!(fs::read(second.dir.join("result")).unwrap(), b"42");
@@ -358,9 +417,15 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.to_string(), "boom");
         assert!(cache.lookup(&inputs).is_none());
-        assert_eq!(fs::read_dir(&cache.work).unwrap().count(), 0, "the failed work dir is gone");
+        assert_eq!(
+            fs::read_dir(&cache.work).unwrap().count(),
+            0,
+            "the failed work dir is gone"
+        );
         // and a later successful run creates it
-        cache.step(&inputs, &quiet(), |out| Ok(fs::write(out.join("ok"), b"")?)).unwrap();
+        cache
+            .step(&inputs, &quiet(), |out| Ok(fs::write(out.join("ok"), b"")?))
+            .unwrap();
         assert!(cache.lookup(&inputs).is_some());
     }
 
@@ -382,10 +447,16 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("m.json");
         write_atomic(&p, b"1").unwrap();
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
         fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
         write_atomic(&p, b"2").unwrap();
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(fs::read(&p).unwrap(), b"2");
     }
 

@@ -32,13 +32,19 @@ pub struct Ctx {
 
 /// The workspace root: xtask lives one level below it.
 pub fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_path_buf()
 }
 
 impl Ctx {
     pub fn new(opts: &GlobalOpts) -> Result<Ctx> {
         let root = project_root();
-        let versions_path = opts.versions.clone().unwrap_or_else(|| versions::default_path(&root));
+        let versions_path = opts
+            .versions
+            .clone()
+            .unwrap_or_else(|| versions::default_path(&root));
         let versions = Versions::load(&versions_path)?;
         let epoch = versions.effective_epoch()?;
         let cache_dir = match (&opts.cache_dir, std::env::var_os(CACHE_ENV)) {
@@ -90,8 +96,12 @@ impl Ctx {
     /// Fails fast, before any work, when artifacts could not be written.
     pub fn ensure_dist_writable(&self) -> Result<()> {
         let dist = self.dist();
-        let probe = std::fs::create_dir_all(&dist)
-            .and_then(|_| tempfile::Builder::new().prefix(".probe").tempfile_in(&dist).map(drop));
+        let probe = std::fs::create_dir_all(&dist).and_then(|_| {
+            tempfile::Builder::new()
+                .prefix(".probe")
+                .tempfile_in(&dist)
+                .map(drop)
+        });
         probe.map_err(|e| {
             anyhow::Error::new(InputError::new(format!(
                 "output dir {} is not writable ({e}); pass a writable one with --dist-dir or {DIST_ENV}",
@@ -110,7 +120,10 @@ impl Ctx {
 
     /// A path as the manifest records it: relative to the repository root.
     pub fn rel(&self, path: &Path) -> String {
-        path.strip_prefix(&self.root).unwrap_or(path).to_string_lossy().into_owned()
+        path.strip_prefix(&self.root)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .into_owned()
     }
 
     pub fn print_json(&self, value: &serde_json::Value) -> Result<()> {
@@ -119,6 +132,10 @@ impl Ctx {
     }
 
     pub fn fetcher(&self) -> Result<crate::fetch::Fetcher<'_>> {
-        Ok(crate::fetch::Fetcher { cache: self.cache()?, ui: &self.ui, offline: self.offline })
+        Ok(crate::fetch::Fetcher {
+            cache: self.cache()?,
+            ui: &self.ui,
+            offline: self.offline,
+        })
     }
 }

@@ -33,7 +33,9 @@ impl Fix {
             Fix::Apt(p) => format!("apt-get install -y {p}"),
             Fix::Pip(p) => format!("python3 -m pip install {p}"),
             Fix::RustupTarget(t) => format!("rustup target add {t}"),
-            Fix::CargoInstall { name, version } => format!("cargo install --locked {name} --version {version}"),
+            Fix::CargoInstall { name, version } => {
+                format!("cargo install --locked {name} --version {version}")
+            }
         }
     }
 }
@@ -54,48 +56,168 @@ pub struct Gap {
 }
 
 fn requirements(v: &Versions) -> Vec<Requirement> {
-    let apt = |what: &str, needed_for, check, pkg| Requirement { what: what.to_string(), needed_for, check, fix: Fix::Apt(pkg) };
+    let apt = |what: &str, needed_for, check, pkg| Requirement {
+        what: what.to_string(),
+        needed_for,
+        check,
+        fix: Fix::Apt(pkg),
+    };
     vec![
-        apt("apt-get", "fetching pinned Debian packages", Check::Program("apt-get"), "apt"),
-        apt("dpkg-deb", "unpacking pinned Debian packages", Check::Program("dpkg-deb"), "dpkg"),
-        apt("mke2fs", "ext4 rootfs images", Check::Program("mke2fs"), "e2fsprogs"),
-        apt("e2fsck", "checking images", Check::Program("e2fsck"), "e2fsprogs"),
-        apt("debugfs", "deterministic ext4 images", Check::Program("debugfs"), "e2fsprogs"),
-        apt("mkfs.erofs", "erofs rootfs images", Check::Program("mkfs.erofs"), "erofs-utils"),
-        apt("cpio", "independent initrd checks in the tests", Check::Program("cpio"), "cpio"),
-        apt("zstd", "zstd initrds and the release tarball checks", Check::Program("zstd"), "zstd"),
-        apt("readelf", "checking the agent is static (tests)", Check::Program("readelf"), "binutils"),
-        apt("rpm", "checking the release .rpm", Check::Program("rpm"), "rpm"),
-        apt("lintian", "checking the release .deb", Check::Program("lintian"), "lintian"),
-        apt("busybox", "the kernel boot test's shell", Check::File("/bin/busybox"), "busybox-static"),
-        apt("musl-gcc", "C parts of the static agent", Check::Program("musl-gcc"), "musl-tools"),
+        apt(
+            "apt-get",
+            "fetching pinned Debian packages",
+            Check::Program("apt-get"),
+            "apt",
+        ),
+        apt(
+            "dpkg-deb",
+            "unpacking pinned Debian packages",
+            Check::Program("dpkg-deb"),
+            "dpkg",
+        ),
+        apt(
+            "mke2fs",
+            "ext4 rootfs images",
+            Check::Program("mke2fs"),
+            "e2fsprogs",
+        ),
+        apt(
+            "e2fsck",
+            "checking images",
+            Check::Program("e2fsck"),
+            "e2fsprogs",
+        ),
+        apt(
+            "debugfs",
+            "deterministic ext4 images",
+            Check::Program("debugfs"),
+            "e2fsprogs",
+        ),
+        apt(
+            "mkfs.erofs",
+            "erofs rootfs images",
+            Check::Program("mkfs.erofs"),
+            "erofs-utils",
+        ),
+        apt(
+            "cpio",
+            "independent initrd checks in the tests",
+            Check::Program("cpio"),
+            "cpio",
+        ),
+        apt(
+            "zstd",
+            "zstd initrds and the release tarball checks",
+            Check::Program("zstd"),
+            "zstd",
+        ),
+        apt(
+            "readelf",
+            "checking the agent is static (tests)",
+            Check::Program("readelf"),
+            "binutils",
+        ),
+        apt(
+            "rpm",
+            "checking the release .rpm",
+            Check::Program("rpm"),
+            "rpm",
+        ),
+        apt(
+            "lintian",
+            "checking the release .deb",
+            Check::Program("lintian"),
+            "lintian",
+        ),
+        apt(
+            "busybox",
+            "the kernel boot test's shell",
+            Check::File("/bin/busybox"),
+            "busybox-static",
+        ),
+        apt(
+            "musl-gcc",
+            "C parts of the static agent",
+            Check::Program("musl-gcc"),
+            "musl-tools",
+        ),
         apt("make", "the kernel build", Check::Program("make"), "make"),
         apt("gcc", "the kernel build", Check::Program("gcc"), "gcc"),
         apt("flex", "the kernel build", Check::Program("flex"), "flex"),
-        apt("bison", "the kernel build", Check::Program("bison"), "bison"),
+        apt(
+            "bison",
+            "the kernel build",
+            Check::Program("bison"),
+            "bison",
+        ),
         apt("bc", "the kernel build", Check::Program("bc"), "bc"),
         apt("patch", "kernel patches", Check::Program("patch"), "patch"),
-        apt("xz", "the kernel source tarball", Check::Program("xz"), "xz-utils"),
-        apt("libelf-dev", "the kernel build (objtool)", Check::File("/usr/include/libelf.h"), "libelf-dev"),
-        apt("libssl-dev", "the kernel build (certs tooling)", Check::File("/usr/include/openssl/ssl.h"), "libssl-dev"),
-        apt("curl", "fetching upstream URLs", Check::Program("curl"), "curl"),
+        apt(
+            "xz",
+            "the kernel source tarball",
+            Check::Program("xz"),
+            "xz-utils",
+        ),
+        apt(
+            "libelf-dev",
+            "the kernel build (objtool)",
+            Check::File("/usr/include/libelf.h"),
+            "libelf-dev",
+        ),
+        apt(
+            "libssl-dev",
+            "the kernel build (certs tooling)",
+            Check::File("/usr/include/openssl/ssl.h"),
+            "libssl-dev",
+        ),
+        apt(
+            "curl",
+            "fetching upstream URLs",
+            Check::Program("curl"),
+            "curl",
+        ),
         Requirement {
             what: format!("qemu-system-x86_64 >= {}", v.qemu.minimum_version),
             needed_for: "booting guests (tests, runtime)",
             check: Check::QemuAtLeast(v.qemu.minimum_version.clone()),
             fix: Fix::Apt("qemu-system-x86"),
         },
-        apt("virtiofsd", "sharing container rootfs", Check::File("/usr/lib/qemu/virtiofsd"), "qemu-system-common"),
-        apt("containerd", "the end-to-end container test", Check::Program("containerd"), "containerd"),
-        apt("ctr", "the end-to-end container test", Check::Program("ctr"), "containerd"),
-        apt("gzip", "the e2e test image's layer", Check::Program("gzip"), "gzip"),
+        apt(
+            "virtiofsd",
+            "sharing container rootfs",
+            Check::File("/usr/lib/qemu/virtiofsd"),
+            "qemu-system-common",
+        ),
+        apt(
+            "containerd",
+            "the end-to-end container test",
+            Check::Program("containerd"),
+            "containerd",
+        ),
+        apt(
+            "ctr",
+            "the end-to-end container test",
+            Check::Program("ctr"),
+            "containerd",
+        ),
+        apt(
+            "gzip",
+            "the e2e test image's layer",
+            Check::Program("gzip"),
+            "gzip",
+        ),
         Requirement {
             what: "pyspdxtools".into(),
             needed_for: "validating the release SBOM (tests)",
             check: Check::Program("pyspdxtools"),
             fix: Fix::Pip("spdx-tools"),
         },
-        apt("runc", "the start-latency benchmark baseline", Check::Program("runc"), "runc"),
+        apt(
+            "runc",
+            "the start-latency benchmark baseline",
+            Check::Program("runc"),
+            "runc",
+        ),
         Requirement {
             what: format!("rust target {}", v.rust.musl_target),
             needed_for: "the static kata-agent",
@@ -103,7 +225,10 @@ fn requirements(v: &Versions) -> Vec<Requirement> {
             fix: Fix::RustupTarget(v.rust.musl_target.clone()),
         },
         Requirement {
-            what: format!("{} {}", v.vhost_device_vsock.crate_name, v.vhost_device_vsock.version),
+            what: format!(
+                "{} {}",
+                v.vhost_device_vsock.crate_name, v.vhost_device_vsock.version
+            ),
             needed_for: "the host side of vsock where /dev/vhost-vsock is missing",
             check: Check::CargoBinary {
                 name: v.vhost_device_vsock.crate_name.clone(),
@@ -122,9 +247,10 @@ fn problem(check: &Check) -> Option<String> {
         Check::Program(p) => which(p).is_none().then(|| format!("`{p}` is not on PATH")),
         Check::File(f) => (!std::path::Path::new(f).exists()).then(|| format!("{f} is missing")),
         Check::RustTarget(t) => {
-            let installed = run_captured(Command::new("rustup").args(["target", "list", "--installed"]))
-                .map(|o| o.lines().any(|l| l.trim() == t))
-                .unwrap_or(false);
+            let installed =
+                run_captured(Command::new("rustup").args(["target", "list", "--installed"]))
+                    .map(|o| o.lines().any(|l| l.trim() == t))
+                    .unwrap_or(false);
             (!installed).then(|| format!("rust target {t} is not installed"))
         }
         Check::CargoBinary { name, version } => match which(name) {
@@ -132,20 +258,28 @@ fn problem(check: &Check) -> Option<String> {
             Some(path) => {
                 // `cargo install` records what it installed; a different
                 // version is as good as missing.
-                let listed = run_captured(Command::new("cargo").args(["install", "--list"])).unwrap_or_default();
+                let listed = run_captured(Command::new("cargo").args(["install", "--list"]))
+                    .unwrap_or_default();
                 let want = format!("{name} v{version}:");
                 (!listed.lines().any(|l| l.trim() == want))
                     .then(|| format!("{} is not version {version}", path.display()))
             }
         },
-        Check::QemuAtLeast(min) => match run_captured(Command::new("qemu-system-x86_64").arg("--version")) {
-            Err(_) => Some("`qemu-system-x86_64` is not on PATH".into()),
-            Ok(out) => {
-                let found = out.split_whitespace().skip_while(|w| *w != "version").nth(1).unwrap_or("").to_string();
-                (version_tuple(&found) < version_tuple(min))
-                    .then(|| format!("QEMU {found} is older than {min}"))
+        Check::QemuAtLeast(min) => {
+            match run_captured(Command::new("qemu-system-x86_64").arg("--version")) {
+                Err(_) => Some("`qemu-system-x86_64` is not on PATH".into()),
+                Ok(out) => {
+                    let found = out
+                        .split_whitespace()
+                        .skip_while(|w| *w != "version")
+                        .nth(1)
+                        .unwrap_or("")
+                        .to_string();
+                    (version_tuple(&found) < version_tuple(min))
+                        .then(|| format!("QEMU {found} is older than {min}"))
+                }
             }
-        },
+        }
     }
 }
 
@@ -171,10 +305,19 @@ pub fn gaps(v: &Versions) -> Vec<Gap> {
 
 /// Fixes every gap: one apt-get for all packages, then rustup and cargo.
 pub fn install(v: &Versions, ui: &Ui) -> Result<()> {
-    let reqs: Vec<Requirement> = requirements(v).into_iter().filter(|r| problem(&r.check).is_some()).collect();
+    let reqs: Vec<Requirement> = requirements(v)
+        .into_iter()
+        .filter(|r| problem(&r.check).is_some())
+        .collect();
     let mut apt: Vec<&str> = reqs
         .iter()
-        .filter_map(|r| if let Fix::Apt(p) = r.fix { Some(p) } else { None })
+        .filter_map(|r| {
+            if let Fix::Apt(p) = r.fix {
+                Some(p)
+            } else {
+                None
+            }
+        })
         .collect();
     apt.sort();
     apt.dedup();
@@ -200,8 +343,16 @@ pub fn install(v: &Versions, ui: &Ui) -> Result<()> {
                 run_visible(Command::new("rustup").args(["target", "add", t]))?;
             }
             Fix::CargoInstall { name, version } => {
-                ui.info(&format!("installing {name} {version} with cargo (takes a few minutes)"));
-                run_visible(Command::new("cargo").args(["install", "--locked", name, "--version", version]))?;
+                ui.info(&format!(
+                    "installing {name} {version} with cargo (takes a few minutes)"
+                ));
+                run_visible(Command::new("cargo").args([
+                    "install",
+                    "--locked",
+                    name,
+                    "--version",
+                    version,
+                ]))?;
             }
         }
     }

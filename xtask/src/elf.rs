@@ -18,17 +18,24 @@ pub struct ElfFacts {
 
 pub fn inspect(path: &Path) -> Result<ElfFacts> {
     let data = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
-    parse(&data).with_context(|| format!("{} is not a 64-bit little-endian ELF file", path.display()))
+    parse(&data)
+        .with_context(|| format!("{} is not a 64-bit little-endian ELF file", path.display()))
 }
 
 fn u16_at(d: &[u8], o: usize) -> Result<u16> {
-    Ok(u16::from_le_bytes(d.get(o..o + 2).context("truncated")?.try_into()?))
+    Ok(u16::from_le_bytes(
+        d.get(o..o + 2).context("truncated")?.try_into()?,
+    ))
 }
 fn u32_at(d: &[u8], o: usize) -> Result<u32> {
-    Ok(u32::from_le_bytes(d.get(o..o + 4).context("truncated")?.try_into()?))
+    Ok(u32::from_le_bytes(
+        d.get(o..o + 4).context("truncated")?.try_into()?,
+    ))
 }
 fn u64_at(d: &[u8], o: usize) -> Result<u64> {
-    Ok(u64::from_le_bytes(d.get(o..o + 8).context("truncated")?.try_into()?))
+    Ok(u64::from_le_bytes(
+        d.get(o..o + 8).context("truncated")?.try_into()?,
+    ))
 }
 
 pub fn parse(d: &[u8]) -> Result<ElfFacts> {
@@ -63,7 +70,11 @@ pub fn parse(d: &[u8]) -> Result<ElfFacts> {
             _ => {}
         }
     }
-    Ok(ElfFacts { has_interpreter, needed_libraries, machine })
+    Ok(ElfFacts {
+        has_interpreter,
+        needed_libraries,
+        machine,
+    })
 }
 
 #[cfg(test)]
@@ -82,7 +93,8 @@ mod tests {
     #[test]
     #[ignore = "needs busybox-static (/bin/busybox): run by cargo xtask test unit"]
     fn static_busybox_is_seen_as_static() {
-        let f = inspect(Path::new("/bin/busybox")).expect("busybox-static is installed (cargo xtask doctor)");
+        let f = inspect(Path::new("/bin/busybox"))
+            .expect("busybox-static is installed (cargo xtask doctor)");
         assert!(!f.has_interpreter);
         assert_eq!(f.needed_libraries, 0);
     }

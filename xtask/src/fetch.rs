@@ -27,7 +27,11 @@ pub struct Fetcher<'a> {
 impl<'a> Fetcher<'a> {
     fn stored(&self, sha: &Sha256Hex) -> Option<PathBuf> {
         let dir = self.cache.root().join("inputs").join(sha.as_str());
-        let mut files = fs::read_dir(&dir).ok()?.flatten().map(|e| e.path()).filter(|p| p.is_file());
+        let mut files = fs::read_dir(&dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file());
         files.next()
     }
 
@@ -54,7 +58,10 @@ impl<'a> Fetcher<'a> {
             .context("run apt-get (is this a Debian host? `cargo xtask doctor` checks)")?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            let first = stderr.lines().find(|l| l.starts_with("E:")).unwrap_or(stderr.trim());
+            let first = stderr
+                .lines()
+                .find(|l| l.starts_with("E:"))
+                .unwrap_or(stderr.trim());
             return bad_input!(
                 "{pin_key}: {spec} can no longer be fetched ({first}); if `apt-get update` does not help, re-pin it with `cargo xtask versions --update {pin_key}`"
             );
@@ -64,7 +71,12 @@ impl<'a> Fetcher<'a> {
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|e| e == "deb"))
             .with_context(|| format!("apt-get download {spec} produced no .deb"))?;
-        let path = self.verify_and_store(pin_key, &file, &pin.sha256, &format!("{pin_key}.debian.sha256"))?;
+        let path = self.verify_and_store(
+            pin_key,
+            &file,
+            &pin.sha256,
+            &format!("{pin_key}.debian.sha256"),
+        )?;
         progress.finish("fetched and verified");
         Ok(path)
     }
@@ -83,17 +95,33 @@ impl<'a> Fetcher<'a> {
             return bad_input!("--offline: {url} ({pin_key}) is not in the cache");
         }
         let work = self.cache.temp_dir("fetch")?;
-        let name = url.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("download");
+        let name = url
+            .rsplit('/')
+            .next()
+            .filter(|n| !n.is_empty())
+            .unwrap_or("download");
         let file = work.path().join(name);
         let progress = self.ui.step(&format!("fetch {url}"));
-        run_captured(Command::new("curl").args(["-fsSL", "--retry", "2", "-o"]).arg(&file).arg(url))
-            .with_context(|| format!("{pin_key}: download {url}"))?;
-        let path = self.verify_and_store(pin_key, &file, sha, &format!("{pin_key}.upstream.sha256"))?;
+        run_captured(
+            Command::new("curl")
+                .args(["-fsSL", "--retry", "2", "-o"])
+                .arg(&file)
+                .arg(url),
+        )
+        .with_context(|| format!("{pin_key}: download {url}"))?;
+        let path =
+            self.verify_and_store(pin_key, &file, sha, &format!("{pin_key}.upstream.sha256"))?;
         progress.finish("fetched and verified");
         Ok(path)
     }
 
-    fn verify_and_store(&self, pin_key: &str, file: &Path, want: &Sha256Hex, field: &str) -> Result<PathBuf> {
+    fn verify_and_store(
+        &self,
+        pin_key: &str,
+        file: &Path,
+        want: &Sha256Hex,
+        field: &str,
+    ) -> Result<PathBuf> {
         let got = hash::file_sha256(file)?;
         if got != want.as_str() {
             return bad_input!(
@@ -121,9 +149,14 @@ impl<'a> Fetcher<'a> {
     /// One member of a verified `.deb`, unpacked once and cached.
     pub fn debian_member(&self, pin_key: &str, pin: &DebianPackagePin) -> Result<PathBuf> {
         let mut inputs = StepInputs::new("unpack", 1);
-        inputs.value("deb.sha256", &pin.sha256).value("member", &pin.member);
+        inputs
+            .value("deb.sha256", &pin.sha256)
+            .value("member", &pin.member);
         let member = pin.member.trim_start_matches('/').to_string();
-        let file_name = Path::new(&member).file_name().expect("member has a file name").to_owned();
+        let file_name = Path::new(&member)
+            .file_name()
+            .expect("member has a file name")
+            .to_owned();
         if let Some(entry) = self.cache.lookup(&inputs) {
             return Ok(entry.dir.join(&file_name));
         }
@@ -146,15 +179,31 @@ impl<'a> Fetcher<'a> {
 }
 
 /// What the Debian archive serves now for a package: (version, .deb path).
-pub fn debian_candidate(cache: &Cache, package: &str) -> Result<(String, PathBuf, tempfile::TempDir)> {
+pub fn debian_candidate(
+    cache: &Cache,
+    package: &str,
+) -> Result<(String, PathBuf, tempfile::TempDir)> {
     let out = run_captured(Command::new("apt-cache").args(["policy", package]))?;
     let version = out
         .lines()
-        .find_map(|l| l.trim().strip_prefix("Candidate:").map(|v| v.trim().to_string()))
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Candidate:")
+                .map(|v| v.trim().to_string())
+        })
         .filter(|v| v != "(none)")
-        .ok_or_else(|| anyhow::anyhow!("the Debian archive has no candidate for {package} (run `apt-get update`?)"))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the Debian archive has no candidate for {package} (run `apt-get update`?)"
+            )
+        })?;
     let work = cache.temp_dir("update")?;
-    run_captured(Command::new("apt-get").arg("download").arg(format!("{package}={version}")).current_dir(work.path()))?;
+    run_captured(
+        Command::new("apt-get")
+            .arg("download")
+            .arg(format!("{package}={version}"))
+            .current_dir(work.path()),
+    )?;
     let deb = fs::read_dir(work.path())?
         .flatten()
         .map(|e| e.path())

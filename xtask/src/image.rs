@@ -15,7 +15,6 @@ use crate::{publish, rootfs};
 
 const FORMAT: u32 = 1;
 
-
 #[derive(Args, Clone)]
 pub struct ImageArgs {
     #[arg(long, default_value = "minimal")]
@@ -78,8 +77,14 @@ pub fn inputs(ctx: &Ctx, args: &ImageArgs) -> Result<(Vec<StepInputs>, StepInput
         .value("free_mib", args.free_mib)
         .value("fs_uuid", &opts.fs_uuid)
         .value("hash_seed", &opts.hash_seed)
-        .value("mke2fs", crate::tools::version_line("mke2fs", "-V").unwrap_or_default())
-        .value("mkfs.erofs", crate::tools::version_line("mkfs.erofs", "--version").unwrap_or_default())
+        .value(
+            "mke2fs",
+            crate::tools::version_line("mke2fs", "-V").unwrap_or_default(),
+        )
+        .value(
+            "mkfs.erofs",
+            crate::tools::version_line("mkfs.erofs", "--version").unwrap_or_default(),
+        )
         .tree("src.rootfs-builder", &ctx.root.join("rootfs-builder"))?
         .value("source_date_epoch", ctx.epoch);
     Ok((vec![agent, rootfs], i))
@@ -89,9 +94,10 @@ pub fn build(ctx: &Ctx, args: &ImageArgs) -> Result<ImageBuild> {
     let (_, inputs) = inputs(ctx, args)?;
     let opts = options(ctx, args);
     let what = format!("image {} ({})", args.recipe, args.fs.name());
-    let (file, key) = rootfs::derived_file(ctx, &args.recipe, &inputs, &what, "image", |tree, out| {
-        build_image(tree, out, &opts).map(drop)
-    })?;
+    let (file, key) =
+        rootfs::derived_file(ctx, &args.recipe, &inputs, &what, "image", |tree, out| {
+            build_image(tree, out, &opts).map(drop)
+        })?;
     Ok(ImageBuild { file, key })
 }
 
@@ -109,7 +115,10 @@ pub fn file_name(ctx: &Ctx, args: &ImageArgs) -> String {
 
 pub fn run(ctx: &Ctx, args: &ImageArgs) -> Result<()> {
     match args.fs {
-        FsArg::Ext4 => crate::tools::require("image", &[("mke2fs", "e2fsprogs"), ("debugfs", "e2fsprogs")])?,
+        FsArg::Ext4 => crate::tools::require(
+            "image",
+            &[("mke2fs", "e2fsprogs"), ("debugfs", "e2fsprogs")],
+        )?,
         FsArg::Erofs => crate::tools::require("image", &[("mkfs.erofs", "erofs-utils")])?,
     }
     rootfs::require_tools()?;
@@ -119,5 +128,13 @@ pub fn run(ctx: &Ctx, args: &ImageArgs) -> Result<()> {
     }
     ctx.ensure_dist_writable()?;
     let b = build(ctx, args)?;
-    publish::guest_asset(ctx, &b.file, &b.key, &file_name(ctx, args), "kata-containers.img", Kind::Image, &args.recipe)
+    publish::guest_asset(
+        ctx,
+        &b.file,
+        &b.key,
+        &file_name(ctx, args),
+        "kata-containers.img",
+        Kind::Image,
+        &args.recipe,
+    )
 }

@@ -61,9 +61,10 @@ pub fn inputs(ctx: &Ctx, args: &InitrdArgs) -> Result<(Vec<StepInputs>, StepInpu
 pub fn build(ctx: &Ctx, args: &InitrdArgs) -> Result<InitrdBuild> {
     let (_, inputs) = inputs(ctx, args)?;
     let what = format!("initrd {}", args.recipe);
-    let (file, key) = rootfs::derived_file(ctx, &args.recipe, &inputs, &what, "initrd", |tree, out| {
-        write_initrd(tree, out, args.compression.lib(), ctx.epoch)
-    })?;
+    let (file, key) =
+        rootfs::derived_file(ctx, &args.recipe, &inputs, &what, "initrd", |tree, out| {
+            write_initrd(tree, out, args.compression.lib(), ctx.epoch)
+        })?;
     Ok(InitrdBuild { file, key })
 }
 
@@ -80,5 +81,13 @@ pub fn run(ctx: &Ctx, args: &InitrdArgs) -> Result<()> {
     ctx.ensure_dist_writable()?;
     let b = build(ctx, args)?;
     let name = file_name(ctx, &args.recipe);
-    publish::guest_asset(ctx, &b.file, &b.key, &name, "kata-containers-initrd.img", Kind::Initrd, &args.recipe)
+    publish::guest_asset(
+        ctx,
+        &b.file,
+        &b.key,
+        &name,
+        "kata-containers-initrd.img",
+        Kind::Initrd,
+        &args.recipe,
+    )
 }

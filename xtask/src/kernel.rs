@@ -80,13 +80,21 @@ struct Loaded {
 }
 
 fn configs_dir(ctx: &Ctx, args: &KernelArgs) -> PathBuf {
-    args.configs.clone().unwrap_or_else(|| ctx.root.join("kernel-configs"))
+    args.configs
+        .clone()
+        .unwrap_or_else(|| ctx.root.join("kernel-configs"))
 }
 
 /// The patch series used for this kernel: the one named after its
 /// major.minor (e.g. `6.1`).
 fn series(ctx: &Ctx) -> String {
-    ctx.versions.kernel.version.split('.').take(2).collect::<Vec<_>>().join(".")
+    ctx.versions
+        .kernel
+        .version
+        .split('.')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 fn load(ctx: &Ctx, args: &KernelArgs) -> Result<Loaded> {
@@ -101,12 +109,23 @@ fn load(ctx: &Ctx, args: &KernelArgs) -> Result<Loaded> {
     let mut source = StepInputs::new("kernel-source", SOURCE_FORMAT);
     match args.source {
         KernelSource::Debian => {
-            source.value("tarball.sha256", &pin.debian.sha256).value("tarball.member", &pin.debian.member);
+            source
+                .value("tarball.sha256", &pin.debian.sha256)
+                .value("tarball.member", &pin.debian.member);
         }
         KernelSource::Upstream => {
-            let up = pin.upstream.as_ref().ok_or_else(|| bad("--source upstream: versions.yaml has no kernel.upstream"))?;
-            let sha = up.sha256.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "unpinned".into());
-            source.value("tarball.sha256", sha).value("tarball.url", &up.url);
+            let up = pin
+                .upstream
+                .as_ref()
+                .ok_or_else(|| bad("--source upstream: versions.yaml has no kernel.upstream"))?;
+            let sha = up
+                .sha256
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "unpinned".into());
+            source
+                .value("tarball.sha256", sha)
+                .value("tarball.url", &up.url);
         }
     }
     for (rel, path) in patches.input_files() {
@@ -127,7 +146,13 @@ fn load(ctx: &Ctx, args: &KernelArgs) -> Result<Loaded> {
     for (rel, path) in fragments.input_files() {
         build.file(&format!("fragment:{rel}"), &path)?;
     }
-    Ok(Loaded { source_kind: args.source, fragments, patches, source, build })
+    Ok(Loaded {
+        source_kind: args.source,
+        fragments,
+        patches,
+        source,
+        build,
+    })
 }
 
 /// The kernel's two steps (`kernel-source`, `kernel`), for the plans of
@@ -140,7 +165,16 @@ pub fn plan_inputs(ctx: &Ctx, args: &KernelArgs) -> Result<(StepInputs, StepInpu
 pub fn require_tools() -> Result<()> {
     crate::tools::require(
         "kernel",
-        &[("make", "make"), ("gcc", "gcc"), ("flex", "flex"), ("bison", "bison"), ("bc", "bc"), ("xz", "xz-utils"), ("patch", "patch"), ("dpkg-deb", "dpkg")],
+        &[
+            ("make", "make"),
+            ("gcc", "gcc"),
+            ("flex", "flex"),
+            ("bison", "bison"),
+            ("bc", "bc"),
+            ("xz", "xz-utils"),
+            ("patch", "patch"),
+            ("dpkg-deb", "dpkg"),
+        ],
     )?;
     Ok(())
 }
@@ -163,7 +197,9 @@ fn source_tree(ctx: &Ctx, l: &Loaded) -> Result<PathBuf> {
     let progress = ctx.ui.step("kernel source: extract");
     let entry = cache.step(&l.source, &ctx.ui, |out| {
         let src = kernel_builder::extract_source(&tarball, &out.join("src")).map_err(kernel_err)?;
-        let mut log = std::fs::File::create(crate::tools::fresh_log(&ctx.logs().join("kernel-patches.log"))?)?;
+        let mut log = std::fs::File::create(crate::tools::fresh_log(
+            &ctx.logs().join("kernel-patches.log"),
+        )?)?;
         kernel_builder::apply_patches(&src, &l.patches, &mut log).map_err(kernel_err)?;
         Ok(())
     })?;
@@ -181,7 +217,12 @@ fn suffix(args: &KernelArgs) -> &'static str {
 
 /// The installed name stem: `<version>-<kata_config_version>[-debug]`.
 pub fn stem(ctx: &Ctx, args: &KernelArgs) -> String {
-    format!("{}-{}{}", ctx.versions.kernel.version, ctx.versions.kernel.kata_config_version, suffix(args))
+    format!(
+        "{}-{}{}",
+        ctx.versions.kernel.version,
+        ctx.versions.kernel.kata_config_version,
+        suffix(args)
+    )
 }
 
 /// Configures and checks only; the checked config is returned.
@@ -190,7 +231,8 @@ fn config_only(ctx: &Ctx, l: &Loaded) -> Result<PathBuf> {
     let work = ctx.cache()?.temp_dir("kernel-config")?;
     let log_path = crate::tools::fresh_log(&ctx.logs().join("kernel-config.log"))?;
     let mut log = std::fs::File::create(&log_path)?;
-    let report = kernel_builder::configure(&src, work.path(), &l.fragments, &mut log).map_err(kernel_err)?;
+    let report =
+        kernel_builder::configure(&src, work.path(), &l.fragments, &mut log).map_err(kernel_err)?;
     for note in report_notes(&report) {
         ctx.ui.info(&note);
     }
@@ -201,8 +243,17 @@ fn config_only(ctx: &Ctx, l: &Loaded) -> Result<PathBuf> {
 }
 
 fn report_notes(report: &kernel_builder::ConfigReport) -> Vec<String> {
-    let mut notes: Vec<String> = report.whitelisted_missing.iter().map(|m| format!("note: {m}")).collect();
-    notes.extend(report.kconfig_warnings.iter().map(|w| format!("kconfig: {w}")));
+    let mut notes: Vec<String> = report
+        .whitelisted_missing
+        .iter()
+        .map(|m| format!("note: {m}"))
+        .collect();
+    notes.extend(
+        report
+            .kconfig_warnings
+            .iter()
+            .map(|w| format!("kconfig: {w}")),
+    );
     notes
 }
 
@@ -212,20 +263,35 @@ pub fn build(ctx: &Ctx, args: &KernelArgs) -> Result<KernelBuild> {
     if let Some(e) = cache.lookup(&l.build) {
         let release = std::fs::read_to_string(e.dir.join("release"))?;
         ctx.ui.info("kernel: cached");
-        return Ok(KernelBuild { dir: e.dir, key: e.key, release });
+        return Ok(KernelBuild {
+            dir: e.dir,
+            key: e.key,
+            release,
+        });
     }
     let src = source_tree(ctx, &l)?;
     let log_path = ctx.logs().join(format!("kernel{}.log", suffix(args)));
     let entry = cache.step(&l.build, &ctx.ui, |out| {
         let build_dir = out.join("build");
-        let mut conf_log = std::fs::File::create(crate::tools::fresh_log(&ctx.logs().join("kernel-config.log"))?)?;
-        let report = kernel_builder::configure(&src, &build_dir, &l.fragments, &mut conf_log).map_err(kernel_err)?;
+        let mut conf_log = std::fs::File::create(crate::tools::fresh_log(
+            &ctx.logs().join("kernel-config.log"),
+        )?)?;
+        let report = kernel_builder::configure(&src, &build_dir, &l.fragments, &mut conf_log)
+            .map_err(kernel_err)?;
         for note in report_notes(&report) {
             ctx.ui.info(&note);
         }
-        ctx.ui.info(&format!("kernel: building (log: {})", log_path.display()));
-        let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let opts = BuildOptions { jobs, log_path: log_path.clone(), progress: true, source_date_epoch: ctx.epoch as u64 };
+        ctx.ui
+            .info(&format!("kernel: building (log: {})", log_path.display()));
+        let jobs = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let opts = BuildOptions {
+            jobs,
+            log_path: log_path.clone(),
+            progress: true,
+            source_date_epoch: ctx.epoch as u64,
+        };
         let built = kernel_builder::build(&src, &build_dir, ARCH, &opts).map_err(kernel_err)?;
         if !built.version.starts_with(&ctx.versions.kernel.version) {
             anyhow::bail!(
@@ -246,7 +312,11 @@ pub fn build(ctx: &Ctx, args: &KernelArgs) -> Result<KernelBuild> {
         crate::cache::remove_tree(&build_dir)
     })?;
     let release = std::fs::read_to_string(entry.dir.join("release"))?;
-    Ok(KernelBuild { dir: entry.dir, key: entry.key, release })
+    Ok(KernelBuild {
+        dir: entry.dir,
+        key: entry.key,
+        release,
+    })
 }
 
 pub fn run(ctx: &Ctx, args: &KernelArgs) -> Result<()> {
@@ -266,8 +336,21 @@ pub fn run(ctx: &Ctx, args: &KernelArgs) -> Result<()> {
         let config = config_only(ctx, &l)?;
         let dest = publish::file(ctx, &config, &format!("config-{stem}"))?;
         let _ = std::fs::remove_dir_all(config.parent().expect("in a dir"));
-        let art = publish::artifact(ctx, &format!("config-{stem}"), Kind::KernelConfig, &dest, &dest, &l.build.key(), None)?;
-        Manifest::record(&ctx.dist(), &ctx.versions.version, ctx.epoch, vec![art.clone()])?;
+        let art = publish::artifact(
+            ctx,
+            &format!("config-{stem}"),
+            Kind::KernelConfig,
+            &dest,
+            &dest,
+            &l.build.key(),
+            None,
+        )?;
+        Manifest::record(
+            &ctx.dist(),
+            &ctx.versions.version,
+            ctx.epoch,
+            vec![art.clone()],
+        )?;
         ctx.ui.info(&format!(
             "kernel config: every requested option is set ({} fragments options); {}",
             l.fragments.requests().len(),
@@ -282,7 +365,8 @@ pub fn run(ctx: &Ctx, args: &KernelArgs) -> Result<()> {
     let arts = install(ctx, args, &k)?;
     Manifest::record(&ctx.dist(), &ctx.versions.version, ctx.epoch, arts.clone())?;
     for a in &arts {
-        ctx.ui.info(&format!("kernel: {} ({} bytes)", a.path, a.bytes));
+        ctx.ui
+            .info(&format!("kernel: {} ({} bytes)", a.path, a.bytes));
     }
     if ctx.json {
         ctx.print_json(&serde_json::json!({ "release": k.release, "artifacts": arts }))?;
@@ -291,13 +375,22 @@ pub fn run(ctx: &Ctx, args: &KernelArgs) -> Result<()> {
 }
 
 /// Publishes with upstream's names and `.container` symlinks.
-pub fn install(ctx: &Ctx, args: &KernelArgs, k: &KernelBuild) -> Result<Vec<crate::manifest::Artifact>> {
+pub fn install(
+    ctx: &Ctx,
+    args: &KernelArgs,
+    k: &KernelBuild,
+) -> Result<Vec<crate::manifest::Artifact>> {
     let stem = stem(ctx, args);
     let sfx = suffix(args);
     let mut arts = Vec::new();
     let items: [(&str, &str, Kind, Option<&str>); 4] = [
         ("vmlinux", "vmlinux", Kind::Kernel, Some("vmlinux")),
-        ("bzImage", "vmlinuz", Kind::KernelCompressed, Some("vmlinuz")),
+        (
+            "bzImage",
+            "vmlinuz",
+            Kind::KernelCompressed,
+            Some("vmlinuz"),
+        ),
         ("config", "config", Kind::KernelConfig, None),
         ("System.map", "System.map", Kind::KernelConfig, None),
     ];
@@ -312,7 +405,15 @@ pub fn install(ctx: &Ctx, args: &KernelArgs, k: &KernelBuild) -> Result<Vec<crat
         if let Some(l) = link {
             publish::symlink(ctx, &name, &format!("{l}{sfx}.container"))?;
         }
-        arts.push(publish::artifact(ctx, &name, kind, &dest, &k.dir.join(file), &k.key, None)?);
+        arts.push(publish::artifact(
+            ctx,
+            &name,
+            kind,
+            &dest,
+            &k.dir.join(file),
+            &k.key,
+            None,
+        )?);
     }
     Ok(arts)
 }

@@ -18,14 +18,19 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 /// The probe initrd: busybox, `/init` that prints the marker and the kernel
 /// version, then powers off.
 pub fn probe_initrd(ctx: &Ctx, dest: &Path) -> Result<()> {
-    let busybox = ctx.fetcher()?.debian_member("busybox", &ctx.versions.busybox.debian)?;
+    let busybox = ctx
+        .fetcher()?
+        .debian_member("busybox", &ctx.versions.busybox.debian)?;
     let work = tempfile::tempdir()?;
     let root = work.path();
     for d in ["bin", "dev", "proc", "sys"] {
         std::fs::create_dir(root.join(d))?;
     }
     std::fs::copy(&busybox, root.join("bin/busybox"))?;
-    std::fs::set_permissions(root.join("bin/busybox"), std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(
+        root.join("bin/busybox"),
+        std::fs::Permissions::from_mode(0o755),
+    )?;
     symlink("busybox", root.join("bin/sh"))?;
     let init = format!(
         "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\n/bin/busybox echo {INIT_MARKER}\n/bin/busybox cat /proc/version\n/bin/busybox poweroff -f\n"
@@ -52,8 +57,18 @@ pub struct BootToInit {
 
 /// Boots `kernel` with `initrd` and waits for the marker and for QEMU to
 /// exit by itself (the probe powers off).
-pub fn boot_to_init(ctx: &Ctx, kernel: &Path, initrd: &Path, name: &str, accel: Accel) -> Result<BootToInit> {
-    let mut cfg = QemuConfig::new(format!("xtask-{name}-{}", std::process::id()), kernel, BootMedia::Initrd(initrd.to_path_buf()));
+pub fn boot_to_init(
+    ctx: &Ctx,
+    kernel: &Path,
+    initrd: &Path,
+    name: &str,
+    accel: Accel,
+) -> Result<BootToInit> {
+    let mut cfg = QemuConfig::new(
+        format!("xtask-{name}-{}", std::process::id()),
+        kernel,
+        BootMedia::Initrd(initrd.to_path_buf()),
+    );
     cfg.vsock = VsockBackend::None;
     cfg.accel = accel;
     cfg.quiet = false;
@@ -70,19 +85,32 @@ pub fn boot_to_init(ctx: &Ctx, kernel: &Path, initrd: &Path, name: &str, accel: 
             bail!("{name}: QEMU ended before init ran: {e}");
         }
         if Instant::now() > deadline {
-            return Err(vm.timeout_error("the kernel to run /init", BOOT_TIMEOUT).into());
+            return Err(vm
+                .timeout_error("the kernel to run /init", BOOT_TIMEOUT)
+                .into());
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    let status = vm.wait_exit(Duration::from_secs(30)).context("the probe init powers off")?;
+    let status = vm
+        .wait_exit(Duration::from_secs(30))
+        .context("the probe init powers off")?;
     let console = vm.console_output();
     let accel_used = vm.accel();
     vm.shutdown()?;
     if !status.success() {
         bail!("{name}: QEMU exited with {status} after power-off");
     }
-    let proc_version = console.lines().find(|l| l.contains("Linux version")).unwrap_or("").trim().to_string();
-    Ok(BootToInit { to_init, accel: accel_used, proc_version })
+    let proc_version = console
+        .lines()
+        .find(|l| l.contains("Linux version"))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    Ok(BootToInit {
+        to_init,
+        accel: accel_used,
+        proc_version,
+    })
 }
 
 /// `test kernel`: the pipeline's kernel reaches init in a project-made initrd.

@@ -48,7 +48,10 @@ use clap::{Args, Parser, Subcommand};
 use context::Ctx;
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Build, release and test the Kata guest and runtime from pinned sources")]
+#[command(
+    name = "cargo xtask",
+    about = "Build, release and test the Kata guest and runtime from pinned sources"
+)]
 struct Cli {
     #[command(flatten)]
     global: GlobalOpts,
@@ -166,14 +169,21 @@ fn doctor_cmd(ctx: &Ctx, install: bool) -> Result<()> {
         ctx.print_json(&serde_json::json!({ "ok": gaps.is_empty(), "gaps": gaps }))?;
     }
     if gaps.is_empty() {
-        ctx.ui.info("doctor: this host has everything the pipeline needs");
+        ctx.ui
+            .info("doctor: this host has everything the pipeline needs");
         return Ok(());
     }
     for g in &gaps {
-        ctx.ui.info(&format!("missing: {} ({}), for {}\n    fix: {}", g.what, g.problem, g.needed_for, g.fix));
+        ctx.ui.info(&format!(
+            "missing: {} ({}), for {}\n    fix: {}",
+            g.what, g.problem, g.needed_for, g.fix
+        ));
     }
     if install && ctx.dry_run {
         ctx.ui.info("--dry-run: nothing installed");
     }
-    anyhow::bail!("{} host requirement(s) missing; `cargo xtask doctor --install` installs them", gaps.len())
+    anyhow::bail!(
+        "{} host requirement(s) missing; `cargo xtask doctor --install` installs them",
+        gaps.len()
+    )
 }

@@ -55,9 +55,11 @@ impl Manifest {
     pub fn load(dist: &Path) -> Result<Option<Manifest>> {
         let path = Self::path(dist);
         match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(
-                serde_json::from_slice(&bytes).with_context(|| format!("{} is not a manifest", path.display()))?,
-            )),
+            Ok(bytes) => {
+                Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                    format!("{} is not a manifest", path.display())
+                })?))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
         }
@@ -69,7 +71,11 @@ impl Manifest {
     pub fn record(dist: &Path, version: &str, epoch: i64, new: Vec<Artifact>) -> Result<()> {
         let mut m = match Self::load(dist)? {
             Some(m) if m.version == version && m.source_date_epoch == epoch => m,
-            _ => Manifest { version: version.to_string(), source_date_epoch: epoch, artifacts: vec![] },
+            _ => Manifest {
+                version: version.to_string(),
+                source_date_epoch: epoch,
+                artifacts: vec![],
+            },
         };
         for a in new {
             m.artifacts.retain(|old| old.name != a.name);
@@ -111,17 +117,27 @@ mod tests {
         let m = Manifest::load(d.path()).unwrap().unwrap();
         assert_eq!(m.artifacts.len(), 2);
         assert_eq!(m.find("a").unwrap().sha256, "2");
-        let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(Manifest::path(d.path())).unwrap()).unwrap();
+        let raw: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(Manifest::path(d.path())).unwrap()).unwrap();
         assert_eq!(raw["artifacts"][0]["kind"], "initrd");
         assert_eq!(raw["source_date_epoch"], 5);
         // another version starts afresh
         Manifest::record(d.path(), "2.0.0", 5, vec![art("c", "1")]).unwrap();
-        assert_eq!(Manifest::load(d.path()).unwrap().unwrap().artifacts.len(), 1);
+        assert_eq!(
+            Manifest::load(d.path()).unwrap().unwrap().artifacts.len(),
+            1
+        );
     }
 
     #[test]
     fn kinds_use_the_design_names() {
-        assert_eq!(serde_json::to_string(&Kind::KernelCompressed).unwrap(), "\"kernel-compressed\"");
-        assert_eq!(serde_json::to_string(&Kind::KernelConfig).unwrap(), "\"kernel-config\"");
+        assert_eq!(
+            serde_json::to_string(&Kind::KernelCompressed).unwrap(),
+            "\"kernel-compressed\""
+        );
+        assert_eq!(
+            serde_json::to_string(&Kind::KernelConfig).unwrap(),
+            "\"kernel-config\""
+        );
     }
 }

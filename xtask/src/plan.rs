@@ -31,7 +31,12 @@ impl Plan {
     }
 
     pub fn add(&mut self, ctx: &Ctx, inputs: &StepInputs) {
-        let cached = ctx.cache_dir.join("steps").join(inputs.step()).join(inputs.key()).is_dir();
+        let cached = ctx
+            .cache_dir
+            .join("steps")
+            .join(inputs.step())
+            .join(inputs.key())
+            .is_dir();
         self.steps.push(PlannedStep {
             step: inputs.step().to_string(),
             key: inputs.key(),
@@ -50,7 +55,8 @@ impl Plan {
         }
         for s in &self.steps {
             let state = if s.cached { "cached" } else { "would run" };
-            ctx.ui.info(&format!("{:<8} {}  {state}", s.step, &s.key[..16]));
+            ctx.ui
+                .info(&format!("{:<8} {}  {state}", s.step, &s.key[..16]));
             for (k, v) in &s.inputs {
                 ctx.ui.info(&format!("           {k} = {v}"));
             }

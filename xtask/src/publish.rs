@@ -41,18 +41,24 @@ pub fn cached_sha256(path: &Path) -> Result<String> {
 /// size and mtime and skips copying (a user's edit changes the mtime).
 pub fn file(ctx: &Ctx, src: &Path, name: &str) -> Result<PathBuf> {
     let dist = ctx.dist();
-    fs::create_dir_all(&dist).with_context(|| format!("output dir {} is not writable", dist.display()))?;
+    fs::create_dir_all(&dist)
+        .with_context(|| format!("output dir {} is not writable", dist.display()))?;
     let dest = dist.join(name);
     let src_meta = fs::metadata(src)?;
     if let Ok(m) = fs::symlink_metadata(&dest) {
-        if m.is_file() && m.len() == src_meta.len() && m.modified().ok() == src_meta.modified().ok() {
+        if m.is_file() && m.len() == src_meta.len() && m.modified().ok() == src_meta.modified().ok()
+        {
             return Ok(dest);
         }
     }
-    let tmp = tempfile::Builder::new().prefix(".publish").tempfile_in(&dist)?;
-    fs::copy(src, tmp.path()).with_context(|| format!("copy {} to {}", src.display(), dist.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".publish")
+        .tempfile_in(&dist)?;
+    fs::copy(src, tmp.path())
+        .with_context(|| format!("copy {} to {}", src.display(), dist.display()))?;
     tmp.as_file().set_modified(src_meta.modified()?)?;
-    tmp.persist(&dest).with_context(|| format!("rename into {}", dest.display()))?;
+    tmp.persist(&dest)
+        .with_context(|| format!("rename into {}", dest.display()))?;
     Ok(dest)
 }
 
@@ -121,8 +127,16 @@ pub fn guest_asset(
     let dest = file(ctx, cached, versioned_name)?;
     symlink(ctx, versioned_name, link)?;
     let art = artifact(ctx, link, kind, &dest, cached, cache_key, Some(recipe))?;
-    crate::manifest::Manifest::record(&ctx.dist(), &ctx.versions.version, ctx.epoch, vec![art.clone()])?;
-    ctx.ui.info(&format!("{link}: {} ({} bytes, sha256 {})", art.path, art.bytes, art.sha256));
+    crate::manifest::Manifest::record(
+        &ctx.dist(),
+        &ctx.versions.version,
+        ctx.epoch,
+        vec![art.clone()],
+    )?;
+    ctx.ui.info(&format!(
+        "{link}: {} ({} bytes, sha256 {})",
+        art.path, art.bytes, art.sha256
+    ));
     if ctx.json {
         ctx.print_json(&serde_json::to_value(&art)?)?;
     }

@@ -19,9 +19,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 use packaging::{
-    check_host_safety_deb, check_host_safety_layout, check_host_safety_rpm, check_host_safety_tarball, debian_version,
-    render_configuration, rpm_version, HelperLock, tarball_name, write_deb, write_rpm, write_sha256sums, write_spdx_sbom,
-    write_tarball, DebMeta, Layout, Pin, ReleaseInputs, RpmMeta, SbomInputs,
+    check_host_safety_deb, check_host_safety_layout, check_host_safety_rpm,
+    check_host_safety_tarball, debian_version, render_configuration, rpm_version, tarball_name,
+    write_deb, write_rpm, write_sha256sums, write_spdx_sbom, write_tarball, DebMeta, HelperLock,
+    Layout, Pin, ReleaseInputs, RpmMeta, SbomInputs,
 };
 
 use crate::cache::StepInputs;
@@ -62,7 +63,10 @@ impl ReleaseNames {
         Ok(ReleaseNames {
             tarball: tarball_name(version),
             deb: format!("{}_{}_{}.deb", deb.package, deb.version, deb.architecture),
-            rpm: format!("{}-{}-{}.{}.rpm", rpm.name, rpm.version, rpm.release, rpm.arch),
+            rpm: format!(
+                "{}-{}-{}.{}.rpm",
+                rpm.name, rpm.version, rpm.release, rpm.arch
+            ),
             sbom: format!("kata-static-{version}.spdx.json"),
         })
     }
@@ -72,10 +76,17 @@ impl ReleaseNames {
 fn release_version(ctx: &Ctx, args: &ReleaseArgs) -> Result<String> {
     let (v, origin) = match &args.version {
         Some(v) => (v.clone(), "--version".to_string()),
-        None => (ctx.versions.version.clone(), format!("{}: version", ctx.versions_path.display())),
+        None => (
+            ctx.versions.version.clone(),
+            format!("{}: version", ctx.versions_path.display()),
+        ),
     };
     let bad_chars = v.is_empty() || v.chars().any(|c| c.is_whitespace() || c == '/');
-    let check = if bad_chars { Err(anyhow::anyhow!("empty or has spaces or '/'")) } else { debian_version(&v).and(rpm_version(&v)).map(drop) };
+    let check = if bad_chars {
+        Err(anyhow::anyhow!("empty or has spaces or '/'"))
+    } else {
+        debian_version(&v).and(rpm_version(&v)).map(drop)
+    };
     if let Err(e) = check {
         return Err(InputError::new(format!(
             "{origin} {v:?} cannot name a release ({e:#}); use a version like 1.2.3 or 1.2.3-rc1"
@@ -87,12 +98,19 @@ fn release_version(ctx: &Ctx, args: &ReleaseArgs) -> Result<String> {
 
 /// The tarball's file name for the default version.
 pub fn tarball_file_name(ctx: &Ctx) -> Result<String> {
-    Ok(tarball_name(&release_version(ctx, &ReleaseArgs::default())?))
+    Ok(tarball_name(&release_version(
+        ctx,
+        &ReleaseArgs::default(),
+    )?))
 }
 
 fn epoch(ctx: &Ctx) -> Result<u64> {
     u64::try_from(ctx.epoch).map_err(|_| {
-        InputError::new(format!("SOURCE_DATE_EPOCH {} is negative; packages need a time after 1970", ctx.epoch)).into()
+        InputError::new(format!(
+            "SOURCE_DATE_EPOCH {} is negative; packages need a time after 1970",
+            ctx.epoch
+        ))
+        .into()
     })
 }
 
@@ -101,15 +119,27 @@ fn kernel_args() -> kernel::KernelArgs {
 }
 
 fn initrd_args() -> initrd::InitrdArgs {
-    initrd::InitrdArgs { recipe: RECIPE.into(), compression: initrd::CompressionArg::Gzip }
+    initrd::InitrdArgs {
+        recipe: RECIPE.into(),
+        compression: initrd::CompressionArg::Gzip,
+    }
 }
 
 fn image_args() -> image::ImageArgs {
-    image::ImageArgs { recipe: RECIPE.into(), fs: image::FsArg::Ext4, no_dax: false, align_mib: 128, free_mib: 0 }
+    image::ImageArgs {
+        recipe: RECIPE.into(),
+        fs: image::FsArg::Ext4,
+        no_dax: false,
+        align_mib: 128,
+        free_mib: 0,
+    }
 }
 
 fn template_path(ctx: &Ctx) -> PathBuf {
-    ctx.root.join("runtime").join("config").join("configuration.toml.in")
+    ctx.root
+        .join("runtime")
+        .join("config")
+        .join("configuration.toml.in")
 }
 
 /// Every step of a release, in build order, with the `release` step last.
@@ -138,7 +168,16 @@ fn steps(ctx: &Ctx, version: &str) -> Result<Steps> {
         vsock: vsock.key(),
     };
     let release = release_step(ctx, version, &keys)?;
-    Ok(Steps { kernel_source, kernel, guest_before, initrd, image, runtime_bins, vsock, release })
+    Ok(Steps {
+        kernel_source,
+        kernel,
+        guest_before,
+        initrd,
+        image,
+        runtime_bins,
+        vsock,
+        release,
+    })
 }
 
 /// The keys of the steps a release packs.
@@ -176,7 +215,13 @@ fn release_step(ctx: &Ctx, version: &str, keys: &PartKeys) -> Result<StepInputs>
 /// agent and rootfs) only when a step consuming them is not cached, as the
 /// builders skip them then.
 fn plan(ctx: &Ctx, s: &Steps) -> Plan {
-    let cached = |i: &StepInputs| ctx.cache_dir.join("steps").join(i.step()).join(i.key()).is_dir();
+    let cached = |i: &StepInputs| {
+        ctx.cache_dir
+            .join("steps")
+            .join(i.step())
+            .join(i.key())
+            .is_dir()
+    };
     let mut plan = Plan::default();
     if !cached(&s.kernel) {
         plan.add(ctx, &s.kernel_source);
@@ -201,7 +246,10 @@ fn deb_pin(name: &str, version: &str, sha256: &str) -> Pin {
         // Fetched through apt from the Debian archive; the purl names it.
         download_location: "NOASSERTION".into(),
         sha256: sha256.into(),
-        purl: Some(format!("pkg:deb/debian/{name}@{}", version.replace('+', "%2B"))),
+        purl: Some(format!(
+            "pkg:deb/debian/{name}@{}",
+            version.replace('+', "%2B")
+        )),
     }
 }
 
@@ -213,12 +261,23 @@ fn sbom_pins(ctx: &Ctx) -> Vec<Pin> {
     let v = &ctx.versions;
     let vsock = &v.vhost_device_vsock;
     vec![
-        deb_pin(&v.kernel.debian.package, &v.kernel.debian.version, &v.kernel.debian.sha256.to_string()),
-        deb_pin(&v.busybox.debian.package, &v.busybox.debian.version, &v.busybox.debian.sha256.to_string()),
+        deb_pin(
+            &v.kernel.debian.package,
+            &v.kernel.debian.version,
+            &v.kernel.debian.sha256.to_string(),
+        ),
+        deb_pin(
+            &v.busybox.debian.package,
+            &v.busybox.debian.version,
+            &v.busybox.debian.sha256.to_string(),
+        ),
         Pin {
             name: vsock.crate_name.clone(),
             version: vsock.version.clone(),
-            download_location: format!("https://crates.io/api/v1/crates/{}/{}/download", vsock.crate_name, vsock.version),
+            download_location: format!(
+                "https://crates.io/api/v1/crates/{}/{}/download",
+                vsock.crate_name, vsock.version
+            ),
             sha256: vsock.sha256.to_string(),
             purl: Some(format!("pkg:cargo/{}@{}", vsock.crate_name, vsock.version)),
         },
@@ -234,7 +293,13 @@ struct Parts {
     vsock: runtime_bins::VsockDaemon,
 }
 
-fn release_inputs(ctx: &Ctx, version: &str, epoch: u64, p: &Parts, configuration_toml: String) -> ReleaseInputs {
+fn release_inputs(
+    ctx: &Ctx,
+    version: &str,
+    epoch: u64,
+    p: &Parts,
+    configuration_toml: String,
+) -> ReleaseInputs {
     let stem = kernel::stem(ctx, &kernel_args());
     let vmlinux = format!("vmlinux-{stem}");
     let vmlinuz = format!("vmlinuz-{stem}");
@@ -247,10 +312,22 @@ fn release_inputs(ctx: &Ctx, version: &str, epoch: u64, p: &Parts, configuration
         shim: p.bins.shim.clone(),
         runtime: p.bins.runtime.clone(),
         helpers: vec![(VSOCK_DAEMON.into(), p.vsock.binary.clone())],
-        kernel_files: vec![(vmlinux.clone(), p.kernel.dir.join("vmlinux")), (vmlinuz.clone(), p.kernel.bzimage())],
-        kernel_symlinks: vec![("vmlinux.container".into(), vmlinux), ("vmlinuz.container".into(), vmlinuz)],
-        image_files: vec![(image.clone(), p.image.file.clone()), (initrd.clone(), p.initrd.file.clone())],
-        image_symlinks: vec![("kata-containers.img".into(), image), ("kata-containers-initrd.img".into(), initrd)],
+        kernel_files: vec![
+            (vmlinux.clone(), p.kernel.dir.join("vmlinux")),
+            (vmlinuz.clone(), p.kernel.bzimage()),
+        ],
+        kernel_symlinks: vec![
+            ("vmlinux.container".into(), vmlinux),
+            ("vmlinuz.container".into(), vmlinuz),
+        ],
+        image_files: vec![
+            (image.clone(), p.image.file.clone()),
+            (initrd.clone(), p.initrd.file.clone()),
+        ],
+        image_symlinks: vec![
+            ("kata-containers.img".into(), image),
+            ("kata-containers-initrd.img".into(), initrd),
+        ],
         configuration_toml,
         versions_yaml: ctx.versions_path.clone(),
     }
@@ -259,14 +336,23 @@ fn release_inputs(ctx: &Ctx, version: &str, epoch: u64, p: &Parts, configuration
 /// configuration.toml for `prefix`, from the template in runtime/config/.
 pub fn render_config(ctx: &Ctx, prefix: &str) -> Result<String> {
     let path = template_path(ctx);
-    let template = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let template =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
     let mut vars = BTreeMap::new();
     vars.insert("libexec".to_string(), format!("{prefix}/libexec"));
-    render_configuration(&template, prefix, &vars).with_context(|| format!("render {}", path.display()))
+    render_configuration(&template, prefix, &vars)
+        .with_context(|| format!("render {}", path.display()))
 }
 
 /// The `release` step: every package, checked, into `out`.
-fn package(ctx: &Ctx, version: &str, epoch: u64, parts: &Parts, names: &ReleaseNames, out: &Path) -> Result<()> {
+fn package(
+    ctx: &Ctx,
+    version: &str,
+    epoch: u64,
+    parts: &Parts,
+    names: &ReleaseNames,
+    out: &Path,
+) -> Result<()> {
     let config = render_config(ctx, PREFIX)?;
     std::fs::write(out.join(CONFIG_NAME), &config)?;
     let inputs = release_inputs(ctx, version, epoch, parts, config);
@@ -281,7 +367,12 @@ fn package(ctx: &Ctx, version: &str, epoch: u64, parts: &Parts, names: &ReleaseN
     check_host_safety_tarball(&tarball, PREFIX)?;
     step.finish("written");
     let step = ctx.ui.step("release: .deb");
-    write_deb(&layout, &DebMeta::kata_static(version, MAINTAINER, epoch)?, &deb, epoch)?;
+    write_deb(
+        &layout,
+        &DebMeta::kata_static(version, MAINTAINER, epoch)?,
+        &deb,
+        epoch,
+    )?;
     check_host_safety_deb(&deb, PREFIX)?;
     step.finish("written");
     let step = ctx.ui.step("release: .rpm");
@@ -294,11 +385,21 @@ fn package(ctx: &Ctx, version: &str, epoch: u64, parts: &Parts, names: &ReleaseN
         version: version.into(),
         pins: sbom_pins(ctx),
         cargo_lock: &lock,
-        helper_locks: vec![HelperLock { pin: ctx.versions.vhost_device_vsock.crate_name.clone(), cargo_lock: &parts.vsock.cargo_lock }],
+        helper_locks: vec![HelperLock {
+            pin: ctx.versions.vhost_device_vsock.crate_name.clone(),
+            cargo_lock: &parts.vsock.cargo_lock,
+        }],
     };
     write_spdx_sbom(&sbom_inputs, &sbom, epoch)?;
     write_sha256sums(&[&tarball, &deb, &rpm, &sbom], &out.join(CHECKSUMS))?;
-    for f in [&names.tarball, &names.deb, &names.rpm, &names.sbom, &CHECKSUMS.to_string(), &CONFIG_NAME.to_string()] {
+    for f in [
+        &names.tarball,
+        &names.deb,
+        &names.rpm,
+        &names.sbom,
+        &CHECKSUMS.to_string(),
+        &CONFIG_NAME.to_string(),
+    ] {
         publish::seal(&out.join(f))?;
     }
     Ok(())
@@ -307,7 +408,10 @@ fn package(ctx: &Ctx, version: &str, epoch: u64, parts: &Parts, names: &ReleaseN
 fn require_tools() -> Result<()> {
     kernel::require_tools()?;
     crate::rootfs::require_tools()?;
-    crate::tools::require("release", &[("mke2fs", "e2fsprogs"), ("debugfs", "e2fsprogs")])
+    crate::tools::require(
+        "release",
+        &[("mke2fs", "e2fsprogs"), ("debugfs", "e2fsprogs")],
+    )
 }
 
 /// A published release.
@@ -357,7 +461,10 @@ pub fn build(ctx: &Ctx, args: &ReleaseArgs) -> Result<Built> {
         vsock: runtime_bins::build_vsock_daemon(ctx)?,
     };
     if !parts.vsock.target.is_empty() && parts.vsock.target != ctx.versions.rust.musl_target {
-        ctx.ui.info(&format!("warning: {VSOCK_DAEMON} is built for {} (dynamically linked), not {}", parts.vsock.target, ctx.versions.rust.musl_target));
+        ctx.ui.info(&format!(
+            "warning: {VSOCK_DAEMON} is built for {} (dynamically linked), not {}",
+            parts.vsock.target, ctx.versions.rust.musl_target
+        ));
     }
     let keys = PartKeys {
         kernel: parts.kernel.key.clone(),
@@ -368,7 +475,9 @@ pub fn build(ctx: &Ctx, args: &ReleaseArgs) -> Result<Built> {
     };
     let release = release_step(ctx, &version, &keys)?;
     let progress = ctx.ui.step("release");
-    let entry = ctx.cache()?.step(&release, &ctx.ui, |out| package(ctx, &version, epoch, &parts, &names, out))?;
+    let entry = ctx.cache()?.step(&release, &ctx.ui, |out| {
+        package(ctx, &version, epoch, &parts, &names, out)
+    })?;
     progress.finish(if entry.hit { "cached" } else { "packaged" });
 
     let mut arts: Vec<Artifact> = Vec::new();
@@ -377,19 +486,54 @@ pub fn build(ctx: &Ctx, args: &ReleaseArgs) -> Result<Built> {
         arts.push(publish::artifact(ctx, name, kind, &dest, src, key, None)?);
         Ok(())
     };
-    add(&names.tarball, Kind::Tarball, &entry.dir.join(&names.tarball), &entry.key)?;
-    add(&names.deb, Kind::Deb, &entry.dir.join(&names.deb), &entry.key)?;
-    add(&names.rpm, Kind::Rpm, &entry.dir.join(&names.rpm), &entry.key)?;
-    add(&names.sbom, Kind::Sbom, &entry.dir.join(&names.sbom), &entry.key)?;
-    add(CHECKSUMS, Kind::Checksums, &entry.dir.join(CHECKSUMS), &entry.key)?;
-    add(CONFIG_NAME, Kind::Config, &entry.dir.join(CONFIG_NAME), &entry.key)?;
+    add(
+        &names.tarball,
+        Kind::Tarball,
+        &entry.dir.join(&names.tarball),
+        &entry.key,
+    )?;
+    add(
+        &names.deb,
+        Kind::Deb,
+        &entry.dir.join(&names.deb),
+        &entry.key,
+    )?;
+    add(
+        &names.rpm,
+        Kind::Rpm,
+        &entry.dir.join(&names.rpm),
+        &entry.key,
+    )?;
+    add(
+        &names.sbom,
+        Kind::Sbom,
+        &entry.dir.join(&names.sbom),
+        &entry.key,
+    )?;
+    add(
+        CHECKSUMS,
+        Kind::Checksums,
+        &entry.dir.join(CHECKSUMS),
+        &entry.key,
+    )?;
+    add(
+        CONFIG_NAME,
+        Kind::Config,
+        &entry.dir.join(CONFIG_NAME),
+        &entry.key,
+    )?;
     add(SHIM, Kind::Shim, &parts.bins.shim, &parts.bins.key)?;
     add(RUNTIME, Kind::Runtime, &parts.bins.runtime, &parts.bins.key)?;
     Manifest::record(&ctx.dist(), &version, ctx.epoch, arts.clone())?;
     for a in &arts {
-        ctx.ui.info(&format!("release: {} ({} bytes)", a.path, a.bytes));
+        ctx.ui
+            .info(&format!("release: {} ({} bytes)", a.path, a.bytes));
     }
-    ctx.ui.info(&format!("release {version}: done in {:.1}s; check with `sha256sum -c {CHECKSUMS}` in {}", started.elapsed().as_secs_f64(), ctx.rel(&ctx.dist())));
+    ctx.ui.info(&format!(
+        "release {version}: done in {:.1}s; check with `sha256sum -c {CHECKSUMS}` in {}",
+        started.elapsed().as_secs_f64(),
+        ctx.rel(&ctx.dist())
+    ));
     Ok(Built {
         tarball: ctx.dist().join(&names.tarball),
         deb: ctx.dist().join(&names.deb),

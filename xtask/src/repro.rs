@@ -60,8 +60,16 @@ pub struct Variant {
 }
 
 /// Two deliberately different build environments.
-pub const VARIANT_A: Variant = Variant { umask: 0o022, tz: "UTC", lang: "C.UTF-8" };
-pub const VARIANT_B: Variant = Variant { umask: 0o027, tz: "Pacific/Chatham", lang: "C" };
+pub const VARIANT_A: Variant = Variant {
+    umask: 0o022,
+    tz: "UTC",
+    lang: "C.UTF-8",
+};
+pub const VARIANT_B: Variant = Variant {
+    umask: 0o027,
+    tz: "Pacific/Chatham",
+    lang: "C",
+};
 
 /// The kernel files a build produces (the entry's sidecars are not compared).
 const KERNEL_FILES: [&str; 5] = ["bzImage", "vmlinux", "config", "System.map", "release"];
@@ -78,9 +86,21 @@ pub struct CleanClone {
 
 impl CleanClone {
     /// Copies the sources of `ctx.root` (tracked or untracked, never ignored) to `root`.
-    pub fn create(ctx: &Ctx, name: &str, root: &Path, state: &Path, variant: Variant) -> Result<CleanClone> {
+    pub fn create(
+        ctx: &Ctx,
+        name: &str,
+        root: &Path,
+        state: &Path,
+        variant: Variant,
+    ) -> Result<CleanClone> {
         let listed = Command::new("git")
-            .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
+            .args([
+                "ls-files",
+                "-z",
+                "--cached",
+                "--others",
+                "--exclude-standard",
+            ])
             .current_dir(&ctx.root)
             .stderr(Stdio::piped())
             .output()
@@ -108,7 +128,8 @@ impl CleanClone {
                 std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
             } else {
                 // Copies the mode too (scripts stay executable).
-                std::fs::copy(&from, &to).with_context(|| format!("copy {} to {}", from.display(), to.display()))?;
+                std::fs::copy(&from, &to)
+                    .with_context(|| format!("copy {} to {}", from.display(), to.display()))?;
             }
             copied += 1;
         }
@@ -164,7 +185,10 @@ impl CleanClone {
     /// Builds the clone's own xtask, so that [`CleanClone::release`] times
     /// the release and not the compiler building the tool.
     pub fn build_xtask(&self) -> Result<()> {
-        crate::tools::run_logged(&mut self.cargo(&["build", "--locked", "--quiet", "--package", "xtask"]), &self.log)
+        crate::tools::run_logged(
+            &mut self.cargo(&["build", "--locked", "--quiet", "--package", "xtask"]),
+            &self.log,
+        )
     }
 
     /// `cargo xtask release` in the clone; returns the wall time.
@@ -173,7 +197,14 @@ impl CleanClone {
         let dist = self.dist.display().to_string();
         let start = Instant::now();
         crate::tools::run_logged(
-            &mut self.cargo(&["xtask", "release", "--cache-dir", &cache, "--dist-dir", &dist]),
+            &mut self.cargo(&[
+                "xtask",
+                "release",
+                "--cache-dir",
+                &cache,
+                "--dist-dir",
+                &dist,
+            ]),
             &self.log,
         )
         .with_context(|| format!("release in clone {} ({})", self.name, self.root.display()))?;
@@ -202,26 +233,38 @@ pub struct KernelRebuilt {
 
 impl KernelRebuilt {
     fn path(ctx: &Ctx, key: &str) -> PathBuf {
-        ctx.cache_dir.join("verified").join("kernel-rebuilt").join(format!("{key}.json"))
+        ctx.cache_dir
+            .join("verified")
+            .join("kernel-rebuilt")
+            .join(format!("{key}.json"))
     }
 
     /// The record kept with the sources, for a machine whose cache is new.
     pub fn committed_path(ctx: &Ctx, key: &str) -> PathBuf {
-        ctx.root.join("ci").join("kernel-rebuilt").join(format!("{key}.json"))
+        ctx.root
+            .join("ci")
+            .join("kernel-rebuilt")
+            .join(format!("{key}.json"))
     }
 
     fn read(path: &Path, key: &str) -> Option<KernelRebuilt> {
         let bytes = std::fs::read(path).ok()?;
-        serde_json::from_slice::<KernelRebuilt>(&bytes).ok().filter(|r| r.key == key)
+        serde_json::from_slice::<KernelRebuilt>(&bytes)
+            .ok()
+            .filter(|r| r.key == key)
     }
 
     /// A record for `main`'s key, from the main cache or kept with the
     /// sources, whose digests `main`'s own files match. A record that
     /// `main` does not match is an error: two builds of one key differ.
     pub fn find(ctx: &Ctx, main: &KernelBuild) -> Result<Option<KernelRebuilt>> {
-        let candidates = [Self::path(ctx, &main.key), Self::committed_path(ctx, &main.key)];
-        let Some((path, record)) =
-            candidates.iter().find_map(|p| Self::read(p, &main.key).map(|r| (p.clone(), r)))
+        let candidates = [
+            Self::path(ctx, &main.key),
+            Self::committed_path(ctx, &main.key),
+        ];
+        let Some((path, record)) = candidates
+            .iter()
+            .find_map(|p| Self::read(p, &main.key).map(|r| (p.clone(), r)))
         else {
             return Ok(None);
         };
@@ -230,7 +273,11 @@ impl KernelRebuilt {
             let have = file_sha256(&main.dir.join(f))?;
             match record.sha256.get(f) {
                 Some(want) if *want == have => {}
-                Some(want) => differ.push(format!("{f} ({} recorded, {} built)", &want[..12], &have[..12])),
+                Some(want) => differ.push(format!(
+                    "{f} ({} recorded, {} built)",
+                    &want[..12],
+                    &have[..12]
+                )),
                 None => differ.push(format!("{f} (not in the record)")),
             }
         }
@@ -250,13 +297,18 @@ impl KernelRebuilt {
 
     /// Compares a clone's from-scratch kernel with the main cache's entry
     /// and, when every file matches, records it.
-    pub fn compare_and_record(ctx: &Ctx, main: &KernelBuild, clone: &CleanClone) -> Result<KernelRebuilt> {
+    pub fn compare_and_record(
+        ctx: &Ctx,
+        main: &KernelBuild,
+        clone: &CleanClone,
+    ) -> Result<KernelRebuilt> {
         let rebuilt = clone.kernel_entry(&main.key);
         let mut sha256 = BTreeMap::new();
         let mut differ = Vec::new();
         for f in KERNEL_FILES {
             let a = file_sha256(&main.dir.join(f))?;
-            let b = file_sha256(&rebuilt.join(f)).with_context(|| format!("clone {} built no kernel {f}", clone.name))?;
+            let b = file_sha256(&rebuilt.join(f))
+                .with_context(|| format!("clone {} built no kernel {f}", clone.name))?;
             if a != b {
                 differ.push(format!("{f} ({} vs {})", &a[..12], &b[..12]));
             }
@@ -272,11 +324,16 @@ impl KernelRebuilt {
         }
         let record = KernelRebuilt {
             key: main.key.clone(),
-            compared_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
+            compared_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs(),
             rebuilt_in: clone.root.display().to_string(),
             sha256,
         };
-        crate::cache::write_atomic(&Self::path(ctx, &main.key), &serde_json::to_vec_pretty(&record)?)?;
+        crate::cache::write_atomic(
+            &Self::path(ctx, &main.key),
+            &serde_json::to_vec_pretty(&record)?,
+        )?;
         Ok(record)
     }
 }
@@ -294,7 +351,13 @@ impl ClonePair {
     pub fn create(ctx: &Ctx) -> Result<ClonePair> {
         let base = tempfile::Builder::new().prefix("kata-repro-").tempdir()?;
         let step = ctx.ui.step("copy the sources into two clean clones");
-        let a = CleanClone::create(ctx, "a", &base.path().join("a/kata-containers"), &base.path().join("a/state"), VARIANT_A)?;
+        let a = CleanClone::create(
+            ctx,
+            "a",
+            &base.path().join("a/kata-containers"),
+            &base.path().join("a/state"),
+            VARIANT_A,
+        )?;
         let b = CleanClone::create(
             ctx,
             "b",
@@ -304,7 +367,11 @@ impl ClonePair {
         )?;
         step.finish(&format!("{} and {}", a.root.display(), b.root.display()));
         for c in [&a, &b] {
-            let step = ctx.ui.step(&format!("clone {}: cargo build -p xtask (log {})", c.name, ctx.rel(&c.log)));
+            let step = ctx.ui.step(&format!(
+                "clone {}: cargo build -p xtask (log {})",
+                c.name,
+                ctx.rel(&c.log)
+            ));
             c.build_xtask()?;
             step.finish("built");
         }
@@ -313,12 +380,15 @@ impl ClonePair {
 
     /// Runs one clone's release with progress; returns its wall time.
     pub fn release(ctx: &Ctx, c: &CleanClone, what: &str) -> Result<Duration> {
-        let step = ctx.ui.step(&format!("clone {}: cargo xtask release, {what} (log {})", c.name, ctx.rel(&c.log)));
+        let step = ctx.ui.step(&format!(
+            "clone {}: cargo xtask release, {what} (log {})",
+            c.name,
+            ctx.rel(&c.log)
+        ));
         let took = c.release()?;
         step.finish("released");
         Ok(took)
     }
-
 }
 
 /// A SHA256SUMS text as file name -> digest.
@@ -337,7 +407,11 @@ pub fn differing_sums(a: &str, b: &str) -> Vec<String> {
         .into_iter()
         .filter(|n| pa.get(*n) != pb.get(*n))
         .map(|n| {
-            let show = |m: &BTreeMap<String, String>| m.get(n).map(|s| s[..12.min(s.len())].to_string()).unwrap_or_else(|| "missing".into());
+            let show = |m: &BTreeMap<String, String>| {
+                m.get(n)
+                    .map(|s| s[..12.min(s.len())].to_string())
+                    .unwrap_or_else(|| "missing".into())
+            };
             format!("{n}: {} vs {}", show(&pa), show(&pb))
         })
         .collect()
@@ -346,11 +420,20 @@ pub fn differing_sums(a: &str, b: &str) -> Vec<String> {
 /// The tarball members whose content differs between the two clones' dists
 /// (unpacked with GNU tar), for the error message.
 fn differing_members(a: &Path, b: &Path, tarball: &str) -> Result<Vec<String>> {
-    let scratch = tempfile::Builder::new().prefix("kata-repro-unpacked-").tempdir()?;
+    let scratch = tempfile::Builder::new()
+        .prefix("kata-repro-unpacked-")
+        .tempdir()?;
     let unpack = |dist: &Path, name: &str| -> Result<PathBuf> {
         let dir = scratch.path().join(name);
         std::fs::create_dir_all(&dir)?;
-        crate::tools::run_captured(Command::new("tar").arg("--zstd").arg("-xf").arg(dist.join(tarball)).arg("-C").arg(&dir))?;
+        crate::tools::run_captured(
+            Command::new("tar")
+                .arg("--zstd")
+                .arg("-xf")
+                .arg(dist.join(tarball))
+                .arg("-C")
+                .arg(&dir),
+        )?;
         Ok(dir)
     };
     let (da, db) = (unpack(a, "a")?, unpack(b, "b")?);
@@ -358,8 +441,13 @@ fn differing_members(a: &Path, b: &Path, tarball: &str) -> Result<Vec<String>> {
     for e in crate::cache::files_below(&da)? {
         let rel = e.strip_prefix(&da)?;
         let other = db.join(rel);
-        let same = match (std::fs::symlink_metadata(&e), std::fs::symlink_metadata(&other)) {
-            (Ok(m), Ok(n)) if m.is_file() && n.is_file() => file_sha256(&e)? == file_sha256(&other)?,
+        let same = match (
+            std::fs::symlink_metadata(&e),
+            std::fs::symlink_metadata(&other),
+        ) {
+            (Ok(m), Ok(n)) if m.is_file() && n.is_file() => {
+                file_sha256(&e)? == file_sha256(&other)?
+            }
             (Ok(m), Ok(n)) => m.file_type() == n.file_type(),
             _ => false,
         };
@@ -393,7 +481,10 @@ pub fn compare(ctx: &Ctx, a: &Path, b: &Path) -> Result<String> {
     } else {
         String::new()
     };
-    bail!("the two clean releases differ: {}{members}", differ.join("; "))
+    bail!(
+        "the two clean releases differ: {}{members}",
+        differ.join("; ")
+    )
 }
 
 pub fn test(ctx: &Ctx, args: &ReproArgs) -> Result<()> {
@@ -408,7 +499,11 @@ pub fn test(ctx: &Ctx, args: &ReproArgs) -> Result<()> {
     // Build one: this checkout's release.
     crate::release::build(ctx, &crate::release::ReleaseArgs::default())?;
     let kernel = crate::kernel::build(ctx, &KernelArgs::default())?;
-    let proven = if args.rebuild_kernel { None } else { KernelRebuilt::find(ctx, &kernel)? };
+    let proven = if args.rebuild_kernel {
+        None
+    } else {
+        KernelRebuilt::find(ctx, &kernel)?
+    };
     // Build two: a clean clone.
     let base = tempfile::Builder::new().prefix("kata-repro-").tempdir()?;
     let step = ctx.ui.step("copy the sources into a clean clone");
@@ -421,7 +516,11 @@ pub fn test(ctx: &Ctx, args: &ReproArgs) -> Result<()> {
     )?;
     step.finish(&clone.root.display().to_string());
     let result = (|| -> Result<String> {
-        let step = ctx.ui.step(&format!("clone {}: cargo build -p xtask (log {})", clone.name, ctx.rel(&clone.log)));
+        let step = ctx.ui.step(&format!(
+            "clone {}: cargo build -p xtask (log {})",
+            clone.name,
+            ctx.rel(&clone.log)
+        ));
         clone.build_xtask()?;
         step.finish("built");
         match &proven {
@@ -457,13 +556,18 @@ pub fn test(ctx: &Ctx, args: &ReproArgs) -> Result<()> {
                 sums.trim_end()
             ));
             if args.keep {
-                ctx.ui.info(&format!("test repro: kept {}", base.keep().display()));
+                ctx.ui
+                    .info(&format!("test repro: kept {}", base.keep().display()));
             }
             Ok(())
         }
         Err(e) => {
             let kept = base.keep();
-            Err(e.context(format!("clone kept in {} (log: {})", kept.display(), ctx.rel(&clone.log))))
+            Err(e.context(format!(
+                "clone kept in {} (log: {})",
+                kept.display(),
+                ctx.rel(&clone.log)
+            )))
         }
     }
 }
@@ -476,7 +580,13 @@ mod tests {
     fn differing_sums_names_changed_and_missing_files() {
         let a = "aaaaaaaaaaaaaaaa  x.deb\nbbbbbbbbbbbbbbbb  y.rpm\ncccccccccccccccc  z.json\n";
         let b = "aaaaaaaaaaaaaaaa  x.deb\ndddddddddddddddd  y.rpm\n";
-        assert_eq!(differing_sums(a, b), vec!["y.rpm: bbbbbbbbbbbb vs dddddddddddd", "z.json: cccccccccccc vs missing"]);
+        assert_eq!(
+            differing_sums(a, b),
+            vec![
+                "y.rpm: bbbbbbbbbbbb vs dddddddddddd",
+                "z.json: cccccccccccc vs missing"
+            ]
+        );
         assert!(differing_sums(a, a).is_empty());
     }
 }

@@ -48,7 +48,15 @@ pub fn inputs(ctx: &Ctx, recipe_name: &str) -> Result<(StepInputs, StepInputs, R
 
 /// What building a rootfs runs on the host.
 pub fn require_tools() -> Result<()> {
-    crate::tools::require("rootfs", &[("apt-get", "apt"), ("dpkg-deb", "dpkg"), ("cargo", "rustup"), ("rustc", "rustup")])
+    crate::tools::require(
+        "rootfs",
+        &[
+            ("apt-get", "apt"),
+            ("dpkg-deb", "dpkg"),
+            ("cargo", "rustup"),
+            ("rustc", "rustup"),
+        ],
+    )
 }
 
 pub fn build(ctx: &Ctx, recipe_name: &str) -> Result<RootfsBuild> {
@@ -57,10 +65,16 @@ pub fn build(ctx: &Ctx, recipe_name: &str) -> Result<RootfsBuild> {
     if let Some(entry) = cache.lookup(&inputs) {
         ctx.ui.info(&format!("rootfs {recipe_name}: cached"));
         let digest = std::fs::read_to_string(entry.dir.join("tree.sha256"))?;
-        return Ok(RootfsBuild { dir: entry.dir.join("rootfs"), key: entry.key, digest });
+        return Ok(RootfsBuild {
+            dir: entry.dir.join("rootfs"),
+            key: entry.key,
+            digest,
+        });
     }
     // The cheap, verifiable input first: a bad pin fails before a long build.
-    let busybox = ctx.fetcher()?.debian_member("busybox", &ctx.versions.busybox.debian)?;
+    let busybox = ctx
+        .fetcher()?
+        .debian_member("busybox", &ctx.versions.busybox.debian)?;
     let agent = agent::build(ctx)?;
     let v = &ctx.versions;
     let info = OsbuilderInfo::new(
@@ -83,7 +97,12 @@ pub fn build(ctx: &Ctx, recipe_name: &str) -> Result<RootfsBuild> {
     let progress = ctx.ui.step(&format!("rootfs {recipe_name}"));
     let entry = cache.step(&inputs, &ctx.ui, |out| {
         let dest = out.join("rootfs");
-        let rin = RootfsInputs { busybox: busybox.clone(), agent: agent.binary.clone(), osbuilder: info, source_date_epoch: ctx.epoch };
+        let rin = RootfsInputs {
+            busybox: busybox.clone(),
+            agent: agent.binary.clone(),
+            osbuilder: info,
+            source_date_epoch: ctx.epoch,
+        };
         tree::build_rootfs(&recipe, &rin, &dest)?;
         tree::check_rootfs(&dest, &recipe)?;
         let digest = rootfs_builder::tree_digest(&dest)?;
@@ -92,7 +111,11 @@ pub fn build(ctx: &Ctx, recipe_name: &str) -> Result<RootfsBuild> {
     })?;
     progress.finish(if entry.hit { "cached" } else { "built" });
     let digest = std::fs::read_to_string(entry.dir.join("tree.sha256"))?;
-    Ok(RootfsBuild { dir: entry.dir.join("rootfs"), key: entry.key, digest })
+    Ok(RootfsBuild {
+        dir: entry.dir.join("rootfs"),
+        key: entry.key,
+        digest,
+    })
 }
 
 /// A step that turns the recipe's rootfs tree into one file (initrd,
@@ -145,8 +168,16 @@ pub fn run(ctx: &Ctx, recipe_name: &str) -> Result<()> {
         cache_key: r.key.clone(),
         recipe: Some(recipe_name.to_string()),
     };
-    Manifest::record(&ctx.dist(), &ctx.versions.version, ctx.epoch, vec![art.clone()])?;
-    ctx.ui.info(&format!("rootfs: {} (tree sha256 {})", art.path, art.sha256));
+    Manifest::record(
+        &ctx.dist(),
+        &ctx.versions.version,
+        ctx.epoch,
+        vec![art.clone()],
+    )?;
+    ctx.ui.info(&format!(
+        "rootfs: {} (tree sha256 {})",
+        art.path, art.sha256
+    ));
     if ctx.json {
         ctx.print_json(&serde_json::to_value(&art)?)?;
     }
@@ -158,7 +189,11 @@ fn dir_bytes(dir: &std::path::Path) -> Result<u64> {
     for e in std::fs::read_dir(dir)? {
         let e = e?;
         let m = e.path().symlink_metadata()?;
-        total += if m.is_dir() { dir_bytes(&e.path())? } else { m.len() };
+        total += if m.is_dir() {
+            dir_bytes(&e.path())?
+        } else {
+            m.len()
+        };
     }
     Ok(total)
 }

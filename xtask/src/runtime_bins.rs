@@ -46,13 +46,17 @@ pub struct VsockDaemon {
 }
 
 fn cargo_home() -> String {
-    std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()))
+    std::env::var("CARGO_HOME")
+        .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()))
 }
 
 /// `CARGO_TARGET_<TRIPLE>_RUSTFLAGS`: applies to the target's crates only,
 /// never to build scripts run on the host.
 fn rustflags_env(target: &str) -> String {
-    format!("CARGO_TARGET_{}_RUSTFLAGS", target.to_uppercase().replace('-', "_"))
+    format!(
+        "CARGO_TARGET_{}_RUSTFLAGS",
+        target.to_uppercase().replace('-', "_")
+    )
 }
 
 /// A binary that a static musl build must have produced.
@@ -105,15 +109,26 @@ pub fn build_runtime(ctx: &Ctx) -> Result<RuntimeBins> {
             cargo_home()
         );
         let mut cmd = Command::new("cargo");
-        cmd.args(["build", "--release", "--locked", "-p", "kata-runtime", "--bins", "--target", &target])
-            .env(rustflags_env(&target), flags)
-            .env(STRIP_ENV, STRIP)
-            .env("CARGO_TARGET_DIR", release_target_dir(ctx))
-            .current_dir(&ctx.root);
+        cmd.args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "kata-runtime",
+            "--bins",
+            "--target",
+            &target,
+        ])
+        .env(rustflags_env(&target), flags)
+        .env(STRIP_ENV, STRIP)
+        .env("CARGO_TARGET_DIR", release_target_dir(ctx))
+        .current_dir(&ctx.root);
         if ctx.offline {
             cmd.arg("--offline");
         }
-        run_logged(&mut cmd, &log).context("building kata-runtime's binaries (is the musl target installed? `cargo xtask doctor`)")?;
+        run_logged(&mut cmd, &log).context(
+            "building kata-runtime's binaries (is the musl target installed? `cargo xtask doctor`)",
+        )?;
         let built = release_target_dir(ctx).join(&target).join("release");
         for name in [SHIM, RUNTIME] {
             require_static(&built.join(name))?;
@@ -123,7 +138,11 @@ pub fn build_runtime(ctx: &Ctx) -> Result<RuntimeBins> {
         Ok(())
     })?;
     progress.finish(if entry.hit { "cached" } else { "built" });
-    Ok(RuntimeBins { shim: entry.dir.join(SHIM), runtime: entry.dir.join(RUNTIME), key: entry.key })
+    Ok(RuntimeBins {
+        shim: entry.dir.join(SHIM),
+        runtime: entry.dir.join(RUNTIME),
+        key: entry.key,
+    })
 }
 
 /// The crate pin is an input by its sha256: cargo verifies the downloaded
@@ -149,11 +168,21 @@ fn check_crate_pin(ctx: &Ctx) -> Result<PathBuf> {
     let file_name = format!("{}-{}.crate", pin.crate_name, pin.version);
     let cache = Path::new(&cargo_home()).join("registry").join("cache");
     let found = std::fs::read_dir(&cache)
-        .with_context(|| format!("{}: cargo's registry cache is missing after cargo install", cache.display()))?
+        .with_context(|| {
+            format!(
+                "{}: cargo's registry cache is missing after cargo install",
+                cache.display()
+            )
+        })?
         .flatten()
         .map(|e| e.path().join(&file_name))
         .find(|p| p.is_file())
-        .with_context(|| format!("{file_name} is not in {} after cargo install", cache.display()))?;
+        .with_context(|| {
+            format!(
+                "{file_name} is not in {} after cargo install",
+                cache.display()
+            )
+        })?;
     let got = crate::hash::file_sha256(&found)?;
     if got != pin.sha256.as_str() {
         bail!(
@@ -234,5 +263,10 @@ pub fn build_vsock_daemon(ctx: &Ctx) -> Result<VsockDaemon> {
     })?;
     progress.finish(if entry.hit { "cached" } else { "built" });
     let target = std::fs::read_to_string(entry.dir.join("target")).unwrap_or_default();
-    Ok(VsockDaemon { binary: entry.dir.join(VSOCK_DAEMON), cargo_lock: entry.dir.join("Cargo.lock"), key: entry.key, target })
+    Ok(VsockDaemon {
+        binary: entry.dir.join(VSOCK_DAEMON),
+        cargo_lock: entry.dir.join("Cargo.lock"),
+        key: entry.key,
+        target,
+    })
 }

@@ -54,11 +54,24 @@ pub const TEST_KERNEL_ENV: &str = "KATA_TEST_KERNEL";
 /// them before pushing.
 pub fn lint(ctx: &Ctx) -> Result<()> {
     ctx.ui.info("test lint: cargo fmt --all --check");
-    run_visible(Command::new("cargo").args(["fmt", "--all", "--check"]).current_dir(&ctx.root))?;
-    ctx.ui.info("test lint: cargo clippy --workspace --all-targets --locked -- -D warnings");
     run_visible(
         Command::new("cargo")
-            .args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])
+            .args(["fmt", "--all", "--check"])
+            .current_dir(&ctx.root),
+    )?;
+    ctx.ui
+        .info("test lint: cargo clippy --workspace --all-targets --locked -- -D warnings");
+    run_visible(
+        Command::new("cargo")
+            .args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--locked",
+                "--",
+                "-D",
+                "warnings",
+            ])
             .current_dir(&ctx.root),
     )
 }
@@ -70,17 +83,28 @@ pub fn lint(ctx: &Ctx) -> Result<()> {
 const NEEDS_A_RELEASE: &str = "real_artifacts_pass_lintian_and_rpm";
 
 pub fn unit(ctx: &Ctx) -> Result<()> {
-    let tarball = ctx.fetcher()?.debian_member("kernel", &ctx.versions.kernel.debian)?;
+    let tarball = ctx
+        .fetcher()?
+        .debian_member("kernel", &ctx.versions.kernel.debian)?;
     // The runtime's real-QEMU tests boot the pipeline's own kernel.
     let kernel = crate::kernel::build(ctx, &crate::kernel::KernelArgs::default())?;
-    ctx.ui.info("test unit: cargo test --workspace --locked -- --include-ignored");
+    ctx.ui
+        .info("test unit: cargo test --workspace --locked -- --include-ignored");
     run_visible(
         Command::new("cargo")
             // --include-ignored: the tests that need this host (root, QEMU,
             // apt-get, the kernel source) are #[ignore]d so that plain
             // `cargo test` is hermetic; here, on a host `doctor` set up,
             // they run too.
-            .args(["test", "--workspace", "--locked", "--", "--include-ignored", "--skip", NEEDS_A_RELEASE])
+            .args([
+                "test",
+                "--workspace",
+                "--locked",
+                "--",
+                "--include-ignored",
+                "--skip",
+                NEEDS_A_RELEASE,
+            ])
             .env(KERNEL_TARBALL_ENV, &tarball)
             .env(TEST_KERNEL_ENV, kernel.bzimage())
             // The kernel tests reuse this run's cache (the kernel is in it).
@@ -115,21 +139,47 @@ fn all(ctx: &Ctx) -> Result<()> {
     record("lint", lint(ctx));
     record("unit", unit(ctx));
     record("kernel boots to init", crate::kernel_boot::test(ctx));
-    let initrd = crate::vmtest::VmArgs { initrd: true, faults: true, recipe: "minimal".into(), ..Default::default() };
+    let initrd = crate::vmtest::VmArgs {
+        initrd: true,
+        faults: true,
+        recipe: "minimal".into(),
+        ..Default::default()
+    };
     record("vm --initrd --faults", crate::vmtest::run(ctx, &initrd));
-    let image = crate::vmtest::VmArgs { image: true, recipe: "minimal".into(), ..Default::default() };
+    let image = crate::vmtest::VmArgs {
+        image: true,
+        recipe: "minimal".into(),
+        ..Default::default()
+    };
     record("vm --image", crate::vmtest::run(ctx, &image));
-    let e2e = crate::e2e::E2eArgs { faults: true, ..Default::default() };
+    let e2e = crate::e2e::E2eArgs {
+        faults: true,
+        ..Default::default()
+    };
     record("e2e --faults", crate::e2e::run(ctx, &e2e));
-    let from_release = crate::e2e::E2eArgs { from_release: true, ..Default::default() };
+    let from_release = crate::e2e::E2eArgs {
+        from_release: true,
+        ..Default::default()
+    };
     record("e2e --from-release", crate::e2e::run(ctx, &from_release));
     if nix::unistd::Uid::effective().is_root() {
-        let deb = crate::e2e::E2eArgs { from_release: true, install_deb: true, ..Default::default() };
-        record("e2e --from-release --install-deb", crate::e2e::run(ctx, &deb));
+        let deb = crate::e2e::E2eArgs {
+            from_release: true,
+            install_deb: true,
+            ..Default::default()
+        };
+        record(
+            "e2e --from-release --install-deb",
+            crate::e2e::run(ctx, &deb),
+        );
     } else {
-        ctx.ui.info("SKIP e2e --from-release --install-deb: dpkg -i into /opt/kata needs root");
+        ctx.ui
+            .info("SKIP e2e --from-release --install-deb: dpkg -i into /opt/kata needs root");
     }
-    record("release reproducible across clones", crate::repro::test(ctx, &crate::repro::ReproArgs::default()));
+    record(
+        "release reproducible across clones",
+        crate::repro::test(ctx, &crate::repro::ReproArgs::default()),
+    );
     println!("test: {passed} passed, {} failed", failed.len());
     if failed.is_empty() {
         Ok(())

@@ -19,7 +19,10 @@ fn describe(cmd: &Command) -> String {
 /// Runs a command, returns its stdout; a failure carries the stderr tail.
 pub fn run_captured(cmd: &mut Command) -> Result<String> {
     let what = describe(cmd);
-    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("cannot run `{what}`"))?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run `{what}`"))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(8).collect();
@@ -36,7 +39,10 @@ pub fn run_logged(cmd: &mut Command, log: &Path) -> Result<()> {
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
     {
         use std::io::Write;
         let mut f = &file;
@@ -50,8 +56,19 @@ pub fn run_logged(cmd: &mut Command, log: &Path) -> Result<()> {
         .with_context(|| format!("cannot run `{what}`"))?;
     if !status.success() {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
-        bail!("`{what}` failed ({status}); full log: {}\n{}", log.display(), tail.join("\n"));
+        let tail: Vec<&str> = text
+            .lines()
+            .rev()
+            .take(12)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        bail!(
+            "`{what}` failed ({status}); full log: {}\n{}",
+            log.display(),
+            tail.join("\n")
+        );
     }
     Ok(())
 }
@@ -61,7 +78,10 @@ pub fn run_logged(cmd: &mut Command, log: &Path) -> Result<()> {
 /// one JSON object. A failure names the command.
 pub fn run_visible(cmd: &mut Command) -> Result<()> {
     let what = describe(cmd);
-    let status = cmd.stdout(std::io::stderr()).status().with_context(|| format!("cannot run `{what}`"))?;
+    let status = cmd
+        .stdout(std::io::stderr())
+        .status()
+        .with_context(|| format!("cannot run `{what}`"))?;
     if !status.success() {
         bail!("`{what}` failed ({status})");
     }
@@ -77,28 +97,46 @@ pub fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
     // cargo-installed helpers live here even when the shell did not add it.
-    if let Some(home) = std::env::var_os("CARGO_HOME").map(PathBuf::from).or_else(|| {
-        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo"))
-    }) {
+    if let Some(home) = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+    {
         dirs.push(home.join("bin"));
     }
-    dirs.into_iter().map(|d| d.join(program)).find(|p| is_executable(p))
+    dirs.into_iter()
+        .map(|d| d.join(program))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// First line of `program --version` (or another flag), for cache keys.
 pub fn version_line(program: &str, flag: &str) -> Result<String> {
-    let out = Command::new(program).arg(flag).stdin(Stdio::null()).output().map_err(|e| {
-        anyhow::Error::new(crate::error::InputError::new(format!(
+    let out = Command::new(program)
+        .arg(flag)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            anyhow::Error::new(crate::error::InputError::new(format!(
             "host tool `{program}` cannot be run ({e}); `cargo xtask doctor` says how to install it"
         )))
-    })?;
-    let text = if out.stdout.is_empty() { out.stderr } else { out.stdout };
-    Ok(String::from_utf8_lossy(&text).lines().next().unwrap_or("").trim().to_string())
+        })?;
+    let text = if out.stdout.is_empty() {
+        out.stderr
+    } else {
+        out.stdout
+    };
+    Ok(String::from_utf8_lossy(&text)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string())
 }
 
 /// Creates `log` afresh (truncating an earlier run's).

@@ -13,13 +13,19 @@ pub struct Ui {
 
 impl Ui {
     pub fn new(verbose: bool) -> Self {
-        Ui { verbose, quiet: false }
+        Ui {
+            verbose,
+            quiet: false,
+        }
     }
 
     /// For tests: prints nothing.
     #[cfg(test)]
     pub fn quiet() -> Self {
-        Ui { verbose: false, quiet: true }
+        Ui {
+            verbose: false,
+            quiet: true,
+        }
     }
 
     pub fn info(&self, msg: &str) {
@@ -41,7 +47,10 @@ impl Ui {
             ProgressBar::hidden()
         } else {
             let bar = ProgressBar::new_spinner();
-            bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("valid template"));
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                    .expect("valid template"),
+            );
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         };
@@ -49,7 +58,12 @@ impl Ui {
         if bar.is_hidden() && !self.quiet {
             eprintln!("{what} ...");
         }
-        StepProgress { bar, what: what.to_string(), start: Instant::now(), quiet: self.quiet }
+        StepProgress {
+            bar,
+            what: what.to_string(),
+            start: Instant::now(),
+            quiet: self.quiet,
+        }
     }
 }
 

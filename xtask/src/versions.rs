@@ -112,7 +112,10 @@ pub struct Sha256Hex(String);
 
 impl Sha256Hex {
     pub fn parse(s: &str) -> Result<Self, String> {
-        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             Ok(Sha256Hex(s.to_string()))
         } else {
             Err(format!("`{s}` is not a sha256 (64 lower-case hex digits)"))
@@ -165,7 +168,11 @@ impl Versions {
             if let Some(i) = msg.find(" at line ") {
                 msg.truncate(i);
             }
-            let key = if key == "." { String::new() } else { format!(" {key}:") };
+            let key = if key == "." {
+                String::new()
+            } else {
+                format!(" {key}:")
+            };
             InputError::new(format!("{}:{loc}{key} {msg}", path.display()))
         })?;
         v.validate(path)?;
@@ -180,12 +187,18 @@ impl Versions {
             return bad("source_date_epoch", "must not be negative".into());
         }
         if semver_like(&self.version).is_none() {
-            return bad("version", format!("`{}` is not a version like 1.2.3", self.version));
+            return bad(
+                "version",
+                format!("`{}` is not a version like 1.2.3", self.version),
+            );
         }
         if !self.kernel.debian.member.ends_with(".tar.xz") {
             return bad(
                 "kernel.debian.member",
-                format!("`{}` must name the source .tar.xz inside the package", self.kernel.debian.member),
+                format!(
+                    "`{}` must name the source .tar.xz inside the package",
+                    self.kernel.debian.member
+                ),
             );
         }
         if self.kernel.kata_config_version == 0 {
@@ -210,8 +223,11 @@ impl Versions {
 fn semver_like(v: &str) -> Option<()> {
     let core = v.split(['-', '+']).next()?;
     let parts: Vec<_> = core.split('.').collect();
-    (parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
-        .then_some(())
+    (parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+    .then_some(())
 }
 
 /// Rewrites one scalar at `key_path` in YAML text, keeping everything else
@@ -241,7 +257,14 @@ pub fn rewrite_scalar(text: &str, key_path: &[&str], new_value: &str) -> Result<
             // Keep a trailing comment if there is one.
             let comment = rest.find(" #").map(|i| &rest[i..]).unwrap_or("");
             let eol = &line[body.len()..];
-            out.push_str(&format!("{}{}: {}{}{}", &body[..indent], key.trim(), new_value, comment, eol));
+            out.push_str(&format!(
+                "{}{}: {}{}{}",
+                &body[..indent],
+                key.trim(),
+                new_value,
+                comment,
+                eol
+            ));
             done = true;
         } else {
             out.push_str(line);
@@ -257,7 +280,9 @@ pub fn rewrite_scalar(text: &str, key_path: &[&str], new_value: &str) -> Result<
 /// Quote a YAML scalar only when it needs it (colons, leading digits that
 /// would read as numbers, ...): plain strings stay plain.
 pub fn yaml_string(s: &str) -> String {
-    let plain = s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+    let plain = s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
         && !s.starts_with(|c: char| c.is_ascii_digit());
     if plain {
         s.to_string()
@@ -279,7 +304,9 @@ mod tests {
     }
 
     fn err_of(text: &str) -> String {
-        Versions::parse(text, Path::new("v.yaml")).unwrap_err().to_string()
+        Versions::parse(text, Path::new("v.yaml"))
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -292,7 +319,11 @@ mod tests {
     #[test]
     fn rust_toolchain_file_pins_the_versions_yaml_toolchain() {
         let v = Versions::parse(&repo_file(), Path::new("versions.yaml")).unwrap();
-        let toml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../rust-toolchain.toml")).unwrap();
+        let toml = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../rust-toolchain.toml"
+        ))
+        .unwrap();
         // A hand parse of the one key: xtask has no TOML parser, and the file
         // is ours and simple.
         let channel = toml
@@ -302,13 +333,22 @@ mod tests {
             .map(|value| value.trim().trim_matches('"').to_string())
             .next()
             .expect("rust-toolchain.toml has a channel");
-        assert_eq!(channel, v.rust.toolchain, "rust-toolchain.toml and versions.yaml rust.toolchain disagree");
-        assert!(toml.contains(&format!("\"{}\"", v.rust.musl_target)), "rust-toolchain.toml lists the musl target");
+        assert_eq!(
+            channel, v.rust.toolchain,
+            "rust-toolchain.toml and versions.yaml rust.toolchain disagree"
+        );
+        assert!(
+            toml.contains(&format!("\"{}\"", v.rust.musl_target)),
+            "rust-toolchain.toml lists the musl target"
+        );
     }
 
     #[test]
     fn unknown_key_names_file_path_and_line() {
-        let text = repo_file().replace("  suite: bookworm\n", "  suite: bookworm\n  flavour: stable\n");
+        let text = repo_file().replace(
+            "  suite: bookworm\n",
+            "  suite: bookworm\n  flavour: stable\n",
+        );
         let e = err_of(&text);
         assert!(e.starts_with("v.yaml:"), "{e}");
         assert!(e.contains("distro"), "{e}");
@@ -345,7 +385,8 @@ mod tests {
 
     #[test]
     fn missing_key_is_named() {
-        let text = repo_file().replace("source_date_epoch: 1735689600 # 2025-01-01T00:00:00Z\n", "");
+        let text =
+            repo_file().replace("source_date_epoch: 1735689600 # 2025-01-01T00:00:00Z\n", "");
         let e = err_of(&text);
         assert!(e.contains("missing field `source_date_epoch`"), "{e}");
     }
@@ -353,13 +394,18 @@ mod tests {
     #[test]
     fn rewrite_keeps_comments_and_other_values() {
         let text = repo_file();
-        let out = rewrite_scalar(&text, &["busybox", "debian", "version"], "\"1:9.9.9-1\"").unwrap();
+        let out =
+            rewrite_scalar(&text, &["busybox", "debian", "version"], "\"1:9.9.9-1\"").unwrap();
         assert!(out.contains("    version: \"1:9.9.9-1\"\n"));
         // The kernel's debian.version is a different key path and stays.
         assert!(out.contains("    version: \"6.1.192-2\""));
         assert_eq!(
-            out.lines().filter(|l| l.trim_start().starts_with('#')).count(),
-            text.lines().filter(|l| l.trim_start().starts_with('#')).count()
+            out.lines()
+                .filter(|l| l.trim_start().starts_with('#'))
+                .count(),
+            text.lines()
+                .filter(|l| l.trim_start().starts_with('#'))
+                .count()
         );
         let v = Versions::parse(&out, Path::new("x")).unwrap();
         assert_eq!(v.busybox.debian.version, "1:9.9.9-1");

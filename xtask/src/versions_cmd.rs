@@ -31,28 +31,67 @@ pub fn run(ctx: &Ctx, update: Option<&str>, source: Source) -> Result<()> {
     }
     println!("{}: valid", ctx.versions_path.display());
     println!("version             {}", v.version);
-    println!("source_date_epoch   {}{}", ctx.epoch, if ctx.epoch != v.source_date_epoch { " (from SOURCE_DATE_EPOCH)" } else { "" });
-    println!("distro              {} {} {}", v.distro.name, v.distro.suite, v.distro.architecture);
-    println!("rust                {} ({})", v.rust.toolchain, v.rust.musl_target);
+    println!(
+        "source_date_epoch   {}{}",
+        ctx.epoch,
+        if ctx.epoch != v.source_date_epoch {
+            " (from SOURCE_DATE_EPOCH)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "distro              {} {} {}",
+        v.distro.name, v.distro.suite, v.distro.architecture
+    );
+    println!(
+        "rust                {} ({})",
+        v.rust.toolchain, v.rust.musl_target
+    );
     println!(
         "kernel              {} kata_config_version {}: {}={} sha256 {}",
-        v.kernel.version, v.kernel.kata_config_version, v.kernel.debian.package, v.kernel.debian.version, v.kernel.debian.sha256
+        v.kernel.version,
+        v.kernel.kata_config_version,
+        v.kernel.debian.package,
+        v.kernel.debian.version,
+        v.kernel.debian.sha256
     );
     if let Some(u) = &v.kernel.upstream {
         println!(
             "kernel (upstream)   {} sha256 {}",
             u.url,
-            u.sha256.as_ref().map(|s| s.to_string()).unwrap_or_else(|| "not pinned (not used)".into())
+            u.sha256
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "not pinned (not used)".into())
         );
     }
-    println!("busybox             {}: {}={} sha256 {}", v.busybox.version, v.busybox.debian.package, v.busybox.debian.version, v.busybox.debian.sha256);
+    println!(
+        "busybox             {}: {}={} sha256 {}",
+        v.busybox.version,
+        v.busybox.debian.package,
+        v.busybox.debian.version,
+        v.busybox.debian.sha256
+    );
     println!(
         "reference kernel    {}: {}={} sha256 {} (benchmarks only)",
-        v.reference_kernel.version, v.reference_kernel.debian.package, v.reference_kernel.debian.version, v.reference_kernel.debian.sha256
+        v.reference_kernel.version,
+        v.reference_kernel.debian.package,
+        v.reference_kernel.debian.version,
+        v.reference_kernel.debian.sha256
     );
-    println!("qemu                >= {} (Debian {}={})", v.qemu.minimum_version, v.qemu.debian.package, v.qemu.debian.version);
-    println!("containerd          >= {} (Debian {}={})", v.containerd.minimum_version, v.containerd.debian.package, v.containerd.debian.version);
-    println!("vhost-device-vsock  {} (crate {} sha256 {})", v.vhost_device_vsock.version, v.vhost_device_vsock.crate_name, v.vhost_device_vsock.sha256);
+    println!(
+        "qemu                >= {} (Debian {}={})",
+        v.qemu.minimum_version, v.qemu.debian.package, v.qemu.debian.version
+    );
+    println!(
+        "containerd          >= {} (Debian {}={})",
+        v.containerd.minimum_version, v.containerd.debian.package, v.containerd.debian.version
+    );
+    println!(
+        "vhost-device-vsock  {} (crate {} sha256 {})",
+        v.vhost_device_vsock.version, v.vhost_device_vsock.crate_name, v.vhost_device_vsock.sha256
+    );
     Ok(())
 }
 
@@ -60,17 +99,27 @@ pub fn run(ctx: &Ctx, update: Option<&str>, source: Source) -> Result<()> {
 /// back with its comments.
 fn update_pin(ctx: &Ctx, name: &str, source: Source) -> Result<()> {
     if !UPDATABLE.contains(&name) {
-        return bad_input!("--update {name}: unknown entry; one of: {}", UPDATABLE.join(", "));
+        return bad_input!(
+            "--update {name}: unknown entry; one of: {}",
+            UPDATABLE.join(", ")
+        );
     }
     let text = std::fs::read_to_string(&ctx.versions_path)?;
     let mut edits: Vec<(Vec<&str>, String)> = Vec::new();
     let summary;
     match (name, source) {
         ("kernel" | "busybox", Source::Debian) => {
-            let pin = if name == "kernel" { &ctx.versions.kernel.debian } else { &ctx.versions.busybox.debian };
+            let pin = if name == "kernel" {
+                &ctx.versions.kernel.debian
+            } else {
+                &ctx.versions.busybox.debian
+            };
             let (version, deb, _work) = crate::fetch::debian_candidate(ctx.cache()?, &pin.package)?;
             let sha = hash::file_sha256(&deb)?;
-            summary = format!("{name}: {}={version} sha256 {sha} (was {} {})", pin.package, pin.version, pin.sha256);
+            summary = format!(
+                "{name}: {}={version} sha256 {sha} (was {} {})",
+                pin.package, pin.version, pin.sha256
+            );
             edits.push((vec![name, "debian", "version"], yaml_string(&version)));
             edits.push((vec![name, "debian", "sha256"], sha));
             if name == "kernel" {
@@ -89,8 +138,13 @@ fn update_pin(ctx: &Ctx, name: &str, source: Source) -> Result<()> {
                 .context("kernel.upstream.url is not set")?;
             let work = ctx.cache()?.temp_dir("update")?;
             let file = work.path().join("download");
-            run_captured(Command::new("curl").args(["-fsSL", "-o"]).arg(&file).arg(&url))
-                .with_context(|| format!("kernel.upstream.url {url} cannot be fetched from here"))?;
+            run_captured(
+                Command::new("curl")
+                    .args(["-fsSL", "-o"])
+                    .arg(&file)
+                    .arg(&url),
+            )
+            .with_context(|| format!("kernel.upstream.url {url} cannot be fetched from here"))?;
             let sha = hash::file_sha256(&file)?;
             summary = format!("kernel upstream: {url} sha256 {sha}");
             edits.push((vec!["kernel", "upstream", "sha256"], sha));
@@ -100,7 +154,9 @@ fn update_pin(ctx: &Ctx, name: &str, source: Source) -> Result<()> {
                 "--update vhost_device_vsock: crates are re-pinned by hand (version + the .crate sha256 from the crates.io index); cargo verifies it"
             );
         }
-        (_, Source::Upstream) => return bad_input!("--update {name} --source upstream: {name} has no upstream source"),
+        (_, Source::Upstream) => {
+            return bad_input!("--update {name} --source upstream: {name} has no upstream source")
+        }
         _ => unreachable!("checked against UPDATABLE"),
     }
     let mut new_text = text;

@@ -87,7 +87,10 @@ pub fn prepare(ctx: &Ctx, media: Media, recipe: &str) -> Result<Guest> {
     let kernel = kernel::build(ctx, &kernel::KernelArgs::default())?.bzimage();
     let boot = match media {
         Media::Initrd => {
-            let args = initrd::InitrdArgs { recipe: recipe.to_string(), compression: initrd::CompressionArg::Gzip };
+            let args = initrd::InitrdArgs {
+                recipe: recipe.to_string(),
+                compression: initrd::CompressionArg::Gzip,
+            };
             BootMedia::Initrd(initrd::build(ctx, &args)?.file)
         }
         Media::Image => {
@@ -98,10 +101,19 @@ pub fn prepare(ctx: &Ctx, media: Media, recipe: &str) -> Result<Guest> {
                 align_mib: 128,
                 free_mib: 0,
             };
-            BootMedia::Image { path: image::build(ctx, &args)?.file, fs: ImageFs::Ext4, dax: true }
+            BootMedia::Image {
+                path: image::build(ctx, &args)?.file,
+                fs: ImageFs::Ext4,
+                dax: true,
+            }
         }
     };
-    Ok(Guest { kernel, boot, media, console_dir: ctx.logs() })
+    Ok(Guest {
+        kernel,
+        boot,
+        media,
+        console_dir: ctx.logs(),
+    })
 }
 
 fn config(guest: &Guest, name: &str, accel: Accel, extra_params: &[&str]) -> QemuConfig {
@@ -129,13 +141,19 @@ struct Traces {
 
 impl Traces {
     fn of(vm: &Vm) -> Traces {
-        Traces { state_dir: vm.state_dir().to_path_buf(), pids: vm.pid().into_iter().chain(vm.vsock_daemon_pid()).collect() }
+        Traces {
+            state_dir: vm.state_dir().to_path_buf(),
+            pids: vm.pid().into_iter().chain(vm.vsock_daemon_pid()).collect(),
+        }
     }
 
     fn leftovers(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.state_dir.exists() {
-            out.push(format!("state dir {} still exists", self.state_dir.display()));
+            out.push(format!(
+                "state dir {} still exists",
+                self.state_dir.display()
+            ));
         }
         for pid in &self.pids {
             if process_alive(*pid) {
@@ -149,7 +167,12 @@ impl Traces {
 fn process_alive(pid: u32) -> bool {
     // A zombie is gone for our purposes: it holds no resources but its pid.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }
@@ -166,12 +189,22 @@ pub fn boot_and_drive(ctx: &Ctx, guest: &Guest, accel: Accel) -> Result<BootRepo
     let traces = Traces::of(&vm);
     let started = vm.started_at();
     let address = vm.agent_address().context("the VM has no agent channel")?;
-    let client = AgentClient::wait_serving(&address, SERVING_TIMEOUT, CALL_TIMEOUT, || vm.check_alive())
-        .with_context(|| format!("agent in the {name} guest (console: {})", console.display()))?;
+    let client =
+        AgentClient::wait_serving(&address, SERVING_TIMEOUT, CALL_TIMEOUT, || vm.check_alive())
+            .with_context(|| {
+                format!("agent in the {name} guest (console: {})", console.display())
+            })?;
     let boot_to_serving = started.elapsed();
     let version = client.version()?;
-    let details = client.get_guest_details(&GuestDetailsRequest { mem_block_size: true, ..Default::default() })?;
-    let agent_details = details.agent_details.clone().into_option().unwrap_or_default();
+    let details = client.get_guest_details(&GuestDetailsRequest {
+        mem_block_size: true,
+        ..Default::default()
+    })?;
+    let agent_details = details
+        .agent_details
+        .clone()
+        .into_option()
+        .unwrap_or_default();
     let mut req = CreateSandboxRequest::new();
     req.hostname = "kata-vmtest".into();
     req.sandbox_id = format!("vmtest-{}", std::process::id());
@@ -179,7 +212,9 @@ pub fn boot_and_drive(ctx: &Ctx, guest: &Guest, accel: Accel) -> Result<BootRepo
     client.create_sandbox(&req)?;
     client.destroy_sandbox()?;
     drop(client);
-    let status = vm.wait_exit(POWEROFF_TIMEOUT).context("after DestroySandbox the guest must power off")?;
+    let status = vm
+        .wait_exit(POWEROFF_TIMEOUT)
+        .context("after DestroySandbox the guest must power off")?;
     let accel_used = vm.accel();
     let console_text = vm.console_output();
     vm.shutdown()?;
@@ -230,16 +265,27 @@ fn check_dax_root(console: &str) -> Result<()> {
 
 fn check_report(ctx: &Ctx, r: &BootReport) -> Result<()> {
     if r.agent_version != crate::agent::AGENT_VERSION {
-        bail!("agent reports version {} but the build is {}", r.agent_version, crate::agent::AGENT_VERSION);
+        bail!(
+            "agent reports version {} but the build is {}",
+            r.agent_version,
+            crate::agent::AGENT_VERSION
+        );
     }
     if !r.guest_kernel.starts_with(&ctx.versions.kernel.version) {
-        bail!("guest runs kernel `{}`, not the pipeline's {}", r.guest_kernel, ctx.versions.kernel.version);
+        bail!(
+            "guest runs kernel `{}`, not the pipeline's {}",
+            r.guest_kernel,
+            ctx.versions.kernel.version
+        );
     }
     if !r.agent_is_init {
         bail!("the minimal guest runs the agent as init, but it says it is not PID 1");
     }
     if !r.qemu_exit.contains("exit status: 0") {
-        bail!("QEMU ended with {} after the guest powered off", r.qemu_exit);
+        bail!(
+            "QEMU ended with {} after the guest powered off",
+            r.qemu_exit
+        );
     }
     Ok(())
 }
@@ -251,9 +297,15 @@ pub fn fault_qemu_killed(guest: &Guest, accel: Accel) -> Result<FaultReport> {
     let mut vm = Vm::start(cfg)?;
     let traces = Traces::of(&vm);
     let address = vm.agent_address().context("no agent channel")?;
-    let client = AgentClient::wait_serving(&address, SERVING_TIMEOUT, Duration::from_secs(5), || vm.check_alive())?;
+    let client =
+        AgentClient::wait_serving(&address, SERVING_TIMEOUT, Duration::from_secs(5), || {
+            vm.check_alive()
+        })?;
     let pid = vm.pid().context("QEMU has no pid")?;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
     let t = Instant::now();
     let err = match client.check() {
         Ok(_) => bail!("Health.Check answered after QEMU was killed"),
@@ -266,27 +318,49 @@ pub fn fault_qemu_killed(guest: &Guest, accel: Accel) -> Result<FaultReport> {
     }
     drop(client);
     drop(vm);
-    Ok(FaultReport { scenario: "qemu-killed", error: err, detected_after_ms: detected.as_millis() as u64, leftovers: traces.leftovers() })
+    Ok(FaultReport {
+        scenario: "qemu-killed",
+        error: err,
+        detected_after_ms: detected.as_millis() as u64,
+        leftovers: traces.leftovers(),
+    })
 }
 
 /// The agent listens on another vsock port, so nothing ever answers on
 /// 1024: waiting must end at its bound with an error naming the address.
 pub fn fault_silent_agent(guest: &Guest, accel: Accel) -> Result<FaultReport> {
-    let cfg = config(guest, "fault-silent", accel, &["agent.server_addr=vsock://-1:1025"]);
+    let cfg = config(
+        guest,
+        "fault-silent",
+        accel,
+        &["agent.server_addr=vsock://-1:1025"],
+    );
     let mut vm = Vm::start(cfg)?;
     let traces = Traces::of(&vm);
     let address = vm.agent_address().context("no agent channel")?;
     let t = Instant::now();
-    let err = match AgentClient::wait_serving(&address, SILENT_AGENT_TIMEOUT, Duration::from_secs(2), || vm.check_alive()) {
+    let err = match AgentClient::wait_serving(
+        &address,
+        SILENT_AGENT_TIMEOUT,
+        Duration::from_secs(2),
+        || vm.check_alive(),
+    ) {
         Ok(_) => bail!("an agent answered on port 1024 although it was told to listen on 1025"),
         Err(e) => e.to_string(),
     };
     let waited = t.elapsed();
     if waited > SILENT_AGENT_TIMEOUT + Duration::from_secs(10) {
-        bail!("waiting for a silent agent took {waited:?}, beyond its bound {SILENT_AGENT_TIMEOUT:?}");
+        bail!(
+            "waiting for a silent agent took {waited:?}, beyond its bound {SILENT_AGENT_TIMEOUT:?}"
+        );
     }
     vm.shutdown()?;
-    Ok(FaultReport { scenario: "agent-silent", error: err, detected_after_ms: waited.as_millis() as u64, leftovers: traces.leftovers() })
+    Ok(FaultReport {
+        scenario: "agent-silent",
+        error: err,
+        detected_after_ms: waited.as_millis() as u64,
+        leftovers: traces.leftovers(),
+    })
 }
 
 pub fn check_fault(f: &FaultReport) -> Result<()> {
@@ -300,7 +374,11 @@ pub fn check_fault(f: &FaultReport) -> Result<()> {
 }
 
 pub fn run(ctx: &Ctx, args: &VmArgs) -> Result<()> {
-    let media = if args.image { Media::Image } else { Media::Initrd };
+    let media = if args.image {
+        Media::Image
+    } else {
+        Media::Initrd
+    };
     let guest = prepare(ctx, media, &args.recipe)?;
     let mut json = serde_json::Map::new();
     let report = boot_and_drive(ctx, &guest, args.accel)?;
@@ -316,9 +394,17 @@ pub fn run(ctx: &Ctx, args: &VmArgs) -> Result<()> {
     json.insert("boot".into(), serde_json::to_value(&report)?);
     if args.faults {
         let mut faults = Vec::new();
-        for f in [fault_qemu_killed(&guest, args.accel)?, fault_silent_agent(&guest, args.accel)?] {
+        for f in [
+            fault_qemu_killed(&guest, args.accel)?,
+            fault_silent_agent(&guest, args.accel)?,
+        ] {
             check_fault(&f)?;
-            ctx.ui.info(&format!("test vm fault {}: PASS: error after {} ms: {}", f.scenario, f.detected_after_ms, first_line(&f.error)));
+            ctx.ui.info(&format!(
+                "test vm fault {}: PASS: error after {} ms: {}",
+                f.scenario,
+                f.detected_after_ms,
+                first_line(&f.error)
+            ));
             faults.push(f);
         }
         json.insert("faults".into(), serde_json::to_value(&faults)?);

@@ -9,11 +9,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn cache() -> PathBuf {
-    std::env::var_os("KATA_XTASK_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target/cache"))
+    std::env::var_os("KATA_XTASK_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/cache"))
 }
 
 fn xtask(args: &[&str], dist: &Path) -> Output {
@@ -32,7 +37,11 @@ fn stderr(o: &Output) -> String {
 
 fn assert_bad_input(o: &Output, needles: &[&str]) {
     assert_eq!(o.status.code(), Some(2), "want exit 2: {}", stderr(o));
-    let errs: Vec<String> = stderr(o).lines().filter(|l| l.starts_with("error:")).map(str::to_string).collect();
+    let errs: Vec<String> = stderr(o)
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .map(str::to_string)
+        .collect();
     assert_eq!(errs.len(), 1, "one error line: {}", stderr(o));
     for n in needles {
         assert!(errs[0].contains(n), "`{n}` missing in: {}", errs[0]);
@@ -42,7 +51,12 @@ fn assert_bad_input(o: &Output, needles: &[&str]) {
 /// A copy of kernel-configs/ to break in one way.
 fn configs_copy() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
-    let st = Command::new("cp").arg("-a").arg(root().join("kernel-configs/.")).arg(d.path()).status().unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(root().join("kernel-configs/."))
+        .arg(d.path())
+        .status()
+        .unwrap();
     assert!(st.success());
     d
 }
@@ -52,7 +66,10 @@ fn configs_copy() -> tempfile::TempDir {
 fn parse_config_lines(text: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for line in text.lines().map(str::trim) {
-        if let Some(rest) = line.strip_prefix("# ").and_then(|l| l.strip_suffix(" is not set")) {
+        if let Some(rest) = line
+            .strip_prefix("# ")
+            .and_then(|l| l.strip_suffix(" is not set"))
+        {
             out.insert(rest.to_string(), "n".to_string());
         } else if line.starts_with("CONFIG_") {
             if let Some((k, v)) = line.split_once('=') {
@@ -89,12 +106,21 @@ fn built_config_holds_every_requested_option_and_rerun_is_a_hit() {
     assert!(o.status.success(), "{}", stderr(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let arts = report["artifacts"].as_array().unwrap();
-    let config = arts.iter().find(|a| a["kind"] == "kernel-config").expect("config artifact");
-    let built = parse_config_lines(&std::fs::read_to_string(config["path"].as_str().unwrap()).unwrap());
-    let whitelist = parse_config_lines(&std::fs::read_to_string(root().join("kernel-configs/whitelist.conf")).unwrap_or_default());
+    let config = arts
+        .iter()
+        .find(|a| a["kind"] == "kernel-config")
+        .expect("config artifact");
+    let built =
+        parse_config_lines(&std::fs::read_to_string(config["path"].as_str().unwrap()).unwrap());
+    let whitelist = parse_config_lines(
+        &std::fs::read_to_string(root().join("kernel-configs/whitelist.conf")).unwrap_or_default(),
+    );
     let whitelisted = |k: &str| {
         whitelist.contains_key(k)
-            || std::fs::read_to_string(root().join("kernel-configs/whitelist.conf")).unwrap_or_default().lines().any(|l| l.trim() == k)
+            || std::fs::read_to_string(root().join("kernel-configs/whitelist.conf"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.trim() == k)
     };
     let mut wrong = Vec::new();
     let requested = fragments_requested();
@@ -105,17 +131,34 @@ fn built_config_holds_every_requested_option_and_rerun_is_a_hit() {
         // .config, and that is allowed.
         let tolerated = whitelisted(k) && !built.contains_key(k);
         if got != want && !tolerated {
-            wrong.push(format!("{k}: want {want}, built {got} ({})", file.display()));
+            wrong.push(format!(
+                "{k}: want {want}, built {got} ({})",
+                file.display()
+            ));
         }
     }
-    assert!(wrong.is_empty(), "options missing from the built .config:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "options missing from the built .config:\n{}",
+        wrong.join("\n")
+    );
     // Names and symlinks as upstream installs them.
     let names: Vec<&str> = arts.iter().map(|a| a["name"].as_str().unwrap()).collect();
-    assert!(names.iter().any(|n| n.starts_with("vmlinux-6.1.")), "{names:?}");
-    assert!(names.iter().any(|n| n.starts_with("vmlinuz-6.1.")), "{names:?}");
+    assert!(
+        names.iter().any(|n| n.starts_with("vmlinux-6.1.")),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.starts_with("vmlinuz-6.1.")),
+        "{names:?}"
+    );
     for link in ["vmlinux.container", "vmlinuz.container"] {
         let target = std::fs::read_link(dist.path().join(link)).unwrap();
-        assert!(dist.path().join(&target).is_file(), "{link} -> {}", target.display());
+        assert!(
+            dist.path().join(&target).is_file(),
+            "{link} -> {}",
+            target.display()
+        );
     }
     // An unchanged rerun plans only hits.
     let o = xtask(&["kernel", "--dry-run", "--json"], dist.path());
@@ -130,7 +173,11 @@ fn built_config_holds_every_requested_option_and_rerun_is_a_hit() {
 fn config_only_names_a_nonexistent_option_and_the_whitelist_tolerates_it() {
     let dist = tempfile::tempdir().unwrap();
     let configs = configs_copy();
-    std::fs::write(configs.path().join("common/zz-test.conf"), "# test\nCONFIG_KATA_DOES_NOT_EXIST=y\n").unwrap();
+    std::fs::write(
+        configs.path().join("common/zz-test.conf"),
+        "# test\nCONFIG_KATA_DOES_NOT_EXIST=y\n",
+    )
+    .unwrap();
     let dir = configs.path().to_str().unwrap();
     let o = xtask(&["kernel", "--config-only", "--configs", dir], dist.path());
     assert_ne!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -142,15 +189,31 @@ fn config_only_names_a_nonexistent_option_and_the_whitelist_tolerates_it() {
     std::fs::write(configs.path().join("whitelist.conf"), wl).unwrap();
     let o = xtask(&["kernel", "--config-only", "--configs", dir], dist.path());
     assert!(o.status.success(), "whitelisted must pass: {}", stderr(&o));
-    assert!(stderr(&o).contains("CONFIG_KATA_DOES_NOT_EXIST"), "a note names it: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("CONFIG_KATA_DOES_NOT_EXIST"),
+        "a note names it: {}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn broken_fragment_syntax_names_file_and_line() {
     let dist = tempfile::tempdir().unwrap();
     let configs = configs_copy();
-    std::fs::write(configs.path().join("common/zz-broken.conf"), "CONFIG_OK=y\nCONFIG_BROKEN y\n").unwrap();
-    let o = xtask(&["kernel", "--config-only", "--configs", configs.path().to_str().unwrap()], dist.path());
+    std::fs::write(
+        configs.path().join("common/zz-broken.conf"),
+        "CONFIG_OK=y\nCONFIG_BROKEN y\n",
+    )
+    .unwrap();
+    let o = xtask(
+        &[
+            "kernel",
+            "--config-only",
+            "--configs",
+            configs.path().to_str().unwrap(),
+        ],
+        dist.path(),
+    );
     assert_bad_input(&o, &["zz-broken.conf:2"]);
 }
 
@@ -169,11 +232,33 @@ fn a_patch_that_does_not_apply_is_named_and_nothing_is_cached() {
     let dir = configs.path().to_str().unwrap();
     let o = xtask(&["kernel", "--config-only", "--configs", dir], dist.path());
     assert_ne!(o.status.code(), Some(0));
-    assert!(stderr(&o).contains("0001-does-not-apply.patch"), "{}", stderr(&o));
-    let o = xtask(&["kernel", "--config-only", "--configs", dir, "--dry-run", "--json"], dist.path());
+    assert!(
+        stderr(&o).contains("0001-does-not-apply.patch"),
+        "{}",
+        stderr(&o)
+    );
+    let o = xtask(
+        &[
+            "kernel",
+            "--config-only",
+            "--configs",
+            dir,
+            "--dry-run",
+            "--json",
+        ],
+        dist.path(),
+    );
     let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let source = plan["steps"].as_array().unwrap().iter().find(|s| s["step"] == "kernel-source").unwrap();
-    assert_eq!(source["cached"], false, "a half-patched source must not be cached");
+    let source = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "kernel-source")
+        .unwrap();
+    assert_eq!(
+        source["cached"], false,
+        "a half-patched source must not be cached"
+    );
 }
 
 #[test]
@@ -199,5 +284,8 @@ fn source_digest_mismatch_and_missing_package_fail_closed() {
     assert_bad_input(&o, &["kernel.debian.sha256", real]);
     let o = run(&text.replace("package: linux-source-6.1", "package: linux-source-9.99"));
     assert_bad_input(&o, &["linux-source-9.99", "versions --update kernel"]);
-    assert!(!private_cache.join("steps/kernel-source").exists(), "nothing half-built");
+    assert!(
+        !private_cache.join("steps/kernel-source").exists(),
+        "nothing half-built"
+    );
 }

@@ -8,7 +8,10 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn xtask(args: &[&str], envs: &[(&str, &Path)]) -> Output {
@@ -25,12 +28,21 @@ fn stderr(o: &Output) -> String {
 }
 
 fn error_lines(o: &Output) -> Vec<String> {
-    stderr(o).lines().filter(|l| l.starts_with("error:")).map(str::to_string).collect()
+    stderr(o)
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Asserts: exit 2, exactly one `error:` line, containing every needle.
 fn assert_bad_input(o: &Output, needles: &[&str]) {
-    assert_eq!(o.status.code(), Some(2), "want exit 2, stderr: {}", stderr(o));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "want exit 2, stderr: {}",
+        stderr(o)
+    );
     let errs = error_lines(o);
     assert_eq!(errs.len(), 1, "one error line: {}", stderr(o));
     for n in needles {
@@ -44,7 +56,11 @@ fn versions_text() -> String {
 
 fn sha256(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -60,7 +76,11 @@ fn malformed_versions_file_is_one_clear_error() {
 fn unknown_key_names_path_and_line() {
     let d = tempfile::tempdir().unwrap();
     let f = d.path().join("v.yaml");
-    std::fs::write(&f, versions_text().replace("busybox:\n", "busybox:\n  flavor: static\n")).unwrap();
+    std::fs::write(
+        &f,
+        versions_text().replace("busybox:\n", "busybox:\n  flavor: static\n"),
+    )
+    .unwrap();
     let o = xtask(&["versions", "--versions", f.to_str().unwrap()], &[]);
     assert_bad_input(&o, &["busybox", "unknown field `flavor`"]);
 }
@@ -74,7 +94,10 @@ fn unknown_recipe_lists_the_known_ones() {
 #[test]
 fn missing_host_tool_names_tool_and_package() {
     let empty = tempfile::tempdir().unwrap();
-    let o = xtask(&["image", "--recipe", "minimal"], &[("PATH", empty.path()), ("HOME", empty.path())]);
+    let o = xtask(
+        &["image", "--recipe", "minimal"],
+        &[("PATH", empty.path()), ("HOME", empty.path())],
+    );
     assert_bad_input(&o, &["mke2fs", "e2fsprogs"]);
 }
 
@@ -82,14 +105,29 @@ fn missing_host_tool_names_tool_and_package() {
 fn unwritable_output_dirs_are_refused_before_any_work() {
     let cache = tempfile::tempdir().unwrap();
     let o = xtask(
-        &["initrd", "--recipe", "minimal", "--dist-dir", "/proc/kata-no-such-dir"],
+        &[
+            "initrd",
+            "--recipe",
+            "minimal",
+            "--dist-dir",
+            "/proc/kata-no-such-dir",
+        ],
         &[("KATA_XTASK_CACHE_DIR", cache.path())],
     );
     assert_bad_input(&o, &["/proc/kata-no-such-dir", "--dist-dir"]);
     assert!(!cache.path().join("steps").exists(), "no step ran");
 
     let dist = tempfile::tempdir().unwrap();
-    let o = xtask(&["initrd", "--recipe", "minimal", "--cache-dir", "/proc/kata-no-such-dir"], &[("KATA_XTASK_DIST_DIR", dist.path())]);
+    let o = xtask(
+        &[
+            "initrd",
+            "--recipe",
+            "minimal",
+            "--cache-dir",
+            "/proc/kata-no-such-dir",
+        ],
+        &[("KATA_XTASK_DIST_DIR", dist.path())],
+    );
     assert_bad_input(&o, &["/proc/kata-no-such-dir", "--cache-dir"]);
 }
 
@@ -105,11 +143,22 @@ fn digest_mismatch_fails_closed_and_stores_nothing() {
     let cache = d.path().join("cache");
     let dist = d.path().join("dist");
     let o = xtask(
-        &["rootfs", "--recipe", "minimal", "--versions", f.to_str().unwrap()],
-        &[("KATA_XTASK_CACHE_DIR", &cache), ("KATA_XTASK_DIST_DIR", &dist)],
+        &[
+            "rootfs",
+            "--recipe",
+            "minimal",
+            "--versions",
+            f.to_str().unwrap(),
+        ],
+        &[
+            ("KATA_XTASK_CACHE_DIR", &cache),
+            ("KATA_XTASK_DIST_DIR", &dist),
+        ],
     );
     assert_bad_input(&o, &["busybox.debian.sha256", real]);
-    let stored = std::fs::read_dir(cache.join("inputs")).map(|r| r.count()).unwrap_or(0);
+    let stored = std::fs::read_dir(cache.join("inputs"))
+        .map(|r| r.count())
+        .unwrap_or(0);
     assert_eq!(stored, 0, "nothing unverified may enter the cache");
     assert!(!dist.join("manifest.json").exists());
 }
@@ -119,7 +168,10 @@ fn offline_says_what_is_missing() {
     let d = tempfile::tempdir().unwrap();
     let o = xtask(
         &["rootfs", "--recipe", "minimal", "--offline"],
-        &[("KATA_XTASK_CACHE_DIR", &d.path().join("c")), ("KATA_XTASK_DIST_DIR", &d.path().join("d"))],
+        &[
+            ("KATA_XTASK_CACHE_DIR", &d.path().join("c")),
+            ("KATA_XTASK_DIST_DIR", &d.path().join("d")),
+        ],
     );
     assert_bad_input(&o, &["--offline", "busybox-static"]);
 }
@@ -142,7 +194,13 @@ fn built() -> &'static Built {
             let cache = dir.path().join(format!("cache-{run}"));
             let dist = dir.path().join(format!("dist-{run}"));
             for cmd in ["initrd", "image"] {
-                let o = xtask(&[cmd, "--recipe", "minimal"], &[("KATA_XTASK_CACHE_DIR", &cache), ("KATA_XTASK_DIST_DIR", &dist)]);
+                let o = xtask(
+                    &[cmd, "--recipe", "minimal"],
+                    &[
+                        ("KATA_XTASK_CACHE_DIR", &cache),
+                        ("KATA_XTASK_DIST_DIR", &dist),
+                    ],
+                );
                 assert!(o.status.success(), "{cmd} failed: {}", stderr(&o));
             }
             dists.push(dist);
@@ -162,7 +220,11 @@ fn two_builds_from_empty_caches_are_bit_identical() {
     let b = built();
     for name in ["kata-containers-initrd.img", "kata-containers.img"] {
         let a = sha256(&b.dist_a.join(name));
-        assert_eq!(a, sha256(&b.dist_b.join(name)), "{name} differs between two clean builds");
+        assert_eq!(
+            a,
+            sha256(&b.dist_b.join(name)),
+            "{name} differs between two clean builds"
+        );
     }
 }
 
@@ -173,14 +235,21 @@ fn unchanged_rerun_is_all_cache_hits() {
     for cmd in ["initrd", "image"] {
         let o = xtask(
             &[cmd, "--recipe", "minimal", "--dry-run", "--json"],
-            &[("KATA_XTASK_CACHE_DIR", &b.cache), ("KATA_XTASK_DIST_DIR", &b.dist_a)],
+            &[
+                ("KATA_XTASK_CACHE_DIR", &b.cache),
+                ("KATA_XTASK_DIST_DIR", &b.dist_a),
+            ],
         );
         assert!(o.status.success(), "{}", stderr(&o));
         let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         let steps = plan["steps"].as_array().unwrap();
         assert!(steps.len() >= 3, "agent, rootfs and {cmd}: {plan}");
         for s in steps {
-            assert_eq!(s["cached"], true, "{cmd}: step {} would run again", s["step"]);
+            assert_eq!(
+                s["cached"], true,
+                "{cmd}: step {} would run again",
+                s["step"]
+            );
         }
     }
 }
@@ -189,9 +258,18 @@ fn unchanged_rerun_is_all_cache_hits() {
 #[ignore = "needs apt-get, the network, the musl target, mke2fs and cpio (real initrd and image builds): run by cargo xtask test unit"]
 fn manifest_lists_the_artifacts_with_their_digests() {
     let b = built();
-    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(b.dist_a.join("manifest.json")).unwrap()).unwrap();
-    for (name, kind) in [("kata-containers-initrd.img", "initrd"), ("kata-containers.img", "image")] {
-        let a = m["artifacts"].as_array().unwrap().iter().find(|a| a["name"] == name).expect(name);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.dist_a.join("manifest.json")).unwrap()).unwrap();
+    for (name, kind) in [
+        ("kata-containers-initrd.img", "initrd"),
+        ("kata-containers.img", "image"),
+    ] {
+        let a = m["artifacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .expect(name);
         assert_eq!(a["kind"], kind);
         assert_eq!(a["recipe"], "minimal");
         let path = root().join(a["path"].as_str().unwrap());
@@ -205,7 +283,11 @@ fn manifest_lists_the_artifacts_with_their_digests() {
 fn gnu_cpio_lists_the_initrd() {
     let b = built();
     let initrd = b.dist_a.join("kata-containers-initrd.img");
-    let gz = Command::new("gzip").arg("-dc").arg(&initrd).output().unwrap();
+    let gz = Command::new("gzip")
+        .arg("-dc")
+        .arg(&initrd)
+        .output()
+        .unwrap();
     assert!(gz.status.success());
     let mut child = Command::new("cpio")
         .args(["-t", "-v", "--quiet"])
@@ -218,8 +300,17 @@ fn gnu_cpio_lists_the_initrd() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let listing = String::from_utf8_lossy(&out.stdout);
-    for want in [" init -> ", " sbin/init -> ", " bin/busybox", " dev/console", " var/lib/osbuilder/osbuilder.yaml"] {
-        assert!(listing.contains(want), "`{want}` not in cpio listing:\n{listing}");
+    for want in [
+        " init -> ",
+        " sbin/init -> ",
+        " bin/busybox",
+        " dev/console",
+        " var/lib/osbuilder/osbuilder.yaml",
+    ] {
+        assert!(
+            listing.contains(want),
+            "`{want}` not in cpio listing:\n{listing}"
+        );
     }
     // owner 0:0 everywhere
     for line in listing.lines() {
@@ -234,7 +325,11 @@ fn u32le(b: &[u8], o: usize) -> u32 {
 
 /// (start LBA, sectors) of MBR partition 1 at `base`.
 fn mbr_partition(img: &[u8], base: usize) -> (u64, u64) {
-    assert_eq!(&img[base + 510..base + 512], &[0x55, 0xAA], "MBR signature at {base:#x}");
+    assert_eq!(
+        &img[base + 510..base + 512],
+        &[0x55, 0xAA],
+        "MBR signature at {base:#x}"
+    );
     let e = base + 446;
     (u32le(img, e + 8) as u64, u32le(img, e + 12) as u64)
 }
@@ -280,8 +375,17 @@ fn dax_image_layout_matches_the_design() {
     let part = tempfile::NamedTempFile::new().unwrap();
     let start = (outer_start * 512) as usize;
     std::fs::write(part.path(), &img[start..start + (outer_len * 512) as usize]).unwrap();
-    let fsck = Command::new("e2fsck").arg("-fn").arg(part.path()).output().unwrap();
-    assert!(fsck.status.success(), "e2fsck: {}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(part.path())
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
 }
 
 #[test]
@@ -289,14 +393,25 @@ fn dax_image_layout_matches_the_design() {
 fn agent_is_a_static_musl_executable() {
     built();
     let agent = root().join("target/agent/x86_64-unknown-linux-musl/agent/kata-agent");
-    let out = Command::new("readelf").args(["-l", "-d"]).arg(&agent).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("readelf")
+        .args(["-l", "-d"])
+        .arg(&agent)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("program interpreter"), "dynamic: {text}");
     assert!(!text.contains("(NEEDED)"), "needs libraries: {text}");
     // musl leaves its mark in the binary; glibc's static builds say GLIBC.
     let bytes = std::fs::read(&agent).unwrap();
-    assert!(!bytes.windows(6).any(|w| w == b"GLIBC_"), "glibc symbols in the agent");
+    assert!(
+        !bytes.windows(6).any(|w| w == b"GLIBC_"),
+        "glibc symbols in the agent"
+    );
 }
 
 #[test]
@@ -304,13 +419,31 @@ fn agent_is_a_static_musl_executable() {
 fn a_pin_the_archive_dropped_names_the_fix() {
     let d = tempfile::tempdir().unwrap();
     let f = d.path().join("v.yaml");
-    let text = versions_text().replace("version: \"1:1.35.0-4+deb12u1+b1\"", "version: \"1:1.35.0-0+gone1\"");
+    let text = versions_text().replace(
+        "version: \"1:1.35.0-4+deb12u1+b1\"",
+        "version: \"1:1.35.0-0+gone1\"",
+    );
     std::fs::write(&f, text).unwrap();
     let o = xtask(
-        &["rootfs", "--recipe", "minimal", "--versions", f.to_str().unwrap()],
-        &[("KATA_XTASK_CACHE_DIR", &d.path().join("c")), ("KATA_XTASK_DIST_DIR", &d.path().join("d"))],
+        &[
+            "rootfs",
+            "--recipe",
+            "minimal",
+            "--versions",
+            f.to_str().unwrap(),
+        ],
+        &[
+            ("KATA_XTASK_CACHE_DIR", &d.path().join("c")),
+            ("KATA_XTASK_DIST_DIR", &d.path().join("d")),
+        ],
     );
-    assert_bad_input(&o, &["busybox-static=1:1.35.0-0+gone1", "cargo xtask versions --update busybox"]);
+    assert_bad_input(
+        &o,
+        &[
+            "busybox-static=1:1.35.0-0+gone1",
+            "cargo xtask versions --update busybox",
+        ],
+    );
 }
 
 #[test]
@@ -319,24 +452,50 @@ fn update_repins_to_what_the_archive_serves_and_keeps_comments() {
     let d = tempfile::tempdir().unwrap();
     let f = d.path().join("v.yaml");
     let stale = versions_text()
-        .replace("version: \"1:1.35.0-4+deb12u1+b1\"", "version: \"1:1.35.0-0+gone1\"")
-        .replace("3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744", &"1".repeat(64));
+        .replace(
+            "version: \"1:1.35.0-4+deb12u1+b1\"",
+            "version: \"1:1.35.0-0+gone1\"",
+        )
+        .replace(
+            "3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744",
+            &"1".repeat(64),
+        );
     std::fs::write(&f, &stale).unwrap();
     let o = xtask(
-        &["versions", "--update", "busybox", "--versions", f.to_str().unwrap()],
+        &[
+            "versions",
+            "--update",
+            "busybox",
+            "--versions",
+            f.to_str().unwrap(),
+        ],
         &[("KATA_XTASK_CACHE_DIR", &d.path().join("c"))],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let updated = std::fs::read_to_string(&f).unwrap();
-    let comments = |t: &str| t.lines().filter(|l| l.trim_start().starts_with('#')).count();
+    let comments = |t: &str| {
+        t.lines()
+            .filter(|l| l.trim_start().starts_with('#'))
+            .count()
+    };
     assert_eq!(comments(&updated), comments(&stale), "comments kept");
     // What the archive serves now, independently of xtask.
-    let policy = Command::new("apt-cache").args(["policy", "busybox-static"]).output().unwrap();
+    let policy = Command::new("apt-cache")
+        .args(["policy", "busybox-static"])
+        .output()
+        .unwrap();
     let candidate = String::from_utf8_lossy(&policy.stdout)
         .lines()
-        .find_map(|l| l.trim().strip_prefix("Candidate:").map(|v| v.trim().to_string()))
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Candidate:")
+                .map(|v| v.trim().to_string())
+        })
         .unwrap();
-    assert!(updated.contains(&format!("version: \"{candidate}\"")), "{updated}");
+    assert!(
+        updated.contains(&format!("version: \"{candidate}\"")),
+        "{updated}"
+    );
     assert!(!updated.contains(&"1".repeat(64)), "sha256 re-pinned");
     // The pinned digest is that of the package apt serves, fetched here
     // independently.
@@ -348,6 +507,14 @@ fn update_repins_to_what_the_archive_serves_and_keeps_comments() {
         .output()
         .unwrap();
     assert!(got.status.success());
-    let deb = std::fs::read_dir(&dl).unwrap().next().unwrap().unwrap().path();
-    assert!(updated.contains(&format!("sha256: {}", sha256(&deb))), "{updated}");
+    let deb = std::fs::read_dir(&dl)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(
+        updated.contains(&format!("sha256: {}", sha256(&deb))),
+        "{updated}"
+    );
 }

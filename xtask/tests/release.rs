@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn main_cache() -> PathBuf {
@@ -45,12 +48,18 @@ fn xtask(args: &[&str], cache: &Path, dist: &Path) -> Output {
 fn json(out: &Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 1, "--json prints exactly one line on stdout, got:\n{text}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "--json prints exactly one line on stdout, got:\n{text}"
+    );
     serde_json::from_str(lines[0]).expect("stdout is JSON")
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\n{}\n{}",
@@ -96,25 +105,51 @@ fn release_verifies_with_user_tools_and_reruns_from_cache() {
     let d = dist.path();
 
     // Every checksum line matches the file next to it.
-    let sums = run(Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(d));
-    assert_eq!(sums.lines().filter(|l| l.ends_with(": OK")).count(), 4, "tarball, deb, rpm, sbom:\n{sums}");
+    let sums = run(Command::new("sha256sum")
+        .arg("-c")
+        .arg("SHA256SUMS")
+        .current_dir(d));
+    assert_eq!(
+        sums.lines().filter(|l| l.ends_with(": OK")).count(),
+        4,
+        "tarball, deb, rpm, sbom:\n{sums}"
+    );
 
     let tarball = d.join(artifact(&v, "tarball"));
     let listing = run(Command::new("tar").arg("--zstd").arg("-tf").arg(&tarball));
     for want in TREE {
-        assert!(listing.lines().any(|l| l == want), "{want} missing from the tarball:\n{listing}");
+        assert!(
+            listing.lines().any(|l| l == want),
+            "{want} missing from the tarball:\n{listing}"
+        );
     }
-    assert!(listing.lines().all(|l| l == "./opt/" || l.starts_with("./opt/kata/")), "everything under /opt/kata:\n{listing}");
+    assert!(
+        listing
+            .lines()
+            .all(|l| l == "./opt/" || l.starts_with("./opt/kata/")),
+        "everything under /opt/kata:\n{listing}"
+    );
 
     let deb = d.join(artifact(&v, "deb"));
     let deb_list = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
-    for want in ["./opt/kata/bin/containerd-shim-kata-v2", "./opt/kata/libexec/vhost-device-vsock", "./opt/kata/share/kata-containers/vmlinux.container"] {
-        assert!(deb_list.contains(want), "{want} missing from the .deb:\n{deb_list}");
+    for want in [
+        "./opt/kata/bin/containerd-shim-kata-v2",
+        "./opt/kata/libexec/vhost-device-vsock",
+        "./opt/kata/share/kata-containers/vmlinux.container",
+    ] {
+        assert!(
+            deb_list.contains(want),
+            "{want} missing from the .deb:\n{deb_list}"
+        );
     }
 
     // Debian policy as lintian checks it: no error or warning survives (the
     // package's overrides justify what it ships on purpose).
-    let lint = Command::new("lintian").args(["--fail-on", "error,warning", "--tag-display-limit", "0"]).arg(&deb).output().expect("run lintian");
+    let lint = Command::new("lintian")
+        .args(["--fail-on", "error,warning", "--tag-display-limit", "0"])
+        .arg(&deb)
+        .output()
+        .expect("run lintian");
     assert!(
         lint.status.success(),
         "lintian {} ({}):\n{}{}",
@@ -126,25 +161,52 @@ fn release_verifies_with_user_tools_and_reruns_from_cache() {
 
     let rpm = d.join(artifact(&v, "rpm"));
     let rpm_list = run(Command::new("rpm").arg("-qpl").arg(&rpm));
-    for want in ["/opt/kata/bin/kata-runtime", "/opt/kata/share/defaults/kata-containers/configuration.toml"] {
-        assert!(rpm_list.lines().any(|l| l == want), "{want} missing from the .rpm:\n{rpm_list}");
+    for want in [
+        "/opt/kata/bin/kata-runtime",
+        "/opt/kata/share/defaults/kata-containers/configuration.toml",
+    ] {
+        assert!(
+            rpm_list.lines().any(|l| l == want),
+            "{want} missing from the .rpm:\n{rpm_list}"
+        );
     }
     let rpm_check = run(Command::new("rpm").arg("-K").arg("--nosignature").arg(&rpm));
     assert!(rpm_check.contains("digests OK"), "rpm -K: {rpm_check}");
 
     // The SBOM lists the crates compiled into the shipped vhost-device-vsock
     // (from that crate's own lock file), not only this workspace's.
-    let sbom: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join(artifact(&v, "sbom"))).unwrap()).unwrap();
-    let listed = |name: &str| sbom["packages"].as_array().unwrap().iter().any(|p| p["name"] == name);
-    assert!(listed("vhost-device-vsock") && listed("vhost-user-backend"), "vhost-device-vsock and its crates must be in the SBOM");
+    let sbom: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join(artifact(&v, "sbom"))).unwrap())
+            .unwrap();
+    let listed = |name: &str| {
+        sbom["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == name)
+    };
+    assert!(
+        listed("vhost-device-vsock") && listed("vhost-user-backend"),
+        "vhost-device-vsock and its crates must be in the SBOM"
+    );
 
     // The shipped configuration names the install prefix, not this clone.
     let config = std::fs::read_to_string(d.join(artifact(&v, "config"))).unwrap();
-    assert!(config.contains("kernel = \"/opt/kata/share/kata-containers/vmlinuz.container\""), "{config}");
-    assert!(!config.contains(root().to_str().unwrap()), "no build path in the config");
+    assert!(
+        config.contains("kernel = \"/opt/kata/share/kata-containers/vmlinuz.container\""),
+        "{config}"
+    );
+    assert!(
+        !config.contains(root().to_str().unwrap()),
+        "no build path in the config"
+    );
 
     // An unchanged rerun plans nothing but cache hits.
-    let plan = json(&xtask(&["release", "--dry-run", "--json"], &cache, dist.path()));
+    let plan = json(&xtask(
+        &["release", "--dry-run", "--json"],
+        &cache,
+        dist.path(),
+    ));
     let steps = plan["steps"].as_array().unwrap();
     assert!(steps.iter().any(|s| s["step"] == "release"));
     let missing: Vec<&serde_json::Value> = steps.iter().filter(|s| s["cached"] != true).collect();

@@ -10,7 +10,10 @@ fn reference_fletcher64(data: &[u8]) -> u64 {
     let mut hi: u128 = 0;
     let mut i = 0;
     while i + 4 <= data.len() {
-        let word = data[i] as u128 | (data[i + 1] as u128) << 8 | (data[i + 2] as u128) << 16 | (data[i + 3] as u128) << 24;
+        let word = data[i] as u128
+            | (data[i + 1] as u128) << 8
+            | (data[i + 2] as u128) << 16
+            | (data[i + 3] as u128) << 24;
         lo = (lo + word) % (1u128 << 32);
         hi = (hi + lo) % (1u128 << 64);
         i += 4;
@@ -25,10 +28,15 @@ fn fletcher64_known_answers() {
     assert_eq!(fletcher64(&words), 0x0000_000A_0000_0006);
     // The low sum wraps at 32 bits: 0xFFFFFFFF + 2 = 1; hi = 0xFFFFFFFF + 1
     // = 2^32, whose << 32 falls off a u64.
-    let words: Vec<u8> = [0xFFFF_FFFFu32, 2].iter().flat_map(|w| w.to_le_bytes()).collect();
+    let words: Vec<u8> = [0xFFFF_FFFFu32, 2]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
     assert_eq!(fletcher64(&words), 0x0000_0000_0000_0001);
     assert_eq!(fletcher64(&[0u8; 4096]), 0);
-    let pseudo: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let pseudo: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     assert_eq!(fletcher64(&pseudo), reference_fletcher64(&pseudo));
 }
 
@@ -49,7 +57,10 @@ fn dax_header_matches_kernel_layout() {
     assert_eq!(&b[52..54], &[1, 0]);
     assert_eq!(&b[54..56], &[4, 0]);
     assert_eq!(&b[56..64], &[0, 0, 0x20, 0, 0, 0, 0, 0], "dataoff = 2 MiB");
-    assert_eq!(u64::from_le_bytes(b[64..72].try_into().unwrap()), (128 - 2) * 1024 * 1024 / 4096);
+    assert_eq!(
+        u64::from_le_bytes(b[64..72].try_into().unwrap()),
+        (128 - 2) * 1024 * 1024 / 4096
+    );
     assert_eq!(&b[72..76], &[1, 0, 0, 0], "PFN_MODE_RAM");
     assert_eq!(&b[76..84], &[0u8; 8]);
     assert_eq!(&b[84..88], &[0, 0, 0x20, 0], "align = 2 MiB");
@@ -58,14 +69,20 @@ fn dax_header_matches_kernel_layout() {
     assert!(b[94..4088].iter().all(|&x| x == 0));
     let mut zeroed = b;
     zeroed[4088..].fill(0);
-    assert_eq!(u64::from_le_bytes(b[4088..].try_into().unwrap()), reference_fletcher64(&zeroed));
+    assert_eq!(
+        u64::from_le_bytes(b[4088..].try_into().unwrap()),
+        reference_fletcher64(&zeroed)
+    );
     assert_ne!(&b[4088..], &[0u8; 8]);
 
     let decoded = DaxHeader::decode(&b).unwrap();
     assert_eq!(decoded, DaxHeader::for_namespace(namespace));
     let mut corrupt = b;
     corrupt[100] = 1;
-    assert!(DaxHeader::decode(&corrupt).unwrap_err().to_string().contains("checksum"));
+    assert!(DaxHeader::decode(&corrupt)
+        .unwrap_err()
+        .to_string()
+        .contains("checksum"));
 }
 
 #[test]
@@ -76,7 +93,10 @@ fn mbr_layout_and_partx_agree() {
     assert_eq!(b[446], 0, "not bootable");
     assert_eq!(b[450], 0x83);
     assert_eq!(u32::from_le_bytes(b[454..458].try_into().unwrap()), 6144);
-    assert_eq!(u32::from_le_bytes(b[458..462].try_into().unwrap()), 125 * 2048);
+    assert_eq!(
+        u32::from_le_bytes(b[458..462].try_into().unwrap()),
+        125 * 2048
+    );
     // CHS of LBA 6144 with 255 heads, 63 sectors: c=0, h=97, s=34.
     assert_eq!(&b[447..450], &[97, 34, 0]);
     assert!(b[462..510].iter().all(|&x| x == 0));
@@ -89,9 +109,21 @@ fn mbr_layout_and_partx_agree() {
     let f = File::create(&disk).unwrap();
     f.set_len(128 * MIB).unwrap();
     f.write_all_at(&b, 0).unwrap();
-    let out = Command::new("partx").args(["--show", "--noheadings", "-o", "NR,START,SECTORS,TYPE"]).arg(&disk).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let fields: Vec<String> = String::from_utf8(out.stdout).unwrap().split_whitespace().map(String::from).collect();
+    let out = Command::new("partx")
+        .args(["--show", "--noheadings", "-o", "NR,START,SECTORS,TYPE"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fields: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
     assert_eq!(fields, ["1", "6144", "256000", "0x83"]);
 }
 
@@ -108,7 +140,12 @@ fn sha256_file(p: &Path) -> String {
 }
 
 fn extract_partition(image: &Path, report: &ImageReport, to: &Path) {
-    let data = read_at(image, report.partition_offset, report.partition_bytes as usize).unwrap();
+    let data = read_at(
+        image,
+        report.partition_offset,
+        report.partition_bytes as usize,
+    )
+    .unwrap();
     std::fs::write(to, data).unwrap();
 }
 
@@ -150,52 +187,120 @@ fn ext4_dax_image_is_valid_and_deterministic() {
 
     let outer = Mbr::decode(&read_at(&a, 0, 512).unwrap()).unwrap();
     let p = outer.partitions[0].unwrap();
-    assert_eq!((p.partition_type, p.first_lba as u64 * 512, p.sectors as u64 * 512), (0x83, 3 * MIB, len - 3 * MIB));
+    assert_eq!(
+        (
+            p.partition_type,
+            p.first_lba as u64 * 512,
+            p.sectors as u64 * 512
+        ),
+        (0x83, 3 * MIB, len - 3 * MIB)
+    );
     assert!(outer.partitions[1..].iter().all(Option::is_none));
     let inner = Mbr::decode(&read_at(&a, 2 * MIB, 512).unwrap()).unwrap();
     let p = inner.partitions[0].unwrap();
-    assert_eq!((p.first_lba as u64 * 512, p.sectors as u64 * 512), (MIB, len - 3 * MIB));
+    assert_eq!(
+        (p.first_lba as u64 * 512, p.sectors as u64 * 512),
+        (MIB, len - 3 * MIB)
+    );
     let dax = read_at(&a, 4096, 4096).unwrap();
     assert_eq!(&dax[..16], b"NVDIMM_PFN_INFO\0");
     assert_eq!(u64::from_le_bytes(dax[56..64].try_into().unwrap()), 2 * MIB);
-    assert_eq!(DaxHeader::decode(&dax).unwrap(), DaxHeader::for_namespace(len));
+    assert_eq!(
+        DaxHeader::decode(&dax).unwrap(),
+        DaxHeader::for_namespace(len)
+    );
 
     let part = dir.path().join("part.ext4");
     extract_partition(&a, &report, &part);
-    let fsck = Command::new("e2fsck").arg("-fn").arg(&part).output().unwrap();
-    assert!(fsck.status.success(), "e2fsck: {}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
-    let dumpe2fs = Command::new("dumpe2fs").arg("-h").arg(&part).output().unwrap();
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&part)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    let dumpe2fs = Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(&part)
+        .output()
+        .unwrap();
     let header = String::from_utf8_lossy(&dumpe2fs.stdout);
-    assert!(header.contains(&format!("Filesystem UUID:          {}", opts.fs_uuid)), "{header}");
-    assert!(header.contains("Block size:               4096"), "{header}");
-    assert!(header.contains(&format!("Directory Hash Seed:      {}", opts.hash_seed)), "{header}");
-    let cat = Command::new("debugfs").args(["-R", "cat /etc/hostname"]).arg(&part).output().unwrap();
+    assert!(
+        header.contains(&format!("Filesystem UUID:          {}", opts.fs_uuid)),
+        "{header}"
+    );
+    assert!(
+        header.contains("Block size:               4096"),
+        "{header}"
+    );
+    assert!(
+        header.contains(&format!("Directory Hash Seed:      {}", opts.hash_seed)),
+        "{header}"
+    );
+    let cat = Command::new("debugfs")
+        .args(["-R", "cat /etc/hostname"])
+        .arg(&part)
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&cat.stdout), "kata-guest\n");
-    let stat = Command::new("debugfs").args(["-R", "stat /dev/console"]).arg(&part).output().unwrap();
+    let stat = Command::new("debugfs")
+        .args(["-R", "stat /dev/console"])
+        .arg(&part)
+        .output()
+        .unwrap();
     let stat = String::from_utf8_lossy(&stat.stdout);
-    assert!(stat.contains("Type: character special") && stat.contains("Mode:  0600"), "{stat}");
+    assert!(
+        stat.contains("Type: character special") && stat.contains("Mode:  0600"),
+        "{stat}"
+    );
     assert!(stat.contains("Device major/minor number: 05:01"), "{stat}");
     assert!(stat.contains("ctime: 0x6553f100:00000000"), "{stat}");
-    let stat = Command::new("debugfs").args(["-R", "stat /sbin/init"]).arg(&part).output().unwrap();
-    assert!(String::from_utf8_lossy(&stat.stdout).contains("Fast link dest: \"/usr/bin/kata-agent\""));
+    let stat = Command::new("debugfs")
+        .args(["-R", "stat /sbin/init"])
+        .arg(&part)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&stat.stdout).contains("Fast link dest: \"/usr/bin/kata-agent\"")
+    );
 
     // Second build later, after ctimes and atimes on the host changed.
     std::thread::sleep(std::time::Duration::from_millis(1500));
     disturb_host_times(&tree);
     let b = dir.path().join("b.img");
     assert_eq!(build_image(&tree, &b, &opts).unwrap(), report);
-    assert_eq!(sha256_file(&a), sha256_file(&b), "ext4 image differs between builds");
+    assert_eq!(
+        sha256_file(&a),
+        sha256_file(&b),
+        "ext4 image differs between builds"
+    );
 
     // The same inputs rebuilt into a new tree give the same image.
     let dir2 = tempfile::tempdir().unwrap();
     let tree2 = small_tree(dir2.path());
     let c = dir.path().join("c.img");
     build_image(&tree2, &c, &opts).unwrap();
-    assert_eq!(sha256_file(&a), sha256_file(&c), "ext4 image differs for a rebuilt tree");
+    assert_eq!(
+        sha256_file(&a),
+        sha256_file(&c),
+        "ext4 image differs for a rebuilt tree"
+    );
 
     // And a different epoch does change it.
     let d = dir.path().join("d.img");
-    build_image(&tree, &d, &ImageOptions { source_date_epoch: 1_700_000_001, ..opts.clone() }).unwrap();
+    build_image(
+        &tree,
+        &d,
+        &ImageOptions {
+            source_date_epoch: 1_700_000_001,
+            ..opts.clone()
+        },
+    )
+    .unwrap();
     assert_ne!(sha256_file(&a), sha256_file(&d));
 }
 
@@ -204,7 +309,12 @@ fn ext4_dax_image_is_valid_and_deterministic() {
 fn ext4_plain_image_honours_free_space_and_alignment() {
     let dir = tempfile::tempdir().unwrap();
     let tree = small_tree(dir.path());
-    let opts = ImageOptions { dax: false, align_mib: 32, free_mib: 40, ..ImageOptions::new(1_700_000_000) };
+    let opts = ImageOptions {
+        dax: false,
+        align_mib: 32,
+        free_mib: 40,
+        ..ImageOptions::new(1_700_000_000)
+    };
     let out = dir.path().join("plain.img");
     let report = build_image(&tree, &out, &opts).unwrap();
     assert_eq!(report.bytes % (32 * MIB), 0);
@@ -215,13 +325,40 @@ fn ext4_plain_image_honours_free_space_and_alignment() {
     assert_ne!(&read_at(&out, 4096, 16).unwrap()[..], b"NVDIMM_PFN_INFO\0");
     let part = dir.path().join("part");
     extract_partition(&out, &report, &part);
-    let fsck = Command::new("e2fsck").arg("-fn").arg(&part).output().unwrap();
-    assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stdout));
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&part)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
 
-    let err = build_image(&tree, &out, &ImageOptions { source_date_epoch: 0, ..opts.clone() }).unwrap_err();
+    let err = build_image(
+        &tree,
+        &out,
+        &ImageOptions {
+            source_date_epoch: 0,
+            ..opts.clone()
+        },
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("SOURCE_DATE_EPOCH >= 1"), "{err}");
-    let err = build_image(&tree, &out, &ImageOptions { fs_uuid: "nope".into(), ..opts }).unwrap_err();
-    assert!(format!("{err:#}").contains("fs_uuid: `nope` is not a UUID"), "{err:#}");
+    let err = build_image(
+        &tree,
+        &out,
+        &ImageOptions {
+            fs_uuid: "nope".into(),
+            ..opts
+        },
+    )
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("fs_uuid: `nope` is not a UUID"),
+        "{err:#}"
+    );
 }
 
 #[test]
@@ -229,7 +366,10 @@ fn ext4_plain_image_honours_free_space_and_alignment() {
 fn erofs_image_is_valid_and_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     let tree = small_tree(dir.path());
-    let opts = ImageOptions { fs: Filesystem::Erofs, ..ImageOptions::new(1_700_000_000) };
+    let opts = ImageOptions {
+        fs: Filesystem::Erofs,
+        ..ImageOptions::new(1_700_000_000)
+    };
     let a = dir.path().join("a.img");
     let report = build_image(&tree, &a, &opts).unwrap();
     assert_eq!(report.bytes % (128 * MIB), 0);
@@ -237,12 +377,30 @@ fn erofs_image_is_valid_and_deterministic() {
     let part = dir.path().join("part.erofs");
     extract_partition(&a, &report, &part);
     let fsck = Command::new("fsck.erofs").arg(&part).output().unwrap();
-    assert!(fsck.status.success(), "fsck.erofs: {}", String::from_utf8_lossy(&fsck.stderr));
+    assert!(
+        fsck.status.success(),
+        "fsck.erofs: {}",
+        String::from_utf8_lossy(&fsck.stderr)
+    );
     let x = dir.path().join("x");
-    let fsck = Command::new("fsck.erofs").arg(format!("--extract={}", x.display())).arg(&part).output().unwrap();
-    assert!(fsck.status.success(), "fsck.erofs --extract: {}", String::from_utf8_lossy(&fsck.stderr));
-    assert_eq!(std::fs::read_to_string(x.join("etc/hostname")).unwrap(), "kata-guest\n");
-    assert_eq!(std::fs::read_link(x.join("init")).unwrap(), Path::new("/usr/bin/kata-agent"));
+    let fsck = Command::new("fsck.erofs")
+        .arg(format!("--extract={}", x.display()))
+        .arg(&part)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "fsck.erofs --extract: {}",
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(x.join("etc/hostname")).unwrap(),
+        "kata-guest\n"
+    );
+    assert_eq!(
+        std::fs::read_link(x.join("init")).unwrap(),
+        Path::new("/usr/bin/kata-agent")
+    );
     let dump = Command::new("dump.erofs").arg(&part).output().unwrap();
     let dump = String::from_utf8_lossy(&dump.stdout);
     assert!(dump.contains(&opts.fs_uuid), "{dump}");
@@ -251,8 +409,20 @@ fn erofs_image_is_valid_and_deterministic() {
     disturb_host_times(&tree);
     let b = dir.path().join("b.img");
     build_image(&tree, &b, &opts).unwrap();
-    assert_eq!(sha256_file(&a), sha256_file(&b), "erofs image differs between builds");
+    assert_eq!(
+        sha256_file(&a),
+        sha256_file(&b),
+        "erofs image differs between builds"
+    );
 
-    let err = build_image(&tree, &b, &ImageOptions { free_mib: 1, ..opts }).unwrap_err();
+    let err = build_image(
+        &tree,
+        &b,
+        &ImageOptions {
+            free_mib: 1,
+            ..opts
+        },
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("erofs is read-only"), "{err}");
 }

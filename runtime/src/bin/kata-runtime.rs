@@ -228,7 +228,9 @@ fn qemu_version(qemu: &std::path::Path) -> Result<(u32, u32, String), String> {
         .skip_while(|w| *w != "version")
         .nth(1)
         .ok_or_else(|| format!("cannot read a version in {first:?}"))?;
-    let mut parts = ver.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    let mut parts = ver
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
     Ok((parts.next().unwrap_or(0), parts.next().unwrap_or(0), first))
 }
 
@@ -248,16 +250,26 @@ fn check(a: CheckArgs) -> Result<(), Failure> {
     let virt = ["vmx", "svm"].into_iter().find(|f| flags.contains(f));
     match virt {
         Some(f) => println!("ok: CPU virtualisation flag {f}"),
-        None => warnings.push("the CPU reports neither vmx nor svm: no hardware virtualisation".to_string()),
+        None => warnings
+            .push("the CPU reports neither vmx nor svm: no hardware virtualisation".to_string()),
     }
-    let kvm_open = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm");
+    let kvm_open = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm");
     match &kvm_open {
         Ok(_) => println!("ok: /dev/kvm opens read-write"),
         Err(e) => warnings.push(format!("/dev/kvm: {e}")),
     }
     for (dev, alt) in [
-        ("/dev/vhost-vsock", "using vhost-user-vsock-pci + vhost-device-vsock, hybrid vsock"),
-        ("/dev/vhost-net", "not needed: this runtime sets up no networking yet"),
+        (
+            "/dev/vhost-vsock",
+            "using vhost-user-vsock-pci + vhost-device-vsock, hybrid vsock",
+        ),
+        (
+            "/dev/vhost-net",
+            "not needed: this runtime sets up no networking yet",
+        ),
     ] {
         if std::path::Path::new(dev).exists() {
             println!("ok: {dev}");
@@ -272,17 +284,29 @@ fn check(a: CheckArgs) -> Result<(), Failure> {
         }
     }
     if cfg.hypervisor.virtio_fs_daemon.is_file() {
-        println!("ok: virtiofsd at {}", cfg.hypervisor.virtio_fs_daemon.display());
+        println!(
+            "ok: virtiofsd at {}",
+            cfg.hypervisor.virtio_fs_daemon.display()
+        );
     } else {
-        fatal.push(format!("virtio_fs_daemon {} does not exist", cfg.hypervisor.virtio_fs_daemon.display()));
+        fatal.push(format!(
+            "virtio_fs_daemon {} does not exist",
+            cfg.hypervisor.virtio_fs_daemon.display()
+        ));
     }
     match qemu_version(&cfg.hypervisor.path) {
         Ok((maj, min, line)) if (maj, min) >= MIN_QEMU => println!("ok: {line}"),
-        Ok((maj, min, line)) => fatal.push(format!("{line}: QEMU {maj}.{min} is older than {}.{}", MIN_QEMU.0, MIN_QEMU.1)),
+        Ok((maj, min, line)) => fatal.push(format!(
+            "{line}: QEMU {maj}.{min} is older than {}.{}",
+            MIN_QEMU.0, MIN_QEMU.1
+        )),
         Err(e) => fatal.push(e),
     }
     if !cfg.hypervisor.kernel.is_file() {
-        fatal.push(format!("kernel {} does not exist", cfg.hypervisor.kernel.display()));
+        fatal.push(format!(
+            "kernel {} does not exist",
+            cfg.hypervisor.kernel.display()
+        ));
     }
 
     let mut accel = "not tested";
@@ -291,18 +315,30 @@ fn check(a: CheckArgs) -> Result<(), Failure> {
     } else if !nix::unistd::Uid::effective().is_root() {
         println!("note: test boot skipped (needs root)");
     } else if cfg.hypervisor.kernel.is_file() {
-        let probe = probe_kvm(&cfg.hypervisor.path, &cfg.hypervisor.kernel, KVM_PROBE_TIMEOUT);
+        let probe = probe_kvm(
+            &cfg.hypervisor.path,
+            &cfg.hypervisor.kernel,
+            KVM_PROBE_TIMEOUT,
+        );
         if probe.kvm_usable {
             println!("ok: test boot under KVM ({:?})", probe.elapsed);
             accel = "KVM";
         } else {
             warnings.push(format!("KVM is not usable: {}", probe.reason));
-            let tcg = probe_boot(&cfg.hypervisor.path, &cfg.hypervisor.kernel, Accel::Tcg, std::time::Duration::from_secs(60));
+            let tcg = probe_boot(
+                &cfg.hypervisor.path,
+                &cfg.hypervisor.kernel,
+                Accel::Tcg,
+                std::time::Duration::from_secs(60),
+            );
             if tcg.kvm_usable {
                 println!("ok: test boot under TCG ({:?})", tcg.elapsed);
                 accel = "TCG";
             } else {
-                fatal.push(format!("the kernel does not boot under TCG either: {}", tcg.reason));
+                fatal.push(format!(
+                    "the kernel does not boot under TCG either: {}",
+                    tcg.reason
+                ));
             }
         }
     }
@@ -313,7 +349,9 @@ fn check(a: CheckArgs) -> Result<(), Failure> {
         println!("ERROR: {f}");
     }
     if !fatal.is_empty() {
-        return Err(Failure::Call("System is not capable of running Kata Containers".into()));
+        return Err(Failure::Call(
+            "System is not capable of running Kata Containers".into(),
+        ));
     }
     match accel {
         "KVM" => println!("System is capable of running Kata Containers"),
@@ -347,7 +385,9 @@ fn env(a: EnvArgs) -> Result<(), Failure> {
     let e = Env {
         config_file: cfg.file.display().to_string(),
         version: env!("CARGO_PKG_VERSION"),
-        hypervisor: Hypervisor { qemu: &cfg.hypervisor },
+        hypervisor: Hypervisor {
+            qemu: &cfg.hypervisor,
+        },
         agent: Agent { kata: &cfg.agent },
         runtime: &cfg.runtime,
         ignored: &cfg.ignored,

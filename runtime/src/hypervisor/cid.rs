@@ -60,7 +60,10 @@ impl CidLease {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => continue,
                 Err(TryLockError::Error(e)) => {
-                    return Err(io::Error::new(e.kind(), format!("lock {}: {e}", path.display())))
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("lock {}: {e}", path.display()),
+                    ))
                 }
             }
             // A releasing holder unlinks its file before it unlocks: the
@@ -69,7 +72,11 @@ impl CidLease {
             let held = file.metadata()?;
             match std::fs::symlink_metadata(&path) {
                 Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => {
-                    return Ok(CidLease { cid, path, file: Some(file) })
+                    return Ok(CidLease {
+                        cid,
+                        path,
+                        file: Some(file),
+                    })
                 }
                 _ => continue,
             }
@@ -107,8 +114,14 @@ mod tests {
         assert_eq!(a.cid(), FIRST_GUEST_CID);
         assert_eq!(b.cid(), FIRST_GUEST_CID + 1);
         drop(a);
-        assert!(!dir.path().join("3.lock").exists(), "a freed lease leaves no file");
-        assert!(dir.path().is_dir(), "the directory stays while a lease is held");
+        assert!(
+            !dir.path().join("3.lock").exists(),
+            "a freed lease leaves no file"
+        );
+        assert!(
+            dir.path().is_dir(),
+            "the directory stays while a lease is held"
+        );
         let c = CidLease::acquire(dir.path()).unwrap();
         assert_eq!(c.cid(), FIRST_GUEST_CID);
         drop((b, c));
@@ -133,7 +146,11 @@ mod tests {
                     b.wait();
                     for round in 0..40 {
                         let lease = CidLease::acquire(&p).unwrap();
-                        assert!(held.lock().unwrap().insert(lease.cid()), "CID {} leased twice", lease.cid());
+                        assert!(
+                            held.lock().unwrap().insert(lease.cid()),
+                            "CID {} leased twice",
+                            lease.cid()
+                        );
                         if round % 3 == 0 {
                             std::thread::yield_now();
                         }

@@ -35,8 +35,11 @@ impl HelperDaemon {
         timeout: Duration,
         kill_on_parent_death: bool,
     ) -> Result<Self, VmError> {
-        let log_file = std::fs::File::create(log).map_err(|e| VmError::io(format!("cannot create {}", log.display()), e))?;
-        let log_err = log_file.try_clone().map_err(|e| VmError::io("dup log fd", e))?;
+        let log_file = std::fs::File::create(log)
+            .map_err(|e| VmError::io(format!("cannot create {}", log.display()), e))?;
+        let log_err = log_file
+            .try_clone()
+            .map_err(|e| VmError::io("dup log fd", e))?;
         cmd.stdin(Stdio::null()).stdout(log_file).stderr(log_err);
         if kill_on_parent_death {
             kill_with_parent(&mut cmd);
@@ -46,7 +49,12 @@ impl HelperDaemon {
             hint,
             source,
         })?;
-        let mut daemon = HelperDaemon { name, child, sockets, log: log.to_owned() };
+        let mut daemon = HelperDaemon {
+            name,
+            child,
+            sockets,
+            log: log.to_owned(),
+        };
         let deadline = Instant::now() + timeout;
         loop {
             daemon.check_alive()?;
@@ -55,7 +63,11 @@ impl HelperDaemon {
             }
             if Instant::now() >= deadline {
                 daemon.stop();
-                let names: Vec<String> = daemon.sockets.iter().map(|s| s.display().to_string()).collect();
+                let names: Vec<String> = daemon
+                    .sockets
+                    .iter()
+                    .map(|s| s.display().to_string())
+                    .collect();
                 return Err(VmError::Timeout {
                     what: format!("{name} to create {}", names.join(" and ")),
                     after: timeout,
@@ -87,7 +99,11 @@ impl HelperDaemon {
 
     /// SIGTERM, SIGKILL after one second, reap, remove the sockets. Idempotent.
     pub(crate) fn stop(&mut self) {
-        let _ = stop_child(&mut self.child, Some(Signal::SIGTERM), Duration::from_secs(1));
+        let _ = stop_child(
+            &mut self.child,
+            Some(Signal::SIGTERM),
+            Duration::from_secs(1),
+        );
         for s in &self.sockets {
             let _ = std::fs::remove_file(s);
         }

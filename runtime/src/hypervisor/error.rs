@@ -62,7 +62,11 @@ pub enum VmError {
     /// A helper daemon (vhost-device-vsock, virtiofsd) exited while the VM
     /// needed it.
     #[error("{name} exited unexpectedly ({status}); its log: {log_tail}")]
-    HelperDaemonExited { name: &'static str, status: String, log_tail: String },
+    HelperDaemonExited {
+        name: &'static str,
+        status: String,
+        log_tail: String,
+    },
 
     /// A QMP exchange failed.
     // Every QmpError message already says "QMP"; transparent keeps its

@@ -34,7 +34,10 @@ pub enum SignalOutcome {
 pub fn start_ticks(pid: i32) -> io::Result<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     parse_start_ticks(&text).ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidData, format!("/proc/{pid}/stat: no start time field"))
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("/proc/{pid}/stat: no start time field"),
+        )
     })
 }
 
@@ -49,7 +52,10 @@ fn parse_start_ticks(stat: &str) -> Option<u64> {
 impl ProcessIdentity {
     /// The identity of the running process `pid`.
     pub fn of(pid: i32) -> io::Result<Self> {
-        Ok(ProcessIdentity { pid, start_ticks: start_ticks(pid)? })
+        Ok(ProcessIdentity {
+            pid,
+            start_ticks: start_ticks(pid)?,
+        })
     }
 
     /// The record's text: `<pid> <start_ticks>\n`.
@@ -62,11 +68,15 @@ impl ProcessIdentity {
         let (Some(pid), Some(ticks), None) = (it.next(), it.next(), it.next()) else {
             return Err(format!("{text:?} is not \"<pid> <start time>\""));
         };
-        let pid: i32 = pid.parse().map_err(|_| format!("pid {pid:?} is not a number"))?;
+        let pid: i32 = pid
+            .parse()
+            .map_err(|_| format!("pid {pid:?} is not a number"))?;
         if pid <= 1 {
             return Err(format!("pid {pid} is not a process the runtime starts"));
         }
-        let start_ticks = ticks.parse().map_err(|_| format!("start time {ticks:?} is not a number"))?;
+        let start_ticks = ticks
+            .parse()
+            .map_err(|_| format!("start time {ticks:?} is not a number"))?;
         Ok(ProcessIdentity { pid, start_ticks })
     }
 
@@ -132,7 +142,10 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_bad_ones_are_refused() {
-        let id = ProcessIdentity { pid: 4242, start_ticks: 987654 };
+        let id = ProcessIdentity {
+            pid: 4242,
+            start_ticks: 987654,
+        };
         assert_eq!(ProcessIdentity::from_record(&id.to_record()).unwrap(), id);
         for bad in ["", "12", "12 x", "x 12", "1 5", "-5 5", "12 5 7"] {
             assert!(ProcessIdentity::from_record(bad).is_err(), "{bad:?}");
@@ -145,9 +158,19 @@ mod tests {
         let pid = child.id() as i32;
         let real = ProcessIdentity::of(pid).unwrap();
         // The same pid with another start time: what a reused pid looks like.
-        let stale = ProcessIdentity { pid, start_ticks: real.start_ticks + 1 };
-        assert_eq!(stale.signal(Signal::SIGKILL).unwrap(), SignalOutcome::Reused);
-        assert_eq!(child.try_wait().unwrap(), None, "the process must still run");
+        let stale = ProcessIdentity {
+            pid,
+            start_ticks: real.start_ticks + 1,
+        };
+        assert_eq!(
+            stale.signal(Signal::SIGKILL).unwrap(),
+            SignalOutcome::Reused
+        );
+        assert_eq!(
+            child.try_wait().unwrap(),
+            None,
+            "the process must still run"
+        );
         assert_eq!(real.signal(Signal::SIGKILL).unwrap(), SignalOutcome::Sent);
         let status = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;

@@ -10,11 +10,11 @@
 
 mod accel;
 pub mod cid;
+mod daemon;
 mod error;
 pub mod identity;
 mod process;
 mod qemu;
-mod daemon;
 pub mod qmp;
 pub mod virtiofs;
 pub mod vsock;
@@ -22,9 +22,11 @@ pub mod vsock;
 pub use accel::{probe_boot, probe_kvm, resolve_accel, Accel, KvmProbe, KVM_PROBE_TIMEOUT};
 pub use error::VmError;
 pub use qemu::{
-    build_kernel_cmdline, build_qemu_args, check_sandbox_option, BootMedia, ImageFs, LaunchPlan, QemuConfig, Vm,
-    VsockBackend, DEFAULT_STATE_ROOT, QEMU_IDENTITY_FILE,
+    build_kernel_cmdline, build_qemu_args, check_sandbox_option, BootMedia, ImageFs, LaunchPlan,
+    QemuConfig, Vm, VsockBackend, DEFAULT_STATE_ROOT, QEMU_IDENTITY_FILE,
 };
 pub use qmp::{QmpClient, QmpError, QmpStatus};
-pub use virtiofs::{SharedFs, VirtioFsCache, VirtioFsDaemon, DEFAULT_SHARED_FS_TAG, DEFAULT_VIRTIOFSD};
+pub use virtiofs::{
+    SharedFs, VirtioFsCache, VirtioFsDaemon, DEFAULT_SHARED_FS_TAG, DEFAULT_VIRTIOFSD,
+};
 pub use vsock::{find_vsock_daemon, AgentAddress, HybridVsockDaemon, AGENT_VSOCK_PORT};

@@ -198,10 +198,17 @@ pub fn check_sandbox_option(value: &str) -> Result<(), String> {
     let mut parts = value.split(',');
     match parts.next() {
         Some("on") | Some("off") => {}
-        first => return Err(format!("{value:?} must start with on or off, not {:?}", first.unwrap_or(""))),
+        first => {
+            return Err(format!(
+                "{value:?} must start with on or off, not {:?}",
+                first.unwrap_or("")
+            ))
+        }
     }
     for p in parts {
-        let (k, v) = p.split_once('=').ok_or_else(|| format!("{p:?} in {value:?} is not key=value"))?;
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| format!("{p:?} in {value:?} is not key=value"))?;
         let ok = match k {
             "obsolete" => v == "allow" || v == "deny",
             "elevateprivileges" => matches!(v, "allow" | "deny" | "children"),
@@ -209,7 +216,9 @@ pub fn check_sandbox_option(value: &str) -> Result<(), String> {
             _ => return Err(format!("{k:?} in {value:?} is not a -sandbox option (obsolete, elevateprivileges, spawn, resourcecontrol)")),
         };
         if !ok {
-            return Err(format!("{k}={v} in {value:?}: {v:?} is not a value QEMU takes for {k}"));
+            return Err(format!(
+                "{k}={v} in {value:?}: {v:?} is not a value QEMU takes for {k}"
+            ));
         }
     }
     Ok(())
@@ -687,7 +696,10 @@ impl Vm {
         let identity = ProcessIdentity::of(pid)
             .map_err(|e| VmError::io(format!("cannot read QEMU's start time (pid {pid})"), e))?;
         write_new_file(&vm.plan.identity_file, identity.to_record().as_bytes()).map_err(|e| {
-            VmError::io(format!("cannot write {}", vm.plan.identity_file.display()), e)
+            VmError::io(
+                format!("cannot write {}", vm.plan.identity_file.display()),
+                e,
+            )
         })?;
 
         let deadline = vm.started_at + cfg.startup_timeout;
@@ -920,7 +932,11 @@ impl Vm {
                 // pidfile; SIGKILL after the bound whatever happens.
                 if let (Ok(None), Some(q)) = (child.try_wait(), self.qmp.as_mut()) {
                     if let Err(e) = q.quit() {
-                        log::warn!("VM {}: QMP quit failed ({}); killing QEMU", self.id, crate::error_chain(&e));
+                        log::warn!(
+                            "VM {}: QMP quit failed ({}); killing QEMU",
+                            self.id,
+                            crate::error_chain(&e)
+                        );
                     }
                 }
                 match stop_child(child, None, self.shutdown_timeout) {
@@ -943,8 +959,13 @@ impl Vm {
         if self.state_dir_created {
             // Only what this VM created: no symlink is followed and no
             // mount entered (state_fs).
-            let removed = match (self.plan.state_dir.parent(), self.plan.state_dir.file_name()) {
-                (Some(root), Some(name)) => crate::state_fs::remove_below(root, Path::new(name)).map(drop),
+            let removed = match (
+                self.plan.state_dir.parent(),
+                self.plan.state_dir.file_name(),
+            ) {
+                (Some(root), Some(name)) => {
+                    crate::state_fs::remove_below(root, Path::new(name)).map(drop)
+                }
                 _ => Err(std::io::Error::other("not below a state root")),
             };
             if let Err(e) = removed {

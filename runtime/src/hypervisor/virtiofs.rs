@@ -113,8 +113,18 @@ impl VirtioFsDaemon {
     ) -> Result<Self, VmError> {
         match std::fs::metadata(&shared.source) {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(VmError::config("shared_fs", format!("{} is not a directory", shared.source.display()))),
-            Err(e) => return Err(VmError::config("shared_fs", format!("{}: {e}", shared.source.display()))),
+            Ok(_) => {
+                return Err(VmError::config(
+                    "shared_fs",
+                    format!("{} is not a directory", shared.source.display()),
+                ))
+            }
+            Err(e) => {
+                return Err(VmError::config(
+                    "shared_fs",
+                    format!("{}: {e}", shared.source.display()),
+                ))
+            }
         }
         let mut cmd = Command::new(&shared.daemon);
         cmd.args(shared.daemon_args(socket));
@@ -127,7 +137,10 @@ impl VirtioFsDaemon {
             timeout,
             kill_on_parent_death,
         )?;
-        Ok(VirtioFsDaemon { inner, socket: socket.to_owned() })
+        Ok(VirtioFsDaemon {
+            inner,
+            socket: socket.to_owned(),
+        })
     }
 
     pub fn pid(&self) -> u32 {

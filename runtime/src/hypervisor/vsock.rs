@@ -239,7 +239,12 @@ impl HybridVsockDaemon {
         kill_on_parent_death: bool,
     ) -> Result<Self, VmError> {
         let mut cmd = Command::new(binary);
-        cmd.arg("--guest-cid").arg(guest_cid.to_string()).arg("--socket").arg(socket).arg("--uds-path").arg(uds_path);
+        cmd.arg("--guest-cid")
+            .arg(guest_cid.to_string())
+            .arg("--socket")
+            .arg(socket)
+            .arg("--uds-path")
+            .arg(uds_path);
         let inner = HelperDaemon::spawn(
             "vhost-device-vsock",
             cmd,
@@ -249,7 +254,11 @@ impl HybridVsockDaemon {
             timeout,
             kill_on_parent_death,
         )?;
-        Ok(HybridVsockDaemon { inner, socket: socket.to_owned(), uds_path: uds_path.to_owned() })
+        Ok(HybridVsockDaemon {
+            inner,
+            socket: socket.to_owned(),
+            uds_path: uds_path.to_owned(),
+        })
     }
 
     pub fn pid(&self) -> u32 {

@@ -20,8 +20,18 @@ pub const CRIO_SANDBOX_ID: &str = "io.kubernetes.cri-o.SandboxID";
 /// validated, whatever the container type; the two spellings must agree.
 pub fn joined_sandbox(annotations: &HashMap<String, String>) -> Result<Option<String>, String> {
     let get = |k: &str| annotations.get(k).map(String::as_str);
-    let kind = pick(get(CRI_CONTAINER_TYPE), get(CRIO_CONTAINER_TYPE), CRI_CONTAINER_TYPE, CRIO_CONTAINER_TYPE)?;
-    let sid = pick(get(CRI_SANDBOX_ID), get(CRIO_SANDBOX_ID), CRI_SANDBOX_ID, CRIO_SANDBOX_ID)?;
+    let kind = pick(
+        get(CRI_CONTAINER_TYPE),
+        get(CRIO_CONTAINER_TYPE),
+        CRI_CONTAINER_TYPE,
+        CRIO_CONTAINER_TYPE,
+    )?;
+    let sid = pick(
+        get(CRI_SANDBOX_ID),
+        get(CRIO_SANDBOX_ID),
+        CRI_SANDBOX_ID,
+        CRIO_SANDBOX_ID,
+    )?;
     if let Some((key, id)) = sid {
         protocols::ids::check_id(&format!("annotation {key}"), id)?;
     }
@@ -81,15 +91,27 @@ mod tests {
     use super::*;
 
     fn ann(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn both_spellings_name_the_sandbox() {
         assert_eq!(joined_sandbox(&ann(&[])).unwrap(), None);
-        for (t, s) in [(CRI_CONTAINER_TYPE, CRI_SANDBOX_ID), (CRIO_CONTAINER_TYPE, CRIO_SANDBOX_ID)] {
-            assert_eq!(joined_sandbox(&ann(&[(t, "container"), (s, "pod1")])).unwrap(), Some("pod1".into()));
-            assert_eq!(joined_sandbox(&ann(&[(t, "sandbox"), (s, "pod1")])).unwrap(), None);
+        for (t, s) in [
+            (CRI_CONTAINER_TYPE, CRI_SANDBOX_ID),
+            (CRIO_CONTAINER_TYPE, CRIO_SANDBOX_ID),
+        ] {
+            assert_eq!(
+                joined_sandbox(&ann(&[(t, "container"), (s, "pod1")])).unwrap(),
+                Some("pod1".into())
+            );
+            assert_eq!(
+                joined_sandbox(&ann(&[(t, "sandbox"), (s, "pod1")])).unwrap(),
+                None
+            );
         }
     }
 
@@ -97,9 +119,15 @@ mod tests {
     fn hostile_sandbox_ids_are_refused_whatever_the_type() {
         for bad in ["../../../var/lib", "/var/lib", "..", ".", "", "a/b", ".x"] {
             for t in ["container", "sandbox"] {
-                for (tk, sk) in [(CRI_CONTAINER_TYPE, CRI_SANDBOX_ID), (CRIO_CONTAINER_TYPE, CRIO_SANDBOX_ID)] {
+                for (tk, sk) in [
+                    (CRI_CONTAINER_TYPE, CRI_SANDBOX_ID),
+                    (CRIO_CONTAINER_TYPE, CRIO_SANDBOX_ID),
+                ] {
                     let e = joined_sandbox(&ann(&[(tk, t), (sk, bad)])).unwrap_err();
-                    assert!(e.contains(sk) && e.contains("is invalid"), "{bad:?} {t}: {e}");
+                    assert!(
+                        e.contains(sk) && e.contains("is invalid"),
+                        "{bad:?} {t}: {e}"
+                    );
                 }
             }
         }
@@ -144,6 +172,8 @@ mod tests {
         let e = sandbox_id_of_bundle(dir.path(), "c1").unwrap_err();
         assert!(e.contains("config.json") && e.contains("is invalid"), "{e}");
         std::fs::write(dir.path().join("config.json"), "{not json").unwrap();
-        assert!(sandbox_id_of_bundle(dir.path(), "c1").unwrap_err().contains("config.json"));
+        assert!(sandbox_id_of_bundle(dir.path(), "c1")
+            .unwrap_err()
+            .contains("config.json"));
     }
 }

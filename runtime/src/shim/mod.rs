@@ -32,10 +32,10 @@ pub use service::{Service, VM_DIED_STATUS};
 /// The runtime name containerd knows this shim by.
 pub const RUNTIME_ID: &str = "io.containerd.kata.v2";
 
+pub use annotations::sandbox_id_of_bundle;
 /// Container and exec ids: the rule the agent applies too
 /// ([`protocols::ids`]).
 pub use protocols::ids::valid_id;
-pub use annotations::sandbox_id_of_bundle;
 
 fn invalid(msg: impl Into<String>) -> containerd_shim::Error {
     containerd_shim::Error::InvalidArgument(msg.into())
@@ -56,7 +56,9 @@ impl containerd_shim::Shim for KataShim {
         // vhost-device-vsock); a SIGCHLD reaper would steal their statuses.
         config.no_reaper = true;
         config.no_sub_reaper = true;
-        let debug_env = std::env::var("RUST_LOG").map(|v| v.contains("debug")).unwrap_or(false);
+        let debug_env = std::env::var("RUST_LOG")
+            .map(|v| v.contains("debug"))
+            .unwrap_or(false);
         let debug_conf = crate::config::load().map(|c| c.debug()).unwrap_or(false);
         if debug_env || debug_conf {
             config.default_log_level = "debug".into();

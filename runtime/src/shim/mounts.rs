@@ -120,7 +120,13 @@ pub fn make_shared_mountpoint(dir: &Path) -> anyhow::Result<()> {
     use nix::mount::{mount, MsFlags};
     mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
         .map_err(|e| anyhow::anyhow!("bind-mount {} onto itself: {e}", dir.display()))?;
-    if let Err(e) = mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED, None::<&str>) {
+    if let Err(e) = mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    ) {
         let _ = umount2(dir, MntFlags::MNT_DETACH);
         anyhow::bail!("make {} a shared mount: {e}", dir.display());
     }
@@ -151,6 +157,9 @@ mod tests {
             Path::new("/run/kata-containers/shared/sandboxes/sb1")
         );
         assert_eq!(shared_rel("sb1", None), Path::new("shared/sandboxes/sb1"));
-        assert_eq!(shared_rel("sb1", Some("c1")), Path::new("shared/sandboxes/sb1/c1"));
+        assert_eq!(
+            shared_rel("sb1", Some("c1")),
+            Path::new("shared/sandboxes/sb1/c1")
+        );
     }
 }

@@ -82,8 +82,13 @@ impl Sandbox {
         shared_dir: &Path,
     ) -> anyhow::Result<Sandbox> {
         let mut qemu = cfg.qemu_config(id, shared_dir);
-        let cid = CidLease::acquire(&cfg.runtime.state_root.join(SHARED_DIR_NAME).join(CID_DIR_NAME))
-            .map_err(|e| anyhow::anyhow!("sandbox {id}: vsock guest CID: {e}"))?;
+        let cid = CidLease::acquire(
+            &cfg.runtime
+                .state_root
+                .join(SHARED_DIR_NAME)
+                .join(CID_DIR_NAME),
+        )
+        .map_err(|e| anyhow::anyhow!("sandbox {id}: vsock guest CID: {e}"))?;
         qemu.guest_cid = cid.cid();
         log::info!(
             "sandbox {id}: starting VM (kernel {}, {:?}, {} MiB, {} vCPU, shared dir {})",
@@ -93,11 +98,17 @@ impl Sandbox {
             qemu.vcpus,
             shared_dir.display()
         );
-        let mut vm = Vm::start(qemu).map_err(|e| anyhow::anyhow!("sandbox {id}: VM: {}", crate::error_chain(&e)))?;
+        let mut vm = Vm::start(qemu)
+            .map_err(|e| anyhow::anyhow!("sandbox {id}: VM: {}", crate::error_chain(&e)))?;
         log::debug!("sandbox {id}: QEMU command line: {:?}", vm.command_line());
         let call_timeout = cfg.request_timeout();
         let (agent, boot_time) = wait_for_agent(&mut vm, cfg.dial_timeout(), call_timeout)
-            .map_err(|e| anyhow::anyhow!("sandbox {id}: agent did not come up: {}", crate::error_chain(&e)))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "sandbox {id}: agent did not come up: {}",
+                    crate::error_chain(&e)
+                )
+            })?;
         log::info!(
             "sandbox {id}: agent serving {:?} after QEMU start (accel {})",
             boot_time,
@@ -112,9 +123,9 @@ impl Sandbox {
         storage.fstype = "virtiofs".into();
         storage.mount_point = GUEST_SHARED_DIR.into();
         req.storages.push(storage);
-        agent
-            .create_sandbox(&req)
-            .map_err(|e| anyhow::anyhow!("sandbox {id}: CreateSandbox: {}", crate::error_chain(&e)))?;
+        agent.create_sandbox(&req).map_err(|e| {
+            anyhow::anyhow!("sandbox {id}: CreateSandbox: {}", crate::error_chain(&e))
+        })?;
         let address = agent.address().clone();
         Ok(Sandbox {
             id: id.to_string(),
@@ -161,7 +172,10 @@ impl Sandbox {
     /// Everything on the host: the VM, then mounts and the shared directory.
     pub fn destroy(&self, graceful: bool) -> Vec<String> {
         let mut problems = self.stop_vm(graceful);
-        problems.extend(mounts::unmount_and_remove(&self.state_root, &mounts::shared_rel(&self.id, None)));
+        problems.extend(mounts::unmount_and_remove(
+            &self.state_root,
+            &mounts::shared_rel(&self.id, None),
+        ));
         // The parent `shared/sandboxes` stays only while other sandboxes use it.
         if let Some(parent) = self.shared_dir.parent() {
             let _ = std::fs::remove_dir(parent);

@@ -33,8 +33,8 @@ use ttrpc::Code;
 
 use super::mounts;
 use super::sandbox::Sandbox;
-use super::stdio::{StdioPaths, StdioRelay};
 use super::stats::metrics_from_agent;
+use super::stdio::{StdioPaths, StdioRelay};
 use crate::agent_client::{AgentClient, DEFAULT_CONNECT_TIMEOUT};
 use crate::config::KataConfig;
 use crate::oci;
@@ -203,10 +203,12 @@ impl Service {
         if let Some(c) = c.as_ref() {
             return Ok(c.clone());
         }
-        let loaded = Arc::new(
-            crate::config::load()
-                .map_err(|e| status_err(Code::FAILED_PRECONDITION, format!("configuration: {}", crate::error_chain(&e))))?,
-        );
+        let loaded = Arc::new(crate::config::load().map_err(|e| {
+            status_err(
+                Code::FAILED_PRECONDITION,
+                format!("configuration: {}", crate::error_chain(&e)),
+            )
+        })?);
         log::info!("configuration loaded from {}", loaded.file.display());
         if !loaded.ignored.is_empty() {
             log::warn!(
@@ -286,23 +288,35 @@ impl Service {
 
     fn do_create(&self, req: &api::CreateTaskRequest) -> ttrpc::Result<u32> {
         let cid = req.id.as_str();
-        protocols::ids::check_id("container id", cid).map_err(|m| status_err(Code::INVALID_ARGUMENT, m))?;
+        protocols::ids::check_id("container id", cid)
+            .map_err(|m| status_err(Code::INVALID_ARGUMENT, m))?;
         if self.lock().containers.contains_key(cid) {
-            return Err(status_err(Code::ALREADY_EXISTS, format!("container {cid} already exists")));
+            return Err(status_err(
+                Code::ALREADY_EXISTS,
+                format!("container {cid} already exists"),
+            ));
         }
         let cfg = self.config()?;
         let bundle = PathBuf::from(&req.bundle);
         let config_json = bundle.join("config.json");
         let text = std::fs::read_to_string(&config_json)
             .map_err(|e| internal(format!("{}: {e}", config_json.display())))?;
-        let mut spec = oci::spec_from_json(&text)
-            .map_err(|e| status_err(Code::INVALID_ARGUMENT, format!("{}: {e}", config_json.display())))?;
+        let mut spec = oci::spec_from_json(&text).map_err(|e| {
+            status_err(
+                Code::INVALID_ARGUMENT,
+                format!("{}: {e}", config_json.display()),
+            )
+        })?;
 
         crate::config::check_override_annotations(spec.Annotations.keys())
             .map_err(|m| status_err(Code::INVALID_ARGUMENT, format!("container {cid}: {m}")))?;
         // CRI: a "container" joins the sandbox named by its annotation.
-        let joins = super::annotations::joined_sandbox(&spec.Annotations)
-            .map_err(|m| status_err(Code::INVALID_ARGUMENT, format!("{}: {m}", config_json.display())))?;
+        let joins = super::annotations::joined_sandbox(&spec.Annotations).map_err(|m| {
+            status_err(
+                Code::INVALID_ARGUMENT,
+                format!("{}: {m}", config_json.display()),
+            )
+        })?;
         let (sandbox, owns) = match joins {
             Some(sid) => {
                 let st = self.lock();
@@ -311,7 +325,9 @@ impl Service {
                     _ => {
                         return Err(status_err(
                             Code::FAILED_PRECONDITION,
-                            format!("container {cid} joins sandbox {sid}, which this shim does not run"),
+                            format!(
+                                "container {cid} joins sandbox {sid}, which this shim does not run"
+                            ),
                         ))
                     }
                 }
@@ -323,13 +339,21 @@ impl Service {
                         format!("container {cid}: this shim already runs a sandbox; a second one needs its own shim"),
                     ));
                 }
-                let hostname = if spec.Hostname.is_empty() { cid.to_string() } else { spec.Hostname.clone() };
-                let sb = Sandbox::start(&cfg, cid, &hostname).map_err(|e| internal(format!("{e:#}")))?;
+                let hostname = if spec.Hostname.is_empty() {
+                    cid.to_string()
+                } else {
+                    spec.Hostname.clone()
+                };
+                let sb =
+                    Sandbox::start(&cfg, cid, &hostname).map_err(|e| internal(format!("{e:#}")))?;
                 (Arc::new(sb), true)
             }
         };
         let fail_cleanup = || {
-            let _ = mounts::unmount_and_remove(&sandbox.state_root, &mounts::shared_rel(&sandbox.id, Some(cid)));
+            let _ = mounts::unmount_and_remove(
+                &sandbox.state_root,
+                &mounts::shared_rel(&sandbox.id, Some(cid)),
+            );
             if owns {
                 sandbox.destroy(true);
             }
@@ -345,7 +369,11 @@ impl Service {
         creq.container_id = cid.into();
         creq.exec_id = cid.into();
         creq.OCI = MessageField::some(spec);
-        if let Err(e) = sandbox.agent.agent().create_container(sandbox.agent.context(), &creq) {
+        if let Err(e) = sandbox
+            .agent
+            .agent()
+            .create_container(sandbox.agent.context(), &creq)
+        {
             fail_cleanup();
             return Err(internal(format!("container {cid}: CreateContainer: {e}")));
         }
@@ -358,7 +386,13 @@ impl Service {
         };
         let init = Arc::new(Proc::new(cid, "", stdio.clone()));
         // The agent created the process with its stdio: relay from now on.
-        init.lock().relay = Some(StdioRelay::start(&sandbox.address, sandbox.call_timeout, cid, cid, &stdio));
+        init.lock().relay = Some(StdioRelay::start(
+            &sandbox.address,
+            sandbox.call_timeout,
+            cid,
+            cid,
+            &stdio,
+        ));
         {
             let mut st = self.lock();
             if owns {
@@ -408,24 +442,31 @@ impl Service {
         // Bind mounts from the host (volumes, CRI's /etc/hosts...): their
         // sources are bind-mounted into the shared directory.
         for (i, m) in spec.Mounts.iter_mut().enumerate() {
-            let is_bind = m.type_ == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind");
+            let is_bind =
+                m.type_ == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind");
             if !is_bind {
                 continue;
             }
             let src = PathBuf::from(&m.source);
             let name = format!(
                 "{i}-{}",
-                src.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+                src.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
             );
             let readonly = m.options.iter().any(|o| o == "ro");
-            mounts::bind(&src, &host_dir.join("mounts").join(&name), readonly)
-                .map_err(|e| internal(format!("container {cid}: mount {}: {e:#}", m.destination)))?;
+            mounts::bind(&src, &host_dir.join("mounts").join(&name), readonly).map_err(|e| {
+                internal(format!("container {cid}: mount {}: {e:#}", m.destination))
+            })?;
             m.source = format!("{}/{cid}/mounts/{name}", oci::GUEST_SHARED_DIR);
             m.type_ = "bind".into();
         }
         let done = oci::adapt_for_guest(spec, cid);
         if done.dropped_hooks > 0 {
-            log::warn!("container {cid}: {} OCI hooks are not run (host hooks cannot run in the guest)", done.dropped_hooks);
+            log::warn!(
+                "container {cid}: {} OCI hooks are not run (host hooks cannot run in the guest)",
+                done.dropped_hooks
+            );
         }
         if !done.dropped_namespace_paths.is_empty() {
             log::info!(
@@ -433,7 +474,11 @@ impl Service {
                 done.dropped_namespace_paths
             );
         }
-        log::debug!("sandbox {}: container {cid} rootfs at {}", sandbox.id, host_dir.join("rootfs").display());
+        log::debug!(
+            "sandbox {}: container {cid} rootfs at {}",
+            sandbox.id,
+            host_dir.join("rootfs").display()
+        );
         Ok(())
     }
 
@@ -444,7 +489,11 @@ impl Service {
         let namespace = self.namespace.clone();
         std::thread::spawn(move || {
             let status = (|| -> anyhow::Result<u32> {
-                let client = AgentClient::connect(&sandbox.address, DEFAULT_CONNECT_TIMEOUT, Duration::ZERO)?;
+                let client = AgentClient::connect(
+                    &sandbox.address,
+                    DEFAULT_CONNECT_TIMEOUT,
+                    Duration::ZERO,
+                )?;
                 let mut req = WaitProcessRequest::new();
                 req.container_id = p.cid.clone();
                 req.exec_id = p.agent_exec_id().to_string();
@@ -465,11 +514,19 @@ impl Service {
             let relay = p.lock().relay.take();
             if let Some(mut r) = relay {
                 if !r.wait_outputs(OUTPUT_DRAIN) {
-                    log::warn!("{}/{}: output not drained within {OUTPUT_DRAIN:?}", p.cid, p.agent_exec_id());
+                    log::warn!(
+                        "{}/{}: output not drained within {OUTPUT_DRAIN:?}",
+                        p.cid,
+                        p.agent_exec_id()
+                    );
                 }
             }
             if p.set_exited(status) {
-                log::info!("{}/{}: exited with status {status}", p.cid, p.agent_exec_id());
+                log::info!(
+                    "{}/{}: exited with status {status}",
+                    p.cid,
+                    p.agent_exec_id()
+                );
                 publish_exit(&publisher, &namespace, &p, sandbox.vm_pid);
             }
         });
@@ -478,9 +535,13 @@ impl Service {
     fn do_start(&self, id: &str, exec_id: &str) -> ttrpc::Result<u32> {
         let (p, sb) = self.find(id, exec_id)?;
         if p.lock().status != Status::Created {
-            return Err(status_err(Code::FAILED_PRECONDITION, format!("{id}/{exec_id}: already started")));
+            return Err(status_err(
+                Code::FAILED_PRECONDITION,
+                format!("{id}/{exec_id}: already started"),
+            ));
         }
-        sb.check_alive().map_err(|e| internal(format!("sandbox {}: {e}", sb.id)))?;
+        sb.check_alive()
+            .map_err(|e| internal(format!("sandbox {}: {e}", sb.id)))?;
         if exec_id.is_empty() {
             let mut req = StartContainerRequest::new();
             req.container_id = id.into();
@@ -497,7 +558,13 @@ impl Service {
                 .agent()
                 .exec_process(sb.agent.context(), &req)
                 .map_err(|e| internal(format!("container {id}: ExecProcess {exec_id}: {e}")))?;
-            p.lock().relay = Some(StdioRelay::start(&sb.address, sb.call_timeout, id, exec_id, &p.stdio));
+            p.lock().relay = Some(StdioRelay::start(
+                &sb.address,
+                sb.call_timeout,
+                id,
+                exec_id,
+                &p.stdio,
+            ));
         }
         p.lock().status = Status::Running;
         self.spawn_waiter(p.clone(), sb.clone());
@@ -556,7 +623,9 @@ impl Service {
             req.container_id = id.into();
             req.timeout = REMOVE_TIMEOUT_SECS;
             if let Err(e) = sb.agent.agent().remove_container(
-                ttrpc::context::with_duration(sb.call_timeout + Duration::from_secs(REMOVE_TIMEOUT_SECS as u64)),
+                ttrpc::context::with_duration(
+                    sb.call_timeout + Duration::from_secs(REMOVE_TIMEOUT_SECS as u64),
+                ),
                 &req,
             ) {
                 problems.push(format!("RemoveContainer: {e}"));
@@ -564,7 +633,10 @@ impl Service {
         }
         let container = self.lock().containers.remove(id);
         if let Some(c) = container {
-            problems.extend(mounts::unmount_and_remove(&sb.state_root, &mounts::shared_rel(&sb.id, Some(id))));
+            problems.extend(mounts::unmount_and_remove(
+                &sb.state_root,
+                &mounts::shared_rel(&sb.id, Some(id)),
+            ));
             if c.owns_sandbox {
                 problems.extend(sb.destroy(true));
                 self.lock().sandbox = None;
@@ -588,7 +660,11 @@ fn publish_exit(publisher: &RemotePublisher, namespace: &str, p: &Proc, pid: u32
     let s = p.lock();
     let mut ev = TaskExit::new();
     ev.container_id = p.cid.clone();
-    ev.id = if p.exec_id.is_empty() { p.cid.clone() } else { p.exec_id.clone() };
+    ev.id = if p.exec_id.is_empty() {
+        p.cid.clone()
+    } else {
+        p.exec_id.clone()
+    };
     ev.pid = pid;
     ev.exit_status = s.exit_status;
     ev.exited_at = MessageField::some(ts(s.exited_at.unwrap_or_else(SystemTime::now)));
@@ -597,19 +673,43 @@ fn publish_exit(publisher: &RemotePublisher, namespace: &str, p: &Proc, pid: u32
 }
 
 impl containerd_shim::Task for Service {
-    fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
-        log::info!("create {} (bundle {}, {} rootfs mounts, terminal {})", req.id, req.bundle, req.rootfs.len(), req.terminal);
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        log::info!(
+            "create {} (bundle {}, {} rootfs mounts, terminal {})",
+            req.id,
+            req.bundle,
+            req.rootfs.len(),
+            req.terminal
+        );
         let pid = self.do_create(&req)?;
-        Ok(api::CreateTaskResponse { pid, ..Default::default() })
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
     }
 
-    fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+    fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
         log::info!("start {} {}", req.id, req.exec_id);
         let pid = self.do_start(&req.id, &req.exec_id)?;
-        Ok(api::StartResponse { pid, ..Default::default() })
+        Ok(api::StartResponse {
+            pid,
+            ..Default::default()
+        })
     }
 
-    fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+    fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
         let (p, sb) = self.find(&req.id, &req.exec_id)?;
         let bundle = self
             .lock()
@@ -636,10 +736,17 @@ impl containerd_shim::Task for Service {
     }
 
     fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
-        log::info!("exec {} {} (terminal {})", req.id, req.exec_id, req.terminal);
-        protocols::ids::check_id("exec id", &req.exec_id).map_err(|m| status_err(Code::INVALID_ARGUMENT, m))?;
-        let mut process = oci::process_from_json(&req.spec.value)
-            .map_err(|e| status_err(Code::INVALID_ARGUMENT, format!("exec {}: {e}", req.exec_id)))?;
+        log::info!(
+            "exec {} {} (terminal {})",
+            req.id,
+            req.exec_id,
+            req.terminal
+        );
+        protocols::ids::check_id("exec id", &req.exec_id)
+            .map_err(|m| status_err(Code::INVALID_ARGUMENT, m))?;
+        let mut process = oci::process_from_json(&req.spec.value).map_err(|e| {
+            status_err(Code::INVALID_ARGUMENT, format!("exec {}: {e}", req.exec_id))
+        })?;
         oci::adapt_process(&mut process);
         process.Terminal = req.terminal;
         let mut p = Proc::new(
@@ -660,7 +767,10 @@ impl containerd_shim::Task for Service {
                 .get_mut(&req.id)
                 .ok_or_else(|| not_found(format!("container {} not found", req.id)))?;
             if c.execs.contains_key(&req.exec_id) {
-                return Err(status_err(Code::ALREADY_EXISTS, format!("exec {} already exists", req.exec_id)));
+                return Err(status_err(
+                    Code::ALREADY_EXISTS,
+                    format!("exec {} already exists", req.exec_id),
+                ));
             }
             c.execs.insert(req.exec_id.clone(), Arc::new(p));
         }
@@ -684,11 +794,20 @@ impl containerd_shim::Task for Service {
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        log::info!("kill {} {} signal {} all {}", req.id, req.exec_id, req.signal, req.all);
+        log::info!(
+            "kill {} {} signal {} all {}",
+            req.id,
+            req.exec_id,
+            req.signal,
+            req.all
+        );
         let (p, sb) = self.find(&req.id, &req.exec_id)?;
         let status = p.lock().status;
         if status == Status::Stopped {
-            return Err(not_found(format!("{}/{}: process already finished", req.id, req.exec_id)));
+            return Err(not_found(format!(
+                "{}/{}: process already finished",
+                req.id, req.exec_id
+            )));
         }
         if status == Status::Created && req.exec_id.is_empty() {
             // Never started: nothing runs; the kill ends it (as runc does).
@@ -702,16 +821,29 @@ impl containerd_shim::Task for Service {
         }
         let mut sreq = SignalProcessRequest::new();
         sreq.container_id = req.id.clone();
-        sreq.exec_id = if req.all && req.exec_id.is_empty() { String::new() } else { p.agent_exec_id().to_string() };
+        sreq.exec_id = if req.all && req.exec_id.is_empty() {
+            String::new()
+        } else {
+            p.agent_exec_id().to_string()
+        };
         sreq.signal = req.signal;
         sb.agent
             .agent()
             .signal_process(sb.agent.context(), &sreq)
-            .map_err(|e| internal(format!("{}/{}: SignalProcess {}: {e}", req.id, req.exec_id, req.signal)))?;
+            .map_err(|e| {
+                internal(format!(
+                    "{}/{}: SignalProcess {}: {e}",
+                    req.id, req.exec_id, req.signal
+                ))
+            })?;
         Ok(api::Empty::new())
     }
 
-    fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
+    fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
         log::info!("delete {} {}", req.id, req.exec_id);
         self.do_delete(&req.id, &req.exec_id)
     }
@@ -771,7 +903,12 @@ impl containerd_shim::Task for Service {
         let cid = req.id.clone();
         std::thread::spawn(move || {
             for _ in 0..100 {
-                let finished = p.lock().relay.as_ref().map(|r| r.stdin_finished()).unwrap_or(true);
+                let finished = p
+                    .lock()
+                    .relay
+                    .as_ref()
+                    .map(|r| r.stdin_finished())
+                    .unwrap_or(true);
                 if finished {
                     return;
                 }
@@ -787,7 +924,11 @@ impl containerd_shim::Task for Service {
         Ok(api::Empty::new())
     }
 
-    fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
+    fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
         let (p, sb) = self.find(&req.id, &req.exec_id)?;
         let mut rreq = TtyWinResizeRequest::new();
         rreq.container_id = req.id.clone();
@@ -801,7 +942,11 @@ impl containerd_shim::Task for Service {
         Ok(api::Empty::new())
     }
 
-    fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
         let (_p, sb) = self.find(&req.id, "")?;
         let mut sreq = StatsContainerRequest::new();
         sreq.container_id = req.id.clone();
@@ -821,7 +966,11 @@ impl containerd_shim::Task for Service {
         Ok(r)
     }
 
-    fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
+    fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
         let task_pid = self.find(&req.id, "").map(|(_, sb)| sb.vm_pid).unwrap_or(0);
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
@@ -834,7 +983,10 @@ impl containerd_shim::Task for Service {
     fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
         let st = self.lock();
         if !st.containers.is_empty() {
-            log::debug!("shutdown: {} containers remain; staying up", st.containers.len());
+            log::debug!(
+                "shutdown: {} containers remain; staying up",
+                st.containers.len()
+            );
             return Ok(api::Empty::new());
         }
         if let Some(sb) = &st.sandbox {

@@ -100,6 +100,8 @@ mod tests {
         assert_eq!(m.memory.usage_limit, u64::MAX);
         assert_eq!(m.memory.anon, 1024);
         assert_eq!(m.pids.current, 2);
-        assert!(metrics_from_agent(&StatsContainerResponse::new()).memory.is_none());
+        assert!(metrics_from_agent(&StatsContainerResponse::new())
+            .memory
+            .is_none());
     }
 }

@@ -123,7 +123,10 @@ pub fn unblock_fifo_reader(path: &str) {
         return;
     }
     use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path);
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path);
 }
 
 fn relay_stdin(

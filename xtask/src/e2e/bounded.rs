@@ -21,7 +21,10 @@ impl Outcome {
 
     pub(super) fn status_text(&self) -> String {
         match (self.timed_out, self.code, self.signal) {
-            (true, ..) => format!("timed out after {:.1}s and was killed", self.took.as_secs_f64()),
+            (true, ..) => format!(
+                "timed out after {:.1}s and was killed",
+                self.took.as_secs_f64()
+            ),
             (_, Some(c), _) => format!("exit status {c}"),
             (_, None, Some(s)) => format!("killed by signal {s}"),
             _ => "unknown status".into(),
@@ -101,12 +104,21 @@ impl Running {
         Ok((running, pipe.expect("piped")))
     }
 
-    pub(super) fn spawn_inner(mut cmd: Command, piped_stdin: bool) -> Result<(Running, Option<std::process::ChildStdin>)> {
+    pub(super) fn spawn_inner(
+        mut cmd: Command,
+        piped_stdin: bool,
+    ) -> Result<(Running, Option<std::process::ChildStdin>)> {
         let command = describe_command(&cmd);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        cmd.stdin(if piped_stdin { Stdio::piped() } else { Stdio::null() });
+        cmd.stdin(if piped_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         let started = Instant::now();
-        let mut child = cmd.spawn().with_context(|| format!("cannot run `{command}`"))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot run `{command}`"))?;
         let stdin = child.stdin.take();
         let mut readers = Vec::new();
         let out = child.stdout.take().expect("piped");
@@ -118,7 +130,15 @@ impl Running {
                 buf
             }));
         }
-        Ok((Running { command, child, started, readers }, stdin))
+        Ok((
+            Running {
+                command,
+                child,
+                started,
+                readers,
+            },
+            stdin,
+        ))
     }
 
     pub fn pid(&self) -> u32 {
@@ -152,7 +172,11 @@ impl Running {
             while !reader.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
-            streams.push(if reader.is_finished() { reader.join().unwrap_or_default() } else { b"(stream still open)".to_vec() });
+            streams.push(if reader.is_finished() {
+                reader.join().unwrap_or_default()
+            } else {
+                b"(stream still open)".to_vec()
+            });
         }
         use std::os::unix::process::ExitStatusExt;
         Ok(Outcome {

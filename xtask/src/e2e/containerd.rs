@@ -100,7 +100,10 @@ impl PrivateContainerd {
     /// grpc socket path must stay under the 107-byte sun_path limit, and so
     /// must containerd's derived ttrpc socket.
     pub fn temp_dir() -> Result<tempfile::TempDir> {
-        tempfile::Builder::new().prefix("kata-e2e-").tempdir_in("/tmp").context("create a temp dir in /tmp")
+        tempfile::Builder::new()
+            .prefix("kata-e2e-")
+            .tempdir_in("/tmp")
+            .context("create a temp dir in /tmp")
     }
 
     /// Starts containerd in `temp` (from [`PrivateContainerd::temp_dir`]).
@@ -118,21 +121,39 @@ impl PrivateContainerd {
         }
         let layout = ContainerdLayout::new(temp.path());
         if layout.address.as_os_str().len() + ".ttrpc".len() > 100 {
-            bail!("socket path {} is too long for a unix socket", layout.address.display());
+            bail!(
+                "socket path {} is too long for a unix socket",
+                layout.address.display()
+            );
         }
-        for d in [&layout.root, &layout.state, &layout.bin_dir, &layout.fifo_dir, &layout.opt_dir] {
+        for d in [
+            &layout.root,
+            &layout.state,
+            &layout.bin_dir,
+            &layout.fifo_dir,
+            &layout.opt_dir,
+        ] {
             std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
         }
         if let Some(shim) = shim {
             let link = layout.bin_dir.join(SHIM_BINARY);
-            std::os::unix::fs::symlink(shim, &link).with_context(|| format!("link {}", link.display()))?;
+            std::os::unix::fs::symlink(shim, &link)
+                .with_context(|| format!("link {}", link.display()))?;
         }
         std::fs::write(&layout.config, containerd_config(&layout))?;
         if let Some(d) = log.parent() {
             std::fs::create_dir_all(d)?;
         }
-        let log_file = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
-        let token = format!("{}-{}", std::process::id(), temp.path().file_name().unwrap_or_default().to_string_lossy());
+        let log_file =
+            std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        let token = format!(
+            "{}-{}",
+            std::process::id(),
+            temp.path()
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+        );
         let marker = format!("{RUN_MARKER_ENV}={token}");
         let mut path = OsString::from(&layout.bin_dir);
         if let Some(p) = std::env::var_os("PATH") {
@@ -140,11 +161,16 @@ impl PrivateContainerd {
             path.push(p);
         }
         let mut cmd = Command::new("containerd");
-        cmd.arg("--config").arg(&layout.config).env("PATH", path).env(RUN_MARKER_ENV, &token);
+        cmd.arg("--config")
+            .arg(&layout.config)
+            .env("PATH", path)
+            .env(RUN_MARKER_ENV, &token);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
+        cmd.stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file);
         let child = cmd.spawn().context("cannot start containerd")?;
         let pid = child.id();
         let start_ticks = read_proc(pid).map(|p| p.start_ticks).unwrap_or(0);
@@ -166,11 +192,23 @@ impl PrivateContainerd {
     pub(super) fn wait_ready(&mut self) -> Result<()> {
         let t = Instant::now();
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("containerd exited at start ({status}); log {}:\n{}", self.log.display(), tail_lines(&self.log, LOG_TAIL_LINES));
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "containerd exited at start ({status}); log {}:\n{}",
+                    self.log.display(),
+                    tail_lines(&self.log, LOG_TAIL_LINES)
+                );
             }
             if self.layout.address.exists() {
-                let out = run_bounded(self.ctr().command(&["version"]), None, Duration::from_secs(10))?;
+                let out = run_bounded(
+                    self.ctr().command(&["version"]),
+                    None,
+                    Duration::from_secs(10),
+                )?;
                 if out.success() {
                     return Ok(());
                 }
@@ -189,7 +227,11 @@ impl PrivateContainerd {
     }
 
     pub fn ctr(&self) -> Ctr {
-        Ctr { address: self.layout.address.clone(), namespace: NAMESPACE.into(), fifo_dir: self.layout.fifo_dir.clone() }
+        Ctr {
+            address: self.layout.address.clone(),
+            namespace: NAMESPACE.into(),
+            fifo_dir: self.layout.fifo_dir.clone(),
+        }
     }
 
     /// A container id unique to this run, remembered for the checks.
@@ -236,7 +278,12 @@ impl PrivateContainerd {
     pub fn leftovers(&self) -> Vec<String> {
         let mut out = Vec::new();
         for p in self.our_processes() {
-            out.push(format!("process {} ({}) still runs: {}", p.pid, p.program(), p.cmdline()));
+            out.push(format!(
+                "process {} ({}) still runs: {}",
+                p.pid,
+                p.program(),
+                p.cmdline()
+            ));
         }
         for m in mounts_under(&self.layout.dir) {
             out.push(format!("mount {} is still there", m.display()));
@@ -247,10 +294,15 @@ impl PrivateContainerd {
                 out.push(format!("mount {} is still there", m.display()));
             }
             if kata_state.exists() {
-                out.push(format!("kata state dir {} still exists", kata_state.display()));
+                out.push(format!(
+                    "kata state dir {} still exists",
+                    kata_state.display()
+                ));
             }
             // The shim's virtiofsd source dir, where container rootfs are mounted.
-            let shared = Path::new(KATA_STATE_ROOT).join("shared/sandboxes").join(&id);
+            let shared = Path::new(KATA_STATE_ROOT)
+                .join("shared/sandboxes")
+                .join(&id);
             for m in mounts_under(&shared) {
                 out.push(format!("mount {} is still there", m.display()));
             }
@@ -259,18 +311,32 @@ impl PrivateContainerd {
             }
             let sock = self.shim_socket(&id);
             if sock.exists() {
-                out.push(format!("shim socket {} (container {id}) still exists", sock.display()));
+                out.push(format!(
+                    "shim socket {} (container {id}) still exists",
+                    sock.display()
+                ));
             }
-            let bundle = self.layout.state.join("io.containerd.runtime.v2.task").join(NAMESPACE).join(&id);
+            let bundle = self
+                .layout
+                .state
+                .join("io.containerd.runtime.v2.task")
+                .join(NAMESPACE)
+                .join(&id);
             if bundle.exists() {
                 out.push(format!("bundle {} still exists", bundle.display()));
             }
         }
         for s in sockets_under(&self.layout.state) {
-            out.push(format!("socket {} is left in containerd's state dir", s.display()));
+            out.push(format!(
+                "socket {} is left in containerd's state dir",
+                s.display()
+            ));
         }
         let ctr = self.ctr();
-        for (what, args) in [("task", ["tasks", "ls", "-q"]), ("container", ["containers", "ls", "-q"])] {
+        for (what, args) in [
+            ("task", ["tasks", "ls", "-q"]),
+            ("container", ["containers", "ls", "-q"]),
+        ] {
             match run_bounded(ctr.command(&args), None, Duration::from_secs(20)) {
                 Ok(o) if o.success() => {
                     for id in o.stdout.lines().filter(|l| !l.trim().is_empty()) {
@@ -289,7 +355,11 @@ impl PrivateContainerd {
     pub fn force_remove(&self, id: &str) {
         let ctr = self.ctr();
         let t = Duration::from_secs(60);
-        let _ = run_bounded(ctr.command(&["tasks", "kill", "-a", "-s", "SIGKILL", id]), None, t);
+        let _ = run_bounded(
+            ctr.command(&["tasks", "kill", "-a", "-s", "SIGKILL", id]),
+            None,
+            t,
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             match ctr.task_status(id) {
@@ -349,9 +419,15 @@ impl Drop for PrivateContainerd {
         if let Some(temp) = self.temp.take() {
             if self.keep {
                 let kept = temp.keep();
-                eprintln!("test e2e: --keep: containerd dir kept at {}", kept.display());
+                eprintln!(
+                    "test e2e: --keep: containerd dir kept at {}",
+                    kept.display()
+                );
             } else if let Err(e) = temp.close() {
-                eprintln!("test e2e: warning: cannot remove {}: {e}", self.layout.dir.display());
+                eprintln!(
+                    "test e2e: warning: cannot remove {}: {e}",
+                    self.layout.dir.display()
+                );
             }
         }
     }
@@ -367,15 +443,31 @@ pub struct Ctr {
 impl Ctr {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("ctr");
-        cmd.arg("--address").arg(&self.address).arg("--namespace").arg(&self.namespace).args(args);
+        cmd.arg("--address")
+            .arg(&self.address)
+            .arg("--namespace")
+            .arg(&self.namespace)
+            .args(args);
         cmd
     }
 
     /// `ctr run` with our runtime, snapshotter and FIFO dir (ctr's default
     /// FIFO dir is /run/containerd/fifo: outside what we own).
-    pub fn run_command(&self, runtime: &str, flags: &[&str], image: &str, id: &str, args: &[&str]) -> Command {
+    pub fn run_command(
+        &self,
+        runtime: &str,
+        flags: &[&str],
+        image: &str,
+        id: &str,
+        args: &[&str],
+    ) -> Command {
         let mut cmd = self.command(&["run", "--runtime", runtime, "--snapshotter", "overlayfs"]);
-        cmd.arg("--fifo-dir").arg(&self.fifo_dir).args(flags).arg(image).arg(id).args(args);
+        cmd.arg("--fifo-dir")
+            .arg(&self.fifo_dir)
+            .args(flags)
+            .arg(image)
+            .arg(id)
+            .args(args);
         cmd
     }
 
@@ -387,7 +479,12 @@ impl Ctr {
 
     /// The STATUS column of `ctr tasks ls` for `id`, None when it has no task.
     pub fn task_status(&self, id: &str) -> Result<Option<String>> {
-        let out = run_bounded(self.command(&["tasks", "ls"]), None, Duration::from_secs(30))?.require_success()?;
+        let out = run_bounded(
+            self.command(&["tasks", "ls"]),
+            None,
+            Duration::from_secs(30),
+        )?
+        .require_success()?;
         Ok(out.stdout.lines().skip(1).find_map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
             (cols.first() == Some(&id)).then(|| cols.last().unwrap_or(&"").to_string())
@@ -404,7 +501,11 @@ impl Ctr {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        bail!("task {id} is {:?} after {:?}, not {want}", last.unwrap_or_else(|| "gone".into()), timeout)
+        bail!(
+            "task {id} is {:?} after {:?}, not {want}",
+            last.unwrap_or_else(|| "gone".into()),
+            timeout
+        )
     }
 }
 

@@ -15,7 +15,10 @@ pub struct ProcInfo {
 
 impl ProcInfo {
     pub fn program(&self) -> &str {
-        self.argv.first().map(|a| a.rsplit('/').next().unwrap_or(a)).unwrap_or("")
+        self.argv
+            .first()
+            .map(|a| a.rsplit('/').next().unwrap_or(a))
+            .unwrap_or("")
     }
 
     pub fn cmdline(&self) -> String {
@@ -32,13 +35,27 @@ pub fn read_proc(pid: u32) -> Option<ProcInfo> {
     let ppid = fields.get(1)?.parse().ok()?;
     let start_ticks = fields.get(19)?.parse().ok()?;
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let argv = raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-    Some(ProcInfo { pid, ppid, start_ticks, zombie: *state == "Z" || *state == "X", argv })
+    let argv = raw
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    Some(ProcInfo {
+        pid,
+        ppid,
+        start_ticks,
+        zombie: *state == "Z" || *state == "X",
+        argv,
+    })
 }
 
 pub fn all_procs() -> Vec<ProcInfo> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).filter_map(read_proc).collect()
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(read_proc)
+        .collect()
 }
 
 pub(super) fn environ_has(pid: u32, entry: &str) -> bool {
@@ -68,20 +85,26 @@ pub fn pss_kib(pid: u32) -> Result<u64> {
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("Pss:") {
             let kib = rest.trim().trim_end_matches("kB").trim();
-            return kib.parse().with_context(|| format!("/proc/{pid}/smaps_rollup: bad Pss line {line:?}"));
+            return kib
+                .parse()
+                .with_context(|| format!("/proc/{pid}/smaps_rollup: bad Pss line {line:?}"));
         }
     }
     bail!("/proc/{pid}/smaps_rollup has no Pss line")
 }
 
 pub(super) fn signal(pid: u32, sig: nix::sys::signal::Signal) -> Result<()> {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).with_context(|| format!("kill -{sig} {pid}"))
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
+        .with_context(|| format!("kill -{sig} {pid}"))
 }
 
 /// Mount points (decoded) of the current mount namespace.
 pub(super) fn mount_points() -> Vec<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines().filter_map(|l| l.split(' ').nth(4)).map(|m| PathBuf::from(unescape_mountinfo(m))).collect()
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_mountinfo(m)))
+        .collect()
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
@@ -90,7 +113,10 @@ pub(super) fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -103,14 +129,19 @@ pub(super) fn unescape_mountinfo(s: &str) -> String {
 }
 
 pub(super) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    mount_points().into_iter().filter(|m| m.starts_with(dir)).collect()
+    mount_points()
+        .into_iter()
+        .filter(|m| m.starts_with(dir))
+        .collect()
 }
 
 pub(super) fn sockets_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let Ok(ft) = e.file_type() else { continue };
             if ft.is_dir() {

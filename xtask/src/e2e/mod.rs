@@ -106,11 +106,17 @@ const SHIM_SOCKET_ROOT: &str = "/run/containerd/s";
 /// Per-sandbox state of the kata shim (design §5).
 const KATA_STATE_ROOT: &str = "/run/kata-containers";
 /// Process names whose survival after a scenario is a leak.
-const WATCHED_PROGRAMS: &[&str] =
-    &["qemu-system-x86_64", "virtiofsd", "vhost-device-vsock", SHIM_BINARY, "containerd-shim-runc-v2"];
+const WATCHED_PROGRAMS: &[&str] = &[
+    "qemu-system-x86_64",
+    "virtiofsd",
+    "vhost-device-vsock",
+    SHIM_BINARY,
+    "containerd-shim-runc-v2",
+];
 /// Applet links in the test image (all resolve to /bin/busybox).
 const APPLETS: &[&str] = &[
-    "cat", "echo", "env", "false", "id", "ls", "mkdir", "ps", "pwd", "rm", "sh", "sleep", "true", "uname",
+    "cat", "echo", "env", "false", "id", "ls", "mkdir", "ps", "pwd", "rm", "sh", "sleep", "true",
+    "uname",
 ];
 
 /// A ctr command with the kata runtime boots a VM under TCG on a loaded
@@ -157,7 +163,16 @@ pub struct E2eArgs {
 
 impl Default for E2eArgs {
     fn default() -> Self {
-        E2eArgs { shim: None, keep: false, faults: false, image: false, recipe: "minimal".into(), runtime: KATA_RUNTIME.into(), from_release: false, install_deb: false }
+        E2eArgs {
+            shim: None,
+            keep: false,
+            faults: false,
+            image: false,
+            recipe: "minimal".into(),
+            runtime: KATA_RUNTIME.into(),
+            from_release: false,
+            install_deb: false,
+        }
     }
 }
 
@@ -176,14 +191,25 @@ fn target_dir(ctx: &Ctx) -> PathBuf {
 pub fn shim_binary(ctx: &Ctx, explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = explicit {
         if !p.is_file() {
-            return Err(InputError::new(format!("--shim {}: no such file; pass the built {SHIM_BINARY}", p.display())).into());
+            return Err(InputError::new(format!(
+                "--shim {}: no such file; pass the built {SHIM_BINARY}",
+                p.display()
+            ))
+            .into());
         }
         return Ok(std::fs::canonicalize(p)?);
     }
     let cmd_text = format!("cargo build --release -p kata-runtime --bin {SHIM_BINARY}");
     let step = ctx.ui.step(&format!("test e2e: {cmd_text}"));
     let out = Command::new("cargo")
-        .args(["build", "--release", "-p", "kata-runtime", "--bin", SHIM_BINARY])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "kata-runtime",
+            "--bin",
+            SHIM_BINARY,
+        ])
         .current_dir(&ctx.root)
         .stdin(Stdio::null())
         .output()
@@ -193,12 +219,18 @@ pub fn shim_binary(ctx: &Ctx, explicit: Option<&Path>) -> Result<PathBuf> {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         let tail = tail[tail.len().saturating_sub(4)..].join(" | ");
-        bail!("{SHIM_BINARY} is not built: `{cmd_text}` failed ({}): {tail}", out.status);
+        bail!(
+            "{SHIM_BINARY} is not built: `{cmd_text}` failed ({}): {tail}",
+            out.status
+        );
     }
     step.finish("done");
     let bin = target_dir(ctx).join("release").join(SHIM_BINARY);
     if !bin.is_file() {
-        bail!("{SHIM_BINARY} is not built: cargo succeeded but {} does not exist", bin.display());
+        bail!(
+            "{SHIM_BINARY} is not built: cargo succeeded but {} does not exist",
+            bin.display()
+        );
     }
     Ok(bin)
 }
@@ -223,9 +255,11 @@ pub fn kata_configuration(guest: &vmtest::Guest) -> Result<String> {
     };
     // Our extension key; without /dev/vhost-vsock the shim needs it, and
     // containerd's PATH need not hold ~/.cargo/bin where doctor installs it.
-    let vsock_daemon = match crate::tools::which("vhost-device-vsock")
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin/vhost-device-vsock")).filter(|p| p.is_file()))
-    {
+    let vsock_daemon = match crate::tools::which("vhost-device-vsock").or_else(|| {
+        std::env::var_os("HOME")
+            .map(|h| Path::new(&h).join(".cargo/bin/vhost-device-vsock"))
+            .filter(|p| p.is_file())
+    }) {
         Some(p) => format!("vhost_user_vsock_daemon = \"{}\"\n", p.display()),
         None => String::new(),
     };
@@ -306,7 +340,11 @@ impl E2eEnv {
     /// Like [`E2eEnv::start`], with the shim and its configuration.toml
     /// given (`--from-release` takes both from the release tree); `None`
     /// runs without the kata runtime.
-    pub fn start_with(ctx: &Ctx, opts: &EnvOptions, kata: Option<(PathBuf, String)>) -> Result<E2eEnv> {
+    pub fn start_with(
+        ctx: &Ctx,
+        opts: &EnvOptions,
+        kata: Option<(PathBuf, String)>,
+    ) -> Result<E2eEnv> {
         let logs = ctx.logs();
         std::fs::create_dir_all(&logs)?;
         let (shim, config_text) = match kata {
@@ -314,7 +352,9 @@ impl E2eEnv {
             None => (None, None),
         };
         let busybox = image_busybox(ctx)?;
-        let image_work = tempfile::Builder::new().prefix("kata-e2e-image-").tempdir()?;
+        let image_work = tempfile::Builder::new()
+            .prefix("kata-e2e-image-")
+            .tempdir()?;
         let mut image = write_oci_archive(&busybox, image_work.path(), ctx.epoch)?;
 
         // One directory holds (and --keep keeps) everything of the run; the
@@ -332,13 +372,25 @@ impl E2eEnv {
             kata_config = Some(p);
         }
         let archive = temp.path().join("kata-e2e-image.oci.tar");
-        std::fs::rename(&image.archive, &archive).or_else(|_| std::fs::copy(&image.archive, &archive).map(drop))?;
+        std::fs::rename(&image.archive, &archive)
+            .or_else(|_| std::fs::copy(&image.archive, &archive).map(drop))?;
         image.archive = archive;
         drop(image_work);
-        let containerd = PrivateContainerd::start(temp, &logs.join("e2e-containerd.log"), shim.as_deref(), &env, opts.keep)?;
+        let containerd = PrivateContainerd::start(
+            temp,
+            &logs.join("e2e-containerd.log"),
+            shim.as_deref(),
+            &env,
+            opts.keep,
+        )?;
         std::fs::copy(&containerd.layout.config, logs.join("e2e-containerd.toml"))?;
         import_image(&containerd, &image)?;
-        Ok(E2eEnv { containerd, image, shim, kata_config })
+        Ok(E2eEnv {
+            containerd,
+            image,
+            shim,
+            kata_config,
+        })
     }
 
     pub fn ctr(&self) -> Ctr {
@@ -349,12 +401,22 @@ impl E2eEnv {
     /// whole command (create, start, exit, delete), for `bench start`.
     pub fn time_run_true(&self, runtime: &str, name: &str) -> Result<Duration> {
         let id = self.containerd.new_id(name);
-        let timeout = if runtime == KATA_RUNTIME { KATA_COMMAND_TIMEOUT } else { RUNC_COMMAND_TIMEOUT };
-        let cmd = self.ctr().run_command(runtime, &["--rm"], &self.image.name, &id, &["true"]);
+        let timeout = if runtime == KATA_RUNTIME {
+            KATA_COMMAND_TIMEOUT
+        } else {
+            RUNC_COMMAND_TIMEOUT
+        };
+        let cmd = self
+            .ctr()
+            .run_command(runtime, &["--rm"], &self.image.name, &id, &["true"]);
         let out = run_bounded(cmd, None, timeout)?;
         if !out.success() {
             self.containerd.force_remove(&id);
-            bail!("{}\ncontainerd log tail:\n{}", out.describe(), self.containerd.log_tail());
+            bail!(
+                "{}\ncontainerd log tail:\n{}",
+                out.describe(),
+                self.containerd.log_tail()
+            );
         }
         Ok(out.took)
     }
@@ -376,14 +438,25 @@ pub fn sandbox_footprint(container_id: &str) -> Result<SandboxFootprint> {
     let shim = procs
         .iter()
         .filter(|p| !p.zombie && p.program().starts_with("containerd-shim"))
-        .find(|p| p.argv.windows(2).any(|w| w[0] == "-id" && w[1] == container_id))
+        .find(|p| {
+            p.argv
+                .windows(2)
+                .any(|w| w[0] == "-id" && w[1] == container_id)
+        })
         .with_context(|| format!("no containerd shim runs with -id {container_id}"))?;
     let mut processes = Vec::new();
-    for p in descendants(shim.pid, &procs).into_iter().filter(|p| !p.zombie) {
+    for p in descendants(shim.pid, &procs)
+        .into_iter()
+        .filter(|p| !p.zombie)
+    {
         processes.push((p.pid, p.program().to_string(), pss_kib(p.pid)?));
     }
     let total_pss_kib = processes.iter().map(|p| p.2).sum();
-    Ok(SandboxFootprint { container_id: container_id.into(), processes, total_pss_kib })
+    Ok(SandboxFootprint {
+        container_id: container_id.into(),
+        processes,
+        total_pss_kib,
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -400,9 +473,16 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
         .into());
     }
     if !kata && args.shim.is_some() {
-        return Err(InputError::new(format!("--shim is for {KATA_RUNTIME}; drop it or --runtime")).into());
+        return Err(InputError::new(format!(
+            "--shim is for {KATA_RUNTIME}; drop it or --runtime"
+        ))
+        .into());
     }
-    let media = if args.image { Media::Image } else { Media::Initrd };
+    let media = if args.image {
+        Media::Image
+    } else {
+        Media::Initrd
+    };
     if ctx.dry_run {
         ctx.ui.info(&format!(
             "test e2e plan: {}; write the busybox OCI image; start a private containerd (config under a temp dir in /tmp, log {}); \
@@ -414,7 +494,13 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
         ));
         return Ok(());
     }
-    let opts = EnvOptions { kata, shim: args.shim.clone(), media, recipe: args.recipe.clone(), keep: args.keep };
+    let opts = EnvOptions {
+        kata,
+        shim: args.shim.clone(),
+        media,
+        recipe: args.recipe.clone(),
+        keep: args.keep,
+    };
     // The unpacked release (--from-release) must outlive the containerd using it.
     let mut release_tree = None;
     let env = if args.from_release {
@@ -437,13 +523,20 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
         env.image.name,
         env.image.manifest_digest,
         args.runtime,
-        env.shim.as_ref().map(|s| format!(", shim {}", s.display())).unwrap_or_default()
+        env.shim
+            .as_ref()
+            .map(|s| format!(", shim {}", s.display()))
+            .unwrap_or_default()
     ));
     let mut r = Runner {
         ctx,
         env: &env,
         runtime: args.runtime.clone(),
-        timeout: if kata { KATA_COMMAND_TIMEOUT } else { RUNC_COMMAND_TIMEOUT },
+        timeout: if kata {
+            KATA_COMMAND_TIMEOUT
+        } else {
+            RUNC_COMMAND_TIMEOUT
+        },
         results: Vec::new(),
         guest_kernel: None,
     };
@@ -451,13 +544,21 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
     r.scenario("a-kernel", &["uname"], scenario_kernel);
     r.scenario("b-exit-code", &["exit7"], scenario_exit_code);
     r.scenario("c-stdio", &["cat", "outerr"], scenario_stdio);
-    r.scenario("d-detached-exec-kill", &["detached"], scenario_detached_exec_kill);
+    r.scenario(
+        "d-detached-exec-kill",
+        &["detached"],
+        scenario_detached_exec_kill,
+    );
     r.scenario("g-one-char-id", &[], scenario_one_char_id);
     if args.faults {
         if kata {
             r.scenario("f-qemu-killed", &["qemukill"], fault_qemu_killed);
             r.scenario("f-agent-silent", &["silent"], fault_agent_silent);
-            r.scenario("f-hostile-ids", &["hostile1", "hostile2", "hostile3", "hostile4"], fault_hostile_ids);
+            r.scenario(
+                "f-hostile-ids",
+                &["hostile1", "hostile2", "hostile3", "hostile4"],
+                fault_hostile_ids,
+            );
         } else {
             ctx.ui.info("SKIP f-qemu-killed, f-agent-silent, f-hostile-ids: kata only (runc runs no QEMU and reads no CRI annotations)");
             skipped.extend(["f-qemu-killed", "f-agent-silent", "f-hostile-ids"]);
@@ -468,7 +569,11 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
 
     let results = std::mem::take(&mut r.results);
     let guest_kernel = r.guest_kernel.take();
-    let failed: Vec<&str> = results.iter().filter(|s| !s.passed).map(|s| s.name.as_str()).collect();
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|s| !s.passed)
+        .map(|s| s.name.as_str())
+        .collect();
     let passed = results.len() - failed.len();
     if ctx.json {
         ctx.print_json(&json!({
@@ -489,7 +594,10 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
     if let Some(ShippedTree::Installed(deb)) = release_tree.take() {
         deb.purge(ctx)?;
     }
-    ctx.ui.info(&format!("test e2e: {passed} passed, {} failed", failed.len()));
+    ctx.ui.info(&format!(
+        "test e2e: {passed} passed, {} failed",
+        failed.len()
+    ));
     if !failed.is_empty() {
         bail!("test e2e failed: {}", failed.join(", "));
     }

@@ -48,15 +48,24 @@ pub fn write_oci_archive(busybox: &Path, work: &Path, epoch: i64) -> Result<OciI
     for d in ["bin", "etc", "dev", "proc", "sys", "tmp", "root"] {
         std::fs::create_dir_all(layer_root.join(d))?;
     }
-    std::fs::set_permissions(layer_root.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
-    std::fs::set_permissions(layer_root.join("root"), std::fs::Permissions::from_mode(0o700))?;
+    std::fs::set_permissions(
+        layer_root.join("tmp"),
+        std::fs::Permissions::from_mode(0o1777),
+    )?;
+    std::fs::set_permissions(
+        layer_root.join("root"),
+        std::fs::Permissions::from_mode(0o700),
+    )?;
     let bb = layer_root.join("bin/busybox");
     std::fs::copy(busybox, &bb).with_context(|| format!("copy {}", busybox.display()))?;
     std::fs::set_permissions(&bb, std::fs::Permissions::from_mode(0o755))?;
     for applet in APPLETS {
         std::os::unix::fs::symlink("busybox", layer_root.join("bin").join(applet))?;
     }
-    std::fs::write(layer_root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    std::fs::write(
+        layer_root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\n",
+    )?;
     std::fs::write(layer_root.join("etc/group"), "root:x:0:\n")?;
     for f in ["etc/passwd", "etc/group"] {
         std::fs::set_permissions(layer_root.join(f), std::fs::Permissions::from_mode(0o644))?;
@@ -66,7 +75,10 @@ pub fn write_oci_archive(busybox: &Path, work: &Path, epoch: i64) -> Result<OciI
     let blobs = layout.join("blobs/sha256");
     std::fs::create_dir_all(&blobs)?;
     let layer_tar = work.join("layer.tar");
-    rootfs_builder::tar::write_tree_tar(&layer_root, std::io::BufWriter::new(std::fs::File::create(&layer_tar)?))?;
+    rootfs_builder::tar::write_tree_tar(
+        &layer_root,
+        std::io::BufWriter::new(std::fs::File::create(&layer_tar)?),
+    )?;
     let diff_id = file_sha256(&layer_tar)?;
     let layer_gz = work.join("layer.tar.gz");
     // gzip -n: no name, no timestamp in the header, so the digest depends on
@@ -131,14 +143,20 @@ pub fn write_oci_archive(busybox: &Path, work: &Path, epoch: i64) -> Result<OciI
         }],
     });
     std::fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
-    std::fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    std::fs::write(
+        layout.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
     for f in crate::cache::files_below(&layout)? {
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644))?;
     }
     rootfs_builder::tree::pin_times(&layout, epoch)?;
     let archive = work.join("kata-e2e-image.oci.tar");
     let tmp = work.join(".kata-e2e-image.oci.tar.tmp");
-    rootfs_builder::tar::write_tree_tar(&layout, std::io::BufWriter::new(std::fs::File::create(&tmp)?))?;
+    rootfs_builder::tar::write_tree_tar(
+        &layout,
+        std::io::BufWriter::new(std::fs::File::create(&tmp)?),
+    )?;
     std::fs::rename(&tmp, &archive)?;
     let _ = std::fs::remove_dir_all(&layer_root);
     let _ = std::fs::remove_dir_all(&layout);
@@ -156,17 +174,40 @@ pub fn write_oci_archive(busybox: &Path, work: &Path, epoch: i64) -> Result<OciI
 /// with the manifest digest we wrote.
 pub fn import_image(cd: &PrivateContainerd, image: &OciImage) -> Result<()> {
     let ctr = cd.ctr();
-    let mut cmd = ctr.command(&["images", "import", "--base-name", IMAGE_BASE_NAME, "--snapshotter", "overlayfs"]);
+    let mut cmd = ctr.command(&[
+        "images",
+        "import",
+        "--base-name",
+        IMAGE_BASE_NAME,
+        "--snapshotter",
+        "overlayfs",
+    ]);
     cmd.arg(&image.archive);
     run_bounded(cmd, None, Duration::from_secs(120))?
         .require_success()
         .with_context(|| format!("import the test image; containerd log:\n{}", cd.log_tail()))?;
-    let list = run_bounded(ctr.command(&["images", "ls"]), None, Duration::from_secs(30))?.require_success()?;
-    let line = list.stdout.lines().find(|l| l.split_whitespace().next() == Some(image.name.as_str()));
+    let list = run_bounded(
+        ctr.command(&["images", "ls"]),
+        None,
+        Duration::from_secs(30),
+    )?
+    .require_success()?;
+    let line = list
+        .stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(image.name.as_str()));
     match line {
         Some(l) if l.contains(&image.manifest_digest) => Ok(()),
-        Some(l) => bail!("containerd lists {} with another digest than {}: {l}", image.name, image.manifest_digest),
-        None => bail!("after import containerd does not list {}:\n{}", image.name, list.stdout),
+        Some(l) => bail!(
+            "containerd lists {} with another digest than {}: {l}",
+            image.name,
+            image.manifest_digest
+        ),
+        None => bail!(
+            "after import containerd does not list {}:\n{}",
+            image.name,
+            list.stdout
+        ),
     }
 }
 
@@ -184,14 +225,31 @@ mod tests {
         std::fs::write(&bb, b"#!not really busybox\n").unwrap();
         let ia = write_oci_archive(&bb, &a, 1_700_000_000).unwrap();
         let ib = write_oci_archive(&bb, &b, 1_700_000_000).unwrap();
-        assert_eq!(file_sha256(&ia.archive).unwrap(), file_sha256(&ib.archive).unwrap());
+        assert_eq!(
+            file_sha256(&ia.archive).unwrap(),
+            file_sha256(&ib.archive).unwrap()
+        );
         assert_eq!(ia.manifest_digest, ib.manifest_digest);
-        let list = Command::new("tar").arg("-tf").arg(&ia.archive).output().unwrap();
+        let list = Command::new("tar")
+            .arg("-tf")
+            .arg(&ia.archive)
+            .output()
+            .unwrap();
         let names = String::from_utf8(list.stdout).unwrap();
-        for want in ["./oci-layout", "./index.json", &format!("./blobs/sha256/{}", &ia.manifest_digest[7..])] {
-            assert!(names.lines().any(|l| l == want), "{want} missing from:\n{names}");
+        for want in [
+            "./oci-layout",
+            "./index.json",
+            &format!("./blobs/sha256/{}", &ia.manifest_digest[7..]),
+        ] {
+            assert!(
+                names.lines().any(|l| l == want),
+                "{want} missing from:\n{names}"
+            );
         }
         let ic = write_oci_archive(&bb, &a, 1_700_000_001).unwrap();
-        assert_ne!(ic.layer_digest, ia.layer_digest, "the epoch is part of the layer");
+        assert_ne!(
+            ic.layer_digest, ia.layer_digest,
+            "the epoch is part of the layer"
+        );
     }
 }

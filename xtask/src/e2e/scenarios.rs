@@ -29,14 +29,27 @@ impl Runner<'_> {
         self.env.ctr()
     }
 
-    pub(super) fn run(&self, id: &str, flags: &[&str], args: &[&str], stdin: Option<&[u8]>) -> Result<Outcome> {
-        let cmd = self.ctr().run_command(&self.runtime, flags, &self.env.image.name, id, args);
+    pub(super) fn run(
+        &self,
+        id: &str,
+        flags: &[&str],
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Result<Outcome> {
+        let cmd = self
+            .ctr()
+            .run_command(&self.runtime, flags, &self.env.image.name, id, args);
         run_bounded(cmd, stdin.map(|s| s.to_vec()), self.timeout)
     }
 
     /// Runs one scenario; a failure carries the containerd (and so shim)
     /// log tail, and the containers it created are removed afterwards.
-    pub(super) fn scenario(&mut self, name: &str, ids: &[&str], f: impl FnOnce(&mut Self, &[String]) -> Result<String>) {
+    pub(super) fn scenario(
+        &mut self,
+        name: &str,
+        ids: &[&str],
+        f: impl FnOnce(&mut Self, &[String]) -> Result<String>,
+    ) {
         let ids: Vec<String> = ids.iter().map(|n| self.env.containerd.new_id(n)).collect();
         let t = Instant::now();
         let r = f(self, &ids);
@@ -47,20 +60,39 @@ impl Runner<'_> {
                 for id in &ids {
                     self.env.containerd.force_remove(id);
                 }
-                (false, format!("{e:#}\n--- containerd log tail ({}):\n{}", self.env.containerd.log.display(), self.env.containerd.log_tail()))
+                (
+                    false,
+                    format!(
+                        "{e:#}\n--- containerd log tail ({}):\n{}",
+                        self.env.containerd.log.display(),
+                        self.env.containerd.log_tail()
+                    ),
+                )
             }
         };
         if passed {
-            self.ctx.ui.info(&format!("PASS {name} ({ms} ms): {detail}"));
+            self.ctx
+                .ui
+                .info(&format!("PASS {name} ({ms} ms): {detail}"));
         } else {
-            self.ctx.ui.info(&format!("FAIL {name} ({ms} ms): {detail}"));
+            self.ctx
+                .ui
+                .info(&format!("FAIL {name} ({ms} ms): {detail}"));
         }
-        self.results.push(ScenarioResult { name: name.into(), passed, ms, detail });
+        self.results.push(ScenarioResult {
+            name: name.into(),
+            passed,
+            ms,
+            detail,
+        });
     }
 }
 
 pub(super) fn host_kernel() -> Result<String> {
-    Ok(nix::sys::utsname::uname()?.release().to_string_lossy().into_owned())
+    Ok(nix::sys::utsname::uname()?
+        .release()
+        .to_string_lossy()
+        .into_owned())
 }
 
 pub(super) fn expect_code(out: &Outcome, code: i32) -> Result<()> {
@@ -79,25 +111,34 @@ pub(super) fn leftovers_now(cd: &PrivateContainerd) -> Result<()> {
 }
 
 pub(super) fn scenario_kernel(r: &mut Runner, ids: &[String]) -> Result<String> {
-    let out = r.run(&ids[0], &["--rm"], &["uname", "-r"], None)?.require_success()?;
+    let out = r
+        .run(&ids[0], &["--rm"], &["uname", "-r"], None)?
+        .require_success()?;
     let seen = out.stdout.trim().to_string();
     let host = host_kernel()?;
     if r.kata() {
         let want = &r.ctx.versions.kernel.version;
         if !seen.starts_with(want.as_str()) {
-            bail!("the container sees kernel {seen:?}, not the pipeline's {want} (host runs {host})");
+            bail!(
+                "the container sees kernel {seen:?}, not the pipeline's {want} (host runs {host})"
+            );
         }
         if seen == host {
             bail!("the container sees the host's kernel {host}: it did not run in a VM");
         }
         r.guest_kernel = Some(seen.clone());
-        Ok(format!("guest kernel {seen} (pipeline {want}, host {host}) in {} ms", out.took.as_millis()))
+        Ok(format!(
+            "guest kernel {seen} (pipeline {want}, host {host}) in {} ms",
+            out.took.as_millis()
+        ))
     } else {
         // runc shares the host kernel: this proves the harness, not a VM.
         if seen != host {
             bail!("runc container sees kernel {seen:?} but the host runs {host}");
         }
-        Ok(format!("runc container sees the host kernel {seen} (kata asserts the guest kernel here)"))
+        Ok(format!(
+            "runc container sees the host kernel {seen} (kata asserts the guest kernel here)"
+        ))
     }
 }
 
@@ -112,7 +153,9 @@ pub(super) fn scenario_exit_code(r: &mut Runner, ids: &[String]) -> Result<Strin
 /// wait forever. So the data goes in at once and EOF once the task runs,
 /// which is also what a person typing into `ctr run` does.
 pub(super) fn run_with_stdin(r: &Runner, id: &str, args: &[&str], data: &[u8]) -> Result<Outcome> {
-    let cmd = r.ctr().run_command(&r.runtime, &["--rm"], &r.env.image.name, id, args);
+    let cmd = r
+        .ctr()
+        .run_command(&r.runtime, &["--rm"], &r.env.image.name, id, args);
     let (mut running, mut pipe) = Running::spawn_with_stdin(cmd)?;
     pipe.write_all(data).context("write to ctr's stdin")?;
     let ctr = r.ctr();
@@ -130,11 +173,25 @@ pub(super) fn run_with_stdin(r: &Runner, id: &str, args: &[&str], data: &[u8]) -
 pub(super) fn scenario_stdio(r: &mut Runner, ids: &[String]) -> Result<String> {
     let out = run_with_stdin(r, &ids[0], &["cat"], b"hello from stdin\n")?.require_success()?;
     if out.stdout != "hello from stdin\n" {
-        bail!("`cat` echoed {:?}, expected \"hello from stdin\\n\": {}", out.stdout, out.describe());
+        bail!(
+            "`cat` echoed {:?}, expected \"hello from stdin\\n\": {}",
+            out.stdout,
+            out.describe()
+        );
     }
-    let out = r.run(&ids[1], &["--rm"], &["sh", "-c", "echo out; echo err >&2"], None)?.require_success()?;
+    let out = r
+        .run(
+            &ids[1],
+            &["--rm"],
+            &["sh", "-c", "echo out; echo err >&2"],
+            None,
+        )?
+        .require_success()?;
     if out.stdout != "out\n" || out.stderr != "err\n" {
-        bail!("expected stdout \"out\\n\" and stderr \"err\\n\": {}", out.describe());
+        bail!(
+            "expected stdout \"out\\n\" and stderr \"err\\n\": {}",
+            out.describe()
+        );
     }
     Ok("stdin reached cat and came back; stdout and stderr stayed apart".into())
 }
@@ -142,40 +199,77 @@ pub(super) fn scenario_stdio(r: &mut Runner, ids: &[String]) -> Result<String> {
 pub(super) fn scenario_detached_exec_kill(r: &mut Runner, ids: &[String]) -> Result<String> {
     let id = ids[0].as_str();
     let ctr = r.ctr();
-    r.run(id, &["-d"], &["sleep", "300"], None)?.require_success()?;
+    r.run(id, &["-d"], &["sleep", "300"], None)?
+        .require_success()?;
     ctr.wait_task_status(id, "RUNNING", Duration::from_secs(30))?;
     let sock_seen = r.env.containerd.shim_socket(id).exists();
     // The leftover scan must see a live sandbox, or its "nothing left" means nothing.
     let live = r.env.containerd.our_processes();
-    if !live.iter().any(|p| p.program().starts_with("containerd-shim")) {
-        bail!("the process scan finds no shim of ours while {id} runs (found: {:?})", live.iter().map(|p| p.program()).collect::<Vec<_>>());
+    if !live
+        .iter()
+        .any(|p| p.program().starts_with("containerd-shim"))
+    {
+        bail!(
+            "the process scan finds no shim of ours while {id} runs (found: {:?})",
+            live.iter().map(|p| p.program()).collect::<Vec<_>>()
+        );
     }
     if r.kata() && !live.iter().any(|p| p.program() == "qemu-system-x86_64") {
         bail!("the process scan finds no QEMU of ours while {id} runs");
     }
     let footprint = sandbox_footprint(id)?;
-    if footprint.total_pss_kib == 0 || (r.kata() && !footprint.processes.iter().any(|p| p.1 == "qemu-system-x86_64")) {
+    if footprint.total_pss_kib == 0
+        || (r.kata()
+            && !footprint
+                .processes
+                .iter()
+                .any(|p| p.1 == "qemu-system-x86_64"))
+    {
         bail!("implausible footprint of {id}: {footprint:?}");
     }
     let while_running = r.env.containerd.leftovers();
-    if !while_running.iter().any(|l| l.starts_with("mount ")) || !while_running.iter().any(|l| l.contains(id)) {
+    if !while_running.iter().any(|l| l.starts_with("mount "))
+        || !while_running.iter().any(|l| l.contains(id))
+    {
         bail!("the leftover check does not see the running {id} (its rootfs mount and task): {while_running:?}");
     }
-    let out = run_bounded(ctr.exec_command(id, "e1", &["sh", "-c", "echo exec-ok"]), None, r.timeout)?.require_success()?;
+    let out = run_bounded(
+        ctr.exec_command(id, "e1", &["sh", "-c", "echo exec-ok"]),
+        None,
+        r.timeout,
+    )?
+    .require_success()?;
     if out.stdout.trim() != "exec-ok" {
-        bail!("exec printed {:?}, expected exec-ok: {}", out.stdout, out.describe());
+        bail!(
+            "exec printed {:?}, expected exec-ok: {}",
+            out.stdout,
+            out.describe()
+        );
     }
-    run_bounded(ctr.command(&["tasks", "kill", "-s", "SIGKILL", id]), None, r.timeout)?.require_success()?;
+    run_bounded(
+        ctr.command(&["tasks", "kill", "-s", "SIGKILL", id]),
+        None,
+        r.timeout,
+    )?
+    .require_success()?;
     ctr.wait_task_status(id, "STOPPED", Duration::from_secs(60))?;
     // ctr 1.6 reports the status of the deleted task as a warning
     // ("exit with non-zero exit code 137" = 128 + SIGKILL) and exits 0.
-    let del = run_bounded(ctr.command(&["tasks", "delete", id]), None, r.timeout)?.require_success()?;
+    let del =
+        run_bounded(ctr.command(&["tasks", "delete", id]), None, r.timeout)?.require_success()?;
     if !del.stderr.contains("exit code 137") {
-        bail!("ctr tasks delete of a SIGKILLed task does not report exit code 137: {}", del.describe());
+        bail!(
+            "ctr tasks delete of a SIGKILLed task does not report exit code 137: {}",
+            del.describe()
+        );
     }
     run_bounded(ctr.command(&["containers", "delete", id]), None, r.timeout)?.require_success()?;
     leftovers_now(&r.env.containerd)?;
-    let procs: Vec<String> = footprint.processes.iter().map(|(pid, name, kib)| format!("{name}[{pid}] {kib}")).collect();
+    let procs: Vec<String> = footprint
+        .processes
+        .iter()
+        .map(|(pid, name, kib)| format!("{name}[{pid}] {kib}"))
+        .collect();
     Ok(format!(
         "run -d, exec e1 printed exec-ok, SIGKILL -> STOPPED, delete reported 137, container deleted, nothing left; \
          sandbox PSS {} KiB ({}){}",
@@ -197,7 +291,13 @@ pub(super) fn scenario_no_leftovers(r: &mut Runner, _ids: &[String]) -> Result<S
 /// within its bound, and the shim must clean up everything.
 pub(super) fn fault_qemu_killed(r: &mut Runner, ids: &[String]) -> Result<String> {
     let id = ids[0].as_str();
-    let cmd = r.ctr().run_command(&r.runtime, &["--rm"], &r.env.image.name, id, &["sleep", "300"]);
+    let cmd = r.ctr().run_command(
+        &r.runtime,
+        &["--rm"],
+        &r.env.image.name,
+        id,
+        &["sleep", "300"],
+    );
     let mut running = Running::spawn(cmd, None)?;
     let ctr = r.ctr();
     let t = Instant::now();
@@ -215,8 +315,13 @@ pub(super) fn fault_qemu_killed(r: &mut Runner, ids: &[String]) -> Result<String
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let qemus: Vec<ProcInfo> =
-        r.env.containerd.our_processes().into_iter().filter(|p| p.program() == "qemu-system-x86_64").collect();
+    let qemus: Vec<ProcInfo> = r
+        .env
+        .containerd
+        .our_processes()
+        .into_iter()
+        .filter(|p| p.program() == "qemu-system-x86_64")
+        .collect();
     if qemus.len() != 1 {
         let _ = signal(running.pid(), nix::sys::signal::Signal::SIGKILL);
         bail!("expected one QEMU of ours for {id}, found {}", qemus.len());
@@ -225,10 +330,16 @@ pub(super) fn fault_qemu_killed(r: &mut Runner, ids: &[String]) -> Result<String
     let killed = Instant::now();
     let out = running.wait(Duration::from_secs(120))?;
     if out.timed_out {
-        bail!("ctr run did not end within 120 s of QEMU being killed: {}", out.describe());
+        bail!(
+            "ctr run did not end within 120 s of QEMU being killed: {}",
+            out.describe()
+        );
     }
     if out.success() {
-        bail!("ctr run reported success although QEMU was killed: {}", out.describe());
+        bail!(
+            "ctr run reported success although QEMU was killed: {}",
+            out.describe()
+        );
     }
     let detected = killed.elapsed();
     // The shim tears down after reporting the exit; give it a moment.
@@ -239,11 +350,19 @@ pub(super) fn fault_qemu_killed(r: &mut Runner, ids: &[String]) -> Result<String
             break;
         }
         if Instant::now() > deadline {
-            bail!("after QEMU was killed, left behind:\n  {}", left.join("\n  "));
+            bail!(
+                "after QEMU was killed, left behind:\n  {}",
+                left.join("\n  ")
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    Ok(format!("ctr run ended ({}) {} ms after QEMU {} was killed; nothing left", out.status_text(), detected.as_millis(), qemus[0].pid))
+    Ok(format!(
+        "ctr run ended ({}) {} ms after QEMU {} was killed; nothing left",
+        out.status_text(),
+        detected.as_millis(),
+        qemus[0].pid
+    ))
 }
 
 /// The bound of one agent call in the test's configuration.
@@ -255,10 +374,16 @@ pub(super) const AGENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 pub(super) fn fault_agent_silent(r: &mut Runner, ids: &[String]) -> Result<String> {
     let id = ids[0].as_str();
     let ctr = r.ctr();
-    r.run(id, &["-d"], &["sleep", "300"], None)?.require_success()?;
+    r.run(id, &["-d"], &["sleep", "300"], None)?
+        .require_success()?;
     ctr.wait_task_status(id, "RUNNING", Duration::from_secs(60))?;
-    let qemus: Vec<ProcInfo> =
-        r.env.containerd.our_processes().into_iter().filter(|p| p.program() == "qemu-system-x86_64").collect();
+    let qemus: Vec<ProcInfo> = r
+        .env
+        .containerd
+        .our_processes()
+        .into_iter()
+        .filter(|p| p.program() == "qemu-system-x86_64")
+        .collect();
     if qemus.len() != 1 {
         bail!("expected one QEMU of ours for {id}, found {}", qemus.len());
     }
@@ -266,14 +391,21 @@ pub(super) fn fault_agent_silent(r: &mut Runner, ids: &[String]) -> Result<Strin
     signal(qemu, nix::sys::signal::Signal::SIGSTOP)?;
     let t = Instant::now();
     let bound = AGENT_REQUEST_TIMEOUT + Duration::from_secs(30);
-    let out = run_bounded(ctr.exec_command(id, "silent", &["true"]), None, bound + Duration::from_secs(30));
+    let out = run_bounded(
+        ctr.exec_command(id, "silent", &["true"]),
+        None,
+        bound + Duration::from_secs(30),
+    );
     let waited = t.elapsed();
     // Whatever happened, end the frozen sandbox the hard way.
     let _ = signal(qemu, nix::sys::signal::Signal::SIGKILL);
     let _ = signal(qemu, nix::sys::signal::Signal::SIGCONT);
     let out = out?;
     if out.success() {
-        bail!("exec succeeded although the guest was frozen: {}", out.describe());
+        bail!(
+            "exec succeeded although the guest was frozen: {}",
+            out.describe()
+        );
     }
     if out.timed_out || waited > bound {
         bail!("the error took {waited:?}, beyond the agent request bound {AGENT_REQUEST_TIMEOUT:?} (+30 s): {}", out.describe());
@@ -287,12 +419,23 @@ pub(super) fn fault_agent_silent(r: &mut Runner, ids: &[String]) -> Result<Strin
             break;
         }
         if Instant::now() > deadline {
-            bail!("after the silent agent, left behind:\n  {}", left.join("\n  "));
+            bail!(
+                "after the silent agent, left behind:\n  {}",
+                left.join("\n  ")
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let first = out.stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("").to_string();
-    Ok(format!("exec failed after {} ms with: {first}; nothing left", waited.as_millis()))
+    let first = out
+        .stderr
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .to_string();
+    Ok(format!(
+        "exec failed after {} ms with: {first}; nothing left",
+        waited.as_millis()
+    ))
 }
 
 /// Specs the runtime cannot honour must come back to ctr as an error and
@@ -300,7 +443,11 @@ pub(super) fn fault_agent_silent(r: &mut Runner, ids: &[String]) -> Result<Strin
 pub(super) fn fault_invalid_spec(r: &mut Runner, ids: &[String]) -> Result<String> {
     let mut seen = Vec::new();
     let cases: [(&str, &[&str], &[&str]); 2] = [
-        ("a cwd under a regular file", &["--rm", "--cwd", "/bin/busybox/nowhere"], &["true"]),
+        (
+            "a cwd under a regular file",
+            &["--rm", "--cwd", "/bin/busybox/nowhere"],
+            &["true"],
+        ),
         ("a missing executable", &["--rm"], &["/does/not/exist"]),
     ];
     for ((what, flags, args), id) in cases.iter().zip(ids) {
@@ -312,7 +459,13 @@ pub(super) fn fault_invalid_spec(r: &mut Runner, ids: &[String]) -> Result<Strin
             bail!("{what}: ctr failed without saying why: {}", out.describe());
         }
         leftovers_now(&r.env.containerd).with_context(|| format!("after {what}"))?;
-        let first = out.stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+        let first = out
+            .stderr
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim()
+            .to_string();
         seen.push(format!("{what}: {} ({first})", out.status_text()));
     }
     Ok(seen.join("; "))
@@ -330,37 +483,79 @@ pub(super) fn fault_hostile_ids(r: &mut Runner, ids: &[String]) -> Result<String
     std::fs::write(victim.join("sub/also"), b"keep")?;
     let result = (|| -> Result<String> {
         // From <state root>/shared/sandboxes/ (and from <state root>/).
-        let up = format!("../../../{}", victim.file_name().unwrap_or_default().to_string_lossy());
+        let up = format!(
+            "../../../{}",
+            victim.file_name().unwrap_or_default().to_string_lossy()
+        );
         let abs = victim.display().to_string();
         let cases = [
-            ("io.kubernetes.cri.container-type", "container", "io.kubernetes.cri.sandbox-id", up.as_str()),
-            ("io.kubernetes.cri.container-type", "container", "io.kubernetes.cri.sandbox-id", abs.as_str()),
-            ("io.kubernetes.cri.container-type", "sandbox", "io.kubernetes.cri.sandbox-id", up.as_str()),
-            ("io.kubernetes.cri-o.ContainerType", "container", "io.kubernetes.cri-o.SandboxID", up.as_str()),
+            (
+                "io.kubernetes.cri.container-type",
+                "container",
+                "io.kubernetes.cri.sandbox-id",
+                up.as_str(),
+            ),
+            (
+                "io.kubernetes.cri.container-type",
+                "container",
+                "io.kubernetes.cri.sandbox-id",
+                abs.as_str(),
+            ),
+            (
+                "io.kubernetes.cri.container-type",
+                "sandbox",
+                "io.kubernetes.cri.sandbox-id",
+                up.as_str(),
+            ),
+            (
+                "io.kubernetes.cri-o.ContainerType",
+                "container",
+                "io.kubernetes.cri-o.SandboxID",
+                up.as_str(),
+            ),
         ];
         let mut seen = Vec::new();
         for ((type_key, kind, id_key, sid), id) in cases.iter().zip(ids) {
             let what = format!("{id_key}={sid} ({kind})");
             let type_ann = format!("{type_key}={kind}");
             let id_ann = format!("{id_key}={sid}");
-            let out = r.run(id, &["--rm", "--annotation", &type_ann, "--annotation", &id_ann], &["true"], None)?;
+            let out = r.run(
+                id,
+                &["--rm", "--annotation", &type_ann, "--annotation", &id_ann],
+                &["true"],
+                None,
+            )?;
             if out.success() || out.timed_out {
                 bail!("{what}: expected ctr to fail: {}", out.describe());
             }
             if !(out.stderr.contains(id_key) && out.stderr.contains("is invalid")) {
-                bail!("{what}: the error does not name the annotation and say it is invalid: {}", out.describe());
+                bail!(
+                    "{what}: the error does not name the annotation and say it is invalid: {}",
+                    out.describe()
+                );
             }
             for f in ["precious", "sub/also"] {
                 if std::fs::read(victim.join(f)).ok().as_deref() != Some(&b"keep"[..]) {
-                    bail!("{what}: {} was changed or removed", victim.join(f).display());
+                    bail!(
+                        "{what}: {} was changed or removed",
+                        victim.join(f).display()
+                    );
                 }
             }
             // containerd keeps the container record of a failed `run --rm`.
-            let _ = run_bounded(r.ctr().command(&["containers", "delete", id]), None, r.timeout);
+            let _ = run_bounded(
+                r.ctr().command(&["containers", "delete", id]),
+                None,
+                r.timeout,
+            );
             leftovers_now(&r.env.containerd).with_context(|| format!("after {what}"))?;
             seen.push(what);
         }
-        Ok(format!("refused with the annotation named, victim {} intact, nothing left: {}", victim.display(), seen.join("; ")))
+        Ok(format!(
+            "refused with the annotation named, victim {} intact, nothing left: {}",
+            victim.display(),
+            seen.join("; ")
+        ))
     })();
     let _ = std::fs::remove_dir_all(&victim);
     result
@@ -373,15 +568,22 @@ pub(super) fn scenario_one_char_id(r: &mut Runner, _ids: &[String]) -> Result<St
     // "names one of our ids on the command line" process scan match
     // unrelated processes. Ours are still found by the run marker.
     let id = "k";
-    let out = r.run(id, &["--rm"], &["sh", "-c", "echo one-char-ok"], None)?.require_success()?;
+    let out = r
+        .run(id, &["--rm"], &["sh", "-c", "echo one-char-ok"], None)?
+        .require_success()?;
     if out.stdout.trim() != "one-char-ok" {
         bail!("expected one-char-ok: {}", out.describe());
     }
-    for p in [Path::new(KATA_STATE_ROOT).join(id), Path::new(KATA_STATE_ROOT).join("shared/sandboxes").join(id)] {
+    for p in [
+        Path::new(KATA_STATE_ROOT).join(id),
+        Path::new(KATA_STATE_ROOT).join("shared/sandboxes").join(id),
+    ] {
         if p.symlink_metadata().is_ok() {
             bail!("{} is left behind", p.display());
         }
     }
     leftovers_now(&r.env.containerd)?;
-    Ok(format!("ctr run {id} ran and printed one-char-ok; nothing left"))
+    Ok(format!(
+        "ctr run {id} ran and printed one-char-ok; nothing left"
+    ))
 }

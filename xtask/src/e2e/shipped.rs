@@ -23,9 +23,16 @@ impl InstalledDeb {
         if !nix::unistd::Uid::effective().is_root() {
             return Err(InputError::new("--install-deb runs `dpkg -i` into /opt/kata and needs root; run as root or drop --install-deb").into());
         }
-        let package = crate::tools::run_captured(Command::new("dpkg-deb").arg("-f").arg(deb).arg("Package"))?.trim().to_string();
-        let status = Command::new("dpkg-query").args(["-W", "-f=${db:Status-Status}", &package]).output()?;
-        if status.status.success() && String::from_utf8_lossy(&status.stdout).trim() != "not-installed" {
+        let package =
+            crate::tools::run_captured(Command::new("dpkg-deb").arg("-f").arg(deb).arg("Package"))?
+                .trim()
+                .to_string();
+        let status = Command::new("dpkg-query")
+            .args(["-W", "-f=${db:Status-Status}", &package])
+            .output()?;
+        if status.status.success()
+            && String::from_utf8_lossy(&status.stdout).trim() != "not-installed"
+        {
             return Err(InputError::new(format!(
                 "--install-deb: {package} is already installed on this host; remove it first (dpkg --purge {package}) so the test can install and purge its own"
             ))
@@ -40,10 +47,17 @@ impl InstalledDeb {
             .into());
         }
         let step = ctx.ui.step(&format!("test e2e: dpkg -i {}", deb.display()));
-        let installed = InstalledDeb { package, purged: false };
+        let installed = InstalledDeb {
+            package,
+            purged: false,
+        };
         // A failed install is purged too (dpkg may have unpacked files).
         crate::tools::run_captured(Command::new("dpkg").arg("-i").arg(deb))?;
-        step.finish(&format!("{} installed into {}", installed.package, prefix.display()));
+        step.finish(&format!(
+            "{} installed into {}",
+            installed.package,
+            prefix.display()
+        ));
         Ok(installed)
     }
 
@@ -53,9 +67,17 @@ impl InstalledDeb {
         crate::tools::run_captured(Command::new("dpkg").arg("--purge").arg(&self.package))?;
         let prefix = Path::new(crate::release::PREFIX);
         if prefix.exists() {
-            bail!("dpkg --purge {} left {} behind", self.package, prefix.display());
+            bail!(
+                "dpkg --purge {} left {} behind",
+                self.package,
+                prefix.display()
+            );
         }
-        ctx.ui.info(&format!("test e2e: dpkg --purge {}: {} is gone", self.package, prefix.display()));
+        ctx.ui.info(&format!(
+            "test e2e: dpkg --purge {}: {} is gone",
+            self.package,
+            prefix.display()
+        ));
         Ok(())
     }
 }
@@ -63,7 +85,12 @@ impl InstalledDeb {
 impl Drop for InstalledDeb {
     fn drop(&mut self) {
         if !self.purged {
-            let _ = Command::new("dpkg").arg("--purge").arg(&self.package).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            let _ = Command::new("dpkg")
+                .arg("--purge")
+                .arg(&self.package)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
@@ -83,14 +110,33 @@ pub(super) fn from_release(ctx: &Ctx, install_deb: bool) -> Result<(ShippedTree,
     let config_rel = "share/defaults/kata-containers/configuration.toml";
     if install_deb {
         let installed = InstalledDeb::install(ctx, &built.deb)?;
-        let config = std::fs::read_to_string(prefix.join(config_rel))
-            .with_context(|| format!("the .deb installed no {}", prefix.join(config_rel).display()))?;
-        return Ok((ShippedTree::Installed(installed), prefix.join("bin").join(SHIM_BINARY), config));
+        let config = std::fs::read_to_string(prefix.join(config_rel)).with_context(|| {
+            format!(
+                "the .deb installed no {}",
+                prefix.join(config_rel).display()
+            )
+        })?;
+        return Ok((
+            ShippedTree::Installed(installed),
+            prefix.join("bin").join(SHIM_BINARY),
+            config,
+        ));
     }
-    let tree = tempfile::Builder::new().prefix("kata-e2e-release-").tempdir()?;
-    crate::tools::run_captured(Command::new("tar").arg("--zstd").arg("-xf").arg(&built.tarball).arg("-C").arg(tree.path()))
-        .context("unpack the release tarball (needs GNU tar and zstd)")?;
-    let root = tree.path().join(prefix.strip_prefix("/").expect("absolute prefix"));
+    let tree = tempfile::Builder::new()
+        .prefix("kata-e2e-release-")
+        .tempdir()?;
+    crate::tools::run_captured(
+        Command::new("tar")
+            .arg("--zstd")
+            .arg("-xf")
+            .arg(&built.tarball)
+            .arg("-C")
+            .arg(tree.path()),
+    )
+    .context("unpack the release tarball (needs GNU tar and zstd)")?;
+    let root = tree
+        .path()
+        .join(prefix.strip_prefix("/").expect("absolute prefix"));
     let shipped = std::fs::read_to_string(root.join(config_rel))
         .with_context(|| format!("the release tarball has no {config_rel}"))?;
     let config = shipped.replace(crate::release::PREFIX, &root.display().to_string());
@@ -98,6 +144,10 @@ pub(super) fn from_release(ctx: &Ctx, install_deb: bool) -> Result<(ShippedTree,
     if !shim.is_file() {
         bail!("the release tarball has no bin/{SHIM_BINARY}");
     }
-    ctx.ui.info(&format!("test e2e: from release {} unpacked at {}", built.tarball.display(), root.display()));
+    ctx.ui.info(&format!(
+        "test e2e: from release {} unpacked at {}",
+        built.tarball.display(),
+        root.display()
+    ));
     Ok((ShippedTree::Unpacked(tree), shim, config))
 }
