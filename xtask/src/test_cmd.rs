@@ -39,7 +39,7 @@ pub enum TestWhat {
     Vm(crate::vmtest::VmArgs),
     /// Run containers through a private containerd with the built shim.
     E2e(crate::e2e::E2eArgs),
-    /// Two releases in clean clones at different paths give the same SHA256SUMS.
+    /// This checkout's release and a clean clone's give the same SHA256SUMS.
     Repro(crate::repro::ReproArgs),
     /// Everything CI runs (the default).
     All,
