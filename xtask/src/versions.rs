@@ -204,6 +204,33 @@ impl Versions {
         if self.kernel.kata_config_version == 0 {
             return bad("kernel.kata_config_version", "starts at 1".into());
         }
+        if !SUPPORTED_ARCHITECTURES.contains(&self.distro.architecture.as_str()) {
+            return bad(
+                "distro.architecture",
+                format!(
+                    "`{}` is not supported: use one of {}",
+                    self.distro.architecture,
+                    SUPPORTED_ARCHITECTURES.join(", ")
+                ),
+            );
+        }
+        let debian = [
+            ("kernel.debian", &self.kernel.debian),
+            ("busybox.debian", &self.busybox.debian),
+            ("reference_kernel.debian", &self.reference_kernel.debian),
+        ];
+        for (key, pin) in debian {
+            check_package_name(&pin.package).or_else(|e| bad(&format!("{key}.package"), e))?;
+            check_package_version(&pin.version).or_else(|e| bad(&format!("{key}.version"), e))?;
+            check_member(&pin.member).or_else(|e| bad(&format!("{key}.member"), e))?;
+        }
+        for (key, pkg) in [
+            ("qemu.debian", &self.qemu.debian),
+            ("containerd.debian", &self.containerd.debian),
+        ] {
+            check_package_name(&pkg.package).or_else(|e| bad(&format!("{key}.package"), e))?;
+            check_package_version(&pkg.version).or_else(|e| bad(&format!("{key}.version"), e))?;
+        }
         Ok(())
     }
 
@@ -217,6 +244,65 @@ impl Versions {
             }),
             _ => Ok(self.source_date_epoch),
         }
+    }
+}
+
+/// Debian architectures the kernel configs and the agent target exist for.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["amd64"];
+
+/// Debian policy 5.6.1: `[a-z0-9][a-z0-9+.-]+`. Checked before a name
+/// reaches apt-get, where an option-like or spaced name would mean
+/// something else.
+fn check_package_name(name: &str) -> Result<(), String> {
+    let b = name.as_bytes();
+    if b.len() >= 2
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'+' | b'.' | b'-')
+        })
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a Debian package name ([a-z0-9][a-z0-9+.-]+)"
+        ))
+    }
+}
+
+/// Debian policy 5.6.12: `[epoch:]upstream[-revision]`, the epoch digits,
+/// the rest `[A-Za-z0-9.+~-]`, starting with a digit.
+fn check_package_version(version: &str) -> Result<(), String> {
+    let (epoch, rest) = match version.split_once(':') {
+        Some((e, r)) => (Some(e), r),
+        None => (None, version),
+    };
+    let epoch_ok = epoch.is_none_or(|e| !e.is_empty() && e.bytes().all(|c| c.is_ascii_digit()));
+    let rest_ok = rest.as_bytes().first().is_some_and(u8::is_ascii_digit)
+        && rest
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'+' | b'~' | b'-'));
+    if epoch_ok && rest_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{version}` is not a Debian version ([epoch:]upstream[-revision])"
+        ))
+    }
+}
+
+/// A path inside a package: relative, plain components only, ending in a
+/// file name. It is joined to the unpack directory, so `..` or an absolute
+/// path would name something outside it.
+fn check_member(member: &str) -> Result<(), String> {
+    use std::path::Component;
+    let p = Path::new(member);
+    let plain = !member.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
+    if plain && !member.ends_with('/') && p.file_name().is_some() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{member}` must be a relative path to a file inside the package (no leading /, no .., e.g. usr/src/linux-source-6.1.tar.xz)"
+        ))
     }
 }
 
@@ -341,6 +427,120 @@ mod tests {
             toml.contains(&format!("\"{}\"", v.rust.musl_target)),
             "rust-toolchain.toml lists the musl target"
         );
+    }
+
+    fn parse_repo_with(from: &str, to: &str) -> Result<Versions, InputError> {
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../versions.yaml"))
+                .unwrap();
+        assert!(
+            text.contains(from),
+            "versions.yaml no longer contains {from:?}"
+        );
+        Versions::parse(&text.replacen(from, to, 1), Path::new("versions.yaml"))
+    }
+
+    #[test]
+    fn semantic_rules_name_the_key() {
+        let cases = [
+            ("version: \"0.1.0\"", "version: \"0.1\"", "version:"),
+            (
+                "source_date_epoch: 1735689600",
+                "source_date_epoch: -1",
+                "source_date_epoch:",
+            ),
+            (
+                "kata_config_version: 1",
+                "kata_config_version: 0",
+                "kernel.kata_config_version:",
+            ),
+            (
+                "architecture: amd64",
+                "architecture: sparc",
+                "distro.architecture:",
+            ),
+            (
+                "member: usr/src/linux-source-6.1.tar.xz",
+                "member: ../../etc/passwd.tar.xz",
+                "kernel.debian.member:",
+            ),
+            (
+                "member: usr/src/linux-source-6.1.tar.xz",
+                "member: /usr/src/linux-source-6.1.tar.xz",
+                "kernel.debian.member:",
+            ),
+            (
+                "member: bin/busybox",
+                "member: bin/",
+                "busybox.debian.member:",
+            ),
+            (
+                "member: bin/busybox",
+                "member: \"\"",
+                "busybox.debian.member:",
+            ),
+            (
+                "member: bin/busybox",
+                "member: bin/../../x",
+                "busybox.debian.member:",
+            ),
+            (
+                "package: busybox-static",
+                "package: \"-o APT::Get=1\"",
+                "busybox.debian.package:",
+            ),
+            (
+                "package: busybox-static",
+                "package: Busybox",
+                "busybox.debian.package:",
+            ),
+            (
+                "version: \"1:1.35.0-4+deb12u1+b1\"",
+                "version: \"1:1.35 --allow\"",
+                "busybox.debian.version:",
+            ),
+            (
+                "version: \"1:1.35.0-4+deb12u1+b1\"",
+                "version: \"x:1.35\"",
+                "busybox.debian.version:",
+            ),
+        ];
+        for (from, to, key) in cases {
+            let e = parse_repo_with(from, to)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("versions.yaml: ") && e.contains(key),
+                "{to}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn source_date_epoch_from_the_environment_is_checked() {
+        // Only this test touches the variable in this process's tests.
+        let v = parse_repo_with("version: \"0.1.0\"", "version: \"0.1.0\"").unwrap();
+        let set = |value: Option<&str>| {
+            // SAFETY: set_var/remove_var are unsound only against another
+            // thread reading the environment at the same moment through
+            // libc; no other test of this binary reads SOURCE_DATE_EPOCH,
+            // and a child another test spawns meanwhile ignores it.
+            unsafe {
+                match value {
+                    Some(v) => std::env::set_var("SOURCE_DATE_EPOCH", v),
+                    None => std::env::remove_var("SOURCE_DATE_EPOCH"),
+                }
+            }
+        };
+        set(Some("-5"));
+        let e = v.effective_epoch().unwrap_err().to_string();
+        set(Some("42"));
+        let ok = v.effective_epoch().unwrap();
+        set(None);
+        assert!(e.contains("SOURCE_DATE_EPOCH"), "{e}");
+        assert_eq!(ok, 42);
+        assert_eq!(v.effective_epoch().unwrap(), v.source_date_epoch);
     }
 
     #[test]
