@@ -93,15 +93,31 @@ pub fn remove_below(root: &Path, rel: &Path) -> io::Result<Removal> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Removal::Absent),
         Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", root.display()))),
     };
-    let mut dir = Dir::open(&root, DIR_FLAGS, Mode::empty())
-        .map_err(|e| errno_at(&root, "open state root", e))?;
-    let mut path = root.clone();
+    let Some((dir, last, path)) = walk_to_parent(&root, &names)? else {
+        return Ok(Removal::Absent);
+    };
+    remove_entry(&dir, last, &path)
+}
+
+/// The directory holding the last of `names` below `root`, reached one
+/// `O_NOFOLLOW` component at a time, with that last name and its full path;
+/// `None` when `root` or a component is missing.
+fn walk_to_parent<'n>(
+    root: &Path,
+    names: &[&'n OsStr],
+) -> io::Result<Option<(Dir, &'n OsStr, PathBuf)>> {
+    let mut dir = match Dir::open(root, DIR_FLAGS, Mode::empty()) {
+        Ok(d) => d,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(errno_at(root, "open state root", e)),
+    };
+    let mut path = root.to_path_buf();
     let (last, parents) = names.split_last().expect("plain_components is never empty");
     for name in parents {
         path.push(name);
-        match Dir::openat(Some(dir.as_raw_fd()), *name, DIR_FLAGS, Mode::empty()) {
-            Ok(d) => dir = d,
-            Err(Errno::ENOENT) => return Ok(Removal::Absent),
+        dir = match Dir::openat(Some(dir.as_raw_fd()), *name, DIR_FLAGS, Mode::empty()) {
+            Ok(d) => d,
+            Err(Errno::ENOENT) => return Ok(None),
             Err(Errno::ELOOP) | Err(Errno::ENOTDIR) => {
                 return Err(refuse(
                     &path,
@@ -109,10 +125,10 @@ pub fn remove_below(root: &Path, rel: &Path) -> io::Result<Removal> {
                 ))
             }
             Err(e) => return Err(errno_at(&path, "open", e)),
-        }
+        };
     }
     path.push(last);
-    remove_entry(&dir, last, &path)
+    Ok(Some((dir, last, path)))
 }
 
 /// Create `root/rel` (and the missing directories on the way) with `mode`,
@@ -157,30 +173,11 @@ pub fn create_below(root: &Path, rel: &Path, mode: u32) -> io::Result<PathBuf> {
 pub fn read_below(root: &Path, rel: &Path) -> io::Result<Option<Vec<u8>>> {
     use std::io::Read;
     let names = plain_components(rel)?;
-    let mut dir = match Dir::open(root, DIR_FLAGS, Mode::empty()) {
-        Ok(d) => d,
-        Err(Errno::ENOENT) => return Ok(None),
-        Err(e) => return Err(errno_at(root, "open state root", e)),
+    let Some((dir, last, path)) = walk_to_parent(root, &names)? else {
+        return Ok(None);
     };
-    let mut path = root.to_path_buf();
-    let (last, parents) = names.split_last().expect("plain_components is never empty");
-    for name in parents {
-        path.push(name);
-        dir = match Dir::openat(Some(dir.as_raw_fd()), *name, DIR_FLAGS, Mode::empty()) {
-            Ok(d) => d,
-            Err(Errno::ENOENT) => return Ok(None),
-            Err(Errno::ELOOP) | Err(Errno::ENOTDIR) => {
-                return Err(refuse(
-                    &path,
-                    "not a directory the runtime created (a symlink?)",
-                ))
-            }
-            Err(e) => return Err(errno_at(&path, "open", e)),
-        };
-    }
-    path.push(last);
     let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
-    let fd = match nix::fcntl::openat(Some(dir.as_raw_fd()), *last, flags, Mode::empty()) {
+    let fd = match nix::fcntl::openat(Some(dir.as_raw_fd()), last, flags, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(None),
         Err(Errno::ELOOP) => {

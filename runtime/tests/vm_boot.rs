@@ -17,6 +17,45 @@ fn base_config(dir: &std::path::Path, id: &str, boot: BootMedia) -> QemuConfig {
     cfg
 }
 
+/// The state directory is 0700 and its sockets 0600 whatever the umask,
+/// and another user cannot connect to QMP or the agent's socket.
+fn owner_only(state_dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(state_dir), 0o700, "{}", state_dir.display());
+    for sock in ["qmp.sock", "vsock.sock", "vhost-vsock.sock"] {
+        let p = state_dir.join(sock);
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+        // As nobody: connect(2) must be refused.
+        let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ntry:\n s.connect(sys.argv[1]); print('connected')\nexcept OSError as e:\n print('refused', e.errno)";
+        let mut cmd = std::process::Command::new("python3");
+        cmd.args(["-c", script]).arg(&p);
+        // SAFETY: setgid/setuid are async-signal-safe and touch only the
+        // child between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(65534) != 0
+                    || libc::setuid(65534) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd
+            .output()
+            .expect("python3 runs as nobody (this test needs root)");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.trim() == format!("refused {}", libc::EACCES),
+            "{}: as nobody: {said}",
+            p.display()
+        );
+    }
+}
+
 #[test]
 #[ignore = "needs QEMU, busybox-static, cpio and a guest kernel: run by cargo xtask test unit"]
 fn initrd_boot_powers_off_and_teardown_leaves_nothing() {
@@ -27,6 +66,7 @@ fn initrd_boot_powers_off_and_teardown_leaves_nothing() {
     let state_dir = vm.state_dir().to_owned();
     assert!(state_dir.join("qmp.sock").exists());
     assert!(state_dir.join("vsock.sock").exists());
+    owner_only(&state_dir);
     let qemu_pid = vm.pid().unwrap();
     let daemon_pid = vm
         .vsock_daemon_pid()

@@ -148,6 +148,18 @@ impl CleanClone {
         })
     }
 
+    /// Clone "b" below `base`: a deep path of other names than this
+    /// checkout's, built under [`VARIANT_B`].
+    pub fn create_b(ctx: &Ctx, base: &Path) -> Result<CleanClone> {
+        CleanClone::create(
+            ctx,
+            "b",
+            &base.join("b/home/builder/src/kata-osbuilder-rs"),
+            &base.join("b/var/lib/build-state"),
+            VARIANT_B,
+        )
+    }
+
     /// Puts a copy of the main cache's kernel entry into this clone's cache.
     pub fn seed_kernel(&self, kernel: &KernelBuild) -> Result<()> {
         let dest = self.cache.join("steps").join("kernel").join(&kernel.key);
@@ -358,13 +370,7 @@ impl ClonePair {
             &base.path().join("a/state"),
             VARIANT_A,
         )?;
-        let b = CleanClone::create(
-            ctx,
-            "b",
-            &base.path().join("b/home/builder/src/kata-osbuilder-rs"),
-            &base.path().join("b/var/lib/build-state"),
-            VARIANT_B,
-        )?;
+        let b = CleanClone::create_b(ctx, base.path())?;
         step.finish(&format!("{} and {}", a.root.display(), b.root.display()));
         for c in [&a, &b] {
             let step = ctx.ui.step(&format!(
@@ -507,13 +513,7 @@ pub fn test(ctx: &Ctx, args: &ReproArgs) -> Result<()> {
     // Build two: a clean clone.
     let base = tempfile::Builder::new().prefix("kata-repro-").tempdir()?;
     let step = ctx.ui.step("copy the sources into a clean clone");
-    let clone = CleanClone::create(
-        ctx,
-        "b",
-        &base.path().join("b/home/builder/src/kata-osbuilder-rs"),
-        &base.path().join("b/var/lib/build-state"),
-        VARIANT_B,
-    )?;
+    let clone = CleanClone::create_b(ctx, base.path())?;
     step.finish(&clone.root.display().to_string());
     let result = (|| -> Result<String> {
         let step = ctx.ui.step(&format!(

@@ -720,6 +720,28 @@ impl Vm {
             }
             std::thread::sleep(POLL);
         }
+        // The sockets are full control of the VM (QMP) and of the guest
+        // (the agent API): owner only, whatever the umask the daemons ran
+        // with. The 0700 state directory already keeps others out; this
+        // keeps it so if the directory's mode is ever loosened.
+        for sock in [
+            &vm.plan.qmp_socket,
+            &vm.plan.vhost_vsock_socket,
+            &vm.plan.vsock_uds_path,
+            &vm.plan.virtiofsd_socket,
+        ] {
+            use std::os::unix::fs::PermissionsExt;
+            match std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o600)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(VmError::io(
+                        format!("cannot restrict {} to its owner", sock.display()),
+                        e,
+                    ))
+                }
+            }
+        }
         let status = vm.query_status()?;
         if !status.running {
             return Err(vm.exited_or(VmError::Qmp(QmpError::Protocol {
