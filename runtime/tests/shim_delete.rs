@@ -272,6 +272,17 @@ fn only_the_recorded_process_is_killed_and_only_what_the_shim_made_is_removed() 
     // The real record: that process is killed, and the shim's own dirs go.
     std::fs::create_dir_all(host.state.join("c1")).unwrap();
     std::fs::write(host.state.join("c1/qemu.identity"), real.to_record()).unwrap();
+    // The daemons a VM runs are stopped too (they outlive QEMU otherwise).
+    let mut daemons = Vec::new();
+    for file in ["vhost-device-vsock.identity", "virtiofsd.identity"] {
+        let d = sleeper();
+        std::fs::write(
+            host.state.join("c1").join(file),
+            ProcessIdentity::of(d.id() as i32).unwrap().to_record(),
+        )
+        .unwrap();
+        daemons.push(d);
+    }
     std::fs::write(host.state.join("c1/console.log"), b"boot").unwrap();
     std::fs::create_dir_all(host.state.join("shared/sandboxes/c1/c1/rootfs")).unwrap();
     std::fs::write(host.state.join("shared/sandboxes/c1/c1/hosts"), b"").unwrap();

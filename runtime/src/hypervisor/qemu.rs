@@ -25,6 +25,14 @@ use super::vsock::{
 pub const DEFAULT_STATE_ROOT: &str = "/run/kata-containers";
 /// In the state directory: QEMU's [`ProcessIdentity`] record.
 pub const QEMU_IDENTITY_FILE: &str = "qemu.identity";
+/// Every process a VM runs, with the state-directory file its
+/// [`ProcessIdentity`] is recorded in, in the order they are to be stopped
+/// by a process that outlived the `Vm` (the shim's `delete` action).
+pub const VM_PROCESSES: [(&str, &str); 3] = [
+    ("QEMU", QEMU_IDENTITY_FILE),
+    ("vhost-device-vsock", "vhost-device-vsock.identity"),
+    ("virtiofsd", "virtiofsd.identity"),
+];
 
 /// Lines of console / stderr quoted in errors.
 const TAIL_LINES: usize = 25;
@@ -224,6 +232,17 @@ pub fn check_sandbox_option(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What a later process (the shim's `delete` action) needs to stop the
+/// process `pid` that this one started, and only that one, should this
+/// process die first: its [`ProcessIdentity`] in `state_dir/<file>`.
+fn record_identity(state_dir: &Path, (name, file): (&str, &str), pid: u32) -> Result<(), VmError> {
+    let identity = ProcessIdentity::of(pid as i32)
+        .map_err(|e| VmError::io(format!("cannot read {name}'s start time (pid {pid})"), e))?;
+    let path = state_dir.join(file);
+    write_new_file(&path, identity.to_record().as_bytes())
+        .map_err(|e| VmError::io(format!("cannot write {}", path.display()), e))
+}
+
 /// Write a file that must not exist yet, readable by its owner only.
 fn write_new_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
@@ -263,9 +282,6 @@ pub struct LaunchPlan {
     /// Hybrid vsock socket host programs connect to.
     pub vsock_uds_path: PathBuf,
     pub pidfile: PathBuf,
-    /// QEMU's pid and start time ([`ProcessIdentity`]), for a process that
-    /// must stop it after this one died.
-    pub identity_file: PathBuf,
     pub qemu_stderr: PathBuf,
     pub vsock_daemon_log: PathBuf,
     /// vhost-user socket between QEMU and virtiofsd.
@@ -295,7 +311,6 @@ impl LaunchPlan {
             vhost_vsock_socket: state_dir.join("vhost-vsock.sock"),
             vsock_uds_path: state_dir.join("vsock.sock"),
             pidfile: state_dir.join("qemu.pid"),
-            identity_file: state_dir.join(QEMU_IDENTITY_FILE),
             qemu_stderr: state_dir.join("qemu.stderr"),
             vsock_daemon_log: state_dir.join("vhost-device-vsock.log"),
             virtiofsd_socket: state_dir.join("virtiofsd.sock"),
@@ -649,7 +664,7 @@ impl Vm {
         };
 
         if let Some(binary) = daemon_binary {
-            vm.daemon = Some(HybridVsockDaemon::start(
+            let daemon = HybridVsockDaemon::start(
                 &binary,
                 cfg.guest_cid,
                 &vm.plan.vhost_vsock_socket,
@@ -657,17 +672,23 @@ impl Vm {
                 &vm.plan.vsock_daemon_log,
                 cfg.startup_timeout,
                 cfg.kill_on_parent_death,
-            )?);
+            )?;
+            let pid = daemon.pid();
+            vm.daemon = Some(daemon);
+            record_identity(&vm.plan.state_dir, VM_PROCESSES[1], pid)?;
         }
 
         if let Some(shared) = &cfg.shared_fs {
-            vm.virtiofsd = Some(VirtioFsDaemon::start(
+            let daemon = VirtioFsDaemon::start(
                 shared,
                 &vm.plan.virtiofsd_socket,
                 &vm.plan.virtiofsd_log,
                 cfg.startup_timeout,
                 cfg.kill_on_parent_death,
-            )?);
+            )?;
+            let pid = daemon.pid();
+            vm.virtiofsd = Some(daemon);
+            record_identity(&vm.plan.state_dir, VM_PROCESSES[2], pid)?;
         }
 
         let stderr = File::create(&vm.plan.qemu_stderr).map_err(|e| {
@@ -690,17 +711,8 @@ impl Vm {
             hint: "; install qemu-system-x86 (Debian) or set qemu_binary".into(),
             source,
         })?);
-        // What a later process (the shim's `delete` action) needs to stop
-        // this QEMU, and only this one, should this process die first.
-        let pid = vm.qemu.as_ref().map_or(0, Child::id) as i32;
-        let identity = ProcessIdentity::of(pid)
-            .map_err(|e| VmError::io(format!("cannot read QEMU's start time (pid {pid})"), e))?;
-        write_new_file(&vm.plan.identity_file, identity.to_record().as_bytes()).map_err(|e| {
-            VmError::io(
-                format!("cannot write {}", vm.plan.identity_file.display()),
-                e,
-            )
-        })?;
+        let pid = vm.qemu.as_ref().map_or(0, Child::id);
+        record_identity(&vm.plan.state_dir, VM_PROCESSES[0], pid)?;
 
         let deadline = vm.started_at + cfg.startup_timeout;
         loop {

@@ -114,30 +114,19 @@ impl containerd_shim::Shim for KataShim {
     }
 }
 
-/// Stop what a dead shim left of sandbox `sid` (QEMU, proven to be the
-/// one it started; the daemons die with their parent), unmount the
-/// container's rootfs and remove what the shim created for it below the
-/// state root. Both ids are valid; nothing outside the state root is
-/// touched and no symlink below it is followed.
+/// Stop what a dead shim left of sandbox `sid` (QEMU, then the vsock and
+/// virtiofs daemons, each proven to be the process that was started),
+/// unmount the container's rootfs and remove what the shim created for it
+/// below the state root. Both ids are valid; nothing outside the state root
+/// is touched and no symlink below it is followed.
 fn cleanup_leftovers(state_root: &Path, sid: &str, cid: &str) -> Vec<String> {
     let mut problems = Vec::new();
     let owns_sandbox = sid == cid;
     if owns_sandbox && sid != sandbox::SHARED_DIR_NAME {
-        let record = Path::new(sid).join(crate::hypervisor::QEMU_IDENTITY_FILE);
-        match crate::state_fs::read_below(state_root, &record) {
-            Ok(None) => {}
-            Ok(Some(text)) => match ProcessIdentity::from_record(&String::from_utf8_lossy(&text)) {
-                Ok(qemu) => match qemu.signal(nix::sys::signal::Signal::SIGKILL) {
-                    Ok(SignalOutcome::Sent) | Ok(SignalOutcome::Gone) => {}
-                    Ok(SignalOutcome::Reused) => problems.push(format!(
-                        "pid {} is no longer this sandbox's QEMU; not signalled",
-                        qemu.pid
-                    )),
-                    Err(e) => problems.push(format!("stop QEMU (pid {}): {e}", qemu.pid)),
-                },
-                Err(e) => problems.push(format!("{}: {e}; QEMU not signalled", record.display())),
-            },
-            Err(e) => problems.push(format!("read QEMU's identity: {e}; QEMU not signalled")),
+        for (name, file) in crate::hypervisor::VM_PROCESSES {
+            if let Err(p) = stop_recorded(state_root, &Path::new(sid).join(file), name) {
+                problems.push(p);
+            }
         }
     }
     let rel = mounts::shared_rel(sid, (!owns_sandbox).then_some(cid));
@@ -148,4 +137,24 @@ fn cleanup_leftovers(state_root: &Path, sid: &str, cid: &str) -> Vec<String> {
         }
     }
     problems
+}
+
+/// SIGKILL the process whose identity `state_root/record` holds, if it is
+/// still that process. A missing record is fine (nothing was started).
+fn stop_recorded(state_root: &Path, record: &Path, name: &str) -> Result<(), String> {
+    let text = match crate::state_fs::read_below(state_root, record) {
+        Ok(None) => return Ok(()),
+        Ok(Some(text)) => text,
+        Err(e) => return Err(format!("read {name}'s identity: {e}; {name} not signalled")),
+    };
+    let process = ProcessIdentity::from_record(&String::from_utf8_lossy(&text))
+        .map_err(|e| format!("{}: {e}; {name} not signalled", record.display()))?;
+    match process.signal(nix::sys::signal::Signal::SIGKILL) {
+        Ok(SignalOutcome::Sent) | Ok(SignalOutcome::Gone) => Ok(()),
+        Ok(SignalOutcome::Reused) => Err(format!(
+            "pid {} is no longer this sandbox's {name}; not signalled",
+            process.pid
+        )),
+        Err(e) => Err(format!("stop {name} (pid {}): {e}", process.pid)),
+    }
 }
