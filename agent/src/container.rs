@@ -61,6 +61,9 @@ pub struct Failure {
 
 pub type Result<T> = std::result::Result<T, Failure>;
 
+/// How long RemoveContainer with timeout 0 waits for SIGKILLed processes.
+pub const KILLED_EXIT_BOUND: Duration = Duration::from_secs(10);
+
 fn fail(code: Code, message: impl Into<String>) -> Failure {
     Failure {
         code,
@@ -938,8 +941,9 @@ impl Containers {
     }
 
     /// Kills every process of the container, waits for them (up to
-    /// `timeout`, none when zero), and removes its cgroup, state, bundle,
-    /// rootfs bind mount and storages.
+    /// `timeout`; zero: up to [`KILLED_EXIT_BOUND`]), and removes its cgroup,
+    /// state, bundle, rootfs bind mount and storages. A process still alive
+    /// then leaves the container in place and fails DEADLINE_EXCEEDED.
     pub fn remove(&self, cid: &str, timeout: Duration) -> Result<()> {
         check_id("container_id", cid)?;
         let _serial = self.lifecycle.lock().unwrap_or_else(|e| e.into_inner());
@@ -955,7 +959,16 @@ impl Containers {
         let processes: Vec<Arc<Process>> = std::iter::once(c.init.clone())
             .chain(c.execs.values().cloned())
             .collect();
-        let deadline = (!timeout.is_zero()).then(|| Instant::now() + timeout);
+        // Timeout 0 means "no grace period", not "wait forever": every
+        // process has been sent SIGKILL, and one that still does not exit
+        // (stuck in the kernel) must not hold the lifecycle lock, and with
+        // it every other container's lifecycle, for ever.
+        let timeout = if timeout.is_zero() {
+            KILLED_EXIT_BOUND
+        } else {
+            timeout
+        };
+        let deadline = Some(Instant::now() + timeout);
         for p in &processes {
             let mut code = p.exit_code.lock().unwrap_or_else(|e| e.into_inner());
             if code.is_some() {
