@@ -116,7 +116,9 @@ fn main() -> ExitCode {
 /// after the subcommand), from the repository root; its exit status is ours
 /// (anything but 0, 1 or 2, such as cargo failing to build the harness or a
 /// signal, is 1: the work failed). Cargo's own output goes to stderr, so
-/// with `--json` stdout is still the harness's one JSON object.
+/// with `--json` stdout is still the harness's one JSON object; it is not
+/// `--quiet`, for the same reason as the `cargo xtask` alias: the first run
+/// compiles the runtime for minutes, and cargo's progress shows it working.
 fn harness() -> Result<u8> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Process::new(&cargo)
