@@ -51,9 +51,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The tests: unit (cargo test), vm (boot and talk to the agent), all.
+    /// The tests: lint, unit (cargo test), kernel, vm (boot and talk to the agent), e2e, repro, all.
     Test(test_cmd::TestArgs),
-    /// Benchmarks.
+    /// Benchmarks: build, kernel, boot, start, release.
     Bench {
         #[arg(value_enum)]
         name: bench::BenchName,
