@@ -1,51 +1,26 @@
 //! `cargo xtask`: the build, release and test pipeline of this project.
 //!
-//! Data flows one way: `versions.yaml` + recipe -> plan (labelled step
-//! inputs, hence cache keys) -> steps -> artifacts recorded in
-//! `target/dist/manifest.json`. One module per task; external tools are only
-//! ever invoked through `tools.rs`. `--dry-run` prints the plan of a command
-//! without running any step.
+//! The pipeline itself is the `xtask` library (lib.rs); this binary parses
+//! the command line (design.md section 1) and runs it. `test` and `bench`
+//! belong to the harness, the `xtask-test` crate, which links the runtime's
+//! crates the pipeline never needs: they are passed through unparsed, as
+//! `cargo run --package xtask-test -- <this binary's argv>`, so the command
+//! line, the global options (before or after the subcommand), `--json` and
+//! the exit status are the same for every command.
 //!
 //! Exit status: 0 success, 1 the work failed, 2 bad usage or bad input.
 
-mod agent;
-mod bench;
-mod bench_build;
-mod bench_release;
-mod bench_start;
-mod bench_vm;
-mod cache;
-mod context;
-mod doctor;
-mod e2e;
-mod elf;
-mod error;
-mod fetch;
-mod hash;
-mod image;
-mod initrd;
-mod kernel;
-mod kernel_boot;
-mod manifest;
-mod plan;
-mod publish;
-mod release;
-mod repro;
-mod rootfs;
-mod runtime_bins;
-mod test_cmd;
-mod tools;
-mod ui;
-mod versions;
-mod vmtest;
+use std::ffi::OsString;
+use std::process::{Command as Process, ExitCode};
 
-use std::path::PathBuf;
-use std::process::ExitCode;
-
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use context::Ctx;
+use xtask::context::{project_root, Ctx};
+use xtask::{
+    agent, doctor, error, image, initrd, kernel, release, rootfs, versions_cmd, GlobalOpts,
+    PIPELINE_EXE_ENV,
+};
 
 #[derive(Parser)]
 #[command(
@@ -59,33 +34,21 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Args, Clone)]
-pub struct GlobalOpts {
-    /// The pin file.
-    #[arg(long, global = true, value_name = "FILE")]
-    versions: Option<PathBuf>,
-    /// Where step results and verified downloads are kept [env: KATA_XTASK_CACHE_DIR] [default: target/cache]
-    #[arg(long, global = true, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
-    /// Where artifacts and manifest.json go [env: KATA_XTASK_DIST_DIR] [default: target/dist]
-    #[arg(long, global = true, value_name = "DIR")]
-    dist_dir: Option<PathBuf>,
-    /// Use only cached inputs; never download.
-    #[arg(long, global = true)]
-    offline: bool,
-    /// Say why each step ran and show tool output.
-    #[arg(short, long, global = true)]
-    verbose: bool,
-    /// Print the plan (steps, cache keys, hit or miss) and run nothing.
-    #[arg(long, global = true)]
-    dry_run: bool,
-    /// Print exactly one JSON object on stdout (human output stays on stderr).
-    #[arg(long, global = true)]
-    json: bool,
-}
-
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Pipeline(Pipeline),
+    /// The tests: lint, unit (cargo test), kernel, vm (boot and talk to the agent), e2e, repro, all.
+    #[command(disable_help_flag = true)]
+    Test(HarnessArgs),
+    /// Benchmarks: build, kernel, boot, start, release.
+    #[command(disable_help_flag = true)]
+    Bench(HarnessArgs),
+}
+
+/// The commands this binary runs itself.
+#[derive(Subcommand)]
+enum Pipeline {
     /// Check host tools, targets and helpers; print the command fixing each gap.
     Doctor {
         /// Run those commands (apt-get, rustup, cargo install).
@@ -116,16 +79,16 @@ enum Command {
     Image(image::ImageArgs),
     /// Everything, plus the static tarball, .deb, .rpm, SHA256SUMS and SBOM.
     Release(release::ReleaseArgs),
-    /// The tests: unit (cargo test), vm (boot and talk to the agent), all.
-    Test(test_cmd::TestArgs),
-    /// Benchmarks.
-    Bench {
-        #[arg(value_enum)]
-        name: bench::BenchName,
-    },
 }
 
-mod versions_cmd;
+/// `test` and `bench` run in the harness (the xtask-test crate), which
+/// parses their arguments.
+#[derive(Args)]
+struct HarnessArgs {
+    /// What to run and its options (`cargo xtask test --help`, `cargo xtask bench --help`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    args: Vec<OsString>,
+}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -135,8 +98,12 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    let done = match cli.command {
+        Command::Pipeline(command) => run(&cli.global, command).map(|()| 0),
+        Command::Test(_) | Command::Bench(_) => harness(),
+    };
+    match done {
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(error::exit_code(&e) as u8)
@@ -144,19 +111,40 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
-    let ctx = Ctx::new(&cli.global)?;
-    match cli.command {
-        Command::Doctor { install } => doctor_cmd(&ctx, install),
-        Command::Versions { update, source } => versions_cmd::run(&ctx, update.as_deref(), source),
-        Command::Kernel(args) => kernel::run(&ctx, &args),
-        Command::Agent => agent::run(&ctx),
-        Command::Rootfs { recipe } => rootfs::run(&ctx, &recipe),
-        Command::Initrd(args) => initrd::run(&ctx, &args),
-        Command::Image(args) => image::run(&ctx, &args),
-        Command::Release(args) => release::run(&ctx, &args),
-        Command::Test(args) => test_cmd::run(&ctx, &args),
-        Command::Bench { name } => bench::run(&ctx, name),
+/// `test` and `bench`: `cargo run --package xtask-test -- <argv>` with this
+/// binary's own arguments, unchanged (the global options may come before or
+/// after the subcommand), from the repository root; its exit status is ours
+/// (anything but 0, 1 or 2, such as cargo failing to build the harness or a
+/// signal, is 1: the work failed). Cargo's own output goes to stderr, so
+/// with `--json` stdout is still the harness's one JSON object; it is not
+/// `--quiet`, for the same reason as the `cargo xtask` alias: the first run
+/// compiles the runtime for minutes, and cargo's progress shows it working.
+fn harness() -> Result<u8> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Process::new(&cargo)
+        .args(["run", "--package", "xtask-test", "--"])
+        .args(std::env::args_os().skip(1))
+        .env(PIPELINE_EXE_ENV, std::env::current_exe()?)
+        .current_dir(project_root())
+        .status()
+        .with_context(|| format!("run {} run --package xtask-test", cargo.to_string_lossy()))?;
+    Ok(match status.code() {
+        Some(code @ 0..=2) => code as u8,
+        _ => 1,
+    })
+}
+
+fn run(global: &GlobalOpts, command: Pipeline) -> Result<()> {
+    let ctx = Ctx::new(global)?;
+    match command {
+        Pipeline::Doctor { install } => doctor_cmd(&ctx, install),
+        Pipeline::Versions { update, source } => versions_cmd::run(&ctx, update.as_deref(), source),
+        Pipeline::Kernel(args) => kernel::run(&ctx, &args),
+        Pipeline::Agent => agent::run(&ctx),
+        Pipeline::Rootfs { recipe } => rootfs::run(&ctx, &recipe),
+        Pipeline::Initrd(args) => initrd::run(&ctx, &args),
+        Pipeline::Image(args) => image::run(&ctx, &args),
+        Pipeline::Release(args) => release::run(&ctx, &args),
     }
 }
 

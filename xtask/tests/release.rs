@@ -6,7 +6,7 @@
 //! `target/cache`; a cold cache builds everything, which takes long.
 //!
 //! Reproducibility across clones (two releases from empty caches in
-//! different directories) is `cargo xtask test repro` (xtask/src/repro.rs):
+//! different directories) is `cargo xtask test repro` (xtask-test/src/repro.rs):
 //! it builds whole clones and so runs from `cargo xtask test`, not here.
 
 use std::path::{Path, PathBuf};

@@ -1,7 +1,18 @@
 //! The container scenarios and fault injections, each a function over a
 //! [`Runner`] that returns what it saw or fails saying what went wrong.
 
-use super::*;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use xtask::context::Ctx;
+
+use super::bounded::{run_bounded, Outcome, Running};
+use super::containerd::{Ctr, PrivateContainerd};
+use super::host::{signal, ProcInfo};
+use super::{sandbox_footprint, E2eEnv, KATA_RUNTIME, KATA_STATE_ROOT};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ScenarioResult {

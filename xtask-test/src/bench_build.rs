@@ -2,8 +2,9 @@
 //! (pure cache hits) and when the rootfs, initrd and image are rebuilt with
 //! the agent cached; and the sizes of agent, initrd and image.
 //!
-//! Each sample runs the real `cargo xtask` binary (this one) as a child
-//! against a private cache dir, so caches of the user are untouched.
+//! Each sample runs the real `cargo xtask` binary (the pipeline's `xtask`,
+//! see [`crate::pipeline_exe`]) as a child against a private cache dir, so
+//! caches of the user are untouched.
 
 use std::path::Path;
 use std::process::Command;
@@ -13,8 +14,8 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::bench::median;
-use crate::cache::remove_tree;
-use crate::context::{Ctx, CACHE_ENV, DIST_ENV};
+use xtask::cache::remove_tree;
+use xtask::context::{Ctx, CACHE_ENV, DIST_ENV};
 
 const SAMPLES: usize = 5;
 
@@ -30,7 +31,7 @@ struct Report {
 }
 
 fn xtask(ctx: &Ctx, cache: &Path, args: &[&str]) -> Result<f64> {
-    let exe = std::env::current_exe()?;
+    let exe = crate::pipeline_exe(ctx)?;
     let start = Instant::now();
     let out = Command::new(exe)
         .args(args)
@@ -95,9 +96,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         cold_initrd_and_image_ms_median: cold_m,
         cold_over_warm_ratio: cold_m / warm_m,
         agent_bytes: std::fs::metadata(
-            crate::agent::agent_target_dir(ctx)
+            xtask::agent::agent_target_dir(ctx)
                 .join(&ctx.versions.rust.musl_target)
-                .join(crate::agent::PROFILE)
+                .join(xtask::agent::PROFILE)
                 .join("kata-agent"),
         )?
         .len(),

@@ -5,7 +5,7 @@
 use anyhow::Result;
 use clap::ValueEnum;
 
-use crate::context::Ctx;
+use xtask::context::Ctx;
 
 #[derive(Clone, Copy, ValueEnum, Debug)]
 pub enum BenchName {

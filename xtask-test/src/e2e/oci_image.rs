@@ -1,7 +1,20 @@
 //! The test image: the host's busybox (see [`image_busybox`]), written as a
 //! deterministic OCI archive and imported into the private containerd.
 
-use super::*;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::json;
+use xtask::context::Ctx;
+use xtask::hash::{bytes_sha256, file_sha256};
+
+use super::bounded::run_bounded;
+use super::containerd::PrivateContainerd;
+use super::{APPLETS, IMAGE_BASE_NAME, IMAGE_TAG};
 
 /// Seam: the busybox put in the test image. For now the host's
 /// busybox-static package; the pipeline's verified pin
@@ -147,7 +160,7 @@ pub fn write_oci_archive(busybox: &Path, work: &Path, epoch: i64) -> Result<OciI
         layout.join("oci-layout"),
         br#"{"imageLayoutVersion":"1.0.0"}"#,
     )?;
-    for f in crate::cache::files_below(&layout)? {
+    for f in xtask::cache::files_below(&layout)? {
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644))?;
     }
     rootfs_builder::tree::pin_times(&layout, epoch)?;
@@ -213,7 +226,11 @@ pub fn import_image(cd: &PrivateContainerd, image: &OciImage) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::process::Command;
+
+    use xtask::hash::file_sha256;
+
+    use super::write_oci_archive;
 
     #[test]
     fn oci_archive_is_deterministic_and_complete() {

@@ -1,7 +1,23 @@
 //! The private containerd the scenarios run against (its own root, state,
 //! socket and config under a temp dir) and the `ctr` client for it.
 
-use super::*;
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use xtask::hash::bytes_sha256;
+
+use super::bounded::run_bounded;
+use super::host::{
+    all_procs, environ_has, mounts_under, read_proc, signal, sockets_under, tail_lines, ProcInfo,
+};
+use super::{
+    CONTAINERD_READY_TIMEOUT, CONTAINERD_STOP_TIMEOUT, KATA_RUNTIME, KATA_STATE_ROOT,
+    LOG_TAIL_LINES, NAMESPACE, RUN_MARKER_ENV, SHIM_BINARY, SHIM_SOCKET_ROOT, WATCHED_PROGRAMS,
+};
 
 /// Paths of one private containerd.
 #[derive(Debug, Clone)]
@@ -115,7 +131,7 @@ impl PrivateContainerd {
         keep: bool,
     ) -> Result<PrivateContainerd> {
         for tool in ["containerd", "ctr"] {
-            if crate::tools::which(tool).is_none() {
+            if xtask::tools::which(tool).is_none() {
                 bail!("{tool} is not installed: apt-get install containerd (or `cargo xtask doctor --install`)");
             }
         }
@@ -511,7 +527,9 @@ impl Ctr {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::path::Path;
+
+    use super::{containerd_config, ContainerdLayout};
 
     #[test]
     fn containerd_config_names_our_paths() {

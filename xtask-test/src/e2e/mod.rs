@@ -52,24 +52,18 @@
 //! runtime) and [`sandbox_footprint`] (PSS of a running sandbox's shim and
 //! its QEMU, virtiofsd and vsock daemon).
 
-use std::collections::BTreeSet;
-use std::ffi::OsString;
-use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::context::Ctx;
-use crate::error::InputError;
-use crate::hash::{bytes_sha256, file_sha256};
 use crate::vmtest::{self, Media};
+use xtask::context::Ctx;
+use xtask::error::InputError;
 
 mod bounded;
 mod containerd;
@@ -79,12 +73,15 @@ mod scenarios;
 mod shipped;
 
 pub use bounded::run_bounded;
-use bounded::*;
-use containerd::*;
-use host::*;
-use oci_image::*;
-use scenarios::*;
-use shipped::*;
+use containerd::{Ctr, PrivateContainerd};
+use host::{all_procs, descendants, pss_kib};
+use oci_image::{image_busybox, import_image, write_oci_archive, OciImage};
+use scenarios::{
+    fault_agent_silent, fault_hostile_ids, fault_invalid_spec, fault_qemu_killed, host_kernel,
+    scenario_detached_exec_kill, scenario_exit_code, scenario_kernel, scenario_no_leftovers,
+    scenario_one_char_id, scenario_stdio, Runner, AGENT_REQUEST_TIMEOUT,
+};
+use shipped::{from_release, ShippedTree};
 
 pub const KATA_RUNTIME: &str = "io.containerd.kata.v2";
 pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
@@ -238,7 +235,7 @@ pub fn shim_binary(ctx: &Ctx, explicit: Option<&Path>) -> Result<PathBuf> {
 /// `configuration.toml` for the shim (Kata's section and key names; see the
 /// module doc for the list this harness relies on).
 pub fn kata_configuration(guest: &vmtest::Guest) -> Result<String> {
-    let qemu = crate::tools::which("qemu-system-x86_64")
+    let qemu = xtask::tools::which("qemu-system-x86_64")
         .context("qemu-system-x86_64 is not installed: apt-get install qemu-system-x86")?;
     if !Path::new(VIRTIOFSD).is_file() {
         bail!("{VIRTIOFSD} is missing: apt-get install qemu-system-common (virtiofsd shares the container rootfs)");
@@ -255,7 +252,7 @@ pub fn kata_configuration(guest: &vmtest::Guest) -> Result<String> {
     };
     // Our extension key; without /dev/vhost-vsock the shim needs it, and
     // containerd's PATH need not hold ~/.cargo/bin where doctor installs it.
-    let vsock_daemon = match crate::tools::which("vhost-device-vsock").or_else(|| {
+    let vsock_daemon = match xtask::tools::which("vhost-device-vsock").or_else(|| {
         std::env::var_os("HOME")
             .map(|h| Path::new(&h).join(".cargo/bin/vhost-device-vsock"))
             .filter(|p| p.is_file())

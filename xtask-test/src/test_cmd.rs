@@ -7,7 +7,7 @@
 //! kernel source and the pipeline's kernel handed to them; `kernel` boots
 //! the pipeline's kernel to init; `vm` boots the built guest and drives the
 //! agent (vmtest.rs); `e2e` runs containers through a private containerd
-//! (e2e.rs); `repro` compares this checkout's release with one built in a clean
+//! (e2e/); `repro` compares this checkout's release with one built in a clean
 //! clone (repro.rs). `all` (the default, and what CI runs) runs each of them, lint
 //! first, the VM test with the initrd and with the DAX image, e2e from the
 //! build, from the release tarball and (as root) from the installed .deb.
@@ -16,10 +16,10 @@ use std::process::Command;
 
 use anyhow::{bail, Result};
 
-use crate::tools::run_visible;
 use clap::{Args, Subcommand};
+use xtask::tools::run_visible;
 
-use crate::context::Ctx;
+use xtask::context::Ctx;
 
 #[derive(Args, Clone)]
 pub struct TestArgs {
@@ -87,7 +87,7 @@ pub fn unit(ctx: &Ctx) -> Result<()> {
         .fetcher()?
         .debian_member("kernel", &ctx.versions.kernel.debian)?;
     // The runtime's real-QEMU tests boot the pipeline's own kernel.
-    let kernel = crate::kernel::build(ctx, &crate::kernel::KernelArgs::default())?;
+    let kernel = xtask::kernel::build(ctx, &xtask::kernel::KernelArgs::default())?;
     ctx.ui
         .info("test unit: cargo test --workspace --locked -- --include-ignored");
     run_visible(
@@ -108,7 +108,7 @@ pub fn unit(ctx: &Ctx) -> Result<()> {
             .env(KERNEL_TARBALL_ENV, &tarball)
             .env(TEST_KERNEL_ENV, kernel.bzimage())
             // The kernel tests reuse this run's cache (the kernel is in it).
-            .env(crate::context::CACHE_ENV, &ctx.cache_dir)
+            .env(xtask::context::CACHE_ENV, &ctx.cache_dir)
             .current_dir(&ctx.root),
     )
 }

@@ -1,7 +1,14 @@
 //! `--from-release`: the files a release ships, unpacked from the tarball
 //! or installed from the .deb, and nothing else.
 
-use super::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use xtask::context::Ctx;
+use xtask::error::InputError;
+
+use super::SHIM_BINARY;
 
 /// What a `--from-release` run uses, kept until the run ends: the unpacked
 /// tarball (removed with its temp dir) or the installed .deb (purged).
@@ -24,7 +31,7 @@ impl InstalledDeb {
             return Err(InputError::new("--install-deb runs `dpkg -i` into /opt/kata and needs root; run as root or drop --install-deb").into());
         }
         let package =
-            crate::tools::run_captured(Command::new("dpkg-deb").arg("-f").arg(deb).arg("Package"))?
+            xtask::tools::run_captured(Command::new("dpkg-deb").arg("-f").arg(deb).arg("Package"))?
                 .trim()
                 .to_string();
         let status = Command::new("dpkg-query")
@@ -38,7 +45,7 @@ impl InstalledDeb {
             ))
             .into());
         }
-        let prefix = Path::new(crate::release::PREFIX);
+        let prefix = Path::new(xtask::release::PREFIX);
         if prefix.exists() {
             return Err(InputError::new(format!(
                 "--install-deb: {} exists and is not from {package}; move it away so the test does not overwrite it",
@@ -52,7 +59,7 @@ impl InstalledDeb {
             purged: false,
         };
         // A failed install is purged too (dpkg may have unpacked files).
-        crate::tools::run_captured(Command::new("dpkg").arg("-i").arg(deb))?;
+        xtask::tools::run_captured(Command::new("dpkg").arg("-i").arg(deb))?;
         step.finish(&format!(
             "{} installed into {}",
             installed.package,
@@ -64,8 +71,8 @@ impl InstalledDeb {
     /// `dpkg --purge`, then checks the package left nothing in /opt/kata.
     pub(super) fn purge(mut self, ctx: &Ctx) -> Result<()> {
         self.purged = true;
-        crate::tools::run_captured(Command::new("dpkg").arg("--purge").arg(&self.package))?;
-        let prefix = Path::new(crate::release::PREFIX);
+        xtask::tools::run_captured(Command::new("dpkg").arg("--purge").arg(&self.package))?;
+        let prefix = Path::new(xtask::release::PREFIX);
         if prefix.exists() {
             bail!(
                 "dpkg --purge {} left {} behind",
@@ -105,8 +112,8 @@ impl Drop for InstalledDeb {
 /// timeouts) stays as shipped. With `install_deb` the .deb is installed with
 /// dpkg into the real /opt/kata and its configuration is used unchanged.
 pub(super) fn from_release(ctx: &Ctx, install_deb: bool) -> Result<(ShippedTree, PathBuf, String)> {
-    let built = crate::release::build(ctx, &crate::release::ReleaseArgs::default())?;
-    let prefix = Path::new(crate::release::PREFIX);
+    let built = xtask::release::build(ctx, &xtask::release::ReleaseArgs::default())?;
+    let prefix = Path::new(xtask::release::PREFIX);
     let config_rel = "share/defaults/kata-containers/configuration.toml";
     if install_deb {
         let installed = InstalledDeb::install(ctx, &built.deb)?;
@@ -125,7 +132,7 @@ pub(super) fn from_release(ctx: &Ctx, install_deb: bool) -> Result<(ShippedTree,
     let tree = tempfile::Builder::new()
         .prefix("kata-e2e-release-")
         .tempdir()?;
-    crate::tools::run_captured(
+    xtask::tools::run_captured(
         Command::new("tar")
             .arg("--zstd")
             .arg("-xf")
@@ -139,7 +146,7 @@ pub(super) fn from_release(ctx: &Ctx, install_deb: bool) -> Result<(ShippedTree,
         .join(prefix.strip_prefix("/").expect("absolute prefix"));
     let shipped = std::fs::read_to_string(root.join(config_rel))
         .with_context(|| format!("the release tarball has no {config_rel}"))?;
-    let config = shipped.replace(crate::release::PREFIX, &root.display().to_string());
+    let config = shipped.replace(xtask::release::PREFIX, &root.display().to_string());
     let shim = root.join("bin").join(SHIM_BINARY);
     if !shim.is_file() {
         bail!("the release tarball has no bin/{SHIM_BINARY}");

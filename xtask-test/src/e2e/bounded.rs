@@ -1,6 +1,11 @@
 //! Running host commands with a time bound, capturing what they said.
 
-use super::*;
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
 
 /// What one command did.
 #[derive(Debug, Clone)]

@@ -13,9 +13,9 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::bench::median;
-use crate::context::Ctx;
 use crate::e2e::{sandbox_footprint, E2eEnv, EnvOptions, KATA_RUNTIME, RUNC_RUNTIME};
 use crate::vmtest::Media;
+use xtask::context::Ctx;
 
 const SAMPLES: usize = 10;
 

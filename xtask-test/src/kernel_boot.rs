@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use runtime::hypervisor::{Accel, BootMedia, QemuConfig, Vm, VsockBackend};
 
-use crate::context::Ctx;
+use xtask::context::Ctx;
 
 pub const INIT_MARKER: &str = "KATA-XTASK-INIT-REACHED";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -115,7 +115,7 @@ pub fn boot_to_init(
 
 /// `test kernel`: the pipeline's kernel reaches init in a project-made initrd.
 pub fn test(ctx: &Ctx) -> Result<()> {
-    let kernel = crate::kernel::build(ctx, &crate::kernel::KernelArgs::default())?;
+    let kernel = xtask::kernel::build(ctx, &xtask::kernel::KernelArgs::default())?;
     let work = tempfile::tempdir()?;
     let initrd = work.path().join("probe.initrd");
     probe_initrd(ctx, &initrd)?;

@@ -1,7 +1,10 @@
 //! What the host is running and has mounted: /proc, mountinfo, sockets;
 //! how the scenarios find leftovers and measure a sandbox.
 
-use super::*;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
 
 #[derive(Debug, Clone)]
 pub struct ProcInfo {
@@ -163,7 +166,7 @@ pub(super) fn tail_lines(path: &Path, n: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{pss_kib, read_proc, unescape_mountinfo};
 
     #[test]
     fn mountinfo_escapes_are_decoded() {

@@ -20,9 +20,9 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::bench::median;
-use crate::context::Ctx;
-use crate::kernel::KernelArgs;
 use crate::repro::{self, ClonePair, KernelRebuilt};
+use xtask::context::Ctx;
+use xtask::kernel::KernelArgs;
 
 const WARM_SAMPLES: usize = 5;
 
@@ -44,7 +44,7 @@ fn secs(d: Duration) -> f64 {
 }
 
 pub fn run(ctx: &Ctx) -> Result<()> {
-    let kernel = crate::kernel::build(ctx, &KernelArgs::default())?;
+    let kernel = xtask::kernel::build(ctx, &KernelArgs::default())?;
     let pair = ClonePair::create(ctx)?;
     pair.a.seed_kernel(&kernel)?;
     let cold_kernel = ClonePair::release(ctx, &pair.a, "cold, kernel cached")?;

@@ -8,9 +8,9 @@ use runtime::hypervisor::Accel;
 use serde::Serialize;
 
 use crate::bench::median;
-use crate::context::{Ctx, CACHE_ENV, DIST_ENV};
 use crate::kernel_boot::{boot_to_init, probe_initrd};
 use crate::vmtest::{boot_and_drive, prepare, Media};
+use xtask::context::{Ctx, CACHE_ENV, DIST_ENV};
 
 /// Boots per kernel for the time-to-init comparison (alternated).
 const KERNEL_BOOTS: usize = 5;
@@ -42,7 +42,7 @@ pub fn kernel(ctx: &Ctx) -> Result<()> {
     ctx.ui
         .info("bench kernel: cold build in a private cache (about 10 minutes on 2 cores)");
     let t = Instant::now();
-    let out = Command::new(std::env::current_exe()?)
+    let out = Command::new(crate::pipeline_exe(ctx)?)
         .args(["kernel", "--versions"])
         .arg(&ctx.versions_path)
         .env(CACHE_ENV, private.path())
@@ -53,7 +53,7 @@ pub fn kernel(ctx: &Ctx) -> Result<()> {
         bail!("cold kernel build failed");
     }
     let cold_build_s = t.elapsed().as_secs_f64();
-    let k = crate::kernel::build(ctx, &crate::kernel::KernelArgs::default())?;
+    let k = xtask::kernel::build(ctx, &xtask::kernel::KernelArgs::default())?;
     let reference = ctx
         .fetcher()?
         .debian_member("reference_kernel", &ctx.versions.reference_kernel.debian)?;
@@ -126,7 +126,7 @@ pub fn boot(ctx: &Ctx) -> Result<()> {
         a.push(x.boot_to_serving_ms as f64);
         b.push(y.boot_to_serving_ms as f64);
     }
-    let agent = crate::agent::build(ctx)?;
+    let agent = xtask::agent::build(ctx)?;
     let (ma, mb) = (median(a), median(b));
     let r = BootReport {
         accel,

@@ -36,9 +36,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::context::{Ctx, CACHE_ENV, DIST_ENV};
-use crate::hash::file_sha256;
-use crate::kernel::{KernelArgs, KernelBuild};
+use xtask::context::{Ctx, CACHE_ENV, DIST_ENV};
+use xtask::hash::file_sha256;
+use xtask::kernel::{KernelArgs, KernelBuild};
 
 #[derive(Args, Clone, Default)]
 pub struct ReproArgs {
@@ -137,7 +137,7 @@ impl CleanClone {
             bail!("git lists no source files in {}", ctx.root.display());
         }
         let log = ctx.logs().join(format!("repro-{name}.log"));
-        crate::tools::fresh_log(&log)?;
+        xtask::tools::fresh_log(&log)?;
         Ok(CleanClone {
             name: name.to_string(),
             root: root.to_path_buf(),
@@ -197,7 +197,7 @@ impl CleanClone {
     /// Builds the clone's own xtask, so that [`CleanClone::release`] times
     /// the release and not the compiler building the tool.
     pub fn build_xtask(&self) -> Result<()> {
-        crate::tools::run_logged(
+        xtask::tools::run_logged(
             &mut self.cargo(&["build", "--locked", "--quiet", "--package", "xtask"]),
             &self.log,
         )
@@ -208,7 +208,7 @@ impl CleanClone {
         let cache = self.cache.display().to_string();
         let dist = self.dist.display().to_string();
         let start = Instant::now();
-        crate::tools::run_logged(
+        xtask::tools::run_logged(
             &mut self.cargo(&[
                 "xtask",
                 "release",
@@ -342,7 +342,7 @@ impl KernelRebuilt {
             rebuilt_in: clone.root.display().to_string(),
             sha256,
         };
-        crate::cache::write_atomic(
+        xtask::cache::write_atomic(
             &Self::path(ctx, &main.key),
             &serde_json::to_vec_pretty(&record)?,
         )?;
@@ -432,7 +432,7 @@ fn differing_members(a: &Path, b: &Path, tarball: &str) -> Result<Vec<String>> {
     let unpack = |dist: &Path, name: &str| -> Result<PathBuf> {
         let dir = scratch.path().join(name);
         std::fs::create_dir_all(&dir)?;
-        crate::tools::run_captured(
+        xtask::tools::run_captured(
             Command::new("tar")
                 .arg("--zstd")
                 .arg("-xf")
@@ -444,7 +444,7 @@ fn differing_members(a: &Path, b: &Path, tarball: &str) -> Result<Vec<String>> {
     };
     let (da, db) = (unpack(a, "a")?, unpack(b, "b")?);
     let mut differ = Vec::new();
-    for e in crate::cache::files_below(&da)? {
+    for e in xtask::cache::files_below(&da)? {
         let rel = e.strip_prefix(&da)?;
         let other = db.join(rel);
         let same = match (
@@ -466,7 +466,7 @@ fn differing_members(a: &Path, b: &Path, tarball: &str) -> Result<Vec<String>> {
 
 /// The `SHA256SUMS` of the release in `dist`.
 pub fn sums_in(dist: &Path) -> Result<String> {
-    let path = dist.join(crate::release::CHECKSUMS);
+    let path = dist.join(xtask::release::CHECKSUMS);
     std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))
 }
 
@@ -477,7 +477,7 @@ pub fn compare(ctx: &Ctx, a: &Path, b: &Path) -> Result<String> {
         return Ok(sa);
     }
     let differ = differing_sums(&sa, &sb);
-    let tarball = crate::release::tarball_file_name(ctx)?;
+    let tarball = xtask::release::tarball_file_name(ctx)?;
     let members = if differ.iter().any(|d| d.starts_with(&tarball)) {
         match differing_members(a, b, &tarball) {
             Ok(m) if !m.is_empty() => format!("; tarball members that differ: {}", m.join(", ")),
@@ -503,8 +503,8 @@ pub fn test(ctx: &Ctx, args: &ReproArgs) -> Result<()> {
         return Ok(());
     }
     // Build one: this checkout's release.
-    crate::release::build(ctx, &crate::release::ReleaseArgs::default())?;
-    let kernel = crate::kernel::build(ctx, &KernelArgs::default())?;
+    xtask::release::build(ctx, &xtask::release::ReleaseArgs::default())?;
+    let kernel = xtask::kernel::build(ctx, &KernelArgs::default())?;
     let proven = if args.rebuild_kernel {
         None
     } else {
@@ -574,7 +574,7 @@ pub fn test(ctx: &Ctx, args: &ReproArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::differing_sums;
 
     #[test]
     fn differing_sums_names_changed_and_missing_files() {

@@ -18,8 +18,8 @@ use runtime::agent_client::AgentClient;
 use runtime::hypervisor::{Accel, BootMedia, ImageFs, QemuConfig, Vm};
 use serde::Serialize;
 
-use crate::context::Ctx;
-use crate::{image, initrd, kernel};
+use xtask::context::Ctx;
+use xtask::{image, initrd, kernel};
 
 /// Generous for TCG on a loaded 2-core CI machine; a KVM boot takes ~1 s.
 const SERVING_TIMEOUT: Duration = Duration::from_secs(120);
@@ -264,11 +264,11 @@ fn check_dax_root(console: &str) -> Result<()> {
 }
 
 fn check_report(ctx: &Ctx, r: &BootReport) -> Result<()> {
-    if r.agent_version != crate::agent::AGENT_VERSION {
+    if r.agent_version != xtask::agent::AGENT_VERSION {
         bail!(
             "agent reports version {} but the build is {}",
             r.agent_version,
-            crate::agent::AGENT_VERSION
+            xtask::agent::AGENT_VERSION
         );
     }
     if !r.guest_kernel.starts_with(&ctx.versions.kernel.version) {
