@@ -77,9 +77,10 @@ use containerd::{Ctr, PrivateContainerd};
 use host::{all_procs, descendants, pss_kib};
 use oci_image::{image_busybox, import_image, write_oci_archive, OciImage};
 use scenarios::{
-    fault_agent_silent, fault_hostile_ids, fault_invalid_spec, fault_qemu_killed, host_kernel,
-    scenario_detached_exec_kill, scenario_exit_code, scenario_kernel, scenario_no_leftovers,
-    scenario_one_char_id, scenario_stdio, Runner, AGENT_REQUEST_TIMEOUT,
+    fault_agent_silent, fault_hostile_ids, fault_invalid_spec, fault_qemu_killed,
+    fault_shim_killed, host_kernel, scenario_detached_exec_kill, scenario_exit_code,
+    scenario_kernel, scenario_no_leftovers, scenario_one_char_id, scenario_stdio, Runner,
+    AGENT_REQUEST_TIMEOUT,
 };
 use shipped::{from_release, ShippedTree};
 
@@ -556,9 +557,15 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
                 &["hostile1", "hostile2", "hostile3", "hostile4"],
                 fault_hostile_ids,
             );
+            r.scenario("f-shim-killed", &["shimkill"], fault_shim_killed);
         } else {
-            ctx.ui.info("SKIP f-qemu-killed, f-agent-silent, f-hostile-ids: kata only (runc runs no QEMU and reads no CRI annotations)");
-            skipped.extend(["f-qemu-killed", "f-agent-silent", "f-hostile-ids"]);
+            ctx.ui.info("SKIP f-qemu-killed, f-agent-silent, f-hostile-ids, f-shim-killed: kata only (runc runs no QEMU and reads no CRI annotations)");
+            skipped.extend([
+                "f-qemu-killed",
+                "f-agent-silent",
+                "f-hostile-ids",
+                "f-shim-killed",
+            ]);
         }
         r.scenario("f-invalid-spec", &["badcwd", "badexe"], fault_invalid_spec);
     }

@@ -598,3 +598,68 @@ pub(super) fn scenario_one_char_id(r: &mut Runner, _ids: &[String]) -> Result<St
         "ctr run {id} ran and printed one-char-ok; nothing left"
     ))
 }
+
+/// The shim of a running sandbox is SIGKILLed: containerd notices, runs the
+/// shim binary's `delete` action, and that must stop QEMU and its daemons
+/// (proven to be the ones started) and remove the sandbox's mounts and
+/// directories. The task must leave RUNNING and nothing may be left.
+pub(super) fn fault_shim_killed(r: &mut Runner, ids: &[String]) -> Result<String> {
+    let id = ids[0].as_str();
+    let ctr = r.ctr();
+    r.run(id, &["-d"], &["sleep", "300"], None)?
+        .require_success()?;
+    ctr.wait_task_status(id, "RUNNING", Duration::from_secs(60))?;
+    let ours = r.env.containerd.our_processes();
+    let shims: Vec<&ProcInfo> = ours
+        .iter()
+        .filter(|p| p.program().starts_with("containerd-shim"))
+        .collect();
+    let vm: Vec<String> = ours
+        .iter()
+        .filter(|p| !p.program().starts_with("containerd-shim"))
+        .map(|p| format!("{}[{}]", p.program(), p.pid))
+        .collect();
+    if shims.len() != 1 || !vm.iter().any(|p| p.starts_with("qemu-system-x86_64[")) {
+        bail!(
+            "expected one shim and a QEMU of ours for {id}, found shims {:?} and {vm:?}",
+            shims.iter().map(|p| p.pid).collect::<Vec<_>>()
+        );
+    }
+    let shim = shims[0].pid;
+    signal(shim, nix::sys::signal::Signal::SIGKILL)?;
+    let killed = Instant::now();
+    // containerd's delete action runs when it sees the shim's connection go.
+    let deadline = killed + Duration::from_secs(60);
+    loop {
+        match ctr.task_status(id)? {
+            Some(s) if s == "RUNNING" => {}
+            _ => break,
+        }
+        if Instant::now() > deadline {
+            bail!("task {id} still RUNNING 60 s after its shim {shim} was killed");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let noticed = killed.elapsed();
+    let _ = run_bounded(ctr.command(&["tasks", "delete", id]), None, r.timeout);
+    run_bounded(ctr.command(&["containers", "delete", id]), None, r.timeout)?.require_success()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = r.env.containerd.leftovers();
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "after shim {shim} was SIGKILLed and containerd cleaned up, left behind:\n  {}",
+                left.join("\n  ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(format!(
+        "shim {shim} SIGKILLed; task left RUNNING after {} ms; containerd's delete stopped {} and nothing is left",
+        noticed.as_millis(),
+        vm.join(", ")
+    ))
+}
