@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use serde::Serialize;
 
 use crate::tools::{run_captured, run_visible, which};
@@ -303,6 +303,16 @@ pub fn gaps(v: &Versions) -> Vec<Gap> {
         .collect()
 }
 
+/// The packages an `apt-get install -s` run would remove (its `Remv`
+/// lines), with their versions.
+fn apt_removals(simulation: &str) -> Vec<String> {
+    simulation
+        .lines()
+        .filter_map(|l| l.strip_prefix("Remv "))
+        .map(|rest| rest.trim().to_string())
+        .collect()
+}
+
 /// Fixes every gap: one apt-get for all packages, then rustup and cargo.
 pub fn install(v: &Versions, ui: &Ui) -> Result<()> {
     let reqs: Vec<Requirement> = requirements(v)
@@ -324,9 +334,34 @@ pub fn install(v: &Versions, ui: &Ui) -> Result<()> {
     if !apt.is_empty() {
         ui.info(&format!("installing Debian packages: {}", apt.join(" ")));
         run_visible(Command::new("apt-get").arg("update").arg("-qq"))?;
+        // Never remove what the host has: ask apt what it would do first,
+        // and stop with that if it would remove anything (a package from
+        // backports that conflicts, say). --no-remove guards the real run.
+        let simulated = run_captured(
+            Command::new("apt-get")
+                .args(["install", "-s", "--no-install-recommends"])
+                .args(&apt)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+        let removals = apt_removals(&simulated);
+        if !removals.is_empty() {
+            bail!(
+                "installing {} would make apt remove {}; doctor never removes or downgrades what the host has. \
+                 See why with `apt-get install -s --no-install-recommends {}`, decide which to keep, install by hand, then rerun",
+                apt.join(" "),
+                removals.join(", "),
+                apt.join(" ")
+            );
+        }
         run_visible(
             Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args([
+                    "install",
+                    "-y",
+                    "-qq",
+                    "--no-install-recommends",
+                    "--no-remove",
+                ])
                 .args(&apt)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
@@ -376,5 +411,34 @@ mod tests {
         assert!(p.contains("surely-not-a-real-program-xyz"));
         assert_eq!(Fix::Apt("cpio").command(), "apt-get install -y cpio");
         assert!(problem(&Check::Program("sh")).is_none());
+    }
+
+    #[test]
+    fn apt_simulations_name_what_would_be_removed() {
+        let sim = "NOTE: This is only a simulation!\n\
+                   Remv qemu-utils [1:10.0.2+ds-1~bpo12+1]\n\
+                   Inst qemu-system-x86 (1:7.2+dfsg-7+deb12u18 Debian:12.12/stable [amd64])\n\
+                   Conf qemu-system-x86 (1:7.2+dfsg-7+deb12u18 Debian:12.12/stable [amd64])\n";
+        assert_eq!(apt_removals(sim), ["qemu-utils [1:10.0.2+ds-1~bpo12+1]"]);
+        assert!(apt_removals("Inst cpio (2.13)\nConf cpio (2.13)\n").is_empty());
+    }
+
+    #[test]
+    #[ignore = "needs apt-get with busybox-static installed (doctor installs it): run by cargo xtask test unit"]
+    fn a_real_conflicting_install_is_seen_before_anything_changes() {
+        // busybox and busybox-static conflict: apt would remove the one the
+        // pipeline installed. Only a simulation runs.
+        let sim = run_captured(Command::new("apt-get").args([
+            "install",
+            "-s",
+            "--no-install-recommends",
+            "busybox",
+        ]))
+        .unwrap();
+        let removed = apt_removals(&sim);
+        assert!(
+            removed.iter().any(|r| r.starts_with("busybox-static ")),
+            "{removed:?} from:\n{sim}"
+        );
     }
 }
