@@ -43,6 +43,9 @@ fn invalid(msg: impl Into<String>) -> containerd_shim::Error {
 
 pub struct KataShim {
     namespace: String,
+    /// containerd's address (`-address`): with the namespace and the
+    /// sandbox id it names the shim's socket.
+    address: String,
     id: String,
     bundle: PathBuf,
     exit: Arc<ExitSignal>,
@@ -65,6 +68,7 @@ impl containerd_shim::Shim for KataShim {
         }
         KataShim {
             namespace: args.namespace.clone(),
+            address: args.address.clone(),
             id: args.id.clone(),
             bundle: if args.bundle.is_empty() {
                 std::env::current_dir().unwrap_or_default()
@@ -92,7 +96,15 @@ impl containerd_shim::Shim for KataShim {
         // are valid (nothing could have been created under an invalid one).
         protocols::ids::check_id("container id (-id)", &self.id).map_err(invalid)?;
         let sid = sandbox_id_of_bundle(&self.bundle, &self.id).map_err(invalid)?;
-        let problems = cleanup_leftovers(&state_root, &sid, &self.id);
+        let mut problems = cleanup_leftovers(&state_root, &sid, &self.id);
+        if sid == self.id {
+            // The dead shim served this sandbox's socket; nothing removes
+            // it once the shim was killed.
+            let socket = containerd_shim::socket_address(&self.address, &self.namespace, &sid);
+            if let Err(p) = remove_dead_socket(Path::new(socket.trim_start_matches("unix://"))) {
+                problems.push(p);
+            }
+        }
         for p in &problems {
             eprintln!("containerd-shim-kata-v2 delete {}: {p}", self.id);
         }
@@ -101,7 +113,6 @@ impl containerd_shim::Shim for KataShim {
         r.exited_at = containerd_shim::protos::protobuf::MessageField::some(
             containerd_shim::util::timestamp()?,
         );
-        let _ = &self.namespace;
         Ok(r)
     }
 
@@ -156,5 +167,55 @@ fn stop_recorded(state_root: &Path, record: &Path, name: &str) -> Result<(), Str
             process.pid
         )),
         Err(e) => Err(format!("stop {name} (pid {}): {e}", process.pid)),
+    }
+}
+
+/// Remove the socket of a shim that died: only a socket, and only if no
+/// process accepts connections on it any more.
+fn remove_dead_socket(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(format!("{} is not a socket; left in place", path.display()))
+        }
+        Ok(_) => {}
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(format!(
+            "{} still accepts connections; left in place",
+            path.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            std::fs::remove_file(path).map_err(|e| format!("remove {}: {e}", path.display()))
+        }
+        Err(e) => Err(format!("{}: {e}; left in place", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_dead_socket_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live");
+        let listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
+        assert!(remove_dead_socket(&live)
+            .unwrap_err()
+            .contains("still accepts"));
+        assert!(live.exists());
+        drop(listener);
+        remove_dead_socket(&live).unwrap();
+        assert!(!live.exists());
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(remove_dead_socket(&file)
+            .unwrap_err()
+            .contains("not a socket"));
+        assert!(file.exists());
+        remove_dead_socket(&dir.path().join("absent")).unwrap();
     }
 }
