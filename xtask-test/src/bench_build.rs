@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::bench::median;
-use xtask::cache::remove_tree;
+use xtask::cache::remove_step_entries;
 use xtask::context::{Ctx, CACHE_ENV, DIST_ENV};
 
 const SAMPLES: usize = 5;
@@ -69,12 +69,8 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let mut cold = Vec::new();
     for i in 0..SAMPLES {
         // Drop every step but the agent (and the verified downloads).
-        let steps = cache.join("steps");
         for step in ["rootfs", "initrd", "image"] {
-            let d = steps.join(step);
-            if d.exists() {
-                remove_tree(&d)?;
-            }
+            remove_step_entries(&cache, step)?;
         }
         let a = xtask(ctx, &cache, &["initrd", "--recipe", "minimal"])?;
         let b = xtask(ctx, &cache, &["image", "--recipe", "minimal"])?;

@@ -54,9 +54,7 @@ pub fn kernel(ctx: &Ctx) -> Result<()> {
     }
     let cold_build_s = t.elapsed().as_secs_f64();
     let k = xtask::kernel::build(ctx, &xtask::kernel::KernelArgs::default())?;
-    let reference = ctx
-        .fetcher()?
-        .debian_member("reference_kernel", &ctx.versions.reference_kernel.debian)?;
+    let reference = ctx.debian_member("reference_kernel", &ctx.versions.reference_kernel.debian)?;
     let work = tempfile::tempdir()?;
     let initrd = work.path().join("probe.initrd");
     probe_initrd(ctx, &initrd)?;

@@ -18,9 +18,7 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 /// The probe initrd: busybox, `/init` that prints the marker and the kernel
 /// version, then powers off.
 pub fn probe_initrd(ctx: &Ctx, dest: &Path) -> Result<()> {
-    let busybox = ctx
-        .fetcher()?
-        .debian_member("busybox", &ctx.versions.busybox.debian)?;
+    let busybox = ctx.debian_member("busybox", &ctx.versions.busybox.debian)?;
     let work = tempfile::tempdir()?;
     let root = work.path();
     for d in ["bin", "dev", "proc", "sys"] {

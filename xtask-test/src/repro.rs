@@ -162,13 +162,7 @@ impl CleanClone {
 
     /// Puts a copy of the main cache's kernel entry into this clone's cache.
     pub fn seed_kernel(&self, kernel: &KernelBuild) -> Result<()> {
-        let dest = self.cache.join("steps").join("kernel").join(&kernel.key);
-        std::fs::create_dir_all(&dest)?;
-        for e in std::fs::read_dir(&kernel.dir)? {
-            let e = e?;
-            std::fs::copy(e.path(), dest.join(e.file_name()))?;
-        }
-        Ok(())
+        xtask::cache::copy_entry_to(&kernel.entry, &self.cache)
     }
 
     /// A `cargo` command in the clone, with the variant's umask, TZ and
@@ -228,7 +222,7 @@ impl CleanClone {
     }
 
     fn kernel_entry(&self, key: &str) -> PathBuf {
-        self.cache.join("steps").join("kernel").join(key)
+        xtask::cache::entry_dir_in(&self.cache, "kernel", key)
     }
 }
 

@@ -83,9 +83,7 @@ pub fn lint(ctx: &Ctx) -> Result<()> {
 const NEEDS_A_RELEASE: &str = "real_artifacts_pass_lintian_and_rpm";
 
 pub fn unit(ctx: &Ctx) -> Result<()> {
-    let tarball = ctx
-        .fetcher()?
-        .debian_member("kernel", &ctx.versions.kernel.debian)?;
+    let tarball = ctx.debian_member("kernel", &ctx.versions.kernel.debian)?;
     // The runtime's real-QEMU tests boot the pipeline's own kernel.
     let kernel = xtask::kernel::build(ctx, &xtask::kernel::KernelArgs::default())?;
     ctx.ui

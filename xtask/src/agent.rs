@@ -3,14 +3,15 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::cache::StepInputs;
 use crate::context::Ctx;
+use crate::graph::{Graph, StepId};
 use crate::manifest::{Kind, Manifest};
-use crate::plan::Plan;
-use crate::tools::{run_logged, version_line};
-use crate::{elf, publish};
+use crate::runtime_bins::{cargo_home, require_static, rustflags_env};
+use crate::tools::run_logged;
+use crate::{host_tools, publish};
 
 const FORMAT: u32 = 1;
 /// The cargo profile tuned for size (LTO, one codegen unit, panic=abort).
@@ -22,19 +23,8 @@ pub struct AgentBuild {
     pub version: String,
 }
 
-/// Everything the agent binary depends on. Path dependencies of the agent
-/// (the protocols crate) are source inputs too.
-pub fn inputs(ctx: &Ctx) -> Result<StepInputs> {
-    let mut i = StepInputs::new("agent", FORMAT);
-    i.tree("src.agent", &ctx.root.join("agent"))?
-        .tree("src.protocols", &ctx.root.join("protocols"))?
-        .file("Cargo.lock", &ctx.root.join("Cargo.lock"))?
-        .file("Cargo.toml", &ctx.root.join("Cargo.toml"))?
-        .value("rustc", version_line("rustc", "-vV")?)
-        .value("target", &ctx.versions.rust.musl_target)
-        .value("profile", PROFILE);
-    Ok(i)
-}
+/// The binary's name in the step's entry (and in dist).
+pub const BINARY: &str = "kata-agent";
 
 /// A target dir of its own: the agent build then never waits on (or holds)
 /// the lock of a cargo that runs xtask or its tests.
@@ -42,64 +32,74 @@ pub fn agent_target_dir(ctx: &Ctx) -> std::path::PathBuf {
     ctx.root.join("target").join("agent")
 }
 
+/// The `agent` step. Everything the binary depends on is an input; path
+/// dependencies of the agent (the protocols crate) are source inputs too.
+pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx) -> Result<StepId> {
+    if let Some(id) = g.find("agent") {
+        return Ok(id);
+    }
+    let d = &ctx.digests;
+    let mut i = StepInputs::new("agent", FORMAT);
+    i.tree(d, "src.agent", &ctx.root.join("agent"))?
+        .tree(d, "src.protocols", &ctx.root.join("protocols"))?
+        .file(d, "Cargo.lock", &ctx.root.join("Cargo.lock"))?
+        .file(d, "Cargo.toml", &ctx.root.join("Cargo.toml"))?
+        .value("rustc", d.tool_version("rustc", "-vV"))
+        .value("target", &ctx.versions.rust.musl_target)
+        .value("profile", PROFILE);
+    Ok(
+        g.add("agent", i, &[], &[host_tools::MUSL_GCC], move |_, out| {
+            build_into(ctx, out)
+        }),
+    )
+}
+
+fn build_into(ctx: &Ctx, out: &std::path::Path) -> Result<()> {
+    let target = &ctx.versions.rust.musl_target;
+    let log = crate::tools::fresh_log(&ctx.logs().join("agent.log"))?;
+    // Paths of this clone and of the cargo home must not end up in the
+    // binary, or two clones would build different agents.
+    let flags = format!(
+        "--remap-path-prefix={}=/kata --remap-path-prefix={}=/cargo",
+        ctx.root.display(),
+        cargo_home()
+    );
+    run_logged(
+        Command::new("cargo")
+            .args([
+                "build",
+                "--locked",
+                "-p",
+                "kata-agent",
+                "--target",
+                target,
+                "--profile",
+                PROFILE,
+            ])
+            .env(rustflags_env(target), flags)
+            .env("CARGO_TARGET_DIR", agent_target_dir(ctx))
+            .current_dir(&ctx.root),
+        &log,
+    )
+    .context("building kata-agent (is the musl target installed? `cargo xtask doctor`)")?;
+    let built = agent_target_dir(ctx)
+        .join(target)
+        .join(PROFILE)
+        .join(BINARY);
+    require_static(&built)?;
+    std::fs::copy(&built, out.join(BINARY))?;
+    Ok(())
+}
+
+/// Builds (or takes from the cache) the agent alone.
 pub fn build(ctx: &Ctx) -> Result<AgentBuild> {
-    let inputs = inputs(ctx)?;
-    let cache = ctx.cache()?;
-    let target = ctx.versions.rust.musl_target.clone();
-    let log = ctx.logs().join("agent.log");
-    let progress = ctx.ui.step("agent");
-    let entry = cache.step(&inputs, &ctx.ui, |out| {
-        crate::tools::fresh_log(&log)?;
-        // Paths of this clone and of the cargo home must not end up in the
-        // binary, or two clones would build different agents.
-        let cargo_home = std::env::var("CARGO_HOME")
-            .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
-        let flags = format!(
-            "--remap-path-prefix={}=/kata --remap-path-prefix={cargo_home}=/cargo",
-            ctx.root.display()
-        );
-        let env_name = format!(
-            "CARGO_TARGET_{}_RUSTFLAGS",
-            target.to_uppercase().replace('-', "_")
-        );
-        run_logged(
-            Command::new("cargo")
-                .args([
-                    "build",
-                    "--locked",
-                    "-p",
-                    "kata-agent",
-                    "--target",
-                    &target,
-                    "--profile",
-                    PROFILE,
-                ])
-                .env(env_name, flags)
-                .env("CARGO_TARGET_DIR", agent_target_dir(ctx))
-                .current_dir(&ctx.root),
-            &log,
-        )
-        .context("building kata-agent (is the musl target installed? `cargo xtask doctor`)")?;
-        let built = agent_target_dir(ctx)
-            .join(&target)
-            .join(PROFILE)
-            .join("kata-agent");
-        let facts = elf::inspect(&built)?;
-        if facts.has_interpreter || facts.needed_libraries > 0 {
-            bail!(
-                "{} is not static (interpreter: {}, needed libraries: {})",
-                built.display(),
-                facts.has_interpreter,
-                facts.needed_libraries
-            );
-        }
-        std::fs::copy(&built, out.join("kata-agent"))?;
-        publish::seal(&out.join("kata-agent"))
-    })?;
-    progress.finish(if entry.hit { "cached" } else { "built" });
+    let mut g = Graph::new();
+    let id = add(&mut g, ctx)?;
+    let out = g.run(ctx, &[id])?;
+    let entry = out.entry(id);
     Ok(AgentBuild {
-        binary: entry.dir.join("kata-agent"),
-        key: entry.key,
+        binary: entry.path(BINARY),
+        key: entry.key.clone(),
         version: AGENT_VERSION.to_string(),
     })
 }
@@ -109,23 +109,16 @@ pub fn build(ctx: &Ctx) -> Result<AgentBuild> {
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub fn run(ctx: &Ctx) -> Result<()> {
-    let mut plan = Plan::default();
-    plan.add(ctx, &inputs(ctx)?);
-    if plan.show_if_dry_run(ctx)? {
+    let mut g = Graph::new();
+    let id = add(&mut g, ctx)?;
+    if g.show_if_dry_run(ctx, &[id])? {
         return Ok(());
     }
     ctx.ensure_dist_writable()?;
-    let agent = build(ctx)?;
-    let dest = publish::file(ctx, &agent.binary, "kata-agent")?;
-    let art = publish::artifact(
-        ctx,
-        "kata-agent",
-        Kind::Agent,
-        &dest,
-        &agent.binary,
-        &agent.key,
-        None,
-    )?;
+    let out = g.run(ctx, &[id])?;
+    let entry = out.entry(id);
+    let dest = publish::file(ctx, &entry.path(BINARY), BINARY)?;
+    let art = publish::artifact(ctx, BINARY, Kind::Agent, &dest, entry, BINARY, None)?;
     Manifest::record(
         &ctx.dist(),
         &ctx.versions.version,

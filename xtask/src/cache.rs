@@ -6,6 +6,12 @@
 //! renamed into place only when the step succeeded, so a crash or an error
 //! never leaves a partial entry.
 //!
+//! Every entry is sealed when it is built (`.seal.json`: the digest of each
+//! of its files) and checked against the seal on every lookup, so a hit is
+//! an entry with exactly the bytes it was built with; an entry that fails
+//! the check is never used, and building the step replaces it. Verified
+//! downloads are re-hashed on every use the same way.
+//!
 //! Concurrent runs share the cache safely: building an entry holds a lock on
 //! that entry only (a second run wanting the same entry waits, then finds it
 //! built), finished entries are immutable and read without locks, and every
@@ -16,7 +22,7 @@
 //! Layout under the cache root:
 //! ```text
 //! inputs/<sha256>/<file>       verified downloads (see fetch.rs)
-//! steps/<step>/<key>/          a finished entry; `.inputs.json` inside
+//! steps/<step>/<key>/          a finished entry; `.inputs.json` and `.seal.json` inside
 //! steps/<step>/.<key>.lock     flock(2)ed while the entry is built
 //! steps/<step>/last.json       the inputs of the last run (for "why it ran")
 //! tmp/<pid>-<n>/               one process's work dirs; a dead pid's are swept
@@ -46,13 +52,165 @@ pub struct Cache {
 pub struct StepInputs {
     step: String,
     items: BTreeMap<String, String>,
+    /// The files and trees behind some items, to check after a build that
+    /// they did not change while the step read them.
+    sources: Vec<(String, Source)>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    File(PathBuf),
+    Tree(PathBuf),
+}
+
+/// Digests computed once per command: a source tree, a file or a tool's
+/// version is read once however many steps consume it.
+#[derive(Default)]
+pub struct Digests {
+    memo: std::cell::RefCell<BTreeMap<String, String>>,
+}
+
+impl Digests {
+    fn memo(&self, key: String, compute: impl FnOnce() -> Result<String>) -> Result<String> {
+        if let Some(v) = self.memo.borrow().get(&key) {
+            return Ok(v.clone());
+        }
+        let v = compute()?;
+        self.memo.borrow_mut().insert(key, v.clone());
+        Ok(v)
+    }
+
+    pub fn file(&self, path: &Path) -> Result<String> {
+        self.memo(format!("file:{}", path.display()), || {
+            hash::file_sha256(path)
+        })
+    }
+
+    pub fn tree(&self, path: &Path) -> Result<String> {
+        self.memo(format!("tree:{}", path.display()), || {
+            hash::tree_sha256(path).with_context(|| format!("hash {}", path.display()))
+        })
+    }
+
+    /// The first line of `program flag` (a compiler's version, say), or
+    /// `unavailable` when it cannot be run: a step that needs the tool then
+    /// misses the cache, and the executor names the missing tool.
+    pub fn tool_version(&self, program: &str, flag: &str) -> String {
+        self.memo(format!("tool:{program} {flag}"), || {
+            Ok(crate::tools::version_line(program, flag)
+                .unwrap_or_else(|_| "unavailable".to_string()))
+        })
+        .expect("infallible")
+    }
+}
+
+/// A finished, verified cache entry.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub dir: PathBuf,
+    step: String,
     pub key: String,
+    /// Found in the cache (true) or built by this run.
     pub hit: bool,
+    seal: Seal,
+}
+
+impl Entry {
+    /// The sha256 of one of the entry's regular files, from its seal (the
+    /// file was verified against it when the entry was looked up).
+    pub fn sha256(&self, rel: &str) -> Result<String> {
+        match self.seal.files.get(rel) {
+            Some(d) if d.len() == 64 => Ok(d.clone()),
+            _ => bail!(
+                "{}: no regular file {rel} in this entry",
+                self.dir.display()
+            ),
+        }
+    }
+
+    /// A file of the entry.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    Hit(Entry),
+    Miss,
+    /// An entry exists but does not match its seal (or has none): it is
+    /// never used, and building the step replaces it.
+    Corrupt(String),
+}
+
+/// The digest of every file of an entry, written when the entry is built
+/// and checked on every later use: a regular file's sha256, a symlink's
+/// target (`link:...`), a device node's mode and number (`node:...`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Seal {
+    files: BTreeMap<String, String>,
+}
+
+const SEAL: &str = ".seal.json";
+const INPUTS_RECORD: &str = ".inputs.json";
+
+impl Seal {
+    fn of(dir: &Path) -> Result<Seal> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let mut files = BTreeMap::new();
+        for path in files_below(dir)? {
+            let rel = path
+                .strip_prefix(dir)
+                .expect("below dir")
+                .to_string_lossy()
+                .into_owned();
+            if rel == SEAL || rel == INPUTS_RECORD {
+                continue;
+            }
+            let meta = fs::symlink_metadata(&path)?;
+            let ft = meta.file_type();
+            let digest = if ft.is_file() {
+                hash::file_sha256(&path)?
+            } else if ft.is_symlink() {
+                format!("link:{}", fs::read_link(&path)?.to_string_lossy())
+            } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
+                format!("node:{:o}:{}", meta.mode(), meta.rdev())
+            } else {
+                bail!("{}: sockets cannot be cached", path.display());
+            };
+            files.insert(rel, digest);
+        }
+        Ok(Seal { files })
+    }
+
+    /// Checks `dir` against its seal; the reason when it does not match.
+    fn verify(dir: &Path) -> Result<Seal, String> {
+        let recorded: Seal = fs::read(dir.join(SEAL))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| format!("{} has no readable {SEAL}", dir.display()))?;
+        let now = Seal::of(dir).map_err(|e| format!("{e:#}"))?;
+        if now == recorded {
+            return Ok(recorded);
+        }
+        let changed = recorded
+            .files
+            .iter()
+            .find(|(k, v)| now.files.get(*k) != Some(v))
+            .map(|(k, _)| k.clone())
+            .or_else(|| {
+                now.files
+                    .keys()
+                    .find(|k| !recorded.files.contains_key(*k))
+                    .cloned()
+            })
+            .unwrap_or_default();
+        Err(format!(
+            "{}: {changed} does not match the entry's seal",
+            dir.display()
+        ))
+    }
 }
 
 impl StepInputs {
@@ -67,6 +225,7 @@ impl StepInputs {
         StepInputs {
             step: step.to_string(),
             items,
+            sources: Vec::new(),
         }
     }
 
@@ -81,17 +240,37 @@ impl StepInputs {
     }
 
     /// A file's content.
-    pub fn file(&mut self, label: &str, path: &Path) -> Result<&mut Self> {
-        let digest = hash::file_sha256(path)?;
+    pub fn file(&mut self, digests: &Digests, label: &str, path: &Path) -> Result<&mut Self> {
+        let digest = digests.file(path)?;
         self.items.insert(label.to_string(), digest);
+        self.sources
+            .push((label.to_string(), Source::File(path.to_path_buf())));
         Ok(self)
     }
 
     /// A source tree's content.
-    pub fn tree(&mut self, label: &str, path: &Path) -> Result<&mut Self> {
-        let digest = hash::tree_sha256(path).with_context(|| format!("hash {}", path.display()))?;
+    pub fn tree(&mut self, digests: &Digests, label: &str, path: &Path) -> Result<&mut Self> {
+        let digest = digests.tree(path)?;
         self.items.insert(label.to_string(), digest);
+        self.sources
+            .push((label.to_string(), Source::Tree(path.to_path_buf())));
         Ok(self)
+    }
+
+    /// The labels of file and tree inputs whose content is no longer what
+    /// the key was computed from (hashed afresh).
+    pub fn changed_sources(&self) -> Result<Vec<String>> {
+        let mut changed = Vec::new();
+        for (label, source) in &self.sources {
+            let now = match source {
+                Source::File(p) => hash::file_sha256(p)?,
+                Source::Tree(p) => hash::tree_sha256(p)?,
+            };
+            if self.items.get(label) != Some(&now) {
+                changed.push(label.clone());
+            }
+        }
+        Ok(changed)
     }
 
     pub fn key(&self) -> String {
@@ -173,20 +352,49 @@ impl Cache {
         &self.root
     }
 
-    pub fn entry_dir(&self, inputs: &StepInputs) -> PathBuf {
-        self.root
-            .join("steps")
-            .join(inputs.step())
-            .join(inputs.key())
+    fn step_dir(&self, step: &str) -> PathBuf {
+        self.root.join("steps").join(step)
     }
 
-    pub fn lookup(&self, inputs: &StepInputs) -> Option<Entry> {
+    fn entry_dir(&self, inputs: &StepInputs) -> PathBuf {
+        self.step_dir(inputs.step()).join(inputs.key())
+    }
+
+    /// The entry for `inputs`, verified against its seal.
+    pub fn lookup(&self, inputs: &StepInputs) -> Lookup {
         let dir = self.entry_dir(inputs);
-        dir.is_dir().then(|| Entry {
-            dir,
-            key: inputs.key(),
-            hit: true,
-        })
+        if !dir.is_dir() {
+            return Lookup::Miss;
+        }
+        match Seal::verify(&dir) {
+            Ok(seal) => Lookup::Hit(Entry {
+                dir,
+                step: inputs.step().to_string(),
+                key: inputs.key(),
+                hit: true,
+                seal,
+            }),
+            Err(why) => Lookup::Corrupt(why),
+        }
+    }
+
+    /// Why `inputs` has no entry: what changed since the step last ran.
+    pub fn why_missing(&self, inputs: &StepInputs) -> String {
+        let last = self.step_dir(inputs.step()).join("last.json");
+        match fs::read(last)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<BTreeMap<String, String>>(&b).ok())
+        {
+            Some(prev) => {
+                let changes = inputs.changes_since(&prev);
+                if changes.is_empty() {
+                    "its entry is gone from the cache".to_string()
+                } else {
+                    changes.join(", ")
+                }
+            }
+            None => "nothing is cached for it".to_string(),
+        }
     }
 
     /// A fresh work dir inside the cache (same filesystem, so entries can be
@@ -197,66 +405,90 @@ impl Cache {
             .tempdir_in(&self.work)?)
     }
 
-    /// Returns the entry for `inputs`, running `build` into an empty dir when
-    /// there is none. The dir becomes the entry only if `build` succeeds.
-    pub fn step(
+    /// Builds the entry for `inputs`: under the entry's lock, `build` fills
+    /// an empty dir, which is sealed and renamed into place only if `build`
+    /// succeeded. An entry another run finished meanwhile is taken instead;
+    /// a corrupt one is replaced.
+    pub fn build(
         &self,
         inputs: &StepInputs,
         ui: &Ui,
         build: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<Entry> {
-        let step_dir = self.root.join("steps").join(inputs.step());
-        let last_path = step_dir.join("last.json");
-        if let Some(entry) = self.lookup(inputs) {
-            ui.verbose(&format!(
-                "{}: cache hit {}",
-                inputs.step(),
-                &entry.key[..12]
-            ));
-            return Ok(entry);
-        }
+        let step_dir = self.step_dir(inputs.step());
         fs::create_dir_all(&step_dir)?;
         let _guard = EntryLock::take(&step_dir.join(format!(".{}.lock", inputs.key())), ui)?;
-        // Another run may have built it while we waited.
-        if let Some(entry) = self.lookup(inputs) {
-            ui.verbose(&format!(
-                "{}: built by a concurrent run {}",
-                inputs.step(),
-                &entry.key[..12]
-            ));
-            return Ok(entry);
-        }
-        match fs::read(&last_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<BTreeMap<String, String>>(&b).ok())
-        {
-            Some(prev) => {
-                let changes = inputs.changes_since(&prev);
+        let dest = self.entry_dir(inputs);
+        match self.lookup(inputs) {
+            Lookup::Hit(entry) => {
                 ui.verbose(&format!(
-                    "{}: runs because {}",
+                    "{}: built by a concurrent run {}",
                     inputs.step(),
-                    changes.join(", ")
+                    &entry.key[..12]
                 ));
+                return Ok(entry);
             }
-            None => ui.verbose(&format!(
-                "{}: runs because nothing is cached for it",
-                inputs.step()
-            )),
+            Lookup::Corrupt(why) => {
+                ui.info(&format!("warning: {why}; rebuilding it"));
+                let trash = self.temp_dir("corrupt")?;
+                fs::rename(&dest, trash.path().join("entry"))
+                    .with_context(|| format!("move {} aside", dest.display()))?;
+            }
+            Lookup::Miss => {}
         }
         let work = self.temp_dir(inputs.step())?;
         let out = work.path().join("out");
         fs::create_dir(&out)?;
         build(&out)?;
+        let seal = Seal::of(&out)?;
+        fs::write(out.join(SEAL), serde_json::to_vec_pretty(&seal)?)?;
         let record = serde_json::to_vec_pretty(inputs.items())?;
-        fs::write(out.join(".inputs.json"), &record)?;
-        let dest = self.entry_dir(inputs);
+        fs::write(out.join(INPUTS_RECORD), &record)?;
         fs::rename(&out, &dest).with_context(|| format!("move entry into {}", dest.display()))?;
-        write_atomic(&last_path, &record)?;
+        write_atomic(&step_dir.join("last.json"), &record)?;
         Ok(Entry {
             dir: dest,
+            step: inputs.step().to_string(),
             key: inputs.key(),
             hit: false,
+            seal,
         })
+    }
+
+    /// A verified download: `inputs/<sha256>/<file>`, re-hashed on every
+    /// use; a stored file that no longer has its digest is removed.
+    pub fn stored_input(&self, sha256: &str) -> Option<PathBuf> {
+        let dir = self.root.join("inputs").join(sha256);
+        let file = fs::read_dir(&dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.is_file())?;
+        if hash::file_sha256(&file).ok().as_deref() == Some(sha256) {
+            return Some(file);
+        }
+        let _ = remove_tree(&dir);
+        None
+    }
+
+    /// Stores a file whose sha256 the caller verified as `sha256`; returns
+    /// its place in the cache.
+    pub fn store_input(&self, file: &Path, sha256: &str) -> Result<PathBuf> {
+        let dir = self.root.join("inputs").join(sha256);
+        let staging = self.temp_dir("store")?;
+        let dest_name = file.file_name().context("a file name")?;
+        fs::rename(file, staging.path().join(dest_name))?;
+        fs::create_dir_all(dir.parent().expect("parent"))?;
+        if let Err(e) = fs::rename(staging.path(), &dir) {
+            // A concurrent run stored the same verified file first: same
+            // digest, same content, so theirs serves.
+            if !dir.join(dest_name).is_file() {
+                return Err(e).with_context(|| format!("store {}", dir.display()));
+            }
+        } else {
+            let _ = staging.keep();
+        }
+        Ok(dir.join(dest_name))
     }
 }
 
@@ -297,6 +529,35 @@ impl EntryLock {
         }
         Ok(EntryLock { _file: f })
     }
+}
+
+/// Where the cache rooted at `root` keeps the entry of `step` with `key`
+/// (for tests that compare two caches).
+pub fn entry_dir_in(root: &Path, step: &str, key: &str) -> PathBuf {
+    root.join("steps").join(step).join(key)
+}
+
+/// Copies a verified entry, seal included, into the cache rooted at `root`
+/// (which then verifies it like any other).
+pub fn copy_entry_to(entry: &Entry, root: &Path) -> Result<()> {
+    let dest = entry_dir_in(root, &entry.step, &entry.key);
+    for file in files_below(&entry.dir)? {
+        let rel = file.strip_prefix(&entry.dir).expect("below the entry");
+        let to = dest.join(rel);
+        fs::create_dir_all(to.parent().expect("in a dir"))?;
+        fs::copy(&file, &to)
+            .with_context(|| format!("copy {} to {}", file.display(), to.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes every entry of `step` from the cache rooted at `root`.
+pub fn remove_step_entries(root: &Path, step: &str) -> Result<()> {
+    let dir = root.join("steps").join(step);
+    if dir.exists() {
+        remove_tree(&dir)?;
+    }
+    Ok(())
 }
 
 /// Writes a file by way of a temp file in the same dir and a rename.
@@ -374,7 +635,7 @@ mod tests {
         inputs.value("option", "a");
         let mut runs = 0;
         let first = cache
-            .step(&inputs, &quiet(), |out| {
+            .build(&inputs, &quiet(), |out| {
                 runs += 1;
                 fs::write(out.join("result"), b"42")?;
                 Ok(())
@@ -382,7 +643,7 @@ mod tests {
             .unwrap();
         assert!(!first.hit);
         let second = cache
-            .step(&inputs, &quiet(), |_| panic!("must not run on a hit"))
+            .build(&inputs, &quiet(), |_| panic!("must not run on a hit"))
             .unwrap();
         assert!(second.hit);
         assert_eq!(first.dir, second.dir);
@@ -410,13 +671,13 @@ mod tests {
         let cache = Cache::open(d.path(), &quiet()).unwrap();
         let inputs = StepInputs::new("demo", 1);
         let err = cache
-            .step(&inputs, &quiet(), |out| {
+            .build(&inputs, &quiet(), |out| {
                 fs::write(out.join("half"), b"partial")?;
                 bail!("boom")
             })
             .unwrap_err();
         assert_eq!(err.to_string(), "boom");
-        assert!(cache.lookup(&inputs).is_none());
+        assert!(matches!(cache.lookup(&inputs), Lookup::Miss));
         assert_eq!(
             fs::read_dir(&cache.work).unwrap().count(),
             0,
@@ -424,9 +685,9 @@ mod tests {
         );
         // and a later successful run creates it
         cache
-            .step(&inputs, &quiet(), |out| Ok(fs::write(out.join("ok"), b"")?))
+            .build(&inputs, &quiet(), |out| Ok(fs::write(out.join("ok"), b"")?))
             .unwrap();
-        assert!(cache.lookup(&inputs).is_some());
+        assert!(matches!(cache.lookup(&inputs), Lookup::Hit(_)));
     }
 
     #[test]
@@ -475,7 +736,7 @@ mod tests {
                     let cache = Cache::open(&root, &quiet()).unwrap();
                     let inputs = StepInputs::new("demo", 1);
                     cache
-                        .step(&inputs, &quiet(), |out| {
+                        .build(&inputs, &quiet(), |out| {
                             runs.fetch_add(1, Ordering::SeqCst);
                             std::thread::sleep(std::time::Duration::from_millis(200));
                             Ok(fs::write(out.join("x"), b"1")?)

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Digests};
 use crate::error::InputError;
 use crate::ui::Ui;
 use crate::versions::{self, Versions};
@@ -28,6 +28,8 @@ pub struct Ctx {
     pub dry_run: bool,
     pub json: bool,
     pub ui: Ui,
+    /// Source digests and tool versions, each computed once per command.
+    pub digests: Digests,
 }
 
 /// The workspace root: xtask lives one level below it.
@@ -71,7 +73,30 @@ impl Ctx {
             dry_run: opts.dry_run,
             json: opts.json,
             ui: Ui::new(opts.verbose),
+            digests: Digests::default(),
         })
+    }
+
+    /// A quiet context on this checkout's pins with its own cache dir.
+    #[cfg(test)]
+    pub fn for_tests(cache_dir: &Path) -> Ctx {
+        let root = project_root();
+        let versions_path = versions::default_path(&root);
+        let versions = Versions::load(&versions_path).expect("the checkout's versions.yaml loads");
+        Ctx {
+            epoch: versions.effective_epoch().expect("a valid epoch"),
+            root: root.clone(),
+            versions_path,
+            versions,
+            cache_dir: cache_dir.to_path_buf(),
+            dist_dir: cache_dir.join("dist"),
+            cache: OnceCell::new(),
+            offline: true,
+            dry_run: false,
+            json: false,
+            ui: Ui::quiet(),
+            digests: Digests::default(),
+        }
     }
 
     /// The cache, opened (and locked) on first use so that commands which

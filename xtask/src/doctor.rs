@@ -6,14 +6,14 @@ use std::process::Command;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
+use crate::host_tools::{self, HostTool};
 use crate::tools::{run_captured, run_visible, which};
 use crate::ui::Ui;
 use crate::versions::Versions;
 
 #[derive(Debug, Clone)]
 enum Check {
-    Program(&'static str),
-    File(&'static str),
+    Tool(HostTool),
     RustTarget(String),
     CargoBinary { name: String, version: String },
     QemuAtLeast(String),
@@ -55,169 +55,36 @@ pub struct Gap {
     pub fix: String,
 }
 
+/// Every host tool of the registry (what the steps and the tests run),
+/// then what is not a Debian package or needs more than presence.
 fn requirements(v: &Versions) -> Vec<Requirement> {
-    let apt = |what: &str, needed_for, check, pkg| Requirement {
-        what: what.to_string(),
-        needed_for,
-        check,
-        fix: Fix::Apt(pkg),
-    };
-    vec![
-        apt(
-            "apt-get",
-            "fetching pinned Debian packages",
-            Check::Program("apt-get"),
-            "apt",
-        ),
-        apt(
-            "dpkg-deb",
-            "unpacking pinned Debian packages",
-            Check::Program("dpkg-deb"),
-            "dpkg",
-        ),
-        apt(
-            "mke2fs",
-            "ext4 rootfs images",
-            Check::Program("mke2fs"),
-            "e2fsprogs",
-        ),
-        apt(
-            "e2fsck",
-            "checking images",
-            Check::Program("e2fsck"),
-            "e2fsprogs",
-        ),
-        apt(
-            "debugfs",
-            "deterministic ext4 images",
-            Check::Program("debugfs"),
-            "e2fsprogs",
-        ),
-        apt(
-            "mkfs.erofs",
-            "erofs rootfs images",
-            Check::Program("mkfs.erofs"),
-            "erofs-utils",
-        ),
-        apt(
-            "cpio",
-            "independent initrd checks in the tests",
-            Check::Program("cpio"),
-            "cpio",
-        ),
-        apt(
-            "zstd",
-            "zstd initrds and the release tarball checks",
-            Check::Program("zstd"),
-            "zstd",
-        ),
-        apt(
-            "readelf",
-            "checking the agent is static (tests)",
-            Check::Program("readelf"),
-            "binutils",
-        ),
-        apt(
-            "rpm",
-            "checking the release .rpm",
-            Check::Program("rpm"),
-            "rpm",
-        ),
-        apt(
-            "lintian",
-            "checking the release .deb",
-            Check::Program("lintian"),
-            "lintian",
-        ),
-        apt(
-            "busybox",
-            "the kernel boot test's shell",
-            Check::File("/bin/busybox"),
-            "busybox-static",
-        ),
-        apt(
-            "musl-gcc",
-            "C parts of the static agent",
-            Check::Program("musl-gcc"),
-            "musl-tools",
-        ),
-        apt("make", "the kernel build", Check::Program("make"), "make"),
-        apt("gcc", "the kernel build", Check::Program("gcc"), "gcc"),
-        apt("flex", "the kernel build", Check::Program("flex"), "flex"),
-        apt(
-            "bison",
-            "the kernel build",
-            Check::Program("bison"),
-            "bison",
-        ),
-        apt("bc", "the kernel build", Check::Program("bc"), "bc"),
-        apt("patch", "kernel patches", Check::Program("patch"), "patch"),
-        apt(
-            "xz",
-            "the kernel source tarball",
-            Check::Program("xz"),
-            "xz-utils",
-        ),
-        apt(
-            "libelf-dev",
-            "the kernel build (objtool)",
-            Check::File("/usr/include/libelf.h"),
-            "libelf-dev",
-        ),
-        apt(
-            "libssl-dev",
-            "the kernel build (certs tooling)",
-            Check::File("/usr/include/openssl/ssl.h"),
-            "libssl-dev",
-        ),
-        apt(
-            "curl",
-            "fetching upstream URLs",
-            Check::Program("curl"),
-            "curl",
-        ),
+    let mut reqs: Vec<Requirement> = host_tools::ALL
+        .iter()
+        .map(|t| Requirement {
+            what: t.name.to_string(),
+            needed_for: t.needed_for,
+            check: Check::Tool(*t),
+            fix: Fix::Apt(t.package),
+        })
+        .collect();
+    reqs.extend([
         Requirement {
             what: format!("qemu-system-x86_64 >= {}", v.qemu.minimum_version),
             needed_for: "booting guests (tests, runtime)",
             check: Check::QemuAtLeast(v.qemu.minimum_version.clone()),
             fix: Fix::Apt("qemu-system-x86"),
         },
-        apt(
-            "virtiofsd",
-            "sharing container rootfs",
-            Check::File("/usr/lib/qemu/virtiofsd"),
-            "qemu-system-common",
-        ),
-        apt(
-            "containerd",
-            "the end-to-end container test",
-            Check::Program("containerd"),
-            "containerd",
-        ),
-        apt(
-            "ctr",
-            "the end-to-end container test",
-            Check::Program("ctr"),
-            "containerd",
-        ),
-        apt(
-            "gzip",
-            "the e2e test image's layer",
-            Check::Program("gzip"),
-            "gzip",
-        ),
         Requirement {
             what: "pyspdxtools".into(),
             needed_for: "validating the release SBOM (tests)",
-            check: Check::Program("pyspdxtools"),
+            check: Check::Tool(HostTool {
+                name: "pyspdxtools",
+                probe: host_tools::Probe::Program("pyspdxtools"),
+                package: "spdx-tools",
+                needed_for: "validating the release SBOM (tests)",
+            }),
             fix: Fix::Pip("spdx-tools"),
         },
-        apt(
-            "runc",
-            "the start-latency benchmark baseline",
-            Check::Program("runc"),
-            "runc",
-        ),
         Requirement {
             what: format!("rust target {}", v.rust.musl_target),
             needed_for: "the static kata-agent",
@@ -239,13 +106,13 @@ fn requirements(v: &Versions) -> Vec<Requirement> {
                 version: v.vhost_device_vsock.version.clone(),
             },
         },
-    ]
+    ]);
+    reqs
 }
 
 fn problem(check: &Check) -> Option<String> {
     match check {
-        Check::Program(p) => which(p).is_none().then(|| format!("`{p}` is not on PATH")),
-        Check::File(f) => (!std::path::Path::new(f).exists()).then(|| format!("{f} is missing")),
+        Check::Tool(t) => t.problem(),
         Check::RustTarget(t) => {
             let installed =
                 run_captured(Command::new("rustup").args(["target", "list", "--installed"]))
@@ -407,10 +274,16 @@ mod tests {
 
     #[test]
     fn a_missing_program_is_a_gap_with_a_fix() {
-        let p = problem(&Check::Program("surely-not-a-real-program-xyz")).unwrap();
+        let fake = HostTool {
+            name: "surely-not-a-real-program-xyz",
+            probe: host_tools::Probe::Program("surely-not-a-real-program-xyz"),
+            package: "xyz",
+            needed_for: "testing",
+        };
+        let p = problem(&Check::Tool(fake)).unwrap();
         assert!(p.contains("surely-not-a-real-program-xyz"));
         assert_eq!(Fix::Apt("cpio").command(), "apt-get install -y cpio");
-        assert!(problem(&Check::Program("sh")).is_none());
+        assert!(problem(&Check::Tool(host_tools::TAR)).is_none());
     }
 
     #[test]

@@ -13,7 +13,10 @@ use anyhow::{Context, Result};
 
 use crate::bad_input;
 use crate::cache::{Cache, StepInputs};
+use crate::context::Ctx;
+use crate::graph::{Graph, StepId};
 use crate::hash;
+use crate::host_tools;
 use crate::tools::run_captured;
 use crate::ui::Ui;
 use crate::versions::{DebianPackagePin, Sha256Hex};
@@ -26,13 +29,7 @@ pub struct Fetcher<'a> {
 
 impl<'a> Fetcher<'a> {
     fn stored(&self, sha: &Sha256Hex) -> Option<PathBuf> {
-        let dir = self.cache.root().join("inputs").join(sha.as_str());
-        let mut files = fs::read_dir(&dir)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_file());
-        files.next()
+        self.cache.stored_input(sha.as_str())
     }
 
     /// The verified `.deb` of a pinned Debian package. `pin_key` is the
@@ -129,39 +126,35 @@ impl<'a> Fetcher<'a> {
                 file.file_name().unwrap_or_default().to_string_lossy()
             );
         }
-        let dir = self.cache.root().join("inputs").join(want.as_str());
-        let staging = self.cache.temp_dir("store")?;
-        let dest_name = file.file_name().expect("file name");
-        fs::rename(file, staging.path().join(dest_name))?;
-        fs::create_dir_all(dir.parent().expect("parent"))?;
-        if let Err(e) = fs::rename(staging.path(), &dir) {
-            // A concurrent run stored the same verified file first: same
-            // digest, same content, so theirs serves.
-            if !dir.join(dest_name).is_file() {
-                return Err(e).with_context(|| format!("store {}", dir.display()));
-            }
-        } else {
-            let _ = staging.keep();
-        }
-        Ok(dir.join(dest_name))
+        self.cache.store_input(file, want.as_str())
     }
+}
 
-    /// One member of a verified `.deb`, unpacked once and cached.
-    pub fn debian_member(&self, pin_key: &str, pin: &DebianPackagePin) -> Result<PathBuf> {
-        let mut inputs = StepInputs::new("unpack", 1);
-        inputs
-            .value("deb.sha256", &pin.sha256)
-            .value("member", &pin.member);
-        let member = pin.member.trim_start_matches('/').to_string();
-        let file_name = Path::new(&member)
-            .file_name()
-            .expect("member has a file name")
-            .to_owned();
-        if let Some(entry) = self.cache.lookup(&inputs) {
-            return Ok(entry.dir.join(&file_name));
-        }
-        let deb = self.debian_package(pin_key, pin)?;
-        let entry = self.cache.step(&inputs, self.ui, |out| {
+/// The step `unpack:<pin_key>`: one member of a pinned, verified `.deb`
+/// (the busybox binary, the kernel source tarball), as the file
+/// [`member_file_name`] in its entry.
+pub fn add_debian_member<'g>(
+    g: &mut Graph<'g>,
+    ctx: &'g Ctx,
+    pin_key: &'static str,
+    pin: &'g DebianPackagePin,
+) -> StepId {
+    let id = format!("unpack:{pin_key}");
+    if let Some(found) = g.find(&id) {
+        return found;
+    }
+    let mut inputs = StepInputs::new("unpack", 1);
+    inputs
+        .value("deb.sha256", &pin.sha256)
+        .value("member", &pin.member);
+    let member = pin.member.trim_start_matches('/').to_string();
+    g.add(
+        id,
+        inputs,
+        &[],
+        &[host_tools::APT_GET, host_tools::DPKG_DEB],
+        move |_, out| {
+            let deb = ctx.fetcher()?.debian_package(pin_key, pin)?;
             let tree = out.join("tree");
             run_captured(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
             let found = tree.join(&member);
@@ -171,11 +164,30 @@ impl<'a> Fetcher<'a> {
                     deb.file_name().unwrap_or_default().to_string_lossy()
                 );
             }
-            fs::rename(&found, out.join(&file_name))?;
+            fs::rename(&found, out.join(member_file_name(pin)))?;
             crate::cache::remove_tree(&tree)
-        })?;
-        Ok(entry.dir.join(file_name))
+        },
+    )
+}
+
+impl Ctx {
+    /// One member of a pinned `.deb` (the `unpack:<pin_key>` step alone),
+    /// for the tests and benchmarks that use one outside a release.
+    pub fn debian_member(&self, pin_key: &'static str, pin: &DebianPackagePin) -> Result<PathBuf> {
+        let mut g = Graph::new();
+        let id = add_debian_member(&mut g, self, pin_key, pin);
+        let out = g.run(self, &[id])?;
+        Ok(out.path(id, &member_file_name(pin)))
     }
+}
+
+/// The file name of a pin's member in its `unpack:` entry.
+pub fn member_file_name(pin: &DebianPackagePin) -> String {
+    Path::new(&pin.member)
+        .file_name()
+        .expect("versions.yaml checks that a member has a file name")
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// What the Debian archive serves now for a package: (version, .deb path).

@@ -9,9 +9,9 @@ use rootfs_builder::image::{build_image, Filesystem, ImageOptions};
 
 use crate::cache::StepInputs;
 use crate::context::Ctx;
+use crate::graph::{Graph, StepId};
 use crate::manifest::Kind;
-use crate::plan::Plan;
-use crate::{publish, rootfs};
+use crate::{host_tools, publish, rootfs};
 
 const FORMAT: u32 = 1;
 
@@ -66,39 +66,57 @@ fn options(ctx: &Ctx, args: &ImageArgs) -> ImageOptions {
     o
 }
 
-pub fn inputs(ctx: &Ctx, args: &ImageArgs) -> Result<(Vec<StepInputs>, StepInputs)> {
-    let (rootfs, agent, _) = rootfs::inputs(ctx, &args.recipe)?;
+/// The image's file name in its step's entry.
+pub const FILE: &str = "image";
+
+/// The `image:<recipe>:<fs>[:nodax]` step, after the recipe's rootfs.
+pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, args: &ImageArgs) -> Result<StepId> {
+    let id = format!(
+        "image:{}:{}{}",
+        args.recipe,
+        args.fs.name(),
+        if args.no_dax { ":nodax" } else { "" }
+    );
     let opts = options(ctx, args);
+    let d = &ctx.digests;
+    let (tool, flag, host_tools) = match args.fs {
+        FsArg::Ext4 => (
+            "mke2fs",
+            "-V",
+            vec![host_tools::MKE2FS, host_tools::DEBUGFS],
+        ),
+        FsArg::Erofs => ("mkfs.erofs", "--version", vec![host_tools::MKFS_EROFS]),
+    };
     let mut i = StepInputs::new("image", FORMAT);
-    i.value("rootfs.key", rootfs.key())
-        .value("fs", args.fs.name())
+    i.value("fs", args.fs.name())
         .value("dax", !args.no_dax)
         .value("align_mib", args.align_mib)
         .value("free_mib", args.free_mib)
         .value("fs_uuid", &opts.fs_uuid)
         .value("hash_seed", &opts.hash_seed)
-        .value(
-            "mke2fs",
-            crate::tools::version_line("mke2fs", "-V").unwrap_or_default(),
-        )
-        .value(
-            "mkfs.erofs",
-            crate::tools::version_line("mkfs.erofs", "--version").unwrap_or_default(),
-        )
-        .tree("src.rootfs-builder", &ctx.root.join("rootfs-builder"))?
+        .value(tool, d.tool_version(tool, flag))
+        .tree(d, "src.rootfs-builder", &ctx.root.join("rootfs-builder"))?
         .value("source_date_epoch", ctx.epoch);
-    Ok((vec![agent, rootfs], i))
+    rootfs::add_derived_file(
+        g,
+        ctx,
+        &args.recipe,
+        id,
+        i,
+        &host_tools,
+        move |tree, out| build_image(tree, &out.join(FILE), &opts).map(drop),
+    )
 }
 
+/// Builds (or takes from the cache) one image.
 pub fn build(ctx: &Ctx, args: &ImageArgs) -> Result<ImageBuild> {
-    let (_, inputs) = inputs(ctx, args)?;
-    let opts = options(ctx, args);
-    let what = format!("image {} ({})", args.recipe, args.fs.name());
-    let (file, key) =
-        rootfs::derived_file(ctx, &args.recipe, &inputs, &what, "image", |tree, out| {
-            build_image(tree, out, &opts).map(drop)
-        })?;
-    Ok(ImageBuild { file, key })
+    let mut g = Graph::new();
+    let id = add(&mut g, ctx, args)?;
+    let out = g.run(ctx, &[id])?;
+    Ok(ImageBuild {
+        file: out.path(id, FILE),
+        key: out.entry(id).key.clone(),
+    })
 }
 
 pub fn file_name(ctx: &Ctx, args: &ImageArgs) -> String {
@@ -114,24 +132,17 @@ pub fn file_name(ctx: &Ctx, args: &ImageArgs) -> String {
 }
 
 pub fn run(ctx: &Ctx, args: &ImageArgs) -> Result<()> {
-    match args.fs {
-        FsArg::Ext4 => crate::tools::require(
-            "image",
-            &[("mke2fs", "e2fsprogs"), ("debugfs", "e2fsprogs")],
-        )?,
-        FsArg::Erofs => crate::tools::require("image", &[("mkfs.erofs", "erofs-utils")])?,
-    }
-    rootfs::require_tools()?;
-    let (before, inputs) = inputs(ctx, args)?;
-    if Plan::of(ctx, before.iter().chain([&inputs])).show_if_dry_run(ctx)? {
+    let mut g = Graph::new();
+    let id = add(&mut g, ctx, args)?;
+    if g.show_if_dry_run(ctx, &[id])? {
         return Ok(());
     }
     ctx.ensure_dist_writable()?;
-    let b = build(ctx, args)?;
+    let out = g.run(ctx, &[id])?;
     publish::guest_asset(
         ctx,
-        &b.file,
-        &b.key,
+        out.entry(id),
+        FILE,
         &file_name(ctx, args),
         "kata-containers.img",
         Kind::Image,

@@ -8,8 +8,8 @@ use rootfs_builder::{write_initrd, Compression};
 
 use crate::cache::StepInputs;
 use crate::context::Ctx;
+use crate::graph::{Graph, StepId};
 use crate::manifest::Kind;
-use crate::plan::Plan;
 use crate::{publish, rootfs};
 
 const FORMAT: u32 = 1;
@@ -48,24 +48,35 @@ pub struct InitrdBuild {
     pub key: String,
 }
 
-pub fn inputs(ctx: &Ctx, args: &InitrdArgs) -> Result<(Vec<StepInputs>, StepInputs)> {
-    let (rootfs, agent, _) = rootfs::inputs(ctx, &args.recipe)?;
+/// The initrd's file name in its step's entry.
+pub const FILE: &str = "initrd";
+
+/// The `initrd:<recipe>:<compression>` step, after the recipe's rootfs.
+pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, args: &InitrdArgs) -> Result<StepId> {
+    let id = format!("initrd:{}:{}", args.recipe, args.compression.name());
     let mut i = StepInputs::new("initrd", FORMAT);
-    i.value("rootfs.key", rootfs.key())
-        .value("compression", args.compression.name())
-        .tree("src.rootfs-builder", &ctx.root.join("rootfs-builder"))?
+    i.value("compression", args.compression.name())
+        .tree(
+            &ctx.digests,
+            "src.rootfs-builder",
+            &ctx.root.join("rootfs-builder"),
+        )?
         .value("source_date_epoch", ctx.epoch);
-    Ok((vec![agent, rootfs], i))
+    let compression = args.compression.lib();
+    rootfs::add_derived_file(g, ctx, &args.recipe, id, i, &[], move |tree, out| {
+        write_initrd(tree, &out.join(FILE), compression, ctx.epoch)
+    })
 }
 
+/// Builds (or takes from the cache) one initrd.
 pub fn build(ctx: &Ctx, args: &InitrdArgs) -> Result<InitrdBuild> {
-    let (_, inputs) = inputs(ctx, args)?;
-    let what = format!("initrd {}", args.recipe);
-    let (file, key) =
-        rootfs::derived_file(ctx, &args.recipe, &inputs, &what, "initrd", |tree, out| {
-            write_initrd(tree, out, args.compression.lib(), ctx.epoch)
-        })?;
-    Ok(InitrdBuild { file, key })
+    let mut g = Graph::new();
+    let id = add(&mut g, ctx, args)?;
+    let out = g.run(ctx, &[id])?;
+    Ok(InitrdBuild {
+        file: out.path(id, FILE),
+        key: out.entry(id).key.clone(),
+    })
 }
 
 pub fn file_name(ctx: &Ctx, recipe: &str) -> String {
@@ -73,19 +84,18 @@ pub fn file_name(ctx: &Ctx, recipe: &str) -> String {
 }
 
 pub fn run(ctx: &Ctx, args: &InitrdArgs) -> Result<()> {
-    rootfs::require_tools()?;
-    let (before, inputs) = inputs(ctx, args)?;
-    if Plan::of(ctx, before.iter().chain([&inputs])).show_if_dry_run(ctx)? {
+    let mut g = Graph::new();
+    let id = add(&mut g, ctx, args)?;
+    if g.show_if_dry_run(ctx, &[id])? {
         return Ok(());
     }
     ctx.ensure_dist_writable()?;
-    let b = build(ctx, args)?;
-    let name = file_name(ctx, &args.recipe);
+    let out = g.run(ctx, &[id])?;
     publish::guest_asset(
         ctx,
-        &b.file,
-        &b.key,
-        &name,
+        out.entry(id),
+        FILE,
+        &file_name(ctx, &args.recipe),
         "kata-containers-initrd.img",
         Kind::Initrd,
         &args.recipe,

@@ -11,13 +11,13 @@ use anyhow::Result;
 use clap::Args;
 use kernel_builder::{BuildOptions, Fragments, Patches};
 
-use crate::cache::StepInputs;
+use crate::cache::{Entry, StepInputs};
 use crate::context::Ctx;
 use crate::error::InputError;
+use crate::graph::{Graph, StepId};
+use crate::host_tools::{self, HostTool};
 use crate::manifest::{Kind, Manifest};
-use crate::plan::Plan;
 use crate::publish;
-use crate::tools::version_line;
 
 const SOURCE_FORMAT: u32 = 1;
 const FORMAT: u32 = 1;
@@ -51,6 +51,7 @@ pub struct KernelBuild {
     pub dir: PathBuf,
     pub key: String,
     pub release: String,
+    pub entry: Entry,
 }
 
 impl KernelBuild {
@@ -71,14 +72,6 @@ fn kernel_err(e: kernel_builder::Error) -> anyhow::Error {
     }
 }
 
-struct Loaded {
-    source_kind: KernelSource,
-    fragments: Fragments,
-    patches: Patches,
-    source: StepInputs,
-    build: StepInputs,
-}
-
 fn configs_dir(ctx: &Ctx, args: &KernelArgs) -> PathBuf {
     args.configs
         .clone()
@@ -97,21 +90,51 @@ fn series(ctx: &Ctx) -> String {
         .join(".")
 }
 
-fn load(ctx: &Ctx, args: &KernelArgs) -> Result<Loaded> {
+/// The kernel's two steps: `kernel-source` (the verified tarball
+/// extracted, patches applied; shared by every configuration) and `kernel`
+/// (`kernel-debug` with `--debug`): configure, check, build.
+pub struct KernelSteps {
+    pub source: StepId,
+    pub kernel: StepId,
+}
+
+/// The fragments and patches of `args`, checked (exit 2 when bad).
+fn load(ctx: &Ctx, args: &KernelArgs) -> Result<(Fragments, Patches)> {
     let dir = configs_dir(ctx, args);
     if !dir.is_dir() {
         return Err(bad(format!("--configs {}: not a directory", dir.display())));
     }
     let fragments = Fragments::load(&dir, ARCH, args.debug).map_err(kernel_err)?;
     let patches = Patches::load(&dir, &series(ctx)).map_err(kernel_err)?;
+    Ok((fragments, patches))
+}
+
+const SOURCE_TOOLS: &[HostTool] = &[host_tools::XZ, host_tools::PATCH];
+const BUILD_TOOLS: &[HostTool] = &[
+    host_tools::MAKE,
+    host_tools::GCC,
+    host_tools::FLEX,
+    host_tools::BISON,
+    host_tools::BC,
+    host_tools::LIBELF,
+    host_tools::LIBSSL,
+];
+
+/// The source tree's dir in the `kernel-source` entry.
+const SRC: &str = "src";
+
+/// Adds `kernel-source` and `kernel` (with their inputs) to `g`.
+pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, args: &KernelArgs) -> Result<KernelSteps> {
+    let (fragments, patches) = load(ctx, args)?;
     let pin = &ctx.versions.kernel;
+    let d = &ctx.digests;
 
     let mut source = StepInputs::new("kernel-source", SOURCE_FORMAT);
-    match args.source {
+    let (source_id, tarball_step) = match args.source {
         KernelSource::Debian => {
-            source
-                .value("tarball.sha256", &pin.debian.sha256)
-                .value("tarball.member", &pin.debian.member);
+            source.value("tarball.member", &pin.debian.member);
+            let unpack = crate::fetch::add_debian_member(g, ctx, "kernel", &pin.debian);
+            ("kernel-source", Some(unpack))
         }
         KernelSource::Upstream => {
             let up = pin
@@ -126,157 +149,56 @@ fn load(ctx: &Ctx, args: &KernelArgs) -> Result<Loaded> {
             source
                 .value("tarball.sha256", sha)
                 .value("tarball.url", &up.url);
+            ("kernel-source:upstream", None)
         }
-    }
+    };
     for (rel, path) in patches.input_files() {
-        source.file(&format!("patch:{rel}"), &path)?;
+        source.file(d, &format!("patch:{rel}"), &path)?;
     }
+    let source = match g.find(source_id) {
+        Some(found) => found,
+        None => {
+            let deps: Vec<StepId> = tarball_step.into_iter().collect();
+            g.add(source_id, source, &deps, SOURCE_TOOLS, move |o, out| {
+                let tarball = match tarball_step {
+                    Some(unpack) => o.path(unpack, &crate::fetch::member_file_name(&pin.debian)),
+                    None => {
+                        let up = pin.upstream.as_ref().expect("checked above");
+                        ctx.fetcher()?.url("kernel", &up.url, up.sha256.as_ref())?
+                    }
+                };
+                let src =
+                    kernel_builder::extract_source(&tarball, &out.join(SRC)).map_err(kernel_err)?;
+                let mut log = std::fs::File::create(crate::tools::fresh_log(
+                    &ctx.logs().join("kernel-patches.log"),
+                )?)?;
+                kernel_builder::apply_patches(&src, &patches, &mut log).map_err(kernel_err)
+            })
+        }
+    };
 
     let mut build = StepInputs::new("kernel", FORMAT);
     build
-        .value("source.key", source.key())
         .value("kernel.version", &pin.version)
         .value("kata_config_version", pin.kata_config_version)
         .value("arch", ARCH)
         .value("debug", args.debug)
-        .value("gcc", version_line("gcc", "--version")?)
-        .value("make", version_line("make", "--version")?)
-        .tree("src.kernel-builder", &ctx.root.join("kernel-builder"))?
+        .value("gcc", d.tool_version("gcc", "--version"))
+        .value("make", d.tool_version("make", "--version"))
+        .tree(d, "src.kernel-builder", &ctx.root.join("kernel-builder"))?
         .value("source_date_epoch", ctx.epoch);
     for (rel, path) in fragments.input_files() {
-        build.file(&format!("fragment:{rel}"), &path)?;
+        build.file(d, &format!("fragment:{rel}"), &path)?;
     }
-    Ok(Loaded {
-        source_kind: args.source,
-        fragments,
-        patches,
-        source,
-        build,
-    })
-}
-
-/// The kernel's two steps (`kernel-source`, `kernel`), for the plans of
-/// commands that build it as a part (`release`).
-pub fn plan_inputs(ctx: &Ctx, args: &KernelArgs) -> Result<(StepInputs, StepInputs)> {
-    let l = load(ctx, args)?;
-    Ok((l.source, l.build))
-}
-
-pub fn require_tools() -> Result<()> {
-    crate::tools::require(
-        "kernel",
-        &[
-            ("make", "make"),
-            ("gcc", "gcc"),
-            ("flex", "flex"),
-            ("bison", "bison"),
-            ("bc", "bc"),
-            ("xz", "xz-utils"),
-            ("patch", "patch"),
-            ("dpkg-deb", "dpkg"),
-        ],
-    )?;
-    Ok(())
-}
-
-/// The extracted, patched source tree (cached: extraction alone takes a
-/// minute and every configuration reuses it).
-fn source_tree(ctx: &Ctx, l: &Loaded) -> Result<PathBuf> {
-    let cache = ctx.cache()?;
-    if let Some(e) = cache.lookup(&l.source) {
-        return Ok(e.dir.join("src"));
-    }
-    let pin = &ctx.versions.kernel;
-    let tarball = match l.source_kind {
-        KernelSource::Debian => ctx.fetcher()?.debian_member("kernel", &pin.debian)?,
-        KernelSource::Upstream => {
-            let up = pin.upstream.as_ref().expect("checked in load");
-            ctx.fetcher()?.url("kernel", &up.url, up.sha256.as_ref())?
-        }
-    };
-    let progress = ctx.ui.step("kernel source: extract");
-    let entry = cache.step(&l.source, &ctx.ui, |out| {
-        let src = kernel_builder::extract_source(&tarball, &out.join("src")).map_err(kernel_err)?;
-        let mut log = std::fs::File::create(crate::tools::fresh_log(
-            &ctx.logs().join("kernel-patches.log"),
-        )?)?;
-        kernel_builder::apply_patches(&src, &l.patches, &mut log).map_err(kernel_err)?;
-        Ok(())
-    })?;
-    progress.finish("ready");
-    Ok(entry.dir.join("src"))
-}
-
-fn suffix(args: &KernelArgs) -> &'static str {
-    if args.debug {
-        "-debug"
-    } else {
-        ""
-    }
-}
-
-/// The installed name stem: `<version>-<kata_config_version>[-debug]`.
-pub fn stem(ctx: &Ctx, args: &KernelArgs) -> String {
-    format!(
-        "{}-{}{}",
-        ctx.versions.kernel.version,
-        ctx.versions.kernel.kata_config_version,
-        suffix(args)
-    )
-}
-
-/// Configures and checks only; the checked config is returned.
-fn config_only(ctx: &Ctx, l: &Loaded) -> Result<PathBuf> {
-    let src = source_tree(ctx, l)?;
-    let work = ctx.cache()?.temp_dir("kernel-config")?;
-    let log_path = crate::tools::fresh_log(&ctx.logs().join("kernel-config.log"))?;
-    let mut log = std::fs::File::create(&log_path)?;
-    let report =
-        kernel_builder::configure(&src, work.path(), &l.fragments, &mut log).map_err(kernel_err)?;
-    for note in report_notes(&report) {
-        ctx.ui.info(&note);
-    }
-    let keep = ctx.cache()?.temp_dir("kernel-config-out")?.keep();
-    let config = keep.join("config");
-    std::fs::copy(work.path().join(".config"), &config)?;
-    Ok(config)
-}
-
-fn report_notes(report: &kernel_builder::ConfigReport) -> Vec<String> {
-    let mut notes: Vec<String> = report
-        .whitelisted_missing
-        .iter()
-        .map(|m| format!("note: {m}"))
-        .collect();
-    notes.extend(
-        report
-            .kconfig_warnings
-            .iter()
-            .map(|w| format!("kconfig: {w}")),
-    );
-    notes
-}
-
-pub fn build(ctx: &Ctx, args: &KernelArgs) -> Result<KernelBuild> {
-    let l = load(ctx, args)?;
-    let cache = ctx.cache()?;
-    if let Some(e) = cache.lookup(&l.build) {
-        let release = std::fs::read_to_string(e.dir.join("release"))?;
-        ctx.ui.info("kernel: cached");
-        return Ok(KernelBuild {
-            dir: e.dir,
-            key: e.key,
-            release,
-        });
-    }
-    let src = source_tree(ctx, &l)?;
-    let log_path = ctx.logs().join(format!("kernel{}.log", suffix(args)));
-    let entry = cache.step(&l.build, &ctx.ui, |out| {
+    let id = format!("kernel{}", suffix(args));
+    let log_path = ctx.logs().join(format!("{id}.log"));
+    let kernel = g.add(id, build, &[source], BUILD_TOOLS, move |o, out| {
+        let src = o.path(source, SRC);
         let build_dir = out.join("build");
         let mut conf_log = std::fs::File::create(crate::tools::fresh_log(
             &ctx.logs().join("kernel-config.log"),
         )?)?;
-        let report = kernel_builder::configure(&src, &build_dir, &l.fragments, &mut conf_log)
+        let report = kernel_builder::configure(&src, &build_dir, &fragments, &mut conf_log)
             .map_err(kernel_err)?;
         for note in report_notes(&report) {
             ctx.ui.info(&note);
@@ -305,63 +227,127 @@ pub fn build(ctx: &Ctx, args: &KernelArgs) -> Result<KernelBuild> {
         std::fs::rename(&built.config, out.join("config"))?;
         std::fs::rename(&built.system_map, out.join("System.map"))?;
         std::fs::write(out.join("release"), &built.version)?;
-        for f in ["vmlinux", "bzImage", "config"] {
-            publish::seal(&out.join(f))?;
-        }
         // The object tree is large and not an output.
         crate::cache::remove_tree(&build_dir)
-    })?;
-    let release = std::fs::read_to_string(entry.dir.join("release"))?;
-    Ok(KernelBuild {
-        dir: entry.dir,
-        key: entry.key,
-        release,
-    })
+    });
+    Ok(KernelSteps { source, kernel })
+}
+
+fn suffix(args: &KernelArgs) -> &'static str {
+    if args.debug {
+        "-debug"
+    } else {
+        ""
+    }
+}
+
+/// The installed name stem: `<version>-<kata_config_version>[-debug]`.
+pub fn stem(ctx: &Ctx, args: &KernelArgs) -> String {
+    format!(
+        "{}-{}{}",
+        ctx.versions.kernel.version,
+        ctx.versions.kernel.kata_config_version,
+        suffix(args)
+    )
+}
+
+/// Configures and checks only, on the cached source; the checked config
+/// is returned (in a temp dir the caller removes).
+fn config_only(ctx: &Ctx, args: &KernelArgs, src: &std::path::Path) -> Result<PathBuf> {
+    let (fragments, _) = load(ctx, args)?;
+    let work = ctx.cache()?.temp_dir("kernel-config")?;
+    let log_path = crate::tools::fresh_log(&ctx.logs().join("kernel-config.log"))?;
+    let mut log = std::fs::File::create(&log_path)?;
+    let report =
+        kernel_builder::configure(src, work.path(), &fragments, &mut log).map_err(kernel_err)?;
+    for note in report_notes(&report) {
+        ctx.ui.info(&note);
+    }
+    let keep = ctx.cache()?.temp_dir("kernel-config-out")?.keep();
+    let config = keep.join("config");
+    std::fs::copy(work.path().join(".config"), &config)?;
+    Ok(config)
+}
+
+fn report_notes(report: &kernel_builder::ConfigReport) -> Vec<String> {
+    let mut notes: Vec<String> = report
+        .whitelisted_missing
+        .iter()
+        .map(|m| format!("note: {m}"))
+        .collect();
+    notes.extend(
+        report
+            .kconfig_warnings
+            .iter()
+            .map(|w| format!("kconfig: {w}")),
+    );
+    notes
+}
+
+impl KernelBuild {
+    fn from_entry(entry: &Entry) -> Result<KernelBuild> {
+        Ok(KernelBuild {
+            dir: entry.dir.clone(),
+            key: entry.key.clone(),
+            release: std::fs::read_to_string(entry.path("release"))?,
+            entry: entry.clone(),
+        })
+    }
+}
+
+/// Builds (or takes from the cache) the kernel of `args`.
+pub fn build(ctx: &Ctx, args: &KernelArgs) -> Result<KernelBuild> {
+    let mut g = Graph::new();
+    let steps = add(&mut g, ctx, args)?;
+    let out = g.run(ctx, &[steps.kernel])?;
+    KernelBuild::from_entry(out.entry(steps.kernel))
 }
 
 pub fn run(ctx: &Ctx, args: &KernelArgs) -> Result<()> {
-    require_tools()?;
-    let l = load(ctx, args)?;
-    let mut plan = Plan::default();
-    plan.add(ctx, &l.source);
-    if !args.config_only {
-        plan.add(ctx, &l.build);
-    }
-    if plan.show_if_dry_run(ctx)? {
+    let mut g = Graph::new();
+    let steps = add(&mut g, ctx, args)?;
+    let target = if args.config_only {
+        steps.source
+    } else {
+        steps.kernel
+    };
+    if g.show_if_dry_run(ctx, &[target])? {
         return Ok(());
     }
     ctx.ensure_dist_writable()?;
+    let out = g.run(ctx, &[target])?;
     let stem = stem(ctx, args);
     if args.config_only {
-        let config = config_only(ctx, &l)?;
+        let config = config_only(ctx, args, &out.path(steps.source, SRC))?;
         let dest = publish::file(ctx, &config, &format!("config-{stem}"))?;
         let _ = std::fs::remove_dir_all(config.parent().expect("in a dir"));
-        let art = publish::artifact(
-            ctx,
-            &format!("config-{stem}"),
-            Kind::KernelConfig,
-            &dest,
-            &dest,
-            &l.build.key(),
-            None,
-        )?;
+        let art = crate::manifest::Artifact {
+            name: format!("config-{stem}"),
+            kind: Kind::KernelConfig,
+            path: ctx.rel(&dest),
+            sha256: crate::hash::file_sha256(&dest)?,
+            bytes: std::fs::metadata(&dest)?.len(),
+            cache_key: g.key(steps.kernel),
+            recipe: None,
+        };
         Manifest::record(
             &ctx.dist(),
             &ctx.versions.version,
             ctx.epoch,
             vec![art.clone()],
         )?;
+        let (fragments, _) = load(ctx, args)?;
         ctx.ui.info(&format!(
             "kernel config: every requested option is set ({} fragments options); {}",
-            l.fragments.requests().len(),
+            fragments.requests().len(),
             art.path
         ));
         if ctx.json {
-            ctx.print_json(&serde_json::json!({ "config": art, "checked_options": l.fragments.requests().len() }))?;
+            ctx.print_json(&serde_json::json!({ "config": art, "checked_options": fragments.requests().len() }))?;
         }
         return Ok(());
     }
-    let k = build(ctx, args)?;
+    let k = KernelBuild::from_entry(out.entry(steps.kernel))?;
     let arts = install(ctx, args, &k)?;
     Manifest::record(&ctx.dist(), &ctx.versions.version, ctx.epoch, arts.clone())?;
     for a in &arts {
@@ -406,13 +392,7 @@ pub fn install(
             publish::symlink(ctx, &name, &format!("{l}{sfx}.container"))?;
         }
         arts.push(publish::artifact(
-            ctx,
-            &name,
-            kind,
-            &dest,
-            &k.dir.join(file),
-            &k.key,
-            None,
+            ctx, &name, kind, &dest, &k.entry, file, None,
         )?);
     }
     Ok(arts)

@@ -3,11 +3,14 @@
 //! (the `xtask-test` crate), which runs the same pipeline steps before it
 //! tests their results.
 //!
-//! Data flows one way: `versions.yaml` + recipe -> plan (labelled step
-//! inputs, hence cache keys) -> steps -> artifacts recorded in
-//! `target/dist/manifest.json`. One module per task; external tools are only
-//! ever invoked through `tools.rs`. `--dry-run` prints the plan of a command
-//! without running any step.
+//! Data flows one way: `versions.yaml` + recipe -> step graph (graph.rs:
+//! each step's labelled inputs, hence its cache key, and its dependencies)
+//! -> the one executor runs what is not cached -> artifacts published to
+//! `target/dist/` and recorded in `manifest.json`. One module per task adds
+//! its step; `cache.rs` alone knows the cache's layout; `host_tools.rs` is
+//! the one list of host tools (steps and `doctor` read it); external tools
+//! are only ever invoked through `tools.rs`. `--dry-run [--json]` prints the
+//! graph a command would run, and runs nothing.
 //!
 //! Only what the binary or the harness use is public. The pipeline never
 //! depends on the runtime's crates (`kata-runtime`, `protocols`, ttrpc): it
@@ -20,12 +23,13 @@ pub mod doctor;
 mod elf;
 pub mod error;
 mod fetch;
+pub mod graph;
 pub mod hash;
+pub mod host_tools;
 pub mod image;
 pub mod initrd;
 pub mod kernel;
 mod manifest;
-mod plan;
 mod publish;
 pub mod release;
 pub mod rootfs;

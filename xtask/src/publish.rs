@@ -7,33 +7,10 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::cache::remove_tree;
+use crate::cache::{remove_tree, Entry};
 use crate::context::Ctx;
-use crate::hash;
 use crate::manifest::{Artifact, Kind};
 use crate::tools::run_captured;
-
-/// Records a step output's sha256 next to it (`<file>.sha256`), inside the
-/// step's entry: entries never change, so the digest is computed once.
-pub fn seal(path: &Path) -> Result<()> {
-    let digest = hash::file_sha256(path)?;
-    fs::write(sidecar(path), digest)?;
-    Ok(())
-}
-
-fn sidecar(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".sha256");
-    PathBuf::from(s)
-}
-
-/// The sha256 of a cached output: from its seal, else computed.
-pub fn cached_sha256(path: &Path) -> Result<String> {
-    match fs::read_to_string(sidecar(path)) {
-        Ok(s) if s.len() == 64 => Ok(s),
-        _ => hash::file_sha256(path),
-    }
-}
 
 /// Copies a cached file to `dist/<name>` (temp + rename). A copy, not a hard
 /// link: whatever a user does to dist must not reach into the cache. The
@@ -90,24 +67,25 @@ pub fn tree(ctx: &Ctx, src: &Path, name: &str) -> Result<PathBuf> {
     Ok(dest)
 }
 
-/// Describes a published file; `cached` is the step output it was copied
-/// from (its seal gives the digest without reading the file again).
+/// Describes a published file: `rel` of the step's `entry` was copied to
+/// `path` (the entry's seal gives the digest without reading the file again;
+/// the entry was verified against it when the run looked it up).
 pub fn artifact(
     ctx: &Ctx,
     name: &str,
     kind: Kind,
     path: &Path,
-    cached: &Path,
-    cache_key: &str,
+    entry: &Entry,
+    rel: &str,
     recipe: Option<&str>,
 ) -> Result<Artifact> {
     Ok(Artifact {
         name: name.to_string(),
         kind,
         path: ctx.rel(path),
-        sha256: cached_sha256(cached)?,
+        sha256: entry.sha256(rel)?,
         bytes: fs::metadata(path)?.len(),
-        cache_key: cache_key.to_string(),
+        cache_key: entry.key.clone(),
         recipe: recipe.map(str::to_string),
     })
 }
@@ -117,16 +95,16 @@ pub fn artifact(
 /// (`kata-containers-initrd.img`), which also names the manifest entry.
 pub fn guest_asset(
     ctx: &Ctx,
-    cached: &Path,
-    cache_key: &str,
+    entry: &Entry,
+    rel: &str,
     versioned_name: &str,
     link: &str,
     kind: Kind,
     recipe: &str,
 ) -> Result<()> {
-    let dest = file(ctx, cached, versioned_name)?;
+    let dest = file(ctx, &entry.path(rel), versioned_name)?;
     symlink(ctx, versioned_name, link)?;
-    let art = artifact(ctx, link, kind, &dest, cached, cache_key, Some(recipe))?;
+    let art = artifact(ctx, link, kind, &dest, entry, rel, Some(recipe))?;
     crate::manifest::Manifest::record(
         &ctx.dist(),
         &ctx.versions.version,

@@ -19,17 +19,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 use packaging::{
-    check_host_safety_deb, check_host_safety_layout, check_host_safety_rpm,
-    check_host_safety_tarball, debian_version, render_configuration, rpm_version, tarball_name,
-    write_deb, write_rpm, write_sha256sums, write_spdx_sbom, write_tarball, DebMeta, HelperLock,
-    Layout, Pin, ReleaseInputs, RpmMeta, SbomInputs,
+    debian_version, render_configuration, rpm_version, tarball_name, write_deb, write_rpm,
+    write_sha256sums, write_spdx_sbom, write_tarball, DebMeta, HelperLock, Layout, Pin,
+    ReleaseInputs, RpmMeta, SbomInputs,
 };
 
-use crate::cache::StepInputs;
+use crate::cache::{Entry, StepInputs};
 use crate::context::Ctx;
 use crate::error::InputError;
+use crate::graph::{Graph, StepId};
 use crate::manifest::{Artifact, Kind, Manifest};
-use crate::plan::Plan;
 use crate::runtime_bins::{self, RUNTIME, SHIM, VSOCK_DAEMON};
 use crate::{image, initrd, kernel, publish};
 
@@ -142,100 +141,63 @@ fn template_path(ctx: &Ctx) -> PathBuf {
         .join("configuration.toml.in")
 }
 
-/// Every step of a release, in build order, with the `release` step last.
-struct Steps {
-    kernel_source: StepInputs,
-    kernel: StepInputs,
-    guest_before: Vec<StepInputs>,
-    initrd: StepInputs,
-    image: StepInputs,
-    runtime_bins: StepInputs,
-    vsock: StepInputs,
-    release: StepInputs,
+/// A release's steps: the parts it packs, then `release` itself.
+pub struct ReleaseSteps {
+    pub kernel: StepId,
+    pub initrd: StepId,
+    pub image: StepId,
+    pub runtime_bins: StepId,
+    pub vsock: StepId,
+    pub release: StepId,
 }
 
-fn steps(ctx: &Ctx, version: &str) -> Result<Steps> {
-    let (kernel_source, kernel) = kernel::plan_inputs(ctx, &kernel_args())?;
-    let (guest_before, initrd) = initrd::inputs(ctx, &initrd_args())?;
-    let (_, image) = image::inputs(ctx, &image_args())?;
-    let runtime_bins = runtime_bins::runtime_inputs(ctx)?;
-    let vsock = runtime_bins::vsock_inputs(ctx)?;
-    let keys = PartKeys {
-        kernel: kernel.key(),
-        initrd: initrd.key(),
-        image: image.key(),
-        runtime_bins: runtime_bins.key(),
-        vsock: vsock.key(),
-    };
-    let release = release_step(ctx, version, &keys)?;
-    Ok(Steps {
-        kernel_source,
+/// Adds every step of a release of `version` to `g`. The `release` step's
+/// inputs are the keys of every step it packs (added by the graph) plus the
+/// template, versions.yaml, Cargo.lock (the SBOM lists its crates), the
+/// packaging code, the version and SOURCE_DATE_EPOCH.
+pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, version: String) -> Result<ReleaseSteps> {
+    let epoch = epoch(ctx)?;
+    let names = ReleaseNames::new(&version)?;
+    let kernel = kernel::add(g, ctx, &kernel_args())?.kernel;
+    let initrd = initrd::add(g, ctx, &initrd_args())?;
+    let image = image::add(g, ctx, &image_args())?;
+    let runtime_bins = runtime_bins::add_runtime(g, ctx)?;
+    let vsock = runtime_bins::add_vsock(g, ctx)?;
+    let d = &ctx.digests;
+    let mut inputs = StepInputs::new("release", FORMAT);
+    inputs
+        .file(d, "configuration.toml.in", &template_path(ctx))?
+        .file(d, "versions.yaml", &ctx.versions_path)?
+        .file(d, "Cargo.lock", &ctx.root.join("Cargo.lock"))?
+        .tree(d, "src.packaging", &ctx.root.join("packaging"))?
+        .value("prefix", PREFIX)
+        .value("recipe", RECIPE)
+        .value("version", &version)
+        .value("source_date_epoch", ctx.epoch);
+    let release = g.add(
+        "release",
+        inputs,
+        &[kernel, initrd, image, runtime_bins, vsock],
+        &[],
+        move |o, out| {
+            let parts = Parts {
+                kernel: o.entry(kernel),
+                initrd: o.entry(initrd),
+                image: o.entry(image),
+                bins: o.entry(runtime_bins),
+                vsock: o.entry(vsock),
+            };
+            package(ctx, &version, epoch, &parts, &names, out)
+        },
+    );
+    Ok(ReleaseSteps {
         kernel,
-        guest_before,
         initrd,
         image,
         runtime_bins,
         vsock,
         release,
     })
-}
-
-/// The keys of the steps a release packs.
-struct PartKeys {
-    kernel: String,
-    initrd: String,
-    image: String,
-    runtime_bins: String,
-    vsock: String,
-}
-
-/// The `release` step's inputs. `build` computes them again from the keys of
-/// the entries it actually packs: a source edited while the release builds
-/// must not give a package the key of other binaries.
-fn release_step(ctx: &Ctx, version: &str, keys: &PartKeys) -> Result<StepInputs> {
-    let mut release = StepInputs::new("release", FORMAT);
-    release
-        .value("kernel.key", &keys.kernel)
-        .value("initrd.key", &keys.initrd)
-        .value("image.key", &keys.image)
-        .value("runtime-bins.key", &keys.runtime_bins)
-        .value("vhost-device-vsock.key", &keys.vsock)
-        .file("configuration.toml.in", &template_path(ctx))?
-        .file("versions.yaml", &ctx.versions_path)?
-        .file("Cargo.lock", &ctx.root.join("Cargo.lock"))?
-        .tree("src.packaging", &ctx.root.join("packaging"))?
-        .value("prefix", PREFIX)
-        .value("recipe", RECIPE)
-        .value("version", version)
-        .value("source_date_epoch", ctx.epoch);
-    Ok(release)
-}
-
-/// The plan lists what would run: a step's inputs (the kernel source, the
-/// agent and rootfs) only when a step consuming them is not cached, as the
-/// builders skip them then.
-fn plan(ctx: &Ctx, s: &Steps) -> Plan {
-    let cached = |i: &StepInputs| {
-        ctx.cache_dir
-            .join("steps")
-            .join(i.step())
-            .join(i.key())
-            .is_dir()
-    };
-    let mut plan = Plan::default();
-    if !cached(&s.kernel) {
-        plan.add(ctx, &s.kernel_source);
-    }
-    plan.add(ctx, &s.kernel);
-    if !cached(&s.initrd) || !cached(&s.image) {
-        for b in &s.guest_before {
-            plan.add(ctx, b);
-        }
-    }
-    for i in [&s.initrd, &s.image, &s.runtime_bins, &s.vsock, &s.release] {
-        plan.add(ctx, i);
-    }
-    plan
 }
 
 /// `pkg:deb/...` version: `+` is percent-encoded in purls.
@@ -284,13 +246,13 @@ fn sbom_pins(ctx: &Ctx) -> Vec<Pin> {
     ]
 }
 
-/// What the release step packs, all already built.
-struct Parts {
-    kernel: kernel::KernelBuild,
-    initrd: initrd::InitrdBuild,
-    image: image::ImageBuild,
-    bins: runtime_bins::RuntimeBins,
-    vsock: runtime_bins::VsockDaemon,
+/// The entries the release step packs, all already built.
+struct Parts<'a> {
+    kernel: &'a Entry,
+    initrd: &'a Entry,
+    image: &'a Entry,
+    bins: &'a Entry,
+    vsock: &'a Entry,
 }
 
 fn release_inputs(
@@ -309,20 +271,20 @@ fn release_inputs(
         version: version.into(),
         source_date_epoch: epoch,
         prefix: PREFIX.into(),
-        shim: p.bins.shim.clone(),
-        runtime: p.bins.runtime.clone(),
-        helpers: vec![(VSOCK_DAEMON.into(), p.vsock.binary.clone())],
+        shim: p.bins.path(SHIM),
+        runtime: p.bins.path(RUNTIME),
+        helpers: vec![(VSOCK_DAEMON.into(), p.vsock.path(VSOCK_DAEMON))],
         kernel_files: vec![
-            (vmlinux.clone(), p.kernel.dir.join("vmlinux")),
-            (vmlinuz.clone(), p.kernel.bzimage()),
+            (vmlinux.clone(), p.kernel.path("vmlinux")),
+            (vmlinuz.clone(), p.kernel.path("bzImage")),
         ],
         kernel_symlinks: vec![
             ("vmlinux.container".into(), vmlinux),
             ("vmlinuz.container".into(), vmlinuz),
         ],
         image_files: vec![
-            (image.clone(), p.image.file.clone()),
-            (initrd.clone(), p.initrd.file.clone()),
+            (image.clone(), p.image.path(image::FILE)),
+            (initrd.clone(), p.initrd.path(initrd::FILE)),
         ],
         image_symlinks: vec![
             ("kata-containers.img".into(), image),
@@ -356,15 +318,15 @@ fn package(
     let config = render_config(ctx, PREFIX)?;
     std::fs::write(out.join(CONFIG_NAME), &config)?;
     let inputs = release_inputs(ctx, version, epoch, parts, config);
+    // Each writer checks what it writes (and reads it back) for anything
+    // that could damage a host: `packaging` alone owns those checks.
     let layout = Layout::from_inputs(&inputs)?;
-    check_host_safety_layout(&layout)?;
     let tarball = out.join(&names.tarball);
     let deb = out.join(&names.deb);
     let rpm = out.join(&names.rpm);
     let sbom = out.join(&names.sbom);
     let step = ctx.ui.step("release: tarball");
     write_tarball(&layout, &tarball, epoch)?;
-    check_host_safety_tarball(&tarball, PREFIX)?;
     step.finish("written");
     let step = ctx.ui.step("release: .deb");
     write_deb(
@@ -373,13 +335,12 @@ fn package(
         &deb,
         epoch,
     )?;
-    check_host_safety_deb(&deb, PREFIX)?;
     step.finish("written");
     let step = ctx.ui.step("release: .rpm");
     write_rpm(&layout, &RpmMeta::kata_static(version)?, &rpm, epoch)?;
-    check_host_safety_rpm(&rpm, PREFIX)?;
     step.finish("written");
     let lock = ctx.root.join("Cargo.lock");
+    let vsock_lock = parts.vsock.path("Cargo.lock");
     let sbom_inputs = SbomInputs {
         name: "kata-static".into(),
         version: version.into(),
@@ -387,31 +348,12 @@ fn package(
         cargo_lock: &lock,
         helper_locks: vec![HelperLock {
             pin: ctx.versions.vhost_device_vsock.crate_name.clone(),
-            cargo_lock: &parts.vsock.cargo_lock,
+            cargo_lock: &vsock_lock,
         }],
     };
     write_spdx_sbom(&sbom_inputs, &sbom, epoch)?;
     write_sha256sums(&[&tarball, &deb, &rpm, &sbom], &out.join(CHECKSUMS))?;
-    for f in [
-        &names.tarball,
-        &names.deb,
-        &names.rpm,
-        &names.sbom,
-        &CHECKSUMS.to_string(),
-        &CONFIG_NAME.to_string(),
-    ] {
-        publish::seal(&out.join(f))?;
-    }
     Ok(())
-}
-
-fn require_tools() -> Result<()> {
-    kernel::require_tools()?;
-    crate::rootfs::require_tools()?;
-    crate::tools::require(
-        "release",
-        &[("mke2fs", "e2fsprogs"), ("debugfs", "e2fsprogs")],
-    )
 }
 
 /// A published release.
@@ -425,13 +367,13 @@ pub struct Built {
 }
 
 pub fn run(ctx: &Ctx, args: &ReleaseArgs) -> Result<()> {
-    require_tools()?;
     let version = release_version(ctx, args)?;
-    let s = steps(ctx, &version)?;
-    if plan(ctx, &s).show_if_dry_run(ctx)? {
+    let mut g = Graph::new();
+    let steps = add(&mut g, ctx, version.clone())?;
+    if g.show_if_dry_run(ctx, &[steps.release])? {
         return Ok(());
     }
-    let b = build(ctx, args)?;
+    let b = publish_release(ctx, &g, &steps, version)?;
     if ctx.json {
         ctx.print_json(&serde_json::json!({
             "version": b.version,
@@ -447,83 +389,44 @@ pub fn run(ctx: &Ctx, args: &ReleaseArgs) -> Result<()> {
 /// Builds (or takes from the cache) every step, publishes into dist and
 /// records the manifest.
 pub fn build(ctx: &Ctx, args: &ReleaseArgs) -> Result<Built> {
-    require_tools()?;
     let version = release_version(ctx, args)?;
-    let epoch = epoch(ctx)?;
+    let mut g = Graph::new();
+    let steps = add(&mut g, ctx, version.clone())?;
+    publish_release(ctx, &g, &steps, version)
+}
+
+fn publish_release(ctx: &Ctx, g: &Graph, steps: &ReleaseSteps, version: String) -> Result<Built> {
     let names = ReleaseNames::new(&version)?;
     ctx.ensure_dist_writable()?;
     let started = std::time::Instant::now();
-    let parts = Parts {
-        kernel: kernel::build(ctx, &kernel_args())?,
-        initrd: initrd::build(ctx, &initrd_args())?,
-        image: image::build(ctx, &image_args())?,
-        bins: runtime_bins::build_runtime(ctx)?,
-        vsock: runtime_bins::build_vsock_daemon(ctx)?,
-    };
-    if !parts.vsock.target.is_empty() && parts.vsock.target != ctx.versions.rust.musl_target {
+    // The parts are wanted too: the shim and kata-runtime are published
+    // from their own entry, and the vsock daemon's target is reported.
+    let out = g.run(ctx, &[steps.release, steps.runtime_bins, steps.vsock])?;
+    let entry = out.entry(steps.release);
+    let bins = out.entry(steps.runtime_bins);
+    let vsock_target = std::fs::read_to_string(out.path(steps.vsock, "target")).unwrap_or_default();
+    if !vsock_target.is_empty() && vsock_target != ctx.versions.rust.musl_target {
         ctx.ui.info(&format!(
-            "warning: {VSOCK_DAEMON} is built for {} (dynamically linked), not {}",
-            parts.vsock.target, ctx.versions.rust.musl_target
+            "warning: {VSOCK_DAEMON} is built for {vsock_target} (dynamically linked), not {}",
+            ctx.versions.rust.musl_target
         ));
     }
-    let keys = PartKeys {
-        kernel: parts.kernel.key.clone(),
-        initrd: parts.initrd.key.clone(),
-        image: parts.image.key.clone(),
-        runtime_bins: parts.bins.key.clone(),
-        vsock: parts.vsock.key.clone(),
-    };
-    let release = release_step(ctx, &version, &keys)?;
-    let progress = ctx.ui.step("release");
-    let entry = ctx.cache()?.step(&release, &ctx.ui, |out| {
-        package(ctx, &version, epoch, &parts, &names, out)
-    })?;
-    progress.finish(if entry.hit { "cached" } else { "packaged" });
-
     let mut arts: Vec<Artifact> = Vec::new();
-    let mut add = |name: &str, kind: Kind, src: &Path, key: &str| -> Result<()> {
-        let dest = publish::file(ctx, src, name)?;
-        arts.push(publish::artifact(ctx, name, kind, &dest, src, key, None)?);
+    let mut add = |name: &str, kind: Kind, entry: &Entry| -> Result<()> {
+        let dest = publish::file(ctx, &entry.path(name), name)?;
+        arts.push(publish::artifact(
+            ctx, name, kind, &dest, entry, name, None,
+        )?);
         Ok(())
     };
-    add(
-        &names.tarball,
-        Kind::Tarball,
-        &entry.dir.join(&names.tarball),
-        &entry.key,
-    )?;
-    add(
-        &names.deb,
-        Kind::Deb,
-        &entry.dir.join(&names.deb),
-        &entry.key,
-    )?;
-    add(
-        &names.rpm,
-        Kind::Rpm,
-        &entry.dir.join(&names.rpm),
-        &entry.key,
-    )?;
-    add(
-        &names.sbom,
-        Kind::Sbom,
-        &entry.dir.join(&names.sbom),
-        &entry.key,
-    )?;
-    add(
-        CHECKSUMS,
-        Kind::Checksums,
-        &entry.dir.join(CHECKSUMS),
-        &entry.key,
-    )?;
-    add(
-        CONFIG_NAME,
-        Kind::Config,
-        &entry.dir.join(CONFIG_NAME),
-        &entry.key,
-    )?;
-    add(SHIM, Kind::Shim, &parts.bins.shim, &parts.bins.key)?;
-    add(RUNTIME, Kind::Runtime, &parts.bins.runtime, &parts.bins.key)?;
+    add(&names.tarball, Kind::Tarball, entry)?;
+    add(&names.deb, Kind::Deb, entry)?;
+    add(&names.rpm, Kind::Rpm, entry)?;
+    add(&names.sbom, Kind::Sbom, entry)?;
+    add(CHECKSUMS, Kind::Checksums, entry)?;
+    add(CONFIG_NAME, Kind::Config, entry)?;
+    add(SHIM, Kind::Shim, bins)?;
+    add(RUNTIME, Kind::Runtime, bins)?;
     Manifest::record(&ctx.dist(), &version, ctx.epoch, arts.clone())?;
     for a in &arts {
         ctx.ui
@@ -539,6 +442,6 @@ pub fn build(ctx: &Ctx, args: &ReleaseArgs) -> Result<Built> {
         deb: ctx.dist().join(&names.deb),
         version,
         artifacts: arts,
-        vsock_target: parts.vsock.target,
+        vsock_target,
     })
 }

@@ -10,17 +10,12 @@ use crate::agent;
 use crate::cache::StepInputs;
 use crate::context::Ctx;
 use crate::error::InputError;
+use crate::graph::{Graph, StepId};
+use crate::host_tools::HostTool;
 use crate::manifest::{Artifact, Kind, Manifest};
-use crate::plan::Plan;
 use crate::publish;
 
 const FORMAT: u32 = 1;
-
-pub struct RootfsBuild {
-    pub dir: PathBuf,
-    pub key: String,
-    pub digest: String,
-}
 
 pub fn load_recipe(ctx: &Ctx, name: &str) -> Result<(Recipe, PathBuf)> {
     let recipe = Recipe::find(&ctx.recipes_dir(), name)
@@ -30,142 +25,98 @@ pub fn load_recipe(ctx: &Ctx, name: &str) -> Result<(Recipe, PathBuf)> {
     Ok((recipe, file))
 }
 
-/// The rootfs step's inputs chain the agent step's key rather than the
-/// agent's bytes, so the whole plan is known before anything is built.
-pub fn inputs(ctx: &Ctx, recipe_name: &str) -> Result<(StepInputs, StepInputs, Recipe)> {
-    let (recipe, file) = load_recipe(ctx, recipe_name)?;
-    let agent = agent::inputs(ctx)?;
-    let mut i = StepInputs::new("rootfs", FORMAT);
-    i.file("recipe", &file)?
-        .value("recipe.name", &recipe.name)
-        .value("busybox.sha256", &ctx.versions.busybox.debian.sha256)
-        .value("busybox.member", &ctx.versions.busybox.debian.member)
-        .value("agent.key", agent.key())
-        .tree("src.rootfs-builder", &ctx.root.join("rootfs-builder"))?
-        .value("source_date_epoch", ctx.epoch);
-    Ok((i, agent, recipe))
-}
+/// The rootfs tree's dir and its digest file in the step's entry.
+pub const TREE: &str = "rootfs";
+const DIGEST: &str = "tree.sha256";
 
-/// What building a rootfs runs on the host.
-pub fn require_tools() -> Result<()> {
-    crate::tools::require(
-        "rootfs",
-        &[
-            ("apt-get", "apt"),
-            ("dpkg-deb", "dpkg"),
-            ("cargo", "rustup"),
-            ("rustc", "rustup"),
-        ],
-    )
-}
-
-pub fn build(ctx: &Ctx, recipe_name: &str) -> Result<RootfsBuild> {
-    let (inputs, _, recipe) = inputs(ctx, recipe_name)?;
-    let cache = ctx.cache()?;
-    if let Some(entry) = cache.lookup(&inputs) {
-        ctx.ui.info(&format!("rootfs {recipe_name}: cached"));
-        let digest = std::fs::read_to_string(entry.dir.join("tree.sha256"))?;
-        return Ok(RootfsBuild {
-            dir: entry.dir.join("rootfs"),
-            key: entry.key,
-            digest,
-        });
+/// The `rootfs:<recipe>` step, after the agent and the busybox binary.
+pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, recipe_name: &str) -> Result<StepId> {
+    let id = format!("rootfs:{recipe_name}");
+    if let Some(found) = g.find(&id) {
+        return Ok(found);
     }
-    // The cheap, verifiable input first: a bad pin fails before a long build.
-    let busybox = ctx
-        .fetcher()?
-        .debian_member("busybox", &ctx.versions.busybox.debian)?;
-    let agent = agent::build(ctx)?;
-    let v = &ctx.versions;
-    let info = OsbuilderInfo::new(
-        &recipe,
-        &agent.version,
-        vec![
-            InputInfo {
-                name: v.busybox.debian.package.clone(),
-                version: v.busybox.debian.version.clone(),
-                sha256: v.busybox.debian.sha256.to_string(),
-            },
-            InputInfo {
-                name: "kata-agent".into(),
-                version: agent.version.clone(),
-                sha256: crate::hash::file_sha256(&agent.binary)?,
-            },
-        ],
-        ctx.epoch,
-    );
-    let progress = ctx.ui.step(&format!("rootfs {recipe_name}"));
-    let entry = cache.step(&inputs, &ctx.ui, |out| {
-        let dest = out.join("rootfs");
+    let (recipe, file) = load_recipe(ctx, recipe_name)?;
+    let agent = agent::add(g, ctx)?;
+    let busybox_pin = &ctx.versions.busybox.debian;
+    let busybox = crate::fetch::add_debian_member(g, ctx, "busybox", busybox_pin);
+    let d = &ctx.digests;
+    let mut i = StepInputs::new("rootfs", FORMAT);
+    i.file(d, "recipe", &file)?
+        .value("recipe.name", &recipe.name)
+        .tree(d, "src.rootfs-builder", &ctx.root.join("rootfs-builder"))?
+        .value("source_date_epoch", ctx.epoch);
+    Ok(g.add(id, i, &[agent, busybox], &[], move |o, out| {
+        let v = &ctx.versions;
+        let agent_bin = o.entry(agent);
+        let info = OsbuilderInfo::new(
+            &recipe,
+            agent::AGENT_VERSION,
+            vec![
+                InputInfo {
+                    name: v.busybox.debian.package.clone(),
+                    version: v.busybox.debian.version.clone(),
+                    sha256: v.busybox.debian.sha256.to_string(),
+                },
+                InputInfo {
+                    name: agent::BINARY.into(),
+                    version: agent::AGENT_VERSION.to_string(),
+                    sha256: agent_bin.sha256(agent::BINARY)?,
+                },
+            ],
+            ctx.epoch,
+        );
+        let dest = out.join(TREE);
         let rin = RootfsInputs {
-            busybox: busybox.clone(),
-            agent: agent.binary.clone(),
+            busybox: o.path(busybox, &crate::fetch::member_file_name(busybox_pin)),
+            agent: agent_bin.path(agent::BINARY),
             osbuilder: info,
             source_date_epoch: ctx.epoch,
         };
         tree::build_rootfs(&recipe, &rin, &dest)?;
         tree::check_rootfs(&dest, &recipe)?;
-        let digest = rootfs_builder::tree_digest(&dest)?;
-        std::fs::write(out.join("tree.sha256"), &digest)?;
+        std::fs::write(out.join(DIGEST), rootfs_builder::tree_digest(&dest)?)?;
         Ok(())
-    })?;
-    progress.finish(if entry.hit { "cached" } else { "built" });
-    let digest = std::fs::read_to_string(entry.dir.join("tree.sha256"))?;
-    Ok(RootfsBuild {
-        dir: entry.dir.join("rootfs"),
-        key: entry.key,
-        digest,
-    })
+    }))
 }
 
-/// A step that turns the recipe's rootfs tree into one file (initrd,
-/// image): a cache hit needs no rootfs at all; a miss builds (or takes) the
-/// rootfs, then `make(tree, output)`. Returns the sealed output in the entry.
-pub fn derived_file(
-    ctx: &Ctx,
+/// A step that turns a recipe's rootfs tree into a file (`initrd`,
+/// `image`): `make(tree, entry_dir)`.
+pub fn add_derived_file<'g>(
+    g: &mut Graph<'g>,
+    ctx: &'g Ctx,
     recipe: &str,
-    inputs: &StepInputs,
-    what: &str,
-    file: &str,
-    make: impl FnOnce(&std::path::Path, &std::path::Path) -> Result<()>,
-) -> Result<(PathBuf, String)> {
-    let cache = ctx.cache()?;
-    let entry = match cache.lookup(inputs) {
-        Some(e) => e,
-        None => {
-            let r = build(ctx, recipe)?;
-            let progress = ctx.ui.step(what);
-            let e = cache.step(inputs, &ctx.ui, |out| {
-                make(&r.dir, &out.join(file))?;
-                publish::seal(&out.join(file))
-            })?;
-            progress.finish("built");
-            e
-        }
-    };
-    Ok((entry.dir.join(file), entry.key))
+    id: String,
+    inputs: StepInputs,
+    tools: &[HostTool],
+    make: impl Fn(&std::path::Path, &std::path::Path) -> Result<()> + 'g,
+) -> Result<StepId> {
+    if let Some(found) = g.find(&id) {
+        return Ok(found);
+    }
+    let rootfs = add(g, ctx, recipe)?;
+    Ok(g.add(id, inputs, &[rootfs], tools, move |o, out| {
+        make(&o.path(rootfs, TREE), out)
+    }))
 }
 
 pub fn run(ctx: &Ctx, recipe_name: &str) -> Result<()> {
-    require_tools()?;
-    let (inputs, agent, _) = inputs(ctx, recipe_name)?;
-    let mut plan = Plan::default();
-    plan.add(ctx, &agent);
-    plan.add(ctx, &inputs);
-    if plan.show_if_dry_run(ctx)? {
+    let mut g = Graph::new();
+    let id = add(&mut g, ctx, recipe_name)?;
+    if g.show_if_dry_run(ctx, &[id])? {
         return Ok(());
     }
     ctx.ensure_dist_writable()?;
-    let r = build(ctx, recipe_name)?;
+    let out = g.run(ctx, &[id])?;
+    let entry = out.entry(id);
     let name = format!("rootfs-{recipe_name}");
-    let dest = publish::tree(ctx, &r.dir, &name)?;
+    let dest = publish::tree(ctx, &entry.path(TREE), &name)?;
     let art = Artifact {
         name: name.clone(),
         kind: Kind::Rootfs,
         path: ctx.rel(&dest),
-        sha256: r.digest.clone(),
+        sha256: std::fs::read_to_string(entry.path(DIGEST))?,
         bytes: dir_bytes(&dest)?,
-        cache_key: r.key.clone(),
+        cache_key: entry.key.clone(),
         recipe: Some(recipe_name.to_string()),
     };
     Manifest::record(

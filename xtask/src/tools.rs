@@ -147,21 +147,3 @@ pub fn fresh_log(path: &Path) -> Result<PathBuf> {
     File::create(path).with_context(|| format!("create {}", path.display()))?;
     Ok(path.to_path_buf())
 }
-
-/// Fails with one clear line when a host tool a step needs is missing:
-/// `(program, Debian package)` pairs.
-pub fn require(step: &str, tools: &[(&str, &str)]) -> Result<()> {
-    for (program, package) in tools {
-        if which(program).is_none() {
-            let how = if *package == "rustup" {
-                "install a Rust toolchain with rustup".to_string()
-            } else {
-                format!("install it with `apt-get install -y {package}` (or `cargo xtask doctor --install`)")
-            };
-            return Err(anyhow::Error::new(crate::error::InputError::new(format!(
-                "{step}: host tool `{program}` is missing; {how}"
-            ))));
-        }
-    }
-    Ok(())
-}

@@ -28,6 +28,10 @@ impl Ui {
         }
     }
 
+    pub fn is_verbose(&self) -> bool {
+        self.verbose && !self.quiet
+    }
+
     pub fn info(&self, msg: &str) {
         if !self.quiet {
             eprintln!("{msg}");
