@@ -243,13 +243,13 @@ fn unchanged_rerun_is_all_cache_hits() {
         assert!(o.status.success(), "{}", stderr(&o));
         let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         let steps = plan["steps"].as_array().unwrap();
-        assert!(steps.len() >= 3, "agent, rootfs and {cmd}: {plan}");
+        assert!(steps.len() >= 4, "unpack, agent, rootfs and {cmd}: {plan}");
+        let target = steps.last().unwrap();
+        assert!(target["id"].as_str().unwrap().starts_with(cmd), "{plan}");
+        assert_eq!(target["cached"], true, "{cmd}: {plan}");
         for s in steps {
-            assert_eq!(
-                s["cached"], true,
-                "{cmd}: step {} would run again",
-                s["step"]
-            );
+            assert_eq!(s["runs"], false, "{cmd}: step {} would run again", s["id"]);
+            assert_eq!(s["cache_key"].as_str().unwrap().len(), 64, "{s}");
         }
     }
 }

@@ -208,7 +208,20 @@ fn release_verifies_with_user_tools_and_reruns_from_cache() {
         dist.path(),
     ));
     let steps = plan["steps"].as_array().unwrap();
-    assert!(steps.iter().any(|s| s["step"] == "release"));
-    let missing: Vec<&serde_json::Value> = steps.iter().filter(|s| s["cached"] != true).collect();
-    assert!(missing.is_empty(), "a rerun would run: {missing:?}");
+    let release = steps.iter().find(|s| s["id"] == "release").unwrap();
+    assert_eq!(release["cached"], true, "{release}");
+    for dep in [
+        "kernel",
+        "initrd:minimal:gzip",
+        "image:minimal:ext4",
+        "runtime-bins",
+        "vhost-device-vsock",
+    ] {
+        assert!(
+            release["deps"].as_array().unwrap().iter().any(|d| d == dep),
+            "release depends on {dep}: {release}"
+        );
+    }
+    let would_run: Vec<&serde_json::Value> = steps.iter().filter(|s| s["runs"] != false).collect();
+    assert!(would_run.is_empty(), "a rerun would run: {would_run:?}");
 }
