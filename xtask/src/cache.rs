@@ -45,6 +45,39 @@ pub struct Cache {
     root: PathBuf,
     /// This process's work area under tmp/, removed on drop.
     work: PathBuf,
+    /// flock(2) on `work` (see `Cache::open`).
+    _work_lock: File,
+}
+
+/// A work dir younger than this is never swept: its creator may not have
+/// locked it yet.
+const SWEEP_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Removes the work dirs of runs that are gone: a dir whose lock nobody
+/// holds (the kernel released it when its process died) and that is older
+/// than [`SWEEP_MIN_AGE`].
+fn sweep_dead_work_dirs(tmp: &Path) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let old_enough = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= SWEEP_MIN_AGE);
+        if !old_enough {
+            continue;
+        }
+        let Ok(dir) = File::open(&path) else {
+            continue;
+        };
+        if dir.try_lock().is_ok() {
+            let _ = remove_tree(&path);
+        }
+    }
 }
 
 /// Everything a step consumes, labelled so that a miss can say what changed.
@@ -329,22 +362,23 @@ impl Cache {
                 root.display()
             )
         })?;
-        for e in fs::read_dir(&tmp)?.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let owner = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
-            let alive = owner.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-            if !alive {
-                let _ = remove_tree(&e.path());
-            }
-        }
+        sweep_dead_work_dirs(&tmp);
         let work = tempfile::Builder::new()
-            .prefix(&format!("{}-", std::process::id()))
+            .prefix("run-")
             .tempdir_in(&tmp)
             .with_context(|| format!("cache dir {} is not writable", root.display()))?
             .keep();
+        // Held for this process's whole life, released by the kernel when it
+        // dies however it dies: that is what tells a live run's work dir
+        // from a crashed one's, also across PID namespaces (where a pid in
+        // the name would say nothing).
+        let lock = File::open(&work)
+            .and_then(|f| f.lock().map(|()| f))
+            .with_context(|| format!("lock {}", work.display()))?;
         Ok(Cache {
             root: root.to_path_buf(),
             work,
+            _work_lock: lock,
         })
     }
 
@@ -690,16 +724,75 @@ mod tests {
         assert!(matches!(cache.lookup(&inputs), Lookup::Hit(_)));
     }
 
+    /// Ages a dir past [`SWEEP_MIN_AGE`].
+    fn age(path: &Path) {
+        let old = std::time::SystemTime::now() - SWEEP_MIN_AGE * 2;
+        File::open(path).unwrap().set_modified(old).unwrap();
+    }
+
     #[test]
     fn debris_of_a_crashed_run_is_swept_but_live_runs_are_kept() {
         let d = tempfile::tempdir().unwrap();
         let live = Cache::open(d.path(), &quiet()).unwrap();
-        // pid 0 never names a live process here.
-        fs::create_dir_all(d.path().join("tmp/0-crashed/out")).unwrap();
+        age(&live.work);
+        // Named after a pid that is alive here (1) and after our own: pids
+        // say nothing, the lock decides.
+        for name in ["1-crashed", &format!("{}-crashed", std::process::id())] {
+            fs::create_dir_all(d.path().join("tmp").join(name).join("out")).unwrap();
+            age(&d.path().join("tmp").join(name));
+        }
+        fs::create_dir_all(d.path().join("tmp/young")).unwrap();
         let _c = Cache::open(d.path(), &quiet()).unwrap();
-        assert!(!d.path().join("tmp/0-crashed").exists());
+        assert!(!d.path().join("tmp/1-crashed").exists());
+        assert!(!d
+            .path()
+            .join(format!("tmp/{}-crashed", std::process::id()))
+            .exists());
         assert!(live.work.exists(), "another live run's work dir stays");
+        assert!(
+            d.path().join("tmp/young").exists(),
+            "a dir its creator may not have locked yet stays"
+        );
         drop(live);
+    }
+
+    /// A run in another process (this test binary, re-run as a child that
+    /// opens a cache and waits) keeps its work dir, whatever its pid, and
+    /// loses it once it is killed.
+    #[test]
+    fn a_killed_process_s_work_dir_is_swept_and_a_live_one_s_is_not() {
+        const CHILD: &str = "KATA_XTASK_TEST_HOLD_CACHE";
+        if let Some(root) = std::env::var_os(CHILD) {
+            let c = Cache::open(Path::new(&root), &quiet()).unwrap();
+            age(&c.work);
+            println!("ready");
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "cache::tests::a_killed_process_s_work_dir_is_swept_and_a_live_one_s_is_not",
+                "--nocapture",
+            ])
+            .env(CHILD, d.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("ready") {
+            line.clear();
+            assert!(std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0);
+        }
+        let dirs = |d: &Path| fs::read_dir(d.join("tmp")).unwrap().count();
+        let _mine = Cache::open(d.path(), &quiet()).unwrap();
+        assert_eq!(dirs(d.path()), 2, "the live child's dir stays");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let _again = Cache::open(d.path(), &quiet()).unwrap();
+        assert_eq!(dirs(d.path()), 2, "the killed child's dir is gone, ours stay");
     }
 
     #[test]

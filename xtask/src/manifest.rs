@@ -69,6 +69,9 @@ impl Manifest {
     /// atomically. A manifest of another version or epoch is started afresh:
     /// mixing releases in one manifest would make it lie.
     pub fn record(dist: &Path, version: &str, epoch: i64, new: Vec<Artifact>) -> Result<()> {
+        // Read, change, write under the dist dir's lock: two runs recording
+        // at once must not lose each other's entries.
+        let _lock = lock_dist(dist)?;
         let mut m = match Self::load(dist)? {
             Some(m) if m.version == version && m.source_date_epoch == epoch => m,
             _ => Manifest {
@@ -91,6 +94,21 @@ impl Manifest {
     pub fn find(&self, name: &str) -> Option<&Artifact> {
         self.artifacts.iter().find(|a| a.name == name)
     }
+}
+
+/// An exclusive lock on the dist dir (`.lock` in it), held while the
+/// manifest or a published tree changes; released on drop.
+pub fn lock_dist(dist: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dist).with_context(|| format!("create {}", dist.display()))?;
+    let path = dist.join(".lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    f.lock().with_context(|| format!("lock {}", path.display()))?;
+    Ok(f)
 }
 
 #[cfg(test)]
@@ -139,5 +157,48 @@ mod tests {
             serde_json::to_string(&Kind::KernelConfig).unwrap(),
             "\"kernel-config\""
         );
+    }
+
+    /// Two processes (this test binary, re-run as children) each record
+    /// 40 artifacts one at a time into one dist dir: none may be lost.
+    #[test]
+    fn concurrent_processes_lose_no_entries() {
+        const CHILD: &str = "KATA_XTASK_TEST_RECORD_INTO";
+        if let Some(dist) = std::env::var_os(CHILD) {
+            let who = std::env::var("KATA_XTASK_TEST_WHO").unwrap();
+            for i in 0..40 {
+                let a = art(&format!("{who}-{i}"), "1");
+                Manifest::record(Path::new(&dist), "1.0.0", 5, vec![a]).unwrap();
+            }
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let children: Vec<_> = ["a", "b"]
+            .iter()
+            .map(|who| {
+                std::process::Command::new(std::env::current_exe().unwrap())
+                    .args([
+                        "--exact",
+                        "manifest::tests::concurrent_processes_lose_no_entries",
+                    ])
+                    .env(CHILD, d.path())
+                    .env("KATA_XTASK_TEST_WHO", who)
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut c in children {
+            assert!(c.wait().unwrap().success());
+        }
+        let m = Manifest::load(d.path()).unwrap().unwrap();
+        assert_eq!(m.artifacts.len(), 80, "every entry of both processes");
+        let leftovers: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "manifest.json" && n != ".lock")
+            .collect();
+        assert!(leftovers.is_empty(), "no temp files left: {leftovers:?}");
     }
 }

@@ -39,26 +39,28 @@ pub fn file(ctx: &Ctx, src: &Path, name: &str) -> Result<PathBuf> {
     Ok(dest)
 }
 
-/// `dist/<link> -> <target>` (relative), replaced atomically.
+/// `dist/<link> -> <target>` (relative), replaced atomically (by way of a
+/// uniquely named temp link: concurrent runs never share a temp name).
 pub fn symlink(ctx: &Ctx, target: &str, link: &str) -> Result<PathBuf> {
     let dist = ctx.dist();
     let dest = dist.join(link);
-    let tmp = dist.join(format!(".{link}.tmp"));
-    let _ = fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp)?;
-    fs::rename(&tmp, &dest)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".link")
+        .make_in(&dist, |p| std::os::unix::fs::symlink(target, p))
+        .with_context(|| format!("create a link in {}", dist.display()))?;
+    tmp.persist(&dest)
+        .with_context(|| format!("rename into {}", dest.display()))?;
     Ok(dest)
 }
 
-/// Copies a cached tree (with its device nodes and owners) to `dist/<name>`.
+/// Copies a cached tree (with its device nodes and owners) to `dist/<name>`,
+/// under the dist dir's lock (a tree cannot be replaced in one rename).
 pub fn tree(ctx: &Ctx, src: &Path, name: &str) -> Result<PathBuf> {
     let dist = ctx.dist();
-    fs::create_dir_all(&dist)?;
+    let _lock = crate::manifest::lock_dist(&dist)?;
     let dest = dist.join(name);
-    let tmp = dist.join(format!(".{name}.tmp"));
-    if tmp.exists() {
-        remove_tree(&tmp)?;
-    }
+    let staging = tempfile::Builder::new().prefix(".tree").tempdir_in(&dist)?;
+    let tmp = staging.path().join(name);
     run_captured(Command::new("cp").arg("-a").arg(src).arg(&tmp))?;
     if dest.exists() {
         remove_tree(&dest)?;

@@ -518,3 +518,93 @@ fn update_repins_to_what_the_archive_serves_and_keeps_comments() {
         "{updated}"
     );
 }
+
+/// The one entry dir of `step` in a cache (these caches built one of each).
+fn only_entry(cache: &Path, step: &str) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(cache.join("steps").join(step))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{step}: {dirs:?}");
+    dirs.into_iter().next().unwrap()
+}
+
+fn flip_a_byte(path: &Path) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let at = f.metadata().unwrap().len() / 2;
+    let mut b = [0u8];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&[b[0] ^ 0x5a]).unwrap();
+}
+
+#[test]
+#[ignore = "needs apt-get, the network, the musl target, mke2fs and cpio (real initrd and image builds): run by cargo xtask test unit"]
+fn corrupted_cache_entries_and_downloads_are_rebuilt_never_published() {
+    use std::os::unix::fs::MetadataExt;
+    let b = built();
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    let dist = d.path().join("dist");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&b.cache)
+        .arg(&cache)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let clean_agent = sha256(&only_entry(&b.cache, "agent").join("kata-agent"));
+    flip_a_byte(&only_entry(&cache, "agent").join("kata-agent"));
+    flip_a_byte(&only_entry(&cache, "initrd").join("initrd"));
+    let busybox_sha = "3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744";
+    let stored = std::fs::read_dir(cache.join("inputs").join(busybox_sha))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    flip_a_byte(&stored);
+    // Without its rootfs and unpacked busybox, the initrd needs the
+    // corrupted download again.
+    for step in ["rootfs", "unpack"] {
+        std::fs::remove_dir_all(cache.join("steps").join(step)).unwrap();
+    }
+    let envs = [
+        ("KATA_XTASK_CACHE_DIR", cache.as_path()),
+        ("KATA_XTASK_DIST_DIR", dist.as_path()),
+    ];
+    let o = xtask(&["initrd", "--recipe", "minimal"], &envs);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("initrd does not match the entry's seal"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        sha256(&dist.join("kata-containers-initrd.img")),
+        sha256(&b.dist_a.join("kata-containers-initrd.img")),
+        "the published initrd is a clean build's"
+    );
+    assert_eq!(sha256(&stored), busybox_sha, "the download was fetched again");
+    let o = xtask(&["agent"], &envs);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(sha256(&dist.join("kata-agent")), clean_agent);
+    // Published files are copies: nothing done to dist reaches the cache.
+    for (published, step, file) in [
+        ("kata-agent", "agent", "kata-agent"),
+        ("kata-containers-initrd.img", "initrd", "initrd"),
+    ] {
+        let a = std::fs::metadata(dist.join(published)).unwrap();
+        let c = std::fs::metadata(only_entry(&cache, step).join(file)).unwrap();
+        assert_ne!((a.dev(), a.ino()), (c.dev(), c.ino()), "{published}");
+        assert_eq!(c.nlink(), 1, "{step}/{file} has no other link");
+    }
+}
