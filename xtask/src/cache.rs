@@ -792,7 +792,11 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         let _again = Cache::open(d.path(), &quiet()).unwrap();
-        assert_eq!(dirs(d.path()), 2, "the killed child's dir is gone, ours stay");
+        assert_eq!(
+            dirs(d.path()),
+            2,
+            "the killed child's dir is gone, ours stay"
+        );
     }
 
     #[test]

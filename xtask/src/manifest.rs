@@ -96,8 +96,8 @@ impl Manifest {
     }
 }
 
-/// An exclusive lock on the dist dir (`.lock` in it), held while the
-/// manifest or a published tree changes; released on drop.
+/// An exclusive lock on the dist dir (`.lock` in it), held while anything
+/// is published there or the manifest changes; released on drop.
 pub fn lock_dist(dist: &Path) -> Result<std::fs::File> {
     std::fs::create_dir_all(dist).with_context(|| format!("create {}", dist.display()))?;
     let path = dist.join(".lock");
@@ -107,9 +107,22 @@ pub fn lock_dist(dist: &Path) -> Result<std::fs::File> {
         .write(true)
         .open(&path)
         .with_context(|| format!("open {}", path.display()))?;
-    f.lock().with_context(|| format!("lock {}", path.display()))?;
+    f.lock()
+        .with_context(|| format!("lock {}", path.display()))?;
+    // Whoever holds this lock is the only run publishing: temp files left
+    // in dist now are a killed run's.
+    for e in std::fs::read_dir(dist)?.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if PUBLISH_TEMP_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            let _ = crate::cache::remove_tree(&e.path());
+        }
+    }
     Ok(f)
 }
+
+/// The prefixes of the temp files and dirs publishing creates in dist.
+pub const PUBLISH_TEMP_PREFIXES: &[&str] = &[".publish", ".link", ".tree"];
 
 #[cfg(test)]
 mod tests {

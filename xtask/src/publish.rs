@@ -1,5 +1,8 @@
 //! Moving step results from the cache into `target/dist/` under their
 //! upstream names, atomically, and describing them for the manifest.
+//!
+//! Everything here runs under the dist dir's lock (`manifest::lock_dist`),
+//! which also removes what a killed run left half-published.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,8 +21,7 @@ use crate::tools::run_captured;
 /// size and mtime and skips copying (a user's edit changes the mtime).
 pub fn file(ctx: &Ctx, src: &Path, name: &str) -> Result<PathBuf> {
     let dist = ctx.dist();
-    fs::create_dir_all(&dist)
-        .with_context(|| format!("output dir {} is not writable", dist.display()))?;
+    let _lock = crate::manifest::lock_dist(&dist)?;
     let dest = dist.join(name);
     let src_meta = fs::metadata(src)?;
     if let Ok(m) = fs::symlink_metadata(&dest) {
@@ -43,6 +45,7 @@ pub fn file(ctx: &Ctx, src: &Path, name: &str) -> Result<PathBuf> {
 /// uniquely named temp link: concurrent runs never share a temp name).
 pub fn symlink(ctx: &Ctx, target: &str, link: &str) -> Result<PathBuf> {
     let dist = ctx.dist();
+    let _lock = crate::manifest::lock_dist(&dist)?;
     let dest = dist.join(link);
     let tmp = tempfile::Builder::new()
         .prefix(".link")

@@ -593,7 +593,11 @@ fn corrupted_cache_entries_and_downloads_are_rebuilt_never_published() {
         sha256(&b.dist_a.join("kata-containers-initrd.img")),
         "the published initrd is a clean build's"
     );
-    assert_eq!(sha256(&stored), busybox_sha, "the download was fetched again");
+    assert_eq!(
+        sha256(&stored),
+        busybox_sha,
+        "the download was fetched again"
+    );
     let o = xtask(&["agent"], &envs);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(sha256(&dist.join("kata-agent")), clean_agent);
@@ -607,4 +611,216 @@ fn corrupted_cache_entries_and_downloads_are_rebuilt_never_published() {
         assert_ne!((a.dev(), a.ino()), (c.dev(), c.ino()), "{published}");
         assert_eq!(c.nlink(), 1, "{step}/{file} has no other link");
     }
+}
+
+/// A copy of the shared fixture's cache, for a test that damages or
+/// changes it.
+fn cache_copy(b: &Built, into: &Path) -> PathBuf {
+    let cache = into.join("cache");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&b.cache)
+        .arg(&cache)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    cache
+}
+
+/// Names in `dir` that are not what a finished run leaves.
+fn debris(dir: &Path, keep: &[&str]) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('.') && !keep.contains(&n.as_str()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+#[ignore = "needs apt-get, the network, the musl target, mke2fs and cpio (real initrd and image builds): run by cargo xtask test unit"]
+fn sigkilled_mid_step_then_rerun_succeeds_and_leaves_nothing_partial() {
+    use std::io::BufRead;
+    let b = built();
+    let d = tempfile::tempdir().unwrap();
+    let cache = cache_copy(b, d.path());
+    let dist = d.path().join("dist");
+    for step in ["rootfs", "initrd"] {
+        std::fs::remove_dir_all(cache.join("steps").join(step)).unwrap();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["initrd", "--recipe", "minimal"])
+        .current_dir(root())
+        .env("KATA_XTASK_CACHE_DIR", &cache)
+        .env("KATA_XTASK_DIST_DIR", &dist)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Killed as soon as the initrd step starts writing (the rootfs step
+    // before it has finished).
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    loop {
+        let line = lines
+            .next()
+            .expect("xtask ended before the initrd step")
+            .unwrap();
+        seen.push(line.clone());
+        if line.contains("initrd:minimal:gzip ...") {
+            break;
+        }
+    }
+    // ... and has begun writing its output.
+    let writing = || -> bool {
+        std::fs::read_dir(cache.join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|run| {
+                std::fs::read_dir(run.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .any(|step| step.path().join("out/initrd").is_file())
+    };
+    let since = std::time::Instant::now();
+    while !writing() {
+        assert!(
+            since.elapsed() < std::time::Duration::from_secs(60),
+            "the initrd step never started writing: {seen:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{seen:?}");
+    let initrd_entries: Vec<_> = std::fs::read_dir(cache.join("steps/initrd"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert!(initrd_entries.is_empty(), "no initrd entry after the kill");
+    // The killed run's work dir is swept once it is old enough to be sure
+    // its creator is not about to lock it.
+    std::thread::sleep(std::time::Duration::from_secs(11));
+    let o = xtask(
+        &["initrd", "--recipe", "minimal"],
+        &[
+            ("KATA_XTASK_CACHE_DIR", cache.as_path()),
+            ("KATA_XTASK_DIST_DIR", dist.as_path()),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        sha256(&dist.join("kata-containers-initrd.img")),
+        sha256(&b.dist_a.join("kata-containers-initrd.img"))
+    );
+    let work: Vec<_> = std::fs::read_dir(cache.join("tmp")).unwrap().collect();
+    assert!(work.is_empty(), "work dirs left: {work:?}");
+    assert_eq!(debris(&dist, &[".lock"]), Vec::<String>::new());
+}
+
+#[test]
+#[ignore = "needs root (a private mount namespace with a small tmpfs), apt-get, the network, the musl target, mke2fs and cpio: run by cargo xtask test unit"]
+fn a_full_disk_is_a_clear_error_and_the_cache_stays_intact() {
+    let b = built();
+    let d = tempfile::tempdir().unwrap();
+    let cache = cache_copy(b, d.path());
+    let small = d.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    // The initrd and image (several MiB each) cannot be published into a
+    // 1 MiB dist dir, and a 1 MiB cache cannot hold a rootfs build.
+    let in_small_tmpfs = |args: &str, cache: &Path, dist: &Path| -> Output {
+        let script = format!(
+            "mount -t tmpfs -o size=1m kata-test {small} && exec {xtask} {args}",
+            small = small.display(),
+            xtask = env!("CARGO_BIN_EXE_xtask"),
+        );
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .current_dir(root())
+            .env("KATA_XTASK_CACHE_DIR", cache)
+            .env("KATA_XTASK_DIST_DIR", dist)
+            .output()
+            .unwrap()
+    };
+    let o = in_small_tmpfs("initrd --recipe minimal", &cache, &small.join("dist"));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let errs = error_lines(&o);
+    assert_eq!(errs.len(), 1, "{}", stderr(&o));
+    assert!(errs[0].contains("No space left on device"), "{}", errs[0]);
+    assert!(
+        errs[0].contains(&small.display().to_string()),
+        "{}",
+        errs[0]
+    );
+    // The cache is untouched: the same command with room is all hits.
+    let room = d.path().join("dist");
+    let envs = [
+        ("KATA_XTASK_CACHE_DIR", cache.as_path()),
+        ("KATA_XTASK_DIST_DIR", room.as_path()),
+    ];
+    let o = xtask(
+        &["initrd", "--recipe", "minimal", "--dry-run", "--json"],
+        &envs,
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        plan["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["runs"] == false),
+        "{plan}"
+    );
+
+    // A cache with room for what it holds but not for a new initrd: the
+    // build fails clearly, and every entry it held still verifies. (The
+    // tmpfs lives as long as the namespace, so both runs happen in it.)
+    std::fs::remove_dir_all(cache.join("steps/initrd")).unwrap();
+    std::fs::remove_dir_all(cache.join("steps/image")).unwrap();
+    let held_kib = disk_usage(&cache) / 1024 + 256;
+    let script = format!(
+        "mount -t tmpfs -o size={held_kib}k kata-test {small} && cp -a {cache} {small}/cache && \
+         {{ KATA_XTASK_CACHE_DIR={small}/cache {xtask} initrd --recipe minimal; echo \"exit $?\" >&2; }} && \
+         KATA_XTASK_CACHE_DIR={small}/cache exec {xtask} initrd --recipe minimal --dry-run --json",
+        small = small.display(),
+        cache = cache.display(),
+        xtask = env!("CARGO_BIN_EXE_xtask"),
+    );
+    let o = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .current_dir(root())
+        .env("KATA_XTASK_DIST_DIR", &room)
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(err.contains("exit 1"), "{err}");
+    let errs = error_lines(&o);
+    assert_eq!(errs.len(), 1, "{err}");
+    assert!(errs[0].contains("No space left on device"), "{}", errs[0]);
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).expect(&err);
+    for s in plan["steps"].as_array().unwrap() {
+        let cached = s["id"] != "initrd:minimal:gzip";
+        assert_eq!(s["cached"], cached, "{s}");
+    }
+}
+
+/// Bytes of disk `dir` uses (blocks, as a tmpfs counts them).
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let m = e.path().symlink_metadata().unwrap();
+        total += m.blocks() * 512;
+        if m.is_dir() {
+            total += disk_usage(&e.path());
+        }
+    }
+    total
 }
