@@ -412,6 +412,12 @@ impl Cache {
         }
     }
 
+    /// Whether an entry for `inputs` exists (not verified: for steps a run
+    /// will not use).
+    pub fn has_entry(&self, inputs: &StepInputs) -> bool {
+        self.entry_dir(inputs).join(SEAL).is_file()
+    }
+
     /// Why `inputs` has no entry: what changed since the step last ran.
     pub fn why_missing(&self, inputs: &StepInputs) -> String {
         let last = self.step_dir(inputs.step()).join("last.json");

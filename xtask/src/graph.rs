@@ -72,7 +72,8 @@ pub struct Planned {
     pub id: String,
     pub deps: Vec<String>,
     pub cache_key: String,
-    /// A verified entry exists.
+    /// An entry exists: verified against its seal for a wanted step, only
+    /// found for one the run does not need.
     pub cached: bool,
     /// The run builds it (not cached, and wanted).
     pub runs: bool,
@@ -129,52 +130,72 @@ impl<'g> Graph<'g> {
     /// What running `targets` would do, step by step (every step of the
     /// graph, in order; those not needed say why).
     pub fn plan(&self, ctx: &Ctx, targets: &[StepId]) -> Result<Vec<Planned>> {
+        Ok(self.plan_with_hits(ctx, targets)?.0)
+    }
+
+    /// The plan, and the verified entries of the wanted steps that are cached.
+    fn plan_with_hits(
+        &self,
+        ctx: &Ctx,
+        targets: &[StepId],
+    ) -> Result<(Vec<Planned>, Vec<Option<Entry>>)> {
         let cache = ctx.cache()?;
-        let mut planned: Vec<Planned> = self
-            .steps
-            .iter()
-            .map(|s| {
-                let (cached, corrupt, why) = match cache.lookup(&s.inputs) {
-                    Lookup::Hit(_) => (true, false, "cached".to_string()),
-                    Lookup::Miss => (false, false, cache.why_missing(&s.inputs)),
-                    Lookup::Corrupt(why) => (false, true, format!("{why}; it is rebuilt")),
-                };
-                Planned {
-                    id: s.id.clone(),
-                    deps: s.deps.iter().map(|d| self.steps[d.0].id.clone()).collect(),
-                    cache_key: s.inputs.key(),
-                    cached,
-                    runs: false,
-                    why,
-                    corrupt,
-                }
-            })
-            .collect();
-        // Wanted: a target, or a dependency of a wanted step that runs.
-        let mut wanted = vec![false; self.steps.len()];
+        let n = self.steps.len();
+        let mut wanted = vec![false; n];
         for t in targets {
             wanted[t.0] = true;
         }
-        for i in (0..self.steps.len()).rev() {
-            if wanted[i] && !planned[i].cached {
-                planned[i].runs = true;
-                for d in &self.steps[i].deps {
-                    wanted[d.0] = true;
+        // Consumers come after what they consume, so walking backwards
+        // settles whether a step is wanted before it is reached. Only wanted
+        // steps are verified against their seals (hashing an unused kernel
+        // source tree would cost seconds for nothing).
+        let mut planned: Vec<Option<Planned>> = (0..n).map(|_| None).collect();
+        let mut hits: Vec<Option<Entry>> = (0..n).map(|_| None).collect();
+        for i in (0..n).rev() {
+            let s = &self.steps[i];
+            let (cached, corrupt, why) = if wanted[i] {
+                match cache.lookup(&s.inputs) {
+                    Lookup::Hit(entry) => {
+                        hits[i] = Some(entry);
+                        (true, false, "cached".to_string())
+                    }
+                    Lookup::Miss => (false, false, cache.why_missing(&s.inputs)),
+                    Lookup::Corrupt(why) => (false, true, format!("{why}; it is rebuilt")),
                 }
-            }
-        }
-        for (i, p) in planned.iter_mut().enumerate() {
-            if !wanted[i] {
+            } else {
                 let consumers: Vec<&str> = self
                     .steps
                     .iter()
-                    .filter(|s| s.deps.contains(&StepId(i)))
-                    .map(|s| s.id.as_str())
+                    .filter(|c| c.deps.contains(&StepId(i)))
+                    .map(|c| c.id.as_str())
                     .collect();
-                p.why = format!("not needed: {} cached", consumers.join(", "));
+                (
+                    cache.has_entry(&s.inputs),
+                    false,
+                    format!("not needed: {} cached", consumers.join(", ")),
+                )
+            };
+            let runs = wanted[i] && !cached;
+            if runs {
+                for d in &s.deps {
+                    wanted[d.0] = true;
+                }
             }
+            planned[i] = Some(Planned {
+                id: s.id.clone(),
+                deps: s.deps.iter().map(|d| self.steps[d.0].id.clone()).collect(),
+                cache_key: s.inputs.key(),
+                cached,
+                runs,
+                why,
+                corrupt,
+            });
         }
-        Ok(planned)
+        let planned = planned
+            .into_iter()
+            .map(|p| p.expect("every step"))
+            .collect();
+        Ok((planned, hits))
     }
 
     /// With `--dry-run`: prints the plan of `targets` (one JSON object with
@@ -212,7 +233,7 @@ impl<'g> Graph<'g> {
 
     /// Runs what `targets` need, in order; returns the entries used.
     pub fn run(&self, ctx: &Ctx, targets: &[StepId]) -> Result<Outputs> {
-        let plan = self.plan(ctx, targets)?;
+        let (plan, mut hits) = self.plan_with_hits(ctx, targets)?;
         // Every tool of every step that runs, before any work.
         let needs: Vec<(&str, &[HostTool])> = self
             .steps
@@ -223,7 +244,7 @@ impl<'g> Graph<'g> {
             .collect();
         host_tools::require(&needs)?;
         let used: Vec<usize> = (0..self.steps.len())
-            .filter(|&i| plan[i].runs || (plan[i].cached && self.is_wanted(&plan, i, targets)))
+            .filter(|&i| plan[i].runs || hits[i].is_some())
             .collect();
         let cache = ctx.cache()?;
         let mut outputs = Outputs {
@@ -233,20 +254,10 @@ impl<'g> Graph<'g> {
         for (n, &i) in used.iter().enumerate() {
             let s = &self.steps[i];
             let label = format!("[{}/{total}] {}", n + 1, s.id);
-            if !plan[i].runs {
-                match cache.lookup(&s.inputs) {
-                    Lookup::Hit(entry) => {
-                        ctx.ui.info(&format!("{label}: cached"));
-                        outputs.entries[i] = Some(entry);
-                        continue;
-                    }
-                    // Changed since the plan (another run, a user): the
-                    // dependencies it would need were not planned.
-                    _ => bail!(
-                        "{}: its cache entry changed while this run used it; rerun",
-                        s.id
-                    ),
-                }
+            if let Some(entry) = hits[i].take() {
+                ctx.ui.info(&format!("{label}: cached"));
+                outputs.entries[i] = Some(entry);
+                continue;
             }
             if plan[i].corrupt {
                 ctx.ui.info(&format!("{}: {}", s.id, plan[i].why));
@@ -277,15 +288,6 @@ impl<'g> Graph<'g> {
             outputs.entries[i] = Some(entry);
         }
         Ok(outputs)
-    }
-
-    fn is_wanted(&self, plan: &[Planned], i: usize, targets: &[StepId]) -> bool {
-        targets.contains(&StepId(i))
-            || self
-                .steps
-                .iter()
-                .enumerate()
-                .any(|(j, s)| plan[j].runs && s.deps.contains(&StepId(i)))
     }
 }
 
