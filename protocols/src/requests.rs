@@ -1,7 +1,8 @@
 //! Server-side decoding of one ttrpc request frame, independent of any
 //! socket: header, size limit, the ttrpc `Request` envelope, and the request
-//! message of every declared method. The fuzz target drives this, and it
-//! documents what a frame of the agent API looks like on the wire.
+//! message of every declared method. The fuzzer's tests (`cargo xtask test
+//! fuzz`, xtask-test/src/fuzz.rs) check their generated requests with it,
+//! and it documents what a frame of the agent API looks like on the wire.
 
 use protobuf::{Message, MessageDyn, MessageFull};
 use ttrpc::{MessageHeader, Request};

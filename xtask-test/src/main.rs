@@ -10,8 +10,8 @@
 //! parses the same global options with the `xtask` library's
 //! [`xtask::GlobalOpts`] and builds the same [`xtask::context::Ctx`].
 //!
-//! Modules: `test_cmd.rs` (`test [lint|unit|kernel|vm|e2e|repro|all]`),
-//! `vmtest.rs`, `kernel_boot.rs`, `e2e/`, `repro.rs`; `bench.rs` and
+//! Modules: `test_cmd.rs` (`test [lint|unit|kernel|vm|fuzz|e2e|repro|all]`),
+//! `vmtest.rs`, `fuzz.rs`, `kernel_boot.rs`, `e2e/`, `repro.rs`; `bench.rs` and
 //! `bench_*.rs` (`bench NAME`).
 //!
 //! Exit status: 0 success, 1 the work failed, 2 bad usage or bad input.
@@ -22,6 +22,7 @@ mod bench_release;
 mod bench_start;
 mod bench_vm;
 mod e2e;
+mod fuzz;
 mod kernel_boot;
 mod repro;
 mod test_cmd;
@@ -51,7 +52,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The tests: lint, unit (cargo test), kernel, vm (boot and talk to the agent), e2e, repro, all.
+    /// The tests: lint, unit (cargo test), kernel, vm (boot and talk to the agent), fuzz (the agent in a VM), e2e, repro, all.
     Test(test_cmd::TestArgs),
     /// Benchmarks: build, kernel, boot, start, release.
     Bench {

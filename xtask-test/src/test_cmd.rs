@@ -1,4 +1,4 @@
-//! `cargo xtask test [lint|unit|kernel|vm|e2e|repro|all]`: the project's test command.
+//! `cargo xtask test [lint|unit|kernel|vm|fuzz|e2e|repro|all]`: the project's test command.
 //!
 //! `lint` is `cargo fmt --check` and clippy with warnings denied; `unit` is
 //! `cargo test` over the workspace including the tests marked `#[ignore]`
@@ -6,11 +6,13 @@
 //! kernel source...; plain `cargo test` stays hermetic), with the verified
 //! kernel source and the pipeline's kernel handed to them; `kernel` boots
 //! the pipeline's kernel to init; `vm` boots the built guest and drives the
-//! agent (vmtest.rs); `e2e` runs containers through a private containerd
-//! (e2e/); `repro` compares this checkout's release with one built in a clean
-//! clone (repro.rs). `all` (the default, and what CI runs) runs each of them, lint
-//! first, the VM test with the initrd and with the DAX image, e2e from the
-//! build, from the release tarball and (as root) from the installed .deb.
+//! agent (vmtest.rs); `fuzz` sends random and malformed requests to the
+//! agent in the built guest for a bounded time (fuzz.rs); `e2e` runs
+//! containers through a private containerd (e2e/); `repro` compares this
+//! checkout's release with one built in a clean clone (repro.rs). `all` (the
+//! default, and what CI runs) runs each of them, lint first, the VM test with
+//! the initrd and with the DAX image, 60 s of fuzzing, e2e from the build,
+//! from the release tarball and (as root) from the installed .deb.
 
 use std::process::Command;
 
@@ -37,6 +39,8 @@ pub enum TestWhat {
     Kernel,
     /// Boot the built guest and drive the agent.
     Vm(crate::vmtest::VmArgs),
+    /// Send random and malformed requests to the agent in the built guest.
+    Fuzz(crate::fuzz::FuzzArgs),
     /// Run containers through a private containerd with the built shim.
     E2e(crate::e2e::E2eArgs),
     /// This checkout's release and a clean clone's give the same SHA256SUMS.
@@ -117,6 +121,7 @@ pub fn run(ctx: &Ctx, args: &TestArgs) -> Result<()> {
         TestWhat::Unit => unit(ctx),
         TestWhat::Kernel => crate::kernel_boot::test(ctx),
         TestWhat::Vm(args) => crate::vmtest::run(ctx, &args),
+        TestWhat::Fuzz(args) => crate::fuzz::run(ctx, &args),
         TestWhat::E2e(args) => crate::e2e::run(ctx, &args),
         TestWhat::Repro(args) => crate::repro::test(ctx, &args),
         TestWhat::All => all(ctx),
@@ -150,6 +155,12 @@ fn all(ctx: &Ctx) -> Result<()> {
         ..Default::default()
     };
     record("vm --image", crate::vmtest::run(ctx, &image));
+    // Bounded: a fresh seed each run, printed for replay.
+    let fuzz = crate::fuzz::FuzzArgs {
+        seconds: 60,
+        ..Default::default()
+    };
+    record("fuzz --seconds 60", crate::fuzz::run(ctx, &fuzz));
     let e2e = crate::e2e::E2eArgs {
         faults: true,
         ..Default::default()

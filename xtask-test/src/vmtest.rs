@@ -22,9 +22,9 @@ use xtask::context::Ctx;
 use xtask::{image, initrd, kernel};
 
 /// Generous for TCG on a loaded 2-core CI machine; a KVM boot takes ~1 s.
-const SERVING_TIMEOUT: Duration = Duration::from_secs(120);
-const CALL_TIMEOUT: Duration = Duration::from_secs(20);
-const POWEROFF_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const SERVING_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const POWEROFF_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long "an agent that never answers" is waited for.
 const SILENT_AGENT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -116,7 +116,7 @@ pub fn prepare(ctx: &Ctx, media: Media, recipe: &str) -> Result<Guest> {
     })
 }
 
-fn config(guest: &Guest, name: &str, accel: Accel, extra_params: &[&str]) -> QemuConfig {
+pub(crate) fn config(guest: &Guest, name: &str, accel: Accel, extra_params: &[&str]) -> QemuConfig {
     // Unique per process: parallel runs must not share a state dir.
     let id = format!("xtask-{name}-{}", std::process::id());
     let mut cfg = QemuConfig::new(id, &guest.kernel, guest.boot.clone());
@@ -126,7 +126,7 @@ fn config(guest: &Guest, name: &str, accel: Accel, extra_params: &[&str]) -> Qem
     cfg
 }
 
-fn media_name(m: Media) -> &'static str {
+pub(crate) fn media_name(m: Media) -> &'static str {
     match m {
         Media::Initrd => "initrd",
         Media::Image => "image",
@@ -134,20 +134,20 @@ fn media_name(m: Media) -> &'static str {
 }
 
 /// What must be gone after a VM is torn down.
-struct Traces {
+pub(crate) struct Traces {
     state_dir: PathBuf,
     pids: Vec<u32>,
 }
 
 impl Traces {
-    fn of(vm: &Vm) -> Traces {
+    pub(crate) fn of(vm: &Vm) -> Traces {
         Traces {
             state_dir: vm.state_dir().to_path_buf(),
             pids: vm.pid().into_iter().chain(vm.vsock_daemon_pid()).collect(),
         }
     }
 
-    fn leftovers(&self) -> Vec<String> {
+    pub(crate) fn leftovers(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.state_dir.exists() {
             out.push(format!(
