@@ -22,54 +22,51 @@ pub fn year(epoch: u64) -> i32 {
     utc(epoch).year()
 }
 
-fn names(t: &OffsetDateTime) -> (&'static str, &'static str) {
-    (
-        DAYS[t.weekday().number_days_from_sunday() as usize],
-        MONTHS[u8::from(t.month()) as usize - 1],
-    )
+/// The fields every format below is made of.
+struct Parts {
+    year: i32,
+    month: u8,
+    day: u8,
+    hms: String,
+    day_name: &'static str,
+    month_name: &'static str,
+}
+
+fn parts(epoch: u64) -> Parts {
+    let t = utc(epoch);
+    Parts {
+        year: t.year(),
+        month: u8::from(t.month()),
+        day: t.day(),
+        hms: format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second()),
+        day_name: DAYS[t.weekday().number_days_from_sunday() as usize],
+        month_name: MONTHS[u8::from(t.month()) as usize - 1],
+    }
 }
 
 /// `2025-01-01T00:00:00Z` (RFC 3339, as SPDX `created` wants it).
 pub fn rfc3339(epoch: u64) -> String {
-    let t = utc(epoch);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    let p = parts(epoch);
+    format!("{:04}-{:02}-{:02}T{}Z", p.year, p.month, p.day, p.hms)
 }
 
 /// `Wed, 01 Jan 2025 00:00:00 +0000` (RFC 2822, as a Debian changelog
 /// trailer wants it).
 pub fn rfc2822(epoch: u64) -> String {
-    let t = utc(epoch);
-    let (day, month) = names(&t);
+    let p = parts(epoch);
     format!(
-        "{day}, {:02} {month} {:04} {:02}:{:02}:{:02} +0000",
-        t.day(),
-        t.year(),
-        t.hour(),
-        t.minute(),
-        t.second()
+        "{}, {:02} {} {:04} {} +0000",
+        p.day_name, p.day, p.month_name, p.year, p.hms
     )
 }
 
 /// `Thu Jan  1 00:00:00 UTC 1970`, as `date -u` prints it (kbuild's
 /// KBUILD_BUILD_TIMESTAMP).
 pub fn date_utc(epoch: u64) -> String {
-    let t = utc(epoch);
-    let (day, month) = names(&t);
+    let p = parts(epoch);
     format!(
-        "{day} {month} {:>2} {:02}:{:02}:{:02} UTC {}",
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.year()
+        "{} {} {:>2} {} UTC {}",
+        p.day_name, p.month_name, p.day, p.hms, p.year
     )
 }
 

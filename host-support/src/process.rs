@@ -82,8 +82,12 @@ mod tests {
         )
         .unwrap();
         let t = Instant::now();
-        let st =
-            stop_child(&mut stubborn, Some(Signal::SIGTERM), Duration::from_millis(200)).unwrap();
+        let st = stop_child(
+            &mut stubborn,
+            Some(Signal::SIGTERM),
+            Duration::from_millis(200),
+        )
+        .unwrap();
         assert_eq!(st.signal(), Some(libc_sig(Signal::SIGKILL)));
         assert!(t.elapsed() < Duration::from_secs(10));
     }

@@ -18,9 +18,7 @@ pub fn which(program: &str) -> Option<PathBuf> {
         return None;
     }
     let paths = std::env::join_paths(cargo_bins).ok()?;
-    ::which::which_in_global(program, Some(paths))
-        .ok()?
-        .next()
+    ::which::which_in_global(program, Some(paths)).ok()?.next()
 }
 
 fn cargo_bin_dirs() -> Vec<PathBuf> {

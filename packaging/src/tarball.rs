@@ -34,16 +34,14 @@ pub(crate) fn write_tree_tar<W: Write>(
         let name = format!("./{path}");
         match kind {
             EntryKind::Dir { mode } => tar.append(&name, *mode, epoch, TarKind::Dir)?,
-            EntryKind::Symlink { target } => {
-                tar.append(
+            EntryKind::Symlink { target } => tar.append(
                 &name,
                 0o777,
                 epoch,
                 TarKind::Symlink {
                     target: target.as_bytes(),
                 },
-            )?
-            }
+            )?,
             EntryKind::Contents { bytes, mode } => tar.append(
                 &name,
                 *mode,

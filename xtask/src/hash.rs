@@ -43,7 +43,12 @@ fn collect(root: &Path) -> Result<Vec<PathBuf>> {
     for e in walk {
         let e = e?;
         if !e.file_type().is_dir() {
-            out.push(e.path().strip_prefix(root).expect("below root").to_path_buf());
+            out.push(
+                e.path()
+                    .strip_prefix(root)
+                    .expect("below root")
+                    .to_path_buf(),
+            );
         }
     }
     Ok(out)

@@ -198,7 +198,11 @@ mod tests {
             .to_string();
         assert!(err.contains("a | b"), "{err}");
         let log = d.path().join("logs/x.log");
-        run_logged(Command::new("sh").args(["-c", "echo out; echo err >&2"]), &log).unwrap();
+        run_logged(
+            Command::new("sh").args(["-c", "echo out; echo err >&2"]),
+            &log,
+        )
+        .unwrap();
         let err = run_logged(Command::new("sh").args(["-c", "echo last; exit 1"]), &log)
             .unwrap_err()
             .to_string();
@@ -206,7 +210,10 @@ mod tests {
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(text.contains("out\nerr\n"), "{text}");
         assert!(run_visible(&mut Command::new("false")).is_err());
-        assert_eq!(run_status(&mut Command::new("false")).unwrap().code(), Some(1));
+        assert_eq!(
+            run_status(&mut Command::new("false")).unwrap().code(),
+            Some(1)
+        );
         assert!(run_output(&mut Command::new("no-such-program-xyz")).is_err());
         assert!(which("sh").is_some());
     }
