@@ -499,14 +499,8 @@ fn finish_stdio(
 }
 
 fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let write = || -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().map_err(|e| internal(format!("write {}: {e}", path.display())))
+    crate::rpc::write_atomically(path, bytes)
+        .map_err(|e| internal(format!("write {}: {e}", path.display())))
 }
 
 /// The containers of this agent.

@@ -150,8 +150,14 @@ impl AgentState {
 const GUEST_DNS_FILE: &str = "/etc/resolv.conf";
 const GUEST_DNS_RUN_FILE: &str = "/run/kata-containers/sandbox/resolv.conf";
 
-/// Writes to a temporary file beside `path` and renames it into place.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes to a temporary file beside `path` and renames it into place: the
+/// agent's one atomic write (containers' files use it too).
+///
+/// The host crates share `host_support::fs::write_atomic`; the agent keeps
+/// these few lines of its own on purpose: it is one static musl binary in
+/// every guest image (size matters, see `[profile.agent]`), and host-support
+/// would link tempfile, walkdir, which and time into the guest for nothing.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -1,6 +1,5 @@
 //! Source extraction and the kernel build itself.
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -269,55 +268,14 @@ fn copy_lines(
 
 /// The last `n` lines of a log, for error messages.
 fn log_tail(path: &Path, n: usize) -> String {
-    let Ok(file) = File::open(path) else {
-        return String::from("(log unreadable)");
-    };
-    let mut tail = VecDeque::with_capacity(n);
-    for line in BufReader::new(file).lines().map_while(|l| l.ok()) {
-        if tail.len() == n {
-            tail.pop_front();
-        }
-        tail.push_back(line);
-    }
-    Vec::from(tail).join("\n")
+    host_support::log::try_tail_lines(path, n).unwrap_or_else(|_| "(log unreadable)".into())
 }
 
 /// `date -u` style text (`Thu Jan  1 00:00:00 UTC 1970`) for
 /// KBUILD_BUILD_TIMESTAMP: kbuild puts it in the version string as-is and
 /// feeds it to `date -d` when it needs seconds.
 pub(crate) fn format_build_timestamp(epoch: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = epoch / 86_400;
-    let secs = epoch % 86_400;
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{} {} {:>2} {:02}:{:02}:{:02} UTC {}",
-        DAYS[(days % 7) as usize],
-        MONTHS[(month - 1) as usize],
-        day,
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60,
-        year
-    )
-}
-
-/// Days since 1970-01-01 to (year, month 1-12, day 1-31), proleptic
-/// Gregorian (Howard Hinnant's civil_from_days).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    host_support::date::date_utc(epoch)
 }
 
 #[cfg(test)]

@@ -166,14 +166,10 @@ pub fn configure(
     })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
+        let tail = host_support::log::tail_text(&stderr, 20);
         return Err(Error::Tool {
             what: format!("make allnoconfig in {}", src_dir.display()),
-            detail: format!(
-                "{}\n{}",
-                output.status,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            ),
+            detail: format!("{}\n{}", output.status, tail),
         });
     }
     let kconfig_warnings = String::from_utf8_lossy(&output.stdout)

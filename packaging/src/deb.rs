@@ -17,9 +17,9 @@ use md5::{Digest, Md5};
 
 use crate::layout::{EntryKind, Layout, DIR_MODE};
 use crate::safety::{check_host_safety_deb, check_host_safety_layout, tar_members, MemberKind};
-use crate::tar_writer::{TarKind, TarWriter};
 use crate::tarball::write_tree_tar;
 use crate::util::{rfc2822, write_atomically};
+use host_support::tar::{Kind as TarKind, Writer as TarWriter};
 
 /// xz preset for both tar members (dpkg-deb's default level).
 pub const XZ_PRESET: u32 = 6;
@@ -76,7 +76,7 @@ impl DebMeta {
                           /opt/kata/share/defaults/kata-containers/configuration.toml and can be \
                           overridden by /etc/kata-containers/configuration.toml."
                 .into(),
-            copyright: default_copyright(&homepage, crate::util::civil_time(epoch).year),
+            copyright: default_copyright(&homepage, i64::from(host_support::date::year(epoch))),
             distribution: "unstable".into(),
             changelog_text: format!("Release {release_version}, built by `cargo xtask release`."),
             lintian_overrides: default_lintian_overrides(&package),
@@ -359,19 +359,20 @@ fn build_deb(layout: &Layout, meta: &DebMeta, epoch: u64) -> Result<Vec<u8>> {
             },
         ),
     ];
-    let control_tar = xz_tar(epoch, |tar| {
-        tar.append(".", DIR_MODE, TarKind::Dir)?;
+    let control_tar = xz_tar(|tar| {
+        tar.append(".", DIR_MODE, epoch, TarKind::Dir)?;
         write_tree_tar(
             tar,
             &control_members
                 .iter()
                 .map(|(p, k)| (p.clone(), k))
                 .collect::<Vec<_>>(),
+            epoch,
         )
     })?;
-    let data_tar = xz_tar(epoch, |tar| {
-        tar.append(".", DIR_MODE, TarKind::Dir)?;
-        write_tree_tar(tar, &tree)
+    let data_tar = xz_tar(|tar| {
+        tar.append(".", DIR_MODE, epoch, TarKind::Dir)?;
+        write_tree_tar(tar, &tree, epoch)
     })?;
 
     let mut deb = Vec::with_capacity(control_tar.len() + data_tar.len() + 256);
@@ -383,11 +384,10 @@ fn build_deb(layout: &Layout, meta: &DebMeta, epoch: u64) -> Result<Vec<u8>> {
 }
 
 fn xz_tar(
-    epoch: u64,
     fill: impl FnOnce(&mut TarWriter<liblzma::write::XzEncoder<Vec<u8>>>) -> Result<()>,
 ) -> Result<Vec<u8>> {
     let encoder = liblzma::write::XzEncoder::new(Vec::new(), XZ_PRESET);
-    let mut tar = TarWriter::new(encoder, epoch);
+    let mut tar = TarWriter::new(encoder);
     fill(&mut tar)?;
     Ok(tar.finish()?.finish()?)
 }

@@ -27,7 +27,6 @@ pub mod sbom;
 pub mod tarball;
 
 mod ar;
-mod tar_writer;
 mod util;
 
 pub use checksums::write_sha256sums;

@@ -12,8 +12,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::layout::{EntryKind, Layout};
 use crate::safety::{check_host_safety_layout, check_host_safety_tarball, tar_members};
-use crate::tar_writer::{TarKind, TarWriter};
 use crate::util::write_atomically;
+use host_support::tar::{Kind as TarKind, Writer as TarWriter};
 
 /// Fixed zstd level: the same level, single-threaded, gives the same bytes.
 pub const ZSTD_LEVEL: i32 = 19;
@@ -24,21 +24,28 @@ pub fn tarball_name(version: &str) -> String {
 }
 
 /// Writes the entries (paths relative to `/`, already sorted) as tar members
-/// named `./<path>`.
+/// named `./<path>`, all with modification time `epoch`.
 pub(crate) fn write_tree_tar<W: Write>(
     tar: &mut TarWriter<W>,
     entries: &[(String, &EntryKind)],
+    epoch: u64,
 ) -> Result<()> {
     for (path, kind) in entries {
         let name = format!("./{path}");
         match kind {
-            EntryKind::Dir { mode } => tar.append(&name, *mode, TarKind::Dir)?,
-            EntryKind::Symlink { target } => {
-                tar.append(&name, 0o777, TarKind::Symlink { target })?
-            }
+            EntryKind::Dir { mode } => tar.append(&name, *mode, epoch, TarKind::Dir)?,
+            EntryKind::Symlink { target } => tar.append(
+                &name,
+                0o777,
+                epoch,
+                TarKind::Symlink {
+                    target: target.as_bytes(),
+                },
+            )?,
             EntryKind::Contents { bytes, mode } => tar.append(
                 &name,
                 *mode,
+                epoch,
                 TarKind::File {
                     size: bytes.len() as u64,
                     data: Box::new(&bytes[..]),
@@ -51,6 +58,7 @@ pub(crate) fn write_tree_tar<W: Write>(
                 tar.append(
                     &name,
                     *mode,
+                    epoch,
                     TarKind::File {
                         size,
                         data: Box::new(file),
@@ -77,8 +85,8 @@ pub fn write_tarball(layout: &Layout, out: &Path, epoch: u64) -> Result<()> {
         |w| {
             let mut encoder = zstd::stream::Encoder::new(w, ZSTD_LEVEL)?;
             encoder.include_checksum(true)?;
-            let mut tar = TarWriter::new(encoder, epoch);
-            write_tree_tar(&mut tar, &entries)?;
+            let mut tar = TarWriter::new(encoder);
+            write_tree_tar(&mut tar, &entries, epoch)?;
             tar.finish()?.finish()?;
             Ok(())
         },

@@ -182,7 +182,7 @@ pub fn build_image(tree: &Path, out: &Path, opts: &ImageOptions) -> Result<Image
             file.write_all_at(&DaxHeader::for_namespace(total).encode(), DAX_INFO_OFFSET)?;
         }
         file.write_all_at(&inner_mbr.encode(), header)?;
-        copy_sparse(&fs_image, &file, header + PARTITION_OFFSET)?;
+        copy_sparse(&fs_image, file, header + PARTITION_OFFSET)?;
         file.sync_all()?;
         Ok(())
     })?;

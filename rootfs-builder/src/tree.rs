@@ -406,14 +406,8 @@ pub fn busybox_applets(busybox: &Path) -> Result<Vec<GuestPath>> {
 /// `epoch`, without following symlinks.
 pub fn pin_times(root: &Path, epoch: i64) -> Result<()> {
     let ts = TimeSpec::new(epoch, 0);
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let meta = std::fs::symlink_metadata(&path)?;
-        if meta.is_dir() {
-            for child in std::fs::read_dir(&path)? {
-                stack.push(child?.path());
-            }
-        }
+    for e in walkdir::WalkDir::new(root).follow_root_links(false) {
+        let path = e?.into_path();
         utimensat(None, &path, &ts, &ts, UtimensatFlags::NoFollowSymlink)
             .with_context(|| format!("{}: cannot set timestamps", path.display()))?;
     }

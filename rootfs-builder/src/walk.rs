@@ -138,33 +138,27 @@ pub(crate) fn list_tree(root: &Path) -> Result<Vec<TreeEntry>> {
     Ok(entries)
 }
 
+/// Every path below and including `dir`, with its relative path bytes (empty
+/// for `dir`) and its own (not a symlink target's) metadata.
 fn collect(
     dir: &Path,
     rel: Vec<u8>,
     out: &mut Vec<(Vec<u8>, PathBuf, std::fs::Metadata)>,
 ) -> Result<()> {
-    let meta = std::fs::symlink_metadata(dir)
-        .with_context(|| format!("{}: cannot stat", dir.display()))?;
-    out.push((rel.clone(), dir.to_path_buf(), meta));
-    let mut children: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("{}: cannot list directory", dir.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("{}: cannot list directory", dir.display()))?;
-    children.sort_by_key(|e| e.file_name());
-    for child in children {
-        let path = child.path();
+    for e in walkdir::WalkDir::new(dir).follow_root_links(false) {
+        let e = e.with_context(|| format!("{}: cannot list directory", dir.display()))?;
         let mut child_rel = rel.clone();
-        if !child_rel.is_empty() {
-            child_rel.push(b'/');
+        let below = e.path().strip_prefix(dir).expect("below the root");
+        if !below.as_os_str().is_empty() {
+            if !child_rel.is_empty() {
+                child_rel.push(b'/');
+            }
+            child_rel.extend_from_slice(below.as_os_str().as_bytes());
         }
-        child_rel.extend_from_slice(child.file_name().as_bytes());
-        let meta = std::fs::symlink_metadata(&path)
-            .with_context(|| format!("{}: cannot stat", path.display()))?;
-        if meta.is_dir() {
-            collect(&path, child_rel, out)?;
-        } else {
-            out.push((child_rel, path, meta));
-        }
+        let meta = e
+            .metadata()
+            .with_context(|| format!("{}: cannot stat", e.path().display()))?;
+        out.push((child_rel, e.into_path(), meta));
     }
     Ok(())
 }

@@ -30,7 +30,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -551,20 +550,15 @@ impl EntryLock {
             .write(true)
             .open(path)
             .with_context(|| format!("open {}", path.display()))?;
-        // SAFETY: flock(2) takes no pointers and `f` is an open descriptor we
-        // own for the whole call (the lock lives as long as `f`).
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // File::lock is flock(2): the lock lives as long as `f`.
+        if f.try_lock().is_err() {
             ui.info(&format!(
                 "waiting for another run building {}",
                 path.display()
             ));
-            // SAFETY: as above; this time blocking until the holder is done.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                bail!(
-                    "lock {}: {}",
-                    path.display(),
-                    std::io::Error::last_os_error()
-                );
+            // This time blocking until the holder is done.
+            if let Err(e) = f.lock() {
+                bail!("lock {}: {e}", path.display());
             }
         }
         Ok(EntryLock { _file: f })
@@ -600,64 +594,15 @@ pub fn remove_step_entries(root: &Path, step: &str) -> Result<()> {
     Ok(())
 }
 
-/// Writes a file by way of a temp file in the same dir and a rename.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("write into {}", dir.display()))?;
-    std::io::Write::write_all(&mut tmp, data)?;
-    // Temp files are created 0600; the result is a normal, readable file
-    // (or keeps the mode of the file it replaces).
-    use std::os::unix::fs::PermissionsExt;
-    let mode = fs::metadata(path)
-        .map(|m| m.permissions().mode() & 0o7777)
-        .unwrap_or(0o644);
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(mode))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .with_context(|| format!("rename into {}", path.display()))?;
-    Ok(())
-}
+/// Writes a file by way of a temp file in the same dir and a rename (keeps
+/// the mode of the file it replaces, else 0644).
+pub use host_support::fs::write_atomic;
 
 /// Every non-directory below `dir` (symlinks are listed, not followed), sorted.
-pub fn files_below(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
-        let e = e?;
-        if e.file_type()?.is_dir() {
-            out.extend(files_below(&e.path())?);
-        } else {
-            out.push(e.path());
-        }
-    }
-    out.sort();
-    Ok(out)
-}
+pub use host_support::fs::files_below;
 
 /// Removes a tree that may hold read-only dirs (cargo and rootfs trees do).
-pub fn remove_tree(path: &Path) -> Result<()> {
-    if let Err(first) = fs::remove_dir_all(path) {
-        make_writable(path);
-        fs::remove_dir_all(path).with_context(|| format!("remove {} ({first})", path.display()))?;
-    }
-    Ok(())
-}
-
-fn make_writable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = fs::symlink_metadata(path) {
-        if meta.is_dir() {
-            let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o755));
-            if let Ok(rd) = fs::read_dir(path) {
-                for e in rd.flatten() {
-                    make_writable(&e.path());
-                }
-            }
-        }
-    }
-}
+pub use host_support::fs::remove_tree;
 
 #[cfg(test)]
 mod tests {

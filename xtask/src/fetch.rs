@@ -47,12 +47,13 @@ impl<'a> Fetcher<'a> {
         }
         let progress = self.ui.step(&format!("fetch {spec}"));
         let work = self.cache.temp_dir("fetch")?;
-        let out = Command::new("apt-get")
-            .arg("download")
-            .arg(&spec)
-            .current_dir(work.path())
-            .output()
-            .context("run apt-get (is this a Debian host? `cargo xtask doctor` checks)")?;
+        let out = crate::tools::run_output(
+            Command::new("apt-get")
+                .arg("download")
+                .arg(&spec)
+                .current_dir(work.path()),
+        )
+        .context("run apt-get (is this a Debian host? `cargo xtask doctor` checks)")?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let first = stderr

@@ -1,38 +1,18 @@
 //! sha256 helpers shared by the cache, the fetcher and the manifest.
 
-use std::fs::File;
-use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use sha2::{Digest, Sha256};
 
-pub fn file_sha256(path: &Path) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
-pub fn bytes_sha256(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
+pub use host_support::hash::bytes_sha256;
+pub use host_support::hash::sha256_file as file_sha256;
 
 /// Digest of a source tree: every regular file's relative path and content,
 /// in sorted order. Build outputs (`target/`) and VCS metadata are skipped so
 /// that only what feeds the build counts.
 pub fn tree_sha256(root: &Path) -> Result<String> {
-    let mut files = Vec::new();
-    collect(root, root, &mut files)?;
+    let mut files = collect(root)?;
     files.sort();
     let mut h = Sha256::new();
     for rel in files {
@@ -51,22 +31,27 @@ pub fn tree_sha256(root: &Path) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name == "target" || name == ".git" || name == "corpus" || name == "artifacts" {
-            continue;
-        }
-        let ft = entry.file_type()?;
-        let path = entry.path();
-        if ft.is_dir() {
-            collect(root, &path, out)?;
-        } else {
-            out.push(path.strip_prefix(root).expect("below root").to_path_buf());
+/// Every non-directory below `root` (relative paths), skipping build
+/// outputs and VCS metadata at any depth.
+fn collect(root: &Path) -> Result<Vec<PathBuf>> {
+    const SKIPPED: [&str; 4] = ["target", ".git", "corpus", "artifacts"];
+    let mut out = Vec::new();
+    let walk = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .into_iter()
+        .filter_entry(|e| !SKIPPED.iter().any(|s| e.file_name() == *s));
+    for e in walk {
+        let e = e?;
+        if !e.file_type().is_dir() {
+            out.push(
+                e.path()
+                    .strip_prefix(root)
+                    .expect("below root")
+                    .to_path_buf(),
+            );
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -121,13 +121,14 @@ fn main() -> ExitCode {
 /// compiles the runtime for minutes, and cargo's progress shows it working.
 fn harness() -> Result<u8> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Process::new(&cargo)
-        .args(["run", "--package", "xtask-test", "--"])
-        .args(std::env::args_os().skip(1))
-        .env(PIPELINE_EXE_ENV, std::env::current_exe()?)
-        .current_dir(project_root())
-        .status()
-        .with_context(|| format!("run {} run --package xtask-test", cargo.to_string_lossy()))?;
+    let status = xtask::tools::run_status(
+        Process::new(&cargo)
+            .args(["run", "--package", "xtask-test", "--"])
+            .args(std::env::args_os().skip(1))
+            .env(PIPELINE_EXE_ENV, std::env::current_exe()?)
+            .current_dir(project_root()),
+    )
+    .with_context(|| format!("run {} run --package xtask-test", cargo.to_string_lossy()))?;
     Ok(match status.code() {
         Some(code @ 0..=2) => code as u8,
         _ => 1,

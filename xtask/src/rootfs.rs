@@ -136,15 +136,5 @@ pub fn run(ctx: &Ctx, recipe_name: &str) -> Result<()> {
 }
 
 fn dir_bytes(dir: &std::path::Path) -> Result<u64> {
-    let mut total = 0;
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        let m = e.path().symlink_metadata()?;
-        total += if m.is_dir() {
-            dir_bytes(&e.path())?
-        } else {
-            m.len()
-        };
-    }
-    Ok(total)
+    host_support::fs::tree_bytes(dir)
 }

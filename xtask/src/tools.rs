@@ -1,11 +1,18 @@
-//! Running host tools: every external command goes through here so that a
-//! failure names the command and shows what it said.
+//! Running host tools: every external command of the pipeline runs through
+//! here, composed with `duct`, so that a failure names the command and shows
+//! what it said. Callers describe a command with `std::process::Command`
+//! (program, arguments, environment, directory); how it runs (stdin, where
+//! its output goes, what a failure says) is decided here.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Output};
 
 use anyhow::{bail, Context, Result};
+
+/// The path of a program on PATH or in cargo's bin directories (or a path
+/// with a `/` that is an executable file).
+pub use host_support::program::which;
 
 fn describe(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
@@ -16,18 +23,54 @@ fn describe(cmd: &Command) -> String {
     s
 }
 
+/// The duct expression for what `cmd` describes: its program, arguments,
+/// environment changes and working directory. Exit statuses are the
+/// caller's to judge (`unchecked`).
+fn expression(cmd: &Command) -> duct::Expression {
+    let mut e = duct::cmd(cmd.get_program(), cmd.get_args());
+    for (name, value) in cmd.get_envs() {
+        e = match value {
+            Some(value) => e.env(name, value),
+            None => e.env_remove(name),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        e = e.dir(dir);
+    }
+    e.unchecked()
+}
+
+/// Runs a command with no stdin, captures both streams and returns them
+/// with its status, whatever the status; for callers that read a failure
+/// themselves.
+pub fn run_output(cmd: &mut Command) -> Result<Output> {
+    let what = describe(cmd);
+    expression(cmd)
+        .stdin_null()
+        .stdout_capture()
+        .stderr_capture()
+        .run()
+        .with_context(|| format!("cannot run `{what}`"))
+}
+
+/// Runs a command with the terminal's stdin, stdout and stderr and returns
+/// its status, whatever it is.
+pub fn run_status(cmd: &mut Command) -> Result<ExitStatus> {
+    let what = describe(cmd);
+    Ok(expression(cmd)
+        .run()
+        .with_context(|| format!("cannot run `{what}`"))?
+        .status)
+}
+
 /// Runs a command, returns its stdout; a failure carries the stderr tail.
 pub fn run_captured(cmd: &mut Command) -> Result<String> {
     let what = describe(cmd);
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run `{what}`"))?;
+    let out = run_output(cmd)?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(8).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        bail!("`{what}` failed ({}): {}", out.status, tail.join(" | "));
+        let tail = host_support::log::tail_text(&stderr, 8).replace('\n', " | ");
+        bail!("`{what}` failed ({}): {tail}", out.status);
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -48,26 +91,18 @@ pub fn run_logged(cmd: &mut Command, log: &Path) -> Result<()> {
         let mut f = &file;
         writeln!(f, "$ {what}")?;
     }
-    let status = cmd
-        .stdin(Stdio::null())
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .status()
-        .with_context(|| format!("cannot run `{what}`"))?;
+    let status = expression(cmd)
+        .stdin_null()
+        .stdout_file(file.try_clone()?)
+        .stderr_file(file)
+        .run()
+        .with_context(|| format!("cannot run `{what}`"))?
+        .status;
     if !status.success() {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let tail: Vec<&str> = text
-            .lines()
-            .rev()
-            .take(12)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
         bail!(
             "`{what}` failed ({status}); full log: {}\n{}",
             log.display(),
-            tail.join("\n")
+            host_support::log::tail_lines(log, 12)
         );
     }
     Ok(())
@@ -78,49 +113,24 @@ pub fn run_logged(cmd: &mut Command, log: &Path) -> Result<()> {
 /// one JSON object. A failure names the command.
 pub fn run_visible(cmd: &mut Command) -> Result<()> {
     let what = describe(cmd);
-    let status = cmd
-        .stdout(std::io::stderr())
-        .status()
-        .with_context(|| format!("cannot run `{what}`"))?;
+    let status = expression(cmd)
+        .stdout_to_stderr()
+        .run()
+        .with_context(|| format!("cannot run `{what}`"))?
+        .status;
     if !status.success() {
         bail!("`{what}` failed ({status})");
     }
     Ok(())
 }
 
-/// The path of a program on PATH (or an absolute path that exists).
-pub fn which(program: &str) -> Option<PathBuf> {
-    if program.contains('/') {
-        let p = PathBuf::from(program);
-        return p.is_file().then_some(p);
-    }
-    let path = std::env::var_os("PATH")?;
-    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    // cargo-installed helpers live here even when the shell did not add it.
-    if let Some(home) = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-    {
-        dirs.push(home.join("bin"));
-    }
-    dirs.into_iter()
-        .map(|d| d.join(program))
-        .find(|p| is_executable(p))
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    p.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
 /// First line of `program --version` (or another flag), for cache keys.
 pub fn version_line(program: &str, flag: &str) -> Result<String> {
-    let out = Command::new(program)
-        .arg(flag)
-        .stdin(Stdio::null())
-        .output()
+    let out = expression(Command::new(program).arg(flag))
+        .stdin_null()
+        .stdout_capture()
+        .stderr_capture()
+        .run()
         .map_err(|e| {
             anyhow::Error::new(crate::error::InputError::new(format!(
             "host tool `{program}` cannot be run ({e}); `cargo xtask doctor` says how to install it"
@@ -146,4 +156,47 @@ pub fn fresh_log(path: &Path) -> Result<PathBuf> {
     }
     File::create(path).with_context(|| format!("create {}", path.display()))?;
     Ok(path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_keep_their_environment_directory_and_failures() {
+        let d = tempfile::tempdir().unwrap();
+        let out = run_captured(
+            Command::new("sh")
+                .args(["-c", "echo \"$XT_A${XT_B:-unset}\"; pwd"])
+                .env("XT_A", "set-")
+                .env_remove("XT_B")
+                .current_dir(d.path()),
+        )
+        .unwrap();
+        let canon = d.path().canonicalize().unwrap();
+        assert_eq!(out, format!("set-unset\n{}\n", canon.display()));
+        let err = run_captured(Command::new("sh").args(["-c", "echo a >&2; echo b >&2; exit 3"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a | b"), "{err}");
+        let log = d.path().join("logs/x.log");
+        run_logged(
+            Command::new("sh").args(["-c", "echo out; echo err >&2"]),
+            &log,
+        )
+        .unwrap();
+        let err = run_logged(Command::new("sh").args(["-c", "echo last; exit 1"]), &log)
+            .unwrap_err()
+            .to_string();
+        assert!(err.ends_with("$ sh -c echo last; exit 1\nlast"), "{err}");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("out\nerr\n"), "{text}");
+        assert!(run_visible(&mut Command::new("false")).is_err());
+        assert_eq!(
+            run_status(&mut Command::new("false")).unwrap().code(),
+            Some(1)
+        );
+        assert!(run_output(&mut Command::new("no-such-program-xyz")).is_err());
+        assert!(which("sh").is_some());
+    }
 }

@@ -694,11 +694,10 @@ fn sigkilled_mid_step_then_rerun_succeeds_and_leaves_nothing_partial() {
         );
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
-    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGKILL) }, 0);
+    child.kill().unwrap(); // SIGKILL
     let status = child.wait().unwrap();
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(status.signal(), Some(libc::SIGKILL), "{seen:?}");
+    assert_eq!(status.signal(), Some(9), "SIGKILL: {seen:?}");
     let initrd_entries: Vec<_> = std::fs::read_dir(cache.join("steps/initrd"))
         .unwrap()
         .flatten()

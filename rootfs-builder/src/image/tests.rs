@@ -1,5 +1,4 @@
 use super::*;
-use sha2::{Digest, Sha256};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
@@ -136,7 +135,7 @@ fn small_tree(dir: &Path) -> PathBuf {
 }
 
 fn sha256_file(p: &Path) -> String {
-    hex::encode(Sha256::digest(std::fs::read(p).unwrap()))
+    host_support::hash::sha256_file(p).unwrap()
 }
 
 fn extract_partition(image: &Path, report: &ImageReport, to: &Path) {

@@ -197,17 +197,7 @@ pub fn vsock_connect(cid: u32, port: u32, timeout: Duration) -> std::io::Result<
 /// Find the `vhost-device-vsock` binary: `$PATH`, then `~/.cargo/bin` (where
 /// `cargo install` puts it).
 pub fn find_vsock_daemon() -> Option<PathBuf> {
-    let name = "vhost-device-vsock";
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("CARGO_HOME") {
-        dirs.push(PathBuf::from(home).join("bin"));
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(home).join(".cargo/bin"));
-    }
-    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+    host_support::program::which("vhost-device-vsock")
 }
 
 /// Install hint for errors about the daemon.

@@ -156,17 +156,12 @@ impl Running {
     }
 
     pub fn wait(mut self, timeout: Duration) -> Result<Outcome> {
-        let mut timed_out = false;
-        let status = loop {
-            if let Some(status) = self.child.try_wait()? {
-                break status;
-            }
-            if self.started.elapsed() > timeout {
-                timed_out = true;
-                let _ = self.child.kill();
-                break self.child.wait()?;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let left = timeout.saturating_sub(self.started.elapsed());
+        let waited = host_support::process::wait_timeout(&mut self.child, left)?;
+        let timed_out = waited.is_none();
+        let status = match waited {
+            Some(status) => status,
+            None => host_support::process::stop_child(&mut self.child, None, Duration::ZERO)?,
         };
         let took = self.started.elapsed();
         // The streams end when every holder of the pipes is gone; a process

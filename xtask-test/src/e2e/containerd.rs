@@ -394,13 +394,11 @@ impl PrivateContainerd {
             }
         }
         if let Some(mut child) = self.child.take() {
-            let _ = signal(child.id(), nix::sys::signal::Signal::SIGTERM);
-            let t = Instant::now();
-            while matches!(child.try_wait(), Ok(None)) && t.elapsed() < CONTAINERD_STOP_TIMEOUT {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = host_support::process::stop_child(
+                &mut child,
+                Some(nix::sys::signal::Signal::SIGTERM),
+                CONTAINERD_STOP_TIMEOUT,
+            );
         }
         // Shims outlive containerd by design; ours must not outlive the run.
         for _ in 0..3 {

@@ -138,31 +138,20 @@ pub(super) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Every socket below `dir`, sorted; unreadable parts are passed over.
 pub(super) fn sockets_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if ft.is_socket() {
-                out.push(e.path());
-            }
-        }
-    }
+    let mut out: Vec<PathBuf> = walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_socket())
+        .map(|e| e.into_path())
+        .collect();
     out.sort();
     out
 }
 
-pub(super) fn tail_lines(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
+pub(super) use host_support::log::tail_lines;
 
 #[cfg(test)]
 mod tests {

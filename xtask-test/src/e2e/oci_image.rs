@@ -165,12 +165,11 @@ pub fn write_oci_archive(busybox: &Path, work: &Path, epoch: i64) -> Result<OciI
     }
     rootfs_builder::tree::pin_times(&layout, epoch)?;
     let archive = work.join("kata-e2e-image.oci.tar");
-    let tmp = work.join(".kata-e2e-image.oci.tar.tmp");
-    rootfs_builder::tar::write_tree_tar(
-        &layout,
-        std::io::BufWriter::new(std::fs::File::create(&tmp)?),
+    host_support::fs::write_atomic_with(
+        &archive,
+        |f| rootfs_builder::tar::write_tree_tar(&layout, std::io::BufWriter::new(f)),
+        |_| Ok(()),
     )?;
-    std::fs::rename(&tmp, &archive)?;
     let _ = std::fs::remove_dir_all(&layer_root);
     let _ = std::fs::remove_dir_all(&layout);
     Ok(OciImage {
