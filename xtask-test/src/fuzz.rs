@@ -65,6 +65,8 @@ const MAX_PAYLOAD: usize = 1 << 20;
 /// Bound of one fuzzed call: handlers that wait (WaitProcess, ReadStdout)
 /// may legitimately block; such a call counts as `TIMEOUT`.
 const FUZZ_CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bound of a request whose message does not decode (see [`FuzzConn::send`]).
+const UNDECODABLE_CALL_TIMEOUT: Duration = Duration::from_millis(300);
 /// Bound of the `Health.Check` after every request (TCG on a loaded host).
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -720,9 +722,11 @@ pub struct FuzzReport {
     pub by_kind: BTreeMap<String, u64>,
     /// Requests per `/service/method` (raw frames as `/frame/<what>`).
     pub per_method: BTreeMap<String, u64>,
-    /// Outcomes: `OK`, the ttrpc status code, `TIMEOUT`, `TRANSPORT`
-    /// (connection lost, the fuzz connection is then reopened); raw frames:
-    /// `FRAME-ANSWERED`, `FRAME-CLOSED`, `FRAME-SILENT`.
+    /// Outcomes: `OK`, the ttrpc status code, `TIMEOUT`,
+    /// `NO-REPLY-UNDECODABLE` (ttrpc drops a connection whose request does
+    /// not decode, unanswered), `TRANSPORT` (connection lost); after these
+    /// three the fuzz connection is reopened. Raw frames: `FRAME-ANSWERED`,
+    /// `FRAME-CLOSED`, `FRAME-SILENT`.
     pub outcomes: BTreeMap<String, u64>,
     pub health_checks: u64,
     pub reconnects: u64,
@@ -756,17 +760,39 @@ impl FuzzConn {
     /// Sends one request; the outcome's name and whether the connection
     /// must be reopened.
     fn send(&self, req: &FuzzRequest) -> (String, bool) {
+        // ttrpc 0.9's sync server answers nothing to a request whose message
+        // does not decode: the handler's decode error makes it abandon the
+        // connection (it reads no more from it, and keeps it open). Such a
+        // request is bounded briefly and counted as NO-REPLY-UNDECODABLE;
+        // the next request goes over a fresh connection.
+        let undecodable = matches!(
+            protocols::requests::decode_request(&req.path(), &req.bytes),
+            Err(protocols::requests::DecodeError::Payload { .. })
+        );
+        let timeout = if undecodable {
+            UNDECODABLE_CALL_TIMEOUT
+        } else {
+            FUZZ_CALL_TIMEOUT
+        };
         let mut r = ttrpc::Request::new();
         r.service = req.service.clone();
         r.method = req.method.clone();
         r.payload = req.bytes.clone();
-        r.timeout_nano = FUZZ_CALL_TIMEOUT.as_nanos() as i64;
+        r.timeout_nano = timeout.as_nanos() as i64;
         match self.client.request(r) {
             Ok(_) => ("OK".into(), false),
             Err(ttrpc::Error::RpcStatus(s)) => (format!("{:?}", s.code()), false),
-            // A handler still running holds a worker of this connection:
-            // move on to a fresh one.
-            Err(ttrpc::Error::Others(m)) if m.contains("timeout") => ("TIMEOUT".into(), true),
+            // The sync client's own deadline ("... timed out waiting on
+            // channel"). A handler still running holds a worker of this
+            // connection: move on to a fresh one.
+            Err(ttrpc::Error::Others(m)) if m.contains("timed out") => {
+                let name = if undecodable {
+                    "NO-REPLY-UNDECODABLE"
+                } else {
+                    "TIMEOUT"
+                };
+                (name.into(), true)
+            }
             Err(_) => ("TRANSPORT".into(), true),
         }
     }
@@ -801,13 +827,12 @@ fn send_frame(address: &AgentAddress, bytes: &[u8]) -> Result<String> {
 }
 
 /// `Health.Check` answers SERVING within [`HEALTH_TIMEOUT`].
-fn healthy(client: &AgentClient, vm: &mut Vm) -> Result<()> {
+fn healthy(client: &AgentClient, alive: &mut dyn FnMut() -> Result<()>) -> Result<()> {
     let reply = client.check().context("Health.Check")?;
     if reply.status.enum_value() != Ok(ServingStatus::SERVING) {
         bail!("Health.Check answered {:?}", reply.status);
     }
-    vm.check_alive().context("QEMU")?;
-    Ok(())
+    alive()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -874,11 +899,58 @@ fn drive(
             vm.check_alive()
         })
         .with_context(|| format!("agent in the fuzz guest (console: {})", report.console_log))?;
+    let logs = ctx.logs();
+    let mut alive = || vm.check_alive().context("QEMU");
+    let target = Target {
+        address: &address,
+        health: &health,
+        alive: &mut alive,
+        logs: &logs,
+        progress: &|line: &str| ctx.ui.info(line),
+    };
+    fuzz_loop(target, Duration::from_secs(args.seconds), seed, report)?;
+    // The end: the agent powers the guest off on DestroySandbox.
+    health
+        .destroy_sandbox()
+        .context("DestroySandbox after fuzzing")?;
+    *report
+        .per_method
+        .entry(ENDS_SESSION[0].0.to_string())
+        .or_default() += 1;
+    Ok(())
+}
+
+/// What [`fuzz_loop`] sends to and watches.
+pub struct Target<'a> {
+    pub address: &'a AgentAddress,
+    /// A connection of its own for `Health.Check`.
+    pub health: &'a AgentClient,
+    /// Fails once the agent's host (QEMU) is gone.
+    pub alive: &'a mut dyn FnMut() -> Result<()>,
+    /// Where a crash's last requests are saved.
+    pub logs: &'a std::path::Path,
+    pub progress: &'a dyn Fn(&str),
+}
+
+/// Sends requests for `budget`, checking health after each one. A failed
+/// check fills `report.crash` and returns the error.
+pub fn fuzz_loop(
+    target: Target,
+    budget: Duration,
+    seed: u64,
+    report: &mut FuzzReport,
+) -> Result<()> {
+    let Target {
+        address,
+        health,
+        alive,
+        logs,
+        progress,
+    } = target;
     let methods = fuzzed_methods();
     let mut rng = Rng::new(seed);
-    let mut conn = Some(FuzzConn::open(&address)?);
+    let mut conn = Some(FuzzConn::open(address)?);
     let mut history: std::collections::VecDeque<FuzzRequest> = Default::default();
-    let budget = Duration::from_secs(args.seconds);
     let started = Instant::now();
     let mut last_progress = Instant::now();
     while started.elapsed() < budget {
@@ -899,10 +971,10 @@ fn drive(
         }
         history.push_back(req.clone());
         let outcome = if req.kind == Kind::RawFrame {
-            send_frame(&address, &req.bytes).unwrap_or_else(|_| "FRAME-CONNECT-FAILED".into())
+            send_frame(address, &req.bytes).unwrap_or_else(|_| "FRAME-CONNECT-FAILED".into())
         } else {
             if conn.is_none() {
-                conn = FuzzConn::open(&address).ok();
+                conn = FuzzConn::open(address).ok();
             }
             let (outcome, reopen) = match &conn {
                 Some(c) => c.send(&req),
@@ -912,16 +984,16 @@ fn drive(
                 // A fresh connection for the next request; whether the
                 // agent still lives is the health check's to say.
                 report.reconnects += 1;
-                conn = FuzzConn::open(&address).ok();
+                conn = FuzzConn::open(address).ok();
             }
             outcome
         };
         *report.outcomes.entry(outcome).or_default() += 1;
         report.health_checks += 1;
-        if let Err(e) = healthy(&health, vm) {
+        if let Err(e) = healthy(health, alive) {
             report.seconds = started.elapsed().as_secs_f64();
             report.crashes = 1;
-            report.crash = Some(crash_report(ctx, seed, report, &req, &history, &e)?);
+            report.crash = Some(crash_report(logs, seed, report, &req, &history, &e)?);
             bail!(
                 "the agent failed after request {} ({:?} {})",
                 report.requests,
@@ -931,7 +1003,7 @@ fn drive(
         }
         if last_progress.elapsed() >= Duration::from_secs(10) {
             last_progress = Instant::now();
-            ctx.ui.info(&format!(
+            progress(&format!(
                 "test fuzz: {} requests in {:.0} s",
                 report.requests,
                 started.elapsed().as_secs_f64()
@@ -939,29 +1011,18 @@ fn drive(
         }
     }
     report.seconds = started.elapsed().as_secs_f64();
-    drop(conn);
-    // The end: the agent powers the guest off on DestroySandbox.
-    health
-        .destroy_sandbox()
-        .context("DestroySandbox after fuzzing")?;
-    *report
-        .per_method
-        .entry(ENDS_SESSION[0].0.to_string())
-        .or_default() += 1;
     Ok(())
 }
 
 fn crash_report(
-    ctx: &Ctx,
+    logs: &std::path::Path,
     seed: u64,
     report: &FuzzReport,
     req: &FuzzRequest,
     history: &std::collections::VecDeque<FuzzRequest>,
     error: &anyhow::Error,
 ) -> Result<Crash> {
-    let file = ctx
-        .logs()
-        .join(format!("fuzz-crash-{seed}-{}.txt", report.requests));
+    let file = logs.join(format!("fuzz-crash-{seed}-{}.txt", report.requests));
     let first = report.requests + 1 - history.len() as u64;
     let mut text = String::new();
     for (i, r) in history.iter().enumerate() {
@@ -974,7 +1035,7 @@ fn crash_report(
             hex(&r.bytes)
         );
     }
-    std::fs::create_dir_all(ctx.logs())?;
+    std::fs::create_dir_all(logs)?;
     std::fs::write(&file, text).with_context(|| format!("write {}", file.display()))?;
     Ok(Crash {
         seed,
@@ -982,7 +1043,7 @@ fn crash_report(
         kind: req.kind,
         method: req.path(),
         request_hex: hex(&req.bytes),
-        requests_file: ctx.rel(&file),
+        requests_file: file.display().to_string(),
         error: format!("{error:#}"),
         console_log: report.console_log.clone(),
     })
@@ -1202,5 +1263,143 @@ mod tests {
             }
         }
         assert_eq!(kinds.len(), 3, "{kinds:?}");
+    }
+
+    /// A stand-in agent on a unix socket: every AgentService method answers
+    /// NOT_FOUND (the generated defaults); with `break_on_date` the first
+    /// SetGuestDateTime that decodes makes Health.Check say NOT_SERVING.
+    struct Stub {
+        broken: std::sync::atomic::AtomicBool,
+        break_on_date: bool,
+    }
+
+    impl protocols::health_ttrpc::Health for Stub {
+        fn check(
+            &self,
+            _: &ttrpc::TtrpcContext,
+            _: protocols::health::CheckRequest,
+        ) -> ttrpc::Result<protocols::health::HealthCheckResponse> {
+            let mut r = protocols::health::HealthCheckResponse::new();
+            r.status = if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+                ServingStatus::NOT_SERVING
+            } else {
+                ServingStatus::SERVING
+            }
+            .into();
+            Ok(r)
+        }
+    }
+
+    impl protocols::agent_ttrpc::AgentService for Stub {
+        fn set_guest_date_time(
+            &self,
+            _: &ttrpc::TtrpcContext,
+            _: protocols::agent::SetGuestDateTimeRequest,
+        ) -> ttrpc::Result<protocols::empty::Empty> {
+            if self.break_on_date {
+                self.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(protocols::empty::Empty::new())
+        }
+    }
+
+    fn stub_agent(dir: &std::path::Path, break_on_date: bool) -> (ttrpc::Server, AgentAddress) {
+        let sock = dir.join("agent.sock");
+        let stub = std::sync::Arc::new(Stub {
+            broken: false.into(),
+            break_on_date,
+        });
+        let mut methods = protocols::agent_ttrpc::create_agent_service(stub.clone());
+        methods.extend(protocols::health_ttrpc::create_health(stub));
+        let mut server = ttrpc::Server::new()
+            .bind(&format!("unix://{}", sock.display()))
+            .unwrap()
+            .register_service(methods);
+        server.start().unwrap();
+        (server, AgentAddress::Unix(sock))
+    }
+
+    fn run_loop(
+        address: &AgentAddress,
+        logs: &std::path::Path,
+        seconds: u64,
+        seed: u64,
+    ) -> (Result<()>, FuzzReport) {
+        let health = AgentClient::connect(address, CONNECT_TIMEOUT, HEALTH_TIMEOUT).unwrap();
+        let mut alive = || Ok(());
+        let mut report = FuzzReport::default();
+        let target = Target {
+            address,
+            health: &health,
+            alive: &mut alive,
+            logs,
+            progress: &|_: &str| {},
+        };
+        let r = fuzz_loop(target, Duration::from_secs(seconds), seed, &mut report);
+        (r, report)
+    }
+
+    #[test]
+    fn the_loop_sends_every_kind_and_counts_outcomes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, address) = stub_agent(dir.path(), false);
+        let (r, report) = run_loop(&address, dir.path(), 3, 1);
+        server.shutdown();
+        r.unwrap();
+        assert!(report.crash.is_none());
+        assert!(
+            report.requests > 20,
+            "{} requests: {:?}",
+            report.requests,
+            report.outcomes
+        );
+        assert_eq!(report.health_checks, report.requests);
+        assert!(
+            report.by_kind.contains_key("generated"),
+            "{:?}",
+            report.by_kind
+        );
+        assert!(
+            report.by_kind.contains_key("raw-payload"),
+            "{:?}",
+            report.by_kind
+        );
+        // the stub's defaults, and malformed payloads refused before them
+        assert!(
+            report.outcomes.contains_key("NOT_FOUND"),
+            "{:?}",
+            report.outcomes
+        );
+        assert_eq!(
+            report.outcomes.values().sum::<u64>(),
+            report.requests,
+            "{:?}",
+            report.outcomes
+        );
+    }
+
+    #[test]
+    fn a_health_failure_is_a_crash_naming_its_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, address) = stub_agent(dir.path(), true);
+        let (r, report) = run_loop(&address, dir.path(), 60, 5);
+        server.shutdown();
+        let err = r.unwrap_err();
+        let crash = report.crash.as_ref().expect("a crash report");
+        assert_eq!(report.crashes, 1);
+        assert_eq!(
+            crash.method, "/grpc.AgentService/SetGuestDateTime",
+            "{err:#}"
+        );
+        assert_eq!(crash.request_number, report.requests);
+        assert_eq!(crash.seed, 5);
+        assert!(crash.error.contains("NOT_SERVING"), "{}", crash.error);
+        let saved = std::fs::read_to_string(&crash.requests_file).unwrap();
+        let last = saved.lines().last().unwrap();
+        assert!(
+            last.starts_with(&format!("#{} ", crash.request_number))
+                && last.ends_with(&crash.request_hex),
+            "{last}"
+        );
     }
 }
