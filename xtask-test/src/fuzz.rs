@@ -710,6 +710,8 @@ pub struct Crash {
     pub requests_file: String,
     pub error: String,
     pub console_log: String,
+    /// The guest console's last lines (a panic shows there).
+    pub console_tail: Vec<String>,
 }
 
 #[derive(Serialize, Default)]
@@ -873,6 +875,16 @@ pub fn fuzz_vm(ctx: &Ctx, guest: &Guest, args: &FuzzArgs, seed: u64) -> Result<F
         Ok(())
     });
     report.accel = Some(vm.accel());
+    if let Some(crash) = &mut report.crash {
+        // Give a dying guest a moment to print its last words.
+        std::thread::sleep(Duration::from_secs(2));
+        let text = vm.console_output();
+        let lines: Vec<&str> = text.lines().collect();
+        crash.console_tail = lines[lines.len().saturating_sub(30)..]
+            .iter()
+            .map(|l| l.to_string())
+            .collect();
+    }
     vm.shutdown()?;
     report.leftovers = traces.leftovers();
     match result {
@@ -1046,6 +1058,7 @@ fn crash_report(
         requests_file: file.display().to_string(),
         error: format!("{error:#}"),
         console_log: report.console_log.clone(),
+        console_tail: Vec::new(),
     })
 }
 
@@ -1078,7 +1091,7 @@ pub fn run(ctx: &Ctx, args: &FuzzArgs) -> Result<()> {
     }
     if let Some(c) = &report.crash {
         bail!(
-            "CRASH: {}; seed {}, request #{} ({:?} {}), request hex {}{}; last requests in {}; console: {}",
+            "CRASH: {}; seed {}, request #{} ({:?} {}), request hex {}{}; last requests in {}; console: {}; its last lines:\n{}",
             report.error.as_deref().unwrap_or("the agent failed"),
             c.seed,
             c.request_number,
@@ -1087,7 +1100,8 @@ pub fn run(ctx: &Ctx, args: &FuzzArgs) -> Result<()> {
             &c.request_hex[..c.request_hex.len().min(1024)],
             if c.request_hex.len() > 1024 { "..." } else { "" },
             c.requests_file,
-            c.console_log
+            c.console_log,
+            c.console_tail.join("\n")
         );
     }
     if !report.leftovers.is_empty() {
