@@ -7,6 +7,11 @@
 //! compile-time prefix [`PREFIX`] (`KATA_PREFIX` at build time, default
 //! `/opt/kata`).
 //!
+//! The schema is one set of serde types, [`ConfigFile`] and its sections
+//! (their `Default` impls are the defaults): [`parse`] reads through them,
+//! [`ConfigFile::to_toml`] writes through them (`kata-runtime env`, the e2e
+//! harness), and the shipped template is tested against them.
+//!
 //! Upstream files carry many keys this runtime does not use: unknown keys
 //! (and sections) are collected in [`KataConfig::ignored`], which the shim
 //! logs as a warning and `kata-runtime env` prints, so none is dropped
