@@ -29,7 +29,9 @@
 //!
 //! Shim configuration: the harness writes a `configuration.toml` into its
 //! temp dir and hands it to the shim through `KATA_CONF_FILE` in
-//! containerd's environment. Keys used (Kata's names):
+//! containerd's environment. It is written through the runtime's schema type
+//! (`runtime::config::ConfigFile`, upstream's defaults) and read back with
+//! the runtime's loader before use. Keys set (Kata's names):
 //!   [hypervisor.qemu] path, kernel, initrd | image, machine_type,
 //!                     kernel_params, default_vcpus, default_memory,
 //!                     shared_fs = "virtio-fs", virtio_fs_daemon,
@@ -95,7 +97,7 @@ pub const NAMESPACE: &str = "e2e";
 /// children) to tell our processes from anyone else's.
 pub const RUN_MARKER_ENV: &str = "KATA_E2E_RUN";
 /// Kata's first configuration lookup.
-pub const KATA_CONF_ENV: &str = "KATA_CONF_FILE";
+pub const KATA_CONF_ENV: &str = runtime::config::CONF_FILE_ENV;
 const VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
 /// Where a containerd shim (Go's and the containerd-shim crate's) puts its
 /// socket: `<root>/s/<sha256(address/namespace/id)>`, whatever containerd's
@@ -241,63 +243,79 @@ pub fn kata_configuration(guest: &vmtest::Guest) -> Result<String> {
     if !Path::new(VIRTIOFSD).is_file() {
         bail!("{VIRTIOFSD} is missing: apt-get install qemu-system-common (virtiofsd shares the container rootfs)");
     }
-    let boot = match &guest.boot {
-        runtime::hypervisor::BootMedia::Initrd(p) => format!("initrd = \"{}\"", p.display()),
-        runtime::hypervisor::BootMedia::Image { path, fs, .. } => {
-            let fs = match fs {
-                runtime::hypervisor::ImageFs::Ext4 => "ext4",
-                runtime::hypervisor::ImageFs::Erofs => "erofs",
-            };
-            format!("image = \"{}\"\nrootfs_type = \"{fs}\"", path.display())
-        }
-    };
     // Our extension key; without /dev/vhost-vsock the shim needs it, and
     // containerd's PATH need not hold ~/.cargo/bin where doctor installs it.
-    let vsock_daemon = match xtask::tools::which("vhost-device-vsock").or_else(|| {
+    let vsock_daemon = xtask::tools::which("vhost-device-vsock").or_else(|| {
         std::env::var_os("HOME")
             .map(|h| Path::new(&h).join(".cargo/bin/vhost-device-vsock"))
             .filter(|p| p.is_file())
-    }) {
-        Some(p) => format!("vhost_user_vsock_daemon = \"{}\"\n", p.display()),
-        None => String::new(),
-    };
-    Ok(format!(
-        r#"# Written by `cargo xtask test e2e` for its private containerd.
-[hypervisor.qemu]
-path = "{qemu}"
-kernel = "{kernel}"
-{boot}
-machine_type = "q35"
-kernel_params = ""
-default_vcpus = 1
-default_memory = 512
-shared_fs = "virtio-fs"
-virtio_fs_daemon = "{virtiofsd}"
-virtio_fs_cache = "auto"
-enable_debug = true
-# Our extensions (runtime/src/config.rs): KVM guests crash on the CI hosts,
-# so no probe: TCG.
-accelerator = "tcg"
-{vsock_daemon}
-[agent.kata]
-enable_debug = true
-# Seconds; a TCG boot on a loaded CI machine is slow.
-dial_timeout = 120
-# Our extension: the bound of each agent call (f-agent-silent relies on it).
-request_timeout = {request_timeout}
+    });
+    harness_configuration(&qemu, &guest.kernel, &guest.boot, vsock_daemon)
+}
 
-[runtime]
-enable_debug = true
-internetworking_model = "none"
-sandbox_cgroup_only = false
-static_sandbox_resource_mgmt = true
-"#,
-        qemu = qemu.display(),
-        kernel = guest.kernel.display(),
-        virtiofsd = VIRTIOFSD,
-        request_timeout = AGENT_REQUEST_TIMEOUT.as_secs(),
-        vsock_daemon = vsock_daemon,
-    ))
+/// The harness's configuration, written through the runtime's own schema
+/// type ([`runtime::config::ConfigFile`]: upstream's defaults, the test's
+/// binaries and guest) and read back with the runtime's loader, so the
+/// shim is handed a file it accepts as it is meant.
+fn harness_configuration(
+    qemu: &Path,
+    kernel: &Path,
+    boot: &runtime::hypervisor::BootMedia,
+    vsock_daemon: Option<PathBuf>,
+) -> Result<String> {
+    use runtime::hypervisor::{BootMedia, ImageFs};
+    let mut file = runtime::config::ConfigFile::default();
+    let q = &mut file.hypervisor.qemu;
+    q.path = qemu.to_owned();
+    q.kernel = kernel.to_owned();
+    match boot {
+        BootMedia::Initrd(p) => q.initrd = Some(p.clone()),
+        BootMedia::Image { path, fs, .. } => {
+            q.image = Some(path.clone());
+            q.rootfs_type = match fs {
+                ImageFs::Ext4 => "ext4",
+                ImageFs::Erofs => "erofs",
+            }
+            .into();
+        }
+    }
+    q.machine_type = "q35".into();
+    q.kernel_params = Vec::new();
+    q.default_vcpus = 1;
+    q.default_memory = 512;
+    q.shared_fs = "virtio-fs".into();
+    q.virtio_fs_daemon = VIRTIOFSD.into();
+    q.virtio_fs_cache = "auto".into();
+    q.enable_debug = true;
+    // Our extensions (runtime/src/config.rs): KVM guests crash on the CI
+    // hosts, so no probe: TCG.
+    q.accelerator = "tcg".into();
+    q.vhost_user_vsock_daemon = vsock_daemon;
+    let a = &mut file.agent.kata;
+    a.enable_debug = true;
+    // Seconds; a TCG boot on a loaded CI machine is slow.
+    a.dial_timeout = 120;
+    // Our extension: the bound of each agent call (f-agent-silent relies on it).
+    a.request_timeout = AGENT_REQUEST_TIMEOUT.as_secs();
+    let r = &mut file.runtime;
+    r.enable_debug = true;
+    r.internetworking_model = "none".into();
+    r.sandbox_cgroup_only = false;
+    r.static_sandbox_resource_mgmt = true;
+
+    let body = file
+        .to_toml()
+        .context("cannot write the e2e configuration.toml")?;
+    let text = format!("# Written by `cargo xtask test e2e` for its private containerd.\n{body}");
+    let back = runtime::config::parse(&text, Path::new("e2e configuration.toml"))
+        .context("the runtime refuses the e2e configuration.toml")?;
+    if back.to_file() != file || !back.ignored.is_empty() {
+        bail!(
+            "the e2e configuration.toml does not read back as written (ignored: {:?}):\n{text}",
+            back.ignored
+        );
+    }
+    Ok(text)
 }
 
 // ---------------------------------------------------------------------------
@@ -606,4 +624,60 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
         bail!("test e2e failed: {}", failed.join(", "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runtime::hypervisor::{BootMedia, ImageFs};
+
+    #[test]
+    fn harness_configuration_is_what_the_runtime_reads() {
+        let text = harness_configuration(
+            Path::new("/usr/bin/qemu-system-x86_64"),
+            Path::new("/t/bzImage"),
+            &BootMedia::Image {
+                path: "/t/rootfs.erofs".into(),
+                fs: ImageFs::Erofs,
+                dax: true,
+            },
+            Some("/root/.cargo/bin/vhost-device-vsock".into()),
+        )
+        .unwrap();
+        assert!(
+            text.starts_with("# Written by `cargo xtask test e2e`"),
+            "{text}"
+        );
+        let c = runtime::config::parse(&text, Path::new("e2e.toml")).unwrap();
+        let q = &c.hypervisor;
+        assert_eq!(q.kernel, Path::new("/t/bzImage"));
+        assert_eq!(q.image.as_deref(), Some(Path::new("/t/rootfs.erofs")));
+        assert_eq!(q.initrd, None);
+        assert_eq!(q.rootfs_type, "erofs");
+        assert_eq!(q.default_memory, 512);
+        assert_eq!(q.virtio_fs_daemon, Path::new(VIRTIOFSD));
+        assert_eq!(q.accelerator, "tcg");
+        assert!(q.enable_debug && c.agent.enable_debug && c.runtime.enable_debug);
+        assert_eq!(
+            q.vhost_user_vsock_daemon.as_deref(),
+            Some(Path::new("/root/.cargo/bin/vhost-device-vsock"))
+        );
+        assert_eq!(c.agent.dial_timeout, 120);
+        assert_eq!(c.request_timeout(), AGENT_REQUEST_TIMEOUT);
+        assert_eq!(q.seccompsandbox, "", "as before: no -sandbox in the e2e VM");
+
+        let text = harness_configuration(
+            Path::new("/q"),
+            Path::new("/k"),
+            &BootMedia::Initrd("/t/initrd.img".into()),
+            None,
+        )
+        .unwrap();
+        let c = runtime::config::parse(&text, Path::new("e2e.toml")).unwrap();
+        assert_eq!(
+            c.hypervisor.initrd.as_deref(),
+            Some(Path::new("/t/initrd.img"))
+        );
+        assert_eq!(c.hypervisor.vhost_user_vsock_daemon, None);
+    }
 }

@@ -121,6 +121,27 @@ pub(super) fn leftovers_now(cd: &PrivateContainerd) -> Result<()> {
     Ok(())
 }
 
+/// Waits up to `within` for the leftover scan to come back empty (a shim
+/// tears down after it reports an exit); `after` says what happened, for the
+/// error that lists what is still there.
+pub(super) fn wait_no_leftovers(
+    cd: &PrivateContainerd,
+    within: Duration,
+    after: &str,
+) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = cd.leftovers();
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{after}, left behind:\n  {}", left.join("\n  "));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 pub(super) fn scenario_kernel(r: &mut Runner, ids: &[String]) -> Result<String> {
     let out = r
         .run(&ids[0], &["--rm"], &["uname", "-r"], None)?
@@ -354,20 +375,11 @@ pub(super) fn fault_qemu_killed(r: &mut Runner, ids: &[String]) -> Result<String
     }
     let detected = killed.elapsed();
     // The shim tears down after reporting the exit; give it a moment.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = r.env.containerd.leftovers();
-        if left.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "after QEMU was killed, left behind:\n  {}",
-                left.join("\n  ")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_no_leftovers(
+        &r.env.containerd,
+        Duration::from_secs(30),
+        "after QEMU was killed",
+    )?;
     Ok(format!(
         "ctr run ended ({}) {} ms after QEMU {} was killed; nothing left",
         out.status_text(),
@@ -423,20 +435,11 @@ pub(super) fn fault_agent_silent(r: &mut Runner, ids: &[String]) -> Result<Strin
     }
     let _ = run_bounded(ctr.command(&["tasks", "delete", "-f", id]), None, r.timeout);
     let _ = run_bounded(ctr.command(&["containers", "delete", id]), None, r.timeout);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = r.env.containerd.leftovers();
-        if left.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "after the silent agent, left behind:\n  {}",
-                left.join("\n  ")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_no_leftovers(
+        &r.env.containerd,
+        Duration::from_secs(60),
+        "after the silent agent",
+    )?;
     let first = out
         .stderr
         .lines()
@@ -643,20 +646,11 @@ pub(super) fn fault_shim_killed(r: &mut Runner, ids: &[String]) -> Result<String
     let noticed = killed.elapsed();
     let _ = run_bounded(ctr.command(&["tasks", "delete", id]), None, r.timeout);
     run_bounded(ctr.command(&["containers", "delete", id]), None, r.timeout)?.require_success()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = r.env.containerd.leftovers();
-        if left.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "after shim {shim} was SIGKILLed and containerd cleaned up, left behind:\n  {}",
-                left.join("\n  ")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_no_leftovers(
+        &r.env.containerd,
+        Duration::from_secs(60),
+        &format!("after shim {shim} was SIGKILLed and containerd cleaned up"),
+    )?;
     Ok(format!(
         "shim {shim} SIGKILLed; task left RUNNING after {} ms; containerd's delete stopped {} and nothing is left",
         noticed.as_millis(),
