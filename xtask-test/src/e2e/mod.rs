@@ -79,10 +79,10 @@ use containerd::{Ctr, PrivateContainerd};
 use host::{all_procs, descendants, pss_kib};
 use oci_image::{image_busybox, import_image, write_oci_archive, OciImage};
 use scenarios::{
-    fault_agent_silent, fault_hostile_ids, fault_invalid_spec, fault_qemu_killed,
-    fault_shim_killed, host_kernel, scenario_detached_exec_kill, scenario_exit_code,
-    scenario_kernel, scenario_no_leftovers, scenario_one_char_id, scenario_stdio, Runner,
-    AGENT_REQUEST_TIMEOUT,
+    fault_agent_silent, fault_containerd_restarted, fault_hostile_ids, fault_invalid_spec,
+    fault_qemu_killed, fault_shim_killed, fault_virtiofsd_killed, fault_vsock_daemon_killed,
+    host_kernel, scenario_detached_exec_kill, scenario_exit_code, scenario_kernel,
+    scenario_no_leftovers, scenario_one_char_id, scenario_stdio, Runner, AGENT_REQUEST_TIMEOUT,
 };
 use shipped::{from_release, ShippedTree};
 
@@ -535,7 +535,7 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
     ctx.ui.info(&format!(
         "test e2e: containerd {} (pid {}), image {} {}, runtime {}{}",
         env.containerd.layout.address.display(),
-        env.containerd.pid,
+        env.containerd.pid.get(),
         env.image.name,
         env.image.manifest_digest,
         args.runtime,
@@ -569,6 +569,12 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
     if args.faults {
         if kata {
             r.scenario("f-qemu-killed", &["qemukill"], fault_qemu_killed);
+            r.scenario("f-virtiofsd-killed", &["fskill"], fault_virtiofsd_killed);
+            r.scenario(
+                "f-vsock-daemon-killed",
+                &["vsockkill"],
+                fault_vsock_daemon_killed,
+            );
             r.scenario("f-agent-silent", &["silent"], fault_agent_silent);
             r.scenario(
                 "f-hostile-ids",
@@ -576,10 +582,18 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
                 fault_hostile_ids,
             );
             r.scenario("f-shim-killed", &["shimkill"], fault_shim_killed);
+            r.scenario(
+                "f-containerd-restarted",
+                &["restart"],
+                fault_containerd_restarted,
+            );
         } else {
-            ctx.ui.info("SKIP f-qemu-killed, f-agent-silent, f-hostile-ids, f-shim-killed: kata only (runc runs no QEMU and reads no CRI annotations)");
+            ctx.ui.info("SKIP f-qemu-killed, f-virtiofsd-killed, f-vsock-daemon-killed, f-agent-silent, f-hostile-ids, f-shim-killed, f-containerd-restarted: kata only (runc runs no QEMU and reads no CRI annotations)");
             skipped.extend([
                 "f-qemu-killed",
+                "f-virtiofsd-killed",
+                "f-vsock-daemon-killed",
+                "f-containerd-restarted",
                 "f-agent-silent",
                 "f-hostile-ids",
                 "f-shim-killed",

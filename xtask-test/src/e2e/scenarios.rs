@@ -322,7 +322,30 @@ pub(super) fn scenario_no_leftovers(r: &mut Runner, _ids: &[String]) -> Result<S
 /// QEMU of a running sandbox is killed: `ctr run` must end with an error
 /// within its bound, and the shim must clean up everything.
 pub(super) fn fault_qemu_killed(r: &mut Runner, ids: &[String]) -> Result<String> {
+    fault_sandbox_process_killed(r, ids, "qemu-system-x86_64")
+}
+
+pub(super) fn fault_virtiofsd_killed(r: &mut Runner, ids: &[String]) -> Result<String> {
+    fault_sandbox_process_killed(r, ids, "virtiofsd")
+}
+
+pub(super) fn fault_vsock_daemon_killed(r: &mut Runner, ids: &[String]) -> Result<String> {
+    fault_sandbox_process_killed(r, ids, "vhost-device-vsock")
+}
+
+/// The exit status the shim reports for a container whose VM died
+/// (`runtime::shim::VM_DIED_STATUS`), as `ctr run` passes it on.
+const VM_DIED_STATUS: i32 = runtime::shim::VM_DIED_STATUS as i32;
+
+/// SIGKILLs one process of a running sandbox (QEMU, virtiofsd or the vsock
+/// daemon): the container must end with the VM-died status within a bound,
+/// the shim must say in its log that the VM died and which process went,
+/// and nothing may be left.
+fn fault_sandbox_process_killed(r: &mut Runner, ids: &[String], program: &str) -> Result<String> {
     let id = ids[0].as_str();
+    let log_before = std::fs::metadata(&r.env.containerd.log)
+        .map(|m| m.len())
+        .unwrap_or(0);
     let cmd = r.ctr().run_command(
         &r.runtime,
         &["--rm"],
@@ -347,29 +370,32 @@ pub(super) fn fault_qemu_killed(r: &mut Runner, ids: &[String]) -> Result<String
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let qemus: Vec<ProcInfo> = r
+    let victims: Vec<ProcInfo> = r
         .env
         .containerd
         .our_processes()
         .into_iter()
-        .filter(|p| p.program() == "qemu-system-x86_64")
+        .filter(|p| p.program() == program)
         .collect();
-    if qemus.len() != 1 {
+    if victims.len() != 1 {
         let _ = signal(running.pid(), nix::sys::signal::Signal::SIGKILL);
-        bail!("expected one QEMU of ours for {id}, found {}", qemus.len());
+        bail!(
+            "expected one {program} of ours for {id}, found {}",
+            victims.len()
+        );
     }
-    signal(qemus[0].pid, nix::sys::signal::Signal::SIGKILL)?;
+    signal(victims[0].pid, nix::sys::signal::Signal::SIGKILL)?;
     let killed = Instant::now();
     let out = running.wait(Duration::from_secs(120))?;
     if out.timed_out {
         bail!(
-            "ctr run did not end within 120 s of QEMU being killed: {}",
+            "ctr run did not end within 120 s of {program} being killed: {}",
             out.describe()
         );
     }
-    if out.success() {
+    if out.code != Some(VM_DIED_STATUS) {
         bail!(
-            "ctr run reported success although QEMU was killed: {}",
+            "expected exit status {VM_DIED_STATUS} (the VM died) after {program} was killed: {}",
             out.describe()
         );
     }
@@ -378,13 +404,24 @@ pub(super) fn fault_qemu_killed(r: &mut Runner, ids: &[String]) -> Result<String
     wait_no_leftovers(
         &r.env.containerd,
         Duration::from_secs(30),
-        "after QEMU was killed",
+        &format!("after {program} was killed"),
     )?;
+    let log = std::fs::read(&r.env.containerd.log).unwrap_or_default();
+    let log = String::from_utf8_lossy(&log[(log_before as usize).min(log.len())..]).into_owned();
+    let said = log
+        .lines()
+        .find(|l| l.contains("the VM died"))
+        .with_context(|| {
+            format!("the shim never logged that the VM died after {program} was killed")
+        })?;
+    if !said.contains(program) {
+        bail!("the shim's message does not name {program}: {said}");
+    }
     Ok(format!(
-        "ctr run ended ({}) {} ms after QEMU {} was killed; nothing left",
-        out.status_text(),
+        "ctr run ended with status {VM_DIED_STATUS} {} ms after {program} {} was killed; the shim said: {}; nothing left",
         detected.as_millis(),
-        qemus[0].pid
+        victims[0].pid,
+        said.trim()
     ))
 }
 
@@ -655,5 +692,79 @@ pub(super) fn fault_shim_killed(r: &mut Runner, ids: &[String]) -> Result<String
         "shim {shim} SIGKILLed; task left RUNNING after {} ms; containerd's delete stopped {} and nothing is left",
         noticed.as_millis(),
         vm.join(", ")
+    ))
+}
+
+/// containerd restarted under a running sandbox (as on an upgrade): the
+/// task must still be listed as running, `ctr task exec` must work through
+/// the reconnected shim, and a later kill and delete must leave nothing.
+pub(super) fn fault_containerd_restarted(r: &mut Runner, ids: &[String]) -> Result<String> {
+    let id = ids[0].as_str();
+    let ctr = r.ctr();
+    r.run(id, &["-d"], &["sleep", "300"], None)?
+        .require_success()?;
+    ctr.wait_task_status(id, "RUNNING", Duration::from_secs(60))?;
+    let shims_before: Vec<u32> = r
+        .env
+        .containerd
+        .our_processes()
+        .into_iter()
+        .filter(|p| p.program().starts_with("containerd-shim"))
+        .map(|p| p.pid)
+        .collect();
+    let old_pid = r.env.containerd.pid.get();
+    r.env.containerd.restart()?;
+    let status = ctr.task_status(id)?;
+    if status.as_deref() != Some("RUNNING") {
+        bail!("after containerd restarted, task {id} is {status:?}, not RUNNING");
+    }
+    let shims_after: Vec<u32> = r
+        .env
+        .containerd
+        .our_processes()
+        .into_iter()
+        .filter(|p| p.program().starts_with("containerd-shim"))
+        .map(|p| p.pid)
+        .collect();
+    if shims_after != shims_before {
+        bail!("the shims changed across the restart: {shims_before:?} -> {shims_after:?}");
+    }
+    let out = run_bounded(
+        ctr.exec_command(id, "after-restart", &["sh", "-c", "echo still-here"]),
+        None,
+        r.timeout,
+    )?
+    .require_success()?;
+    if out.stdout.trim() != "still-here" {
+        bail!(
+            "exec after the restart printed {:?}: {}",
+            out.stdout,
+            out.describe()
+        );
+    }
+    run_bounded(
+        ctr.command(&["tasks", "kill", "-s", "SIGKILL", id]),
+        None,
+        r.timeout,
+    )?
+    .require_success()?;
+    ctr.wait_task_status(id, "STOPPED", Duration::from_secs(60))?;
+    let del =
+        run_bounded(ctr.command(&["tasks", "delete", id]), None, r.timeout)?.require_success()?;
+    if !del.stderr.contains("exit code 137") {
+        bail!(
+            "ctr tasks delete after the restart does not report exit code 137: {}",
+            del.describe()
+        );
+    }
+    run_bounded(ctr.command(&["containers", "delete", id]), None, r.timeout)?.require_success()?;
+    wait_no_leftovers(
+        &r.env.containerd,
+        Duration::from_secs(30),
+        "after the restart and delete",
+    )?;
+    Ok(format!(
+        "containerd {old_pid} -> {}: {id} still RUNNING under the same shim {shims_before:?}, exec printed still-here, SIGKILL -> delete reported 137, nothing left",
+        r.env.containerd.pid.get()
     ))
 }
