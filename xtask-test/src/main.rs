@@ -24,6 +24,7 @@ mod bench_vm;
 mod e2e;
 mod kernel_boot;
 mod repro;
+mod soak;
 mod test_cmd;
 mod vmtest;
 

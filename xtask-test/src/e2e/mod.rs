@@ -67,7 +67,7 @@ use crate::vmtest::{self, Media};
 use xtask::context::Ctx;
 use xtask::error::InputError;
 
-mod bounded;
+pub(crate) mod bounded;
 mod containerd;
 mod host;
 mod oci_image;
