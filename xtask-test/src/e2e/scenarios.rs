@@ -493,30 +493,45 @@ pub(super) fn fault_agent_silent(r: &mut Runner, ids: &[String]) -> Result<Strin
 /// leave nothing behind.
 pub(super) fn fault_invalid_spec(r: &mut Runner, ids: &[String]) -> Result<String> {
     let mut seen = Vec::new();
-    let cases: [(&str, &[&str], &[&str]); 2] = [
+    // (what, flags, args, what ctr's error must name)
+    let cases: [(&str, &[&str], &[&str], &str); 2] = [
         (
             "a cwd under a regular file",
             &["--rm", "--cwd", "/bin/busybox/nowhere"],
             &["true"],
+            "/bin/busybox/nowhere",
         ),
-        ("a missing executable", &["--rm"], &["/does/not/exist"]),
+        (
+            "a missing executable",
+            &["--rm"],
+            &["/does/not/exist"],
+            "/does/not/exist",
+        ),
     ];
-    for ((what, flags, args), id) in cases.iter().zip(ids) {
+    for ((what, flags, args, named), id) in cases.iter().zip(ids) {
         let out = r.run(id, flags, args, None)?;
-        if out.success() || out.timed_out {
-            bail!("{what}: expected ctr to fail: {}", out.describe());
+        if out.timed_out || out.code != Some(1) {
+            bail!(
+                "{what}: expected ctr to fail with status 1: {}",
+                out.describe()
+            );
         }
-        if out.stderr.trim().is_empty() {
-            bail!("{what}: ctr failed without saying why: {}", out.describe());
-        }
-        leftovers_now(&r.env.containerd).with_context(|| format!("after {what}"))?;
-        let first = out
+        let said: Vec<&str> = out
             .stderr
             .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim()
-            .to_string();
+            .filter(|l| l.contains("ctr:") || l.contains("error"))
+            .collect();
+        if !said.iter().any(|l| l.contains(named)) {
+            bail!(
+                "{what}: ctr's error does not name {named}: {}",
+                out.describe()
+            );
+        }
+        leftovers_now(&r.env.containerd).with_context(|| format!("after {what}"))?;
+        if r.ctr().task_status(id)?.is_some() {
+            bail!("{what}: task {id} is still listed");
+        }
+        let first = said.first().copied().unwrap_or("").trim().to_string();
         seen.push(format!("{what}: {} ({first})", out.status_text()));
     }
     Ok(seen.join("; "))
