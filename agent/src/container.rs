@@ -44,6 +44,8 @@ use crate::{cgroup_stats, oci};
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Parent cgroup of containers whose spec gives no absolute cgroupsPath.
 pub const DEFAULT_CGROUP_PARENT: &str = "/kata";
+/// libcontainer's state directory under the run directory.
+pub const STATE_DIR: &str = ".libcontainer";
 /// The rootfs directory inside a container's shared directory and bundle.
 pub const ROOTFS_DIR: &str = "rootfs";
 /// How long a helper run (create or exec, prestart hooks included) may
@@ -112,7 +114,15 @@ impl Layout {
         self.run_dir.join(cid)
     }
     pub fn state_root(&self) -> PathBuf {
-        self.run_dir.join(".libcontainer")
+        self.run_dir.join(STATE_DIR)
+    }
+    /// Where the shared filesystem (virtio-fs) is mounted: bind mount
+    /// sources the runtime sends live below it.
+    pub fn shared_dir(&self) -> PathBuf {
+        self.run_dir.join("shared")
+    }
+    pub fn sandbox_dir(&self) -> PathBuf {
+        self.run_dir.join(storage::SANDBOX_DIR)
     }
 
     /// The container's rootfs as the request names it, checked to stay
@@ -552,7 +562,89 @@ impl Containers {
         self.with_container(cid, |c| c.process(exec_id))
     }
 
-    pub fn create(&self, req: &CreateContainerRequest) -> Result<()> {
+    /// A bind mount's source: an absolute path in the shared directory, the
+    /// sandbox directory or a storage of the sandbox or of the request, with
+    /// no symbolic link below the run directory (the agent's own files and
+    /// the guest's are not the container's to mount).
+    fn check_bind_source(
+        &self,
+        index: usize,
+        m: &protocols::oci::Mount,
+        sandbox_storages: &[PathBuf],
+        request_storages: &[PathBuf],
+    ) -> Result<()> {
+        let what = format!("mounts[{index}].source (bind mount on {:?})", m.destination);
+        let source = Path::new(&m.source);
+        check_clean_absolute(&what, source)?;
+        let source: PathBuf = source.components().collect();
+        let roots = [self.layout.shared_dir(), self.layout.sandbox_dir()];
+        let inside = roots
+            .iter()
+            .chain(sandbox_storages)
+            .chain(request_storages)
+            .any(|r| source.starts_with(r) && r.starts_with(&self.layout.run_dir));
+        if !inside {
+            return Err(fail(
+                Code::INVALID_ARGUMENT,
+                format!(
+                    "{what} {:?} is outside the sandbox's shared directory {} and its storages",
+                    m.source,
+                    self.layout.shared_dir().display()
+                ),
+            ));
+        }
+        if let Some(link) = storage::symlink_below(&self.layout.run_dir, &source) {
+            return Err(fail(
+                Code::INVALID_ARGUMENT,
+                format!(
+                    "{what} {:?}: {} is a symbolic link",
+                    m.source,
+                    link.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A container's cgroup (relative to the cgroup root, normalised) must
+    /// be a cgroup of its own: SignalProcess and RemoveContainer kill every
+    /// process in it. Refused: the root, the agent's own cgroup or one of
+    /// its parents, and one equal to, inside or above another container's.
+    fn check_cgroup(&self, path: &Path) -> Result<()> {
+        let refuse = |why: String| {
+            fail(
+                Code::INVALID_ARGUMENT,
+                format!("linux.cgroupsPath {:?}: {why}", path.display().to_string()),
+            )
+        };
+        if path.components().all(|c| c == Component::RootDir) {
+            return Err(refuse(
+                "the root cgroup holds every process of the guest".into(),
+            ));
+        }
+        if let Some(own) = own_cgroup() {
+            if own.starts_with(path) {
+                return Err(refuse(format!(
+                    "the agent itself runs in {}",
+                    own.display()
+                )));
+            }
+        }
+        let dir = Path::new(CGROUP_ROOT).join(path.strip_prefix("/").unwrap_or(path));
+        for (other, c) in self.table().iter() {
+            if dir.starts_with(&c.cgroup_dir) || c.cgroup_dir.starts_with(&dir) {
+                return Err(refuse(format!(
+                    "it is, contains or is inside the cgroup {} of container {other}",
+                    c.cgroup_dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// `sandbox_storages`: the mount points of the sandbox's storages
+    /// (CreateSandbox), where bind mount sources may be too.
+    pub fn create(&self, req: &CreateContainerRequest, sandbox_storages: &[PathBuf]) -> Result<()> {
         let cid = req.container_id.as_str();
         check_id("container_id", cid)?;
         if !req.exec_id.is_empty() {
@@ -589,32 +681,50 @@ impl Containers {
                 "CreateContainer: OCI.Process.Args is empty",
             ));
         }
-        for m in &grpc_spec.Mounts {
+        let request_storages: Vec<PathBuf> = req
+            .storages
+            .iter()
+            .map(|s| PathBuf::from(&s.mount_point))
+            .collect();
+        for (i, m) in grpc_spec.Mounts.iter().enumerate() {
             check_clean_absolute("mount destination", Path::new(&m.destination))?;
-            if m.source.starts_with('/') {
+            let is_bind =
+                m.type_ == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind");
+            if is_bind {
+                self.check_bind_source(i, m, sandbox_storages, &request_storages)?;
+            } else if m.source.starts_with('/') {
                 check_clean_absolute("mount source", Path::new(&m.source))?;
             }
         }
         let mut grpc_spec = grpc_spec.clone();
-        if let Some(linux) = grpc_spec.Linux.as_mut() {
-            if linux.Seccomp.is_some() {
-                log::warn!("container {cid}: seccomp profile ignored: this agent is built without seccomp support (GetGuestDetails reports supports_seccomp=false)");
-                linux.Seccomp = Default::default();
+        // the profile is installed by the helper (crate::seccomp); one that
+        // cannot be enforced is refused here, naming the field
+        if let Some(linux) = grpc_spec.Linux.as_ref() {
+            let spec_json = oci::spec_json(&grpc_spec);
+            let filter = crate::seccomp::compile(spec_json.pointer("/linux/seccomp"))
+                .map_err(|e| fail(Code::INVALID_ARGUMENT, format!("CreateContainer: {e}")))?;
+            if let Some(f) = filter {
+                log::info!(
+                    "container {cid}: seccomp profile with {} syscall rule(s): {} BPF instructions",
+                    linux.Seccomp.as_ref().map_or(0, |s| s.Syscalls.len()),
+                    f.program.len()
+                );
             }
         }
         let cgroup_path = match grpc_spec.Linux.as_ref().map(|l| l.CgroupsPath.as_str()) {
             Some(p) if p.starts_with('/') => {
                 check_clean_absolute("linux.cgroupsPath", Path::new(p))?;
-                PathBuf::from(p)
+                Path::new(p).components().collect()
             }
             _ => Path::new(DEFAULT_CGROUP_PARENT).join(cid),
         };
+        self.check_cgroup(&cgroup_path)?;
         let terminal = process.Terminal;
 
         // storages first: the rootfs may be one of them
         let mut storages = Vec::new();
         for s in req.storages.iter() {
-            match storage::prepare(s) {
+            match storage::prepare(s, &self.layout.run_dir) {
                 Ok(p) => storages.push(p),
                 Err(e) => {
                     storages.iter().rev().for_each(storage::release);
@@ -1062,6 +1172,15 @@ fn delete_libcontainer_state(state_root: &Path, cid: &str, cgroup_path: &Path) {
     let _ = fs::remove_dir(
         Path::new(CGROUP_ROOT).join(cgroup_path.strip_prefix("/").unwrap_or(cgroup_path)),
     );
+}
+
+/// The agent's cgroup v2 path (from /proc/self/cgroup).
+fn own_cgroup() -> Option<PathBuf> {
+    fs::read_to_string("/proc/self/cgroup")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| Path::new(p.trim()).components().collect())
 }
 
 fn cgroup_pids(dir: &Path) -> Vec<i32> {

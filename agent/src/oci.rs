@@ -249,6 +249,41 @@ fn resources_json(r: &oci::LinuxResources) -> Value {
     Value::Object(m)
 }
 
+/// `linux.seccomp`; crate::seccomp checks and translates it. A message
+/// with neither a default action nor rules is no profile.
+fn seccomp_json(s: &oci::LinuxSeccomp) -> Value {
+    if s.DefaultAction.is_empty() && s.Syscalls.is_empty() {
+        return Value::Null;
+    }
+    let mut m = Map::new();
+    m.insert("defaultAction".into(), json!(s.DefaultAction));
+    put(&mut m, "architectures", json!(s.Architectures));
+    put(&mut m, "flags", json!(s.Flags));
+    let syscalls: Vec<Value> = s
+        .Syscalls
+        .iter()
+        .map(|c| {
+            let mut e = Map::new();
+            e.insert("names".into(), json!(c.Names));
+            e.insert("action".into(), json!(c.Action));
+            if let Some(oci::linux_syscall::ErrnoRet::Errnoret(n)) = c.ErrnoRet {
+                e.insert("errnoRet".into(), json!(n));
+            }
+            let args: Vec<Value> = c
+                .Args
+                .iter()
+                .map(|a| {
+                    json!({"index": a.Index, "value": a.Value, "valueTwo": a.ValueTwo, "op": a.Op})
+                })
+                .collect();
+            put(&mut e, "args", json!(args));
+            Value::Object(e)
+        })
+        .collect();
+    put(&mut m, "syscalls", json!(syscalls));
+    Value::Object(m)
+}
+
 fn linux_json(l: &oci::Linux) -> Value {
     let mut m = Map::new();
     let idmap = |list: &[oci::LinuxIDMapping]| -> Value {
@@ -292,8 +327,9 @@ fn linux_json(l: &oci::Linux) -> Value {
         })
         .collect();
     put(&mut m, "devices", json!(devices));
-    // seccomp: this agent is built without libseccomp (GetGuestDetails says
-    // supports_seccomp=false); the caller strips the profile and logs it.
+    if let Some(sc) = l.Seccomp.as_ref() {
+        put(&mut m, "seccomp", seccomp_json(sc));
+    }
     put(&mut m, "rootfsPropagation", json!(l.RootfsPropagation));
     put(&mut m, "maskedPaths", json!(l.MaskedPaths));
     put(&mut m, "readonlyPaths", json!(l.ReadonlyPaths));
