@@ -16,7 +16,18 @@
 //!   rootfs bind-mounted at `run/<container_id>/rootfs`), as upstream does,
 //!   and keeps libcontainer's state in `run/.libcontainer/`.
 //! - the container's cgroup is `linux.cgroupsPath` when absolute (no `..`),
-//!   else `/kata/<container_id>`, under /sys/fs/cgroup (cgroup v2).
+//!   else `/kata/<container_id>`, under /sys/fs/cgroup (cgroup v2); not `/`,
+//!   the agent's own cgroup or a parent of it, nor one equal to, inside or
+//!   above another container's (SignalProcess and RemoveContainer kill every
+//!   process in it).
+//! - a bind mount's source is an absolute path below `run/shared` (the
+//!   runtime sends `run/shared/containers/<container_id>/mounts/<name>`),
+//!   `run/sandbox` or a storage of the sandbox or of the request, without a
+//!   symlink component below `run`. Storages are mounted strictly below
+//!   `run` (`local` ones below `run/sandbox`), see [`storage`].
+//! - the OCI `linux.seccomp` profile is checked here and installed by the
+//!   libcontainer helper right before the workload's execve, see
+//!   [`crate::seccomp`].
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -1078,26 +1089,33 @@ impl Containers {
         } else {
             timeout
         };
-        let deadline = Some(Instant::now() + timeout);
+        let deadline = Instant::now() + timeout;
+        let stuck = |c: Container, pid: i32| {
+            self.table().insert(cid.to_string(), c);
+            fail(
+                Code::DEADLINE_EXCEEDED,
+                format!("RemoveContainer {cid}: process {pid} did not exit within {timeout:?}"),
+            )
+        };
         for p in &processes {
-            let mut code = p.exit_code.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+            // A WaitProcess holds the exit code while it waits for the
+            // process: wait for it no longer than for the process itself.
+            let Some(mut code) = lock_until(&p.exit_code, deadline) else {
+                if self.reaper_tracks(p.pid) {
+                    return Err(stuck(c, p.pid));
+                }
+                continue; // gone: that WaitProcess collects it
+            };
             if code.is_some() {
                 continue;
             }
-            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            match self.reaper.wait_timeout(p.pid, left) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.reaper.wait_timeout(p.pid, Some(left)) {
                 Some(status) => *code = Some(status.code()),
                 None if self.reaper_tracks(p.pid) => {
                     drop(code);
-                    self.table().insert(cid.to_string(), c);
-                    return Err(fail(
-                        Code::DEADLINE_EXCEEDED,
-                        format!(
-                            "RemoveContainer {cid}: process {} did not exit within {timeout:?}",
-                            p.pid
-                        ),
-                    ));
+                    return Err(stuck(c, p.pid));
                 }
                 None => {}
             }
@@ -1172,6 +1190,20 @@ fn delete_libcontainer_state(state_root: &Path, cid: &str, cgroup_path: &Path) {
     let _ = fs::remove_dir(
         Path::new(CGROUP_ROOT).join(cgroup_path.strip_prefix("/").unwrap_or(cgroup_path)),
     );
+}
+
+/// Locks `m`, giving up at `deadline`.
+fn lock_until<T>(m: &Mutex<T>, deadline: Instant) -> Option<std::sync::MutexGuard<'_, T>> {
+    loop {
+        match m.try_lock() {
+            Ok(g) => return Some(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => return Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        }
+    }
 }
 
 /// The agent's cgroup v2 path (from /proc/self/cgroup).
@@ -1264,5 +1296,189 @@ mod tests {
         let e = layout.resolve_rootfs("c2", "").unwrap_err();
         assert_eq!(e.code, Code::INVALID_ARGUMENT);
         assert!(e.message.contains("outside"), "{}", e.message);
+    }
+
+    fn containers(run_dir: &Path) -> Containers {
+        Containers::new(
+            Layout {
+                run_dir: run_dir.to_path_buf(),
+            },
+            Reaper::inert(),
+        )
+    }
+
+    fn no_stdio() -> AgentStdio {
+        AgentStdio {
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            tty: None,
+        }
+    }
+
+    /// A container in the table without anything behind it but `pid`.
+    fn fake_container(cs: &Containers, cid: &str, cgroup_dir: PathBuf, pid: i32) {
+        cs.table().insert(
+            cid.to_string(),
+            Container {
+                id: cid.to_string(),
+                bundle: cs.layout.bundle(cid),
+                rootfs_mount: None,
+                cgroup_dir,
+                storages: Vec::new(),
+                init: Arc::new(Process::new(cid, pid, no_stdio())),
+                execs: HashMap::new(),
+            },
+        );
+    }
+
+    #[test]
+    fn cgroups_of_their_own_only() {
+        let cs = containers(Path::new("/run/kata-containers"));
+        fake_container(&cs, "c1", Path::new(CGROUP_ROOT).join("kata/c1"), 1);
+        let norm = |p: &str| -> PathBuf { Path::new(p).components().collect() };
+        for bad in [
+            "/",
+            "//",
+            "/.",
+            "/kata/c1",
+            "/kata/c1/",
+            "/kata/./c1",
+            "/kata/c1/sub",
+            "/kata",
+        ] {
+            let e = cs.check_cgroup(&norm(bad)).unwrap_err();
+            assert_eq!(e.code, Code::INVALID_ARGUMENT, "{bad}: {}", e.message);
+            assert!(e.message.contains("linux.cgroupsPath"), "{}", e.message);
+        }
+        if let Some(own) = own_cgroup() {
+            assert!(cs.check_cgroup(&own).is_err(), "{}", own.display());
+        }
+        for ok in ["/kata/c2", "/kata-c1", "/other/kata/c1"] {
+            cs.check_cgroup(&norm(ok))
+                .unwrap_or_else(|e| panic!("{ok}: {}", e.message));
+        }
+    }
+
+    #[test]
+    fn bind_sources_stay_in_the_shared_dir_and_storages() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let cs = containers(&run);
+        let mounts = run.join("shared/containers/c1/mounts");
+        fs::create_dir_all(&mounts).unwrap();
+        std::os::unix::fs::symlink("/etc", mounts.join("link")).unwrap();
+        let sandbox_storage = run.join("sandbox-storage");
+        let request_storage = run.join("c1-volume");
+        let bind = |source: &str| {
+            let mut m = protocols::oci::Mount::new();
+            m.destination = "/data".into();
+            m.source = source.into();
+            m.type_ = "bind".into();
+            m.options = vec!["rbind".into()];
+            cs.check_bind_source(
+                3,
+                &m,
+                &[sandbox_storage.clone()],
+                &[request_storage.clone()],
+            )
+        };
+        let under = |p: &Path| p.to_str().unwrap().to_string();
+        for ok in [
+            under(&mounts.join("0-hosts")),
+            under(&run.join("shared/containers/c1/mounts")),
+            under(&run.join("sandbox/shm")),
+            under(&sandbox_storage.join("x")),
+            under(&request_storage),
+        ] {
+            bind(&ok).unwrap_or_else(|e| panic!("{ok}: {}", e.message));
+        }
+        for bad in [
+            "/etc".to_string(),
+            "/".to_string(),
+            "relative/path".to_string(),
+            under(&run),
+            under(&run.join(".libcontainer/c2")),
+            under(&run.join("c2/rootfs")),
+            format!("{}-other/x", run.display()),
+            under(&mounts.join("link")),
+            under(&mounts.join("link/shadow")),
+            format!("{}/../../../etc", mounts.display()),
+        ] {
+            let e = bind(&bad).unwrap_err();
+            assert_eq!(e.code, Code::INVALID_ARGUMENT, "{bad}: {}", e.message);
+            assert!(e.message.contains("mounts[3].source"), "{}", e.message);
+        }
+        // a storage outside the run directory widens nothing
+        let mut m = protocols::oci::Mount::new();
+        m.source = "/etc/x".into();
+        m.type_ = "bind".into();
+        assert!(cs
+            .check_bind_source(0, &m, &[PathBuf::from("/etc")], &[])
+            .is_err());
+    }
+
+    /// A kernel thread: alive, ignores SIGKILL, never anyone's child.
+    fn kernel_thread() -> i32 {
+        const PF_KTHREAD: u64 = 0x0020_0000;
+        for entry in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // flags: the 9th field, the 7th after the ")" ending the name
+            let after = &stat[stat.rfind(')').unwrap() + 2..];
+            let flags: u64 = after.split(' ').nth(6).unwrap().parse().unwrap();
+            if flags & PF_KTHREAD != 0 {
+                return pid;
+            }
+        }
+        panic!("no kernel thread visible in /proc: this test needs the host's pid namespace");
+    }
+
+    #[test]
+    #[ignore = "needs root and the host's pid namespace: run by cargo xtask test unit"]
+    fn remove_with_timeout_zero_is_bounded_and_does_not_block_others() {
+        // SAFETY: geteuid(2) cannot fail.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+        let dir = tempfile::tempdir().unwrap();
+        let cs = Arc::new(containers(&dir.path().join("run")));
+        let stuck = kernel_thread();
+        // tracked, never reaped: like a process stuck in the kernel
+        cs.reaper.track(|| Ok((stuck, ()))).unwrap();
+        fake_container(&cs, "stuck", dir.path().join("cg-stuck"), stuck);
+        fake_container(&cs, "other", dir.path().join("cg-other"), stuck);
+        // a WaitProcess on it holds its exit code while it waits
+        let waiter = {
+            let cs = cs.clone();
+            std::thread::spawn(move || cs.wait("stuck", ""))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!waiter.is_finished());
+        let started = Instant::now();
+        let remover = {
+            let cs = cs.clone();
+            std::thread::spawn(move || cs.remove("stuck", Duration::ZERO))
+        };
+        // meanwhile other requests are served
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!remover.is_finished());
+        let served = Instant::now();
+        assert_eq!(cs.process("other", "").unwrap().pid, stuck);
+        assert_eq!(cs.signal("nope", "", 9).unwrap_err().code, Code::NOT_FOUND);
+        assert!(served.elapsed() < Duration::from_secs(1));
+        let e = remover.join().unwrap().unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(e.code, Code::DEADLINE_EXCEEDED, "{}", e.message);
+        assert!(
+            took >= KILLED_EXIT_BOUND && took < KILLED_EXIT_BOUND + Duration::from_secs(3),
+            "RemoveContainer took {took:?}"
+        );
+        // the container is still there and the lifecycle lock is free
+        assert_eq!(cs.process("stuck", "").unwrap().pid, stuck);
+        let _lock = cs.lifecycle.try_lock().expect("lifecycle lock released");
+        assert!(!waiter.is_finished());
     }
 }

@@ -546,4 +546,47 @@ mod tests {
         assert_eq!(out.cwd().to_str(), Some("/"));
         assert_eq!(out.user().uid(), 0);
     }
+
+    #[test]
+    fn seccomp_profile_converts() {
+        let mut s = sample();
+        let mut call = oci::LinuxSyscall::new();
+        call.Names = vec!["personality".into()];
+        call.Action = "SCMP_ACT_ERRNO".into();
+        call.ErrnoRet = Some(oci::linux_syscall::ErrnoRet::Errnoret(38));
+        let mut arg = oci::LinuxSeccompArg::new();
+        arg.Index = 0;
+        arg.Value = 0xffff;
+        arg.ValueTwo = 8;
+        arg.Op = "SCMP_CMP_MASKED_EQ".into();
+        call.Args = vec![arg];
+        let mut allow = oci::LinuxSyscall::new();
+        allow.Names = vec!["read".into()];
+        allow.Action = "SCMP_ACT_ALLOW".into();
+        let mut profile = oci::LinuxSeccomp::new();
+        profile.DefaultAction = "SCMP_ACT_KILL_PROCESS".into();
+        profile.Architectures = vec!["SCMP_ARCH_X86_64".into()];
+        profile.Flags = vec!["SECCOMP_FILTER_FLAG_LOG".into()];
+        profile.Syscalls = vec![call, allow];
+        s.Linux.as_mut().unwrap().Seccomp = Some(profile).into();
+        let value = spec_json(&s);
+        let sc = &value["linux"]["seccomp"];
+        assert_eq!(sc["syscalls"][0]["errnoRet"], 38);
+        assert_eq!(sc["syscalls"][0]["args"][0]["valueTwo"], 8);
+        assert!(sc["syscalls"][1].get("errnoRet").is_none());
+        // the typed spec takes it (what libcontainer reads) ...
+        let spec = to_oci_spec(&s).unwrap();
+        let typed = spec.linux().as_ref().unwrap().seccomp().as_ref().unwrap();
+        assert_eq!(typed.syscalls().as_ref().unwrap().len(), 2);
+        assert_eq!(typed.syscalls().as_ref().unwrap()[0].errno_ret(), Some(38));
+        // ... and its JSON translates as the agent's own
+        let reparsed = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            crate::seccomp::compile(reparsed.pointer("/linux/seccomp")).unwrap(),
+            crate::seccomp::compile(Some(sc)).unwrap()
+        );
+        // an empty message is no profile
+        s.Linux.as_mut().unwrap().Seccomp = Some(oci::LinuxSeccomp::new()).into();
+        assert!(spec_json(&s)["linux"].get("seccomp").is_none());
+    }
 }

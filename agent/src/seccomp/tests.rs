@@ -287,13 +287,64 @@ fn unsupported_constructs_name_the_field() {
 }
 
 #[test]
-fn a_large_profile_fits_one_program() {
-    // every x86_64 syscall allowed by name, as big default profiles do
-    let names: Vec<&str> = x86_64::X86_64.iter().map(|(n, _)| *n).collect();
-    let f = filter(json!({"defaultAction": "SCMP_ACT_ERRNO",
-        "syscalls": [{"names": names, "action": "SCMP_ACT_ALLOW"}]}));
-    assert!(f.program.len() <= MAX_INSTRUCTIONS);
+fn a_large_default_like_profile_fits_one_program() {
+    // the shape of container engines' default profiles: default EPERM,
+    // hundreds of names allowed (many of other ABIs), a few with argument
+    // conditions, clone3 answered ENOSYS
+    let restricted = [
+        "clone",
+        "clone3",
+        "mount",
+        "personality",
+        "socket",
+        "unshare",
+        "setns",
+    ];
+    let mut names: Vec<&str> = x86_64::X86_64
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| !restricted.contains(n))
+        .collect();
+    names.extend([
+        "chown32",
+        "fstat64",
+        "socketcall",
+        "_llseek",
+        "arm_fadvise64_64",
+    ]);
+    let mut syscalls = vec![json!({"names": names, "action": "SCMP_ACT_ALLOW"})];
+    syscalls.push(json!({"names": ["socket"], "action": "SCMP_ACT_ALLOW",
+        "args": [{"index": 0, "value": 40, "op": "SCMP_CMP_NE"}]}));
+    for persona in [0u64, 8, 0x20000, 0x20008, 0xffff_ffff] {
+        syscalls.push(json!({"names": ["personality"], "action": "SCMP_ACT_ALLOW",
+            "args": [{"index": 0, "value": persona, "op": "SCMP_CMP_EQ"}]}));
+    }
+    syscalls.push(json!({"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+        "args": [{"index": 0, "value": 0x7E02_0000u64, "op": "SCMP_CMP_MASKED_EQ"}]}));
+    syscalls.push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}));
+    let f = filter(json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": 1,
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": syscalls
+    }));
+    assert!(f.program.len() <= MAX_INSTRUCTIONS, "{}", f.program.len());
+    assert_eq!(run(&f, "read", [0; 6]), ALLOW);
     assert_eq!(run(&f, "mseal", [0; 6]), ALLOW);
+    assert_eq!(run(&f, "mount", [0; 6]), errno(libc::EPERM));
+    assert_eq!(run(&f, "clone3", [0; 6]), errno(libc::ENOSYS));
+    assert_eq!(run(&f, "clone", [0x11, 0, 0, 0, 0, 0]), ALLOW);
+    assert_eq!(
+        run(&f, "clone", [0x2000_0000, 0, 0, 0, 0, 0]),
+        errno(libc::EPERM)
+    );
+    assert_eq!(run(&f, "socket", [2, 1, 0, 0, 0, 0]), ALLOW);
+    assert_eq!(run(&f, "socket", [40, 1, 0, 0, 0, 0]), errno(libc::EPERM));
+    assert_eq!(run(&f, "personality", [0x20008, 0, 0, 0, 0, 0]), ALLOW);
+    assert_eq!(
+        run(&f, "personality", [0x0040_0000, 0, 0, 0, 0, 0]),
+        errno(libc::EPERM)
+    );
     assert_eq!(
         run_arch(&f.program, AUDIT_ARCH_X86_64, 999, [0; 6]),
         errno(libc::EPERM)
