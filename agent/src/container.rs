@@ -1379,8 +1379,8 @@ mod tests {
             cs.check_bind_source(
                 3,
                 &m,
-                &[sandbox_storage.clone()],
-                &[request_storage.clone()],
+                std::slice::from_ref(&sandbox_storage),
+                std::slice::from_ref(&request_storage),
             )
         };
         let under = |p: &Path| p.to_str().unwrap().to_string();
