@@ -17,7 +17,7 @@
 //! logs as a warning and `kata-runtime env` prints, so none is dropped
 //! silently. A known key with a bad value is an error naming the key and
 //! the file. Security-relevant upstream keys whose feature this runtime
-//! does not implement (guest seccomp, annotation overrides, the agent's
+//! does not implement (annotation overrides, the agent's
 //! debug console, ...) are accepted only at the value that asks for
 //! nothing, and refused otherwise with the fix: a configuration must never
 //! believe it got a protection it did not get.
@@ -265,8 +265,10 @@ pub struct RuntimeSection {
     /// the default.
     #[serde(deserialize_with = "de::path")]
     pub state_root: PathBuf,
-    /// Not implemented: only `true` (upstream's default) is accepted.
-    #[serde(deserialize_with = "de::boolean", skip_serializing_if = "is_true")]
+    /// Upstream's key: `true` (the default) leaves the container's seccomp
+    /// profile out of what the guest gets (the VM is the boundary); `false`
+    /// has the agent enforce it.
+    #[serde(deserialize_with = "de::boolean")]
     pub disable_guest_seccomp: bool,
     /// Not implemented: only `[]` is accepted.
     #[serde(
@@ -293,10 +295,6 @@ impl Default for RuntimeSection {
 
 fn is_false(b: &bool) -> bool {
     !*b
-}
-
-fn is_true(b: &bool) -> bool {
-    *b
 }
 
 /// `[hypervisor]`: only `[hypervisor.qemu]` is supported.
@@ -354,8 +352,6 @@ const UNIMPLEMENTED_SECURITY_KEYS: &[(&str, &str, &str, &str)] = &[
     ("hypervisor.qemu", "guest_hook_path", "\"\"", "OCI hooks do not run in the guest; remove guest_hook_path"),
     ("agent.kata", "debug_console_enabled", "false",
      "the agent has no debug console in this release; set debug_console_enabled = false or remove it"),
-    ("runtime", "disable_guest_seccomp", "true",
-     "the guest does not enforce seccomp profiles yet; set disable_guest_seccomp = true (upstream's default) or remove it"),
     ("runtime", "sandbox_cgroup_only", "false",
      "the VM is not placed in the sandbox cgroup yet; set sandbox_cgroup_only = false or remove it"),
     ("runtime", "experimental", "[]", "no experimental features exist here; set experimental = [] or remove it"),
@@ -1106,11 +1102,6 @@ experimental = []
                 "agent.kata",
                 "debug_console_enabled = true",
                 "debug_console_enabled",
-            ),
-            (
-                "runtime",
-                "disable_guest_seccomp = false",
-                "disable_guest_seccomp",
             ),
             (
                 "runtime",

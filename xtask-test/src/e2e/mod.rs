@@ -82,7 +82,8 @@ use scenarios::{
     fault_agent_silent, fault_containerd_restarted, fault_hostile_ids, fault_invalid_spec,
     fault_qemu_killed, fault_shim_killed, fault_virtiofsd_killed, fault_vsock_daemon_killed,
     host_kernel, scenario_detached_exec_kill, scenario_exit_code, scenario_kernel,
-    scenario_no_leftovers, scenario_one_char_id, scenario_stdio, Runner, AGENT_REQUEST_TIMEOUT,
+    scenario_no_leftovers, scenario_one_char_id, scenario_seccomp, scenario_stdio, Runner,
+    AGENT_REQUEST_TIMEOUT,
 };
 use shipped::{from_release, ShippedTree};
 
@@ -301,6 +302,10 @@ fn harness_configuration(
     r.enable_debug = true;
     r.internetworking_model = "none".into();
     r.sandbox_cgroup_only = false;
+    // The guest enforces containers' seccomp profiles (h-seccomp checks
+    // it; the shipped file keeps upstream's true, which the
+    // --from-release run checks).
+    r.disable_guest_seccomp = false;
     r.static_sandbox_resource_mgmt = true;
 
     let body = file
@@ -566,6 +571,7 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
         scenario_detached_exec_kill,
     );
     r.scenario("g-one-char-id", &[], scenario_one_char_id);
+    r.scenario("h-seccomp", &["sc1", "sc2"], scenario_seccomp);
     if args.faults {
         if kata {
             r.scenario("f-qemu-killed", &["qemukill"], fault_qemu_killed);

@@ -783,3 +783,65 @@ pub(super) fn fault_containerd_restarted(r: &mut Runner, ids: &[String]) -> Resu
         r.env.containerd.pid.get()
     ))
 }
+
+/// An OCI seccomp profile that denies mkdir with EPERM.
+const DENY_MKDIR_PROFILE: &str = r#"{
+  "defaultAction": "SCMP_ACT_ALLOW",
+  "architectures": ["SCMP_ARCH_X86_64"],
+  "syscalls": [
+    {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
+  ]
+}"#;
+
+/// A container's seccomp profile through containerd: with a profile that
+/// denies mkdir, mkdir fails with EPERM where the profile is enforced (runc,
+/// and kata with `disable_guest_seccomp = false`) and works where
+/// upstream's default `disable_guest_seccomp = true` leaves it out of the
+/// VM; without a profile mkdir works.
+pub(super) fn scenario_seccomp(r: &mut Runner, ids: &[String]) -> Result<String> {
+    let enforced = match &r.env.kata_config {
+        Some(path) if r.kata() => {
+            let cfg = runtime::config::load_file(path)
+                .with_context(|| format!("read {}", path.display()))?;
+            !cfg.runtime.disable_guest_seccomp
+        }
+        _ => true,
+    };
+    let profile = r.env.containerd.layout.dir.join("deny-mkdir.json");
+    std::fs::write(&profile, DENY_MKDIR_PROFILE)?;
+    let profile = profile.display().to_string();
+    let script = ["sh", "-c", "mkdir /tmp/seccomp-probe && echo made"];
+    let with = r.run(
+        &ids[0],
+        &["--rm", "--seccomp", "--seccomp-profile", &profile],
+        &script,
+        None,
+    )?;
+    if enforced {
+        if with.success() || !with.stderr.contains("Operation not permitted") {
+            bail!(
+                "with the deny-mkdir profile enforced, mkdir must fail with EPERM: {}",
+                with.describe()
+            );
+        }
+    } else if !with.success() || with.stdout.trim() != "made" {
+        bail!(
+            "with disable_guest_seccomp = true the profile stays out of the VM, so mkdir must work: {}",
+            with.describe()
+        );
+    }
+    let without = r
+        .run(&ids[1], &["--rm"], &script, None)?
+        .require_success()?;
+    if without.stdout.trim() != "made" {
+        bail!("without a profile mkdir must work: {}", without.describe());
+    }
+    Ok(if enforced {
+        format!(
+            "deny-mkdir profile: mkdir failed ({}); without it mkdir worked",
+            with.stderr.lines().next().unwrap_or("").trim()
+        )
+    } else {
+        "disable_guest_seccomp = true: the deny-mkdir profile stayed out of the VM (mkdir worked), as without one".into()
+    })
+}
