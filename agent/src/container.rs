@@ -16,7 +16,18 @@
 //!   rootfs bind-mounted at `run/<container_id>/rootfs`), as upstream does,
 //!   and keeps libcontainer's state in `run/.libcontainer/`.
 //! - the container's cgroup is `linux.cgroupsPath` when absolute (no `..`),
-//!   else `/kata/<container_id>`, under /sys/fs/cgroup (cgroup v2).
+//!   else `/kata/<container_id>`, under /sys/fs/cgroup (cgroup v2); not `/`,
+//!   the agent's own cgroup or a parent of it, nor one equal to, inside or
+//!   above another container's (SignalProcess and RemoveContainer kill every
+//!   process in it).
+//! - a bind mount's source is an absolute path below `run/shared` (the
+//!   runtime sends `run/shared/containers/<container_id>/mounts/<name>`),
+//!   `run/sandbox` or a storage of the sandbox or of the request, without a
+//!   symlink component below `run`. Storages are mounted strictly below
+//!   `run` (`local` ones below `run/sandbox`), see [`storage`].
+//! - the OCI `linux.seccomp` profile is checked here and installed by the
+//!   libcontainer helper right before the workload's execve, see
+//!   [`crate::seccomp`].
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -44,6 +55,8 @@ use crate::{cgroup_stats, oci};
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Parent cgroup of containers whose spec gives no absolute cgroupsPath.
 pub const DEFAULT_CGROUP_PARENT: &str = "/kata";
+/// libcontainer's state directory under the run directory.
+pub const STATE_DIR: &str = ".libcontainer";
 /// The rootfs directory inside a container's shared directory and bundle.
 pub const ROOTFS_DIR: &str = "rootfs";
 /// How long a helper run (create or exec, prestart hooks included) may
@@ -112,7 +125,15 @@ impl Layout {
         self.run_dir.join(cid)
     }
     pub fn state_root(&self) -> PathBuf {
-        self.run_dir.join(".libcontainer")
+        self.run_dir.join(STATE_DIR)
+    }
+    /// Where the shared filesystem (virtio-fs) is mounted: bind mount
+    /// sources the runtime sends live below it.
+    pub fn shared_dir(&self) -> PathBuf {
+        self.run_dir.join("shared")
+    }
+    pub fn sandbox_dir(&self) -> PathBuf {
+        self.run_dir.join(storage::SANDBOX_DIR)
     }
 
     /// The container's rootfs as the request names it, checked to stay
@@ -546,7 +567,89 @@ impl Containers {
         self.with_container(cid, |c| c.process(exec_id))
     }
 
-    pub fn create(&self, req: &CreateContainerRequest) -> Result<()> {
+    /// A bind mount's source: an absolute path in the shared directory, the
+    /// sandbox directory or a storage of the sandbox or of the request, with
+    /// no symbolic link below the run directory (the agent's own files and
+    /// the guest's are not the container's to mount).
+    fn check_bind_source(
+        &self,
+        index: usize,
+        m: &protocols::oci::Mount,
+        sandbox_storages: &[PathBuf],
+        request_storages: &[PathBuf],
+    ) -> Result<()> {
+        let what = format!("mounts[{index}].source (bind mount on {:?})", m.destination);
+        let source = Path::new(&m.source);
+        check_clean_absolute(&what, source)?;
+        let source: PathBuf = source.components().collect();
+        let roots = [self.layout.shared_dir(), self.layout.sandbox_dir()];
+        let inside = roots
+            .iter()
+            .chain(sandbox_storages)
+            .chain(request_storages)
+            .any(|r| source.starts_with(r) && r.starts_with(&self.layout.run_dir));
+        if !inside {
+            return Err(fail(
+                Code::INVALID_ARGUMENT,
+                format!(
+                    "{what} {:?} is outside the sandbox's shared directory {} and its storages",
+                    m.source,
+                    self.layout.shared_dir().display()
+                ),
+            ));
+        }
+        if let Some(link) = storage::symlink_below(&self.layout.run_dir, &source) {
+            return Err(fail(
+                Code::INVALID_ARGUMENT,
+                format!(
+                    "{what} {:?}: {} is a symbolic link",
+                    m.source,
+                    link.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A container's cgroup (relative to the cgroup root, normalised) must
+    /// be a cgroup of its own: SignalProcess and RemoveContainer kill every
+    /// process in it. Refused: the root, the agent's own cgroup or one of
+    /// its parents, and one equal to, inside or above another container's.
+    fn check_cgroup(&self, path: &Path) -> Result<()> {
+        let refuse = |why: String| {
+            fail(
+                Code::INVALID_ARGUMENT,
+                format!("linux.cgroupsPath {:?}: {why}", path.display().to_string()),
+            )
+        };
+        if path.components().all(|c| c == Component::RootDir) {
+            return Err(refuse(
+                "the root cgroup holds every process of the guest".into(),
+            ));
+        }
+        if let Some(own) = own_cgroup() {
+            if own.starts_with(path) {
+                return Err(refuse(format!(
+                    "the agent itself runs in {}",
+                    own.display()
+                )));
+            }
+        }
+        let dir = Path::new(CGROUP_ROOT).join(path.strip_prefix("/").unwrap_or(path));
+        for (other, c) in self.table().iter() {
+            if dir.starts_with(&c.cgroup_dir) || c.cgroup_dir.starts_with(&dir) {
+                return Err(refuse(format!(
+                    "it is, contains or is inside the cgroup {} of container {other}",
+                    c.cgroup_dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// `sandbox_storages`: the mount points of the sandbox's storages
+    /// (CreateSandbox), where bind mount sources may be too.
+    pub fn create(&self, req: &CreateContainerRequest, sandbox_storages: &[PathBuf]) -> Result<()> {
         let cid = req.container_id.as_str();
         check_id("container_id", cid)?;
         if !req.exec_id.is_empty() {
@@ -583,32 +686,50 @@ impl Containers {
                 "CreateContainer: OCI.Process.Args is empty",
             ));
         }
-        for m in &grpc_spec.Mounts {
+        let request_storages: Vec<PathBuf> = req
+            .storages
+            .iter()
+            .map(|s| PathBuf::from(&s.mount_point))
+            .collect();
+        for (i, m) in grpc_spec.Mounts.iter().enumerate() {
             check_clean_absolute("mount destination", Path::new(&m.destination))?;
-            if m.source.starts_with('/') {
+            let is_bind =
+                m.type_ == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind");
+            if is_bind {
+                self.check_bind_source(i, m, sandbox_storages, &request_storages)?;
+            } else if m.source.starts_with('/') {
                 check_clean_absolute("mount source", Path::new(&m.source))?;
             }
         }
         let mut grpc_spec = grpc_spec.clone();
-        if let Some(linux) = grpc_spec.Linux.as_mut() {
-            if linux.Seccomp.is_some() {
-                log::warn!("container {cid}: seccomp profile ignored: this agent is built without seccomp support (GetGuestDetails reports supports_seccomp=false)");
-                linux.Seccomp = Default::default();
+        // the profile is installed by the helper (crate::seccomp); one that
+        // cannot be enforced is refused here, naming the field
+        if let Some(linux) = grpc_spec.Linux.as_ref() {
+            let spec_json = oci::spec_json(&grpc_spec);
+            let filter = crate::seccomp::compile(spec_json.pointer("/linux/seccomp"))
+                .map_err(|e| fail(Code::INVALID_ARGUMENT, format!("CreateContainer: {e}")))?;
+            if let Some(f) = filter {
+                log::info!(
+                    "container {cid}: seccomp profile with {} syscall rule(s): {} BPF instructions",
+                    linux.Seccomp.as_ref().map_or(0, |s| s.Syscalls.len()),
+                    f.program.len()
+                );
             }
         }
         let cgroup_path = match grpc_spec.Linux.as_ref().map(|l| l.CgroupsPath.as_str()) {
             Some(p) if p.starts_with('/') => {
                 check_clean_absolute("linux.cgroupsPath", Path::new(p))?;
-                PathBuf::from(p)
+                Path::new(p).components().collect()
             }
             _ => Path::new(DEFAULT_CGROUP_PARENT).join(cid),
         };
+        self.check_cgroup(&cgroup_path)?;
         let terminal = process.Terminal;
 
         // storages first: the rootfs may be one of them
         let mut storages = Vec::new();
         for s in req.storages.iter() {
-            match storage::prepare(s) {
+            match storage::prepare(s, &self.layout.run_dir) {
                 Ok(p) => storages.push(p),
                 Err(e) => {
                     storages.iter().rev().for_each(storage::release);
@@ -962,26 +1083,33 @@ impl Containers {
         } else {
             timeout
         };
-        let deadline = Some(Instant::now() + timeout);
+        let deadline = Instant::now() + timeout;
+        let stuck = |c: Container, pid: i32| {
+            self.table().insert(cid.to_string(), c);
+            fail(
+                Code::DEADLINE_EXCEEDED,
+                format!("RemoveContainer {cid}: process {pid} did not exit within {timeout:?}"),
+            )
+        };
         for p in &processes {
-            let mut code = p.exit_code.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+            // A WaitProcess holds the exit code while it waits for the
+            // process: wait for it no longer than for the process itself.
+            let Some(mut code) = lock_until(&p.exit_code, deadline) else {
+                if self.reaper_tracks(p.pid) {
+                    return Err(stuck(c, p.pid));
+                }
+                continue; // gone: that WaitProcess collects it
+            };
             if code.is_some() {
                 continue;
             }
-            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            match self.reaper.wait_timeout(p.pid, left) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.reaper.wait_timeout(p.pid, Some(left)) {
                 Some(status) => *code = Some(status.code()),
                 None if self.reaper_tracks(p.pid) => {
                     drop(code);
-                    self.table().insert(cid.to_string(), c);
-                    return Err(fail(
-                        Code::DEADLINE_EXCEEDED,
-                        format!(
-                            "RemoveContainer {cid}: process {} did not exit within {timeout:?}",
-                            p.pid
-                        ),
-                    ));
+                    return Err(stuck(c, p.pid));
                 }
                 None => {}
             }
@@ -1056,6 +1184,29 @@ fn delete_libcontainer_state(state_root: &Path, cid: &str, cgroup_path: &Path) {
     let _ = fs::remove_dir(
         Path::new(CGROUP_ROOT).join(cgroup_path.strip_prefix("/").unwrap_or(cgroup_path)),
     );
+}
+
+/// Locks `m`, giving up at `deadline`.
+fn lock_until<T>(m: &Mutex<T>, deadline: Instant) -> Option<std::sync::MutexGuard<'_, T>> {
+    loop {
+        match m.try_lock() {
+            Ok(g) => return Some(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => return Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        }
+    }
+}
+
+/// The agent's cgroup v2 path (from /proc/self/cgroup).
+fn own_cgroup() -> Option<PathBuf> {
+    fs::read_to_string("/proc/self/cgroup")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| Path::new(p.trim()).components().collect())
 }
 
 fn cgroup_pids(dir: &Path) -> Vec<i32> {
@@ -1139,5 +1290,189 @@ mod tests {
         let e = layout.resolve_rootfs("c2", "").unwrap_err();
         assert_eq!(e.code, Code::INVALID_ARGUMENT);
         assert!(e.message.contains("outside"), "{}", e.message);
+    }
+
+    fn containers(run_dir: &Path) -> Containers {
+        Containers::new(
+            Layout {
+                run_dir: run_dir.to_path_buf(),
+            },
+            Reaper::inert(),
+        )
+    }
+
+    fn no_stdio() -> AgentStdio {
+        AgentStdio {
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            tty: None,
+        }
+    }
+
+    /// A container in the table without anything behind it but `pid`.
+    fn fake_container(cs: &Containers, cid: &str, cgroup_dir: PathBuf, pid: i32) {
+        cs.table().insert(
+            cid.to_string(),
+            Container {
+                id: cid.to_string(),
+                bundle: cs.layout.bundle(cid),
+                rootfs_mount: None,
+                cgroup_dir,
+                storages: Vec::new(),
+                init: Arc::new(Process::new(cid, pid, no_stdio())),
+                execs: HashMap::new(),
+            },
+        );
+    }
+
+    #[test]
+    fn cgroups_of_their_own_only() {
+        let cs = containers(Path::new("/run/kata-containers"));
+        fake_container(&cs, "c1", Path::new(CGROUP_ROOT).join("kata/c1"), 1);
+        let norm = |p: &str| -> PathBuf { Path::new(p).components().collect() };
+        for bad in [
+            "/",
+            "//",
+            "/.",
+            "/kata/c1",
+            "/kata/c1/",
+            "/kata/./c1",
+            "/kata/c1/sub",
+            "/kata",
+        ] {
+            let e = cs.check_cgroup(&norm(bad)).unwrap_err();
+            assert_eq!(e.code, Code::INVALID_ARGUMENT, "{bad}: {}", e.message);
+            assert!(e.message.contains("linux.cgroupsPath"), "{}", e.message);
+        }
+        if let Some(own) = own_cgroup() {
+            assert!(cs.check_cgroup(&own).is_err(), "{}", own.display());
+        }
+        for ok in ["/kata/c2", "/kata-c1", "/other/kata/c1"] {
+            cs.check_cgroup(&norm(ok))
+                .unwrap_or_else(|e| panic!("{ok}: {}", e.message));
+        }
+    }
+
+    #[test]
+    fn bind_sources_stay_in_the_shared_dir_and_storages() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let cs = containers(&run);
+        let mounts = run.join("shared/containers/c1/mounts");
+        fs::create_dir_all(&mounts).unwrap();
+        std::os::unix::fs::symlink("/etc", mounts.join("link")).unwrap();
+        let sandbox_storage = run.join("sandbox-storage");
+        let request_storage = run.join("c1-volume");
+        let bind = |source: &str| {
+            let mut m = protocols::oci::Mount::new();
+            m.destination = "/data".into();
+            m.source = source.into();
+            m.type_ = "bind".into();
+            m.options = vec!["rbind".into()];
+            cs.check_bind_source(
+                3,
+                &m,
+                std::slice::from_ref(&sandbox_storage),
+                std::slice::from_ref(&request_storage),
+            )
+        };
+        let under = |p: &Path| p.to_str().unwrap().to_string();
+        for ok in [
+            under(&mounts.join("0-hosts")),
+            under(&run.join("shared/containers/c1/mounts")),
+            under(&run.join("sandbox/shm")),
+            under(&sandbox_storage.join("x")),
+            under(&request_storage),
+        ] {
+            bind(&ok).unwrap_or_else(|e| panic!("{ok}: {}", e.message));
+        }
+        for bad in [
+            "/etc".to_string(),
+            "/".to_string(),
+            "relative/path".to_string(),
+            under(&run),
+            under(&run.join(".libcontainer/c2")),
+            under(&run.join("c2/rootfs")),
+            format!("{}-other/x", run.display()),
+            under(&mounts.join("link")),
+            under(&mounts.join("link/shadow")),
+            format!("{}/../../../etc", mounts.display()),
+        ] {
+            let e = bind(&bad).unwrap_err();
+            assert_eq!(e.code, Code::INVALID_ARGUMENT, "{bad}: {}", e.message);
+            assert!(e.message.contains("mounts[3].source"), "{}", e.message);
+        }
+        // a storage outside the run directory widens nothing
+        let mut m = protocols::oci::Mount::new();
+        m.source = "/etc/x".into();
+        m.type_ = "bind".into();
+        assert!(cs
+            .check_bind_source(0, &m, &[PathBuf::from("/etc")], &[])
+            .is_err());
+    }
+
+    /// A kernel thread: alive, ignores SIGKILL, never anyone's child.
+    fn kernel_thread() -> i32 {
+        const PF_KTHREAD: u64 = 0x0020_0000;
+        for entry in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // flags: the 9th field, the 7th after the ")" ending the name
+            let after = &stat[stat.rfind(')').unwrap() + 2..];
+            let flags: u64 = after.split(' ').nth(6).unwrap().parse().unwrap();
+            if flags & PF_KTHREAD != 0 {
+                return pid;
+            }
+        }
+        panic!("no kernel thread visible in /proc: this test needs the host's pid namespace");
+    }
+
+    #[test]
+    #[ignore = "needs root and the host's pid namespace: run by cargo xtask test unit"]
+    fn remove_with_timeout_zero_is_bounded_and_does_not_block_others() {
+        // SAFETY: geteuid(2) cannot fail.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+        let dir = tempfile::tempdir().unwrap();
+        let cs = Arc::new(containers(&dir.path().join("run")));
+        let stuck = kernel_thread();
+        // tracked, never reaped: like a process stuck in the kernel
+        cs.reaper.track(|| Ok((stuck, ()))).unwrap();
+        fake_container(&cs, "stuck", dir.path().join("cg-stuck"), stuck);
+        fake_container(&cs, "other", dir.path().join("cg-other"), stuck);
+        // a WaitProcess on it holds its exit code while it waits
+        let waiter = {
+            let cs = cs.clone();
+            std::thread::spawn(move || cs.wait("stuck", ""))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!waiter.is_finished());
+        let started = Instant::now();
+        let remover = {
+            let cs = cs.clone();
+            std::thread::spawn(move || cs.remove("stuck", Duration::ZERO))
+        };
+        // meanwhile other requests are served
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!remover.is_finished());
+        let served = Instant::now();
+        assert_eq!(cs.process("other", "").unwrap().pid, stuck);
+        assert_eq!(cs.signal("nope", "", 9).unwrap_err().code, Code::NOT_FOUND);
+        assert!(served.elapsed() < Duration::from_secs(1));
+        let e = remover.join().unwrap().unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(e.code, Code::DEADLINE_EXCEEDED, "{}", e.message);
+        assert!(
+            took >= KILLED_EXIT_BOUND && took < KILLED_EXIT_BOUND + Duration::from_secs(3),
+            "RemoveContainer took {took:?}"
+        );
+        // the container is still there and the lifecycle lock is free
+        assert_eq!(cs.process("stuck", "").unwrap().pid, stuck);
+        let _lock = cs.lifecycle.try_lock().expect("lifecycle lock released");
+        assert!(!waiter.is_finished());
     }
 }

@@ -51,6 +51,7 @@ mod oci;
 mod reaper;
 mod rpc;
 mod runtime_helper;
+mod seccomp;
 mod storage;
 
 use std::sync::Arc;

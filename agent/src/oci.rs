@@ -249,6 +249,41 @@ fn resources_json(r: &oci::LinuxResources) -> Value {
     Value::Object(m)
 }
 
+/// `linux.seccomp`; crate::seccomp checks and translates it. A message
+/// with neither a default action nor rules is no profile.
+fn seccomp_json(s: &oci::LinuxSeccomp) -> Value {
+    if s.DefaultAction.is_empty() && s.Syscalls.is_empty() {
+        return Value::Null;
+    }
+    let mut m = Map::new();
+    m.insert("defaultAction".into(), json!(s.DefaultAction));
+    put(&mut m, "architectures", json!(s.Architectures));
+    put(&mut m, "flags", json!(s.Flags));
+    let syscalls: Vec<Value> = s
+        .Syscalls
+        .iter()
+        .map(|c| {
+            let mut e = Map::new();
+            e.insert("names".into(), json!(c.Names));
+            e.insert("action".into(), json!(c.Action));
+            if let Some(oci::linux_syscall::ErrnoRet::Errnoret(n)) = c.ErrnoRet {
+                e.insert("errnoRet".into(), json!(n));
+            }
+            let args: Vec<Value> = c
+                .Args
+                .iter()
+                .map(|a| {
+                    json!({"index": a.Index, "value": a.Value, "valueTwo": a.ValueTwo, "op": a.Op})
+                })
+                .collect();
+            put(&mut e, "args", json!(args));
+            Value::Object(e)
+        })
+        .collect();
+    put(&mut m, "syscalls", json!(syscalls));
+    Value::Object(m)
+}
+
 fn linux_json(l: &oci::Linux) -> Value {
     let mut m = Map::new();
     let idmap = |list: &[oci::LinuxIDMapping]| -> Value {
@@ -292,8 +327,9 @@ fn linux_json(l: &oci::Linux) -> Value {
         })
         .collect();
     put(&mut m, "devices", json!(devices));
-    // seccomp: this agent is built without libseccomp (GetGuestDetails says
-    // supports_seccomp=false); the caller strips the profile and logs it.
+    if let Some(sc) = l.Seccomp.as_ref() {
+        put(&mut m, "seccomp", seccomp_json(sc));
+    }
     put(&mut m, "rootfsPropagation", json!(l.RootfsPropagation));
     put(&mut m, "maskedPaths", json!(l.MaskedPaths));
     put(&mut m, "readonlyPaths", json!(l.ReadonlyPaths));
@@ -509,5 +545,48 @@ mod tests {
         assert_eq!(out.terminal(), Some(true));
         assert_eq!(out.cwd().to_str(), Some("/"));
         assert_eq!(out.user().uid(), 0);
+    }
+
+    #[test]
+    fn seccomp_profile_converts() {
+        let mut s = sample();
+        let mut call = oci::LinuxSyscall::new();
+        call.Names = vec!["personality".into()];
+        call.Action = "SCMP_ACT_ERRNO".into();
+        call.ErrnoRet = Some(oci::linux_syscall::ErrnoRet::Errnoret(38));
+        let mut arg = oci::LinuxSeccompArg::new();
+        arg.Index = 0;
+        arg.Value = 0xffff;
+        arg.ValueTwo = 8;
+        arg.Op = "SCMP_CMP_MASKED_EQ".into();
+        call.Args = vec![arg];
+        let mut allow = oci::LinuxSyscall::new();
+        allow.Names = vec!["read".into()];
+        allow.Action = "SCMP_ACT_ALLOW".into();
+        let mut profile = oci::LinuxSeccomp::new();
+        profile.DefaultAction = "SCMP_ACT_KILL_PROCESS".into();
+        profile.Architectures = vec!["SCMP_ARCH_X86_64".into()];
+        profile.Flags = vec!["SECCOMP_FILTER_FLAG_LOG".into()];
+        profile.Syscalls = vec![call, allow];
+        s.Linux.as_mut().unwrap().Seccomp = Some(profile).into();
+        let value = spec_json(&s);
+        let sc = &value["linux"]["seccomp"];
+        assert_eq!(sc["syscalls"][0]["errnoRet"], 38);
+        assert_eq!(sc["syscalls"][0]["args"][0]["valueTwo"], 8);
+        assert!(sc["syscalls"][1].get("errnoRet").is_none());
+        // the typed spec takes it (what libcontainer reads) ...
+        let spec = to_oci_spec(&s).unwrap();
+        let typed = spec.linux().as_ref().unwrap().seccomp().as_ref().unwrap();
+        assert_eq!(typed.syscalls().as_ref().unwrap().len(), 2);
+        assert_eq!(typed.syscalls().as_ref().unwrap()[0].errno_ret(), Some(38));
+        // ... and its JSON translates as the agent's own
+        let reparsed = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            crate::seccomp::compile(reparsed.pointer("/linux/seccomp")).unwrap(),
+            crate::seccomp::compile(Some(sc)).unwrap()
+        );
+        // an empty message is no profile
+        s.Linux.as_mut().unwrap().Seccomp = Some(oci::LinuxSeccomp::new()).into();
+        assert!(spec_json(&s)["linux"].get("seccomp").is_none());
     }
 }

@@ -223,7 +223,25 @@ impl agent_ttrpc::AgentService for AgentService {
             ));
         }
         refuse_string_user("CreateContainer", &req.string_user)?;
-        reply("CreateContainer", self.state.containers.create(&req))?;
+        let sandbox_storages: Vec<std::path::PathBuf> = self
+            .state
+            .sandbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|s| {
+                s.storages
+                    .iter()
+                    .map(|p| match p {
+                        Prepared::Mounted(p) | Prepared::Directory(p) => p.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        reply(
+            "CreateContainer",
+            self.state.containers.create(&req, &sandbox_storages),
+        )?;
         Ok(Empty::new())
     }
 
@@ -431,7 +449,8 @@ impl agent_ttrpc::AgentService for AgentService {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        details.supports_seccomp = false;
+        // the container's linux.seccomp profile is enforced (crate::seccomp)
+        details.supports_seccomp = true;
         resp.agent_details = Some(details).into();
         resp.kernel_release = guest::kernel_release();
         Ok(resp)
@@ -488,7 +507,7 @@ impl agent_ttrpc::AgentService for AgentService {
         }
         let mut prepared = Vec::new();
         for s in req.storages.iter() {
-            match storage::prepare(s) {
+            match storage::prepare(s, &self.state.config.run_dir) {
                 Ok(p) => prepared.push(p),
                 Err(e) => {
                     // leave the guest as it was: undo what this call mounted

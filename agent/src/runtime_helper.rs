@@ -88,6 +88,14 @@ fn root_is_initramfs() -> bool {
     }
 }
 
+/// The BPF filter of the `linux.seccomp` profile in a bundle's config.json.
+fn seccomp_filter(config: &std::path::Path) -> Result<Option<crate::seccomp::Filter>, String> {
+    let text = std::fs::read(config).map_err(|e| format!("read {}: {e}", config.display()))?;
+    let spec: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| format!("parse {}: {e}", config.display()))?;
+    crate::seccomp::compile(spec.pointer("/linux/seccomp")).map_err(|e| e.to_string())
+}
+
 fn run(args: &[String]) -> Result<i32, String> {
     let [action, state_root, id, path, console] = args else {
         return Err(format!(
@@ -109,6 +117,18 @@ fn run(args: &[String]) -> Result<i32, String> {
     } else {
         builder = builder.with_console_socket(Some(PathBuf::from(console)));
     }
+    // The container's seccomp profile, from its config.json (an exec'd
+    // process gets the container's profile too, as with runc); the executor
+    // installs it right before the workload's execve.
+    let config = match action.as_str() {
+        "create" => PathBuf::from(path).join("config.json"),
+        _ => libcontainer::container::Container::load(PathBuf::from(state_root).join(id))
+            .map_err(|e| format!("exec in container {id}: load its state: {}", chain(&e)))?
+            .bundle()
+            .join("config.json"),
+    };
+    let filter = seccomp_filter(&config).map_err(|e| format!("container {id}: {e}"))?;
+    builder = builder.with_executor(crate::seccomp::SeccompExecutor { filter });
     match action.as_str() {
         "create" => {
             let container = builder

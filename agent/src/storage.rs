@@ -43,7 +43,32 @@ pub enum Prepared {
     Directory(PathBuf),
 }
 
-fn check_mount_point(storage: &Storage) -> Result<PathBuf, StorageError> {
+/// The directory under the run directory for the sandbox's own storages
+/// (upstream: /run/kata-containers/sandbox/...); the only place a `local`
+/// storage may create and chmod a directory.
+pub const SANDBOX_DIR: &str = "sandbox";
+
+/// The first component of `path` below `root` that is a symbolic link (the
+/// components that do not exist yet cannot be).
+pub fn symlink_below(root: &Path, path: &Path) -> Option<PathBuf> {
+    let rest = path.strip_prefix(root).ok()?;
+    let mut current = root.to_path_buf();
+    for c in rest.components() {
+        current.push(c);
+        match fs::symlink_metadata(&current) {
+            Ok(m) if m.file_type().is_symlink() => return Some(current),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// A mount point the agent may mount on or create: absolute, without `..`,
+/// strictly below the agent's run directory but not in its libcontainer
+/// state, without a symbolic link below the run directory, and for `local`
+/// storages below `run_dir/sandbox`.
+fn check_mount_point(storage: &Storage, run_dir: &Path) -> Result<PathBuf, StorageError> {
     let path = Path::new(&storage.mount_point);
     let invalid = |reason: String| StorageError::Invalid {
         driver: storage.driver.clone(),
@@ -61,7 +86,38 @@ fn check_mount_point(storage: &Storage) -> Result<PathBuf, StorageError> {
             storage.mount_point
         )));
     }
-    Ok(path.to_path_buf())
+    let path: PathBuf = path.components().collect();
+    let root = if storage.driver == DRIVER_LOCAL {
+        run_dir.join(SANDBOX_DIR)
+    } else {
+        run_dir.to_path_buf()
+    };
+    if !path.starts_with(&root) || path == root {
+        return Err(invalid(format!(
+            "mount_point {:?} is outside {}: storages are mounted below the agent's run directory{}",
+            storage.mount_point,
+            root.display(),
+            if storage.driver == DRIVER_LOCAL {
+                " (local ones below its sandbox directory)"
+            } else {
+                ""
+            }
+        )));
+    }
+    if path.starts_with(run_dir.join(crate::container::STATE_DIR)) {
+        return Err(invalid(format!(
+            "mount_point {:?} is in the agent's container state directory",
+            storage.mount_point
+        )));
+    }
+    if let Some(link) = symlink_below(run_dir, &path) {
+        return Err(invalid(format!(
+            "mount_point {:?}: {} is a symbolic link",
+            storage.mount_point,
+            link.display()
+        )));
+    }
+    Ok(path)
 }
 
 /// Splits mount options into flags and the data string the filesystem gets.
@@ -92,11 +148,12 @@ pub fn parse_mount_options(options: &[String]) -> (MsFlags, String) {
 
 fn mount_fs(
     storage: &Storage,
+    run_dir: &Path,
     source: &str,
     fstype: &str,
     extra: &[&str],
 ) -> Result<Prepared, StorageError> {
-    let target = check_mount_point(storage)?;
+    let target = check_mount_point(storage, run_dir)?;
     let failed = |what: String, err: String| StorageError::Failed {
         driver: storage.driver.clone(),
         what,
@@ -121,8 +178,8 @@ fn mount_fs(
     Ok(Prepared::Mounted(target))
 }
 
-/// Sets up one storage.
-pub fn prepare(storage: &Storage) -> Result<Prepared, StorageError> {
+/// Sets up one storage, below the agent's run directory `run_dir`.
+pub fn prepare(storage: &Storage, run_dir: &Path) -> Result<Prepared, StorageError> {
     match storage.driver.as_str() {
         // virtio-fs: `source` is the device tag (e.g. "kataShared")
         DRIVER_VIRTIOFS => {
@@ -132,7 +189,7 @@ pub fn prepare(storage: &Storage) -> Result<Prepared, StorageError> {
                     reason: "source (the virtio-fs tag) is empty".into(),
                 });
             }
-            mount_fs(storage, &storage.source, "virtiofs", &[])
+            mount_fs(storage, run_dir, &storage.source, "virtiofs", &[])
         }
         // 9p over virtio: `source` is the mount tag
         DRIVER_9P => {
@@ -145,6 +202,7 @@ pub fn prepare(storage: &Storage) -> Result<Prepared, StorageError> {
             let has_trans = storage.options.iter().any(|o| o.starts_with("trans="));
             mount_fs(
                 storage,
+                run_dir,
                 &storage.source,
                 "9p",
                 if has_trans { &[] } else { &["trans=virtio"] },
@@ -163,12 +221,12 @@ pub fn prepare(storage: &Storage) -> Result<Prepared, StorageError> {
                     reason: format!("fstype {fstype:?}: only tmpfs is supported"),
                 });
             }
-            mount_fs(storage, "tmpfs", "tmpfs", &[])
+            mount_fs(storage, run_dir, "tmpfs", "tmpfs", &[])
         }
         // a plain directory in the guest, shared by the sandbox's containers;
         // option "mode=0NNN" sets its permissions (default 0777 as upstream)
         DRIVER_LOCAL => {
-            let target = check_mount_point(storage)?;
+            let target = check_mount_point(storage, run_dir)?;
             let mut mode = 0o777;
             for opt in &storage.options {
                 if let Some(m) = opt.strip_prefix("mode=") {
@@ -231,37 +289,102 @@ mod tests {
         assert_eq!(data, "size=64m,trans=virtio");
     }
 
+    const RUN: &str = "/run/kata-containers";
+
     #[test]
     fn refuses_unsupported_and_bad_paths() {
-        let err = prepare(&storage("blk", "/run/x")).unwrap_err();
+        let run = Path::new(RUN);
+        let err = prepare(&storage("blk", "/run/x"), run).unwrap_err();
         assert!(matches!(err, StorageError::Unsupported { .. }));
         assert!(err.to_string().contains("\"blk\""), "{err}");
         assert!(matches!(
-            prepare(&storage("local", "relative/x")),
+            prepare(&storage("local", "relative/x"), run),
             Err(StorageError::Invalid { .. })
         ));
         assert!(matches!(
-            prepare(&storage("local", "/tmp/../etc")),
+            prepare(&storage("local", "/tmp/../etc"), run),
             Err(StorageError::Invalid { .. })
         ));
         assert!(matches!(
-            prepare(&storage("virtio-fs", "/run/x")),
+            prepare(
+                &storage("virtio-fs", "/run/kata-containers/shared/containers"),
+                run
+            ),
             Err(StorageError::Invalid { .. })
         ));
     }
 
     #[test]
+    fn mount_points_stay_below_the_run_dir() {
+        let run = Path::new(RUN);
+        let invalid = |driver: &str, mount_point: &str| -> String {
+            let mut s = storage(driver, mount_point);
+            s.source = "tag".into();
+            match prepare(&s, run) {
+                Err(e @ StorageError::Invalid { .. }) => e.to_string(),
+                other => panic!("{driver} on {mount_point}: {other:?}"),
+            }
+        };
+        for (driver, mount_point) in [
+            ("virtio-fs", "/etc"),
+            ("virtio-fs", "/run/kata-containers"),
+            ("virtio-fs", "/run/kata-containers/./"),
+            ("9p", "/run/kata-containers-other/x"),
+            ("ephemeral", "/run/kata-containers/.libcontainer/c1"),
+            ("ephemeral", "/sys/fs/cgroup"),
+            // local storages chmod: only below run/sandbox
+            ("local", "/"),
+            ("local", "/etc/ssh"),
+            ("local", "/run/kata-containers"),
+            ("local", "/run/kata-containers/shared/containers"),
+            ("local", "/run/kata-containers/sandbox"),
+            ("local", "/run/kata-containers/c1/rootfs"),
+        ] {
+            let msg = invalid(driver, mount_point);
+            assert!(msg.contains(mount_point.trim_end_matches('/')), "{msg}");
+        }
+    }
+
+    #[test]
+    fn symlinked_mount_points_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        fs::create_dir_all(run.join("sandbox")).unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, run.join("sandbox/link")).unwrap();
+        let s = storage("local", run.join("sandbox/link/x").to_str().unwrap());
+        let e = prepare(&s, &run).unwrap_err();
+        assert!(
+            matches!(e, StorageError::Invalid { .. }) && e.to_string().contains("symbolic link"),
+            "{e}"
+        );
+        assert!(!outside.join("x").exists());
+        assert_eq!(
+            symlink_below(&run, &run.join("sandbox/link")),
+            Some(run.join("sandbox/link"))
+        );
+        assert_eq!(symlink_below(&run, &run.join("sandbox/none/x")), None);
+    }
+
+    #[test]
     fn local_storage_creates_a_directory_with_mode() {
         let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("a/b");
+        let target = dir.path().join("sandbox/a/b");
         let mut s = storage("local", target.to_str().unwrap());
         s.options = vec!["mode=0750".into()];
-        assert_eq!(prepare(&s).unwrap(), Prepared::Directory(target.clone()));
+        assert_eq!(
+            prepare(&s, dir.path()).unwrap(),
+            Prepared::Directory(target.clone())
+        );
         assert_eq!(
             fs::metadata(&target).unwrap().permissions().mode() & 0o7777,
             0o750
         );
         s.options = vec!["mode=9x".into()];
-        assert!(matches!(prepare(&s), Err(StorageError::Invalid { .. })));
+        assert!(matches!(
+            prepare(&s, dir.path()),
+            Err(StorageError::Invalid { .. })
+        ));
     }
 }

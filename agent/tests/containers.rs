@@ -18,7 +18,9 @@ use protocols::oci;
 use ttrpc::{context, Code};
 
 const BUSYBOX: &str = "/bin/busybox";
-const APPLETS: &[&str] = &["sh", "cat", "sleep", "true", "echo", "ls", "hostname"];
+const APPLETS: &[&str] = &[
+    "sh", "cat", "sleep", "true", "echo", "ls", "hostname", "mkdir",
+];
 
 fn agent_binary() -> PathBuf {
     std::env::var_os("KATA_AGENT_TEST_BINARY")
@@ -653,4 +655,290 @@ fn terminal_process_gets_a_pty() {
         Code::FAILED_PRECONDITION
     );
     remove(&client, &id).unwrap_or_else(|e| panic!("RemoveContainer: {e:?}\n{}", agent.log()));
+}
+
+fn start(client: &AgentServiceClient, agent: &Agent, id: &str) {
+    let mut start = agent::StartContainerRequest::new();
+    start.container_id = id.into();
+    client
+        .start_container(ctx(), &start)
+        .unwrap_or_else(|e| panic!("StartContainer: {e:?}\n{}", agent.log()));
+}
+
+/// A profile allowing everything but mkdir/mkdirat, which fail with EPERM.
+fn deny_mkdir_profile() -> oci::LinuxSeccomp {
+    let mut deny = oci::LinuxSyscall::new();
+    deny.Names = vec!["mkdir".into(), "mkdirat".into(), "not_on_x86_64".into()];
+    deny.Action = "SCMP_ACT_ERRNO".into();
+    deny.ErrnoRet = Some(oci::linux_syscall::ErrnoRet::Errnoret(libc::EPERM as u32));
+    let mut profile = oci::LinuxSeccomp::new();
+    profile.DefaultAction = "SCMP_ACT_ALLOW".into();
+    profile.Architectures = vec!["SCMP_ARCH_X86_64".into()];
+    profile.Syscalls = vec![deny];
+    profile
+}
+
+#[test]
+#[ignore = "needs root, busybox-static and cgroup2: run by cargo xtask test unit"]
+fn seccomp_profile_is_enforced_in_init_and_exec() {
+    require_host();
+    let mut agent = Agent::start();
+    let client = agent.client();
+    let script = "mkdir /tmp/made && echo made || echo failed; sleep 30";
+    // with the profile: the container's init and an exec'd process get EPERM
+    let id = cid("scmp");
+    agent.make_rootfs(&id);
+    let mut s = spec(&["sh", "-c", script]);
+    s.Linux.as_mut().unwrap().Seccomp = Some(deny_mkdir_profile()).into();
+    agent.cgroup_dir(&id, Some(&mut s));
+    client
+        .create_container(ctx(), &create_request(&id, s))
+        .unwrap_or_else(|e| panic!("CreateContainer: {e:?}\n{}", agent.log()));
+    start(&client, &agent, &id);
+    let mut req = agent::ReadStreamRequest::new();
+    req.container_id = id.clone();
+    req.len = 1024;
+    let out = client.read_stdout(ctx(), &req).unwrap().data;
+    assert_eq!(String::from_utf8_lossy(&out), "failed\n", "{}", agent.log());
+    let err = client.read_stderr(ctx(), &req).unwrap().data;
+    let err = String::from_utf8_lossy(&err);
+    assert!(err.contains("Operation not permitted"), "{err:?}");
+    assert!(!agent
+        .run_dir()
+        .join("shared/containers")
+        .join(&id)
+        .join("rootfs/tmp/made")
+        .exists());
+    // an exec'd process gets the container's profile too, also with
+    // noNewPrivileges set
+    let mut exec = agent::ExecProcessRequest::new();
+    exec.container_id = id.clone();
+    exec.exec_id = "mk".into();
+    let mut p = process(&["mkdir", "/tmp/exec-made"]);
+    p.NoNewPrivileges = true;
+    exec.process = Some(p).into();
+    client
+        .exec_process(ctx(), &exec)
+        .unwrap_or_else(|e| panic!("ExecProcess: {e:?}\n{}", agent.log()));
+    let err = read_all(|r| client.read_stderr(ctx(), r), &id, "mk");
+    assert!(
+        String::from_utf8_lossy(&err).contains("Operation not permitted"),
+        "{:?}",
+        String::from_utf8_lossy(&err)
+    );
+    assert_eq!(wait(&client, &id, "mk"), 1);
+    remove(&client, &id).unwrap_or_else(|e| panic!("RemoveContainer: {e:?}\n{}", agent.log()));
+
+    // without it mkdir works
+    let id = cid("noscmp");
+    let rootfs = agent.make_rootfs(&id);
+    let mut s = spec(&["sh", "-c", "mkdir /tmp/made && echo made"]);
+    agent.cgroup_dir(&id, Some(&mut s));
+    client
+        .create_container(ctx(), &create_request(&id, s))
+        .unwrap_or_else(|e| panic!("CreateContainer: {e:?}\n{}", agent.log()));
+    start(&client, &agent, &id);
+    let out = read_all(|r| client.read_stdout(ctx(), r), &id, "");
+    assert_eq!(String::from_utf8_lossy(&out), "made\n");
+    assert_eq!(wait(&client, &id, ""), 0);
+    assert!(rootfs.join("tmp/made").is_dir());
+    remove(&client, &id).unwrap_or_else(|e| panic!("RemoveContainer: {e:?}\n{}", agent.log()));
+
+    // a profile the guest cannot enforce is refused, naming the field
+    let id = cid("badscmp");
+    agent.make_rootfs(&id);
+    let mut s = spec(&["true"]);
+    let mut profile = deny_mkdir_profile();
+    profile.Syscalls[0].Action = "SCMP_ACT_NOTIFY".into();
+    s.Linux.as_mut().unwrap().Seccomp = Some(profile).into();
+    let st = status_of(client.create_container(ctx(), &create_request(&id, s)));
+    assert_eq!(st.code(), Code::INVALID_ARGUMENT, "{st:?}");
+    assert!(
+        st.message().contains("linux.seccomp.syscalls[0].action"),
+        "{}",
+        st.message()
+    );
+    assert!(!agent.run_dir().join(&id).exists());
+}
+
+#[test]
+#[ignore = "needs root, busybox-static and cgroup2: run by cargo xtask test unit"]
+fn mount_sources_and_cgroups_of_others_are_refused() {
+    require_host();
+    let mut agent = Agent::start();
+    let client = agent.client();
+    let refused = |req: &agent::CreateContainerRequest, what: &str, field: &str| {
+        let s = status_of(client.create_container(ctx(), req));
+        assert_eq!(s.code(), Code::INVALID_ARGUMENT, "{what}: {s:?}");
+        assert!(s.message().contains(field), "{what}: {}", s.message());
+    };
+    let bind = |source: &str| {
+        let mut m = oci::Mount::new();
+        m.destination = "/data".into();
+        m.source = source.into();
+        m.type_ = "bind".into();
+        m.options = vec!["rbind".into(), "ro".into()];
+        m
+    };
+    // a running container whose cgroup the others must not take
+    let first = cid("cg1");
+    agent.make_rootfs(&first);
+    let mut s = spec(&["sleep", "30"]);
+    let first_cgroup = agent.cgroup_dir(&first, Some(&mut s));
+    let first_path = s.Linux.as_ref().unwrap().CgroupsPath.clone();
+    // a legitimate bind mount: from the shared directory
+    let shared = agent.run_dir().join("shared/containers").join(&first);
+    fs::create_dir_all(shared.join("mounts/0-data")).unwrap();
+    fs::write(shared.join("mounts/0-data/file"), "shared\n").unwrap();
+    s.Mounts
+        .push(bind(shared.join("mounts/0-data").to_str().unwrap()));
+    client
+        .create_container(ctx(), &create_request(&first, s))
+        .unwrap_or_else(|e| panic!("CreateContainer: {e:?}\n{}", agent.log()));
+    let mut exec = agent::ExecProcessRequest::new();
+    exec.container_id = first.clone();
+    exec.exec_id = "cat".into();
+    exec.process = Some(process(&["cat", "/data/file"])).into();
+    start(&client, &agent, &first);
+    client.exec_process(ctx(), &exec).unwrap();
+    let out = read_all(|r| client.read_stdout(ctx(), r), &first, "cat");
+    assert_eq!(String::from_utf8_lossy(&out), "shared\n");
+
+    let id = cid("cg2");
+    agent.make_rootfs(&id);
+    let with_cgroup = |path: &str| {
+        let mut s = spec(&["true"]);
+        s.Linux.as_mut().unwrap().CgroupsPath = path.into();
+        create_request(&id, s)
+    };
+    for path in [
+        "/",
+        "//",
+        first_path.as_str(),
+        &format!("{first_path}/sub"),
+        &format!("{first_path}/.."),
+    ] {
+        refused(&with_cgroup(path), path, "cgroupsPath");
+    }
+    let parent = Path::new(&first_path)
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    refused(&with_cgroup(&parent), "parent cgroup", "cgroupsPath");
+
+    // bind sources outside the shared directory and storages
+    let link = agent.run_dir().join("shared/containers").join(&id);
+    fs::create_dir_all(&link).unwrap();
+    std::os::unix::fs::symlink("/etc", link.join("mounts")).unwrap();
+    for source in [
+        "/etc".to_string(),
+        "/".to_string(),
+        "relative".to_string(),
+        agent.run_dir().join(".libcontainer").display().to_string(),
+        link.join("mounts/passwd").display().to_string(),
+    ] {
+        let mut s = spec(&["true"]);
+        s.Mounts.push(bind(&source));
+        refused(&create_request(&id, s), &source, "mounts[3].source");
+    }
+    // storages: outside the run directory, local ones chmodding elsewhere,
+    // through a symlink
+    let tmp = tempfile::tempdir().unwrap();
+    for (driver, mount_point) in [
+        ("local", tmp.path().display().to_string()),
+        (
+            "local",
+            agent.run_dir().join("shared").display().to_string(),
+        ),
+        ("ephemeral", "/mnt".to_string()),
+        ("ephemeral", link.join("mounts/x").display().to_string()),
+    ] {
+        let mut req = create_request(&id, spec(&["true"]));
+        let mut st = Storage::new();
+        st.driver = driver.into();
+        st.source = "tmpfs".into();
+        st.mount_point = mount_point.clone();
+        req.storages = vec![st];
+        refused(&req, &mount_point, "mount_point");
+    }
+    assert!(!agent.run_dir().join(&id).exists());
+    // the first container is untouched
+    assert!(first_cgroup.is_dir());
+    let mut w = agent::WaitProcessRequest::new();
+    w.container_id = first.clone();
+    w.exec_id = "cat".into();
+    assert_eq!(client.wait_process(ctx(), &w).unwrap().status, 0);
+    let mut sig = agent::SignalProcessRequest::new();
+    sig.container_id = first.clone();
+    sig.signal = 9;
+    client.signal_process(ctx(), &sig).unwrap();
+    assert_eq!(wait(&client, &first, ""), 137);
+    remove(&client, &first).unwrap_or_else(|e| panic!("RemoveContainer: {e:?}\n{}", agent.log()));
+}
+
+#[test]
+#[ignore = "needs root, busybox-static and cgroup2: run by cargo xtask test unit"]
+fn remove_with_timeout_zero_returns_while_others_are_served() {
+    require_host();
+    let mut agent = Agent::start();
+    let client = agent.client();
+    let id = cid("rm0");
+    agent.make_rootfs(&id);
+    let mut s = spec(&[
+        "sh",
+        "-c",
+        "trap '' TERM; echo ready; while true; do sleep 1; done",
+    ]);
+    agent.cgroup_dir(&id, Some(&mut s));
+    client
+        .create_container(ctx(), &create_request(&id, s))
+        .unwrap_or_else(|e| panic!("CreateContainer: {e:?}\n{}", agent.log()));
+    start(&client, &agent, &id);
+    let mut req = agent::ReadStreamRequest::new();
+    req.container_id = id.clone();
+    req.len = 64;
+    assert_eq!(client.read_stdout(ctx(), &req).unwrap().data, b"ready\n");
+    // SIGTERM is ignored
+    let mut sig = agent::SignalProcessRequest::new();
+    sig.container_id = id.clone();
+    sig.signal = 15;
+    client.signal_process(ctx(), &sig).unwrap();
+    // a WaitProcess in flight on its own connection
+    let waiter = {
+        let client = agent.client();
+        let id = id.clone();
+        std::thread::spawn(move || wait(&client, &id, ""))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!waiter.is_finished(), "the process died of SIGTERM");
+    let started = Instant::now();
+    let remover = {
+        let client = agent.client();
+        let id = id.clone();
+        std::thread::spawn(move || {
+            let mut req = agent::RemoveContainerRequest::new();
+            req.container_id = id;
+            req.timeout = 0;
+            client.remove_container(ctx(), &req)
+        })
+    };
+    // another request is served meanwhile
+    let details = client
+        .get_guest_details(ctx(), &agent::GuestDetailsRequest::new())
+        .unwrap();
+    assert!(details.agent_details.is_some());
+    remover
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("RemoveContainer: {e:?}\n{}", agent.log()));
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "RemoveContainer with timeout 0 took {took:?}"
+    );
+    assert_eq!(waiter.join().unwrap(), 137);
+    let st = status_of(remove(&client, &id));
+    assert_eq!(st.code(), Code::NOT_FOUND);
 }

@@ -68,6 +68,7 @@ impl Agent {
             .env("KATA_AGENT_RESOLV_CONF", dir.path().join("etc/resolv.conf"))
             .env("KATA_AGENT_HOSTNAME_FILE", dir.path().join("etc/hostname"))
             .env("KATA_AGENT_SYSFS", &sysfs)
+            .env("KATA_AGENT_RUN_DIR", dir.path().join("run"))
             .env_remove("KATA_AGENT_LOG_LEVEL")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -186,6 +187,10 @@ fn guest_details_report_sysfs_and_agent() {
     let details = resp.agent_details.as_ref().unwrap();
     assert_eq!(details.version, env!("CARGO_PKG_VERSION"));
     assert!(!details.init_daemon);
+    assert!(
+        details.supports_seccomp,
+        "the agent enforces seccomp profiles"
+    );
     // In service mode the agent runs on this host: its kernel is ours.
     let uname = std::process::Command::new("uname")
         .arg("-r")
@@ -225,7 +230,7 @@ fn local_storage(mount_point: &Path, mode: &str) -> Storage {
 fn create_then_destroy_sandbox() {
     let mut agent = Agent::start();
     let client = agent.agent();
-    let shared = agent.path("guest/sandbox-dir");
+    let shared = agent.path("run/sandbox/local/sandbox-dir");
     let mut req = CreateSandboxRequest::new();
     req.hostname = "sandbox-host".into();
     req.dns = vec!["nameserver 10.0.0.53".into(), "search example.test".into()];
@@ -276,7 +281,7 @@ fn unsupported_storage_is_refused_cleanly() {
     let mut blk = Storage::new();
     blk.driver = "blk".into();
     blk.source = "/dev/vda".into();
-    blk.mount_point = agent.path("guest/blk").to_str().unwrap().into();
+    blk.mount_point = agent.path("run/blk").to_str().unwrap().into();
     let mut req = CreateSandboxRequest::new();
     req.sandbox_id = "sb-1".into();
     req.storages = vec![blk];
@@ -302,6 +307,76 @@ fn unsupported_storage_is_refused_cleanly() {
 }
 
 #[test]
+fn storages_outside_the_agent_roots_or_through_symlinks_are_refused() {
+    let agent = Agent::start();
+    let client = agent.agent();
+    let run = agent.path("run");
+    let victim = agent.path("victim");
+    fs::create_dir_all(&victim).unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::create_dir_all(run.join("sandbox")).unwrap();
+    std::os::unix::fs::symlink(&victim, run.join("sandbox/link")).unwrap();
+    let ephemeral = |mount_point: &Path| {
+        let mut s = Storage::new();
+        s.driver = "ephemeral".into();
+        s.source = "tmpfs".into();
+        s.mount_point = mount_point.to_str().unwrap().into();
+        s
+    };
+    let cases = [
+        // a local storage chmods its directory: not an arbitrary one
+        (local_storage(&victim, "0777"), "outside"),
+        (local_storage(&run, "0777"), "outside"),
+        (
+            local_storage(&run.join("shared/containers"), "0777"),
+            "outside",
+        ),
+        (
+            local_storage(&run.join("sandbox/link"), "0777"),
+            "symbolic link",
+        ),
+        (
+            local_storage(&run.join("sandbox/link/sub"), "0777"),
+            "symbolic link",
+        ),
+        // mounts only below the run directory, never through a symlink
+        (ephemeral(Path::new("/etc")), "outside"),
+        (
+            ephemeral(&run.join("sandbox/link/scratch")),
+            "symbolic link",
+        ),
+        (ephemeral(&run.join(".libcontainer/x")), "state directory"),
+    ];
+    for (storage, why) in cases {
+        let mut req = CreateSandboxRequest::new();
+        req.sandbox_id = "sb-paths".into();
+        let mount_point = storage.mount_point.clone();
+        req.storages = vec![storage];
+        let s = status_of(client.create_sandbox(ctx(), &req));
+        assert_eq!(s.code(), Code::INVALID_ARGUMENT, "{mount_point}: {s:?}");
+        assert!(
+            s.message().contains("mount_point") && s.message().contains(&mount_point),
+            "{mount_point}: {}",
+            s.message()
+        );
+        assert!(s.message().contains(why), "{mount_point}: {}", s.message());
+    }
+    assert_eq!(
+        fs::metadata(&victim).unwrap().permissions().mode() & 0o7777,
+        0o700,
+        "a refused storage changed a directory"
+    );
+    assert!(!victim.join("sub").exists() && !victim.join("scratch").exists());
+    // the legitimate place works
+    let mut req = CreateSandboxRequest::new();
+    req.sandbox_id = "sb-paths".into();
+    req.storages = vec![local_storage(&run.join("sandbox/local/vol"), "0777")];
+    client
+        .create_sandbox(ctx(), &req)
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", agent.log()));
+}
+
+#[test]
 #[ignore = "needs root (mounts a tmpfs): run by cargo xtask test unit"]
 fn ephemeral_storage_is_mounted_and_released() {
     // A requirement, not a skip: a test that passes without running proves nothing.
@@ -312,7 +387,7 @@ fn ephemeral_storage_is_mounted_and_released() {
         "mounting tmpfs needs root: run the tests as root"
     );
     let mut agent = Agent::start();
-    let target = agent.path("guest/scratch");
+    let target = agent.path("run/sandbox/scratch");
     let mut s = Storage::new();
     s.driver = "ephemeral".into();
     s.source = "tmpfs".into();

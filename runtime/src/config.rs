@@ -7,12 +7,17 @@
 //! compile-time prefix [`PREFIX`] (`KATA_PREFIX` at build time, default
 //! `/opt/kata`).
 //!
+//! The schema is one set of serde types, [`ConfigFile`] and its sections
+//! (their `Default` impls are the defaults): [`parse`] reads through them,
+//! [`ConfigFile::to_toml`] writes through them (`kata-runtime env`, the e2e
+//! harness), and the shipped template is tested against them.
+//!
 //! Upstream files carry many keys this runtime does not use: unknown keys
 //! (and sections) are collected in [`KataConfig::ignored`], which the shim
 //! logs as a warning and `kata-runtime env` prints, so none is dropped
 //! silently. A known key with a bad value is an error naming the key and
 //! the file. Security-relevant upstream keys whose feature this runtime
-//! does not implement (guest seccomp, annotation overrides, the agent's
+//! does not implement (annotation overrides, the agent's
 //! debug console, ...) are accepted only at the value that asks for
 //! nothing, and refused otherwise with the fix: a configuration must never
 //! believe it got a protection it did not get.
@@ -20,7 +25,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use toml::{Table, Value};
+use serde::{Deserialize, Serialize};
 
 use crate::hypervisor::{
     Accel, BootMedia, ImageFs, QemuConfig, SharedFs, VirtioFsCache, VsockBackend,
@@ -63,59 +68,269 @@ pub enum ConfigError {
     },
 }
 
-/// `[hypervisor.qemu]`
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+/// `[hypervisor.qemu]`. Missing keys take upstream's defaults
+/// ([`Default`]); `kernel` has none (empty: unset).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct QemuSection {
+    /// Empty: the default.
+    #[serde(deserialize_with = "de::path")]
     pub path: PathBuf,
+    #[serde(deserialize_with = "de::path")]
     pub kernel: PathBuf,
+    #[serde(
+        deserialize_with = "de::opt_path",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub initrd: Option<PathBuf>,
+    #[serde(
+        deserialize_with = "de::opt_path",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub image: Option<PathBuf>,
     /// `rootfs_type`: filesystem of `image` (ext4 or erofs).
+    #[serde(deserialize_with = "de::string")]
     pub rootfs_type: String,
+    #[serde(deserialize_with = "de::string")]
     pub machine_type: String,
+    /// One string in the file (split at whitespace).
+    #[serde(
+        deserialize_with = "de::kernel_params",
+        serialize_with = "ser::kernel_params"
+    )]
     pub kernel_params: Vec<String>,
+    #[serde(deserialize_with = "de::uint::<_, u32, 1, 240>")]
     pub default_vcpus: u32,
     /// MiB.
+    #[serde(deserialize_with = "de::uint::<_, u32, 64, 1048576>")]
     pub default_memory: u32,
+    #[serde(deserialize_with = "de::string")]
     pub shared_fs: String,
+    /// Empty: the default.
+    #[serde(deserialize_with = "de::path")]
     pub virtio_fs_daemon: PathBuf,
+    #[serde(deserialize_with = "de::string")]
     pub virtio_fs_cache: String,
+    #[serde(deserialize_with = "de::strings")]
     pub virtio_fs_extra_args: Vec<String>,
+    #[serde(deserialize_with = "de::boolean")]
     pub enable_debug: bool,
     /// Our extension: `vhost-device-vsock` for hybrid vsock (no
     /// /dev/vhost-vsock). `None`: searched in `$PATH` and `~/.cargo/bin`.
+    #[serde(
+        deserialize_with = "de::opt_path",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub vhost_user_vsock_daemon: Option<PathBuf>,
     /// Our extension: "auto" (KVM when a probe boots, else TCG), "kvm", "tcg".
+    #[serde(deserialize_with = "de::string")]
     pub accelerator: String,
     /// `seccompsandbox`: QEMU's `-sandbox` option, e.g.
     /// `on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny`;
     /// empty: none.
+    #[serde(deserialize_with = "de::string")]
     pub seccompsandbox: String,
+
+    // Upstream keys of features this runtime does not implement: accepted
+    // only at the value that asks for nothing (UNIMPLEMENTED_SECURITY_KEYS),
+    // written out only when set otherwise.
+    #[serde(
+        deserialize_with = "de::strings",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub enable_annotations: Vec<String>,
+    #[serde(deserialize_with = "de::boolean", skip_serializing_if = "is_false")]
+    pub rootless: bool,
+    #[serde(
+        deserialize_with = "de::string",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub guest_hook_path: String,
+
+    // Upstream's allow-lists for paths that annotations may override. No
+    // override is accepted (`enable_annotations` must be empty), so these
+    // constrain nothing further: type-checked, and not reported as ignored.
+    #[serde(
+        deserialize_with = "de::strings",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub valid_hypervisor_paths: Vec<String>,
+    #[serde(
+        deserialize_with = "de::strings",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub valid_jailer_paths: Vec<String>,
+    #[serde(
+        deserialize_with = "de::strings",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub valid_file_mem_backends: Vec<String>,
+    #[serde(
+        deserialize_with = "de::strings",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub valid_virtio_fs_daemon_paths: Vec<String>,
+    #[serde(
+        deserialize_with = "de::strings",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub valid_vhost_user_store_paths: Vec<String>,
+    #[serde(
+        deserialize_with = "de::strings",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub valid_entropy_sources: Vec<String>,
+}
+
+/// The default QEMU binary (upstream's).
+pub const DEFAULT_QEMU: &str = "/usr/bin/qemu-system-x86_64";
+
+impl Default for QemuSection {
+    fn default() -> Self {
+        QemuSection {
+            path: PathBuf::from(DEFAULT_QEMU),
+            kernel: PathBuf::new(),
+            initrd: None,
+            image: None,
+            rootfs_type: "ext4".into(),
+            machine_type: "q35".into(),
+            kernel_params: Vec::new(),
+            default_vcpus: 1,
+            default_memory: 2048,
+            shared_fs: "virtio-fs".into(),
+            virtio_fs_daemon: PathBuf::from(DEFAULT_VIRTIOFSD),
+            virtio_fs_cache: "auto".into(),
+            virtio_fs_extra_args: Vec::new(),
+            enable_debug: false,
+            vhost_user_vsock_daemon: None,
+            accelerator: "auto".into(),
+            seccompsandbox: String::new(),
+            enable_annotations: Vec::new(),
+            rootless: false,
+            guest_hook_path: String::new(),
+            valid_hypervisor_paths: Vec::new(),
+            valid_jailer_paths: Vec::new(),
+            valid_file_mem_backends: Vec::new(),
+            valid_virtio_fs_daemon_paths: Vec::new(),
+            valid_vhost_user_store_paths: Vec::new(),
+            valid_entropy_sources: Vec::new(),
+        }
+    }
 }
 
 /// `[agent.kata]`
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AgentSection {
+    #[serde(deserialize_with = "de::boolean")]
     pub enable_debug: bool,
     /// Seconds to wait for the agent to answer after boot.
+    #[serde(deserialize_with = "de::uint::<_, u64, 1, 3600>")]
     pub dial_timeout: u64,
     /// Our extension: seconds one agent call may take.
+    #[serde(deserialize_with = "de::uint::<_, u64, 1, 3600>")]
     pub request_timeout: u64,
+    /// Not implemented: only `false` is accepted.
+    #[serde(deserialize_with = "de::boolean", skip_serializing_if = "is_false")]
+    pub debug_console_enabled: bool,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection {
+            enable_debug: false,
+            dial_timeout: 45,
+            request_timeout: 30,
+            debug_console_enabled: false,
+        }
+    }
 }
 
 /// `[runtime]`
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RuntimeSection {
+    #[serde(deserialize_with = "de::boolean")]
     pub enable_debug: bool,
+    #[serde(deserialize_with = "de::string")]
     pub internetworking_model: String,
+    #[serde(deserialize_with = "de::boolean")]
     pub disable_new_netns: bool,
+    /// Not implemented: only `false` is accepted.
+    #[serde(deserialize_with = "de::boolean")]
     pub sandbox_cgroup_only: bool,
+    #[serde(deserialize_with = "de::boolean")]
     pub static_sandbox_resource_mgmt: bool,
-    /// Our extension: parent of the per-sandbox state directories.
+    /// Our extension: parent of the per-sandbox state directories. Empty:
+    /// the default.
+    #[serde(deserialize_with = "de::path")]
     pub state_root: PathBuf,
+    /// Upstream's key: `true` (the default) leaves the container's seccomp
+    /// profile out of what the guest gets (the VM is the boundary); `false`
+    /// has the agent enforce it.
+    #[serde(deserialize_with = "de::boolean")]
+    pub disable_guest_seccomp: bool,
+    /// Not implemented: only `[]` is accepted.
+    #[serde(
+        deserialize_with = "de::strings",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub experimental: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        RuntimeSection {
+            enable_debug: false,
+            internetworking_model: "none".into(),
+            disable_new_netns: false,
+            sandbox_cgroup_only: false,
+            static_sandbox_resource_mgmt: true,
+            state_root: PathBuf::from(DEFAULT_STATE_ROOT),
+            disable_guest_seccomp: true,
+            experimental: Vec::new(),
+        }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// `[hypervisor]`: only `[hypervisor.qemu]` is supported.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Hypervisors {
+    pub qemu: QemuSection,
+}
+
+/// `[agent]`: only `[agent.kata]`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Agents {
+    pub kata: AgentSection,
+}
+
+/// The schema of `configuration.toml`: what [`parse`] reads and what
+/// [`ConfigFile::to_toml`] writes (the one source of truth for both; the
+/// e2e harness writes its configuration through it).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConfigFile {
+    pub hypervisor: Hypervisors,
+    pub agent: Agents,
+    pub runtime: RuntimeSection,
+}
+
+impl ConfigFile {
+    /// The file's text, which [`parse`] reads back to the same value.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+}
+
+/// A loaded configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct KataConfig {
     /// The file this was loaded from.
     pub file: PathBuf,
@@ -123,12 +338,13 @@ pub struct KataConfig {
     pub agent: AgentSection,
     pub runtime: RuntimeSection,
     /// Keys and sections present in the file that this runtime does not
-    /// use, as `[section] key`.
+    /// use, as `[section] key` (a whole section: `[section]`).
     pub ignored: Vec<String>,
 }
 
 /// Security-relevant upstream keys whose feature this runtime does not
-/// implement: (section, key, the one accepted value as TOML, the fix).
+/// implement: (section, key, the one accepted value as TOML, the fix). Each
+/// is a field of its section, whose default is that value.
 const UNIMPLEMENTED_SECURITY_KEYS: &[(&str, &str, &str, &str)] = &[
     ("hypervisor.qemu", "enable_annotations", "[]",
      "this runtime applies no io.katacontainers.config.* annotation overrides; set it to [] or remove it"),
@@ -136,24 +352,9 @@ const UNIMPLEMENTED_SECURITY_KEYS: &[(&str, &str, &str, &str)] = &[
     ("hypervisor.qemu", "guest_hook_path", "\"\"", "OCI hooks do not run in the guest; remove guest_hook_path"),
     ("agent.kata", "debug_console_enabled", "false",
      "the agent has no debug console in this release; set debug_console_enabled = false or remove it"),
-    ("runtime", "disable_guest_seccomp", "true",
-     "the guest does not enforce seccomp profiles yet; set disable_guest_seccomp = true (upstream's default) or remove it"),
     ("runtime", "sandbox_cgroup_only", "false",
      "the VM is not placed in the sandbox cgroup yet; set sandbox_cgroup_only = false or remove it"),
     ("runtime", "experimental", "[]", "no experimental features exist here; set experimental = [] or remove it"),
-];
-
-/// Upstream's allow-lists for paths that annotations may override. No
-/// override is accepted ([`UNIMPLEMENTED_SECURITY_KEYS`]:
-/// `enable_annotations`), so these constrain nothing further; they are
-/// type-checked and count as used.
-const ANNOTATION_PATH_LISTS: &[&str] = &[
-    "valid_hypervisor_paths",
-    "valid_jailer_paths",
-    "valid_file_mem_backends",
-    "valid_virtio_fs_daemon_paths",
-    "valid_vhost_user_store_paths",
-    "valid_entropy_sources",
 ];
 
 /// The annotation prefix of upstream's per-pod configuration overrides.
@@ -229,332 +430,336 @@ pub fn load_file(file: &Path) -> Result<KataConfig, ConfigError> {
     parse(&text, file)
 }
 
-/// Typed access to one section, recording which keys were used.
-struct Section<'a> {
-    file: &'a Path,
-    name: &'static str,
-    table: Option<&'a Table>,
-    used: Vec<&'static str>,
-}
+/// Field deserializers: the type errors say what the key wants in words
+/// (`expected an integer, found string`), and the bounds of a number are
+/// checked where it is read, so the error carries the key's path.
+mod de {
+    use std::path::PathBuf;
 
-impl<'a> Section<'a> {
-    fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError::Value {
-            file: self.file.to_owned(),
-            key: format!("[{}] {key}", self.name),
-            message: message.into(),
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer};
+    use toml::Value;
+
+    pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(s),
+            v => Err(D::Error::custom(format!(
+                "expected a string, found {}",
+                v.type_str()
+            ))),
         }
     }
 
-    fn get(&mut self, key: &'static str) -> Option<&'a Value> {
-        self.used.push(key);
-        self.table.and_then(|t| t.get(key))
-    }
-
-    fn string(&mut self, key: &'static str) -> Result<Option<String>, ConfigError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(v) => Err(self.err(key, format!("expected a string, found {}", v.type_str()))),
-        }
-    }
-
-    fn string_or(&mut self, key: &'static str, default: &str) -> Result<String, ConfigError> {
-        Ok(self.string(key)?.unwrap_or_else(|| default.to_string()))
+    pub fn path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        string(d).map(PathBuf::from)
     }
 
     /// A path; an empty string counts as unset (upstream templates leave
     /// unused paths empty).
-    fn path(&mut self, key: &'static str) -> Result<Option<PathBuf>, ConfigError> {
-        Ok(self
-            .string(key)?
+    pub fn opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+        Ok(Some(string(d)?)
             .filter(|s| !s.is_empty())
             .map(PathBuf::from))
     }
 
-    fn bool(&mut self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(Value::Boolean(b)) => Ok(*b),
-            Some(v) => Err(self.err(
-                key,
-                format!("expected true or false, found {}", v.type_str()),
-            )),
+    pub fn kernel_params<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        Ok(string(d)?.split_whitespace().map(str::to_string).collect())
+    }
+
+    pub fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Boolean(b) => Ok(b),
+            v => Err(D::Error::custom(format!(
+                "expected true or false, found {}",
+                v.type_str()
+            ))),
         }
     }
 
-    fn uint(
-        &mut self,
-        key: &'static str,
-        default: u64,
-        min: u64,
-        max: u64,
-    ) -> Result<u64, ConfigError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(Value::Integer(i)) if *i >= min as i64 && (*i as u64) <= max => Ok(*i as u64),
-            Some(Value::Integer(i)) => {
-                Err(self.err(key, format!("{i} is out of range ({min}..={max})")))
+    /// An integer in `MIN..=MAX`.
+    pub fn uint<'de, D, T, const MIN: u64, const MAX: u64>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<u64>,
+    {
+        let out_of_range =
+            |i: i64| D::Error::custom(format!("{i} is out of range ({MIN}..={MAX})"));
+        match Value::deserialize(d)? {
+            Value::Integer(i) if i >= 0 && (MIN..=MAX).contains(&(i as u64)) => {
+                T::try_from(i as u64).map_err(|_| out_of_range(i))
             }
-            Some(v) => Err(self.err(key, format!("expected an integer, found {}", v.type_str()))),
+            Value::Integer(i) => Err(out_of_range(i)),
+            v => Err(D::Error::custom(format!(
+                "expected an integer, found {}",
+                v.type_str()
+            ))),
         }
     }
 
-    fn string_list(&mut self, key: &'static str) -> Result<Vec<String>, ConfigError> {
-        match self.get(key) {
-            None => Ok(Vec::new()),
-            Some(Value::Array(a)) => a
-                .iter()
+    pub fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Array(a) => a
+                .into_iter()
                 .map(|v| match v {
-                    Value::String(s) => Ok(s.clone()),
-                    other => Err(self.err(
-                        key,
-                        format!(
-                            "expected an array of strings, found an element of type {}",
-                            other.type_str()
-                        ),
-                    )),
+                    Value::String(s) => Ok(s),
+                    other => Err(D::Error::custom(format!(
+                        "expected an array of strings, found an element of type {}",
+                        other.type_str()
+                    ))),
                 })
                 .collect(),
-            Some(v) => Err(self.err(
-                key,
-                format!("expected an array of strings, found {}", v.type_str()),
-            )),
+            v => Err(D::Error::custom(format!(
+                "expected an array of strings, found {}",
+                v.type_str()
+            ))),
         }
-    }
-
-    /// The keys this runtime does not use (upstream files have many), as
-    /// `[section] key`.
-    fn unknown(&self) -> Vec<String> {
-        let Some(t) = self.table else {
-            return Vec::new();
-        };
-        t.keys()
-            .filter(|k| !self.used.contains(&k.as_str()))
-            .map(|k| format!("[{}] {k}", self.name))
-            .collect()
-    }
-
-    /// [`UNIMPLEMENTED_SECURITY_KEYS`] of this section.
-    fn refuse_unimplemented(&mut self) -> Result<(), ConfigError> {
-        let name = self.name;
-        for (_, key, accepted, fix) in UNIMPLEMENTED_SECURITY_KEYS.iter().filter(|k| k.0 == name) {
-            self.refuse_unless(key, accepted, fix)?;
-        }
-        Ok(())
-    }
-
-    /// Refuse, with the fix, a value other than `accepted` (TOML) for a key
-    /// whose feature is not implemented.
-    fn refuse_unless(
-        &mut self,
-        key: &'static str,
-        accepted: &str,
-        fix: &str,
-    ) -> Result<(), ConfigError> {
-        let Some(v) = self.get(key) else {
-            return Ok(());
-        };
-        let want: Value = format!("v = {accepted}")
-            .parse::<Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or(Value::Boolean(false));
-        if *v == want {
-            return Ok(());
-        }
-        Err(self.err(key, format!("{v} is not supported: {fix}")))
     }
 }
 
-fn subtable<'a>(root: &'a Table, path: &[&str]) -> Option<&'a Table> {
-    let mut t = root;
-    for p in path {
-        t = t.get(*p)?.as_table()?;
+mod ser {
+    use serde::Serializer;
+
+    /// `kernel_params` is one string in the file.
+    pub fn kernel_params<S: Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.join(" "))
     }
-    Some(t)
+}
+
+/// `[a.b] key` for the path `a.b.key`; `[a]` for a top-level `a`.
+fn key_name(path: &[String]) -> String {
+    match path {
+        [] => String::new(),
+        [section] => format!("[{section}]"),
+        [section @ .., key] => format!("[{}] {key}", section.join(".")),
+    }
+}
+
+/// How an unused key or section (its path) is reported, and where it sorts:
+/// whole sections first, then keys section by section.
+fn describe_ignored(path: &[String]) -> ((u8, u8), String) {
+    match path {
+        [h, name] if h == "hypervisor" => (
+            (0, 0),
+            format!("[hypervisor.{name}] (only [hypervisor.qemu] is supported)"),
+        ),
+        [_] => ((0, 0), key_name(path)),
+        [section @ .., _] => {
+            let rank = match section.join(".").as_str() {
+                "hypervisor.qemu" => 0,
+                "agent.kata" => 1,
+                "runtime" => 2,
+                _ => 3,
+            };
+            ((1, rank), key_name(path))
+        }
+        [] => ((0, 0), String::new()),
+    }
+}
+
+fn ignored_path(p: &serde_ignored::Path, out: &mut Vec<String>) {
+    use serde_ignored::Path;
+    match p {
+        Path::Root => {}
+        Path::Seq { parent, index } => {
+            ignored_path(parent, out);
+            out.push(index.to_string());
+        }
+        Path::Map { parent, key } => {
+            ignored_path(parent, out);
+            out.push(key.clone());
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(parent, out),
+    }
 }
 
 /// Parse configuration text; `file` names it in errors.
 pub fn parse(text: &str, file: &Path) -> Result<KataConfig, ConfigError> {
-    let root: Table = text
+    let value_err = |key: String, message: String| ConfigError::Value {
+        file: file.to_owned(),
+        key,
+        message,
+    };
+    let root: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| ConfigError::Syntax {
             file: file.to_owned(),
             message: e.to_string().trim().replace('\n', " "),
         })?;
-    let mut ignored_sections = Vec::new();
-    for (k, v) in &root {
-        let known = match k.as_str() {
-            "hypervisor" => {
-                if let Some(t) = v.as_table() {
-                    for h in t.keys().filter(|h| h.as_str() != "qemu") {
-                        ignored_sections.push(format!(
-                            "[hypervisor.{h}] (only [hypervisor.qemu] is supported)"
-                        ));
-                    }
-                }
-                true
-            }
-            "agent" | "runtime" => true,
-            _ => false,
-        };
-        if !known {
-            ignored_sections.push(format!("[{k}]"));
-        }
+    if root
+        .get("hypervisor")
+        .and_then(|h| h.get("qemu"))
+        .and_then(toml::Value::as_table)
+        .is_none()
+    {
+        return Err(value_err(
+            "[hypervisor.qemu] ".into(),
+            "section missing: the runtime needs [hypervisor.qemu] with at least kernel and initrd or image".into(),
+        ));
     }
 
-    let mut h = Section {
-        file,
-        name: "hypervisor.qemu",
-        table: subtable(&root, &["hypervisor", "qemu"]),
-        used: Vec::new(),
+    let mut ignored: Vec<((u8, u8), String)> = Vec::new();
+    let mut collect = |p: serde_ignored::Path| {
+        let mut segments = Vec::new();
+        ignored_path(&p, &mut segments);
+        ignored.push(describe_ignored(&segments));
     };
-    if h.table.is_none() {
-        return Err(h.err("", "section missing: the runtime needs [hypervisor.qemu] with at least kernel and initrd or image"));
-    }
-    let kernel = h.path("kernel")?.ok_or_else(|| {
-        h.err(
-            "kernel",
-            "missing: set it to the guest kernel (vmlinux or bzImage)",
-        )
+    let de = serde_ignored::Deserializer::new(toml::Value::Table(root.clone()), &mut collect);
+    let mut cf: ConfigFile = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path: Vec<String> = e
+            .path()
+            .iter()
+            .map(|s| match s {
+                serde_path_to_error::Segment::Seq { index } => index.to_string(),
+                serde_path_to_error::Segment::Map { key } => key.clone(),
+                serde_path_to_error::Segment::Enum { variant } => variant.clone(),
+                serde_path_to_error::Segment::Unknown => "?".into(),
+            })
+            .collect();
+        value_err(key_name(&path), e.into_inner().message().to_string())
     })?;
-    let initrd = h.path("initrd")?;
-    let image = h.path("image")?;
-    match (&initrd, &image) {
-        (Some(_), Some(_)) => {
-            return Err(h.err("initrd", "both initrd and image are set; keep exactly one"))
-        }
-        (None, None) => {
-            return Err(h.err("image", "neither image nor initrd is set; set exactly one"))
-        }
-        _ => {}
-    }
-    let rootfs_type = h.string_or("rootfs_type", "ext4")?;
-    if !matches!(rootfs_type.as_str(), "ext4" | "erofs") {
-        return Err(h.err(
-            "rootfs_type",
-            format!("{rootfs_type:?} is not supported: use ext4 or erofs"),
-        ));
-    }
-    let machine_type = h.string_or("machine_type", "q35")?;
-    if machine_type != "q35" {
-        return Err(h.err(
-            "machine_type",
-            format!("{machine_type:?} is not supported: this runtime only runs q35"),
-        ));
-    }
-    let kernel_params = h
-        .string("kernel_params")?
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
-    let default_vcpus = h.uint("default_vcpus", 1, 1, 240)? as u32;
-    let default_memory = h.uint("default_memory", 2048, 64, 1 << 20)? as u32;
-    let shared_fs = h.string_or("shared_fs", "virtio-fs")?;
-    if shared_fs != "virtio-fs" {
-        return Err(h.err(
-            "shared_fs",
-            format!("{shared_fs:?} is not supported: use \"virtio-fs\" (container rootfs sharing needs it)"),
-        ));
-    }
-    let virtio_fs_daemon = h
-        .path("virtio_fs_daemon")?
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_VIRTIOFSD));
-    let virtio_fs_cache = h.string_or("virtio_fs_cache", "auto")?;
-    if let Err(e) = virtio_fs_cache.parse::<VirtioFsCache>() {
-        return Err(h.err("virtio_fs_cache", e));
-    }
-    let virtio_fs_extra_args = h.string_list("virtio_fs_extra_args")?;
-    let accelerator = h.string_or("accelerator", "auto")?;
-    if let Err(e) = accelerator.parse::<Accel>() {
-        return Err(h.err("accelerator", e));
-    }
-    let seccompsandbox = h.string_or("seccompsandbox", "")?;
-    if let Err(e) = crate::hypervisor::check_sandbox_option(&seccompsandbox) {
-        return Err(h.err("seccompsandbox", e));
-    }
-    let hypervisor = QemuSection {
-        path: h
-            .path("path")?
-            .unwrap_or_else(|| PathBuf::from("/usr/bin/qemu-system-x86_64")),
-        kernel,
-        initrd,
-        image,
-        rootfs_type,
-        machine_type,
-        kernel_params,
-        default_vcpus,
-        default_memory,
-        shared_fs,
-        virtio_fs_daemon,
-        virtio_fs_cache,
-        virtio_fs_extra_args,
-        enable_debug: h.bool("enable_debug", false)?,
-        vhost_user_vsock_daemon: h.path("vhost_user_vsock_daemon")?,
-        accelerator,
-        seccompsandbox,
-    };
-    for key in ANNOTATION_PATH_LISTS {
-        h.string_list(key)?;
-    }
-    h.refuse_unimplemented()?;
-    let mut ignored = h.unknown();
+    ignored.sort();
 
-    let mut a = Section {
-        file,
-        name: "agent.kata",
-        table: subtable(&root, &["agent", "kata"]),
-        used: Vec::new(),
-    };
-    let agent = AgentSection {
-        enable_debug: a.bool("enable_debug", false)?,
-        dial_timeout: a.uint("dial_timeout", 45, 1, 3600)?,
-        request_timeout: a.uint("request_timeout", 30, 1, 3600)?,
-    };
-    a.refuse_unimplemented()?;
-    ignored.extend(a.unknown());
-
-    let mut r = Section {
-        file,
-        name: "runtime",
-        table: subtable(&root, &["runtime"]),
-        used: Vec::new(),
-    };
-    let internetworking_model = r.string_or("internetworking_model", "none")?;
-    if !matches!(
-        internetworking_model.as_str(),
-        "none" | "tcfilter" | "macvtap"
-    ) {
-        return Err(r.err(
-            "internetworking_model",
-            format!("{internetworking_model:?} is unknown: use none, tcfilter or macvtap"),
-        ));
+    // Empty paths count as unset.
+    let h = &mut cf.hypervisor.qemu;
+    if h.path.as_os_str().is_empty() {
+        h.path = PathBuf::from(DEFAULT_QEMU);
     }
-    let runtime = RuntimeSection {
-        enable_debug: r.bool("enable_debug", false)?,
-        internetworking_model,
-        disable_new_netns: r.bool("disable_new_netns", false)?,
-        sandbox_cgroup_only: r.bool("sandbox_cgroup_only", false)?,
-        static_sandbox_resource_mgmt: r.bool("static_sandbox_resource_mgmt", true)?,
-        state_root: r
-            .path("state_root")?
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_ROOT)),
-    };
-    r.refuse_unimplemented()?;
-    ignored.extend(r.unknown());
+    if h.virtio_fs_daemon.as_os_str().is_empty() {
+        h.virtio_fs_daemon = PathBuf::from(DEFAULT_VIRTIOFSD);
+    }
+    if cf.runtime.state_root.as_os_str().is_empty() {
+        cf.runtime.state_root = PathBuf::from(DEFAULT_STATE_ROOT);
+    }
+    cf.validate()
+        .map_err(|(key, message)| value_err(key.into(), message))?;
+    refuse_unimplemented(&root).map_err(|(key, message)| value_err(key, message))?;
 
+    let ConfigFile {
+        hypervisor: Hypervisors { qemu },
+        agent: Agents { kata },
+        runtime,
+    } = cf;
     Ok(KataConfig {
         file: file.to_owned(),
-        hypervisor,
-        agent,
+        hypervisor: qemu,
+        agent: kata,
         runtime,
-        ignored: ignored_sections.into_iter().chain(ignored).collect(),
+        ignored: ignored.into_iter().map(|(_, s)| s).collect(),
     })
 }
 
+/// Refuse, with the fix, a value other than the accepted one for a key of
+/// [`UNIMPLEMENTED_SECURITY_KEYS`] (compared as written in the file).
+fn refuse_unimplemented(root: &toml::Table) -> Result<(), (String, String)> {
+    for (section, key, accepted, fix) in UNIMPLEMENTED_SECURITY_KEYS {
+        let table = section
+            .split('.')
+            .try_fold(root, |t, name| t.get(name)?.as_table());
+        let Some(v) = table.and_then(|t| t.get(*key)) else {
+            continue;
+        };
+        let want: toml::Value = format!("v = {accepted}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::Boolean(false));
+        if *v != want {
+            return Err((
+                format!("[{section}] {key}"),
+                format!("{v} is not supported: {fix}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl ConfigFile {
+    /// The checks beyond types and ranges: (`[section] key`, message) of
+    /// the first value this runtime cannot use.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let h = &self.hypervisor.qemu;
+        if h.kernel.as_os_str().is_empty() {
+            return Err((
+                "[hypervisor.qemu] kernel",
+                "missing: set it to the guest kernel (vmlinux or bzImage)".into(),
+            ));
+        }
+        match (&h.initrd, &h.image) {
+            (Some(_), Some(_)) => {
+                return Err((
+                    "[hypervisor.qemu] initrd",
+                    "both initrd and image are set; keep exactly one".into(),
+                ))
+            }
+            (None, None) => {
+                return Err((
+                    "[hypervisor.qemu] image",
+                    "neither image nor initrd is set; set exactly one".into(),
+                ))
+            }
+            _ => {}
+        }
+        if !matches!(h.rootfs_type.as_str(), "ext4" | "erofs") {
+            return Err((
+                "[hypervisor.qemu] rootfs_type",
+                format!("{:?} is not supported: use ext4 or erofs", h.rootfs_type),
+            ));
+        }
+        if h.machine_type != "q35" {
+            return Err((
+                "[hypervisor.qemu] machine_type",
+                format!(
+                    "{:?} is not supported: this runtime only runs q35",
+                    h.machine_type
+                ),
+            ));
+        }
+        if h.shared_fs != "virtio-fs" {
+            return Err((
+                "[hypervisor.qemu] shared_fs",
+                format!(
+                    "{:?} is not supported: use \"virtio-fs\" (container rootfs sharing needs it)",
+                    h.shared_fs
+                ),
+            ));
+        }
+        if let Err(e) = h.virtio_fs_cache.parse::<VirtioFsCache>() {
+            return Err(("[hypervisor.qemu] virtio_fs_cache", e.to_string()));
+        }
+        if let Err(e) = h.accelerator.parse::<Accel>() {
+            return Err(("[hypervisor.qemu] accelerator", e.to_string()));
+        }
+        if let Err(e) = crate::hypervisor::check_sandbox_option(&h.seccompsandbox) {
+            return Err(("[hypervisor.qemu] seccompsandbox", e.to_string()));
+        }
+        let model = &self.runtime.internetworking_model;
+        if !matches!(model.as_str(), "none" | "tcfilter" | "macvtap") {
+            return Err((
+                "[runtime] internetworking_model",
+                format!("{model:?} is unknown: use none, tcfilter or macvtap"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl KataConfig {
+    /// The file's sections, e.g. to write them out with
+    /// [`ConfigFile::to_toml`].
+    pub fn to_file(&self) -> ConfigFile {
+        ConfigFile {
+            hypervisor: Hypervisors {
+                qemu: self.hypervisor.clone(),
+            },
+            agent: Agents {
+                kata: self.agent.clone(),
+            },
+            runtime: self.runtime.clone(),
+        }
+    }
+
     /// Any of the three `enable_debug` switches.
     pub fn debug(&self) -> bool {
         self.hypervisor.enable_debug || self.agent.enable_debug || self.runtime.enable_debug
@@ -900,11 +1105,6 @@ experimental = []
             ),
             (
                 "runtime",
-                "disable_guest_seccomp = false",
-                "disable_guest_seccomp",
-            ),
-            (
-                "runtime",
                 "sandbox_cgroup_only = true",
                 "sandbox_cgroup_only",
             ),
@@ -960,6 +1160,194 @@ experimental = []
                 .to_string();
             assert!(e.contains("[hypervisor.qemu] seccompsandbox"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_with_their_path() {
+        let text = format!(
+            "{MINIMAL}block_device_driver = \"virtio-blk\"\n\
+             [hypervisor.qemu.extra]\nx = 1\n\
+             [agent.kata]\ntracing = true\n\
+             [agent.other]\nx = 1\n\
+             [runtime]\nsandbox_bind_mounts = []\nnested.key = 1\n\
+             [factory]\nenable_template = false\n\
+             [hypervisor.firecracker]\npath = \"/fc\"\n"
+        );
+        let c = parse_str(&text).unwrap();
+        assert_eq!(
+            c.ignored,
+            [
+                "[factory]",
+                "[hypervisor.firecracker] (only [hypervisor.qemu] is supported)",
+                "[hypervisor.qemu] block_device_driver",
+                "[hypervisor.qemu] extra",
+                "[agent.kata] tracing",
+                "[runtime] nested",
+                "[runtime] sandbox_bind_mounts",
+                "[agent] other",
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        for (section, line, key, what) in [
+            (
+                "hypervisor.qemu",
+                "path = 1",
+                "[hypervisor.qemu] path",
+                "expected a string, found integer",
+            ),
+            (
+                "hypervisor.qemu",
+                "kernel_params = [\"quiet\"]",
+                "[hypervisor.qemu] kernel_params",
+                "expected a string, found array",
+            ),
+            (
+                "hypervisor.qemu",
+                "virtio_fs_extra_args = [1]",
+                "[hypervisor.qemu] virtio_fs_extra_args",
+                "element of type integer",
+            ),
+            (
+                "hypervisor.qemu",
+                "default_vcpus = 1.5",
+                "[hypervisor.qemu] default_vcpus",
+                "expected an integer, found float",
+            ),
+            (
+                "agent.kata",
+                "request_timeout = \"30s\"",
+                "[agent.kata] request_timeout",
+                "expected an integer, found string",
+            ),
+            (
+                "agent.kata",
+                "enable_debug = 1",
+                "[agent.kata] enable_debug",
+                "expected true or false, found integer",
+            ),
+            (
+                "runtime",
+                "state_root = false",
+                "[runtime] state_root",
+                "expected a string, found boolean",
+            ),
+            (
+                "runtime",
+                "static_sandbox_resource_mgmt = \"no\"",
+                "[runtime] static_sandbox_resource_mgmt",
+                "true or false",
+            ),
+            (
+                "runtime",
+                "internetworking_model = \"bridged\"",
+                "[runtime] internetworking_model",
+                "use none, tcfilter or macvtap",
+            ),
+        ] {
+            let text = if section == "hypervisor.qemu" {
+                format!("{MINIMAL}{line}\n")
+            } else {
+                format!("{MINIMAL}[{section}]\n{line}\n")
+            };
+            let e = parse_str(&text).unwrap_err().to_string();
+            assert_eq!(e.lines().count(), 1, "{line}: one line: {e}");
+            assert!(
+                e.starts_with(&format!("/etc/kata-containers/configuration.toml: {key}: ")),
+                "{line}: {e}"
+            );
+            assert!(e.contains(what), "{line}: {e}");
+        }
+        let e = parse_str(&format!(
+            "{MINIMAL}[runtime]\nenable_debug = true\n[agent]\nkata = 1\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("[agent] kata: "), "{e}");
+    }
+
+    #[test]
+    fn each_default() {
+        let c = parse_str(MINIMAL).unwrap();
+        let h = &c.hypervisor;
+        assert_eq!(h.path, PathBuf::from("/usr/bin/qemu-system-x86_64"));
+        assert_eq!(h.kernel, PathBuf::from("/k/vmlinuz"));
+        assert_eq!(h.initrd, Some(PathBuf::from("/k/initrd.img")));
+        assert_eq!(h.image, None);
+        assert_eq!(h.rootfs_type, "ext4");
+        assert_eq!(h.machine_type, "q35");
+        assert!(h.kernel_params.is_empty());
+        assert_eq!(h.default_vcpus, 1);
+        assert_eq!(h.default_memory, 2048);
+        assert_eq!(h.shared_fs, "virtio-fs");
+        assert_eq!(h.virtio_fs_daemon, PathBuf::from("/usr/lib/qemu/virtiofsd"));
+        assert_eq!(h.virtio_fs_cache, "auto");
+        assert!(h.virtio_fs_extra_args.is_empty());
+        assert!(!h.enable_debug);
+        assert_eq!(h.vhost_user_vsock_daemon, None);
+        assert_eq!(h.accelerator, "auto");
+        assert_eq!(h.seccompsandbox, "");
+        assert!(h.enable_annotations.is_empty());
+        assert!(!h.rootless);
+        assert_eq!(h.guest_hook_path, "");
+        assert!(h.valid_hypervisor_paths.is_empty());
+        assert!(!c.agent.enable_debug);
+        assert_eq!(c.agent.dial_timeout, 45);
+        assert_eq!(c.agent.request_timeout, 30);
+        assert!(!c.agent.debug_console_enabled);
+        let r = &c.runtime;
+        assert!(!r.enable_debug);
+        assert_eq!(r.internetworking_model, "none");
+        assert!(!r.disable_new_netns);
+        assert!(!r.sandbox_cgroup_only);
+        assert!(r.static_sandbox_resource_mgmt);
+        assert_eq!(r.state_root, PathBuf::from("/run/kata-containers"));
+        assert!(r.disable_guest_seccomp);
+        assert!(r.experimental.is_empty());
+        assert!(c.ignored.is_empty());
+        assert_eq!(c.dial_timeout(), Duration::from_secs(45));
+        assert_eq!(c.request_timeout(), Duration::from_secs(30));
+
+        // The Default impls are those defaults (the harness builds on them).
+        let mut d = ConfigFile::default();
+        d.hypervisor.qemu.kernel = "/k/vmlinuz".into();
+        d.hypervisor.qemu.initrd = Some("/k/initrd.img".into());
+        assert_eq!(c.to_file(), d);
+        // An empty path is unset: the default.
+        let c = parse_str(&format!(
+            "{MINIMAL}path = \"\"\nvirtio_fs_daemon = \"\"\n[runtime]\nstate_root = \"\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.to_file(), d);
+    }
+
+    #[test]
+    fn written_configuration_reads_back_the_same() {
+        let mut f = ConfigFile::default();
+        let q = &mut f.hypervisor.qemu;
+        q.kernel = "/k/vmlinuz".into();
+        q.image = Some("/k/img".into());
+        q.rootfs_type = "erofs".into();
+        q.kernel_params = vec!["quiet".into(), "agent.log=debug".into()];
+        q.default_memory = 512;
+        q.accelerator = "tcg".into();
+        q.vhost_user_vsock_daemon = Some("/bin/vhost-device-vsock".into());
+        q.virtio_fs_extra_args = vec!["--thread-pool-size=1".into()];
+        f.agent.kata.dial_timeout = 120;
+        f.agent.kata.enable_debug = true;
+        f.runtime.internetworking_model = "tcfilter".into();
+        let text = f.to_toml().unwrap();
+        assert!(text.contains("[hypervisor.qemu]"), "{text}");
+        assert!(text.contains("[agent.kata]"), "{text}");
+        assert!(
+            text.contains("kernel_params = \"quiet agent.log=debug\""),
+            "{text}"
+        );
+        let c = parse_str(&text).unwrap();
+        assert_eq!(c.to_file(), f);
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
     }
 
     #[test]

@@ -2,9 +2,13 @@
 //! exec's process JSON) converted to the agent API's `oci.Spec` /
 //! `oci.Process`, and adapted to run in the guest.
 //!
-//! The conversion reads the JSON by the OCI field names (camelCase) rather
-//! than through typed structs, so that fields this runtime does not know are
-//! simply not carried, and so that a wrong type names the field.
+//! The JSON is read with the `oci-spec` crate's typed `Spec` (the version
+//! the agent uses too), through `serde_path_to_error` so that a wrong type
+//! names the field (`process.user.uid`). Fields this runtime does not carry
+//! are not converted; fields the OCI spec requires (`process.user`,
+//! `process.cwd`, a mount's `destination`, a namespace's `type`, ...) must
+//! be there, and enumerated values (capabilities, rlimit types, namespace
+//! types, seccomp actions) must be ones the spec defines.
 //!
 //! Guest adaptation ([`adapt_for_guest`]): the root path becomes the
 //! container's directory on the shared filesystem as the guest sees it,
@@ -12,10 +16,12 @@
 //! host hooks are dropped (they would run in the guest), and AppArmor /
 //! SELinux labels are dropped (the guest kernel has neither).
 
-use std::collections::HashMap;
+use std::path::Path;
 
+use oci_spec::runtime as spec;
 use protocols::oci;
-use serde_json::{Map, Value};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 /// Where the guest mounts the sandbox's shared directory (tag `kataShared`).
 pub const GUEST_SHARED_DIR: &str = "/run/kata-containers/shared/containers";
@@ -41,383 +47,269 @@ fn err(field: &str, message: impl Into<String>) -> SpecError {
     }
 }
 
-/// Typed reads from one JSON object; `path` prefixes field names in errors.
-struct Obj<'a> {
-    path: String,
-    map: Option<&'a Map<String, Value>>,
+/// Typed JSON: a data error names its field (`prefix.path`), a syntax
+/// error the whole document (`whole`).
+fn from_json<T: DeserializeOwned>(text: &[u8], whole: &str, prefix: &str) -> Result<T> {
+    let mut de = serde_json::Deserializer::from_slice(text);
+    match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Ok(v) => {
+            de.end().map_err(|e| err(whole, e.to_string()))?;
+            Ok(v)
+        }
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let field = match (inner.is_data(), path.as_str(), prefix) {
+                (true, ".", "") | (false, _, _) => whole.to_string(),
+                (true, ".", p) => p.to_string(),
+                (true, path, "") => path.to_string(),
+                (true, path, p) => format!("{p}.{path}"),
+            };
+            Err(err(&field, inner.to_string()))
+        }
+    }
 }
 
-impl<'a> Obj<'a> {
-    fn new(path: &str, v: Option<&'a Value>) -> Result<Obj<'a>> {
-        match v {
-            None | Some(Value::Null) => Ok(Obj {
-                path: path.into(),
-                map: None,
-            }),
-            Some(Value::Object(m)) => Ok(Obj {
-                path: path.into(),
-                map: Some(m),
-            }),
-            Some(other) => Err(err(path, format!("expected an object, found {other}"))),
-        }
+/// The name an OCI enumerated value has in the JSON (`CAP_CHOWN`,
+/// `RLIMIT_NOFILE`, `network`, `SCMP_ACT_ERRNO`, ...).
+fn name<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
     }
-    fn present(&self) -> bool {
-        self.map.is_some()
-    }
-    fn field(&self, key: &str) -> String {
-        if self.path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{}.{key}", self.path)
-        }
-    }
-    fn raw(&self, key: &str) -> Option<&'a Value> {
-        self.map.and_then(|m| m.get(key)).filter(|v| !v.is_null())
-    }
-    fn obj(&self, key: &str) -> Result<Obj<'a>> {
-        Obj::new(&self.field(key), self.raw(key))
-    }
-    fn string(&self, key: &str) -> Result<String> {
-        match self.raw(key) {
-            None => Ok(String::new()),
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(v) => Err(err(
-                &self.field(key),
-                format!("expected a string, found {v}"),
-            )),
-        }
-    }
-    fn bool(&self, key: &str) -> Result<bool> {
-        match self.raw(key) {
-            None => Ok(false),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(v) => Err(err(
-                &self.field(key),
-                format!("expected a boolean, found {v}"),
-            )),
-        }
-    }
-    fn i64(&self, key: &str) -> Result<i64> {
-        match self.raw(key) {
-            None => Ok(0),
-            Some(v) => v
-                .as_i64()
-                .ok_or_else(|| err(&self.field(key), format!("expected an integer, found {v}"))),
-        }
-    }
-    fn u64(&self, key: &str) -> Result<u64> {
-        match self.raw(key) {
-            None => Ok(0),
-            Some(v) => v.as_u64().ok_or_else(|| {
-                err(
-                    &self.field(key),
-                    format!("expected a non-negative integer, found {v}"),
-                )
-            }),
-        }
-    }
-    fn u32(&self, key: &str) -> Result<u32> {
-        let v = self.u64(key)?;
-        u32::try_from(v).map_err(|_| err(&self.field(key), format!("{v} does not fit 32 bits")))
-    }
-    fn strings(&self, key: &str) -> Result<Vec<String>> {
-        match self.raw(key) {
-            None => Ok(Vec::new()),
-            Some(Value::Array(a)) => a
-                .iter()
-                .enumerate()
-                .map(|(i, v)| match v {
-                    Value::String(s) => Ok(s.clone()),
-                    other => Err(err(
-                        &format!("{}[{i}]", self.field(key)),
-                        format!("expected a string, found {other}"),
-                    )),
-                })
-                .collect(),
-            Some(v) => Err(err(
-                &self.field(key),
-                format!("expected an array, found {v}"),
-            )),
-        }
-    }
-    fn u32s(&self, key: &str) -> Result<Vec<u32>> {
-        match self.raw(key) {
-            None => Ok(Vec::new()),
-            Some(Value::Array(a)) => a
-                .iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    v.as_u64()
-                        .and_then(|n| u32::try_from(n).ok())
-                        .ok_or_else(|| {
-                            err(
-                                &format!("{}[{i}]", self.field(key)),
-                                format!("expected a 32-bit unsigned integer, found {v}"),
-                            )
-                        })
-                })
-                .collect(),
-            Some(v) => Err(err(
-                &self.field(key),
-                format!("expected an array, found {v}"),
-            )),
-        }
-    }
-    /// Each element of an array of objects.
-    fn objs(&self, key: &str) -> Result<Vec<Obj<'a>>> {
-        match self.raw(key) {
-            None => Ok(Vec::new()),
-            Some(Value::Array(a)) => a
-                .iter()
-                .enumerate()
-                .map(|(i, v)| Obj::new(&format!("{}[{i}]", self.field(key)), Some(v)))
-                .collect(),
-            Some(v) => Err(err(
-                &self.field(key),
-                format!("expected an array, found {v}"),
-            )),
-        }
-    }
-    fn string_map(&self, key: &str) -> Result<HashMap<String, String>> {
-        let o = self.obj(key)?;
-        let mut out = HashMap::new();
-        if let Some(m) = o.map {
-            for (k, v) in m {
-                match v {
-                    Value::String(s) => {
-                        out.insert(k.clone(), s.clone());
-                    }
-                    other => {
-                        return Err(err(
-                            &o.field(k),
-                            format!("expected a string, found {other}"),
-                        ))
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn opt_path(p: &Option<impl AsRef<Path>>) -> String {
+    p.as_ref().map(|p| path_str(p.as_ref())).unwrap_or_default()
+}
+
+fn strings(v: &Option<Vec<String>>) -> Vec<String> {
+    v.clone().unwrap_or_default()
+}
+
+fn names<T: Serialize>(v: &Option<Vec<T>>) -> Vec<String> {
+    v.iter().flatten().map(name).collect()
+}
+
+/// A capability set (unordered in `oci-spec`), sorted.
+fn caps(v: &Option<spec::Capabilities>) -> Vec<String> {
+    let mut out: Vec<String> = v.iter().flatten().map(name).collect();
+    out.sort();
+    out
+}
+
+fn narrow<T: TryFrom<u64>>(v: u64, field: &str) -> Result<T> {
+    T::try_from(v).map_err(|_| err(field, format!("{v} does not fit 32 bits")))
 }
 
 /// `config.json` text to `oci.Spec` (unadapted).
 pub fn spec_from_json(text: &str) -> Result<oci::Spec> {
-    let v: Value = serde_json::from_str(text).map_err(|e| err("config.json", e.to_string()))?;
-    spec_from_value(&v)
+    let s: spec::Spec = from_json(text.as_bytes(), "config.json", "")?;
+    spec_from_oci(&s)
 }
 
-pub fn spec_from_value(v: &Value) -> Result<oci::Spec> {
-    let o = Obj::new("", Some(v))?;
-    let mut s = oci::Spec::new();
-    s.Version = o.string("ociVersion")?;
-    let p = o.obj("process")?;
-    if p.present() {
-        s.Process = protobuf::MessageField::some(process(&p)?);
+/// A typed OCI spec to `oci.Spec` (unadapted).
+pub fn spec_from_oci(s: &spec::Spec) -> Result<oci::Spec> {
+    let mut out = oci::Spec::new();
+    out.Version = s.version().clone();
+    if let Some(p) = s.process() {
+        out.Process = protobuf::MessageField::some(process(p)?);
     }
-    let r = o.obj("root")?;
-    if r.present() {
+    if let Some(r) = s.root() {
         let mut root = oci::Root::new();
-        root.Path = r.string("path")?;
-        root.Readonly = r.bool("readonly")?;
-        s.Root = protobuf::MessageField::some(root);
+        root.Path = path_str(r.path());
+        root.Readonly = r.readonly().unwrap_or(false);
+        out.Root = protobuf::MessageField::some(root);
     }
-    s.Hostname = o.string("hostname")?;
-    for m in o.objs("mounts")? {
+    out.Hostname = s.hostname().clone().unwrap_or_default();
+    for m in s.mounts().iter().flatten() {
         let mut mount = oci::Mount::new();
-        mount.destination = m.string("destination")?;
-        mount.source = m.string("source")?;
-        mount.type_ = m.string("type")?;
-        mount.options = m.strings("options")?;
-        s.Mounts.push(mount);
+        mount.destination = path_str(m.destination());
+        mount.source = opt_path(m.source());
+        mount.type_ = m.typ().clone().unwrap_or_default();
+        mount.options = strings(m.options());
+        out.Mounts.push(mount);
     }
-    let h = o.obj("hooks")?;
-    if h.present() {
+    if let Some(h) = s.hooks() {
         let mut hooks = oci::Hooks::new();
-        let list = |key: &str| -> Result<Vec<oci::Hook>> {
-            h.objs(key)?
-                .iter()
+        let list = |v: &Option<Vec<spec::Hook>>| -> Vec<oci::Hook> {
+            v.iter()
+                .flatten()
                 .map(|x| {
                     let mut hook = oci::Hook::new();
-                    hook.Path = x.string("path")?;
-                    hook.Args = x.strings("args")?;
-                    hook.Env = x.strings("env")?;
-                    hook.Timeout = x.i64("timeout")?;
-                    Ok(hook)
+                    hook.Path = path_str(x.path());
+                    hook.Args = strings(x.args());
+                    hook.Env = strings(x.env());
+                    hook.Timeout = x.timeout().unwrap_or(0);
+                    hook
                 })
                 .collect()
         };
-        hooks.Prestart = list("prestart")?;
-        hooks.Poststart = list("poststart")?;
-        hooks.Poststop = list("poststop")?;
-        s.Hooks = protobuf::MessageField::some(hooks);
+        hooks.Prestart = list(h.prestart());
+        hooks.Poststart = list(h.poststart());
+        hooks.Poststop = list(h.poststop());
+        out.Hooks = protobuf::MessageField::some(hooks);
     }
-    s.Annotations = o.string_map("annotations")?;
-    let l = o.obj("linux")?;
-    if l.present() {
-        s.Linux = protobuf::MessageField::some(linux(&l)?);
+    out.Annotations = s.annotations().clone().unwrap_or_default();
+    if let Some(l) = s.linux() {
+        out.Linux = protobuf::MessageField::some(linux(l)?);
     }
-    Ok(s)
+    Ok(out)
 }
 
 /// An OCI `process` object (also exec's process JSON) to `oci.Process`.
 pub fn process_from_json(text: &[u8]) -> Result<oci::Process> {
-    let v: Value = serde_json::from_slice(text).map_err(|e| err("process", e.to_string()))?;
-    process(&Obj::new("process", Some(&v))?)
+    let p: spec::Process = from_json(text, "process", "process")?;
+    process(&p)
 }
 
-fn process(p: &Obj) -> Result<oci::Process> {
+fn process(p: &spec::Process) -> Result<oci::Process> {
     let mut out = oci::Process::new();
-    out.Terminal = p.bool("terminal")?;
-    let cs = p.obj("consoleSize")?;
-    if cs.present() {
+    out.Terminal = p.terminal().unwrap_or(false);
+    if let Some(cs) = p.console_size() {
         let mut b = oci::Box::new();
-        b.Height = cs.u32("height")?;
-        b.Width = cs.u32("width")?;
+        b.Height = narrow(cs.height(), "process.consoleSize.height")?;
+        b.Width = narrow(cs.width(), "process.consoleSize.width")?;
         out.ConsoleSize = protobuf::MessageField::some(b);
     }
-    let u = p.obj("user")?;
+    let u = p.user();
     let mut user = oci::User::new();
-    user.UID = u.u32("uid")?;
-    user.GID = u.u32("gid")?;
-    user.AdditionalGids = u.u32s("additionalGids")?;
-    user.Username = u.string("username")?;
+    user.UID = u.uid();
+    user.GID = u.gid();
+    user.AdditionalGids = u.additional_gids().clone().unwrap_or_default();
+    user.Username = u.username().clone().unwrap_or_default();
     out.User = protobuf::MessageField::some(user);
-    out.Args = p.strings("args")?;
-    out.Env = p.strings("env")?;
-    out.Cwd = p.string("cwd")?;
-    let c = p.obj("capabilities")?;
-    if c.present() {
-        let mut caps = oci::LinuxCapabilities::new();
-        caps.Bounding = c.strings("bounding")?;
-        caps.Effective = c.strings("effective")?;
-        caps.Inheritable = c.strings("inheritable")?;
-        caps.Permitted = c.strings("permitted")?;
-        caps.Ambient = c.strings("ambient")?;
-        out.Capabilities = protobuf::MessageField::some(caps);
+    out.Args = strings(p.args());
+    out.Env = strings(p.env());
+    out.Cwd = path_str(p.cwd());
+    if let Some(c) = p.capabilities() {
+        let mut x = oci::LinuxCapabilities::new();
+        x.Bounding = caps(c.bounding());
+        x.Effective = caps(c.effective());
+        x.Inheritable = caps(c.inheritable());
+        x.Permitted = caps(c.permitted());
+        x.Ambient = caps(c.ambient());
+        out.Capabilities = protobuf::MessageField::some(x);
     }
-    for r in p.objs("rlimits")? {
+    for r in p.rlimits().iter().flatten() {
         let mut rl = oci::POSIXRlimit::new();
-        rl.Type = r.string("type")?;
-        rl.Hard = r.u64("hard")?;
-        rl.Soft = r.u64("soft")?;
+        rl.Type = name(&r.typ());
+        rl.Hard = r.hard();
+        rl.Soft = r.soft();
         out.Rlimits.push(rl);
     }
-    out.NoNewPrivileges = p.bool("noNewPrivileges")?;
-    out.ApparmorProfile = p.string("apparmorProfile")?;
-    out.OOMScoreAdj = p.i64("oomScoreAdj")?;
-    out.SelinuxLabel = p.string("selinuxLabel")?;
+    out.NoNewPrivileges = p.no_new_privileges().unwrap_or(false);
+    out.ApparmorProfile = p.apparmor_profile().clone().unwrap_or_default();
+    out.OOMScoreAdj = p.oom_score_adj().map(i64::from).unwrap_or(0);
+    out.SelinuxLabel = p.selinux_label().clone().unwrap_or_default();
     Ok(out)
 }
 
-fn id_mappings(l: &Obj, key: &str) -> Result<Vec<oci::LinuxIDMapping>> {
-    l.objs(key)?
-        .iter()
+fn id_mappings(v: &Option<Vec<spec::LinuxIdMapping>>) -> Vec<oci::LinuxIDMapping> {
+    v.iter()
+        .flatten()
         .map(|m| {
             let mut x = oci::LinuxIDMapping::new();
-            x.HostID = m.u32("hostID")?;
-            x.ContainerID = m.u32("containerID")?;
-            x.Size = m.u32("size")?;
-            Ok(x)
+            x.HostID = m.host_id();
+            x.ContainerID = m.container_id();
+            x.Size = m.size();
+            x
         })
         .collect()
 }
 
-fn throttle(b: &Obj, key: &str) -> Result<Vec<oci::LinuxThrottleDevice>> {
-    b.objs(key)?
-        .iter()
+fn throttle(v: &Option<Vec<spec::LinuxThrottleDevice>>) -> Vec<oci::LinuxThrottleDevice> {
+    v.iter()
+        .flatten()
         .map(|d| {
             let mut x = oci::LinuxThrottleDevice::new();
-            x.Major = d.i64("major")?;
-            x.Minor = d.i64("minor")?;
-            x.Rate = d.u64("rate")?;
-            Ok(x)
+            x.Major = d.major();
+            x.Minor = d.minor();
+            x.Rate = d.rate();
+            x
         })
         .collect()
 }
 
-fn resources(r: &Obj) -> Result<oci::LinuxResources> {
+fn resources(r: &spec::LinuxResources) -> Result<oci::LinuxResources> {
     let mut out = oci::LinuxResources::new();
-    for d in r.objs("devices")? {
+    for d in r.devices().iter().flatten() {
         let mut x = oci::LinuxDeviceCgroup::new();
-        x.Allow = d.bool("allow")?;
-        x.Type = d.string("type")?;
+        x.Allow = d.allow();
+        x.Type = d.typ().map(|t| name(&t)).unwrap_or_default();
         // -1 (or absent) is the wildcard
-        x.Major = if d.raw("major").is_some() {
-            d.i64("major")?
-        } else {
-            -1
-        };
-        x.Minor = if d.raw("minor").is_some() {
-            d.i64("minor")?
-        } else {
-            -1
-        };
-        x.Access = d.string("access")?;
+        x.Major = d.major().unwrap_or(-1);
+        x.Minor = d.minor().unwrap_or(-1);
+        x.Access = d.access().clone().unwrap_or_default();
         out.Devices.push(x);
     }
-    let m = r.obj("memory")?;
-    if m.present() {
+    if let Some(m) = r.memory() {
         let mut x = oci::LinuxMemory::new();
-        x.Limit = m.i64("limit")?;
-        x.Reservation = m.i64("reservation")?;
-        x.Swap = m.i64("swap")?;
-        x.Kernel = m.i64("kernel")?;
-        x.KernelTCP = m.i64("kernelTCP")?;
-        x.Swappiness = m.u64("swappiness")?;
-        x.DisableOOMKiller = m.bool("disableOOMKiller")?;
+        x.Limit = m.limit().unwrap_or(0);
+        x.Reservation = m.reservation().unwrap_or(0);
+        x.Swap = m.swap().unwrap_or(0);
+        x.Kernel = m.kernel().unwrap_or(0);
+        x.KernelTCP = m.kernel_tcp().unwrap_or(0);
+        x.Swappiness = m.swappiness().unwrap_or(0);
+        x.DisableOOMKiller = m.disable_oom_killer().unwrap_or(false);
         out.Memory = protobuf::MessageField::some(x);
     }
-    let c = r.obj("cpu")?;
-    if c.present() {
+    if let Some(c) = r.cpu() {
         let mut x = oci::LinuxCPU::new();
-        x.Shares = c.u64("shares")?;
-        x.Quota = c.i64("quota")?;
-        x.Period = c.u64("period")?;
-        x.RealtimeRuntime = c.i64("realtimeRuntime")?;
-        x.RealtimePeriod = c.u64("realtimePeriod")?;
-        x.Cpus = c.string("cpus")?;
-        x.Mems = c.string("mems")?;
+        x.Shares = c.shares().unwrap_or(0);
+        x.Quota = c.quota().unwrap_or(0);
+        x.Period = c.period().unwrap_or(0);
+        x.RealtimeRuntime = c.realtime_runtime().unwrap_or(0);
+        x.RealtimePeriod = c.realtime_period().unwrap_or(0);
+        x.Cpus = c.cpus().clone().unwrap_or_default();
+        x.Mems = c.mems().clone().unwrap_or_default();
         out.CPU = protobuf::MessageField::some(x);
     }
-    let p = r.obj("pids")?;
-    if p.present() {
+    if let Some(p) = r.pids() {
         let mut x = oci::LinuxPids::new();
-        x.Limit = p.i64("limit")?;
+        x.Limit = p.limit();
         out.Pids = protobuf::MessageField::some(x);
     }
-    let b = r.obj("blockIO")?;
-    if b.present() {
+    if let Some(b) = r.block_io() {
         let mut x = oci::LinuxBlockIO::new();
-        x.Weight = b.u32("weight")?;
-        x.LeafWeight = b.u32("leafWeight")?;
-        for d in b.objs("weightDevice")? {
+        x.Weight = b.weight().map(u32::from).unwrap_or(0);
+        x.LeafWeight = b.leaf_weight().map(u32::from).unwrap_or(0);
+        for d in b.weight_device().iter().flatten() {
             let mut w = oci::LinuxWeightDevice::new();
-            w.Major = d.i64("major")?;
-            w.Minor = d.i64("minor")?;
-            w.Weight = d.u32("weight")?;
-            w.LeafWeight = d.u32("leafWeight")?;
+            w.Major = d.major();
+            w.Minor = d.minor();
+            w.Weight = d.weight().map(u32::from).unwrap_or(0);
+            w.LeafWeight = d.leaf_weight().map(u32::from).unwrap_or(0);
             x.WeightDevice.push(w);
         }
-        x.ThrottleReadBpsDevice = throttle(&b, "throttleReadBpsDevice")?;
-        x.ThrottleWriteBpsDevice = throttle(&b, "throttleWriteBpsDevice")?;
-        x.ThrottleReadIOPSDevice = throttle(&b, "throttleReadIOPSDevice")?;
-        x.ThrottleWriteIOPSDevice = throttle(&b, "throttleWriteIOPSDevice")?;
+        x.ThrottleReadBpsDevice = throttle(b.throttle_read_bps_device());
+        x.ThrottleWriteBpsDevice = throttle(b.throttle_write_bps_device());
+        x.ThrottleReadIOPSDevice = throttle(b.throttle_read_iops_device());
+        x.ThrottleWriteIOPSDevice = throttle(b.throttle_write_iops_device());
         out.BlockIO = protobuf::MessageField::some(x);
     }
-    for h in r.objs("hugepageLimits")? {
+    for (i, h) in r.hugepage_limits().iter().flatten().enumerate() {
         let mut x = oci::LinuxHugepageLimit::new();
-        x.Pagesize = h.string("pageSize")?;
-        x.Limit = h.u64("limit")?;
+        x.Pagesize = h.page_size().clone();
+        x.Limit = u64::try_from(h.limit()).map_err(|_| {
+            err(
+                &format!("linux.resources.hugepageLimits[{i}].limit"),
+                format!("expected a non-negative integer, found {}", h.limit()),
+            )
+        })?;
         out.HugepageLimits.push(x);
     }
-    let n = r.obj("network")?;
-    if n.present() {
+    if let Some(n) = r.network() {
         let mut x = oci::LinuxNetwork::new();
-        x.ClassID = n.u32("classID")?;
-        for p in n.objs("priorities")? {
+        x.ClassID = n.class_id().unwrap_or(0);
+        for p in n.priorities().iter().flatten() {
             let mut pr = oci::LinuxInterfacePriority::new();
-            pr.Name = p.string("name")?;
-            pr.Priority = p.u32("priority")?;
+            pr.Name = p.name().clone();
+            pr.Priority = p.priority();
             x.Priorities.push(pr);
         }
         out.Network = protobuf::MessageField::some(x);
@@ -425,66 +317,63 @@ fn resources(r: &Obj) -> Result<oci::LinuxResources> {
     Ok(out)
 }
 
-fn linux(l: &Obj) -> Result<oci::Linux> {
+fn linux(l: &spec::Linux) -> Result<oci::Linux> {
     let mut out = oci::Linux::new();
-    out.UIDMappings = id_mappings(l, "uidMappings")?;
-    out.GIDMappings = id_mappings(l, "gidMappings")?;
-    out.Sysctl = l.string_map("sysctl")?;
-    let r = l.obj("resources")?;
-    if r.present() {
-        out.Resources = protobuf::MessageField::some(resources(&r)?);
+    out.UIDMappings = id_mappings(l.uid_mappings());
+    out.GIDMappings = id_mappings(l.gid_mappings());
+    out.Sysctl = l.sysctl().clone().unwrap_or_default();
+    if let Some(r) = l.resources() {
+        out.Resources = protobuf::MessageField::some(resources(r)?);
     }
-    out.CgroupsPath = l.string("cgroupsPath")?;
-    for n in l.objs("namespaces")? {
+    out.CgroupsPath = opt_path(l.cgroups_path());
+    for n in l.namespaces().iter().flatten() {
         let mut x = oci::LinuxNamespace::new();
-        x.Type = n.string("type")?;
-        x.Path = n.string("path")?;
+        x.Type = name(&n.typ());
+        x.Path = opt_path(n.path());
         out.Namespaces.push(x);
     }
-    for d in l.objs("devices")? {
+    for d in l.devices().iter().flatten() {
         let mut x = oci::LinuxDevice::new();
-        x.Path = d.string("path")?;
-        x.Type = d.string("type")?;
-        x.Major = d.i64("major")?;
-        x.Minor = d.i64("minor")?;
-        x.FileMode = d.u32("fileMode")?;
-        x.UID = d.u32("uid")?;
-        x.GID = d.u32("gid")?;
+        x.Path = path_str(d.path());
+        x.Type = name(&d.typ());
+        x.Major = d.major();
+        x.Minor = d.minor();
+        x.FileMode = d.file_mode().unwrap_or(0);
+        x.UID = d.uid().unwrap_or(0);
+        x.GID = d.gid().unwrap_or(0);
         out.Devices.push(x);
     }
-    let sc = l.obj("seccomp")?;
-    if sc.present() {
+    if let Some(sc) = l.seccomp() {
         let mut x = oci::LinuxSeccomp::new();
-        x.DefaultAction = sc.string("defaultAction")?;
-        x.Architectures = sc.strings("architectures")?;
-        x.Flags = sc.strings("flags")?;
-        for s in sc.objs("syscalls")? {
+        x.DefaultAction = name(&sc.default_action());
+        x.Architectures = names(sc.architectures());
+        x.Flags = names(sc.flags());
+        for s in sc.syscalls().iter().flatten() {
             let mut sys = oci::LinuxSyscall::new();
-            sys.Names = s.strings("names")?;
-            sys.Action = s.string("action")?;
-            if s.raw("errnoRet").is_some() {
-                sys.set_errnoret(s.u32("errnoRet")?);
+            sys.Names = s.names().clone();
+            sys.Action = name(&s.action());
+            if let Some(e) = s.errno_ret() {
+                sys.set_errnoret(e);
             }
-            for a in s.objs("args")? {
+            for a in s.args().iter().flatten() {
                 let mut arg = oci::LinuxSeccompArg::new();
-                arg.Index = a.u64("index")?;
-                arg.Value = a.u64("value")?;
-                arg.ValueTwo = a.u64("valueTwo")?;
-                arg.Op = a.string("op")?;
+                arg.Index = a.index() as u64;
+                arg.Value = a.value();
+                arg.ValueTwo = a.value_two().unwrap_or(0);
+                arg.Op = name(&a.op());
                 sys.Args.push(arg);
             }
             x.Syscalls.push(sys);
         }
         out.Seccomp = protobuf::MessageField::some(x);
     }
-    out.RootfsPropagation = l.string("rootfsPropagation")?;
-    out.MaskedPaths = l.strings("maskedPaths")?;
-    out.ReadonlyPaths = l.strings("readonlyPaths")?;
-    out.MountLabel = l.string("mountLabel")?;
-    let rdt = l.obj("intelRdt")?;
-    if rdt.present() {
+    out.RootfsPropagation = l.rootfs_propagation().clone().unwrap_or_default();
+    out.MaskedPaths = strings(l.masked_paths());
+    out.ReadonlyPaths = strings(l.readonly_paths());
+    out.MountLabel = l.mount_label().clone().unwrap_or_default();
+    if let Some(rdt) = l.intel_rdt() {
         let mut x = oci::LinuxIntelRdt::new();
-        x.L3CacheSchema = rdt.string("l3CacheSchema")?;
+        x.L3CacheSchema = rdt.l3_cache_schema().clone().unwrap_or_default();
         out.IntelRdt = protobuf::MessageField::some(x);
     }
     Ok(out)
@@ -655,6 +544,205 @@ mod tests {
         assert_eq!(p.Args, ["ls", "-l"]);
         assert_eq!(p.User.UID, 1000);
         assert_eq!(p.Cwd, "/tmp");
+    }
+
+    /// Shaped like the config.json containerd's CRI plugin writes for a
+    /// pod's container (containerd 1.7 / 2.0): CRI annotations, the
+    /// RuntimeDefault seccomp profile, resources, devices, user namespaces.
+    const CRI_SPEC: &str = r#"{
+  "ociVersion": "1.1.0",
+  "process": {
+    "user": {"uid": 65534, "gid": 65534, "umask": 18, "additionalGids": [65534]},
+    "args": ["/pause"],
+    "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME=web-0"],
+    "cwd": "/",
+    "capabilities": {
+      "bounding": ["CAP_SETUID", "CAP_CHOWN", "CAP_NET_BIND_SERVICE", "CAP_AUDIT_WRITE", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_SYS_CHROOT"],
+      "effective": ["CAP_CHOWN"],
+      "permitted": ["CAP_CHOWN"]
+    },
+    "noNewPrivileges": true,
+    "apparmorProfile": "cri-containerd.apparmor.d",
+    "oomScoreAdj": -998,
+    "selinuxLabel": "system_u:system_r:container_t:s0:c1,c2"
+  },
+  "root": {"path": "rootfs", "readonly": true},
+  "hostname": "web-0",
+  "mounts": [
+    {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+    {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+    {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+    {"destination": "/etc/hosts", "type": "bind", "source": "/var/lib/kubelet/pods/u1/etc-hosts", "options": ["rbind", "rprivate", "rw"]},
+    {"destination": "/dev/shm", "type": "bind", "source": "/run/containerd/io.containerd.grpc.v1.cri/sandboxes/s1/shm", "options": ["rbind", "ro"],
+     "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}], "gidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}]}
+  ],
+  "hooks": {"createRuntime": [{"path": "/usr/bin/nri-hook"}], "poststop": [{"path": "/usr/bin/cleanup", "args": ["cleanup", "--all"], "env": ["A=1"]}]},
+  "annotations": {
+    "io.kubernetes.cri.container-type": "container",
+    "io.kubernetes.cri.sandbox-id": "s1",
+    "io.kubernetes.cri.container-name": "web"
+  },
+  "linux": {
+    "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}],
+    "gidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}],
+    "sysctl": {"net.ipv4.ping_group_range": "0 2147483647"},
+    "resources": {
+      "devices": [{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 10, "minor": 229, "access": "rwm"}],
+      "memory": {"limit": 536870912, "swap": 536870912, "disableOOMKiller": false},
+      "cpu": {"shares": 102, "quota": 50000, "period": 100000, "cpus": "", "mems": ""},
+      "pids": {"limit": 4096},
+      "blockIO": {"weight": 500, "weightDevice": [{"major": 8, "minor": 0, "weight": 200}],
+                  "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1048576}]},
+      "hugepageLimits": [{"pageSize": "2MB", "limit": 0}],
+      "network": {"classID": 1048577, "priorities": [{"name": "eth0", "priority": 500}]},
+      "unified": {"memory.oom.group": "1"}
+    },
+    "cgroupsPath": "kubepods-burstable-pod1.slice:cri-containerd:c1",
+    "namespaces": [{"type": "pid"}, {"type": "ipc", "path": "/proc/7/ns/ipc"}, {"type": "uts", "path": "/proc/7/ns/uts"},
+                   {"type": "mount"}, {"type": "network", "path": "/var/run/netns/cni-1234"}, {"type": "cgroup"}, {"type": "user"}],
+    "devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 438, "uid": 0, "gid": 0}],
+    "seccomp": {
+      "defaultAction": "SCMP_ACT_ERRNO",
+      "defaultErrnoRet": 1,
+      "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+      "flags": ["SECCOMP_FILTER_FLAG_SPEC_ALLOW"],
+      "syscalls": [
+        {"names": ["accept", "accept4"], "action": "SCMP_ACT_ALLOW"},
+        {"names": ["personality"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 131072, "valueTwo": 0, "op": "SCMP_CMP_EQ"}]},
+        {"names": ["clone"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 2114060288, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]}
+      ]
+    },
+    "rootfsPropagation": "rslave",
+    "maskedPaths": ["/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/sys/firmware"],
+    "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+    "mountLabel": "system_u:object_r:container_file_t:s0:c1,c2"
+  }
+}"#;
+
+    #[test]
+    fn converts_a_cri_spec() {
+        let s = spec_from_json(CRI_SPEC).unwrap();
+        assert_eq!(s.Version, "1.1.0");
+        let p = s.Process.as_ref().unwrap();
+        assert!(!p.Terminal);
+        assert!(p.ConsoleSize.is_none());
+        assert_eq!((p.User.UID, p.User.GID), (65534, 65534));
+        assert_eq!(p.User.AdditionalGids, [65534]);
+        assert_eq!(p.Capabilities.Bounding.len(), 14);
+        assert!(
+            p.Capabilities.Bounding.is_sorted(),
+            "capability sets come out in one order"
+        );
+        assert!(p.Capabilities.Inheritable.is_empty());
+        assert_eq!(p.OOMScoreAdj, -998);
+        assert_eq!(p.SelinuxLabel, "system_u:system_r:container_t:s0:c1,c2");
+        assert!(s.Root.Readonly);
+        assert_eq!(s.Mounts.len(), 5);
+        assert_eq!(s.Mounts[1].options[5], "gid=5");
+        assert_eq!(s.Mounts[3].source, "/var/lib/kubelet/pods/u1/etc-hosts");
+        assert_eq!(s.Hooks.Poststop[0].Args, ["cleanup", "--all"]);
+        assert!(s.Hooks.Prestart.is_empty());
+        assert_eq!(s.Annotations["io.kubernetes.cri.sandbox-id"], "s1");
+        let l = s.Linux.as_ref().unwrap();
+        assert_eq!(l.GIDMappings[0].ContainerID, 0);
+        assert_eq!(l.GIDMappings[0].Size, 65536);
+        let r = l.Resources.as_ref().unwrap();
+        assert_eq!(r.Devices[0].Type, "", "absent type stays empty");
+        assert_eq!(r.Devices[1].Type, "c");
+        assert_eq!(r.Memory.Swap, 536870912);
+        assert_eq!(
+            (r.CPU.Shares, r.CPU.Quota, r.CPU.Period),
+            (102, 50000, 100000)
+        );
+        assert_eq!(r.Pids.Limit, 4096);
+        assert_eq!(r.BlockIO.Weight, 500);
+        assert_eq!(r.BlockIO.WeightDevice[0].Weight, 200);
+        assert_eq!(r.BlockIO.ThrottleReadBpsDevice[0].Rate, 1048576);
+        assert_eq!(r.HugepageLimits[0].Pagesize, "2MB");
+        assert_eq!(r.Network.ClassID, 1048577);
+        assert_eq!(r.Network.Priorities[0].Name, "eth0");
+        assert_eq!(
+            l.CgroupsPath,
+            "kubepods-burstable-pod1.slice:cri-containerd:c1"
+        );
+        let ns: Vec<(&str, &str)> = l
+            .Namespaces
+            .iter()
+            .map(|n| (n.Type.as_str(), n.Path.as_str()))
+            .collect();
+        assert_eq!(
+            ns,
+            [
+                ("pid", ""),
+                ("ipc", "/proc/7/ns/ipc"),
+                ("uts", "/proc/7/ns/uts"),
+                ("mount", ""),
+                ("network", "/var/run/netns/cni-1234"),
+                ("cgroup", ""),
+                ("user", "")
+            ]
+        );
+        assert_eq!(l.Devices[0].Path, "/dev/fuse");
+        assert_eq!(l.Devices[0].Type, "c");
+        assert_eq!(l.Devices[0].FileMode, 438);
+        let sc = l.Seccomp.as_ref().unwrap();
+        assert_eq!(sc.DefaultAction, "SCMP_ACT_ERRNO");
+        assert_eq!(
+            sc.Architectures,
+            ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+        );
+        assert_eq!(sc.Flags, ["SECCOMP_FILTER_FLAG_SPEC_ALLOW"]);
+        assert_eq!(sc.Syscalls[2].Args[0].Op, "SCMP_CMP_MASKED_EQ");
+        assert_eq!(sc.Syscalls[2].Args[0].Value, 2114060288);
+        assert_eq!(l.RootfsPropagation, "rslave");
+        assert_eq!(l.ReadonlyPaths.len(), 5);
+        assert_eq!(l.MountLabel, "system_u:object_r:container_file_t:s0:c1,c2");
+
+        let mut s = s;
+        let done = adapt_for_guest(&mut s, "c1");
+        assert_eq!(
+            done.dropped_namespace_paths,
+            [
+                "ipc=/proc/7/ns/ipc",
+                "uts=/proc/7/ns/uts",
+                "network=/var/run/netns/cni-1234"
+            ]
+        );
+        assert_eq!(done.dropped_hooks, 1, "the poststop hook");
+        assert!(s.Process.SelinuxLabel.is_empty());
+        assert!(s.Linux.MountLabel.is_empty());
+    }
+
+    #[test]
+    fn what_the_oci_spec_requires_or_enumerates_is_checked() {
+        // process.user and process.cwd are REQUIRED by the OCI spec.
+        let e = spec_from_json(r#"{"process": {"args": ["sh"], "cwd": "/"}}"#).unwrap_err();
+        assert_eq!(e.field, "process");
+        assert!(e.message.contains("user"), "{e}");
+        let e =
+            process_from_json(br#"{"args": ["sh"], "user": {"uid": 0, "gid": 0}}"#).unwrap_err();
+        assert_eq!(e.field, "process");
+        assert!(e.message.contains("cwd"), "{e}");
+        let e = spec_from_json(r#"{"mounts": [{"type": "proc"}]}"#).unwrap_err();
+        assert_eq!(e.field, "mounts[0]");
+        assert!(e.message.contains("destination"), "{e}");
+        let e = spec_from_json(
+            r#"{"process": {"user": {"uid": 0}, "cwd": "/", "capabilities": {"bounding": ["CAP_CHOWN", "CAP_FLY"]}}}"#,
+        )
+        .unwrap_err();
+        assert!(e.field.starts_with("process.capabilities.bounding"), "{e}");
+        assert!(e.message.contains("CAP_FLY"), "{e}");
+        let e = spec_from_json(r#"{"linux": {"namespaces": [{"type": "net"}]}}"#).unwrap_err();
+        assert_eq!(e.field, "linux.namespaces[0].type");
+        // Unknown fields are not errors, wherever they are.
+        let s = spec_from_json(
+            r#"{"ociVersion": "1.2.0", "future": 1, "process": {"user": {"uid": 0, "gid": 0}, "cwd": "/", "future": [1]}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.Process.Cwd, "/");
+        // The whole document: not JSON, or more than one value.
+        assert_eq!(spec_from_json("{} {}").unwrap_err().field, "config.json");
+        assert_eq!(process_from_json(b"nope").unwrap_err().field, "process");
     }
 
     #[test]

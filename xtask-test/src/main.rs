@@ -10,7 +10,7 @@
 //! parses the same global options with the `xtask` library's
 //! [`xtask::GlobalOpts`] and builds the same [`xtask::context::Ctx`].
 //!
-//! Modules: `test_cmd.rs` (`test [lint|unit|kernel|vm|fuzz|e2e|repro|all]`),
+//! Modules: `test_cmd.rs` (`test [lint|unit|kernel|vm|fuzz|e2e|soak|repro|all]`),
 //! `vmtest.rs`, `fuzz.rs`, `kernel_boot.rs`, `e2e/`, `repro.rs`; `bench.rs` and
 //! `bench_*.rs` (`bench NAME`).
 //!
@@ -25,6 +25,7 @@ mod e2e;
 mod fuzz;
 mod kernel_boot;
 mod repro;
+mod soak;
 mod test_cmd;
 mod vmtest;
 

@@ -1,4 +1,4 @@
-//! `cargo xtask test [lint|unit|kernel|vm|fuzz|e2e|repro|all]`: the project's test command.
+//! `cargo xtask test [lint|unit|kernel|vm|fuzz|e2e|soak|repro|all]`: the project's test command.
 //!
 //! `lint` is `cargo fmt --check` and clippy with warnings denied; `unit` is
 //! `cargo test` over the workspace including the tests marked `#[ignore]`
@@ -8,11 +8,13 @@
 //! the pipeline's kernel to init; `vm` boots the built guest and drives the
 //! agent (vmtest.rs); `fuzz` sends random and malformed requests to the
 //! agent in the built guest for a bounded time (fuzz.rs); `e2e` runs
-//! containers through a private containerd (e2e/); `repro` compares this
-//! checkout's release with one built in a clean clone (repro.rs). `all` (the
-//! default, and what CI runs) runs each of them, lint first, the VM test with
-//! the initrd and with the DAX image, 60 s of fuzzing, e2e from the build,
-//! from the release tarball and (as root) from the installed .deb.
+//! containers through a private containerd (e2e/); `soak` runs many
+//! sandboxes through one containerd and checks for leaks (soak.rs); `repro`
+//! compares this checkout's release with one built in a clean clone
+//! (repro.rs). `all` (the default, and what CI runs) runs each of them, lint
+//! first, the VM test with the initrd and with the DAX image, 60 s of
+//! fuzzing, e2e from the build, from the release tarball and (as root) from
+//! the installed .deb.
 
 use std::process::Command;
 
@@ -45,6 +47,8 @@ pub enum TestWhat {
     E2e(crate::e2e::E2eArgs),
     /// This checkout's release and a clean clone's give the same SHA256SUMS.
     Repro(crate::repro::ReproArgs),
+    /// Many sandboxes through containerd, then no leaks (processes, mounts, fds, RSS).
+    Soak(crate::soak::SoakArgs),
     /// Everything CI runs (the default).
     All,
 }
@@ -124,9 +128,14 @@ pub fn run(ctx: &Ctx, args: &TestArgs) -> Result<()> {
         TestWhat::Fuzz(args) => crate::fuzz::run(ctx, &args),
         TestWhat::E2e(args) => crate::e2e::run(ctx, &args),
         TestWhat::Repro(args) => crate::repro::test(ctx, &args),
+        TestWhat::Soak(args) => crate::soak::run(ctx, &args),
         TestWhat::All => all(ctx),
     }
 }
+
+/// CI's bounded soak: enough sandboxes past the warm-up for the fd and RSS
+/// checks to mean something, few enough for the CI budget on TCG.
+const CI_SOAK_COUNT: u32 = 20;
 
 /// Everything CI runs; ends with one `N passed, N failed` line.
 fn all(ctx: &Ctx) -> Result<()> {
@@ -166,6 +175,15 @@ fn all(ctx: &Ctx) -> Result<()> {
         ..Default::default()
     };
     record("e2e --faults", crate::e2e::run(ctx, &e2e));
+    let soak = crate::soak::SoakArgs {
+        count: CI_SOAK_COUNT,
+        parallel: 3,
+        keep: false,
+    };
+    record(
+        &format!("soak --count {CI_SOAK_COUNT}"),
+        crate::soak::run(ctx, &soak),
+    );
     let from_release = crate::e2e::E2eArgs {
         from_release: true,
         ..Default::default()

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use crate::cache::StepInputs;
 use crate::context::Ctx;
 use crate::graph::{Graph, StepId};
-use crate::manifest::{Kind, Manifest};
+use crate::manifest::Kind;
 use crate::runtime_bins::{cargo_home, require_static, rustflags_env};
 use crate::tools::run_logged;
 use crate::{host_tools, publish};
@@ -93,10 +93,7 @@ fn build_into(ctx: &Ctx, out: &std::path::Path) -> Result<()> {
 
 /// Builds (or takes from the cache) the agent alone.
 pub fn build(ctx: &Ctx) -> Result<AgentBuild> {
-    let mut g = Graph::new();
-    let id = add(&mut g, ctx)?;
-    let out = g.run(ctx, &[id])?;
-    let entry = out.entry(id);
+    let entry = crate::graph::build_one(ctx, |g| add(g, ctx))?;
     Ok(AgentBuild {
         binary: entry.path(BINARY),
         key: entry.key.clone(),
@@ -111,26 +108,12 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub fn run(ctx: &Ctx) -> Result<()> {
     let mut g = Graph::new();
     let id = add(&mut g, ctx)?;
-    if g.show_if_dry_run(ctx, &[id])? {
+    let Some(out) = g.run_command(ctx, id)? else {
         return Ok(());
-    }
-    ctx.ensure_dist_writable()?;
-    let out = g.run(ctx, &[id])?;
+    };
     let entry = out.entry(id);
     let dest = publish::file(ctx, &entry.path(BINARY), BINARY)?;
     let art = publish::artifact(ctx, BINARY, Kind::Agent, &dest, entry, BINARY, None)?;
-    Manifest::record(
-        &ctx.dist(),
-        &ctx.versions.version,
-        ctx.epoch,
-        vec![art.clone()],
-    )?;
-    ctx.ui.info(&format!(
-        "agent: {} ({} bytes, static)",
-        art.path, art.bytes
-    ));
-    if ctx.json {
-        ctx.print_json(&serde_json::to_value(&art)?)?;
-    }
-    Ok(())
+    let detail = format!("{} bytes, static", art.bytes);
+    publish::report_one(ctx, "agent", art, &detail)
 }

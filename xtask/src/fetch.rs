@@ -175,10 +175,9 @@ impl Ctx {
     /// One member of a pinned `.deb` (the `unpack:<pin_key>` step alone),
     /// for the tests and benchmarks that use one outside a release.
     pub fn debian_member(&self, pin_key: &'static str, pin: &DebianPackagePin) -> Result<PathBuf> {
-        let mut g = Graph::new();
-        let id = add_debian_member(&mut g, self, pin_key, pin);
-        let out = g.run(self, &[id])?;
-        Ok(out.path(id, &member_file_name(pin)))
+        let entry =
+            crate::graph::build_one(self, |g| Ok(add_debian_member(g, self, pin_key, pin)))?;
+        Ok(entry.path(&member_file_name(pin)))
     }
 }
 

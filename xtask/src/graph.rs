@@ -220,7 +220,7 @@ impl<'g> Graph<'g> {
                 "{:<24} {}  {state:<7} {}",
                 p.id,
                 &p.cache_key[..16],
-                if p.runs || !p.cached { &p.why } else { "" }
+                if p.why == "cached" { "" } else { &p.why }
             ));
             if ctx.ui.is_verbose() {
                 for d in &p.deps {
@@ -229,6 +229,16 @@ impl<'g> Graph<'g> {
             }
         }
         Ok(true)
+    }
+
+    /// A one-target command: with `--dry-run` prints the plan and returns
+    /// `None`; otherwise checks the dist dir is writable and runs.
+    pub fn run_command(&self, ctx: &Ctx, target: StepId) -> Result<Option<Outputs>> {
+        if self.show_if_dry_run(ctx, &[target])? {
+            return Ok(None);
+        }
+        ctx.ensure_dist_writable()?;
+        self.run(ctx, &[target]).map(Some)
     }
 
     /// Runs what `targets` need, in order; returns the entries used.
@@ -289,6 +299,17 @@ impl<'g> Graph<'g> {
         }
         Ok(outputs)
     }
+}
+
+/// Builds (or takes from the cache) the step `add` adds, with what it
+/// needs; its entry.
+pub fn build_one<'g>(
+    ctx: &'g Ctx,
+    add: impl FnOnce(&mut Graph<'g>) -> Result<StepId>,
+) -> Result<Entry> {
+    let mut g = Graph::new();
+    let id = add(&mut g)?;
+    Ok(g.run(ctx, &[id])?.entry(id).clone())
 }
 
 #[cfg(test)]

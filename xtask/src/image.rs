@@ -110,12 +110,10 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, args: &ImageArgs) -> Result<Step
 
 /// Builds (or takes from the cache) one image.
 pub fn build(ctx: &Ctx, args: &ImageArgs) -> Result<ImageBuild> {
-    let mut g = Graph::new();
-    let id = add(&mut g, ctx, args)?;
-    let out = g.run(ctx, &[id])?;
+    let entry = crate::graph::build_one(ctx, |g| add(g, ctx, args))?;
     Ok(ImageBuild {
-        file: out.path(id, FILE),
-        key: out.entry(id).key.clone(),
+        file: entry.path(FILE),
+        key: entry.key.clone(),
     })
 }
 
@@ -134,11 +132,9 @@ pub fn file_name(ctx: &Ctx, args: &ImageArgs) -> String {
 pub fn run(ctx: &Ctx, args: &ImageArgs) -> Result<()> {
     let mut g = Graph::new();
     let id = add(&mut g, ctx, args)?;
-    if g.show_if_dry_run(ctx, &[id])? {
+    let Some(out) = g.run_command(ctx, id)? else {
         return Ok(());
-    }
-    ctx.ensure_dist_writable()?;
-    let out = g.run(ctx, &[id])?;
+    };
     publish::guest_asset(
         ctx,
         out.entry(id),

@@ -70,12 +70,10 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, args: &InitrdArgs) -> Result<Ste
 
 /// Builds (or takes from the cache) one initrd.
 pub fn build(ctx: &Ctx, args: &InitrdArgs) -> Result<InitrdBuild> {
-    let mut g = Graph::new();
-    let id = add(&mut g, ctx, args)?;
-    let out = g.run(ctx, &[id])?;
+    let entry = crate::graph::build_one(ctx, |g| add(g, ctx, args))?;
     Ok(InitrdBuild {
-        file: out.path(id, FILE),
-        key: out.entry(id).key.clone(),
+        file: entry.path(FILE),
+        key: entry.key.clone(),
     })
 }
 
@@ -86,11 +84,9 @@ pub fn file_name(ctx: &Ctx, recipe: &str) -> String {
 pub fn run(ctx: &Ctx, args: &InitrdArgs) -> Result<()> {
     let mut g = Graph::new();
     let id = add(&mut g, ctx, args)?;
-    if g.show_if_dry_run(ctx, &[id])? {
+    let Some(out) = g.run_command(ctx, id)? else {
         return Ok(());
-    }
-    ctx.ensure_dist_writable()?;
-    let out = g.run(ctx, &[id])?;
+    };
     publish::guest_asset(
         ctx,
         out.entry(id),

@@ -297,10 +297,8 @@ impl KernelBuild {
 
 /// Builds (or takes from the cache) the kernel of `args`.
 pub fn build(ctx: &Ctx, args: &KernelArgs) -> Result<KernelBuild> {
-    let mut g = Graph::new();
-    let steps = add(&mut g, ctx, args)?;
-    let out = g.run(ctx, &[steps.kernel])?;
-    KernelBuild::from_entry(out.entry(steps.kernel))
+    let entry = crate::graph::build_one(ctx, |g| Ok(add(g, ctx, args)?.kernel))?;
+    KernelBuild::from_entry(&entry)
 }
 
 pub fn run(ctx: &Ctx, args: &KernelArgs) -> Result<()> {
@@ -311,11 +309,9 @@ pub fn run(ctx: &Ctx, args: &KernelArgs) -> Result<()> {
     } else {
         steps.kernel
     };
-    if g.show_if_dry_run(ctx, &[target])? {
+    let Some(out) = g.run_command(ctx, target)? else {
         return Ok(());
-    }
-    ctx.ensure_dist_writable()?;
-    let out = g.run(ctx, &[target])?;
+    };
     let stem = stem(ctx, args);
     if args.config_only {
         let config = config_only(ctx, args, &out.path(steps.source, SRC))?;

@@ -95,6 +95,22 @@ pub fn artifact(
     })
 }
 
+/// Records one published artifact in the manifest, says where it is
+/// (`<what>: <path> (<detail>)`), and prints it with `--json`.
+pub fn report_one(ctx: &Ctx, what: &str, art: Artifact, detail: &str) -> Result<()> {
+    crate::manifest::Manifest::record(
+        &ctx.dist(),
+        &ctx.versions.version,
+        ctx.epoch,
+        vec![art.clone()],
+    )?;
+    ctx.ui.info(&format!("{what}: {} ({detail})", art.path));
+    if ctx.json {
+        ctx.print_json(&serde_json::to_value(&art)?)?;
+    }
+    Ok(())
+}
+
 /// Publishes a guest asset the way upstream installs it: the versioned file
 /// (`kata-minimal-0.1.0.initrd`) plus its well-known name as a symlink
 /// (`kata-containers-initrd.img`), which also names the manifest entry.
@@ -110,18 +126,6 @@ pub fn guest_asset(
     let dest = file(ctx, &entry.path(rel), versioned_name)?;
     symlink(ctx, versioned_name, link)?;
     let art = artifact(ctx, link, kind, &dest, entry, rel, Some(recipe))?;
-    crate::manifest::Manifest::record(
-        &ctx.dist(),
-        &ctx.versions.version,
-        ctx.epoch,
-        vec![art.clone()],
-    )?;
-    ctx.ui.info(&format!(
-        "{link}: {} ({} bytes, sha256 {})",
-        art.path, art.bytes, art.sha256
-    ));
-    if ctx.json {
-        ctx.print_json(&serde_json::to_value(&art)?)?;
-    }
-    Ok(())
+    let detail = format!("{} bytes, sha256 {}", art.bytes, art.sha256);
+    report_one(ctx, link, art, &detail)
 }

@@ -12,7 +12,7 @@ use crate::context::Ctx;
 use crate::error::InputError;
 use crate::graph::{Graph, StepId};
 use crate::host_tools::HostTool;
-use crate::manifest::{Artifact, Kind, Manifest};
+use crate::manifest::{Artifact, Kind};
 use crate::publish;
 
 const FORMAT: u32 = 1;
@@ -102,16 +102,14 @@ pub fn add_derived_file<'g>(
 pub fn run(ctx: &Ctx, recipe_name: &str) -> Result<()> {
     let mut g = Graph::new();
     let id = add(&mut g, ctx, recipe_name)?;
-    if g.show_if_dry_run(ctx, &[id])? {
+    let Some(out) = g.run_command(ctx, id)? else {
         return Ok(());
-    }
-    ctx.ensure_dist_writable()?;
-    let out = g.run(ctx, &[id])?;
+    };
     let entry = out.entry(id);
     let name = format!("rootfs-{recipe_name}");
     let dest = publish::tree(ctx, &entry.path(TREE), &name)?;
     let art = Artifact {
-        name: name.clone(),
+        name,
         kind: Kind::Rootfs,
         path: ctx.rel(&dest),
         sha256: std::fs::read_to_string(entry.path(DIGEST))?,
@@ -119,20 +117,8 @@ pub fn run(ctx: &Ctx, recipe_name: &str) -> Result<()> {
         cache_key: entry.key.clone(),
         recipe: Some(recipe_name.to_string()),
     };
-    Manifest::record(
-        &ctx.dist(),
-        &ctx.versions.version,
-        ctx.epoch,
-        vec![art.clone()],
-    )?;
-    ctx.ui.info(&format!(
-        "rootfs: {} (tree sha256 {})",
-        art.path, art.sha256
-    ));
-    if ctx.json {
-        ctx.print_json(&serde_json::to_value(&art)?)?;
-    }
-    Ok(())
+    let detail = format!("tree sha256 {}", art.sha256);
+    publish::report_one(ctx, "rootfs", art, &detail)
 }
 
 fn dir_bytes(dir: &std::path::Path) -> Result<u64> {

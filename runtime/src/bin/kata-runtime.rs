@@ -363,33 +363,20 @@ fn check(a: CheckArgs) -> Result<(), Failure> {
 
 fn env(a: EnvArgs) -> Result<(), Failure> {
     let cfg = runtime::config::load().map_err(|e| Failure::Usage(runtime::error_chain(&e)))?;
-    // Same sections as configuration.toml: [hypervisor.qemu], [agent.kata], [runtime].
-    #[derive(serde::Serialize)]
-    struct Hypervisor<'a> {
-        qemu: &'a runtime::config::QemuSection,
-    }
-    #[derive(serde::Serialize)]
-    struct Agent<'a> {
-        kata: &'a runtime::config::AgentSection,
-    }
+    // Same sections and keys as configuration.toml (its schema type).
     #[derive(serde::Serialize)]
     struct Env<'a> {
         config_file: String,
         version: &'static str,
-        hypervisor: Hypervisor<'a>,
-        agent: Agent<'a>,
-        runtime: &'a runtime::config::RuntimeSection,
+        #[serde(flatten)]
+        config: runtime::config::ConfigFile,
         /// Keys and sections of the file that this runtime does not use.
         ignored: &'a [String],
     }
     let e = Env {
         config_file: cfg.file.display().to_string(),
         version: env!("CARGO_PKG_VERSION"),
-        hypervisor: Hypervisor {
-            qemu: &cfg.hypervisor,
-        },
-        agent: Agent { kata: &cfg.agent },
-        runtime: &cfg.runtime,
+        config: cfg.to_file(),
         ignored: &cfg.ignored,
     };
     let text = if a.json {

@@ -33,7 +33,7 @@ impl CidLease {
 
     /// Lease the lowest free CID, with lock files in `dir` (created 0700).
     pub fn acquire(dir: &Path) -> io::Result<CidLease> {
-        std::fs::create_dir_all(dir)
+        ensure_dir(dir)
             .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", dir.display())))?;
         for cid in FIRST_GUEST_CID..FIRST_GUEST_CID + CID_RANGE {
             let path = dir.join(format!("{cid}.lock"));
@@ -50,7 +50,7 @@ impl CidLease {
                 // The last lease of another process just removed the
                 // directory (see Drop): make it again.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    std::fs::create_dir_all(dir)?;
+                    ensure_dir(dir)?;
                     open()
                 }
                 other => other,
@@ -86,6 +86,19 @@ impl CidLease {
             FIRST_GUEST_CID + CID_RANGE,
             dir.display()
         )))
+    }
+}
+
+/// `create_dir_all`, tolerant of the last lease of another process removing
+/// the directory while it runs (create_dir_all then fails with EEXIST after
+/// seeing the directory gone): it tries again.
+fn ensure_dir(dir: &Path) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match std::fs::create_dir_all(dir) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 10 => tries += 1,
+            other => return other,
+        }
     }
 }
 

@@ -310,6 +310,13 @@ impl Service {
 
         crate::config::check_override_annotations(spec.Annotations.keys())
             .map_err(|m| status_err(Code::INVALID_ARGUMENT, format!("container {cid}: {m}")))?;
+        // Upstream's disable_guest_seccomp: the VM is the boundary, and the
+        // profile is not applied inside it unless asked for.
+        if cfg.runtime.disable_guest_seccomp {
+            if let Some(linux) = spec.Linux.as_mut() {
+                linux.Seccomp.clear();
+            }
+        }
         // CRI: a "container" joins the sandbox named by its annotation.
         let joins = super::annotations::joined_sandbox(&spec.Annotations).map_err(|m| {
             status_err(

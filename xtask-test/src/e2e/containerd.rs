@@ -98,11 +98,17 @@ disabled_plugins = [
 pub struct PrivateContainerd {
     pub layout: ContainerdLayout,
     pub log: PathBuf,
-    pub(super) child: Option<Child>,
-    pub pid: u32,
+    pub(super) child: std::cell::RefCell<Option<Child>>,
+    /// containerd's pid (it changes with [`PrivateContainerd::restart`]).
+    pub pid: std::cell::Cell<u32>,
+    /// When the first containerd of this run started.
     pub start_ticks: u64,
     /// `RUN_MARKER_ENV=<token>`, as found in /proc/PID/environ.
     pub marker: String,
+    token: String,
+    /// containerd's PATH (the shim dir first) and extra environment.
+    path: OsString,
+    env: Vec<(String, String)>,
     /// Container ids handed out, for targeted cleanup and checks.
     pub(super) ids: std::cell::RefCell<BTreeSet<String>>,
     pub(super) keep: bool,
@@ -176,43 +182,75 @@ impl PrivateContainerd {
             path.push(":");
             path.push(p);
         }
+        let mut cd = PrivateContainerd {
+            layout,
+            log: log.to_path_buf(),
+            child: Default::default(),
+            pid: Default::default(),
+            start_ticks: 0,
+            marker,
+            token,
+            path,
+            env: env.to_vec(),
+            ids: Default::default(),
+            keep,
+            temp: Some(temp),
+        };
+        cd.spawn(log_file)?;
+        cd.start_ticks = read_proc(cd.pid.get()).map(|p| p.start_ticks).unwrap_or(0);
+        cd.wait_ready()?;
+        Ok(cd)
+    }
+
+    /// Starts the containerd process itself, its output into `log_file`.
+    fn spawn(&self, log_file: std::fs::File) -> Result<()> {
         let mut cmd = Command::new("containerd");
         cmd.arg("--config")
-            .arg(&layout.config)
-            .env("PATH", path)
-            .env(RUN_MARKER_ENV, &token);
-        for (k, v) in env {
+            .arg(&self.layout.config)
+            .env("PATH", &self.path)
+            .env(RUN_MARKER_ENV, &self.token);
+        for (k, v) in &self.env {
             cmd.env(k, v);
         }
         cmd.stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
         let child = cmd.spawn().context("cannot start containerd")?;
-        let pid = child.id();
-        let start_ticks = read_proc(pid).map(|p| p.start_ticks).unwrap_or(0);
-        let mut cd = PrivateContainerd {
-            layout,
-            log: log.to_path_buf(),
-            child: Some(child),
-            pid,
-            start_ticks,
-            marker,
-            ids: Default::default(),
-            keep,
-            temp: Some(temp),
-        };
-        cd.wait_ready()?;
-        Ok(cd)
+        self.pid.set(child.id());
+        *self.child.borrow_mut() = Some(child);
+        Ok(())
     }
 
-    pub(super) fn wait_ready(&mut self) -> Result<()> {
+    /// Stops containerd (SIGTERM: the shims and their sandboxes live on, as
+    /// on a node whose containerd is upgraded) and starts it again on the
+    /// same state, appending to the same log.
+    pub fn restart(&self) -> Result<()> {
+        let old = self.child.borrow_mut().take();
+        if let Some(mut child) = old {
+            host_support::process::stop_child(
+                &mut child,
+                Some(nix::sys::signal::Signal::SIGTERM),
+                CONTAINERD_STOP_TIMEOUT,
+            )
+            .context("stop containerd")?;
+        }
+        let log_file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("open {}", self.log.display()))?;
+        self.spawn(log_file)?;
+        self.wait_ready()
+    }
+
+    pub(super) fn wait_ready(&self) -> Result<()> {
         let t = Instant::now();
         loop {
-            if let Some(status) = self
+            let exited = self
                 .child
+                .borrow_mut()
                 .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
                 bail!(
                     "containerd exited at start ({status}); log {}:\n{}",
                     self.log.display(),
@@ -273,7 +311,7 @@ impl PrivateContainerd {
         let me = std::process::id();
         all_procs()
             .into_iter()
-            .filter(|p| p.pid != self.pid && p.pid != me && !p.zombie)
+            .filter(|p| p.pid != self.pid.get() && p.pid != me && !p.zombie)
             .filter(|p| {
                 environ_has(p.pid, &self.marker)
                     || (WATCHED_PROGRAMS.contains(&p.program())
@@ -393,7 +431,8 @@ impl PrivateContainerd {
                 self.force_remove(&id);
             }
         }
-        if let Some(mut child) = self.child.take() {
+        let child = self.child.borrow_mut().take();
+        if let Some(mut child) = child {
             let _ = host_support::process::stop_child(
                 &mut child,
                 Some(nix::sys::signal::Signal::SIGTERM),

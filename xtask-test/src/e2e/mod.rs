@@ -29,7 +29,9 @@
 //!
 //! Shim configuration: the harness writes a `configuration.toml` into its
 //! temp dir and hands it to the shim through `KATA_CONF_FILE` in
-//! containerd's environment. Keys used (Kata's names):
+//! containerd's environment. It is written through the runtime's schema type
+//! (`runtime::config::ConfigFile`, upstream's defaults) and read back with
+//! the runtime's loader before use. Keys set (Kata's names):
 //!   [hypervisor.qemu] path, kernel, initrd | image, machine_type,
 //!                     kernel_params, default_vcpus, default_memory,
 //!                     shared_fs = "virtio-fs", virtio_fs_daemon,
@@ -65,7 +67,7 @@ use crate::vmtest::{self, Media};
 use xtask::context::Ctx;
 use xtask::error::InputError;
 
-mod bounded;
+pub(crate) mod bounded;
 mod containerd;
 mod host;
 mod oci_image;
@@ -77,9 +79,10 @@ use containerd::{Ctr, PrivateContainerd};
 use host::{all_procs, descendants, pss_kib};
 use oci_image::{image_busybox, import_image, write_oci_archive, OciImage};
 use scenarios::{
-    fault_agent_silent, fault_hostile_ids, fault_invalid_spec, fault_qemu_killed,
-    fault_shim_killed, host_kernel, scenario_detached_exec_kill, scenario_exit_code,
-    scenario_kernel, scenario_no_leftovers, scenario_one_char_id, scenario_stdio, Runner,
+    fault_agent_silent, fault_containerd_restarted, fault_hostile_ids, fault_invalid_spec,
+    fault_qemu_killed, fault_shim_killed, fault_virtiofsd_killed, fault_vsock_daemon_killed,
+    host_kernel, scenario_detached_exec_kill, scenario_exit_code, scenario_kernel,
+    scenario_no_leftovers, scenario_one_char_id, scenario_seccomp, scenario_stdio, Runner,
     AGENT_REQUEST_TIMEOUT,
 };
 use shipped::{from_release, ShippedTree};
@@ -95,7 +98,7 @@ pub const NAMESPACE: &str = "e2e";
 /// children) to tell our processes from anyone else's.
 pub const RUN_MARKER_ENV: &str = "KATA_E2E_RUN";
 /// Kata's first configuration lookup.
-pub const KATA_CONF_ENV: &str = "KATA_CONF_FILE";
+pub const KATA_CONF_ENV: &str = runtime::config::CONF_FILE_ENV;
 const VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
 /// Where a containerd shim (Go's and the containerd-shim crate's) puts its
 /// socket: `<root>/s/<sha256(address/namespace/id)>`, whatever containerd's
@@ -241,63 +244,83 @@ pub fn kata_configuration(guest: &vmtest::Guest) -> Result<String> {
     if !Path::new(VIRTIOFSD).is_file() {
         bail!("{VIRTIOFSD} is missing: apt-get install qemu-system-common (virtiofsd shares the container rootfs)");
     }
-    let boot = match &guest.boot {
-        runtime::hypervisor::BootMedia::Initrd(p) => format!("initrd = \"{}\"", p.display()),
-        runtime::hypervisor::BootMedia::Image { path, fs, .. } => {
-            let fs = match fs {
-                runtime::hypervisor::ImageFs::Ext4 => "ext4",
-                runtime::hypervisor::ImageFs::Erofs => "erofs",
-            };
-            format!("image = \"{}\"\nrootfs_type = \"{fs}\"", path.display())
-        }
-    };
     // Our extension key; without /dev/vhost-vsock the shim needs it, and
     // containerd's PATH need not hold ~/.cargo/bin where doctor installs it.
-    let vsock_daemon = match xtask::tools::which("vhost-device-vsock").or_else(|| {
+    let vsock_daemon = xtask::tools::which("vhost-device-vsock").or_else(|| {
         std::env::var_os("HOME")
             .map(|h| Path::new(&h).join(".cargo/bin/vhost-device-vsock"))
             .filter(|p| p.is_file())
-    }) {
-        Some(p) => format!("vhost_user_vsock_daemon = \"{}\"\n", p.display()),
-        None => String::new(),
-    };
-    Ok(format!(
-        r#"# Written by `cargo xtask test e2e` for its private containerd.
-[hypervisor.qemu]
-path = "{qemu}"
-kernel = "{kernel}"
-{boot}
-machine_type = "q35"
-kernel_params = ""
-default_vcpus = 1
-default_memory = 512
-shared_fs = "virtio-fs"
-virtio_fs_daemon = "{virtiofsd}"
-virtio_fs_cache = "auto"
-enable_debug = true
-# Our extensions (runtime/src/config.rs): KVM guests crash on the CI hosts,
-# so no probe: TCG.
-accelerator = "tcg"
-{vsock_daemon}
-[agent.kata]
-enable_debug = true
-# Seconds; a TCG boot on a loaded CI machine is slow.
-dial_timeout = 120
-# Our extension: the bound of each agent call (f-agent-silent relies on it).
-request_timeout = {request_timeout}
+    });
+    harness_configuration(&qemu, &guest.kernel, &guest.boot, vsock_daemon)
+}
 
-[runtime]
-enable_debug = true
-internetworking_model = "none"
-sandbox_cgroup_only = false
-static_sandbox_resource_mgmt = true
-"#,
-        qemu = qemu.display(),
-        kernel = guest.kernel.display(),
-        virtiofsd = VIRTIOFSD,
-        request_timeout = AGENT_REQUEST_TIMEOUT.as_secs(),
-        vsock_daemon = vsock_daemon,
-    ))
+/// The harness's configuration, written through the runtime's own schema
+/// type ([`runtime::config::ConfigFile`]: upstream's defaults, the test's
+/// binaries and guest) and read back with the runtime's loader, so the
+/// shim is handed a file it accepts as it is meant.
+fn harness_configuration(
+    qemu: &Path,
+    kernel: &Path,
+    boot: &runtime::hypervisor::BootMedia,
+    vsock_daemon: Option<PathBuf>,
+) -> Result<String> {
+    use runtime::hypervisor::{BootMedia, ImageFs};
+    let mut file = runtime::config::ConfigFile::default();
+    let q = &mut file.hypervisor.qemu;
+    q.path = qemu.to_owned();
+    q.kernel = kernel.to_owned();
+    match boot {
+        BootMedia::Initrd(p) => q.initrd = Some(p.clone()),
+        BootMedia::Image { path, fs, .. } => {
+            q.image = Some(path.clone());
+            q.rootfs_type = match fs {
+                ImageFs::Ext4 => "ext4",
+                ImageFs::Erofs => "erofs",
+            }
+            .into();
+        }
+    }
+    q.machine_type = "q35".into();
+    q.kernel_params = Vec::new();
+    q.default_vcpus = 1;
+    q.default_memory = 512;
+    q.shared_fs = "virtio-fs".into();
+    q.virtio_fs_daemon = VIRTIOFSD.into();
+    q.virtio_fs_cache = "auto".into();
+    q.enable_debug = true;
+    // Our extensions (runtime/src/config.rs): KVM guests crash on the CI
+    // hosts, so no probe: TCG.
+    q.accelerator = "tcg".into();
+    q.vhost_user_vsock_daemon = vsock_daemon;
+    let a = &mut file.agent.kata;
+    a.enable_debug = true;
+    // Seconds; a TCG boot on a loaded CI machine is slow.
+    a.dial_timeout = 120;
+    // Our extension: the bound of each agent call (f-agent-silent relies on it).
+    a.request_timeout = AGENT_REQUEST_TIMEOUT.as_secs();
+    let r = &mut file.runtime;
+    r.enable_debug = true;
+    r.internetworking_model = "none".into();
+    r.sandbox_cgroup_only = false;
+    // The guest enforces containers' seccomp profiles (h-seccomp checks
+    // it; the shipped file keeps upstream's true, which the
+    // --from-release run checks).
+    r.disable_guest_seccomp = false;
+    r.static_sandbox_resource_mgmt = true;
+
+    let body = file
+        .to_toml()
+        .context("cannot write the e2e configuration.toml")?;
+    let text = format!("# Written by `cargo xtask test e2e` for its private containerd.\n{body}");
+    let back = runtime::config::parse(&text, Path::new("e2e configuration.toml"))
+        .context("the runtime refuses the e2e configuration.toml")?;
+    if back.to_file() != file || !back.ignored.is_empty() {
+        bail!(
+            "the e2e configuration.toml does not read back as written (ignored: {:?}):\n{text}",
+            back.ignored
+        );
+    }
+    Ok(text)
 }
 
 // ---------------------------------------------------------------------------
@@ -517,7 +540,7 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
     ctx.ui.info(&format!(
         "test e2e: containerd {} (pid {}), image {} {}, runtime {}{}",
         env.containerd.layout.address.display(),
-        env.containerd.pid,
+        env.containerd.pid.get(),
         env.image.name,
         env.image.manifest_digest,
         args.runtime,
@@ -548,9 +571,16 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
         scenario_detached_exec_kill,
     );
     r.scenario("g-one-char-id", &[], scenario_one_char_id);
+    r.scenario("h-seccomp", &["sc1", "sc2"], scenario_seccomp);
     if args.faults {
         if kata {
             r.scenario("f-qemu-killed", &["qemukill"], fault_qemu_killed);
+            r.scenario("f-virtiofsd-killed", &["fskill"], fault_virtiofsd_killed);
+            r.scenario(
+                "f-vsock-daemon-killed",
+                &["vsockkill"],
+                fault_vsock_daemon_killed,
+            );
             r.scenario("f-agent-silent", &["silent"], fault_agent_silent);
             r.scenario(
                 "f-hostile-ids",
@@ -558,10 +588,18 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
                 fault_hostile_ids,
             );
             r.scenario("f-shim-killed", &["shimkill"], fault_shim_killed);
+            r.scenario(
+                "f-containerd-restarted",
+                &["restart"],
+                fault_containerd_restarted,
+            );
         } else {
-            ctx.ui.info("SKIP f-qemu-killed, f-agent-silent, f-hostile-ids, f-shim-killed: kata only (runc runs no QEMU and reads no CRI annotations)");
+            ctx.ui.info("SKIP f-qemu-killed, f-virtiofsd-killed, f-vsock-daemon-killed, f-agent-silent, f-hostile-ids, f-shim-killed, f-containerd-restarted: kata only (runc runs no QEMU and reads no CRI annotations)");
             skipped.extend([
                 "f-qemu-killed",
+                "f-virtiofsd-killed",
+                "f-vsock-daemon-killed",
+                "f-containerd-restarted",
                 "f-agent-silent",
                 "f-hostile-ids",
                 "f-shim-killed",
@@ -606,4 +644,60 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
         bail!("test e2e failed: {}", failed.join(", "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runtime::hypervisor::{BootMedia, ImageFs};
+
+    #[test]
+    fn harness_configuration_is_what_the_runtime_reads() {
+        let text = harness_configuration(
+            Path::new("/usr/bin/qemu-system-x86_64"),
+            Path::new("/t/bzImage"),
+            &BootMedia::Image {
+                path: "/t/rootfs.erofs".into(),
+                fs: ImageFs::Erofs,
+                dax: true,
+            },
+            Some("/root/.cargo/bin/vhost-device-vsock".into()),
+        )
+        .unwrap();
+        assert!(
+            text.starts_with("# Written by `cargo xtask test e2e`"),
+            "{text}"
+        );
+        let c = runtime::config::parse(&text, Path::new("e2e.toml")).unwrap();
+        let q = &c.hypervisor;
+        assert_eq!(q.kernel, Path::new("/t/bzImage"));
+        assert_eq!(q.image.as_deref(), Some(Path::new("/t/rootfs.erofs")));
+        assert_eq!(q.initrd, None);
+        assert_eq!(q.rootfs_type, "erofs");
+        assert_eq!(q.default_memory, 512);
+        assert_eq!(q.virtio_fs_daemon, Path::new(VIRTIOFSD));
+        assert_eq!(q.accelerator, "tcg");
+        assert!(q.enable_debug && c.agent.enable_debug && c.runtime.enable_debug);
+        assert_eq!(
+            q.vhost_user_vsock_daemon.as_deref(),
+            Some(Path::new("/root/.cargo/bin/vhost-device-vsock"))
+        );
+        assert_eq!(c.agent.dial_timeout, 120);
+        assert_eq!(c.request_timeout(), AGENT_REQUEST_TIMEOUT);
+        assert_eq!(q.seccompsandbox, "", "as before: no -sandbox in the e2e VM");
+
+        let text = harness_configuration(
+            Path::new("/q"),
+            Path::new("/k"),
+            &BootMedia::Initrd("/t/initrd.img".into()),
+            None,
+        )
+        .unwrap();
+        let c = runtime::config::parse(&text, Path::new("e2e.toml")).unwrap();
+        assert_eq!(
+            c.hypervisor.initrd.as_deref(),
+            Some(Path::new("/t/initrd.img"))
+        );
+        assert_eq!(c.hypervisor.vhost_user_vsock_daemon, None);
+    }
 }

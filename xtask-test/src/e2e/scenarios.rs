@@ -121,6 +121,27 @@ pub(super) fn leftovers_now(cd: &PrivateContainerd) -> Result<()> {
     Ok(())
 }
 
+/// Waits up to `within` for the leftover scan to come back empty (a shim
+/// tears down after it reports an exit); `after` says what happened, for the
+/// error that lists what is still there.
+pub(super) fn wait_no_leftovers(
+    cd: &PrivateContainerd,
+    within: Duration,
+    after: &str,
+) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = cd.leftovers();
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{after}, left behind:\n  {}", left.join("\n  "));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 pub(super) fn scenario_kernel(r: &mut Runner, ids: &[String]) -> Result<String> {
     let out = r
         .run(&ids[0], &["--rm"], &["uname", "-r"], None)?
@@ -301,7 +322,30 @@ pub(super) fn scenario_no_leftovers(r: &mut Runner, _ids: &[String]) -> Result<S
 /// QEMU of a running sandbox is killed: `ctr run` must end with an error
 /// within its bound, and the shim must clean up everything.
 pub(super) fn fault_qemu_killed(r: &mut Runner, ids: &[String]) -> Result<String> {
+    fault_sandbox_process_killed(r, ids, "qemu-system-x86_64")
+}
+
+pub(super) fn fault_virtiofsd_killed(r: &mut Runner, ids: &[String]) -> Result<String> {
+    fault_sandbox_process_killed(r, ids, "virtiofsd")
+}
+
+pub(super) fn fault_vsock_daemon_killed(r: &mut Runner, ids: &[String]) -> Result<String> {
+    fault_sandbox_process_killed(r, ids, "vhost-device-vsock")
+}
+
+/// The exit status the shim reports for a container whose VM died
+/// (`runtime::shim::VM_DIED_STATUS`), as `ctr run` passes it on.
+const VM_DIED_STATUS: i32 = runtime::shim::VM_DIED_STATUS as i32;
+
+/// SIGKILLs one process of a running sandbox (QEMU, virtiofsd or the vsock
+/// daemon): the container must end with the VM-died status within a bound,
+/// the shim must say in its log that the VM died and which process went,
+/// and nothing may be left.
+fn fault_sandbox_process_killed(r: &mut Runner, ids: &[String], program: &str) -> Result<String> {
     let id = ids[0].as_str();
+    let log_before = std::fs::metadata(&r.env.containerd.log)
+        .map(|m| m.len())
+        .unwrap_or(0);
     let cmd = r.ctr().run_command(
         &r.runtime,
         &["--rm"],
@@ -326,53 +370,58 @@ pub(super) fn fault_qemu_killed(r: &mut Runner, ids: &[String]) -> Result<String
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let qemus: Vec<ProcInfo> = r
+    let victims: Vec<ProcInfo> = r
         .env
         .containerd
         .our_processes()
         .into_iter()
-        .filter(|p| p.program() == "qemu-system-x86_64")
+        .filter(|p| p.program() == program)
         .collect();
-    if qemus.len() != 1 {
+    if victims.len() != 1 {
         let _ = signal(running.pid(), nix::sys::signal::Signal::SIGKILL);
-        bail!("expected one QEMU of ours for {id}, found {}", qemus.len());
+        bail!(
+            "expected one {program} of ours for {id}, found {}",
+            victims.len()
+        );
     }
-    signal(qemus[0].pid, nix::sys::signal::Signal::SIGKILL)?;
+    signal(victims[0].pid, nix::sys::signal::Signal::SIGKILL)?;
     let killed = Instant::now();
     let out = running.wait(Duration::from_secs(120))?;
     if out.timed_out {
         bail!(
-            "ctr run did not end within 120 s of QEMU being killed: {}",
+            "ctr run did not end within 120 s of {program} being killed: {}",
             out.describe()
         );
     }
-    if out.success() {
+    if out.code != Some(VM_DIED_STATUS) {
         bail!(
-            "ctr run reported success although QEMU was killed: {}",
+            "expected exit status {VM_DIED_STATUS} (the VM died) after {program} was killed: {}",
             out.describe()
         );
     }
     let detected = killed.elapsed();
     // The shim tears down after reporting the exit; give it a moment.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = r.env.containerd.leftovers();
-        if left.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "after QEMU was killed, left behind:\n  {}",
-                left.join("\n  ")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
+    wait_no_leftovers(
+        &r.env.containerd,
+        Duration::from_secs(30),
+        &format!("after {program} was killed"),
+    )?;
+    let log = std::fs::read(&r.env.containerd.log).unwrap_or_default();
+    let log = String::from_utf8_lossy(&log[(log_before as usize).min(log.len())..]).into_owned();
+    let said = log
+        .lines()
+        .find(|l| l.contains("the VM died"))
+        .with_context(|| {
+            format!("the shim never logged that the VM died after {program} was killed")
+        })?;
+    if !said.contains(program) {
+        bail!("the shim's message does not name {program}: {said}");
     }
     Ok(format!(
-        "ctr run ended ({}) {} ms after QEMU {} was killed; nothing left",
-        out.status_text(),
+        "ctr run ended with status {VM_DIED_STATUS} {} ms after {program} {} was killed; the shim said: {}; nothing left",
         detected.as_millis(),
-        qemus[0].pid
+        victims[0].pid,
+        said.trim()
     ))
 }
 
@@ -423,20 +472,11 @@ pub(super) fn fault_agent_silent(r: &mut Runner, ids: &[String]) -> Result<Strin
     }
     let _ = run_bounded(ctr.command(&["tasks", "delete", "-f", id]), None, r.timeout);
     let _ = run_bounded(ctr.command(&["containers", "delete", id]), None, r.timeout);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = r.env.containerd.leftovers();
-        if left.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "after the silent agent, left behind:\n  {}",
-                left.join("\n  ")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_no_leftovers(
+        &r.env.containerd,
+        Duration::from_secs(60),
+        "after the silent agent",
+    )?;
     let first = out
         .stderr
         .lines()
@@ -453,30 +493,45 @@ pub(super) fn fault_agent_silent(r: &mut Runner, ids: &[String]) -> Result<Strin
 /// leave nothing behind.
 pub(super) fn fault_invalid_spec(r: &mut Runner, ids: &[String]) -> Result<String> {
     let mut seen = Vec::new();
-    let cases: [(&str, &[&str], &[&str]); 2] = [
+    // (what, flags, args, what ctr's error must name)
+    let cases: [(&str, &[&str], &[&str], &str); 2] = [
         (
             "a cwd under a regular file",
             &["--rm", "--cwd", "/bin/busybox/nowhere"],
             &["true"],
+            "/bin/busybox/nowhere",
         ),
-        ("a missing executable", &["--rm"], &["/does/not/exist"]),
+        (
+            "a missing executable",
+            &["--rm"],
+            &["/does/not/exist"],
+            "/does/not/exist",
+        ),
     ];
-    for ((what, flags, args), id) in cases.iter().zip(ids) {
+    for ((what, flags, args, named), id) in cases.iter().zip(ids) {
         let out = r.run(id, flags, args, None)?;
-        if out.success() || out.timed_out {
-            bail!("{what}: expected ctr to fail: {}", out.describe());
+        if out.timed_out || out.code != Some(1) {
+            bail!(
+                "{what}: expected ctr to fail with status 1: {}",
+                out.describe()
+            );
         }
-        if out.stderr.trim().is_empty() {
-            bail!("{what}: ctr failed without saying why: {}", out.describe());
-        }
-        leftovers_now(&r.env.containerd).with_context(|| format!("after {what}"))?;
-        let first = out
+        let said: Vec<&str> = out
             .stderr
             .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim()
-            .to_string();
+            .filter(|l| l.contains("ctr:") || l.contains("error"))
+            .collect();
+        if !said.iter().any(|l| l.contains(named)) {
+            bail!(
+                "{what}: ctr's error does not name {named}: {}",
+                out.describe()
+            );
+        }
+        leftovers_now(&r.env.containerd).with_context(|| format!("after {what}"))?;
+        if r.ctr().task_status(id)?.is_some() {
+            bail!("{what}: task {id} is still listed");
+        }
+        let first = said.first().copied().unwrap_or("").trim().to_string();
         seen.push(format!("{what}: {} ({first})", out.status_text()));
     }
     Ok(seen.join("; "))
@@ -643,23 +698,150 @@ pub(super) fn fault_shim_killed(r: &mut Runner, ids: &[String]) -> Result<String
     let noticed = killed.elapsed();
     let _ = run_bounded(ctr.command(&["tasks", "delete", id]), None, r.timeout);
     run_bounded(ctr.command(&["containers", "delete", id]), None, r.timeout)?.require_success()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = r.env.containerd.leftovers();
-        if left.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "after shim {shim} was SIGKILLed and containerd cleaned up, left behind:\n  {}",
-                left.join("\n  ")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_no_leftovers(
+        &r.env.containerd,
+        Duration::from_secs(60),
+        &format!("after shim {shim} was SIGKILLed and containerd cleaned up"),
+    )?;
     Ok(format!(
         "shim {shim} SIGKILLed; task left RUNNING after {} ms; containerd's delete stopped {} and nothing is left",
         noticed.as_millis(),
         vm.join(", ")
     ))
+}
+
+/// containerd restarted under a running sandbox (as on an upgrade): the
+/// task must still be listed as running, `ctr task exec` must work through
+/// the reconnected shim, and a later kill and delete must leave nothing.
+pub(super) fn fault_containerd_restarted(r: &mut Runner, ids: &[String]) -> Result<String> {
+    let id = ids[0].as_str();
+    let ctr = r.ctr();
+    r.run(id, &["-d"], &["sleep", "300"], None)?
+        .require_success()?;
+    ctr.wait_task_status(id, "RUNNING", Duration::from_secs(60))?;
+    let shims_before: Vec<u32> = r
+        .env
+        .containerd
+        .our_processes()
+        .into_iter()
+        .filter(|p| p.program().starts_with("containerd-shim"))
+        .map(|p| p.pid)
+        .collect();
+    let old_pid = r.env.containerd.pid.get();
+    r.env.containerd.restart()?;
+    let status = ctr.task_status(id)?;
+    if status.as_deref() != Some("RUNNING") {
+        bail!("after containerd restarted, task {id} is {status:?}, not RUNNING");
+    }
+    let shims_after: Vec<u32> = r
+        .env
+        .containerd
+        .our_processes()
+        .into_iter()
+        .filter(|p| p.program().starts_with("containerd-shim"))
+        .map(|p| p.pid)
+        .collect();
+    if shims_after != shims_before {
+        bail!("the shims changed across the restart: {shims_before:?} -> {shims_after:?}");
+    }
+    let out = run_bounded(
+        ctr.exec_command(id, "after-restart", &["sh", "-c", "echo still-here"]),
+        None,
+        r.timeout,
+    )?
+    .require_success()?;
+    if out.stdout.trim() != "still-here" {
+        bail!(
+            "exec after the restart printed {:?}: {}",
+            out.stdout,
+            out.describe()
+        );
+    }
+    run_bounded(
+        ctr.command(&["tasks", "kill", "-s", "SIGKILL", id]),
+        None,
+        r.timeout,
+    )?
+    .require_success()?;
+    ctr.wait_task_status(id, "STOPPED", Duration::from_secs(60))?;
+    let del =
+        run_bounded(ctr.command(&["tasks", "delete", id]), None, r.timeout)?.require_success()?;
+    if !del.stderr.contains("exit code 137") {
+        bail!(
+            "ctr tasks delete after the restart does not report exit code 137: {}",
+            del.describe()
+        );
+    }
+    run_bounded(ctr.command(&["containers", "delete", id]), None, r.timeout)?.require_success()?;
+    wait_no_leftovers(
+        &r.env.containerd,
+        Duration::from_secs(30),
+        "after the restart and delete",
+    )?;
+    Ok(format!(
+        "containerd {old_pid} -> {}: {id} still RUNNING under the same shim {shims_before:?}, exec printed still-here, SIGKILL -> delete reported 137, nothing left",
+        r.env.containerd.pid.get()
+    ))
+}
+
+/// An OCI seccomp profile that denies mkdir with EPERM.
+const DENY_MKDIR_PROFILE: &str = r#"{
+  "defaultAction": "SCMP_ACT_ALLOW",
+  "architectures": ["SCMP_ARCH_X86_64"],
+  "syscalls": [
+    {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
+  ]
+}"#;
+
+/// A container's seccomp profile through containerd: with a profile that
+/// denies mkdir, mkdir fails with EPERM where the profile is enforced (runc,
+/// and kata with `disable_guest_seccomp = false`) and works where
+/// upstream's default `disable_guest_seccomp = true` leaves it out of the
+/// VM; without a profile mkdir works.
+pub(super) fn scenario_seccomp(r: &mut Runner, ids: &[String]) -> Result<String> {
+    let enforced = match &r.env.kata_config {
+        Some(path) if r.kata() => {
+            let cfg = runtime::config::load_file(path)
+                .with_context(|| format!("read {}", path.display()))?;
+            !cfg.runtime.disable_guest_seccomp
+        }
+        _ => true,
+    };
+    let profile = r.env.containerd.layout.dir.join("deny-mkdir.json");
+    std::fs::write(&profile, DENY_MKDIR_PROFILE)?;
+    let profile = profile.display().to_string();
+    let script = ["sh", "-c", "mkdir /tmp/seccomp-probe && echo made"];
+    let with = r.run(
+        &ids[0],
+        &["--rm", "--seccomp", "--seccomp-profile", &profile],
+        &script,
+        None,
+    )?;
+    if enforced {
+        if with.success() || !with.stderr.contains("Operation not permitted") {
+            bail!(
+                "with the deny-mkdir profile enforced, mkdir must fail with EPERM: {}",
+                with.describe()
+            );
+        }
+    } else if !with.success() || with.stdout.trim() != "made" {
+        bail!(
+            "with disable_guest_seccomp = true the profile stays out of the VM, so mkdir must work: {}",
+            with.describe()
+        );
+    }
+    let without = r
+        .run(&ids[1], &["--rm"], &script, None)?
+        .require_success()?;
+    if without.stdout.trim() != "made" {
+        bail!("without a profile mkdir must work: {}", without.describe());
+    }
+    Ok(if enforced {
+        format!(
+            "deny-mkdir profile: mkdir failed ({}); without it mkdir worked",
+            with.stderr.lines().next().unwrap_or("").trim()
+        )
+    } else {
+        "disable_guest_seccomp = true: the deny-mkdir profile stayed out of the VM (mkdir worked), as without one".into()
+    })
 }
