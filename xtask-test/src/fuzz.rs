@@ -722,7 +722,8 @@ pub struct FuzzReport {
     /// Requests sent (all kinds).
     pub requests: u64,
     pub by_kind: BTreeMap<String, u64>,
-    /// Requests per `/service/method` (raw frames as `/frame/<what>`).
+    /// Requests per `/service/method` (raw frames as `/frame/<what>`, names
+    /// that are no method as [`UNKNOWN_METHOD`]).
     pub per_method: BTreeMap<String, u64>,
     /// Outcomes: `OK`, the ttrpc status code, `TIMEOUT`,
     /// `NO-REPLY-UNDECODABLE` (ttrpc drops a connection whose request does
@@ -730,6 +731,8 @@ pub struct FuzzReport {
     /// three the fuzz connection is reopened. Raw frames: `FRAME-ANSWERED`,
     /// `FRAME-CLOSED`, `FRAME-SILENT`.
     pub outcomes: BTreeMap<String, u64>,
+    /// The methods of the `TIMEOUT` outcomes (handlers that may block).
+    pub timeouts: BTreeMap<String, u64>,
     pub health_checks: u64,
     pub reconnects: u64,
     /// Methods not sent at random, and why.
@@ -797,6 +800,18 @@ impl FuzzConn {
             }
             Err(_) => ("TRANSPORT".into(), true),
         }
+    }
+}
+
+/// Where requests for made-up service or method names are counted.
+pub const UNKNOWN_METHOD: &str = "(no such method)";
+
+fn method_key(req: &FuzzRequest, declared: &[String]) -> String {
+    let path = req.path();
+    if req.kind == Kind::RawFrame || declared.contains(&path) {
+        path
+    } else {
+        UNKNOWN_METHOD.to_string()
     }
 }
 
@@ -960,6 +975,7 @@ pub fn fuzz_loop(
         progress,
     } = target;
     let methods = fuzzed_methods();
+    let declared: Vec<String> = all_methods().iter().map(Method::path).collect();
     let mut rng = Rng::new(seed);
     let mut conn = Some(FuzzConn::open(address)?);
     let mut history: std::collections::VecDeque<FuzzRequest> = Default::default();
@@ -977,7 +993,8 @@ pub fn fuzz_loop(
                     .into(),
             )
             .or_default() += 1;
-        *report.per_method.entry(req.path()).or_default() += 1;
+        let key = method_key(&req, &declared);
+        *report.per_method.entry(key.clone()).or_default() += 1;
         if history.len() == HISTORY {
             history.pop_front();
         }
@@ -1000,6 +1017,9 @@ pub fn fuzz_loop(
             }
             outcome
         };
+        if outcome == "TIMEOUT" {
+            *report.timeouts.entry(key).or_default() += 1;
+        }
         *report.outcomes.entry(outcome).or_default() += 1;
         report.health_checks += 1;
         if let Err(e) = healthy(health, alive) {
@@ -1086,6 +1106,12 @@ pub fn run(ctx: &Ctx, args: &FuzzArgs) -> Result<()> {
         report.crashes,
         report.qemu_exit
     ));
+    if !report.timeouts.is_empty() {
+        ctx.ui.info(&format!(
+            "test fuzz: TIMEOUT (no answer within {FUZZ_CALL_TIMEOUT:?}) by method: {:?}",
+            report.timeouts
+        ));
+    }
     if ctx.json {
         ctx.print_json(&serde_json::to_value(&report)?)?;
     }
