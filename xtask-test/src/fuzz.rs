@@ -765,11 +765,14 @@ impl FuzzConn {
     /// Sends one request; the outcome's name and whether the connection
     /// must be reopened.
     fn send(&self, req: &FuzzRequest) -> (String, bool) {
-        // ttrpc 0.9's sync server answers nothing to a request whose message
-        // does not decode: the handler's decode error makes it abandon the
-        // connection (it reads no more from it, and keeps it open). Such a
-        // request is bounded briefly and counted as NO-REPLY-UNDECODABLE;
-        // the next request goes over a fresh connection.
+        // ttrpc 0.9's generated handlers answer nothing to a request whose
+        // message does not decode: the decode error makes the server abandon
+        // the connection (it reads no more from it, and keeps it open). The
+        // agent wraps them to answer INVALID_ARGUMENT instead
+        // (agent/src/rpc.rs, DecodeErrorReply), so against the agent this
+        // outcome means that wrapper no longer applies. Such a request is
+        // bounded briefly and counted as NO-REPLY-UNDECODABLE; the next one
+        // goes over a fresh connection.
         let undecodable = matches!(
             protocols::requests::decode_request(&req.path(), &req.bytes),
             Err(protocols::requests::DecodeError::Payload { .. })
