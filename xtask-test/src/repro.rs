@@ -239,10 +239,7 @@ pub struct KernelRebuilt {
 
 impl KernelRebuilt {
     fn path(ctx: &Ctx, key: &str) -> PathBuf {
-        ctx.cache_dir
-            .join("verified")
-            .join("kernel-rebuilt")
-            .join(format!("{key}.json"))
+        xtask::cache::record_path(&ctx.cache_dir, "kernel-rebuilt", key)
     }
 
     /// The record kept with the sources, for a machine whose cache is new.

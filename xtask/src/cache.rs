@@ -25,7 +25,8 @@
 //! steps/<step>/<key>/          a finished entry; `.inputs.json` and `.seal.json` inside
 //! steps/<step>/.<key>.lock     flock(2)ed while the entry is built
 //! steps/<step>/last.json       the inputs of the last run (for "why it ran")
-//! tmp/<pid>-<n>/               one process's work dirs; a dead pid's are swept
+//! tmp/run-<n>/                 one process's work dir, flock()ed while it lives
+//! verified/<kind>/<key>.json   the tests' records about keys (repro)
 //! ```
 
 use std::collections::BTreeMap;
@@ -569,6 +570,13 @@ impl EntryLock {
 /// (for tests that compare two caches).
 pub fn entry_dir_in(root: &Path, step: &str, key: &str) -> PathBuf {
     root.join("steps").join(step).join(key)
+}
+
+/// Where the cache rooted at `root` keeps a record the tests made about a
+/// key (`verified/<kind>/<key>.json`; e.g. that a kernel key rebuilt
+/// identically elsewhere).
+pub fn record_path(root: &Path, kind: &str, key: &str) -> PathBuf {
+    root.join("verified").join(kind).join(format!("{key}.json"))
 }
 
 /// Copies a verified entry, seal included, into the cache rooted at `root`
