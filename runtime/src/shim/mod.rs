@@ -173,24 +173,65 @@ fn stop_recorded(state_root: &Path, record: &Path, name: &str) -> Result<(), Str
 /// Remove the socket of a shim that died: only a socket, and only if no
 /// process accepts connections on it any more.
 fn remove_dead_socket(path: &Path) -> Result<(), String> {
+    // containerd runs this action as soon as it sees the shim disconnect,
+    // which can be while the exiting shim still has its socket open: give
+    // it a moment to go before calling the socket live.
+    let deadline = std::time::Instant::now() + SHIM_EXIT_GRACE;
+    loop {
+        match remove_socket_if_dead(path) {
+            Err(e) if e.live && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other.map_err(|e| e.message),
+        }
+    }
+}
+
+/// How long `delete` waits for an exiting shim to stop accepting on its
+/// socket.
+const SHIM_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+struct SocketError {
+    message: String,
+    /// Something still accepts connections on it.
+    live: bool,
+}
+
+fn remove_socket_if_dead(path: &Path) -> Result<(), SocketError> {
     use std::os::unix::fs::FileTypeExt;
+    let err = |message: String, live: bool| Err(SocketError { message, live });
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(e) => return err(format!("{}: {e}", path.display()), false),
         Ok(m) if !m.file_type().is_socket() => {
-            return Err(format!("{} is not a socket; left in place", path.display()))
+            return err(
+                format!("{} is not a socket; left in place", path.display()),
+                false,
+            )
         }
         Ok(_) => {}
     }
     match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Err(format!(
-            "{} still accepts connections; left in place",
-            path.display()
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            std::fs::remove_file(path).map_err(|e| format!("remove {}: {e}", path.display()))
-        }
-        Err(e) => Err(format!("{}: {e}; left in place", path.display())),
+        Ok(_) => err(
+            format!(
+                "{} still accepts connections; left in place",
+                path.display()
+            ),
+            true,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| SocketError {
+                message: format!("remove {}: {e}", path.display()),
+                live: false,
+            }),
+        Err(e) => err(format!("{}: {e}; left in place", path.display()), false),
     }
 }
 

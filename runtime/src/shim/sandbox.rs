@@ -140,6 +140,11 @@ impl Sandbox {
         })
     }
 
+    /// Whether the VM was shut down on purpose (`stop_vm` took it).
+    pub fn was_shut_down(&self) -> bool {
+        self.vm.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+    }
+
     /// Whether the VM still runs; `Err` carries why it does not.
     pub fn check_alive(&self) -> Result<(), String> {
         let mut vm = self.vm.lock().unwrap_or_else(|e| e.into_inner());

@@ -264,6 +264,12 @@ impl Service {
             let Err(why) = sandbox.check_alive() else {
                 continue;
             };
+            // A delete or shutdown stopping the VM is not a death: that
+            // path tears down, and tearing down twice at once raced (both
+            // waited for the same QEMU).
+            if sandbox.was_shut_down() {
+                return;
+            }
             log::error!("sandbox {}: the VM died: {why}", sandbox.id);
             let procs: Vec<Arc<Proc>> = {
                 let st = state.lock().unwrap_or_else(|e| e.into_inner());

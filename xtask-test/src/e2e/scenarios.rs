@@ -370,12 +370,19 @@ fn fault_sandbox_process_killed(r: &mut Runner, ids: &[String], program: &str) -
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let victims: Vec<ProcInfo> = r
+    // The process the shim started: virtiofsd forks a child of the same
+    // name, which goes with its parent.
+    let named: Vec<ProcInfo> = r
         .env
         .containerd
         .our_processes()
         .into_iter()
         .filter(|p| p.program() == program)
+        .collect();
+    let victims: Vec<ProcInfo> = named
+        .iter()
+        .filter(|p| !named.iter().any(|q| q.pid == p.ppid))
+        .cloned()
         .collect();
     if victims.len() != 1 {
         let _ = signal(running.pid(), nix::sys::signal::Signal::SIGKILL);
