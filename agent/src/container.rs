@@ -111,6 +111,105 @@ fn check_clean_absolute(what: &str, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The init process's cwd and executable, checked against the rootfs
+/// before the container is created, so that a bad one is an error naming
+/// it (libcontainer reports only that a syscall failed). Only what can be
+/// known for sure is refused: a path component that is a non-directory,
+/// or an executable that is not there. A path through a symlink or under
+/// one of the spec's mounts (not mounted yet) is left to the runtime.
+fn check_process_paths(rootfs: &Path, spec: &protocols::oci::Spec) -> Result<()> {
+    let Some(process) = spec.Process.as_ref() else {
+        return Ok(());
+    };
+    let mounted = |p: &Path| {
+        spec.Mounts
+            .iter()
+            .any(|m| !m.destination.is_empty() && p.starts_with(&m.destination))
+    };
+    // What `path` (absolute, in the container) is in the rootfs.
+    #[derive(PartialEq)]
+    enum Found {
+        Dir,
+        NotDir,
+        Missing,
+        /// A component before the last is not a directory.
+        Blocked,
+        /// Through a symlink or a mount: not knowable here.
+        Unknown,
+    }
+    let probe = |path: &Path| -> Found {
+        let names: Vec<_> = path
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        let mut at = rootfs.to_path_buf();
+        let mut inside = PathBuf::from("/");
+        for (i, name) in names.iter().enumerate() {
+            inside.push(name);
+            if mounted(&inside) {
+                return Found::Unknown;
+            }
+            at.push(name);
+            let last = i + 1 == names.len();
+            match fs::symlink_metadata(&at) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Found::Missing,
+                Err(_) => return Found::Unknown,
+                Ok(m) if m.file_type().is_symlink() => return Found::Unknown,
+                Ok(m) if m.is_dir() => {}
+                Ok(_) if last => return Found::NotDir,
+                Ok(_) => return Found::Blocked,
+            }
+        }
+        Found::Dir
+    };
+    let bad = |msg: String| Err(fail(Code::INVALID_ARGUMENT, msg));
+    // A missing cwd is created; one under or at a file cannot be.
+    if !process.Cwd.is_empty()
+        && matches!(
+            probe(Path::new(&process.Cwd)),
+            Found::NotDir | Found::Blocked
+        )
+    {
+        return bad(format!(
+            "process.cwd {}: not a directory in the container's rootfs (a path component is a file)",
+            process.Cwd
+        ));
+    }
+    let exe = process.Args.first().map(String::as_str).unwrap_or("");
+    if exe.contains('/') {
+        match probe(&Path::new("/").join(exe)) {
+            Found::Missing | Found::Blocked => {
+                return bad(format!(
+                    "process.args[0] {exe}: no such file in the container's rootfs"
+                ))
+            }
+            Found::Dir => return bad(format!("process.args[0] {exe}: is a directory")),
+            _ => {}
+        }
+    } else if !exe.is_empty() {
+        let path = process
+            .Env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        let nowhere = path.split(':').filter(|d| d.starts_with('/')).all(|d| {
+            matches!(
+                probe(&Path::new(d).join(exe)),
+                Found::Missing | Found::Blocked
+            )
+        });
+        if nowhere {
+            return bad(format!(
+                "process.args[0] {exe}: not found in PATH {path} of the container's rootfs"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Where the agent keeps and expects container files.
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -750,6 +849,7 @@ impl Containers {
             .map(|r| r.Path.clone())
             .unwrap_or_default();
         let rootfs = self.layout.resolve_rootfs(cid, &root_path)?;
+        check_process_paths(&rootfs, &grpc_spec)?;
         let bundle = self.layout.bundle(cid);
         if bundle.exists() {
             return Err(fail(
@@ -1245,6 +1345,55 @@ fn read_stream(f: &File, len: u32) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_cwd_or_missing_executable_is_named_before_create() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        fs::create_dir_all(root.join("bin")).unwrap();
+        fs::create_dir_all(root.join("data")).unwrap();
+        fs::write(root.join("bin/busybox"), b"").unwrap();
+        std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+        std::os::unix::fs::symlink("/elsewhere", root.join("lnk")).unwrap();
+        let spec = |cwd: &str, exe: &str, mounts: &[&str]| {
+            let mut p = protocols::oci::Process::new();
+            p.Cwd = cwd.into();
+            p.Args = vec![exe.into()];
+            p.Env = vec!["PATH=/usr/bin:/bin".into()];
+            let mut s = protocols::oci::Spec::new();
+            s.Process = Some(p).into();
+            for dest in mounts {
+                let mut m = protocols::oci::Mount::new();
+                m.destination = (*dest).into();
+                s.Mounts.push(m);
+            }
+            s
+        };
+        let err = |s: protocols::oci::Spec| {
+            let e = check_process_paths(root, &s).unwrap_err();
+            assert_eq!(e.code, Code::INVALID_ARGUMENT);
+            e.message
+        };
+        // Fine: plain, a cwd to be created, PATH lookup, through a symlink,
+        // under a mount, an executable not known here.
+        for (cwd, exe, mounts) in [
+            ("/", "sh", &[][..]),
+            ("/data/new/dir", "/bin/busybox", &[][..]),
+            ("/lnk/x", "/lnk/tool", &[][..]),
+            ("/vol/x", "/vol/bin/tool", &["/vol"][..]),
+            ("/", "busybox", &[][..]),
+        ] {
+            assert!(
+                check_process_paths(root, &spec(cwd, exe, mounts)).is_ok(),
+                "{cwd} {exe}"
+            );
+        }
+        assert!(err(spec("/bin/busybox/nowhere", "sh", &[])).contains("/bin/busybox/nowhere"));
+        assert!(err(spec("/bin/busybox", "sh", &[])).contains("process.cwd /bin/busybox"));
+        assert!(err(spec("/", "/does/not/exist", &[])).contains("/does/not/exist: no such file"));
+        assert!(err(spec("/", "/bin", &[])).contains("is a directory"));
+        assert!(err(spec("/", "nosuchtool", &[])).contains("not found in PATH /usr/bin:/bin"));
+    }
 
     use protocols::ids::valid_id;
 
