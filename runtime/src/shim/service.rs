@@ -42,6 +42,25 @@ use crate::oci;
 /// Exit status of every process when its VM dies (as a killed process:
 /// nothing better is known).
 pub const VM_DIED_STATUS: u32 = 255;
+
+/// Why the sandbox's VM is dead, if it died (not if it was shut down):
+/// looked for during a short grace, as a process's death is seen by its
+/// peers a moment before it can be reaped.
+fn vm_death(sandbox: &Sandbox) -> Option<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        if sandbox.was_shut_down() {
+            return None;
+        }
+        if let Err(why) = sandbox.check_alive() {
+            return Some(why);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 /// Bound for a process's output to drain before its exit is published.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 /// How often the sandbox watcher checks QEMU.
@@ -519,8 +538,13 @@ impl Service {
             let status = match status {
                 Ok(s) => s,
                 Err(e) => {
-                    // The VM watcher reports VM deaths; this covers the rest.
                     log::warn!("{}/{}: wait failed: {e:#}", p.cid, p.agent_exec_id());
+                    // Usually because the VM died (the agent's connection
+                    // went with it): say so, and why, here, as the
+                    // container may be deleted before the watcher looks.
+                    if let Some(why) = vm_death(&sandbox) {
+                        log::error!("sandbox {}: the VM died: {why}", sandbox.id);
+                    }
                     VM_DIED_STATUS
                 }
             };

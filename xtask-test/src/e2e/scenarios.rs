@@ -421,8 +421,14 @@ fn fault_sandbox_process_killed(r: &mut Runner, ids: &[String], program: &str) -
         .with_context(|| {
             format!("the shim never logged that the VM died after {program} was killed")
         })?;
-    if !said.contains(program) {
-        bail!("the shim's message does not name {program}: {said}");
+    // The runtime calls QEMU by its name; the daemons by their programs'.
+    let name = if program == "qemu-system-x86_64" {
+        "QEMU"
+    } else {
+        program
+    };
+    if !said.contains(name) {
+        bail!("the shim's message does not name {name}: {said}");
     }
     Ok(format!(
         "ctr run ended with status {VM_DIED_STATUS} {} ms after {program} {} was killed; the shim said: {}; nothing left",
