@@ -93,6 +93,11 @@ impl HelperDaemon {
                 log_tail: tail_file(&self.log, LOG_TAIL_LINES),
             }),
             Ok(None) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => Err(VmError::HelperDaemonExited {
+                name: self.name,
+                status: super::REAPED_ELSEWHERE.into(),
+                log_tail: tail_file(&self.log, LOG_TAIL_LINES),
+            }),
             Err(e) => Err(VmError::io(format!("cannot poll {}", self.name), e)),
         }
     }

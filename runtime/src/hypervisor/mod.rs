@@ -9,6 +9,11 @@
 //! the per-VM state directory.
 
 mod accel;
+
+/// The exit status of a VM process that another waiter reaped first (a
+/// shim's child reaper): it is gone, and its status went with it.
+pub(crate) const REAPED_ELSEWHERE: &str = "status unknown: reaped before the runtime read it";
+
 pub mod cid;
 mod daemon;
 mod error;

@@ -907,6 +907,17 @@ impl Vm {
                 self.exit_status = status;
                 Ok(status)
             }
+            // Reaped by another waiter of the process (a shim's reaper):
+            // it is gone, its status with it.
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
+                let (console_log, console_tail, stderr_tail) = self.console_diagnostics();
+                Err(VmError::QemuExited {
+                    status: super::REAPED_ELSEWHERE.into(),
+                    console_log,
+                    console_tail,
+                    stderr_tail,
+                })
+            }
             Err(e) => Err(VmError::io("cannot poll QEMU", e)),
         }
     }
