@@ -278,6 +278,26 @@ pub(super) fn scenario_detached_exec_kill(r: &mut Runner, ids: &[String]) -> Res
             out.describe()
         );
     }
+    kill_and_delete(r, id)?;
+    leftovers_now(&r.env.containerd)?;
+    let procs: Vec<String> = footprint
+        .processes
+        .iter()
+        .map(|(pid, name, kib)| format!("{name}[{pid}] {kib}"))
+        .collect();
+    Ok(format!(
+        "run -d, exec e1 printed exec-ok, SIGKILL -> STOPPED, delete reported 137, container deleted, nothing left; \
+         sandbox PSS {} KiB ({}){}",
+        footprint.total_pss_kib,
+        procs.join(", "),
+        if sock_seen { "" } else { " (note: no shim socket seen at the expected /run/containerd/s path)" }
+    ))
+}
+
+/// SIGKILLs a running task, waits for STOPPED, deletes the task (which
+/// must report exit code 137) and the container.
+fn kill_and_delete(r: &Runner, id: &str) -> Result<()> {
+    let ctr = r.ctr();
     run_bounded(
         ctr.command(&["tasks", "kill", "-s", "SIGKILL", id]),
         None,
@@ -296,19 +316,7 @@ pub(super) fn scenario_detached_exec_kill(r: &mut Runner, ids: &[String]) -> Res
         );
     }
     run_bounded(ctr.command(&["containers", "delete", id]), None, r.timeout)?.require_success()?;
-    leftovers_now(&r.env.containerd)?;
-    let procs: Vec<String> = footprint
-        .processes
-        .iter()
-        .map(|(pid, name, kib)| format!("{name}[{pid}] {kib}"))
-        .collect();
-    Ok(format!(
-        "run -d, exec e1 printed exec-ok, SIGKILL -> STOPPED, delete reported 137, container deleted, nothing left; \
-         sandbox PSS {} KiB ({}){}",
-        footprint.total_pss_kib,
-        procs.join(", "),
-        if sock_seen { "" } else { " (note: no shim socket seen at the expected /run/containerd/s path)" }
-    ))
+    Ok(())
 }
 
 pub(super) fn scenario_no_leftovers(r: &mut Runner, _ids: &[String]) -> Result<String> {
@@ -770,22 +778,7 @@ pub(super) fn fault_containerd_restarted(r: &mut Runner, ids: &[String]) -> Resu
             out.describe()
         );
     }
-    run_bounded(
-        ctr.command(&["tasks", "kill", "-s", "SIGKILL", id]),
-        None,
-        r.timeout,
-    )?
-    .require_success()?;
-    ctr.wait_task_status(id, "STOPPED", Duration::from_secs(60))?;
-    let del =
-        run_bounded(ctr.command(&["tasks", "delete", id]), None, r.timeout)?.require_success()?;
-    if !del.stderr.contains("exit code 137") {
-        bail!(
-            "ctr tasks delete after the restart does not report exit code 137: {}",
-            del.describe()
-        );
-    }
-    run_bounded(ctr.command(&["containers", "delete", id]), None, r.timeout)?.require_success()?;
+    kill_and_delete(r, id)?;
     wait_no_leftovers(
         &r.env.containerd,
         Duration::from_secs(30),
