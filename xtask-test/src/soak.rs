@@ -30,7 +30,7 @@ use xtask::context::Ctx;
 /// Allowed growth of containerd's RSS and of the shims' peak RSS between
 /// the warm-up and the end of the run.
 const RSS_GROWTH_LIMIT: f64 = 0.10;
-/// Sandboxes that run before the baselines are taken (containerd's caches
+/// Sandboxes that run before containerd's RSS baseline is taken (its caches
 /// and the page cache settle).
 const WARMUP: usize = 5;
 /// One sandbox's bound on this TCG host (boot, run, teardown).
@@ -122,7 +122,8 @@ pub fn run(ctx: &Ctx, args: &SoakArgs) -> Result<()> {
     // Peak RSS per shim pid, and the order shims were first seen in.
     let mut shim_peaks: BTreeMap<u32, u64> = BTreeMap::new();
     let mut shim_order: Vec<u32> = Vec::new();
-    let mut baseline: Option<(usize, u64)> = None;
+    // containerd's RSS once the warm-up sandboxes are done.
+    let mut rss_after_warmup: Option<u64> = None;
     let mut done = 0u32;
     while done < args.count {
         while running.len() < args.parallel as usize && next < args.count {
@@ -166,9 +167,7 @@ pub fn run(ctx: &Ctx, args: &SoakArgs) -> Result<()> {
             durations.push(t.elapsed().as_secs_f64() * 1000.0);
             done += 1;
             if done as usize == WARMUP {
-                // Baselines once the warm-up sandboxes are gone.
-                let pid = cd.pid.get();
-                baseline = Some((fds_idle, rss_kib(pid).unwrap_or(0)));
+                rss_after_warmup = rss_kib(cd.pid.get());
             }
             if done.is_multiple_of(10) {
                 ctx.ui.info(&format!(
@@ -193,11 +192,10 @@ pub fn run(ctx: &Ctx, args: &SoakArgs) -> Result<()> {
     // containerd settles (its per-task goroutines and fds go) after the
     // last delete.
     let fds_end = {
-        let want = Some(fds_idle);
         let t = Instant::now();
         loop {
             let now = fd_count(cd.pid.get())?;
-            if want.is_none_or(|w| now <= w) || t.elapsed() > Duration::from_secs(30) {
+            if now <= fds_idle || t.elapsed() > Duration::from_secs(30) {
                 break now;
             }
             std::thread::sleep(Duration::from_millis(500));
@@ -206,16 +204,15 @@ pub fn run(ctx: &Ctx, args: &SoakArgs) -> Result<()> {
     let containerd_rss_end = rss_kib(cd.pid.get()).unwrap_or(0);
     let peaks: Vec<u64> = shim_order.iter().map(|p| shim_peaks[p]).collect();
     let (shim_first, shim_last) = ends(&peaks, 5);
-    let fds_warm = fds_idle;
     let report = Report {
         count: args.count,
         parallel: args.parallel,
         seconds,
         run_ms_median: median(durations),
         leftovers: leftovers.clone(),
-        containerd_fds_before: fds_warm,
+        containerd_fds_before: fds_idle,
         containerd_fds_at_end: fds_end,
-        containerd_rss_kib_after_warmup: baseline.map(|b| b.1).unwrap_or(containerd_rss_end),
+        containerd_rss_kib_after_warmup: rss_after_warmup.unwrap_or(containerd_rss_end),
         containerd_rss_kib_at_end: containerd_rss_end,
         shim_peak_rss_kib_first: shim_first,
         shim_peak_rss_kib_last: shim_last,
@@ -243,9 +240,9 @@ pub fn run(ctx: &Ctx, args: &SoakArgs) -> Result<()> {
     if !leftovers.is_empty() {
         problems.push(format!("left behind: {}", leftovers.join("; ")));
     }
-    if fds_end > fds_warm {
+    if fds_end > fds_idle {
         problems.push(format!(
-            "containerd holds {fds_end} fds at the end, {fds_warm} before the first sandbox"
+            "containerd holds {fds_end} fds at the end, {fds_idle} before the first sandbox"
         ));
     }
     if args.count as usize > 2 * WARMUP {

@@ -265,19 +265,7 @@ pub(super) fn scenario_detached_exec_kill(r: &mut Runner, ids: &[String]) -> Res
     {
         bail!("the leftover check does not see the running {id} (its rootfs mount and task): {while_running:?}");
     }
-    let out = run_bounded(
-        ctr.exec_command(id, "e1", &["sh", "-c", "echo exec-ok"]),
-        None,
-        r.timeout,
-    )?
-    .require_success()?;
-    if out.stdout.trim() != "exec-ok" {
-        bail!(
-            "exec printed {:?}, expected exec-ok: {}",
-            out.stdout,
-            out.describe()
-        );
-    }
+    exec_echo(r, id, "e1", "exec-ok")?;
     kill_and_delete(r, id)?;
     leftovers_now(&r.env.containerd)?;
     let procs: Vec<String> = footprint
@@ -292,6 +280,26 @@ pub(super) fn scenario_detached_exec_kill(r: &mut Runner, ids: &[String]) -> Res
         procs.join(", "),
         if sock_seen { "" } else { " (note: no shim socket seen at the expected /run/containerd/s path)" }
     ))
+}
+
+/// `ctr task exec` of `echo <word>` in a running task must succeed and
+/// print exactly that word.
+fn exec_echo(r: &Runner, id: &str, exec_id: &str, word: &str) -> Result<()> {
+    let out = run_bounded(
+        r.ctr()
+            .exec_command(id, exec_id, &["sh", "-c", &format!("echo {word}")]),
+        None,
+        r.timeout,
+    )?
+    .require_success()?;
+    if out.stdout.trim() != word {
+        bail!(
+            "exec {exec_id} printed {:?}, expected {word}: {}",
+            out.stdout,
+            out.describe()
+        );
+    }
+    Ok(())
 }
 
 /// SIGKILLs a running task, waits for STOPPED, deletes the task (which
@@ -740,44 +748,27 @@ pub(super) fn fault_containerd_restarted(r: &mut Runner, ids: &[String]) -> Resu
     r.run(id, &["-d"], &["sleep", "300"], None)?
         .require_success()?;
     ctr.wait_task_status(id, "RUNNING", Duration::from_secs(60))?;
-    let shims_before: Vec<u32> = r
-        .env
-        .containerd
-        .our_processes()
-        .into_iter()
-        .filter(|p| p.program().starts_with("containerd-shim"))
-        .map(|p| p.pid)
-        .collect();
+    let shims = || -> Vec<u32> {
+        r.env
+            .containerd
+            .our_processes()
+            .into_iter()
+            .filter(|p| p.program().starts_with("containerd-shim"))
+            .map(|p| p.pid)
+            .collect()
+    };
+    let shims_before = shims();
     let old_pid = r.env.containerd.pid.get();
     r.env.containerd.restart()?;
     let status = ctr.task_status(id)?;
     if status.as_deref() != Some("RUNNING") {
         bail!("after containerd restarted, task {id} is {status:?}, not RUNNING");
     }
-    let shims_after: Vec<u32> = r
-        .env
-        .containerd
-        .our_processes()
-        .into_iter()
-        .filter(|p| p.program().starts_with("containerd-shim"))
-        .map(|p| p.pid)
-        .collect();
+    let shims_after = shims();
     if shims_after != shims_before {
         bail!("the shims changed across the restart: {shims_before:?} -> {shims_after:?}");
     }
-    let out = run_bounded(
-        ctr.exec_command(id, "after-restart", &["sh", "-c", "echo still-here"]),
-        None,
-        r.timeout,
-    )?
-    .require_success()?;
-    if out.stdout.trim() != "still-here" {
-        bail!(
-            "exec after the restart printed {:?}: {}",
-            out.stdout,
-            out.describe()
-        );
-    }
+    exec_echo(r, id, "after-restart", "still-here")?;
     kill_and_delete(r, id)?;
     wait_no_leftovers(
         &r.env.containerd,
