@@ -65,6 +65,7 @@ pub const REQUEST_PATHS: &[&str] = &[
     "/grpc.AgentService/StatsContainer",
     "/grpc.AgentService/PauseContainer",
     "/grpc.AgentService/ResumeContainer",
+    "/grpc.AgentService/UpdateContainer",
     "/grpc.AgentService/WriteStdin",
     "/grpc.AgentService/ReadStdout",
     "/grpc.AgentService/ReadStderr",
@@ -75,6 +76,12 @@ pub const REQUEST_PATHS: &[&str] = &[
     "/grpc.AgentService/OnlineCPUMem",
     "/grpc.AgentService/GetGuestDetails",
     "/grpc.AgentService/SetGuestDateTime",
+    "/grpc.AgentService/UpdateInterface",
+    "/grpc.AgentService/UpdateRoutes",
+    "/grpc.AgentService/ListInterfaces",
+    "/grpc.AgentService/ListRoutes",
+    "/grpc.AgentService/AddARPNeighbors",
+    "/grpc.AgentService/GetOOMEvent",
 ];
 
 /// A decoded request frame.
@@ -113,6 +120,13 @@ pub fn decode_request(path: &str, payload: &[u8]) -> Result<Box<dyn MessageDyn>,
         "/grpc.AgentService/OnlineCPUMem" => parse::<agent::OnlineCPUMemRequest>(payload),
         "/grpc.AgentService/GetGuestDetails" => parse::<agent::GuestDetailsRequest>(payload),
         "/grpc.AgentService/SetGuestDateTime" => parse::<agent::SetGuestDateTimeRequest>(payload),
+        "/grpc.AgentService/UpdateContainer" => parse::<agent::UpdateContainerRequest>(payload),
+        "/grpc.AgentService/UpdateInterface" => parse::<agent::UpdateInterfaceRequest>(payload),
+        "/grpc.AgentService/UpdateRoutes" => parse::<agent::UpdateRoutesRequest>(payload),
+        "/grpc.AgentService/ListInterfaces" => parse::<agent::ListInterfacesRequest>(payload),
+        "/grpc.AgentService/ListRoutes" => parse::<agent::ListRoutesRequest>(payload),
+        "/grpc.AgentService/AddARPNeighbors" => parse::<agent::AddARPNeighborsRequest>(payload),
+        "/grpc.AgentService/GetOOMEvent" => parse::<agent::GetOOMEventRequest>(payload),
         other => return Err(DecodeError::UnknownMethod(other.to_string())),
     };
     result.map_err(|error| DecodeError::Payload {
