@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::bench::median;
-use crate::repro::{self, ClonePair, KernelRebuilt};
+use crate::repro::{self, ClonePair, Rebuilt, SharedStep};
 use xtask::context::Ctx;
 use xtask::kernel::KernelArgs;
 
@@ -46,7 +46,8 @@ fn secs(d: Duration) -> f64 {
 pub fn run(ctx: &Ctx) -> Result<()> {
     let kernel = xtask::kernel::build(ctx, &KernelArgs::default())?;
     let pair = ClonePair::create(ctx)?;
-    pair.a.seed_kernel(&kernel)?;
+    let kernel = SharedStep::kernel(&kernel);
+    pair.a.seed(&kernel)?;
     let cold_kernel = ClonePair::release(ctx, &pair.a, "cold, kernel cached")?;
     ctx.ui.info(&format!(
         "  cold release, kernel cached: {:.0} s",
@@ -67,7 +68,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     }
     let identical = match repro::compare(ctx, &pair.a.dist, &pair.b.dist) {
         Ok(_) => {
-            KernelRebuilt::compare_and_record(ctx, &kernel, &pair.b)?;
+            Rebuilt::compare_and_record(ctx, &kernel, &pair.b)?;
             true
         }
         Err(e) => {

@@ -13,18 +13,27 @@
 //! builds saves a whole release per run without weakening the claim: two
 //! independent builds are compared either way.
 //!
-//! The kernel is the one exception to "empty caches", because rebuilding an
-//! unchanged kernel costs 5 to 12 minutes per run. The clone builds the
-//! kernel from empty unless a [`KernelRebuilt`] record for that kernel's key
-//! proves that a from-scratch build in another directory gave the same
-//! bytes. A record is written to the main cache only after such a rebuild
-//! matched; a record kept with the sources (`ci/kernel-rebuilt/<key>.json`)
-//! serves a machine whose cache is new, and there this checkout's kernel,
-//! itself built from scratch, must match the recorded digests, which is the
-//! same proof made again. A changed kernel (a new key) is rebuilt and
-//! compared once. `--rebuild-kernel` ignores every record.
+//! The kernel and the pinned vsock daemon are the exceptions to "empty
+//! caches" ([`SharedStep`]), because rebuilding them unchanged costs 10 to
+//! 15 and about 2 minutes per run. The clone builds such a step from empty
+//! unless a [`Rebuilt`] record for its key proves that a from-scratch
+//! build in another directory gave the same bytes. A record is written to
+//! the main cache only after such a rebuild matched; a record kept with the
+//! sources (`ci/<step>-rebuilt/<key>.json`) serves a machine whose cache is
+//! new, and there this checkout's build, itself made from scratch, must
+//! match the recorded digests, which is the same proof made again. A
+//! changed kernel or pin (a new key) is rebuilt and compared once.
+//! `--rebuild-shared` ignores every record.
 //!
-//! `bench release` (bench_release.rs) times two clones.
+//! The clone runs this checkout's pipeline binary (`KATA_XTASK_ROOT` points
+//! it at the clone) instead of compiling its own: the build tool is built
+//! from the same sources, and like rustc it is an input the two builds
+//! share; every artifact it makes (agent, runtime, images, packages) is
+//! still built from empty in the clone, by cargo in the clone's own target
+//! dirs. That saves the tool's 3 to 5 minute debug build per run.
+//!
+//! `bench release` (bench_release.rs) times two clones, each building its
+//! own xtask first as a user's `cargo xtask` would.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
@@ -45,10 +54,10 @@ pub struct ReproArgs {
     /// Keep the two clones (with their caches and dists) for inspection.
     #[arg(long)]
     pub keep: bool,
-    /// Rebuild the kernel in clone B even if this kernel was already proven
-    /// to rebuild identically.
+    /// Rebuild the kernel and the vsock daemon in the clone even if their
+    /// keys were already proven to rebuild identically.
     #[arg(long)]
-    pub rebuild_kernel: bool,
+    pub rebuild_shared: bool,
 }
 
 /// The host settings one clone builds under.
@@ -71,8 +80,44 @@ pub const VARIANT_B: Variant = Variant {
     lang: "C",
 };
 
-/// The kernel files a build produces (the entry's sidecars are not compared).
-const KERNEL_FILES: [&str; 5] = ["bzImage", "vmlinux", "config", "System.map", "release"];
+/// A step of this checkout's cache whose from-empty rebuild, once proven
+/// identical in another directory for its key, the clone may take instead
+/// of rebuilding: the slow steps whose sources change rarely, the kernel
+/// (10 to 15 minutes here) and the pinned vsock daemon (`cargo install`,
+/// about 2 minutes). Its entry's sidecars are not compared.
+pub struct SharedStep {
+    pub step: &'static str,
+    /// The files a build produces, compared by digest.
+    pub files: &'static [&'static str],
+    pub entry: xtask::cache::Entry,
+}
+
+impl SharedStep {
+    pub fn kernel(kernel: &KernelBuild) -> SharedStep {
+        SharedStep {
+            step: "kernel",
+            files: &["bzImage", "vmlinux", "config", "System.map", "release"],
+            entry: kernel.entry.clone(),
+        }
+    }
+
+    /// Builds (or finds) this checkout's vsock daemon.
+    pub fn vsock(ctx: &Ctx) -> Result<SharedStep> {
+        Ok(SharedStep {
+            step: xtask::release::VSOCK_DAEMON,
+            files: &[xtask::release::VSOCK_DAEMON, "Cargo.lock", "target"],
+            entry: xtask::release::build_vsock(ctx)?,
+        })
+    }
+
+    pub fn key(&self) -> &str {
+        &self.entry.key
+    }
+
+    fn short(&self) -> String {
+        format!("{} {}", self.step, &self.entry.key[..12])
+    }
+}
 
 /// A copy of the sources with its own empty cache, dist and target dirs.
 pub struct CleanClone {
@@ -160,17 +205,24 @@ impl CleanClone {
         )
     }
 
-    /// Puts a copy of the main cache's kernel entry into this clone's cache.
-    pub fn seed_kernel(&self, kernel: &KernelBuild) -> Result<()> {
-        xtask::cache::copy_entry_to(&kernel.entry, &self.cache)
+    /// Puts a copy of a main cache entry into this clone's cache.
+    pub fn seed(&self, shared: &SharedStep) -> Result<()> {
+        xtask::cache::copy_entry_to(&shared.entry, &self.cache)
     }
 
     /// A `cargo` command in the clone, with the variant's umask, TZ and
     /// locale and none of the caller's cache or target overrides.
     fn cargo(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("cargo");
-        cmd.args(args)
-            .current_dir(&self.root)
+        cmd.args(args);
+        self.isolate(&mut cmd);
+        cmd
+    }
+
+    /// Runs `cmd` in the clone, with the variant's umask, TZ and locale and
+    /// none of the caller's cache, dist or target overrides.
+    fn isolate(&self, cmd: &mut Command) {
+        cmd.current_dir(&self.root)
             .env_remove(CACHE_ENV)
             .env_remove(DIST_ENV)
             .env_remove("CARGO_TARGET_DIR")
@@ -185,7 +237,6 @@ impl CleanClone {
                 Ok(())
             });
         }
-        cmd
     }
 
     /// Builds the clone's own xtask, so that [`CleanClone::release`] times
@@ -217,19 +268,36 @@ impl CleanClone {
         Ok(start.elapsed())
     }
 
+    /// `release` in the clone with this checkout's pipeline binary `exe`
+    /// (built from the same sources: the clone is a copy of them), so the
+    /// build tool is not compiled a second time; returns the wall time.
+    pub fn release_with(&self, exe: &Path) -> Result<Duration> {
+        let mut cmd = Command::new(exe);
+        cmd.args(["release", "--cache-dir"])
+            .arg(&self.cache)
+            .arg("--dist-dir")
+            .arg(&self.dist);
+        self.isolate(&mut cmd);
+        cmd.env(xtask::ROOT_ENV, &self.root);
+        let start = Instant::now();
+        xtask::tools::run_logged(&mut cmd, &self.log)
+            .with_context(|| format!("release in clone {} ({})", self.name, self.root.display()))?;
+        Ok(start.elapsed())
+    }
+
     pub fn sums(&self) -> Result<String> {
         sums_in(&self.dist)
     }
 
-    fn kernel_entry(&self, key: &str) -> PathBuf {
-        xtask::cache::entry_dir_in(&self.cache, "kernel", key)
+    fn entry_of(&self, shared: &SharedStep) -> PathBuf {
+        xtask::cache::entry_dir_in(&self.cache, shared.step, shared.key())
     }
 }
 
-/// The main cache's record that a kernel key rebuilt from empty, in another
-/// directory, gave the same files.
+/// The main cache's record that a step's key rebuilt from empty, in
+/// another directory, gave the same files.
 #[derive(Serialize, Deserialize)]
-pub struct KernelRebuilt {
+pub struct Rebuilt {
     pub key: String,
     /// Unix time of the comparison.
     pub compared_at: u64,
@@ -237,44 +305,45 @@ pub struct KernelRebuilt {
     pub sha256: BTreeMap<String, String>,
 }
 
-impl KernelRebuilt {
-    fn path(ctx: &Ctx, key: &str) -> PathBuf {
-        xtask::cache::record_path(&ctx.cache_dir, "kernel-rebuilt", key)
+impl Rebuilt {
+    fn path(ctx: &Ctx, shared: &SharedStep) -> PathBuf {
+        xtask::cache::record_path(
+            &ctx.cache_dir,
+            &format!("{}-rebuilt", shared.step),
+            shared.key(),
+        )
     }
 
     /// The record kept with the sources, for a machine whose cache is new.
-    pub fn committed_path(ctx: &Ctx, key: &str) -> PathBuf {
+    pub fn committed_path(ctx: &Ctx, shared: &SharedStep) -> PathBuf {
         ctx.root
             .join("ci")
-            .join("kernel-rebuilt")
-            .join(format!("{key}.json"))
+            .join(format!("{}-rebuilt", shared.step))
+            .join(format!("{}.json", shared.key()))
     }
 
-    fn read(path: &Path, key: &str) -> Option<KernelRebuilt> {
+    fn read(path: &Path, key: &str) -> Option<Rebuilt> {
         let bytes = std::fs::read(path).ok()?;
-        serde_json::from_slice::<KernelRebuilt>(&bytes)
+        serde_json::from_slice::<Rebuilt>(&bytes)
             .ok()
             .filter(|r| r.key == key)
     }
 
-    /// A record for `main`'s key, from the main cache or kept with the
-    /// sources, whose digests `main`'s own files match. A record that
-    /// `main` does not match is an error: two builds of one key differ.
-    pub fn find(ctx: &Ctx, main: &KernelBuild) -> Result<Option<KernelRebuilt>> {
-        let candidates = [
-            Self::path(ctx, &main.key),
-            Self::committed_path(ctx, &main.key),
-        ];
+    /// A record for `shared`'s key, from the main cache or kept with the
+    /// sources, whose digests the main cache's files match. A record that
+    /// they do not match is an error: two builds of one key differ.
+    pub fn find(ctx: &Ctx, shared: &SharedStep) -> Result<Option<Rebuilt>> {
+        let candidates = [Self::path(ctx, shared), Self::committed_path(ctx, shared)];
         let Some((path, record)) = candidates
             .iter()
-            .find_map(|p| Self::read(p, &main.key).map(|r| (p.clone(), r)))
+            .find_map(|p| Self::read(p, shared.key()).map(|r| (p.clone(), r)))
         else {
             return Ok(None);
         };
         let mut differ = Vec::new();
-        for f in KERNEL_FILES {
-            let have = file_sha256(&main.dir.join(f))?;
-            match record.sha256.get(f) {
+        for f in shared.files {
+            let have = file_sha256(&shared.entry.dir.join(f))?;
+            match record.sha256.get(*f) {
                 Some(want) if *want == have => {}
                 Some(want) => differ.push(format!(
                     "{f} ({} recorded, {} built)",
@@ -286,10 +355,10 @@ impl KernelRebuilt {
         }
         if !differ.is_empty() {
             bail!(
-                "kernel {} in {} differs from the build recorded in {} (rebuilt in {}): {}; \
-                 rerun with --rebuild-kernel to compare two fresh builds",
-                &main.key[..12],
-                main.dir.display(),
+                "{} in {} differs from the build recorded in {} (rebuilt in {}): {}; \
+                 rerun with --rebuild-shared to compare two fresh builds",
+                shared.short(),
+                shared.entry.dir.display(),
                 ctx.rel(&path),
                 record.rebuilt_in,
                 differ.join(", ")
@@ -298,20 +367,20 @@ impl KernelRebuilt {
         Ok(Some(record))
     }
 
-    /// Compares a clone's from-scratch kernel with the main cache's entry
-    /// and, when every file matches, records it.
+    /// Compares a clone's from-scratch build of `shared` with the main
+    /// cache's entry and, when every file matches, records it.
     pub fn compare_and_record(
         ctx: &Ctx,
-        main: &KernelBuild,
+        shared: &SharedStep,
         clone: &CleanClone,
-    ) -> Result<KernelRebuilt> {
-        let rebuilt = clone.kernel_entry(&main.key);
+    ) -> Result<Rebuilt> {
+        let rebuilt = clone.entry_of(shared);
         let mut sha256 = BTreeMap::new();
         let mut differ = Vec::new();
-        for f in KERNEL_FILES {
-            let a = file_sha256(&main.dir.join(f))?;
+        for f in shared.files {
+            let a = file_sha256(&shared.entry.dir.join(f))?;
             let b = file_sha256(&rebuilt.join(f))
-                .with_context(|| format!("clone {} built no kernel {f}", clone.name))?;
+                .with_context(|| format!("clone {} built no {} {f}", clone.name, shared.step))?;
             if a != b {
                 differ.push(format!("{f} ({} vs {})", &a[..12], &b[..12]));
             }
@@ -319,14 +388,15 @@ impl KernelRebuilt {
         }
         if !differ.is_empty() {
             bail!(
-                "the kernel rebuilt from empty in {} differs from the cached one {}: {}",
+                "{} rebuilt from empty in {} differs from the cached one {}: {}",
+                shared.short(),
                 clone.root.display(),
-                main.dir.display(),
+                shared.entry.dir.display(),
                 differ.join(", ")
             );
         }
-        let record = KernelRebuilt {
-            key: main.key.clone(),
+        let record = Rebuilt {
+            key: shared.key().to_string(),
             compared_at: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?
                 .as_secs(),
@@ -334,7 +404,7 @@ impl KernelRebuilt {
             sha256,
         };
         xtask::cache::write_atomic(
-            &Self::path(ctx, &main.key),
+            &Self::path(ctx, shared),
             &serde_json::to_vec_pretty(&record)?,
         )?;
         Ok(record)
@@ -496,46 +566,57 @@ pub fn test(ctx: &Ctx, args: &ReproArgs) -> Result<()> {
     // Build one: this checkout's release.
     xtask::release::build(ctx, &xtask::release::ReleaseArgs::default())?;
     let kernel = xtask::kernel::build(ctx, &KernelArgs::default())?;
-    let proven = if args.rebuild_kernel {
-        None
-    } else {
-        KernelRebuilt::find(ctx, &kernel)?
-    };
+    let shared = [SharedStep::kernel(&kernel), SharedStep::vsock(ctx)?];
+    let mut proven = Vec::new();
+    let mut unproven = Vec::new();
+    for step in shared {
+        match Rebuilt::find(ctx, &step)? {
+            Some(record) if !args.rebuild_shared => proven.push((step, record)),
+            _ => unproven.push(step),
+        }
+    }
     // Build two: a clean clone.
     let base = tempfile::Builder::new().prefix("kata-repro-").tempdir()?;
     let step = ctx.ui.step("copy the sources into a clean clone");
     let clone = CleanClone::create_b(ctx, base.path())?;
     step.finish(&clone.root.display().to_string());
+    let exe = crate::pipeline_exe(ctx)?;
     let result = (|| -> Result<String> {
+        for (shared, record) in &proven {
+            clone.seed(shared)?;
+            ctx.ui.info(&format!(
+                "test repro: {} was rebuilt from empty in {} with the files built here (unix time {}); the clone takes it from the main cache",
+                shared.short(),
+                record.rebuilt_in,
+                record.compared_at
+            ));
+        }
+        let what = match unproven.len() {
+            0 => "kernel and vsock daemon from the main cache".to_string(),
+            _ => format!(
+                "everything from empty, {} too",
+                unproven
+                    .iter()
+                    .map(|s| s.step)
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+        };
         let step = ctx.ui.step(&format!(
-            "clone {}: cargo build -p xtask (log {})",
+            "clone {}: {} release, {what} (log {})",
             clone.name,
+            exe.display(),
             ctx.rel(&clone.log)
         ));
-        clone.build_xtask()?;
-        step.finish("built");
-        match &proven {
-            Some(p) => {
-                clone.seed_kernel(&kernel)?;
-                ctx.ui.info(&format!(
-                    "test repro: kernel {} was rebuilt from empty in {} with the files built here (unix time {}); the clone takes it from the main cache",
-                    &kernel.key[..12],
-                    p.rebuilt_in,
-                    p.compared_at
-                ));
-                ClonePair::release(ctx, &clone, "kernel from the main cache")?;
-            }
-            None => {
-                ClonePair::release(ctx, &clone, "everything from empty, the kernel too")?;
-            }
-        }
+        clone.release_with(&exe)?;
+        step.finish("released");
         let sums = compare(ctx, &ctx.dist(), &clone.dist)?;
-        if proven.is_none() {
-            KernelRebuilt::compare_and_record(ctx, &kernel, &clone)?;
+        for shared in &unproven {
+            Rebuilt::compare_and_record(ctx, shared, &clone)?;
             ctx.ui.info(&format!(
-                "test repro: kernel {} rebuilt from empty is identical; recorded in the cache (copy it to {} to keep the proof with the sources)",
-                &kernel.key[..12],
-                ctx.rel(&KernelRebuilt::committed_path(ctx, &kernel.key))
+                "test repro: {} rebuilt from empty is identical; recorded in the cache (copy it to {} to keep the proof with the sources)",
+                shared.short(),
+                ctx.rel(&Rebuilt::committed_path(ctx, shared))
             ));
         }
         Ok(sums)

@@ -137,76 +137,101 @@ pub fn run(ctx: &Ctx, args: &TestArgs) -> Result<()> {
 /// checks to mean something, few enough for the CI budget on TCG.
 const CI_SOAK_COUNT: u32 = 20;
 
-/// Everything CI runs; ends with one `N passed, N failed` line.
+/// Everything CI runs; ends with each stage's wall time (the CI budget is
+/// judged from them) and one `N passed, N failed` line.
 fn all(ctx: &Ctx) -> Result<()> {
-    let mut passed = 0;
-    let mut failed = Vec::new();
-    let mut record = |name: &str, r: Result<()>| match r {
-        Ok(()) => passed += 1,
-        Err(e) => {
+    let mut stages: Vec<(String, bool, std::time::Duration)> = Vec::new();
+    let started = std::time::Instant::now();
+    let mut record = |name: &str, run: &dyn Fn() -> Result<()>| {
+        let start = std::time::Instant::now();
+        let result = run();
+        let took = start.elapsed();
+        if let Err(e) = &result {
             ctx.ui.info(&format!("FAIL {name}: {e:#}"));
-            failed.push(name.to_string());
         }
+        ctx.ui.info(&format!(
+            "test all: {name}: {} in {:.0} s",
+            if result.is_ok() { "passed" } else { "FAILED" },
+            took.as_secs_f64()
+        ));
+        stages.push((name.to_string(), result.is_ok(), took));
     };
-    record("lint", lint(ctx));
-    record("unit", unit(ctx));
-    record("kernel boots to init", crate::kernel_boot::test(ctx));
+    record("lint", &|| lint(ctx));
+    record("unit", &|| unit(ctx));
+    record("kernel boots to init", &|| crate::kernel_boot::test(ctx));
     let initrd = crate::vmtest::VmArgs {
         initrd: true,
         faults: true,
         recipe: "minimal".into(),
         ..Default::default()
     };
-    record("vm --initrd --faults", crate::vmtest::run(ctx, &initrd));
+    record("vm --initrd --faults", &|| crate::vmtest::run(ctx, &initrd));
     let image = crate::vmtest::VmArgs {
         image: true,
         recipe: "minimal".into(),
         ..Default::default()
     };
-    record("vm --image", crate::vmtest::run(ctx, &image));
+    record("vm --image", &|| crate::vmtest::run(ctx, &image));
     // Bounded: a fresh seed each run, printed for replay.
     let fuzz = crate::fuzz::FuzzArgs {
         seconds: 60,
         ..Default::default()
     };
-    record("fuzz --seconds 60", crate::fuzz::run(ctx, &fuzz));
+    record("fuzz --seconds 60", &|| crate::fuzz::run(ctx, &fuzz));
     let e2e = crate::e2e::E2eArgs {
         faults: true,
         ..Default::default()
     };
-    record("e2e --faults", crate::e2e::run(ctx, &e2e));
+    record("e2e --faults", &|| crate::e2e::run(ctx, &e2e));
     let soak = crate::soak::SoakArgs {
         count: CI_SOAK_COUNT,
         parallel: 3,
         keep: false,
     };
-    record(
-        &format!("soak --count {CI_SOAK_COUNT}"),
-        crate::soak::run(ctx, &soak),
-    );
+    record(&format!("soak --count {CI_SOAK_COUNT}"), &|| {
+        crate::soak::run(ctx, &soak)
+    });
     let from_release = crate::e2e::E2eArgs {
         from_release: true,
         ..Default::default()
     };
-    record("e2e --from-release", crate::e2e::run(ctx, &from_release));
+    record("e2e --from-release", &|| {
+        crate::e2e::run(ctx, &from_release)
+    });
     if nix::unistd::Uid::effective().is_root() {
         let deb = crate::e2e::E2eArgs {
             from_release: true,
             install_deb: true,
             ..Default::default()
         };
-        record(
-            "e2e --from-release --install-deb",
-            crate::e2e::run(ctx, &deb),
-        );
+        record("e2e --from-release --install-deb", &|| {
+            crate::e2e::run(ctx, &deb)
+        });
     } else {
         ctx.ui
             .info("SKIP e2e --from-release --install-deb: dpkg -i into /opt/kata needs root");
     }
-    record(
-        "release reproducible across clones",
-        crate::repro::test(ctx, &crate::repro::ReproArgs::default()),
-    );
+    record("release reproducible across clones", &|| {
+        crate::repro::test(ctx, &crate::repro::ReproArgs::default())
+    });
+    ctx.ui.info("test all: wall time per stage");
+    for (name, ok, took) in &stages {
+        ctx.ui.info(&format!(
+            "  {:>7.0} s  {}  {name}",
+            took.as_secs_f64(),
+            if *ok { "passed" } else { "FAILED" }
+        ));
+    }
+    ctx.ui.info(&format!(
+        "  {:>7.0} s  total",
+        started.elapsed().as_secs_f64()
+    ));
+    let failed: Vec<&str> = stages
+        .iter()
+        .filter(|(_, ok, _)| !ok)
+        .map(|(name, _, _)| name.as_str())
+        .collect();
+    let passed = stages.len() - failed.len();
     println!("test: {passed} passed, {} failed", failed.len());
     if failed.is_empty() {
         Ok(())

@@ -32,17 +32,30 @@ pub struct Ctx {
     pub digests: Digests,
 }
 
-/// The workspace root: xtask lives one level below it.
+/// The workspace root: xtask lives one level below it, unless
+/// [`crate::ROOT_ENV`] names another copy of the same sources (`test repro`
+/// builds a clean clone with this binary instead of compiling the build
+/// tool a second time).
 pub fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask has a parent")
-        .to_path_buf()
+    match std::env::var_os(crate::ROOT_ENV).filter(|v| !v.is_empty()) {
+        Some(root) => PathBuf::from(root),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("xtask has a parent")
+            .to_path_buf(),
+    }
 }
 
 impl Ctx {
     pub fn new(opts: &GlobalOpts) -> Result<Ctx> {
         let root = project_root();
+        if !root.join("xtask").join("Cargo.toml").is_file() {
+            anyhow::bail!(
+                "{}={}: not a checkout of this project (no xtask/Cargo.toml there); unset it or point it at one",
+                crate::ROOT_ENV,
+                root.display()
+            );
+        }
         let versions_path = opts
             .versions
             .clone()

@@ -48,6 +48,12 @@ use clap::Args;
 /// run as a child.
 pub const PIPELINE_EXE_ENV: &str = "KATA_XTASK_EXE";
 
+/// The checkout a pipeline binary works on, when not the one it was built
+/// from: `test repro` runs this checkout's binary in a clean copy of the
+/// same sources (the build tool is an input both builds share, like rustc;
+/// every artifact is still built from empty in the copy).
+pub const ROOT_ENV: &str = "KATA_XTASK_ROOT";
+
 /// The global options of every `cargo xtask` command, the pipeline's and
 /// the harness's alike (design.md section 1).
 #[derive(Args, Clone)]
