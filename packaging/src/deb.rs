@@ -251,6 +251,10 @@ pub fn default_lintian_overrides(package: &str) -> String {
          # Guest kernels are payloads for the virtual machine, not host binaries: their symbols\n\
          # are kept for guest crash analysis and the host never loads them.\n\
          {package}: unstripped-binary-or-object [opt/kata/share/kata-containers/*]\n\
+         # The two commands on PATH are links into /opt/kata; upstream ships no manual pages\n\
+         # (`kata-runtime --help` documents the CLI, and containerd runs the shim).\n\
+         {package}: no-manual-page [usr/bin/containerd-shim-kata-v2]\n\
+         {package}: no-manual-page [usr/bin/kata-runtime]\n\
          # Built for this project's releases, not uploaded to Debian: there is no ITP bug to close.\n\
          {package}: initial-upload-closes-no-bugs [usr/share/doc/{package}/changelog.Debian.gz:1]\n\
 "
@@ -304,6 +308,11 @@ fn build_deb(layout: &Layout, meta: &DebMeta, epoch: u64) -> Result<Vec<u8>> {
                 mode: 0o644,
             },
         );
+    }
+    // The binaries on PATH, as distribution packages put them.
+    docs.insert("usr/bin".into(), EntryKind::Dir { mode: DIR_MODE });
+    for (link, target) in layout.path_links()? {
+        docs.insert(link, EntryKind::Symlink { target });
     }
     let mut tree: Vec<(String, &EntryKind)> = layout
         .archive_entries()

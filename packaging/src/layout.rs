@@ -73,6 +73,40 @@ pub struct ReleaseInputs {
 pub const GUEST_ASSETS_DIR: &str = "share/kata-containers";
 /// Where the default runtime configuration lives, relative to the prefix.
 pub const CONFIGURATION_PATH: &str = "share/defaults/kata-containers/configuration.toml";
+/// containerd's CRI `kata` runtime handler, relative to the prefix: a
+/// snippet an operator imports from `/etc/containerd/config.toml`.
+pub const CONTAINERD_SNIPPET_PATH: &str = "share/defaults/kata-containers/containerd-kata.toml";
+/// The binaries a distribution package links into `/usr/bin`: containerd
+/// resolves runtime `io.containerd.kata.v2` to `containerd-shim-kata-v2`
+/// on its PATH, and operators type `kata-runtime`.
+pub const PATH_BINARIES: [&str; 2] = ["containerd-shim-kata-v2", "kata-runtime"];
+
+/// containerd's CRI configuration (config version 2, containerd 1.6+) for
+/// the `kata` runtime handler (a Kubernetes RuntimeClass `handler: kata`),
+/// with the configuration file of the release under `prefix`.
+///
+/// containerd 1.6 replaces a plugin's whole table when a config file it
+/// imports sets it, so importing this file drops CRI settings made in the
+/// main config.toml; the README says to copy the table there in that case.
+pub fn containerd_snippet(prefix: &str) -> String {
+    let prefix = prefix.trim_end_matches('/');
+    format!(
+        "# The Kata Containers runtime handler for containerd's CRI plugin.\n\
+         # Use it from /etc/containerd/config.toml (version = 2) with\n\
+         #   imports = [\"{prefix}/{CONTAINERD_SNIPPET_PATH}\"]\n\
+         # or, if config.toml already configures the CRI plugin, copy these tables\n\
+         # there: containerd replaces a plugin's whole table on import.\n\
+         version = 2\n\
+         \n\
+         [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.kata]\n\
+         runtime_type = \"io.containerd.kata.v2\"\n\
+         privileged_without_host_devices = true\n\
+         pod_annotations = [\"io.katacontainers.*\"]\n\
+         \n\
+         [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.kata.options]\n\
+         ConfigPath = \"{prefix}/{CONFIGURATION_PATH}\"\n"
+    )
+}
 
 impl Layout {
     /// An empty tree under `prefix` (absolute, e.g. `/opt/kata`).
@@ -155,6 +189,11 @@ impl Layout {
             0o644,
         )?;
         layout.add_contents(
+            CONTAINERD_SNIPPET_PATH,
+            containerd_snippet(&inputs.prefix).into_bytes(),
+            0o644,
+        )?;
+        layout.add_contents(
             "VERSION",
             format!("{}\n", inputs.version).into_bytes(),
             0o644,
@@ -168,6 +207,29 @@ impl Layout {
     /// The install prefix, absolute, without a trailing slash.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// What a distribution package (.deb, .rpm) adds outside the prefix so
+    /// the binaries are on PATH: `(usr/bin/<name>, absolute target)`. The
+    /// targets are absolute, as Debian policy wants for links between
+    /// top-level directories. The tarball keeps upstream's layout, with
+    /// everything under the prefix.
+    pub fn path_links(&self) -> Result<Vec<(String, String)>> {
+        PATH_BINARIES
+            .iter()
+            .map(|name| {
+                let target = format!("bin/{name}");
+                match self.entries.get(&target) {
+                    Some(EntryKind::File { .. }) => Ok((
+                        format!("usr/bin/{name}"),
+                        format!("{}/{target}", self.prefix),
+                    )),
+                    _ => {
+                        bail!("usr/bin/{name} would dangle: {target} is not a file of the release")
+                    }
+                }
+            })
+            .collect()
     }
 
     /// Entries relative to the prefix, sorted by path.
@@ -340,4 +402,49 @@ fn check_relative_path(path: &str) -> Result<()> {
         bail!("path {path:?} must be relative without '.' or '..' components");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::{containerd_snippet, Layout};
+
+    #[test]
+    fn path_links_point_at_the_prefix_binaries_and_refuse_to_dangle() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("b");
+        std::fs::write(&bin, b"x").unwrap();
+        let mut layout = Layout::new("/opt/kata/").unwrap();
+        layout
+            .add_file("bin/containerd-shim-kata-v2", &bin, 0o755)
+            .unwrap();
+        let err = layout.path_links().unwrap_err().to_string();
+        assert!(err.contains("usr/bin/kata-runtime would dangle"), "{err}");
+        layout.add_file("bin/kata-runtime", &bin, 0o755).unwrap();
+        assert_eq!(
+            layout.path_links().unwrap(),
+            vec![
+                (
+                    "usr/bin/containerd-shim-kata-v2".to_string(),
+                    "/opt/kata/bin/containerd-shim-kata-v2".to_string()
+                ),
+                (
+                    "usr/bin/kata-runtime".to_string(),
+                    "/opt/kata/bin/kata-runtime".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_containerd_snippet_names_the_shim_and_the_release_config() {
+        let text = containerd_snippet("/opt/kata/");
+        let doc: toml::Table = text.parse().unwrap();
+        let kata = &doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["kata"];
+        assert_eq!(kata["runtime_type"].as_str(), Some("io.containerd.kata.v2"));
+        assert_eq!(
+            kata["options"]["ConfigPath"].as_str(),
+            Some("/opt/kata/share/defaults/kata-containers/configuration.toml")
+        );
+        assert_eq!(doc["version"].as_integer(), Some(2));
+    }
 }

@@ -146,6 +146,17 @@ pub fn write_rpm(layout: &Layout, meta: &RpmMeta, out: &Path, epoch: u64) -> Res
         };
         added.with_context(|| format!("RPM: {dest}"))?;
     }
+    // The binaries on PATH; /usr/bin itself is the distribution's.
+    for (link, target) in layout.path_links()? {
+        let dest = format!("/{link}");
+        builder
+            .with_symlink(
+                rpm::FileOptions::symlink(dest.clone(), target)
+                    .permissions(0o777)
+                    .modified_at(mtime),
+            )
+            .with_context(|| format!("RPM: {dest}"))?;
+    }
     let package = builder.build().context("RPM build failed")?;
     write_atomically(
         out,

@@ -103,10 +103,19 @@ pub(crate) fn check_members(
                         raw,
                         format!("{what} to {target:?} points outside the prefix {prefix} (to /{})", r.join("/")),
                     ),
-                    Some(_) if is_symlink && target.starts_with('/') => flag(
-                        raw,
-                        format!("absolute symlink to {target:?}: use a relative target so the tree can be relocated"),
-                    ),
+                    // Inside the prefix, links stay relative so the tree can
+                    // be relocated; a distribution package's links from
+                    // outside it (usr/bin) are absolute, as policy wants.
+                    Some(_)
+                        if is_symlink
+                            && target.starts_with('/')
+                            && components.starts_with(&prefix_components) =>
+                    {
+                        flag(
+                            raw,
+                            format!("absolute symlink to {target:?}: use a relative target so the tree can be relocated"),
+                        )
+                    }
                     Some(_) => {}
                 }
             }
@@ -259,6 +268,30 @@ mod tests {
         )
         .is_empty());
         assert!(check("./opt/kata/bin/", MemberKind::Dir).is_empty());
+        // A distribution package's PATH link from outside the prefix is
+        // absolute (Debian policy) and must still land inside it.
+        assert!(check(
+            "./usr/bin/kata-runtime",
+            MemberKind::Symlink("/opt/kata/bin/kata-runtime".into())
+        )
+        .is_empty());
+        assert_eq!(
+            check(
+                "./usr/bin/kata-runtime",
+                MemberKind::Symlink("/usr/lib/x".into())
+            )
+            .len(),
+            1
+        );
+        assert_eq!(
+            check(
+                "./opt/kata/bin/x",
+                MemberKind::Symlink("/opt/kata/libexec/y".into())
+            )
+            .len(),
+            1,
+            "inside the prefix links stay relative"
+        );
     }
 
     #[test]

@@ -181,12 +181,13 @@ fn build_release(dir: &Path, touch_time: &str) -> Outputs {
     out
 }
 
-const EXPECTED_FILES: [&str; 13] = [
+const EXPECTED_FILES: [&str; 14] = [
     "./opt/kata/VERSION",
     "./opt/kata/bin/containerd-shim-kata-v2",
     "./opt/kata/bin/kata-runtime",
     "./opt/kata/libexec/vhost-device-vsock",
     "./opt/kata/share/defaults/kata-containers/configuration.toml",
+    "./opt/kata/share/defaults/kata-containers/containerd-kata.toml",
     "./opt/kata/share/kata-containers/kata-containers-initrd-minimal-0.1.0.img",
     "./opt/kata/share/kata-containers/kata-containers-minimal-0.1.0.img",
     "./opt/kata/share/kata-containers/vmlinux-6.1.192-1",
@@ -339,6 +340,9 @@ fn deb_has_policy_metadata_and_installs_with_dpkg() {
         "./usr/share/doc/kata-containers-static/changelog.Debian.gz",
         "./usr/share/lintian/overrides/kata-containers-static",
         "./opt/kata/share/kata-containers/vmlinux.container -> vmlinux-6.1.192-1",
+        "./opt/kata/share/defaults/kata-containers/containerd-kata.toml",
+        "./usr/bin/containerd-shim-kata-v2 -> /opt/kata/bin/containerd-shim-kata-v2",
+        "./usr/bin/kata-runtime -> /opt/kata/bin/kata-runtime",
     ] {
         assert!(
             contents.contains(p),
@@ -381,6 +385,22 @@ fn deb_has_policy_metadata_and_installs_with_dpkg() {
     assert_eq!(
         fs::read_link(root.join("opt/kata/share/kata-containers/kata-containers.img")).unwrap(),
         Path::new(IMAGE)
+    );
+    // containerd finds the shim on PATH; the link resolves inside the root.
+    assert_eq!(
+        fs::read_link(root.join("usr/bin/containerd-shim-kata-v2")).unwrap(),
+        Path::new("/opt/kata/bin/containerd-shim-kata-v2")
+    );
+    let snippet = fs::read_to_string(
+        root.join("opt/kata/share/defaults/kata-containers/containerd-kata.toml"),
+    )
+    .unwrap();
+    assert!(
+        snippet.contains("runtime_type = \"io.containerd.kata.v2\"")
+            && snippet.contains(
+                "ConfigPath = \"/opt/kata/share/defaults/kata-containers/configuration.toml\""
+            ),
+        "{snippet}"
     );
     let gz = fs::File::open(root.join("usr/share/doc/kata-containers-static/changelog.Debian.gz"))
         .unwrap();
@@ -534,9 +554,16 @@ fn rpm_is_accepted_by_rpm() {
         "/opt/kata/share/defaults/kata-containers/configuration.toml",
         "/opt/kata/VERSION",
         "/opt/kata/versions.yaml",
+        "/opt/kata/share/defaults/kata-containers/containerd-kata.toml",
+        "/usr/bin/containerd-shim-kata-v2",
+        "/usr/bin/kata-runtime",
     ] {
         assert!(files.contains(&p), "{p} missing from rpm -qpl:\n{list}");
     }
+    assert!(
+        !files.contains(&"/usr/bin"),
+        "/usr/bin belongs to the distribution, not this package"
+    );
     assert!(
         !files.contains(&"/opt"),
         "/opt belongs to the distribution, not this package"
