@@ -202,7 +202,7 @@ mod tests {
             from: "test",
         };
         let out = sized(&cfg, &huge);
-        assert_eq!(out.hypervisor.default_vcpus, host.min(MAX_VCPUS).max(1));
+        assert_eq!(out.hypervisor.default_vcpus, host.clamp(1, MAX_VCPUS));
         assert_eq!(out.hypervisor.default_memory, MAX_MEMORY_MIB);
     }
 }
