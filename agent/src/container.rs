@@ -1229,10 +1229,6 @@ impl Containers {
             .ok_or_else(|| fail(Code::NOT_FOUND, format!("container {cid:?} does not exist")))?;
         // processes killed by the removal are not OOM kills
         self.oom.unwatch(cid);
-        if self.table().is_empty() {
-            // the pod's last container: its namespaces end with it
-            *self.pod() = None;
-        }
         // a frozen cgroup would keep its processes from dying
         let _ = fs::write(c.cgroup_dir.join("cgroup.freeze"), "0");
         for pid in cgroup_pids(&c.cgroup_dir) {
@@ -1280,6 +1276,10 @@ impl Containers {
                 }
                 None => {}
             }
+        }
+        if self.table().is_empty() {
+            // the pod's last container is gone: its namespaces go with it
+            *self.pod() = None;
         }
         let mut problems = Vec::new();
         let state_root = self.layout.state_root();

@@ -213,9 +213,6 @@ impl agent_ttrpc::AgentService for AgentService {
         _ctx: &TtrpcContext,
         req: agent::CreateContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        if req.sandbox_pidns {
-            return Err(status(Code::UNIMPLEMENTED, "CreateContainer: sandbox_pidns (shared PID namespace) is not implemented by this agent yet"));
-        }
         if !req.shared_mounts.is_empty() {
             return Err(status(
                 Code::UNIMPLEMENTED,
