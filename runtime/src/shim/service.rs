@@ -196,13 +196,16 @@ fn not_found(msg: impl Into<String>) -> ttrpc::Error {
     status_err(Code::NOT_FOUND, msg)
 }
 
-/// An agent call's failure: the agent's own status code (INVALID_ARGUMENT,
-/// NOT_FOUND...) is kept, so containerd and kubelet see what it says;
-/// transport failures are INTERNAL.
-fn agent_err(what: &str, e: ttrpc::Error) -> ttrpc::Error {
+/// An agent call's failure, for container `cid`: the agent's own status
+/// (INVALID_ARGUMENT, NOT_FOUND...; its message names the method) is kept,
+/// so containerd and kubelet see what it says; transport failures are
+/// INTERNAL and name `method`.
+fn agent_err(cid: &str, method: &str, e: ttrpc::Error) -> ttrpc::Error {
     match e {
-        ttrpc::Error::RpcStatus(s) => status_err(s.code(), format!("{what}: {}", s.message)),
-        e => internal(format!("{what}: {e}")),
+        ttrpc::Error::RpcStatus(s) => {
+            status_err(s.code(), format!("container {cid}: {}", s.message))
+        }
+        e => internal(format!("container {cid}: {method}: {e}")),
     }
 }
 
@@ -1043,7 +1046,7 @@ impl containerd_shim::Task for Service {
         sb.agent
             .agent()
             .update_container(sb.agent.context(), &ureq)
-            .map_err(|e| agent_err(&format!("container {}: UpdateContainer", req.id), e))?;
+            .map_err(|e| agent_err(&req.id, "UpdateContainer", e))?;
         Ok(api::Empty::new())
     }
 
