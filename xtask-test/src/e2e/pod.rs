@@ -39,9 +39,14 @@ fn exec_sh(r: &Runner, id: &str, exec_id: &str, script: &str) -> Result<String> 
 
 /// The container's own `memory.max`, at the path its /proc/self/cgroup
 /// names below its /sys/fs/cgroup (with a cgroup namespace or a bind
-/// mount of its cgroup, the top of that mount).
+/// mount of its cgroup, the top of that mount). ctr's default spec mounts
+/// no cgroupfs (CRI's does): [`CGROUP_MOUNT`] adds it.
 const READ_MEMORY_MAX: &str = "p=$(busybox cut -d: -f3 /proc/self/cgroup); \
      cat /sys/fs/cgroup$p/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory.max";
+
+/// The cgroup mount CRI puts in every container's spec (read-only).
+const CGROUP_MOUNT: &str =
+    "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro:nosuid:noexec:nodev";
 
 /// `Task.Update` of `id`, through the shim that serves `sandbox`.
 fn shim_update(
@@ -68,7 +73,13 @@ pub(super) fn scenario_update(r: &mut Runner, ids: &[String]) -> Result<String> 
     let ctr = r.ctr();
     r.run(
         id,
-        &["-d", "--memory-limit", &LIMIT_BEFORE.to_string()],
+        &[
+            "-d",
+            "--memory-limit",
+            &LIMIT_BEFORE.to_string(),
+            "--mount",
+            CGROUP_MOUNT,
+        ],
         &["sleep", "300"],
         None,
     )?
