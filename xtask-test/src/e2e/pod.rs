@@ -217,10 +217,13 @@ pub(super) fn scenario_pod(r: &mut Runner, ids: &[String]) -> Result<String> {
     }
     run(member, &flags, &["sleep", "302"])?;
 
-    let probe =
-        "busybox readlink /proc/self/ns/ipc /proc/self/ns/uts; cat /proc/sys/kernel/hostname";
+    // busybox readlink takes one path at a time
+    let probe = "for n in ipc uts; do busybox readlink /proc/self/ns/$n; done; cat /proc/sys/kernel/hostname";
     let in_sandbox = exec_sh(r, sandbox, "ns1", probe)?;
     let in_member = exec_sh(r, member, "ns2", probe)?;
+    if !in_member.starts_with("ipc:[") || !in_member.contains("\nuts:[") {
+        bail!("the namespace probe printed no ipc:[inode] and uts:[inode] lines: {in_member:?}");
+    }
     if in_sandbox != in_member {
         bail!("the pod's containers do not share IPC and UTS: sandbox sees {in_sandbox:?}, member {in_member:?}");
     }
