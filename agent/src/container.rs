@@ -28,6 +28,14 @@
 //! - the OCI `linux.seccomp` profile is checked here and installed by the
 //!   libcontainer helper right before the workload's execve, see
 //!   [`crate::seccomp`].
+//!
+//! # Pods
+//! The first container created in the sandbox (CRI's pause container)
+//! holds the pod's namespaces: every later container's `ipc` and `uts`
+//! entries are set to its (hostname included), and its `pid` entry too
+//! with `sandbox_pidns` (CreateContainer's, or CreateSandbox's for all).
+//! Each container's cgroup is watched for OOM kills ([`crate::oom`]) and
+//! UpdateContainer rewrites its limits ([`crate::cgroup_limits`]).
 
 use std::collections::HashMap;
 use std::fs::{self, File};
