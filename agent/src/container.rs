@@ -28,6 +28,14 @@
 //! - the OCI `linux.seccomp` profile is checked here and installed by the
 //!   libcontainer helper right before the workload's execve, see
 //!   [`crate::seccomp`].
+//!
+//! # Pods
+//! The first container created in the sandbox (CRI's pause container)
+//! holds the pod's namespaces: every later container's `ipc` and `uts`
+//! entries are set to its (hostname included), and its `pid` entry too
+//! with `sandbox_pidns` (CreateContainer's, or CreateSandbox's for all).
+//! Each container's cgroup is watched for OOM kills ([`crate::oom`]) and
+//! UpdateContainer rewrites its limits ([`crate::cgroup_limits`]).
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -46,10 +54,11 @@ use nix::unistd::Pid;
 use protocols::agent::{CgroupStats, CreateContainerRequest, ExecProcessRequest};
 use ttrpc::Code;
 
+use crate::oom::OomEvents;
 use crate::reaper::Reaper;
 use crate::runtime_helper::{HELPER_FLAG, NO_CONSOLE};
 use crate::storage::{self, Prepared};
-use crate::{cgroup_stats, oci};
+use crate::{cgroup_limits, cgroup_stats, oci};
 
 /// Mount point of the cgroup v2 hierarchy.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -630,6 +639,12 @@ pub struct Containers {
     table: Mutex<HashMap<String, Container>>,
     /// Serialises create/exec/remove (helper runs, bundle directories).
     lifecycle: Mutex<()>,
+    /// The namespaces the pod's containers share (under `lifecycle`).
+    pod: Mutex<Option<PodNamespaces>>,
+    /// CreateSandbox's sandbox_pidns: every container joins the pod's PID
+    /// namespace, as if each asked for it.
+    pub sandbox_pidns: std::sync::atomic::AtomicBool,
+    pub oom: OomEvents,
 }
 
 impl Containers {
@@ -639,7 +654,23 @@ impl Containers {
             reaper,
             table: Mutex::new(HashMap::new()),
             lifecycle: Mutex::new(()),
+            pod: Mutex::new(None),
+            sandbox_pidns: std::sync::atomic::AtomicBool::new(false),
+            oom: OomEvents::start(),
         }
+    }
+
+    fn pod(&self) -> std::sync::MutexGuard<'_, Option<PodNamespaces>> {
+        self.pod.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// New limits for a running container's cgroup (UpdateContainer).
+    pub fn update(&self, cid: &str, resources: &protocols::oci::LinuxResources) -> Result<()> {
+        let dir = self.with_container(cid, |c| Ok(c.cgroup_dir.clone()))?;
+        let n = cgroup_limits::apply(&dir, resources)
+            .map_err(|f| fail(f.code, format!("container {cid}: {}", f.message)))?;
+        log::info!("container {cid}: {n} cgroup limit(s) updated");
+        Ok(())
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Container>> {
@@ -884,6 +915,27 @@ impl Containers {
         grpc_spec.Root = Some(root).into();
         let mut linux = grpc_spec.Linux.as_ref().cloned().unwrap_or_default();
         linux.CgroupsPath = cgroup_path.to_string_lossy().into_owned();
+        let join_pidns = req.sandbox_pidns
+            || self
+                .sandbox_pidns
+                .load(std::sync::atomic::Ordering::Relaxed);
+        match self.pod().as_ref() {
+            Some(pod) => {
+                log::info!(
+                    "container {cid} joins the IPC and UTS{} namespaces of sandbox container {}",
+                    if join_pidns { " and PID" } else { "" },
+                    pod.holder
+                );
+                join_pod_namespaces(&mut linux, &pod.paths(), join_pidns);
+            }
+            None if join_pidns => {
+                return Err(fail(
+                    Code::FAILED_PRECONDITION,
+                    format!("CreateContainer {cid}: sandbox_pidns: there is no sandbox container yet whose PID namespace it could join; create the pod's sandbox container first"),
+                ))
+            }
+            None => {}
+        }
         grpc_spec.Linux = Some(linux).into();
         let spec = oci::to_oci_spec(&grpc_spec)
             .map_err(|e| fail(Code::INVALID_ARGUMENT, format!("CreateContainer: {e}")))?;
@@ -931,6 +983,23 @@ impl Containers {
         };
         undo.bundle = None;
         log::info!("container {cid} created, init pid {pid}");
+        if let Err(e) = self.oom.watch(cid, &container.cgroup_dir) {
+            log::warn!(
+                "container {cid}: OOM kills are not reported: watch {}/{}: {e}",
+                container.cgroup_dir.display(),
+                crate::oom::MEMORY_EVENTS
+            );
+        }
+        let mut pod = self.pod();
+        if pod.is_none() {
+            // The first container of the sandbox (CRI's pause container)
+            // holds the pod's namespaces.
+            match PodNamespaces::of(cid, pid) {
+                Ok(p) => *pod = Some(p),
+                Err(e) => log::warn!("container {cid}: the pod's namespaces cannot be kept: {e}"),
+            }
+        }
+        drop(pod);
         self.table().insert(cid.to_string(), container);
         Ok(())
     }
@@ -1166,6 +1235,8 @@ impl Containers {
             .table()
             .remove(cid)
             .ok_or_else(|| fail(Code::NOT_FOUND, format!("container {cid:?} does not exist")))?;
+        // processes killed by the removal are not OOM kills
+        self.oom.unwatch(cid);
         // a frozen cgroup would keep its processes from dying
         let _ = fs::write(c.cgroup_dir.join("cgroup.freeze"), "0");
         for pid in cgroup_pids(&c.cgroup_dir) {
@@ -1214,6 +1285,10 @@ impl Containers {
                 None => {}
             }
         }
+        if self.table().is_empty() {
+            // the pod's last container is gone: its namespaces go with it
+            *self.pod() = None;
+        }
         let mut problems = Vec::new();
         let state_root = self.layout.state_root();
         match libcontainer::container::Container::load(state_root.join(cid)) {
@@ -1253,6 +1328,79 @@ impl Containers {
     fn reaper_tracks(&self, pid: i32) -> bool {
         // a pid still alive (signal 0 succeeds) has not been collected
         kill(Pid::from_raw(pid), None).is_ok()
+    }
+}
+
+/// The IPC, UTS and PID namespaces of a pod's sandbox container, which
+/// the pod's other containers join (as upstream's agent does for IPC and
+/// UTS always, for PID with sandbox_pidns). Held open by the agent, so
+/// IPC and UTS outlive an early exit of the sandbox container's process
+/// (a PID namespace cannot be joined once its init is gone: the kernel's
+/// rule).
+struct PodNamespaces {
+    holder: String,
+    ipc: File,
+    uts: File,
+    pid: File,
+}
+
+/// The paths a container spec names the pod's namespaces by.
+struct PodNamespacePaths {
+    ipc: String,
+    uts: String,
+    pid: String,
+}
+
+impl PodNamespaces {
+    fn of(holder: &str, pid: i32) -> io::Result<PodNamespaces> {
+        let open = |ns: &str| {
+            File::open(format!("/proc/{pid}/ns/{ns}"))
+                .map_err(|e| io::Error::new(e.kind(), format!("/proc/{pid}/ns/{ns}: {e}")))
+        };
+        Ok(PodNamespaces {
+            holder: holder.to_string(),
+            ipc: open("ipc")?,
+            uts: open("uts")?,
+            pid: open("pid")?,
+        })
+    }
+
+    /// The agent's open descriptors, by path: libcontainer (in the helper,
+    /// a child of the agent) opens the path and setns(2)es into it.
+    fn paths(&self) -> PodNamespacePaths {
+        let me = std::process::id();
+        let path = |f: &File| format!("/proc/{me}/fd/{}", f.as_raw_fd());
+        PodNamespacePaths {
+            ipc: path(&self.ipc),
+            uts: path(&self.uts),
+            pid: path(&self.pid),
+        }
+    }
+}
+
+/// A pod's container spec: its IPC and UTS namespaces (when it asks for
+/// its own) become the pod's, and with `join_pidns` its PID namespace too.
+/// A container without an IPC or UTS entry (the guest's, like
+/// hostIPC/hostNetwork pods) keeps that. The UTS namespace carries the
+/// pod's hostname: libcontainer sets `hostname` only in a new one.
+fn join_pod_namespaces(
+    linux: &mut protocols::oci::Linux,
+    pod: &PodNamespacePaths,
+    join_pidns: bool,
+) {
+    for ns in linux.Namespaces.iter_mut() {
+        match ns.Type.as_str() {
+            "ipc" => ns.Path = pod.ipc.clone(),
+            "uts" => ns.Path = pod.uts.clone(),
+            "pid" if join_pidns => ns.Path = pod.pid.clone(),
+            _ => {}
+        }
+    }
+    if join_pidns && !linux.Namespaces.iter().any(|n| n.Type == "pid") {
+        let mut ns = protocols::oci::LinuxNamespace::new();
+        ns.Type = "pid".into();
+        ns.Path = pod.pid.clone();
+        linux.Namespaces.push(ns);
     }
 }
 
@@ -1396,6 +1544,58 @@ mod tests {
     }
 
     use protocols::ids::valid_id;
+
+    #[test]
+    fn pod_containers_join_the_sandbox_containers_namespaces() {
+        let ns = |t: &str, p: &str| {
+            let mut n = protocols::oci::LinuxNamespace::new();
+            n.Type = t.into();
+            n.Path = p.into();
+            n
+        };
+        let pod = PodNamespacePaths {
+            ipc: "/proc/1/fd/7".into(),
+            uts: "/proc/1/fd/8".into(),
+            pid: "/proc/1/fd/9".into(),
+        };
+        let spec = || {
+            let mut l = protocols::oci::Linux::new();
+            l.Namespaces = vec![ns("pid", ""), ns("ipc", ""), ns("uts", ""), ns("mount", "")];
+            l
+        };
+        let types = |l: &protocols::oci::Linux| -> Vec<(String, String)> {
+            l.Namespaces
+                .iter()
+                .map(|n| (n.Type.clone(), n.Path.clone()))
+                .collect()
+        };
+        let mut l = spec();
+        join_pod_namespaces(&mut l, &pod, false);
+        assert_eq!(
+            types(&l),
+            [
+                ("pid".into(), "".into()),
+                ("ipc".into(), pod.ipc.clone()),
+                ("uts".into(), pod.uts.clone()),
+                ("mount".into(), "".into())
+            ]
+        );
+        let mut l = spec();
+        join_pod_namespaces(&mut l, &pod, true);
+        assert_eq!(l.Namespaces[0].Path, pod.pid);
+        // no pid entry (a host-PID spec): sandbox_pidns still joins the pod's
+        let mut l = protocols::oci::Linux::new();
+        l.Namespaces = vec![ns("mount", "")];
+        join_pod_namespaces(&mut l, &pod, true);
+        assert_eq!(
+            types(&l),
+            [("mount".into(), "".into()), ("pid".into(), pod.pid.clone())]
+        );
+        // without an ipc/uts entry the container keeps the guest's
+        let mut l = protocols::oci::Linux::new();
+        join_pod_namespaces(&mut l, &pod, false);
+        assert!(l.Namespaces.is_empty());
+    }
 
     #[test]
     fn ids_follow_the_pattern() {

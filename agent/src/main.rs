@@ -40,6 +40,7 @@
 //! `KATA_AGENT_HOSTNAME_FILE`, `KATA_AGENT_SYSFS`, `KATA_AGENT_CONSOLE`,
 //! `KATA_AGENT_RUN_DIR` (instead of /run/kata-containers; see [`config`]).
 
+mod cgroup_limits;
 mod cgroup_stats;
 mod config;
 mod console;
@@ -48,6 +49,7 @@ mod guest;
 mod init;
 mod logger;
 mod oci;
+mod oom;
 mod reaper;
 mod rpc;
 mod runtime_helper;

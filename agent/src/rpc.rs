@@ -213,9 +213,6 @@ impl agent_ttrpc::AgentService for AgentService {
         _ctx: &TtrpcContext,
         req: agent::CreateContainerRequest,
     ) -> ttrpc::Result<Empty> {
-        if req.sandbox_pidns {
-            return Err(status(Code::UNIMPLEMENTED, "CreateContainer: sandbox_pidns (shared PID namespace) is not implemented by this agent yet"));
-        }
         if !req.shared_mounts.is_empty() {
             return Err(status(
                 Code::UNIMPLEMENTED,
@@ -344,6 +341,63 @@ impl agent_ttrpc::AgentService for AgentService {
             self.state.containers.resume(&req.container_id),
         )?;
         Ok(Empty::new())
+    }
+
+    fn update_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let Some(resources) = req.resources.as_ref() else {
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                "UpdateContainer: resources (field 2) is missing",
+            ));
+        };
+        reply(
+            "UpdateContainer",
+            self.state.containers.update(&req.container_id, resources),
+        )?;
+        Ok(Empty::new())
+    }
+
+    /// Blocks until a container's cgroup records an OOM kill (see
+    /// [`crate::oom`]); ends with the sandbox, the caller's connection, or
+    /// the request's deadline.
+    fn get_oom_event(
+        &self,
+        ctx: &TtrpcContext,
+        _req: agent::GetOOMEventRequest,
+    ) -> ttrpc::Result<agent::OOMEvent> {
+        use crate::oom::NoEvent;
+        let deadline = (ctx.timeout_nano > 0).then(|| {
+            std::time::Instant::now() + std::time::Duration::from_nanos(ctx.timeout_nano as u64)
+        });
+        // the server drops its end when the client's connection closes
+        let cancel = ctx.cancel_rx.clone();
+        let gone = move || cancel.try_recv().is_err_and(|e| e.is_disconnected());
+        match self.state.containers.oom.next(deadline, gone) {
+            Ok(id) => {
+                let mut event = agent::OOMEvent::new();
+                event.container_id = id;
+                Ok(event)
+            }
+            Err(NoEvent::Closed) => Err(status(
+                Code::UNAVAILABLE,
+                "GetOOMEvent: the sandbox is being destroyed",
+            )),
+            Err(NoEvent::Cancelled) => {
+                Err(status(Code::CANCELLED, "GetOOMEvent: the caller went away"))
+            }
+            Err(NoEvent::DeadlineExceeded) => Err(status(
+                Code::DEADLINE_EXCEEDED,
+                "GetOOMEvent: no OOM kill before the request's deadline",
+            )),
+            Err(NoEvent::Unavailable) => Err(status(
+                Code::UNAVAILABLE,
+                "GetOOMEvent: inotify is unavailable in this guest, OOM kills cannot be watched",
+            )),
+        }
     }
 
     fn write_stdin(
@@ -480,9 +534,6 @@ impl agent_ttrpc::AgentService for AgentService {
                 ),
             ));
         }
-        if req.sandbox_pidns {
-            return Err(status(Code::UNIMPLEMENTED, "CreateSandbox: sandbox_pidns (shared PID namespace) is not implemented by this agent yet"));
-        }
         if !req.kernel_modules.is_empty() {
             return Err(status(
                 Code::UNIMPLEMENTED,
@@ -522,11 +573,16 @@ impl agent_ttrpc::AgentService for AgentService {
             }
         }
         log::info!(
-            "sandbox {:?} created (hostname {:?}, {} storage(s))",
+            "sandbox {:?} created (hostname {:?}, {} storage(s), shared PID namespace {})",
             req.sandbox_id,
             req.hostname,
-            prepared.len()
+            prepared.len(),
+            req.sandbox_pidns
         );
+        self.state
+            .containers
+            .sandbox_pidns
+            .store(req.sandbox_pidns, std::sync::atomic::Ordering::Relaxed);
         *sandbox = Some(Sandbox {
             id: req.sandbox_id,
             hostname: req.hostname,
@@ -557,6 +613,9 @@ impl agent_ttrpc::AgentService for AgentService {
             }
             None => log::info!("DestroySandbox without a sandbox: shutting down anyway"),
         }
+        // A GetOOMEvent waiting on another connection ends now, not with
+        // the VM.
+        self.state.containers.oom.close();
         // The reply is queued when this returns; main waits a moment for it
         // to be written before it stops the server.
         let _ = self

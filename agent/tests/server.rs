@@ -430,10 +430,11 @@ fn unimplemented_options_say_so_and_bad_container_calls_are_refused() {
     let client = agent.agent();
     let mut req = agent::CreateContainerRequest::new();
     req.container_id = "c1".into();
+    // sandbox_pidns is implemented: this request fails for its missing spec
     req.sandbox_pidns = true;
     let s = status_of(client.create_container(ctx(), &req));
-    assert_eq!(s.code(), Code::UNIMPLEMENTED);
-    assert!(s.message().contains("CreateContainer"), "{}", s.message());
+    assert_eq!(s.code(), Code::INVALID_ARGUMENT);
+    assert!(s.message().contains("OCI"), "{}", s.message());
     req.sandbox_pidns = false;
     let mut user = agent::StringUser::new();
     user.uid = "nobody".into();

@@ -259,6 +259,7 @@ pub struct RuntimeSection {
     /// Not implemented: only `false` is accepted.
     #[serde(deserialize_with = "de::boolean")]
     pub sandbox_cgroup_only: bool,
+    /// The VM is sized at start for the pod's limits (see `shim::sizing`).
     #[serde(deserialize_with = "de::boolean")]
     pub static_sandbox_resource_mgmt: bool,
     /// Our extension: parent of the per-sandbox state directories. Empty:

@@ -379,6 +379,37 @@ fn linux(l: &spec::Linux) -> Result<oci::Linux> {
     Ok(out)
 }
 
+/// The type URL containerd gives the `resources` of `Task.Update` on Linux:
+/// the runtime spec's `LinuxResources` as JSON (containerd's `typeurl`
+/// encodes types that are not protobuf messages so; `ctr`, CRI's
+/// UpdateContainerResources and nerdctl all send it).
+pub const LINUX_RESOURCES_TYPE_URL: &str =
+    "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+
+/// `Task.Update`'s resources (an `Any`) to the agent's `LinuxResources`.
+pub fn resources_from_any(type_url: &str, value: &[u8]) -> Result<oci::LinuxResources> {
+    if type_url != LINUX_RESOURCES_TYPE_URL {
+        return Err(err(
+            "resources",
+            format!("type {type_url:?} is not {LINUX_RESOURCES_TYPE_URL} (JSON LinuxResources of the OCI runtime spec)"),
+        ));
+    }
+    let r: spec::LinuxResources = from_json(value, "resources", "resources")?;
+    resources(&r)
+}
+
+/// Whether a pod's container asks for the pod's PID namespace (CRI's
+/// shareProcessNamespace: its `pid` namespace names the sandbox's by path,
+/// a host path that means nothing in the guest). Read before
+/// [`adapt_for_guest`] drops the paths.
+pub fn shares_sandbox_pidns(spec: &oci::Spec) -> bool {
+    spec.Linux.as_ref().is_some_and(|l| {
+        l.Namespaces
+            .iter()
+            .any(|n| n.Type == "pid" && !n.Path.is_empty())
+    })
+}
+
 /// What [`adapt_for_guest`] removed, for the shim's log.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Adaptation {
@@ -533,6 +564,42 @@ mod tests {
         assert!(l.Namespaces.iter().all(|n| n.Path.is_empty()));
         assert_eq!(l.Namespaces.len(), 3, "namespaces are kept, only paths go");
         assert!(s.Process.ApparmorProfile.is_empty());
+    }
+
+    #[test]
+    fn update_resources_decode_from_containerds_any() {
+        // as containerd's typeurl.MarshalAny(&specs.LinuxResources{...})
+        let json = br#"{"devices":[{"allow":false,"access":"rwm"}],"memory":{"limit":134217728,"swap":134217728},"cpu":{"shares":512,"quota":20000,"period":100000},"pids":{"limit":64}}"#;
+        let r = resources_from_any(LINUX_RESOURCES_TYPE_URL, json).unwrap();
+        assert_eq!((r.Memory.Limit, r.Memory.Swap), (134217728, 134217728));
+        assert_eq!(
+            (r.CPU.Shares, r.CPU.Quota, r.CPU.Period),
+            (512, 20000, 100000)
+        );
+        assert_eq!(r.Pids.Limit, 64);
+        assert_eq!(r.Devices[0].Major, -1);
+        let e = resources_from_any(
+            "types.containerd.io/opencontainers/runtime-spec/1/WindowsResources",
+            b"{}",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "resources");
+        assert!(e.message.contains("WindowsResources"), "{e}");
+        let e = resources_from_any(LINUX_RESOURCES_TYPE_URL, br#"{"memory":{"limit":"64M"}}"#)
+            .unwrap_err();
+        assert_eq!(e.field, "resources.memory.limit");
+        let e = resources_from_any(LINUX_RESOURCES_TYPE_URL, b"\x08\x01").unwrap_err();
+        assert_eq!(e.field, "resources");
+    }
+
+    #[test]
+    fn a_named_pid_namespace_is_the_pods() {
+        let mut s = spec_from_json(CRI_SPEC).unwrap();
+        assert!(!shares_sandbox_pidns(&s), "pid without a path: its own");
+        s.Linux.as_mut().unwrap().Namespaces[0].Path = "/proc/42/ns/pid".into();
+        assert!(shares_sandbox_pidns(&s));
+        adapt_for_guest(&mut s, "c1");
+        assert!(!shares_sandbox_pidns(&s), "read it before the adaptation");
     }
 
     #[test]

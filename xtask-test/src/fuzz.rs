@@ -62,8 +62,12 @@ pub const MAX_REPEATED: u64 = 4;
 /// Generated payloads stay below this (ttrpc refuses frames over 4 MiB
 /// client-side, which would test nothing).
 const MAX_PAYLOAD: usize = 1 << 20;
-/// Bound of one fuzzed call: handlers that wait (WaitProcess, ReadStdout)
-/// may legitimately block; such a call counts as `TIMEOUT`.
+/// Bound of one fuzzed call: handlers that wait (WaitProcess, ReadStdout,
+/// GetOOMEvent, which blocks until an OOM kill) may legitimately block;
+/// such a call counts as `TIMEOUT`, and the next request goes over a fresh
+/// connection. The agent also ends a GetOOMEvent at the request's deadline
+/// (sent in the envelope) or when its connection closes, so blocked calls
+/// do not pile up in the guest.
 const FUZZ_CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bound of a request whose message does not decode (see [`FuzzConn::send`]).
 const UNDECODABLE_CALL_TIMEOUT: Duration = Duration::from_millis(300);

@@ -15,6 +15,7 @@ mod annotations;
 mod mounts;
 mod sandbox;
 mod service;
+mod sizing;
 mod stats;
 pub mod stdio;
 

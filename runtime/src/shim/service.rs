@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use containerd_shim::api;
 use containerd_shim::event::Event;
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
@@ -27,7 +27,7 @@ use containerd_shim::{Context, ExitSignal, TtrpcContext, TtrpcResult};
 use protocols::agent::{
     CreateContainerRequest, ExecProcessRequest, PauseContainerRequest, RemoveContainerRequest,
     ResumeContainerRequest, SignalProcessRequest, StartContainerRequest, StatsContainerRequest,
-    TtyWinResizeRequest, WaitProcessRequest,
+    TtyWinResizeRequest, UpdateContainerRequest, WaitProcessRequest,
 };
 use ttrpc::Code;
 
@@ -65,6 +65,8 @@ fn vm_death(sandbox: &Sandbox) -> Option<String> {
 const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 /// How often the sandbox watcher checks QEMU.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// Pause before the OOM event loop calls again after a failed call.
+const OOM_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// Seconds the agent may take to stop a container's processes on delete.
 const REMOVE_TIMEOUT_SECS: u32 = 10;
 
@@ -194,6 +196,19 @@ fn not_found(msg: impl Into<String>) -> ttrpc::Error {
     status_err(Code::NOT_FOUND, msg)
 }
 
+/// An agent call's failure, for container `cid`: the agent's own status
+/// (INVALID_ARGUMENT, NOT_FOUND...; its message names the method) is kept,
+/// so containerd and kubelet see what it says; transport failures are
+/// INTERNAL and name `method`.
+fn agent_err(cid: &str, method: &str, e: ttrpc::Error) -> ttrpc::Error {
+    match e {
+        ttrpc::Error::RpcStatus(s) => {
+            status_err(s.code(), format!("container {cid}: {}", s.message))
+        }
+        e => internal(format!("container {cid}: {method}: {e}")),
+    }
+}
+
 fn publish(publisher: &RemotePublisher, namespace: &str, event: impl Event + 'static) {
     let topic = event.topic();
     log::debug!("publish {topic}");
@@ -311,6 +326,62 @@ impl Service {
         });
     }
 
+    /// One loop per sandbox: GetOOMEvent on a connection of its own
+    /// (the call blocks until an OOM kill), each event published as
+    /// `/tasks/oom`, which CRI turns into the reason `OOMKilled`. It ends
+    /// with the sandbox: the agent ends the call on DestroySandbox, the
+    /// connection with the VM.
+    fn watch_oom(&self, sandbox: Arc<Sandbox>) {
+        let publisher = self.publisher.clone();
+        let namespace = self.namespace.clone();
+        std::thread::spawn(move || {
+            let ended = || sandbox.was_shut_down() || sandbox.check_alive().is_err();
+            let mut client = None;
+            while !ended() {
+                if client.is_none() {
+                    match AgentClient::connect(
+                        &sandbox.address,
+                        DEFAULT_CONNECT_TIMEOUT,
+                        Duration::ZERO,
+                    ) {
+                        Ok(c) => client = Some(c),
+                        Err(e) => {
+                            log::debug!("sandbox {}: OOM events: connect: {e}", sandbox.id);
+                            std::thread::sleep(OOM_RETRY_INTERVAL);
+                            continue;
+                        }
+                    }
+                }
+                let Some(c) = client.as_ref() else { continue };
+                match c.agent().get_oom_event(
+                    ttrpc::context::Context::default(),
+                    &protocols::agent::GetOOMEventRequest::new(),
+                ) {
+                    Ok(event) => {
+                        log::info!(
+                            "sandbox {}: container {} had an OOM kill",
+                            sandbox.id,
+                            event.container_id
+                        );
+                        let mut ev = TaskOOM::new();
+                        ev.container_id = event.container_id;
+                        publish(&publisher, &namespace, ev);
+                    }
+                    // DestroySandbox: nothing more will come
+                    Err(ttrpc::Error::RpcStatus(s)) if s.code() == Code::UNAVAILABLE => {
+                        log::debug!("sandbox {}: OOM events end: {}", sandbox.id, s.message);
+                        return;
+                    }
+                    Err(e) => {
+                        log::debug!("sandbox {}: GetOOMEvent: {e}", sandbox.id);
+                        client = None;
+                        std::thread::sleep(OOM_RETRY_INTERVAL);
+                    }
+                }
+            }
+        });
+    }
+
     fn do_create(&self, req: &api::CreateTaskRequest) -> ttrpc::Result<u32> {
         let cid = req.id.as_str();
         protocols::ids::check_id("container id", cid)
@@ -376,8 +447,27 @@ impl Service {
                 } else {
                     spec.Hostname.clone()
                 };
-                let sb =
-                    Sandbox::start(&cfg, cid, &hostname).map_err(|e| internal(format!("{e:#}")))?;
+                let sized;
+                let vm_cfg = if cfg.runtime.static_sandbox_resource_mgmt {
+                    let size = super::sizing::workload_size(&spec).map_err(|m| {
+                        status_err(Code::INVALID_ARGUMENT, format!("container {cid}: {m}"))
+                    })?;
+                    sized = super::sizing::sized(&cfg, &size);
+                    log::info!(
+                        "sandbox {cid}: static_sandbox_resource_mgmt: {} vCPU(s), {} MiB ({} configured, +{} vCPU(s) and +{} MiB from {})",
+                        sized.hypervisor.default_vcpus,
+                        sized.hypervisor.default_memory,
+                        format_args!("{}/{} MiB", cfg.hypervisor.default_vcpus, cfg.hypervisor.default_memory),
+                        size.vcpus,
+                        size.memory_mib,
+                        size.from
+                    );
+                    &sized
+                } else {
+                    &*cfg
+                };
+                let sb = Sandbox::start(vm_cfg, cid, &hostname)
+                    .map_err(|e| internal(format!("{e:#}")))?;
                 (Arc::new(sb), true)
             }
         };
@@ -391,6 +481,7 @@ impl Service {
             }
         };
 
+        let sandbox_pidns = oci::shares_sandbox_pidns(&spec);
         let host_dir = sandbox.shared_dir.join(cid);
         if let Err(e) = self.prepare_container(&sandbox, req, &bundle, &host_dir, &mut spec) {
             fail_cleanup();
@@ -400,6 +491,10 @@ impl Service {
         let mut creq = CreateContainerRequest::new();
         creq.container_id = cid.into();
         creq.exec_id = cid.into();
+        // CRI's shareProcessNamespace: the pod's container names the
+        // sandbox's PID namespace; the agent puts it in the sandbox
+        // container's (see oci::shares_sandbox_pidns).
+        creq.sandbox_pidns = !owns && sandbox_pidns;
         creq.OCI = MessageField::some(spec);
         if let Err(e) = sandbox
             .agent
@@ -442,6 +537,7 @@ impl Service {
         }
         if owns {
             self.watch_sandbox(sandbox.clone());
+            self.watch_oom(sandbox.clone());
         }
         let mut ev = TaskCreate::new();
         ev.container_id = cid.into();
@@ -926,6 +1022,31 @@ impl containerd_shim::Task for Service {
         let mut ev = TaskResumed::new();
         ev.container_id = req.id.clone();
         self.publish(ev);
+        Ok(api::Empty::new())
+    }
+
+    /// New resource limits of a container (kubelet's
+    /// UpdateContainerResources, `Task.Update`): containerd's `Any`
+    /// ([`oci::LINUX_RESOURCES_TYPE_URL`]) goes to the agent's
+    /// UpdateContainer, which writes the container's guest cgroup.
+    fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        log::info!("update {}", req.id);
+        let (_p, sb) = self.find(&req.id, "")?;
+        let any = req.resources.as_ref().ok_or_else(|| {
+            status_err(
+                Code::INVALID_ARGUMENT,
+                format!("update {}: resources is missing", req.id),
+            )
+        })?;
+        let resources = oci::resources_from_any(&any.type_url, &any.value)
+            .map_err(|e| status_err(Code::INVALID_ARGUMENT, format!("update {}: {e}", req.id)))?;
+        let mut ureq = UpdateContainerRequest::new();
+        ureq.container_id = req.id.clone();
+        ureq.resources = MessageField::some(resources);
+        sb.agent
+            .agent()
+            .update_container(sb.agent.context(), &ureq)
+            .map_err(|e| agent_err(&req.id, "UpdateContainer", e))?;
         Ok(api::Empty::new())
     }
 

@@ -5,7 +5,8 @@
 //! Files: this one holds the command, the environment (containerd, image,
 //! shim and configuration ready for scenarios) and the Kata configuration;
 //! `containerd.rs` the private containerd and `ctr`, `oci_image.rs` the test
-//! image, `scenarios.rs` the scenarios and faults, `shipped.rs`
+//! image, `scenarios.rs` the scenarios and faults, `pod.rs` the pod
+//! scenarios (Task.Update, OOM events, shared namespaces), `shipped.rs`
 //! `--from-release`, `host.rs` /proc and mount inspection, `bounded.rs`
 //! commands with a time bound.
 //!
@@ -71,6 +72,7 @@ pub(crate) mod bounded;
 mod containerd;
 mod host;
 mod oci_image;
+mod pod;
 mod scenarios;
 mod shipped;
 
@@ -572,6 +574,14 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
     );
     r.scenario("g-one-char-id", &[], scenario_one_char_id);
     r.scenario("h-seccomp", &["sc1", "sc2"], scenario_seccomp);
+    r.scenario("i-update", &["upd"], pod::scenario_update);
+    r.scenario("j-oom", &["oom"], pod::scenario_oom);
+    if kata {
+        r.scenario("k-pod", &["pod", "podc"], pod::scenario_pod);
+    } else {
+        ctx.ui.info("SKIP k-pod: kata only (runc reads no CRI annotations: each container is its own sandbox)");
+        skipped.push("k-pod");
+    }
     if args.faults {
         if kata {
             r.scenario("f-qemu-killed", &["qemukill"], fault_qemu_killed);
