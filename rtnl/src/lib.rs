@@ -328,6 +328,16 @@ impl Netlink {
         )
     }
 
+    pub fn delete_link(&mut self, index: u32) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        self.execute(
+            &|| format!("delete link {index}"),
+            RouteNetlinkMessage::DelLink(m),
+            0,
+        )
+    }
+
     pub fn addresses(&mut self) -> Result<Vec<Address>> {
         let replies = self.dump(
             &|| "list addresses".into(),
@@ -415,11 +425,12 @@ impl Netlink {
         m
     }
 
+    /// Add or replace (`ip route replace`) a route.
     pub fn add_route(&mut self, r: &Route) -> Result<()> {
         self.execute(
             &|| format!("add route {}", describe_route(r)),
             RouteNetlinkMessage::NewRoute(Self::route_message(r)),
-            NLM_F_CREATE | NLM_F_EXCL,
+            NLM_F_CREATE | netlink_packet_core::NLM_F_REPLACE,
         )
     }
 

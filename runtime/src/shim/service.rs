@@ -376,8 +376,9 @@ impl Service {
                 } else {
                     spec.Hostname.clone()
                 };
-                let sb =
-                    Sandbox::start(&cfg, cid, &hostname).map_err(|e| internal(format!("{e:#}")))?;
+                let netns = oci::network_namespace_path(&spec);
+                let sb = Sandbox::start(&cfg, cid, &hostname, netns.as_deref())
+                    .map_err(|e| internal(format!("{e:#}")))?;
                 (Arc::new(sb), true)
             }
         };
@@ -494,6 +495,12 @@ impl Service {
             m.type_ = "bind".into();
         }
         let done = oci::adapt_for_guest(spec, cid);
+        if sandbox.shares_guest_netns() {
+            // The pod's interfaces live in the guest's own namespace.
+            if let Some(linux) = spec.Linux.as_mut() {
+                linux.Namespaces.retain(|n| n.Type != "network");
+            }
+        }
         if done.dropped_hooks > 0 {
             log::warn!(
                 "container {cid}: {} OCI hooks are not run (host hooks cannot run in the guest)",
