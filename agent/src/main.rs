@@ -47,6 +47,7 @@ mod container;
 mod guest;
 mod init;
 mod logger;
+mod network;
 mod oci;
 mod reaper;
 mod rpc;
