@@ -304,7 +304,7 @@ fn exec_echo(r: &Runner, id: &str, exec_id: &str, word: &str) -> Result<()> {
 
 /// SIGKILLs a running task, waits for STOPPED, deletes the task (which
 /// must report exit code 137) and the container.
-fn kill_and_delete(r: &Runner, id: &str) -> Result<()> {
+pub(super) fn kill_and_delete(r: &Runner, id: &str) -> Result<()> {
     let ctr = r.ctr();
     run_bounded(
         ctr.command(&["tasks", "kill", "-s", "SIGKILL", id]),
