@@ -48,7 +48,9 @@ fn check_link_name(field: &str, name: &str) -> std::result::Result<(), FieldErro
     {
         return Err(FieldError {
             field: field.into(),
-            message: format!("{name:?} is not an interface name (1 to 15 characters, no '/', ':' or spaces)"),
+            message: format!(
+                "{name:?} is not an interface name (1 to 15 characters, no '/', ':' or spaces)"
+            ),
         });
     }
     Ok(())
@@ -103,7 +105,10 @@ pub fn update_interface(req: &Interface) -> Result<Interface> {
         .find(|l| !l.is_loopback() && l.mac == mac)
         .ok_or_else(|| Failure {
             code: Code::NOT_FOUND,
-            message: format!("interface.hwAddr: no guest interface has MAC {}", req.hwAddr),
+            message: format!(
+                "interface.hwAddr: no guest interface has MAC {}",
+                req.hwAddr
+            ),
         })?;
     if link.name != req.name {
         // The kernel renames only links that are down.
@@ -256,18 +261,30 @@ mod tests {
         i.name = "eth0".into();
         let e = update_interface(&i).unwrap_err();
         assert_eq!(e.code, Code::INVALID_ARGUMENT);
-        assert!(e.message.starts_with("interface.hwAddr: missing"), "{}", e.message);
+        assert!(
+            e.message.starts_with("interface.hwAddr: missing"),
+            "{}",
+            e.message
+        );
         i.hwAddr = "02:00:00:00:00:01".into();
         i.mtu = 20;
         let e = update_interface(&i).unwrap_err();
-        assert!(e.message.starts_with("interface.mtu: 20 is not an MTU"), "{}", e.message);
+        assert!(
+            e.message.starts_with("interface.mtu: 20 is not an MTU"),
+            "{}",
+            e.message
+        );
         i.mtu = 1500;
         let mut a = protocols::types::IPAddress::new();
         a.address = "10.0.0.1".into();
         a.mask = "x".into();
         i.IPAddresses.push(a);
         let e = update_interface(&i).unwrap_err();
-        assert!(e.message.starts_with("interface.IPAddresses[0].mask"), "{}", e.message);
+        assert!(
+            e.message.starts_with("interface.IPAddresses[0].mask"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
@@ -302,7 +319,18 @@ mod tests {
         ip(&["netns", "add", &name]);
         let path = std::path::PathBuf::from(format!("/var/run/netns/{name}"));
         let outcome = rtnl::in_netns(&path, || {
-            ip(&["link", "add", "nic0", "address", "02:00:0a:d5:09:02", "type", "veth", "peer", "name", "peer0"]);
+            ip(&[
+                "link",
+                "add",
+                "nic0",
+                "address",
+                "02:00:0a:d5:09:02",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "peer0",
+            ]);
             ip(&["link", "set", "peer0", "up"]);
             let mut i = Interface::new();
             i.name = "eth0".into();
@@ -317,7 +345,11 @@ mod tests {
             let got = update_interface(&i).unwrap();
             assert_eq!(got.name, "eth0");
             assert_eq!(got.mtu, 1420);
-            let mut addrs: Vec<String> = got.IPAddresses.iter().map(|a| format!("{}/{}", a.address, a.mask)).collect();
+            let mut addrs: Vec<String> = got
+                .IPAddresses
+                .iter()
+                .map(|a| format!("{}/{}", a.address, a.mask))
+                .collect();
             addrs.sort();
             assert_eq!(addrs, ["10.213.9.2/24", "fd00:9::2/64"]);
             // Again with one address: the other goes.
@@ -336,7 +368,12 @@ mod tests {
             default.device = "eth0".into();
             // Gateway route first in the request: the agent reorders.
             let routes = update_routes(&[default, link]).unwrap();
-            assert!(routes.iter().any(|r| r.dest.is_empty() && r.gateway == "10.213.9.1"), "{routes:?}");
+            assert!(
+                routes
+                    .iter()
+                    .any(|r| r.dest.is_empty() && r.gateway == "10.213.9.1"),
+                "{routes:?}"
+            );
             assert_eq!(list_routes().unwrap().len(), routes.len());
 
             let mut n = ARPNeighbor::new();
@@ -350,10 +387,16 @@ mod tests {
             n.device = "lo".into();
             let e = add_neighbours(&[n]).unwrap_err();
             assert_eq!(e.code, Code::INVALID_ARGUMENT);
-            assert!(e.message.starts_with("neighbors.ARPNeighbors[0].device"), "{}", e.message);
+            assert!(
+                e.message.starts_with("neighbors.ARPNeighbors[0].device"),
+                "{}",
+                e.message
+            );
 
             let all = list_interfaces().unwrap();
-            assert!(all.iter().any(|i| i.name == "eth0" && i.hwAddr == "02:00:0a:d5:09:02"));
+            assert!(all
+                .iter()
+                .any(|i| i.name == "eth0" && i.hwAddr == "02:00:0a:d5:09:02"));
             assert!(all.iter().any(|i| i.name == "lo"));
             // An unknown MAC.
             i.hwAddr = "02:00:00:00:00:99".into();

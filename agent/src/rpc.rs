@@ -631,7 +631,10 @@ impl agent_ttrpc::AgentService for AgentService {
     ) -> ttrpc::Result<protocols::types::Interface> {
         self.refuse_network_change_in_service_mode("UpdateInterface")?;
         let interface = req.interface.as_ref().ok_or_else(|| {
-            status(Code::INVALID_ARGUMENT, "UpdateInterface: interface: missing")
+            status(
+                Code::INVALID_ARGUMENT,
+                "UpdateInterface: interface: missing",
+            )
         })?;
         reply("UpdateInterface", network::update_interface(interface))
     }
@@ -642,7 +645,11 @@ impl agent_ttrpc::AgentService for AgentService {
         req: agent::UpdateRoutesRequest,
     ) -> ttrpc::Result<agent::Routes> {
         self.refuse_network_change_in_service_mode("UpdateRoutes")?;
-        let wanted = req.routes.as_ref().map(|r| r.Routes.as_slice()).unwrap_or_default();
+        let wanted = req
+            .routes
+            .as_ref()
+            .map(|r| r.Routes.as_slice())
+            .unwrap_or_default();
         let mut routes = agent::Routes::new();
         routes.Routes = reply("UpdateRoutes", network::update_routes(wanted))?;
         Ok(routes)

@@ -17,8 +17,8 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
@@ -184,8 +184,8 @@ pub struct Netlink {
 
 impl Netlink {
     pub fn open() -> Result<Netlink> {
-        let mut socket = Socket::new(NETLINK_ROUTE)
-            .map_err(|e| Error::new("open a route netlink socket", e))?;
+        let mut socket =
+            Socket::new(NETLINK_ROUTE).map_err(|e| Error::new("open a route netlink socket", e))?;
         socket
             .bind_auto()
             .map_err(|e| Error::new("bind the route netlink socket", e))?;
@@ -225,15 +225,14 @@ impl Netlink {
                 .map_err(|e| Error::new(operation(), e))?;
             let mut offset = 0;
             while offset < len.min(self.buffer.len()) {
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(
-                    &self.buffer[offset..],
-                )
-                .map_err(|e| {
-                    Error::new(
-                        operation(),
-                        io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
-                    )
-                })?;
+                let reply =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buffer[offset..])
+                        .map_err(|e| {
+                            Error::new(
+                                operation(),
+                                io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+                            )
+                        })?;
                 let size = reply.header.length as usize;
                 if size == 0 {
                     break;
@@ -415,7 +414,8 @@ impl Netlink {
                 .push(RouteAttribute::Destination(RouteAddress::from(ip)));
         }
         if let Some(gw) = r.gateway {
-            m.attributes.push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+            m.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
         }
         if let Some(src) = r.source {
             m.attributes
@@ -532,9 +532,9 @@ impl Netlink {
         action.tab = 1;
         action.attributes = vec![
             TcActionAttribute::Kind(TcActionMirror::KIND.to_string()),
-            TcActionAttribute::Options(vec![TcActionOption::Mirror(
-                TcActionMirrorOption::Parms(mirror),
-            )]),
+            TcActionAttribute::Options(vec![TcActionOption::Mirror(TcActionMirrorOption::Parms(
+                mirror,
+            ))]),
         ];
         m.attributes.push(TcAttribute::Options(vec![
             TcOption::U32(TcFilterU32Option::Selector(selector)),
@@ -565,12 +565,12 @@ impl Netlink {
         Ok(replies
             .into_iter()
             .filter_map(|m| match m {
-                RouteNetlinkMessage::NewTrafficFilter(f) => f.attributes.iter().find_map(|a| {
-                    match a {
+                RouteNetlinkMessage::NewTrafficFilter(f) => {
+                    f.attributes.iter().find_map(|a| match a {
                         TcAttribute::Kind(k) => Some(k.clone()),
                         _ => None,
-                    }
-                }),
+                    })
+                }
                 _ => None,
             })
             .collect())

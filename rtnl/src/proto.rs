@@ -266,7 +266,13 @@ mod tests {
     fn macs_round_trip_and_bad_ones_name_the_field() {
         let mac = parse_mac("interface.hwAddr", "0A:1b:2c:3d:4e:5f").unwrap();
         assert_eq!(format_mac(&mac), "0a:1b:2c:3d:4e:5f");
-        for bad in ["", "0a:1b:2c:3d:4e", "0a:1b:2c:3d:4e:5f:00", "0a:1b:2c:3d:4e:zz", "a:1b:2c:3d:4e:5f"] {
+        for bad in [
+            "",
+            "0a:1b:2c:3d:4e",
+            "0a:1b:2c:3d:4e:5f:00",
+            "0a:1b:2c:3d:4e:zz",
+            "a:1b:2c:3d:4e:5f",
+        ] {
             let e = parse_mac("interface.hwAddr", bad).unwrap_err();
             assert_eq!(e.field, "interface.hwAddr", "{bad}");
         }
@@ -283,9 +289,21 @@ mod tests {
             flags: 0x1003,
         };
         let addrs = [
-            Address { index: 2, ip: "10.213.1.2".parse().unwrap(), prefix: 24 },
-            Address { index: 2, ip: "fe80::1".parse().unwrap(), prefix: 64 },
-            Address { index: 3, ip: "10.0.0.9".parse().unwrap(), prefix: 8 },
+            Address {
+                index: 2,
+                ip: "10.213.1.2".parse().unwrap(),
+                prefix: 24,
+            },
+            Address {
+                index: 2,
+                ip: "fe80::1".parse().unwrap(),
+                prefix: 64,
+            },
+            Address {
+                index: 3,
+                ip: "10.0.0.9".parse().unwrap(),
+                prefix: 8,
+            },
         ];
         let i = interface(&link, &addrs);
         assert_eq!(i.name, "eth0");
@@ -294,7 +312,10 @@ mod tests {
         assert_eq!(i.IPAddresses.len(), 1);
         assert_eq!(i.IPAddresses[0].address, "10.213.1.2");
         assert_eq!(i.IPAddresses[0].mask, "24");
-        assert_eq!(parse_ip_address("a", &i.IPAddresses[0]).unwrap(), ("10.213.1.2".parse().unwrap(), 24));
+        assert_eq!(
+            parse_ip_address("a", &i.IPAddresses[0]).unwrap(),
+            ("10.213.1.2".parse().unwrap(), 24)
+        );
     }
 
     #[test]
@@ -302,11 +323,19 @@ mod tests {
         let mut p = IPAddress::new();
         p.address = "10.0.0.300".into();
         p.mask = "24".into();
-        assert_eq!(parse_ip_address("interface.IPAddresses[0]", &p).unwrap_err().field, "interface.IPAddresses[0].address");
+        assert_eq!(
+            parse_ip_address("interface.IPAddresses[0]", &p)
+                .unwrap_err()
+                .field,
+            "interface.IPAddresses[0].address"
+        );
         p.address = "10.0.0.3".into();
         p.mask = "33".into();
         let e = parse_ip_address("interface.IPAddresses[0]", &p).unwrap_err();
-        assert_eq!(e.to_string(), "interface.IPAddresses[0].mask: \"33\" is not a prefix length of 10.0.0.3 (0 to 32)");
+        assert_eq!(
+            e.to_string(),
+            "interface.IPAddresses[0].mask: \"33\" is not a prefix length of 10.0.0.3 (0 to 32)"
+        );
         p.address = "fd00::3".into();
         p.mask = "64".into();
         assert!(parse_ip_address("x", &p).is_ok());
@@ -347,7 +376,10 @@ mod tests {
         p.dest = "10.0.0.0/8".into();
         p.device = "eth9".into();
         let e = parse_route("r", &p, eth0).unwrap_err();
-        assert_eq!(e.to_string(), "r.device: no interface named \"eth9\" in the guest");
+        assert_eq!(
+            e.to_string(),
+            "r.device: no interface named \"eth9\" in the guest"
+        );
         p.device = "eth0".into();
         p.scope = 300;
         assert_eq!(parse_route("r", &p, eth0).unwrap_err().field, "r.scope");
@@ -364,12 +396,21 @@ mod tests {
         };
         let p = neighbour(&n, "eth0");
         assert_eq!(p.lladdr, "02:00:00:00:00:02");
-        assert_eq!(parse_neighbour("neighbors.ARPNeighbors[0]", &p, eth0).unwrap(), n);
+        assert_eq!(
+            parse_neighbour("neighbors.ARPNeighbors[0]", &p, eth0).unwrap(),
+            n
+        );
         let mut bad = p.clone();
         bad.toIPAddress = protobuf::MessageField::none();
-        assert_eq!(parse_neighbour("n", &bad, eth0).unwrap_err().field, "n.toIPAddress");
+        assert_eq!(
+            parse_neighbour("n", &bad, eth0).unwrap_err().field,
+            "n.toIPAddress"
+        );
         let mut bad = p;
         bad.state = -1;
-        assert_eq!(parse_neighbour("n", &bad, eth0).unwrap_err().field, "n.state");
+        assert_eq!(
+            parse_neighbour("n", &bad, eth0).unwrap_err().field,
+            "n.state"
+        );
     }
 }

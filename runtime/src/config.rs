@@ -778,7 +778,8 @@ impl KataConfig {
     /// Whether the pod's network is wired to the guest (`tcfilter`); with
     /// `none` (or `disable_new_netns`) the guest has no NIC.
     pub fn wires_pod_network(&self) -> bool {
-        self.runtime.internetworking_model == NETWORK_MODEL_TCFILTER && !self.runtime.disable_new_netns
+        self.runtime.internetworking_model == NETWORK_MODEL_TCFILTER
+            && !self.runtime.disable_new_netns
     }
 
     /// Any of the three `enable_debug` switches.
@@ -1303,7 +1304,10 @@ experimental = []
 
     #[test]
     fn network_model_none_and_disable_new_netns_turn_wiring_off() {
-        let c = parse_str(&format!("{MINIMAL}[runtime]\ninternetworking_model = \"none\"\n")).unwrap();
+        let c = parse_str(&format!(
+            "{MINIMAL}[runtime]\ninternetworking_model = \"none\"\n"
+        ))
+        .unwrap();
         assert!(!c.wires_pod_network());
         let c = parse_str(&format!(
             "{MINIMAL}[runtime]\ninternetworking_model = \"none\"\ndisable_new_netns = true\n"

@@ -544,7 +544,11 @@ mod tests {
         assert!(s.Hooks.is_none());
         assert_eq!(done.dropped_hooks, 1);
         assert_eq!(done.dropped_namespace_paths, ["network=/proc/42/ns/net"]);
-        assert_eq!(network_namespace_path(&s), None, "adapted: no host path left");
+        assert_eq!(
+            network_namespace_path(&s),
+            None,
+            "adapted: no host path left"
+        );
         let l = s.Linux.as_ref().unwrap();
         assert!(l.Namespaces.iter().all(|n| n.Path.is_empty()));
         assert_eq!(l.Namespaces.len(), 3, "namespaces are kept, only paths go");

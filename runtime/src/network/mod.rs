@@ -100,7 +100,10 @@ impl PodNetwork {
             let result = wire(netns, &mut endpoints);
             if result.is_err() {
                 for problem in unwire(&endpoints) {
-                    log::warn!("{}: cleanup after a failed setup: {problem}", netns.display());
+                    log::warn!(
+                        "{}: cleanup after a failed setup: {problem}",
+                        netns.display()
+                    );
                 }
             }
             result.map(|(nics, guest)| PodNetwork {
@@ -129,7 +132,10 @@ impl PodNetwork {
         match rtnl::in_netns(&self.netns, || unwire(&endpoints)) {
             Ok(problems) => problems,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => vec![format!("pod network namespace {}: {e}", self.netns.display())],
+            Err(e) => vec![format!(
+                "pod network namespace {}: {e}",
+                self.netns.display()
+            )],
         }
     }
 }
@@ -157,7 +163,8 @@ fn open_tap(name: &str) -> io::Result<OwnedFd> {
     for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
         *dst = src as libc::c_char;
     }
-    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    req.ifr_ifru.ifru_flags =
+        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
     // SAFETY: TUNSETIFF reads an ifreq, which `req` is and outlives the call.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
     if rc != 0 {
@@ -184,7 +191,10 @@ fn wire(
             return Err(NetworkError::Unsupported {
                 netns: netns.to_owned(),
                 name: link.name.clone(),
-                kind: link.kind.clone().unwrap_or_else(|| "kindless (physical or virtio)".into()),
+                kind: link
+                    .kind
+                    .clone()
+                    .unwrap_or_else(|| "kindless (physical or virtio)".into()),
             });
         }
     }
@@ -231,7 +241,12 @@ fn wire(
 
 /// The addresses, routes and static neighbours of `veths`, for the guest.
 fn guest_network(nl: &mut Netlink, veths: &[&Link]) -> rtnl::Result<GuestNetwork> {
-    let name_of = |index: u32| veths.iter().find(|l| l.index == index).map(|l| l.name.as_str());
+    let name_of = |index: u32| {
+        veths
+            .iter()
+            .find(|l| l.index == index)
+            .map(|l| l.name.as_str())
+    };
     let addresses = nl.addresses()?;
     let interfaces = veths
         .iter()

@@ -216,7 +216,12 @@ impl Sandbox {
         }
         // QEMU is gone: its CID is free, its taps' fds are closed.
         drop(self.cid.lock().unwrap_or_else(|e| e.into_inner()).take());
-        if let Some(mut net) = self.network.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(mut net) = self
+            .network
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             problems.extend(net.teardown());
         }
         problems

@@ -117,8 +117,8 @@ const WATCHED_PROGRAMS: &[&str] = &[
 ];
 /// Applet links in the test image (all resolve to /bin/busybox).
 const APPLETS: &[&str] = &[
-    "cat", "echo", "env", "false", "id", "ip", "ls", "mkdir", "nc", "ping", "ps", "pwd", "rm", "sh",
-    "sleep", "true", "uname",
+    "cat", "echo", "env", "false", "id", "ip", "ls", "mkdir", "nc", "ping", "ps", "pwd", "rm",
+    "sh", "sleep", "true", "uname",
 ];
 
 /// A ctr command with the kata runtime boots a VM under TCG on a loaded

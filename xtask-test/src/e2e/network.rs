@@ -58,13 +58,45 @@ impl PodNet {
         // From here on, drop deletes what exists.
         ip(&["netns", "add", &net.pod])?;
         let veth = format!("kn{subnet}");
-        ip(&["-n", &net.node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &net.pod])?;
-        ip(&["-n", &net.node, "addr", "add", &format!("{}/24", net.node_ip), "dev", &veth])?;
-        ip(&["-n", &net.pod, "addr", "add", &format!("{}/24", net.pod_ip), "dev", "eth0"])?;
-        for (ns, dev) in [(&net.node, veth.as_str()), (&net.pod, "eth0"), (&net.node, "lo"), (&net.pod, "lo")] {
+        ip(&[
+            "-n", &net.node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
+            &net.pod,
+        ])?;
+        ip(&[
+            "-n",
+            &net.node,
+            "addr",
+            "add",
+            &format!("{}/24", net.node_ip),
+            "dev",
+            &veth,
+        ])?;
+        ip(&[
+            "-n",
+            &net.pod,
+            "addr",
+            "add",
+            &format!("{}/24", net.pod_ip),
+            "dev",
+            "eth0",
+        ])?;
+        for (ns, dev) in [
+            (&net.node, veth.as_str()),
+            (&net.pod, "eth0"),
+            (&net.node, "lo"),
+            (&net.pod, "lo"),
+        ] {
             ip(&["-n", ns, "link", "set", dev, "up"])?;
         }
-        ip(&["-n", &net.pod, "route", "add", "default", "via", &net.node_ip])?;
+        ip(&[
+            "-n",
+            &net.pod,
+            "route",
+            "add",
+            "default",
+            "via",
+            &net.node_ip,
+        ])?;
         Ok(net)
     }
 
@@ -79,17 +111,22 @@ impl PodNet {
         let target: SocketAddr = format!("{}:{LISTEN_PORT}", self.pod_ip).parse()?;
         let deadline = Instant::now() + within;
         loop {
-            let attempt = rtnl::in_netns(&Self::path(&self.node), || -> std::io::Result<String> {
-                let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
-                s.set_read_timeout(Some(Duration::from_secs(10)))?;
-                let mut text = String::new();
-                s.read_to_string(&mut text)?;
-                Ok(text)
-            })?;
+            let attempt =
+                rtnl::in_netns(&Self::path(&self.node), || -> std::io::Result<String> {
+                    let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
+                    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    let mut text = String::new();
+                    s.read_to_string(&mut text)?;
+                    Ok(text)
+                })?;
             match attempt {
                 Ok(text) if !text.is_empty() => return Ok(text),
-                Ok(_) if Instant::now() > deadline => bail!("{target} from the node namespace: connected, read nothing"),
-                Err(e) if Instant::now() > deadline => bail!("{target} from the node namespace: {e}"),
+                Ok(_) if Instant::now() > deadline => {
+                    bail!("{target} from the node namespace: connected, read nothing")
+                }
+                Err(e) if Instant::now() > deadline => {
+                    bail!("{target} from the node namespace: {e}")
+                }
                 _ => std::thread::sleep(Duration::from_millis(500)),
             }
         }
@@ -149,8 +186,13 @@ pub(super) fn scenario_pod_network(r: &mut Runner, ids: &[String]) -> Result<Str
     let net = PodNet::create(&format!("{}-{id}", std::process::id()))?;
     let ns_flag = format!("network:{}", PodNet::path(&net.pod).display());
     let server = format!("echo {GREETING} | nc -l -p {LISTEN_PORT}; sleep 600");
-    r.run(id, &["-d", "--with-ns", &ns_flag], &["sh", "-c", &server], None)?
-        .require_success()?;
+    r.run(
+        id,
+        &["-d", "--with-ns", &ns_flag],
+        &["sh", "-c", &server],
+        None,
+    )?
+    .require_success()?;
     let ctr = r.ctr();
     ctr.wait_task_status(id, "RUNNING", Duration::from_secs(60))?;
 
@@ -167,7 +209,12 @@ pub(super) fn scenario_pod_network(r: &mut Runner, ids: &[String]) -> Result<Str
         .stdout
         .lines()
         .find(|l| l.contains(&format!("inet {}/24", net.pod_ip)))
-        .with_context(|| format!("the container does not see {}/24: {}", net.pod_ip, addrs.stdout))?
+        .with_context(|| {
+            format!(
+                "the container does not see {}/24: {}",
+                net.pod_ip, addrs.stdout
+            )
+        })?
         .to_string();
     if r.kata() {
         let tap_up = rtnl::in_netns(&PodNet::path(&net.pod), || {
@@ -185,7 +232,10 @@ pub(super) fn scenario_pod_network(r: &mut Runner, ids: &[String]) -> Result<Str
     leftovers_now(&r.env.containerd)?;
     let left = network_leftovers();
     if !left.is_empty() {
-        bail!("left behind in the test's namespaces:\n  {}", left.join("\n  "));
+        bail!(
+            "left behind in the test's namespaces:\n  {}",
+            left.join("\n  ")
+        );
     }
     Ok(format!(
         "pod {}: the container sees `{}`, pings the node {}, the node read {GREETING:?} from {}:{LISTEN_PORT}; \
