@@ -730,7 +730,7 @@ mod tests {
     /// Needs root: works in a scratch named netns, deleted afterwards.
     #[test]
     #[ignore = "needs root and `ip netns`"]
-    fn tc_redirect_between_two_dummies_in_a_scratch_netns() {
+    fn links_addresses_and_tc_redirect_on_a_veth_in_a_scratch_netns() {
         let name = format!("rtnl-test-{}", std::process::id());
         let ip = |args: &[&str]| {
             let ok = std::process::Command::new("ip")
