@@ -48,6 +48,7 @@ mod container;
 mod guest;
 mod init;
 mod logger;
+mod network;
 mod oci;
 mod oom;
 mod reaper;

@@ -21,6 +21,7 @@ use ttrpc::{Code, MethodHandler, TtrpcContext};
 use crate::config::Config;
 use crate::container::{Containers, Failure, Layout};
 use crate::guest;
+use crate::network;
 use crate::reaper::Reaper;
 use crate::storage::{self, Prepared};
 
@@ -677,6 +678,87 @@ impl agent_ttrpc::AgentService for AgentService {
             )
         })?;
         Ok(Empty::new())
+    }
+
+    // The network RPCs (crate::network). Changes are refused in service
+    // mode: there the agent's namespace is the host's.
+
+    fn update_interface(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::UpdateInterfaceRequest,
+    ) -> ttrpc::Result<protocols::types::Interface> {
+        self.refuse_network_change_in_service_mode("UpdateInterface")?;
+        let interface = req.interface.as_ref().ok_or_else(|| {
+            status(
+                Code::INVALID_ARGUMENT,
+                "UpdateInterface: interface: missing",
+            )
+        })?;
+        reply("UpdateInterface", network::update_interface(interface))
+    }
+
+    fn update_routes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::UpdateRoutesRequest,
+    ) -> ttrpc::Result<agent::Routes> {
+        self.refuse_network_change_in_service_mode("UpdateRoutes")?;
+        let wanted = req
+            .routes
+            .as_ref()
+            .map(|r| r.Routes.as_slice())
+            .unwrap_or_default();
+        let mut routes = agent::Routes::new();
+        routes.Routes = reply("UpdateRoutes", network::update_routes(wanted))?;
+        Ok(routes)
+    }
+
+    fn list_interfaces(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::ListInterfacesRequest,
+    ) -> ttrpc::Result<agent::Interfaces> {
+        let mut interfaces = agent::Interfaces::new();
+        interfaces.Interfaces = reply("ListInterfaces", network::list_interfaces())?;
+        Ok(interfaces)
+    }
+
+    fn list_routes(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::ListRoutesRequest,
+    ) -> ttrpc::Result<agent::Routes> {
+        let mut routes = agent::Routes::new();
+        routes.Routes = reply("ListRoutes", network::list_routes())?;
+        Ok(routes)
+    }
+
+    fn add_arp_neighbors(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::AddARPNeighborsRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.refuse_network_change_in_service_mode("AddARPNeighbors")?;
+        let neighbours = req
+            .neighbors
+            .as_ref()
+            .map(|n| n.ARPNeighbors.as_slice())
+            .unwrap_or_default();
+        reply("AddARPNeighbors", network::add_neighbours(neighbours))?;
+        Ok(Empty::new())
+    }
+}
+
+impl AgentService {
+    fn refuse_network_change_in_service_mode(&self, method: &str) -> ttrpc::Result<()> {
+        if self.state.config.init_mode {
+            return Ok(());
+        }
+        Err(status(
+            Code::FAILED_PRECONDITION,
+            format!("{method}: the agent runs in service mode (not PID 1 of a VM) and does not change the host's network"),
+        ))
     }
 }
 

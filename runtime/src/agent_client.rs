@@ -10,8 +10,9 @@
 use std::time::{Duration, Instant};
 
 use protocols::agent::{
-    CreateSandboxRequest, DestroySandboxRequest, GuestDetailsRequest, GuestDetailsResponse,
-    OnlineCPUMemRequest, SetGuestDateTimeRequest,
+    AddARPNeighborsRequest, CreateSandboxRequest, DestroySandboxRequest, GuestDetailsRequest,
+    GuestDetailsResponse, OnlineCPUMemRequest, Routes, SetGuestDateTimeRequest,
+    UpdateInterfaceRequest, UpdateRoutesRequest,
 };
 use protocols::agent_ttrpc::AgentServiceClient;
 use protocols::health::{
@@ -261,6 +262,28 @@ impl AgentClient {
             .set_guest_date_time(self.context(), req)
             .map(drop)
             .map_err(|e| self.err("SetGuestDateTime", e))
+    }
+
+    pub fn update_interface(
+        &self,
+        req: &UpdateInterfaceRequest,
+    ) -> Result<protocols::types::Interface, AgentError> {
+        self.agent
+            .update_interface(self.context(), req)
+            .map_err(|e| self.err("UpdateInterface", e))
+    }
+
+    pub fn update_routes(&self, req: &UpdateRoutesRequest) -> Result<Routes, AgentError> {
+        self.agent
+            .update_routes(self.context(), req)
+            .map_err(|e| self.err("UpdateRoutes", e))
+    }
+
+    pub fn add_arp_neighbors(&self, req: &AddARPNeighborsRequest) -> Result<(), AgentError> {
+        self.agent
+            .add_arp_neighbors(self.context(), req)
+            .map(drop)
+            .map_err(|e| self.err("AddARPNeighbors", e))
     }
 
     fn err(&self, method: &'static str, e: ttrpc::Error) -> AgentError {

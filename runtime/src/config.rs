@@ -41,6 +41,9 @@ pub const PREFIX: &str = match option_env!("KATA_PREFIX") {
 pub const CONF_FILE_ENV: &str = "KATA_CONF_FILE";
 /// The administrator's configuration (second lookup).
 pub const ETC_CONF_FILE: &str = "/etc/kata-containers/configuration.toml";
+/// `[runtime] internetworking_model` values.
+pub const NETWORK_MODEL_TCFILTER: &str = "tcfilter";
+pub const NETWORK_MODEL_NONE: &str = "none";
 
 /// The packaged default configuration (third lookup).
 pub fn default_conf_file() -> PathBuf {
@@ -252,8 +255,14 @@ impl Default for AgentSection {
 pub struct RuntimeSection {
     #[serde(deserialize_with = "de::boolean")]
     pub enable_debug: bool,
+    /// How the pod's network reaches the guest: `tcfilter` (upstream's
+    /// default: a tap per pod veth, tc redirects both ways, see
+    /// [`crate::network`]) or `none` (no NIC; containers get the guest's
+    /// loopback only).
     #[serde(deserialize_with = "de::string")]
     pub internetworking_model: String,
+    /// Upstream's key: `true` leaves the pod's network namespace alone; it
+    /// needs `internetworking_model = "none"`, as upstream.
     #[serde(deserialize_with = "de::boolean")]
     pub disable_new_netns: bool,
     /// Not implemented: only `false` is accepted.
@@ -283,7 +292,7 @@ impl Default for RuntimeSection {
     fn default() -> Self {
         RuntimeSection {
             enable_debug: false,
-            internetworking_model: "none".into(),
+            internetworking_model: NETWORK_MODEL_TCFILTER.into(),
             disable_new_netns: false,
             sandbox_cgroup_only: false,
             static_sandbox_resource_mgmt: true,
@@ -736,10 +745,16 @@ impl ConfigFile {
             return Err(("[hypervisor.qemu] seccompsandbox", e.to_string()));
         }
         let model = &self.runtime.internetworking_model;
-        if !matches!(model.as_str(), "none" | "tcfilter" | "macvtap") {
+        if model != NETWORK_MODEL_TCFILTER && model != NETWORK_MODEL_NONE {
             return Err((
                 "[runtime] internetworking_model",
-                format!("{model:?} is unknown: use none, tcfilter or macvtap"),
+                format!("{model:?} is not supported: use \"tcfilter\" (the default) or \"none\""),
+            ));
+        }
+        if self.runtime.disable_new_netns && model != NETWORK_MODEL_NONE {
+            return Err((
+                "[runtime] disable_new_netns",
+                format!("true needs internetworking_model = \"none\" (it is {model:?}): set one or the other"),
             ));
         }
         Ok(())
@@ -759,6 +774,13 @@ impl KataConfig {
             },
             runtime: self.runtime.clone(),
         }
+    }
+
+    /// Whether the pod's network is wired to the guest (`tcfilter`); with
+    /// `none` (or `disable_new_netns`) the guest has no NIC.
+    pub fn wires_pod_network(&self) -> bool {
+        self.runtime.internetworking_model == NETWORK_MODEL_TCFILTER
+            && !self.runtime.disable_new_netns
     }
 
     /// Any of the three `enable_debug` switches.
@@ -1245,7 +1267,19 @@ experimental = []
                 "runtime",
                 "internetworking_model = \"bridged\"",
                 "[runtime] internetworking_model",
-                "use none, tcfilter or macvtap",
+                "\"bridged\" is not supported: use \"tcfilter\" (the default) or \"none\"",
+            ),
+            (
+                "runtime",
+                "internetworking_model = \"macvtap\"",
+                "[runtime] internetworking_model",
+                "use \"tcfilter\" (the default) or \"none\"",
+            ),
+            (
+                "runtime",
+                "disable_new_netns = true",
+                "[runtime] disable_new_netns",
+                "true needs internetworking_model = \"none\" (it is \"tcfilter\")",
             ),
         ] {
             let text = if section == "hypervisor.qemu" {
@@ -1267,6 +1301,21 @@ experimental = []
         .unwrap_err()
         .to_string();
         assert!(e.contains("[agent] kata: "), "{e}");
+    }
+
+    #[test]
+    fn network_model_none_and_disable_new_netns_turn_wiring_off() {
+        let c = parse_str(&format!(
+            "{MINIMAL}[runtime]\ninternetworking_model = \"none\"\n"
+        ))
+        .unwrap();
+        assert!(!c.wires_pod_network());
+        let c = parse_str(&format!(
+            "{MINIMAL}[runtime]\ninternetworking_model = \"none\"\ndisable_new_netns = true\n"
+        ))
+        .unwrap();
+        assert!(!c.wires_pod_network());
+        assert!(parse_str(MINIMAL).unwrap().wires_pod_network());
     }
 
     #[test]
@@ -1300,7 +1349,8 @@ experimental = []
         assert!(!c.agent.debug_console_enabled);
         let r = &c.runtime;
         assert!(!r.enable_debug);
-        assert_eq!(r.internetworking_model, "none");
+        assert_eq!(r.internetworking_model, "tcfilter");
+        assert!(c.wires_pod_network());
         assert!(!r.disable_new_netns);
         assert!(!r.sandbox_cgroup_only);
         assert!(r.static_sandbox_resource_mgmt);

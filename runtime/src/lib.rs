@@ -11,6 +11,8 @@
 //! - [`config`]: `configuration.toml` (upstream Kata's sections and keys).
 //! - [`oci`]: the bundle's OCI spec converted to the agent API and adapted
 //!   to the guest.
+//! - [`network`]: the pod's veths mirrored to taps for the guest's
+//!   virtio-net NICs (`internetworking_model = "tcfilter"`).
 //! - [`shim`]: containerd's shim v2 task service (`containerd-shim-kata-v2`):
 //!   one VM per sandbox, containers run by the guest agent.
 //! - [`state_fs`]: removal of what the runtime created under its state
@@ -22,6 +24,7 @@
 pub mod agent_client;
 pub mod config;
 pub mod hypervisor;
+pub mod network;
 pub mod oci;
 pub mod shim;
 pub mod state_fs;

@@ -442,6 +442,17 @@ pub fn adapt_for_guest(spec: &mut oci::Spec, container_id: &str) -> Adaptation {
     done
 }
 
+/// The pod's network namespace: the `network` namespace's path on the
+/// host, if the spec joins one (read before [`adapt_for_guest`] drops it).
+pub fn network_namespace_path(spec: &oci::Spec) -> Option<std::path::PathBuf> {
+    spec.Linux
+        .as_ref()?
+        .Namespaces
+        .iter()
+        .find(|n| n.Type == "network" && !n.Path.is_empty())
+        .map(|n| std::path::PathBuf::from(&n.Path))
+}
+
 /// Process fields that name host security modules.
 pub fn adapt_process(p: &mut oci::Process) {
     p.ApparmorProfile.clear();
@@ -552,6 +563,10 @@ mod tests {
     #[test]
     fn guest_adaptation() {
         let mut s = spec_from_json(CTR_SPEC).unwrap();
+        assert_eq!(
+            network_namespace_path(&s),
+            Some(std::path::PathBuf::from("/proc/42/ns/net"))
+        );
         let done = adapt_for_guest(&mut s, "c1");
         assert_eq!(
             s.Root.Path,
@@ -560,6 +575,11 @@ mod tests {
         assert!(s.Hooks.is_none());
         assert_eq!(done.dropped_hooks, 1);
         assert_eq!(done.dropped_namespace_paths, ["network=/proc/42/ns/net"]);
+        assert_eq!(
+            network_namespace_path(&s),
+            None,
+            "adapted: no host path left"
+        );
         let l = s.Linux.as_ref().unwrap();
         assert!(l.Namespaces.iter().all(|n| n.Path.is_empty()));
         assert_eq!(l.Namespaces.len(), 3, "namespaces are kept, only paths go");

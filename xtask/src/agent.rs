@@ -33,7 +33,7 @@ pub fn agent_target_dir(ctx: &Ctx) -> std::path::PathBuf {
 }
 
 /// The `agent` step. Everything the binary depends on is an input; path
-/// dependencies of the agent (the protocols crate) are source inputs too.
+/// dependencies of the agent (the protocols and rtnl crates) are source inputs too.
 pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx) -> Result<StepId> {
     if let Some(id) = g.find("agent") {
         return Ok(id);
@@ -42,6 +42,7 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx) -> Result<StepId> {
     let mut i = StepInputs::new("agent", FORMAT);
     i.tree(d, "src.agent", &ctx.root.join("agent"))?
         .tree(d, "src.protocols", &ctx.root.join("protocols"))?
+        .tree(d, "src.rtnl", &ctx.root.join("rtnl"))?
         .file(d, "Cargo.lock", &ctx.root.join("Cargo.lock"))?
         .file(d, "Cargo.toml", &ctx.root.join("Cargo.toml"))?
         .value("rustc", d.tool_version("rustc", "-vV"))

@@ -78,6 +78,7 @@ pub fn add_runtime<'g>(g: &mut Graph<'g>, ctx: &'g Ctx) -> Result<StepId> {
     let mut i = StepInputs::new("runtime-bins", RUNTIME_FORMAT);
     i.tree(d, "src.runtime", &ctx.root.join("runtime"))?
         .tree(d, "src.protocols", &ctx.root.join("protocols"))?
+        .tree(d, "src.rtnl", &ctx.root.join("rtnl"))?
         .file(d, "Cargo.lock", &ctx.root.join("Cargo.lock"))?
         .file(d, "Cargo.toml", &ctx.root.join("Cargo.toml"))?
         .value("rustc", d.tool_version("rustc", "-vV"))

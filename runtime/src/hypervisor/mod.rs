@@ -28,7 +28,7 @@ pub use accel::{probe_boot, probe_kvm, resolve_accel, Accel, KvmProbe, KVM_PROBE
 pub use error::VmError;
 pub use qemu::{
     build_kernel_cmdline, build_qemu_args, check_sandbox_option, BootMedia, ImageFs, LaunchPlan,
-    QemuConfig, Vm, VsockBackend, DEFAULT_STATE_ROOT, QEMU_IDENTITY_FILE, VM_PROCESSES,
+    NetDevice, QemuConfig, Vm, VsockBackend, DEFAULT_STATE_ROOT, QEMU_IDENTITY_FILE, VM_PROCESSES,
 };
 pub use qmp::{QmpClient, QmpError, QmpStatus};
 pub use virtiofs::{

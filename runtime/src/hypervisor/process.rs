@@ -25,3 +25,22 @@ pub(crate) fn kill_with_parent(cmd: &mut Command) {
         });
     }
 }
+
+/// Let the child keep `fds` open across exec under their own numbers (the
+/// command line names them): they are close-on-exec in the parent, so no
+/// other child inherits them.
+pub(crate) fn inherit_fds(cmd: &mut Command, fds: Vec<std::os::fd::RawFd>) {
+    // SAFETY: fcntl is async-signal-safe; it changes the flags of the
+    // child's copies of descriptors the caller keeps open until the spawn
+    // returns, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}

@@ -7,14 +7,16 @@
 //! without running anything.
 
 use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::accel::{resolve_accel, Accel};
 use super::error::VmError;
 use super::identity::ProcessIdentity;
-use super::process::{kill_with_parent, stop_child, tail_file, wait_timeout, POLL};
+use super::process::{inherit_fds, kill_with_parent, stop_child, tail_file, wait_timeout, POLL};
 use super::qmp::{QmpClient, QmpError, QmpStatus};
 use super::virtiofs::{SharedFs, VirtioFsDaemon};
 use super::vsock::{
@@ -135,6 +137,19 @@ pub struct QemuConfig {
     /// `on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny`
     /// (upstream's `seccompsandbox`). `None`: no filter.
     pub sandbox_option: Option<String>,
+    /// virtio-net devices, each backed by an open tap the host prepared
+    /// (`crate::network`); QEMU inherits the fds.
+    pub net_devices: Vec<NetDevice>,
+}
+
+/// A guest NIC: `-netdev tap,fd=N` + `-device virtio-net-pci,mac=...`.
+#[derive(Debug, Clone)]
+pub struct NetDevice {
+    /// The tap's queue, opened without multiqueue; QEMU gets it as fd N.
+    pub tap: Arc<OwnedFd>,
+    /// The guest NIC's MAC (the pod veth's, so traffic mirrored from the
+    /// veth is addressed to the guest).
+    pub mac: String,
 }
 
 impl QemuConfig {
@@ -160,6 +175,7 @@ impl QemuConfig {
             qmp_timeout: Duration::from_secs(5),
             kill_on_parent_death: true,
             sandbox_option: None,
+            net_devices: Vec::new(),
         }
     }
 
@@ -528,6 +544,17 @@ pub fn build_qemu_args(cfg: &QemuConfig, plan: &LaunchPlan) -> Result<Vec<String
             ))
         }
     }
+    for (i, nic) in cfg.net_devices.iter().enumerate() {
+        push(&[
+            "-netdev",
+            &format!("tap,id=net{i},fd={}", nic.tap.as_raw_fd()),
+        ]);
+        // romfile=: no PXE option ROM, the guest boots from -kernel.
+        push(&[
+            "-device",
+            &format!("virtio-net-pci,netdev=net{i},mac={},romfile=", nic.mac),
+        ]);
+    }
     if let Some(shared) = &cfg.shared_fs {
         push(&[
             "-chardev",
@@ -704,6 +731,10 @@ impl Vm {
             .stderr(stderr);
         if cfg.kill_on_parent_death {
             kill_with_parent(&mut cmd);
+        }
+        let inherited: Vec<RawFd> = cfg.net_devices.iter().map(|n| n.tap.as_raw_fd()).collect();
+        if !inherited.is_empty() {
+            inherit_fds(&mut cmd, inherited);
         }
         vm.started_at = Instant::now();
         vm.qemu = Some(cmd.spawn().map_err(|source| VmError::Spawn {
@@ -1151,6 +1182,24 @@ mod tests {
         let mut cfg = config(BootMedia::Initrd("/i".into()));
         cfg.quiet = false;
         assert!(!build_kernel_cmdline(&cfg).contains("quiet"));
+    }
+
+    #[test]
+    fn each_net_device_is_a_tap_fd_and_a_virtio_net_nic() {
+        let mut cfg = config(BootMedia::Initrd("/t/initrd".into()));
+        let tap = Arc::new(OwnedFd::from(std::fs::File::open("/dev/null").unwrap()));
+        let fd = tap.as_raw_fd();
+        cfg.net_devices.push(NetDevice {
+            tap,
+            mac: "02:00:0a:d5:01:02".into(),
+        });
+        let args = build_qemu_args(&cfg, &plan(VsockBackend::Vhost, None)).unwrap();
+        assert_eq!(values(&args, "-netdev"), [format!("tap,id=net0,fd={fd}")]);
+        assert!(values(&args, "-device")
+            .contains(&"virtio-net-pci,netdev=net0,mac=02:00:0a:d5:01:02,romfile="));
+        cfg.net_devices.clear();
+        let args = build_qemu_args(&cfg, &plan(VsockBackend::Vhost, None)).unwrap();
+        assert!(values(&args, "-netdev").is_empty());
     }
 
     #[test]

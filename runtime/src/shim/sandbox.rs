@@ -5,13 +5,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use protocols::agent::{CreateSandboxRequest, Storage};
+use protobuf::MessageField;
+use protocols::agent::{
+    ARPNeighbors, AddARPNeighborsRequest, CreateSandboxRequest, Routes, Storage,
+    UpdateInterfaceRequest, UpdateRoutesRequest,
+};
 
 use super::mounts;
 use crate::agent_client::{wait_for_agent, AgentAddress, AgentClient};
 use crate::config::KataConfig;
 use crate::hypervisor::cid::CidLease;
 use crate::hypervisor::{Vm, DEFAULT_SHARED_FS_TAG};
+use crate::network::{GuestNetwork, PodNetwork};
 use crate::oci::GUEST_SHARED_DIR;
 
 /// The directory below the state root that holds every sandbox's shared
@@ -36,17 +41,36 @@ pub struct Sandbox {
     pub vm: Mutex<Option<Vm>>,
     /// The VM's vsock guest CID, held until the VM is stopped.
     cid: Mutex<Option<CidLease>>,
+    /// The taps and filters wiring the pod's network namespace to the
+    /// guest (`tcfilter`), undone after the VM stops.
+    network: Mutex<Option<PodNetwork>>,
 }
 
 impl Sandbox {
     /// Start the VM of sandbox `id` and create the sandbox in the agent.
-    pub fn start(cfg: &KataConfig, id: &str, hostname: &str) -> anyhow::Result<Sandbox> {
+    /// `netns`: the pod's network namespace (the sandbox container's OCI
+    /// network namespace path), wired to the guest with `tcfilter`.
+    pub fn start(
+        cfg: &KataConfig,
+        id: &str,
+        hostname: &str,
+        netns: Option<&Path>,
+    ) -> anyhow::Result<Sandbox> {
         protocols::ids::check_id("sandbox id", id).map_err(anyhow::Error::msg)?;
         if id == SHARED_DIR_NAME {
             // The VM's state directory is `state_root/<id>`, beside the
             // `shared/` tree every sandbox uses.
             anyhow::bail!("sandbox id {id:?} is reserved: it names the state root's shared directory; use another id");
         }
+        // First, as it is the likeliest to be refused (an interface kind
+        // tcfilter cannot handle) and undoes itself on error.
+        let network = match netns {
+            Some(netns) if cfg.wires_pod_network() => Some(
+                PodNetwork::setup(netns)
+                    .map_err(|e| anyhow::anyhow!("sandbox {id}: network: {e}"))?,
+            ),
+            _ => None,
+        };
         let root = &cfg.runtime.state_root;
         let rel = mounts::shared_rel(id, None);
         let shared_dir = mounts::shared_dir(root, id);
@@ -68,7 +92,7 @@ impl Sandbox {
             let _ = crate::state_fs::remove_below(root, &rel);
             return Err(e);
         }
-        let result = Self::start_vm(cfg, id, hostname, &shared_dir);
+        let result = Self::start_vm(cfg, id, hostname, &shared_dir, network);
         if result.is_err() {
             let _ = mounts::unmount_and_remove(root, &rel);
         }
@@ -80,8 +104,13 @@ impl Sandbox {
         id: &str,
         hostname: &str,
         shared_dir: &Path,
+        mut network: Option<PodNetwork>,
     ) -> anyhow::Result<Sandbox> {
         let mut qemu = cfg.qemu_config(id, shared_dir);
+        if let Some(net) = network.as_mut() {
+            // QEMU inherits the taps; the shim's copies close with `qemu`.
+            qemu.net_devices = std::mem::take(&mut net.nics);
+        }
         let cid = CidLease::acquire(
             &cfg.runtime
                 .state_root
@@ -114,6 +143,10 @@ impl Sandbox {
             boot_time,
             vm.accel().qemu_name()
         );
+        if let Some(net) = &network {
+            configure_guest_network(&agent, &net.guest)
+                .map_err(|e| anyhow::anyhow!("sandbox {id}: guest network: {e:#}"))?;
+        }
         let mut req = CreateSandboxRequest::new();
         req.sandbox_id = id.to_string();
         req.hostname = hostname.to_string();
@@ -137,7 +170,19 @@ impl Sandbox {
             agent,
             vm: Mutex::new(Some(vm)),
             cid: Mutex::new(Some(cid)),
+            network: Mutex::new(network),
         })
+    }
+
+    /// Whether the containers run in the guest's own network namespace,
+    /// where the pod's interfaces are (`tcfilter` with a pod namespace),
+    /// rather than in a new, empty one each.
+    pub fn shares_guest_netns(&self) -> bool {
+        self.network
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|n| !n.guest.interfaces.is_empty())
     }
 
     /// Whether the VM was shut down on purpose (`stop_vm` took it).
@@ -169,8 +214,16 @@ impl Sandbox {
                 problems.push(crate::error_chain(&e));
             }
         }
-        // QEMU is gone: its CID is free.
+        // QEMU is gone: its CID is free, its taps' fds are closed.
         drop(self.cid.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(mut net) = self
+            .network
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            problems.extend(net.teardown());
+        }
         problems
     }
 
@@ -190,4 +243,45 @@ impl Sandbox {
         }
         problems
     }
+}
+
+/// The pod's interfaces, then routes (they name the interfaces), then
+/// static neighbours, as upstream's runtime sends them.
+fn configure_guest_network(agent: &AgentClient, guest: &GuestNetwork) -> anyhow::Result<()> {
+    if guest.interfaces.is_empty() {
+        return Ok(());
+    }
+    for interface in &guest.interfaces {
+        let mut req = UpdateInterfaceRequest::new();
+        req.interface = MessageField::some(interface.clone());
+        let got = agent
+            .update_interface(&req)
+            .map_err(|e| anyhow::anyhow!("{}", crate::error_chain(&e)))?;
+        log::info!(
+            "guest interface {} ({}): {:?}",
+            got.name,
+            got.hwAddr,
+            got.IPAddresses
+                .iter()
+                .map(|a| format!("{}/{}", a.address, a.mask))
+                .collect::<Vec<_>>()
+        );
+    }
+    let mut routes = Routes::new();
+    routes.Routes = guest.routes.clone();
+    let mut req = UpdateRoutesRequest::new();
+    req.routes = MessageField::some(routes);
+    agent
+        .update_routes(&req)
+        .map_err(|e| anyhow::anyhow!("{}", crate::error_chain(&e)))?;
+    if !guest.neighbours.is_empty() {
+        let mut neighbours = ARPNeighbors::new();
+        neighbours.ARPNeighbors = guest.neighbours.clone();
+        let mut req = AddARPNeighborsRequest::new();
+        req.neighbors = MessageField::some(neighbours);
+        agent
+            .add_arp_neighbors(&req)
+            .map_err(|e| anyhow::anyhow!("{}", crate::error_chain(&e)))?;
+    }
+    Ok(())
 }

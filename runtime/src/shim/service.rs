@@ -466,7 +466,8 @@ impl Service {
                 } else {
                     &*cfg
                 };
-                let sb = Sandbox::start(vm_cfg, cid, &hostname)
+                let netns = oci::network_namespace_path(&spec);
+                let sb = Sandbox::start(vm_cfg, cid, &hostname, netns.as_deref())
                     .map_err(|e| internal(format!("{e:#}")))?;
                 (Arc::new(sb), true)
             }
@@ -590,6 +591,12 @@ impl Service {
             m.type_ = "bind".into();
         }
         let done = oci::adapt_for_guest(spec, cid);
+        if sandbox.shares_guest_netns() {
+            // The pod's interfaces live in the guest's own namespace.
+            if let Some(linux) = spec.Linux.as_mut() {
+                linux.Namespaces.retain(|n| n.Type != "network");
+            }
+        }
         if done.dropped_hooks > 0 {
             log::warn!(
                 "container {cid}: {} OCI hooks are not run (host hooks cannot run in the guest)",

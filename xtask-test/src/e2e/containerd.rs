@@ -380,6 +380,8 @@ impl PrivateContainerd {
                 out.push(format!("bundle {} still exists", bundle.display()));
             }
         }
+        // Taps and tc filters the shim made in the test's pod namespaces.
+        out.extend(super::network::network_leftovers());
         for s in sockets_under(&self.layout.state) {
             out.push(format!(
                 "socket {} is left in containerd's state dir",

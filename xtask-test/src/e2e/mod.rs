@@ -71,6 +71,7 @@ use xtask::error::InputError;
 pub(crate) mod bounded;
 mod containerd;
 mod host;
+mod network;
 mod oci_image;
 mod pod;
 mod scenarios;
@@ -118,8 +119,8 @@ const WATCHED_PROGRAMS: &[&str] = &[
 ];
 /// Applet links in the test image (all resolve to /bin/busybox).
 const APPLETS: &[&str] = &[
-    "cat", "echo", "env", "false", "id", "ls", "mkdir", "ps", "pwd", "rm", "sh", "sleep", "true",
-    "uname",
+    "cat", "echo", "env", "false", "id", "ip", "ls", "mkdir", "nc", "ping", "ps", "pwd", "rm",
+    "sh", "sleep", "true", "uname",
 ];
 
 /// A ctr command with the kata runtime boots a VM under TCG on a loaded
@@ -302,7 +303,8 @@ fn harness_configuration(
     a.request_timeout = AGENT_REQUEST_TIMEOUT.as_secs();
     let r = &mut file.runtime;
     r.enable_debug = true;
-    r.internetworking_model = "none".into();
+    // Upstream's default; scenarios without a pod namespace get no NIC.
+    r.internetworking_model = "tcfilter".into();
     r.sandbox_cgroup_only = false;
     // The guest enforces containers' seccomp profiles (h-seccomp checks
     // it; the shipped file keeps upstream's true, which the
@@ -582,6 +584,7 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
         ctx.ui.info("SKIP k-pod: kata only (runc reads no CRI annotations: each container is its own sandbox)");
         skipped.push("k-pod");
     }
+    r.scenario("l-pod-network", &["net"], network::scenario_pod_network);
     if args.faults {
         if kata {
             r.scenario("f-qemu-killed", &["qemukill"], fault_qemu_killed);

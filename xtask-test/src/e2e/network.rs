@@ -1,0 +1,248 @@
+//! The pod network scenario (`internetworking_model = "tcfilter"`): a
+//! "node" and a "pod" network namespace made by the test, a veth between
+//! them, a container joining the pod namespace; traffic only ever flows
+//! between these two namespaces.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::bounded::run_bounded;
+use super::scenarios::{kill_and_delete, leftovers_now, Runner};
+
+/// Prefix of the namespaces this harness makes; the leftover scan looks
+/// for taps and tc filters in every namespace of that name.
+pub const NETNS_PREFIX: &str = "kata-e2e-";
+const NETNS_DIR: &str = "/var/run/netns";
+const LISTEN_PORT: u16 = 8080;
+const GREETING: &str = "hello-from-the-pod";
+
+/// A node and a pod namespace joined by a veth, deleted on drop.
+struct PodNet {
+    node: String,
+    pod: String,
+    node_ip: String,
+    pod_ip: String,
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("cannot run ip (apt-get install iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl PodNet {
+    fn create(tag: &str) -> Result<PodNet> {
+        // A per-run subnet: two runs on one host must not share addresses.
+        let subnet = std::process::id() % 250 + 1;
+        let net = PodNet {
+            node: format!("{NETNS_PREFIX}node-{tag}"),
+            pod: format!("{NETNS_PREFIX}pod-{tag}"),
+            node_ip: format!("10.213.{subnet}.1"),
+            pod_ip: format!("10.213.{subnet}.2"),
+        };
+        ip(&["netns", "add", &net.node])?;
+        // From here on, drop deletes what exists.
+        ip(&["netns", "add", &net.pod])?;
+        let veth = format!("kn{subnet}");
+        ip(&[
+            "-n", &net.node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
+            &net.pod,
+        ])?;
+        ip(&[
+            "-n",
+            &net.node,
+            "addr",
+            "add",
+            &format!("{}/24", net.node_ip),
+            "dev",
+            &veth,
+        ])?;
+        ip(&[
+            "-n",
+            &net.pod,
+            "addr",
+            "add",
+            &format!("{}/24", net.pod_ip),
+            "dev",
+            "eth0",
+        ])?;
+        for (ns, dev) in [
+            (&net.node, veth.as_str()),
+            (&net.pod, "eth0"),
+            (&net.node, "lo"),
+            (&net.pod, "lo"),
+        ] {
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        ip(&[
+            "-n",
+            &net.pod,
+            "route",
+            "add",
+            "default",
+            "via",
+            &net.node_ip,
+        ])?;
+        Ok(net)
+    }
+
+    fn path(name: &str) -> PathBuf {
+        PathBuf::from(NETNS_DIR).join(name)
+    }
+
+    /// Connect from the node namespace to the container's listener and
+    /// read what it sends, retrying until `within` (the container may
+    /// not listen yet).
+    fn read_from_pod(&self, within: Duration) -> Result<String> {
+        let target: SocketAddr = format!("{}:{LISTEN_PORT}", self.pod_ip).parse()?;
+        let deadline = Instant::now() + within;
+        loop {
+            let attempt =
+                rtnl::in_netns(&Self::path(&self.node), || -> std::io::Result<String> {
+                    let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
+                    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    let mut text = String::new();
+                    s.read_to_string(&mut text)?;
+                    Ok(text)
+                })?;
+            match attempt {
+                Ok(text) if !text.is_empty() => return Ok(text),
+                Ok(_) if Instant::now() > deadline => {
+                    bail!("{target} from the node namespace: connected, read nothing")
+                }
+                Err(e) if Instant::now() > deadline => {
+                    bail!("{target} from the node namespace: {e}")
+                }
+                _ => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
+    }
+}
+
+impl Drop for PodNet {
+    fn drop(&mut self) {
+        for ns in [&self.pod, &self.node] {
+            let _ = ip(&["netns", "delete", ns]);
+        }
+    }
+}
+
+/// Taps and ingress filters left in the namespaces this harness made.
+pub fn network_leftovers() -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(NETNS_DIR) else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(NETNS_PREFIX) {
+            continue;
+        }
+        let found = rtnl::in_netns(&entry.path(), || -> rtnl::Result<Vec<String>> {
+            let mut nl = rtnl::Netlink::open()?;
+            let mut left = Vec::new();
+            for link in nl.links()? {
+                if link.name.ends_with("_kata") {
+                    left.push(format!("tap {} is still in netns {name}", link.name));
+                }
+                let filters = nl.ingress_filters(link.index)?;
+                if !filters.is_empty() {
+                    left.push(format!(
+                        "tc ingress filters {filters:?} are still on {} in netns {name}",
+                        link.name
+                    ));
+                }
+            }
+            Ok(left)
+        });
+        match found {
+            Ok(Ok(left)) => out.extend(left),
+            Ok(Err(e)) => out.push(format!("netns {name}: {e}")),
+            Err(e) => out.push(format!("netns {name}: {e}")),
+        }
+    }
+    out
+}
+
+/// A container in the pod namespace: its address is on a guest interface,
+/// it reaches the node, the node reaches its listener; after delete no
+/// tap, filter or process is left.
+pub(super) fn scenario_pod_network(r: &mut Runner, ids: &[String]) -> Result<String> {
+    let id = ids[0].as_str();
+    let net = PodNet::create(&format!("{}-{id}", std::process::id()))?;
+    let ns_flag = format!("network:{}", PodNet::path(&net.pod).display());
+    let server = format!("echo {GREETING} | nc -l -p {LISTEN_PORT}; sleep 600");
+    r.run(
+        id,
+        &["-d", "--with-ns", &ns_flag],
+        &["sh", "-c", &server],
+        None,
+    )?
+    .require_success()?;
+    let ctr = r.ctr();
+    ctr.wait_task_status(id, "RUNNING", Duration::from_secs(60))?;
+
+    let exec = |exec_id: &str, script: &str| {
+        run_bounded(
+            ctr.exec_command(id, exec_id, &["sh", "-c", script]),
+            None,
+            r.timeout,
+        )
+        .and_then(|o| o.require_success())
+    };
+    let addrs = exec("addr", "ip -o addr show")?;
+    let line = addrs
+        .stdout
+        .lines()
+        .find(|l| l.contains(&format!("inet {}/24", net.pod_ip)))
+        .with_context(|| {
+            format!(
+                "the container does not see {}/24: {}",
+                net.pod_ip, addrs.stdout
+            )
+        })?
+        .to_string();
+    if r.kata() {
+        let tap_up = rtnl::in_netns(&PodNet::path(&net.pod), || {
+            rtnl::Netlink::open().and_then(|mut nl| nl.link_by_name("tap0_kata"))
+        })?;
+        tap_up.context("no tap0_kata in the pod namespace while the sandbox runs")?;
+    }
+    exec("ping", &format!("ping -c 1 -W 10 {}", net.node_ip))
+        .with_context(|| format!("the container does not reach the node at {}", net.node_ip))?;
+    let got = net.read_from_pod(Duration::from_secs(60))?;
+    if got.trim() != GREETING {
+        bail!("the container's listener sent {got:?}, expected {GREETING}");
+    }
+    kill_and_delete(r, id)?;
+    leftovers_now(&r.env.containerd)?;
+    let left = network_leftovers();
+    if !left.is_empty() {
+        bail!(
+            "left behind in the test's namespaces:\n  {}",
+            left.join("\n  ")
+        );
+    }
+    Ok(format!(
+        "pod {}: the container sees `{}`, pings the node {}, the node read {GREETING:?} from {}:{LISTEN_PORT}; \
+         after delete no tap, tc filter or process left",
+        net.pod,
+        line.trim(),
+        net.node_ip,
+        net.pod_ip
+    ))
+}
