@@ -68,14 +68,14 @@ use xtask::context::Ctx;
 use xtask::error::InputError;
 
 pub(crate) mod bounded;
-mod containerd;
-mod host;
-mod oci_image;
+pub(crate) mod containerd;
+pub(crate) mod host;
+pub(crate) mod oci_image;
 mod scenarios;
 mod shipped;
 
 pub use bounded::run_bounded;
-use containerd::{Ctr, PrivateContainerd};
+use containerd::{ContainerdSetup, Ctr, PrivateContainerd};
 use host::{all_procs, descendants, pss_kib};
 use oci_image::{image_busybox, import_image, write_oci_archive, OciImage};
 use scenarios::{
@@ -116,8 +116,8 @@ const WATCHED_PROGRAMS: &[&str] = &[
 ];
 /// Applet links in the test image (all resolve to /bin/busybox).
 const APPLETS: &[&str] = &[
-    "cat", "echo", "env", "false", "id", "ls", "mkdir", "ps", "pwd", "rm", "sh", "sleep", "true",
-    "uname",
+    "cat", "echo", "env", "false", "grep", "head", "hostname", "httpd", "id", "ip", "ls", "mkdir",
+    "nc", "ps", "pwd", "rm", "sed", "sh", "sleep", "tail", "true", "uname",
 ];
 
 /// A ctr command with the kata runtime boots a VM under TCG on a loaded
@@ -239,6 +239,15 @@ pub fn shim_binary(ctx: &Ctx, explicit: Option<&Path>) -> Result<PathBuf> {
 /// `configuration.toml` for the shim (Kata's section and key names; see the
 /// module doc for the list this harness relies on).
 pub fn kata_configuration(guest: &vmtest::Guest) -> Result<String> {
+    kata_configuration_with_network(guest, "none")
+}
+
+/// [`kata_configuration`] with `[runtime] internetworking_model` set:
+/// `test cri` asks for `tcfilter` (pods have a CNI network to hand on).
+pub fn kata_configuration_with_network(
+    guest: &vmtest::Guest,
+    internetworking_model: &str,
+) -> Result<String> {
     let qemu = xtask::tools::which("qemu-system-x86_64")
         .context("qemu-system-x86_64 is not installed: apt-get install qemu-system-x86")?;
     if !Path::new(VIRTIOFSD).is_file() {
@@ -251,7 +260,13 @@ pub fn kata_configuration(guest: &vmtest::Guest) -> Result<String> {
             .map(|h| Path::new(&h).join(".cargo/bin/vhost-device-vsock"))
             .filter(|p| p.is_file())
     });
-    harness_configuration(&qemu, &guest.kernel, &guest.boot, vsock_daemon)
+    harness_configuration(
+        &qemu,
+        &guest.kernel,
+        &guest.boot,
+        vsock_daemon,
+        internetworking_model,
+    )
 }
 
 /// The harness's configuration, written through the runtime's own schema
@@ -263,6 +278,7 @@ fn harness_configuration(
     kernel: &Path,
     boot: &runtime::hypervisor::BootMedia,
     vsock_daemon: Option<PathBuf>,
+    internetworking_model: &str,
 ) -> Result<String> {
     use runtime::hypervisor::{BootMedia, ImageFs};
     let mut file = runtime::config::ConfigFile::default();
@@ -300,7 +316,7 @@ fn harness_configuration(
     a.request_timeout = AGENT_REQUEST_TIMEOUT.as_secs();
     let r = &mut file.runtime;
     r.enable_debug = true;
-    r.internetworking_model = "none".into();
+    r.internetworking_model = internetworking_model.into();
     r.sandbox_cgroup_only = false;
     // The guest enforces containers' seccomp profiles (h-seccomp checks
     // it; the shipped file keeps upstream's true, which the
@@ -376,7 +392,13 @@ impl E2eEnv {
         let image_work = tempfile::Builder::new()
             .prefix("kata-e2e-image-")
             .tempdir()?;
-        let mut image = write_oci_archive(&busybox, image_work.path(), ctx.epoch)?;
+        let mut image = write_oci_archive(
+            &busybox,
+            image_work.path(),
+            ctx.epoch,
+            IMAGE_BASE_NAME,
+            &["/bin/sh"],
+        )?;
 
         // One directory holds (and --keep keeps) everything of the run; the
         // Kata config must exist before containerd starts, as its path goes
@@ -403,6 +425,7 @@ impl E2eEnv {
             shim.as_deref(),
             &env,
             opts.keep,
+            ContainerdSetup::default(),
         )?;
         std::fs::copy(&containerd.layout.config, logs.join("e2e-containerd.toml"))?;
         import_image(&containerd, &image)?;
@@ -662,6 +685,7 @@ mod tests {
                 dax: true,
             },
             Some("/root/.cargo/bin/vhost-device-vsock".into()),
+            "none",
         )
         .unwrap();
         assert!(
@@ -691,6 +715,7 @@ mod tests {
             Path::new("/k"),
             &BootMedia::Initrd("/t/initrd.img".into()),
             None,
+            "tcfilter",
         )
         .unwrap();
         let c = runtime::config::parse(&text, Path::new("e2e.toml")).unwrap();
@@ -699,5 +724,6 @@ mod tests {
             Some(Path::new("/t/initrd.img"))
         );
         assert_eq!(c.hypervisor.vhost_user_vsock_daemon, None);
+        assert_eq!(c.runtime.internetworking_model, "tcfilter");
     }
 }
