@@ -69,8 +69,10 @@ const RUNC_SLOW_CALL: Duration = Duration::from_secs(60);
 
 #[derive(Args, Clone, Default)]
 pub struct CriArgs {
-    /// Run only this scenario (repeatable): a name from the list below, or
-    /// HANDLER/NAME for one handler only. Default: all.
+    /// Run only this scenario (repeatable): pod-ready, exec-sync, localhost,
+    /// pod-ip-in-guest, network, hostname-dns, oom-killed, update-resources,
+    /// unknown-sandbox, teardown; or HANDLER/NAME for one handler only
+    /// (runc/NAME also runs a scenario that is not a runc control). Default: all.
     #[arg(long = "scenario", value_name = "NAME")]
     pub scenarios: Vec<String>,
     /// Run only this runtime handler (repeatable): kata, runc. Default both
@@ -126,14 +128,17 @@ fn plan(args: &CriArgs) -> Result<Vec<(&'static str, &'static Scenario)>> {
     let mut out = Vec::new();
     for h in handlers {
         for s in SCENARIOS {
-            if h == RUNC_HANDLER && !s.runc_control {
+            let named = args
+                .scenarios
+                .iter()
+                .any(|w| *w == format!("{h}/{}", s.name));
+            // runc runs the controls; another scenario only when named
+            // as runc/NAME (to check the scenario itself).
+            if h == RUNC_HANDLER && !s.runc_control && !named {
                 continue;
             }
-            let picked = args.scenarios.is_empty()
-                || args
-                    .scenarios
-                    .iter()
-                    .any(|w| w == s.name || *w == format!("{h}/{}", s.name));
+            let picked =
+                args.scenarios.is_empty() || named || args.scenarios.iter().any(|w| w == s.name);
             if picked {
                 out.push((h, s));
             }
@@ -422,6 +427,12 @@ mod tests {
             ..Default::default()
         };
         assert!(plan(&args).is_err(), "runc has no oom-killed control");
+        let args = CriArgs {
+            scenarios: vec!["runc/oom-killed".into()],
+            handlers: vec!["runc".into()],
+            ..Default::default()
+        };
+        assert_eq!(names(&args), ["runc/oom-killed"], "named explicitly");
         let args = CriArgs {
             scenarios: vec!["nope".into()],
             ..Default::default()
