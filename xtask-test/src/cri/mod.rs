@@ -26,6 +26,9 @@
 //! `--json` prints one object: each scenario's name (`HANDLER/NAME`),
 //! result (pass or fail), duration and what it saw or why it failed, with
 //! tails of the containerd (and so shim) log. Human output goes to stderr.
+//!
+//! For `bench start` this module exposes [`CriEnv::start`] and
+//! [`time_pod_start`] (RunPodSandbox until the first container runs).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -49,6 +52,7 @@ mod scenarios;
 
 use client::CriClient;
 use netns::{cni_conflist, TestNetns};
+pub use scenarios::time_pod_start;
 use scenarios::{CriRunner, Scenario, ScenarioResult, SCENARIOS};
 
 /// containerd's namespace for everything CRI does.
@@ -200,7 +204,9 @@ fn check_host() -> Result<()> {
 }
 
 impl CriEnv {
-    fn start(ctx: &Ctx, args: &CriArgs, kata: bool) -> Result<CriEnv> {
+    /// Builds what is needed (the shim and guest when `kata`), creates the
+    /// netns, starts containerd with CRI in it and imports the images.
+    pub fn start(ctx: &Ctx, args: &CriArgs, kata: bool) -> Result<CriEnv> {
         check_host()?;
         // Built before anything starts: a build failure leaves nothing behind.
         let kata_parts = if kata {
