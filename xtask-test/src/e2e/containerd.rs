@@ -56,8 +56,9 @@ pub struct CriPlugin {
     /// Where the CNI network configuration lies (the plugins are Debian's,
     /// in [`CNI_BIN_DIR`]).
     pub cni_conf_dir: PathBuf,
-    /// The Kata configuration the `kata` handler's shim is told about
-    /// (runtime option `ConfigPath`; `KATA_CONF_FILE` is set as well).
+    /// The Kata configuration of the `kata` handler, written as upstream's
+    /// runtime option `ConfigPath`; this shim reads `KATA_CONF_FILE` (set
+    /// in containerd's environment), so both name the same file.
     pub kata_config: Option<PathBuf>,
 }
 
