@@ -22,7 +22,7 @@ use super::netns::{NODE_ADDRESS, NODE_BRIDGE, POD_SUBNET};
 use super::CriEnv;
 use crate::e2e::bounded::{run_bounded, Running};
 use crate::e2e::containerd::KATA_HANDLER;
-use crate::e2e::host::{mounts_under, signal, tail_lines};
+use crate::e2e::host::{signal, tail_lines};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ScenarioResult {
@@ -857,8 +857,9 @@ fn teardown(r: &mut CriRunner) -> Result<String> {
     ))
 }
 
-/// What is left of `pods` after their removal, beyond the e2e scan
-/// (processes, mounts, shim sockets, bundles, containerd's lists).
+/// What is left of `pods` after their removal: the e2e scan (processes,
+/// mounts under containerd's dir, pod netns mounts included, shim sockets,
+/// bundles, containerd's lists) and the CRI and network side.
 fn leftovers(r: &CriRunner, pods: &[String]) -> Result<Vec<String>> {
     let mut out = r.env.containerd.leftovers();
     for id in r.env.client.list_pod_sandboxes()? {
@@ -872,9 +873,6 @@ fn leftovers(r: &CriRunner, pods: &[String]) -> Result<Vec<String>> {
             "pod network namespace {} still exists",
             ns.display()
         ));
-    }
-    for m in mounts_under(&r.env.containerd.layout.state) {
-        out.push(format!("mount {} is still there", m.display()));
     }
     for link in r.env.netns.links()? {
         if link != "lo" && link != NODE_BRIDGE {

@@ -131,7 +131,7 @@ pub(super) fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-pub(crate) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+pub(super) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     mount_points()
         .into_iter()
         .filter(|m| m.starts_with(dir))
