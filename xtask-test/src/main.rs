@@ -10,8 +10,8 @@
 //! parses the same global options with the `xtask` library's
 //! [`xtask::GlobalOpts`] and builds the same [`xtask::context::Ctx`].
 //!
-//! Modules: `test_cmd.rs` (`test [lint|unit|kernel|vm|fuzz|e2e|soak|repro|all]`),
-//! `vmtest.rs`, `fuzz.rs`, `kernel_boot.rs`, `e2e/`, `repro.rs`; `bench.rs` and
+//! Modules: `test_cmd.rs` (`test [lint|unit|kernel|vm|fuzz|e2e|cri|soak|repro|all]`),
+//! `vmtest.rs`, `fuzz.rs`, `kernel_boot.rs`, `e2e/`, `cri/`, `repro.rs`; `bench.rs` and
 //! `bench_*.rs` (`bench NAME`).
 //!
 //! Exit status: 0 success, 1 the work failed, 2 bad usage or bad input.
@@ -21,6 +21,7 @@ mod bench_build;
 mod bench_release;
 mod bench_start;
 mod bench_vm;
+mod cri;
 mod e2e;
 mod fuzz;
 mod kernel_boot;
@@ -53,7 +54,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The tests: lint, unit (cargo test), kernel, vm (boot and talk to the agent), fuzz (the agent in a VM), e2e, repro, all.
+    /// The tests: lint, unit (cargo test), kernel, vm (boot and talk to the agent), fuzz (the agent in a VM), e2e, cri, soak, repro, all.
     Test(test_cmd::TestArgs),
     /// Benchmarks: build, kernel, boot, start, release.
     Bench {

@@ -1,4 +1,4 @@
-//! `cargo xtask test [lint|unit|kernel|vm|fuzz|e2e|soak|repro|all]`: the project's test command.
+//! `cargo xtask test [lint|unit|kernel|vm|fuzz|e2e|cri|soak|repro|all]`: the project's test command.
 //!
 //! `lint` is `cargo fmt --check` and clippy with warnings denied; `unit` is
 //! `cargo test` over the workspace including the tests marked `#[ignore]`
@@ -8,13 +8,14 @@
 //! the pipeline's kernel to init; `vm` boots the built guest and drives the
 //! agent (vmtest.rs); `fuzz` sends random and malformed requests to the
 //! agent in the built guest for a bounded time (fuzz.rs); `e2e` runs
-//! containers through a private containerd (e2e/); `soak` runs many
+//! containers through a private containerd (e2e/); `cri` runs pods through
+//! containerd's CRI plugin and CNI in a test-made netns (cri/); `soak` runs many
 //! sandboxes through one containerd and checks for leaks (soak.rs); `repro`
 //! compares this checkout's release with one built in a clean clone
 //! (repro.rs). `all` (the default, and what CI runs) runs each of them, lint
 //! first, the VM test with the initrd and with the DAX image, 60 s of
 //! fuzzing, e2e from the build, from the release tarball and (as root) from
-//! the installed .deb.
+//! the installed .deb, and cri.
 
 use std::process::Command;
 
@@ -45,6 +46,8 @@ pub enum TestWhat {
     Fuzz(crate::fuzz::FuzzArgs),
     /// Run containers through a private containerd with the built shim.
     E2e(crate::e2e::E2eArgs),
+    /// Pods through containerd's CRI plugin and CNI, inside a test-made netns.
+    Cri(crate::cri::CriArgs),
     /// This checkout's release and a clean clone's give the same SHA256SUMS.
     Repro(crate::repro::ReproArgs),
     /// Many sandboxes through containerd, then no leaks (processes, mounts, fds, RSS).
@@ -127,6 +130,7 @@ pub fn run(ctx: &Ctx, args: &TestArgs) -> Result<()> {
         TestWhat::Vm(args) => crate::vmtest::run(ctx, &args),
         TestWhat::Fuzz(args) => crate::fuzz::run(ctx, &args),
         TestWhat::E2e(args) => crate::e2e::run(ctx, &args),
+        TestWhat::Cri(args) => crate::cri::run(ctx, &args),
         TestWhat::Repro(args) => crate::repro::test(ctx, &args),
         TestWhat::Soak(args) => crate::soak::run(ctx, &args),
         TestWhat::All => all(ctx),
@@ -183,6 +187,9 @@ fn all(ctx: &Ctx) -> Result<()> {
         ..Default::default()
     };
     record("e2e --faults", &|| crate::e2e::run(ctx, &e2e));
+    record("cri", &|| {
+        crate::cri::run(ctx, &crate::cri::CriArgs::default())
+    });
     let soak = crate::soak::SoakArgs {
         count: CI_SOAK_COUNT,
         parallel: 3,

@@ -134,12 +134,59 @@ pub const CTR: HostTool = HostTool::program("ctr", "containerd", "the end-to-end
 pub const GZIP: HostTool = HostTool::program("gzip", "gzip", "the e2e test image's layer");
 pub const RUNC: HostTool =
     HostTool::program("runc", "runc", "the start-latency benchmark baseline");
+/// The CRI test's pod network (bridge, host-local IPAM, loopback), which
+/// containerd's CRI plugin runs from /usr/lib/cni.
+pub const CNI_PLUGINS: HostTool = HostTool::file(
+    "cni-plugins",
+    "/usr/lib/cni/bridge",
+    "containernetworking-plugins",
+    "the CRI test's pod network",
+);
+/// k8s-cri (the CRI test's gRPC client, in xtask-test) compiles the CRI
+/// protos at build time with protoc.
+pub const PROTOC: HostTool = HostTool::program(
+    "protoc",
+    "protobuf-compiler",
+    "building the test harness (CRI protos)",
+);
+/// `ip netns`: the CRI test runs containerd in a netns of its own.
+pub const IPROUTE2: HostTool =
+    HostTool::program("ip", "iproute2", "the CRI test's network namespace");
 
 /// Every entry, in the order doctor lists them.
 pub const ALL: &[HostTool] = &[
-    APT_GET, DPKG_DEB, MKE2FS, E2FSCK, DEBUGFS, MKFS_EROFS, CPIO, ZSTD, READELF, RPM, LINTIAN,
-    BUSYBOX, MUSL_GCC, MAKE, GCC, FLEX, BISON, BC, PATCH, XZ, LIBELF, LIBSSL, CURL, TAR, VIRTIOFSD,
-    CONTAINERD, CTR, GZIP, RUNC,
+    APT_GET,
+    DPKG_DEB,
+    MKE2FS,
+    E2FSCK,
+    DEBUGFS,
+    MKFS_EROFS,
+    CPIO,
+    ZSTD,
+    READELF,
+    RPM,
+    LINTIAN,
+    BUSYBOX,
+    MUSL_GCC,
+    MAKE,
+    GCC,
+    FLEX,
+    BISON,
+    BC,
+    PATCH,
+    XZ,
+    LIBELF,
+    LIBSSL,
+    CURL,
+    TAR,
+    VIRTIOFSD,
+    CONTAINERD,
+    CTR,
+    GZIP,
+    RUNC,
+    CNI_PLUGINS,
+    PROTOC,
+    IPROUTE2,
 ];
 
 /// Fails with one clear line naming every missing tool of `needs`

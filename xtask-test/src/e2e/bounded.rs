@@ -24,7 +24,7 @@ impl Outcome {
         self.code == Some(0) && !self.timed_out
     }
 
-    pub(super) fn status_text(&self) -> String {
+    pub(crate) fn status_text(&self) -> String {
         match (self.timed_out, self.code, self.signal) {
             (true, ..) => format!(
                 "timed out after {:.1}s and was killed",

@@ -16,7 +16,8 @@ use super::host::{
 };
 use super::{
     CONTAINERD_READY_TIMEOUT, CONTAINERD_STOP_TIMEOUT, KATA_RUNTIME, KATA_STATE_ROOT,
-    LOG_TAIL_LINES, NAMESPACE, RUN_MARKER_ENV, SHIM_BINARY, SHIM_SOCKET_ROOT, WATCHED_PROGRAMS,
+    LOG_TAIL_LINES, NAMESPACE, RUNC_RUNTIME, RUN_MARKER_ENV, SHIM_BINARY, SHIM_SOCKET_ROOT,
+    WATCHED_PROGRAMS,
 };
 
 /// Paths of one private containerd.
@@ -33,7 +34,7 @@ pub struct ContainerdLayout {
 }
 
 impl ContainerdLayout {
-    pub(super) fn new(dir: &Path) -> ContainerdLayout {
+    pub(crate) fn new(dir: &Path) -> ContainerdLayout {
         ContainerdLayout {
             dir: dir.to_path_buf(),
             root: dir.join("root"),
@@ -47,19 +48,44 @@ impl ContainerdLayout {
     }
 }
 
-/// The containerd config: version 2, own paths, no CRI (no CNI noise),
-/// overlayfs only. `ctr run --runtime io.containerd.kata.v2` names the
-/// runtime directly: containerd maps it to the binary
-/// `containerd-shim-kata-v2` on its PATH. The CRI runtime table is written
-/// for CRI users of this file and is inert while CRI is disabled.
-pub fn containerd_config(l: &ContainerdLayout) -> String {
-    format!(
+/// containerd's CRI plugin, for `test cri` (the e2e test runs without it).
+#[derive(Debug, Clone)]
+pub struct CriPlugin {
+    /// The pod sandbox ("pause") image, imported locally beforehand.
+    pub sandbox_image: String,
+    /// Where the CNI network configuration lies (the plugins are Debian's,
+    /// in [`CNI_BIN_DIR`]).
+    pub cni_conf_dir: PathBuf,
+    /// The Kata configuration of the `kata` handler, written as upstream's
+    /// runtime option `ConfigPath`; this shim reads `KATA_CONF_FILE` (set
+    /// in containerd's environment), so both name the same file.
+    pub kata_config: Option<PathBuf>,
+}
+
+/// Debian's containernetworking-plugins.
+pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
+/// The CRI runtime handlers the config defines.
+pub const KATA_HANDLER: &str = "kata";
+pub const RUNC_HANDLER: &str = "runc";
+
+/// The containerd config: version 2, own paths, overlayfs only. Without
+/// `cri` the CRI plugin is disabled (no CNI noise) and `ctr run --runtime
+/// io.containerd.kata.v2` names the runtime directly: containerd maps it to
+/// the binary `containerd-shim-kata-v2` on its PATH; the CRI runtime table
+/// is then inert. With `cri` the plugin runs with handlers `kata` and
+/// `runc`, Debian's CNI plugins and the local sandbox image.
+pub fn containerd_config(l: &ContainerdLayout, cri: Option<&CriPlugin>) -> String {
+    let disabled_cri = if cri.is_some() {
+        ""
+    } else {
+        "\n  \"io.containerd.grpc.v1.cri\","
+    };
+    let head = format!(
         r#"# Written by `cargo xtask test e2e`: a private containerd for the end-to-end tests.
 version = 2
 root = "{root}"
 state = "{state}"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
+disabled_plugins = [{disabled_cri}
   "io.containerd.snapshotter.v1.aufs",
   "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.devmapper",
@@ -79,18 +105,82 @@ disabled_plugins = [
 
 [plugins."io.containerd.internal.v1.opt"]
   path = "{opt}"
-
-[plugins."io.containerd.grpc.v1.cri".containerd]
-  snapshotter = "overlayfs"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]
-    runtime_type = "{kata}"
 "#,
         root = l.root.display(),
         state = l.state.display(),
         address = l.address.display(),
         opt = l.opt_dir.display(),
-        kata = KATA_RUNTIME,
+    );
+    let Some(cri) = cri else {
+        return format!(
+            r#"{head}
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]
+    runtime_type = "{KATA_RUNTIME}"
+"#
+        );
+    };
+    let kata_options = cri
+        .kata_config
+        .as_ref()
+        .map(|p| {
+            format!(
+                "\n    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{KATA_HANDLER}.options]\n      ConfigPath = \"{}\"",
+                p.display()
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        r#"{head}
+# CRI: this process lacks CAP_SYS_RESOURCE (restrict_oom_score_adj), the
+# host has no AppArmor or SELinux profile for us, pod network namespaces are
+# mounted under the private state dir (the leftover scan looks there), and
+# the streaming server listens inside the test's netns only.
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{sandbox_image}"
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  enable_selinux = false
+  netns_mounts_under_state_dir = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "{RUNC_HANDLER}"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{RUNC_HANDLER}]
+      runtime_type = "{RUNC_RUNTIME}"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{KATA_HANDLER}]
+      runtime_type = "{KATA_RUNTIME}"{kata_options}
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{CNI_BIN_DIR}"
+    conf_dir = "{conf_dir}"
+    max_conf_num = 1
+"#,
+        sandbox_image = cri.sandbox_image,
+        conf_dir = cri.cni_conf_dir.display(),
     )
+}
+
+/// How a [`PrivateContainerd`] is set up beyond its paths.
+#[derive(Debug, Clone)]
+pub struct ContainerdSetup {
+    /// The containerd namespace `ctr` and the checks use (`k8s.io` for CRI).
+    pub namespace: String,
+    pub cri: Option<CriPlugin>,
+    /// A network namespace (`/run/netns/NAME`) containerd is started in:
+    /// the CRI test's pod network never touches the host's.
+    pub netns: Option<PathBuf>,
+}
+
+impl Default for ContainerdSetup {
+    fn default() -> Self {
+        ContainerdSetup {
+            namespace: NAMESPACE.into(),
+            cri: None,
+            netns: None,
+        }
+    }
 }
 
 /// A running private containerd; dropping it stops containerd and removes
@@ -109,6 +199,7 @@ pub struct PrivateContainerd {
     /// containerd's PATH (the shim dir first) and extra environment.
     path: OsString,
     env: Vec<(String, String)>,
+    pub setup: ContainerdSetup,
     /// Container ids handed out, for targeted cleanup and checks.
     pub(super) ids: std::cell::RefCell<BTreeSet<String>>,
     pub(super) keep: bool,
@@ -135,6 +226,7 @@ impl PrivateContainerd {
         shim: Option<&Path>,
         env: &[(String, String)],
         keep: bool,
+        setup: ContainerdSetup,
     ) -> Result<PrivateContainerd> {
         for tool in ["containerd", "ctr"] {
             if xtask::tools::which(tool).is_none() {
@@ -162,7 +254,10 @@ impl PrivateContainerd {
             std::os::unix::fs::symlink(shim, &link)
                 .with_context(|| format!("link {}", link.display()))?;
         }
-        std::fs::write(&layout.config, containerd_config(&layout))?;
+        std::fs::write(
+            &layout.config,
+            containerd_config(&layout, setup.cri.as_ref()),
+        )?;
         if let Some(d) = log.parent() {
             std::fs::create_dir_all(d)?;
         }
@@ -192,6 +287,7 @@ impl PrivateContainerd {
             token,
             path,
             env: env.to_vec(),
+            setup,
             ids: Default::default(),
             keep,
             temp: Some(temp),
@@ -215,7 +311,31 @@ impl PrivateContainerd {
         cmd.stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
+        // Kept open until the spawn: the child enters it before exec.
+        let netns = match &self.setup.netns {
+            Some(p) => Some(
+                std::fs::File::open(p)
+                    .with_context(|| format!("open network namespace {}", p.display()))?,
+            ),
+            None => None,
+        };
+        if let Some(ns) = &netns {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let fd = ns.as_raw_fd();
+            // SAFETY: setns(2) is async-signal-safe and touches no memory of
+            // the parent; the fd stays open in the parent until spawn returns.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = cmd.spawn().context("cannot start containerd")?;
+        drop(netns);
         self.pid.set(child.id());
         *self.child.borrow_mut() = Some(child);
         Ok(())
@@ -283,7 +403,7 @@ impl PrivateContainerd {
     pub fn ctr(&self) -> Ctr {
         Ctr {
             address: self.layout.address.clone(),
-            namespace: NAMESPACE.into(),
+            namespace: self.setup.namespace.clone(),
             fifo_dir: self.layout.fifo_dir.clone(),
         }
     }
@@ -293,6 +413,12 @@ impl PrivateContainerd {
         let id = format!("e2e-{}-{name}", std::process::id());
         self.ids.borrow_mut().insert(id.clone());
         id
+    }
+
+    /// Remembers an id containerd chose (CRI pods and containers), for the
+    /// process scan and the leftover checks.
+    pub fn remember_id(&self, id: &str) {
+        self.ids.borrow_mut().insert(id.to_string());
     }
 
     pub fn ids(&self) -> Vec<String> {
@@ -324,7 +450,12 @@ impl PrivateContainerd {
     /// `/run/containerd/s/<sha256(address/namespace/id)>`: where a shim
     /// serving container `id` for this containerd puts its socket.
     pub fn shim_socket(&self, id: &str) -> PathBuf {
-        let key = format!("{}/{}/{}", self.layout.address.display(), NAMESPACE, id);
+        let key = format!(
+            "{}/{}/{}",
+            self.layout.address.display(),
+            self.setup.namespace,
+            id
+        );
         Path::new(SHIM_SOCKET_ROOT).join(bytes_sha256(key.as_bytes()))
     }
 
@@ -374,7 +505,7 @@ impl PrivateContainerd {
                 .layout
                 .state
                 .join("io.containerd.runtime.v2.task")
-                .join(NAMESPACE)
+                .join(&self.setup.namespace)
                 .join(&id);
             if bundle.exists() {
                 out.push(format!("bundle {} still exists", bundle.display()));
@@ -568,15 +699,45 @@ impl Ctr {
 mod tests {
     use std::path::Path;
 
-    use super::{containerd_config, ContainerdLayout};
+    use super::{containerd_config, ContainerdLayout, CriPlugin};
 
     #[test]
     fn containerd_config_names_our_paths() {
         let l = ContainerdLayout::new(Path::new("/tmp/kata-e2e-x"));
-        let c = containerd_config(&l);
+        let c = containerd_config(&l, None);
         assert!(c.contains("root = \"/tmp/kata-e2e-x/root\""));
         assert!(c.contains("address = \"/tmp/kata-e2e-x/containerd.sock\""));
-        assert!(c.contains("\"io.containerd.grpc.v1.cri\""));
+        assert!(
+            c.contains("\n  \"io.containerd.grpc.v1.cri\","),
+            "CRI disabled: {c}"
+        );
         assert!(c.starts_with("# Written") && c.contains("\nversion = 2\n"));
+    }
+
+    #[test]
+    fn containerd_config_with_cri_has_both_handlers_and_cni() {
+        let l = ContainerdLayout::new(Path::new("/tmp/kata-e2e-x"));
+        let cri = CriPlugin {
+            sandbox_image: "localhost/pause:1".into(),
+            cni_conf_dir: "/tmp/kata-e2e-x/cni".into(),
+            kata_config: Some("/tmp/kata-e2e-x/configuration.toml".into()),
+        };
+        let c = containerd_config(&l, Some(&cri));
+        assert!(
+            !c.contains("\n  \"io.containerd.grpc.v1.cri\","),
+            "CRI enabled: {c}"
+        );
+        for want in [
+            "sandbox_image = \"localhost/pause:1\"",
+            "restrict_oom_score_adj = true",
+            "runtimes.kata]\n      runtime_type = \"io.containerd.kata.v2\"",
+            "runtimes.runc]\n      runtime_type = \"io.containerd.runc.v2\"",
+            "ConfigPath = \"/tmp/kata-e2e-x/configuration.toml\"",
+            "bin_dir = \"/usr/lib/cni\"",
+            "conf_dir = \"/tmp/kata-e2e-x/cni\"",
+            "snapshotter = \"overlayfs\"",
+        ] {
+            assert!(c.contains(want), "{want} missing from:\n{c}");
+        }
     }
 }

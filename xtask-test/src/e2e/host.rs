@@ -96,7 +96,7 @@ pub fn pss_kib(pid: u32) -> Result<u64> {
     bail!("/proc/{pid}/smaps_rollup has no Pss line")
 }
 
-pub(super) fn signal(pid: u32, sig: nix::sys::signal::Signal) -> Result<()> {
+pub(crate) fn signal(pid: u32, sig: nix::sys::signal::Signal) -> Result<()> {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
         .with_context(|| format!("kill -{sig} {pid}"))
 }
@@ -151,7 +151,7 @@ pub(super) fn sockets_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-pub(super) use host_support::log::tail_lines;
+pub(crate) use host_support::log::tail_lines;
 
 #[cfg(test)]
 mod tests {

@@ -69,16 +69,16 @@ use xtask::context::Ctx;
 use xtask::error::InputError;
 
 pub(crate) mod bounded;
-mod containerd;
-mod host;
+pub(crate) mod containerd;
+pub(crate) mod host;
 mod network;
-mod oci_image;
+pub(crate) mod oci_image;
 mod pod;
 mod scenarios;
 mod shipped;
 
 pub use bounded::run_bounded;
-use containerd::{Ctr, PrivateContainerd};
+use containerd::{ContainerdSetup, Ctr, PrivateContainerd};
 use host::{all_procs, descendants, pss_kib};
 use oci_image::{image_busybox, import_image, write_oci_archive, OciImage};
 use scenarios::{
@@ -119,8 +119,8 @@ const WATCHED_PROGRAMS: &[&str] = &[
 ];
 /// Applet links in the test image (all resolve to /bin/busybox).
 const APPLETS: &[&str] = &[
-    "cat", "echo", "env", "false", "id", "ip", "ls", "mkdir", "nc", "ping", "ps", "pwd", "rm",
-    "sh", "sleep", "true", "uname",
+    "cat", "echo", "env", "false", "grep", "head", "hostname", "httpd", "id", "ip", "ls", "mkdir",
+    "nc", "ping", "ps", "pwd", "rm", "sed", "sh", "sleep", "tail", "true", "uname",
 ];
 
 /// A ctr command with the kata runtime boots a VM under TCG on a loaded
@@ -240,7 +240,9 @@ pub fn shim_binary(ctx: &Ctx, explicit: Option<&Path>) -> Result<PathBuf> {
 }
 
 /// `configuration.toml` for the shim (Kata's section and key names; see the
-/// module doc for the list this harness relies on).
+/// module doc for the list this harness relies on), with upstream's and the
+/// shipped `internetworking_model = "tcfilter"`: a container with a pod
+/// network namespace gets its interfaces, one without gets no NIC.
 pub fn kata_configuration(guest: &vmtest::Guest) -> Result<String> {
     let qemu = xtask::tools::which("qemu-system-x86_64")
         .context("qemu-system-x86_64 is not installed: apt-get install qemu-system-x86")?;
@@ -303,7 +305,6 @@ fn harness_configuration(
     a.request_timeout = AGENT_REQUEST_TIMEOUT.as_secs();
     let r = &mut file.runtime;
     r.enable_debug = true;
-    // Upstream's default; scenarios without a pod namespace get no NIC.
     r.internetworking_model = "tcfilter".into();
     r.sandbox_cgroup_only = false;
     // The guest enforces containers' seccomp profiles (h-seccomp checks
@@ -380,7 +381,13 @@ impl E2eEnv {
         let image_work = tempfile::Builder::new()
             .prefix("kata-e2e-image-")
             .tempdir()?;
-        let mut image = write_oci_archive(&busybox, image_work.path(), ctx.epoch)?;
+        let mut image = write_oci_archive(
+            &busybox,
+            image_work.path(),
+            ctx.epoch,
+            IMAGE_BASE_NAME,
+            &["/bin/sh"],
+        )?;
 
         // One directory holds (and --keep keeps) everything of the run; the
         // Kata config must exist before containerd starts, as its path goes
@@ -407,6 +414,7 @@ impl E2eEnv {
             shim.as_deref(),
             &env,
             opts.keep,
+            ContainerdSetup::default(),
         )?;
         std::fs::copy(&containerd.layout.config, logs.join("e2e-containerd.toml"))?;
         import_image(&containerd, &image)?;
@@ -712,5 +720,6 @@ mod tests {
             Some(Path::new("/t/initrd.img"))
         );
         assert_eq!(c.hypervisor.vhost_user_vsock_daemon, None);
+        assert_eq!(c.runtime.internetworking_model, "tcfilter");
     }
 }

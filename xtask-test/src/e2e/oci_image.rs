@@ -14,7 +14,7 @@ use xtask::hash::{bytes_sha256, file_sha256};
 
 use super::bounded::run_bounded;
 use super::containerd::PrivateContainerd;
-use super::{APPLETS, IMAGE_BASE_NAME, IMAGE_TAG};
+use super::{APPLETS, IMAGE_TAG};
 
 /// Seam: the busybox put in the test image. For now the host's
 /// busybox-static package; the pipeline's verified pin
@@ -30,7 +30,11 @@ pub fn image_busybox(_ctx: &Ctx) -> Result<PathBuf> {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct OciImage {
+    /// `base_name:tag`, as containerd lists it after the import.
     pub name: String,
+    /// The repository part, for `ctr images import --base-name`.
+    #[serde(skip)]
+    pub base_name: String,
     /// Inside the run's temp dir: gone after the run unless --keep.
     #[serde(skip)]
     pub archive: PathBuf,
@@ -52,8 +56,15 @@ pub(super) fn go_arch() -> &'static str {
 
 /// Writes an OCI image layout archive (oci-layout, index.json, blobs/sha256/
 /// with config, manifest and one gzip layer) of busybox and its applet
-/// links. Same busybox and epoch -> same bytes, same digests.
-pub fn write_oci_archive(busybox: &Path, work: &Path, epoch: i64) -> Result<OciImage> {
+/// links, named `base_name:IMAGE_TAG`, running `cmd` by default. Same
+/// busybox, command and epoch -> same bytes, same digests.
+pub fn write_oci_archive(
+    busybox: &Path,
+    work: &Path,
+    epoch: i64,
+    base_name: &str,
+    cmd: &[&str],
+) -> Result<OciImage> {
     let layer_root = work.join("layer");
     let layout = work.join("layout");
     let _ = std::fs::remove_dir_all(&layer_root);
@@ -115,7 +126,7 @@ pub fn write_oci_archive(busybox: &Path, work: &Path, epoch: i64) -> Result<OciI
         "os": "linux",
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": ["/bin/sh"],
+            "Cmd": cmd,
             "WorkingDir": "/",
         },
         "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{diff_id}")] },
@@ -173,7 +184,8 @@ pub fn write_oci_archive(busybox: &Path, work: &Path, epoch: i64) -> Result<OciI
     let _ = std::fs::remove_dir_all(&layer_root);
     let _ = std::fs::remove_dir_all(&layout);
     Ok(OciImage {
-        name: format!("{IMAGE_BASE_NAME}:{IMAGE_TAG}"),
+        name: format!("{base_name}:{IMAGE_TAG}"),
+        base_name: base_name.into(),
         archive,
         manifest_digest: format!("sha256:{manifest_digest}"),
         config_digest: format!("sha256:{config_digest}"),
@@ -190,7 +202,7 @@ pub fn import_image(cd: &PrivateContainerd, image: &OciImage) -> Result<()> {
         "images",
         "import",
         "--base-name",
-        IMAGE_BASE_NAME,
+        &image.base_name,
         "--snapshotter",
         "overlayfs",
     ]);
@@ -231,6 +243,8 @@ mod tests {
 
     use super::write_oci_archive;
 
+    const BASE: &str = "localhost/t";
+
     #[test]
     fn oci_archive_is_deterministic_and_complete() {
         let dir = tempfile::tempdir().unwrap();
@@ -239,8 +253,8 @@ mod tests {
         std::fs::create_dir_all(&b).unwrap();
         let bb = dir.path().join("busybox");
         std::fs::write(&bb, b"#!not really busybox\n").unwrap();
-        let ia = write_oci_archive(&bb, &a, 1_700_000_000).unwrap();
-        let ib = write_oci_archive(&bb, &b, 1_700_000_000).unwrap();
+        let ia = write_oci_archive(&bb, &a, 1_700_000_000, BASE, &["/bin/sh"]).unwrap();
+        let ib = write_oci_archive(&bb, &b, 1_700_000_000, BASE, &["/bin/sh"]).unwrap();
         assert_eq!(
             file_sha256(&ia.archive).unwrap(),
             file_sha256(&ib.archive).unwrap()
@@ -262,10 +276,17 @@ mod tests {
                 "{want} missing from:\n{names}"
             );
         }
-        let ic = write_oci_archive(&bb, &a, 1_700_000_001).unwrap();
+        let ic = write_oci_archive(&bb, &a, 1_700_000_001, BASE, &["/bin/sh"]).unwrap();
         assert_ne!(
             ic.layer_digest, ia.layer_digest,
             "the epoch is part of the layer"
         );
+        let id = write_oci_archive(&bb, &a, 1_700_000_000, BASE, &["/bin/true"]).unwrap();
+        assert_eq!(id.layer_digest, ia.layer_digest);
+        assert_ne!(
+            id.config_digest, ia.config_digest,
+            "the command is part of the config"
+        );
+        assert_eq!(ia.name, "localhost/t:latest");
     }
 }
