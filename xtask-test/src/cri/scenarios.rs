@@ -706,12 +706,18 @@ const UPDATED_LIMIT: i64 = 96 << 20;
 
 /// 8. UpdateContainerResources changes the container's cgroup (in the
 ///    guest, with kata): memory.max (v2) or memory.limit_in_bytes (v1).
+///    containerd 1.6 gives a pod container a private cgroup namespace only
+///    on a cgroup v2 host; on a v1 host the kata container sees the guest's
+///    whole v2 tree, so its own cgroup is found through /proc/self/cgroup.
 fn update_resources(r: &mut CriRunner) -> Result<String> {
     let (_, c) = r.main()?;
     let read = [
         "sh",
         "-c",
-        "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes",
+        "own=$(sed -n 's/^0:://p' /proc/self/cgroup); \
+         cat /sys/fs/cgroup$own/memory.max 2>/dev/null \
+         || cat /sys/fs/cgroup/memory.max 2>/dev/null \
+         || cat /sys/fs/cgroup/memory/memory.limit_in_bytes",
     ];
     let before = r.exec(&c, &read)?;
     r.env.client.update_container_resources(
