@@ -46,14 +46,18 @@ impl CidLease {
                     .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                     .open(&path)
             };
-            let file = match open() {
-                // The last lease of another process just removed the
-                // directory (see Drop): make it again.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    ensure_dir(dir)?;
-                    open()
+            // The last lease of another process may remove the directory
+            // (see Drop) between our making it and opening the file, again
+            // and again while others come and go: make it again each time.
+            let mut tries = 0;
+            let file = loop {
+                match open() {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && tries < DIR_RACE_TRIES => {
+                        tries += 1;
+                        ensure_dir(dir)?;
+                    }
+                    other => break other,
                 }
-                other => other,
             }
             .map_err(|e| io::Error::new(e.kind(), format!("open {}: {e}", path.display())))?;
             match file.try_lock() {
@@ -89,6 +93,10 @@ impl CidLease {
     }
 }
 
+/// How often a lease re-creates its directory that other leases' release
+/// keeps removing, before it gives up with the error.
+const DIR_RACE_TRIES: u32 = 1000;
+
 /// `create_dir_all`, tolerant of the last lease of another process removing
 /// the directory while it runs (create_dir_all then fails with EEXIST after
 /// seeing the directory gone): it tries again.
@@ -96,7 +104,9 @@ fn ensure_dir(dir: &Path) -> io::Result<()> {
     let mut tries = 0;
     loop {
         match std::fs::create_dir_all(dir) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 10 => tries += 1,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < DIR_RACE_TRIES => {
+                tries += 1
+            }
             other => return other,
         }
     }
