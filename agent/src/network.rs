@@ -307,18 +307,9 @@ mod tests {
     #[test]
     #[ignore = "needs root and `ip netns`"]
     fn rpcs_configure_a_scratch_namespace() {
-        let name = format!("kata-agent-net-{}", std::process::id());
-        let ip = |args: &[&str]| {
-            let ok = std::process::Command::new("ip")
-                .args(args)
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            assert!(ok, "ip {args:?}");
-        };
-        ip(&["netns", "add", &name]);
-        let path = std::path::PathBuf::from(format!("/var/run/netns/{name}"));
-        let outcome = rtnl::in_netns(&path, || {
+        let ns = rtnl::scratch::ScratchNetns::new("kata-agent-net");
+        let ip = rtnl::scratch::ip;
+        let outcome = rtnl::in_netns(&ns.path(), || {
             ip(&[
                 "link",
                 "add",
@@ -402,7 +393,7 @@ mod tests {
             i.hwAddr = "02:00:00:00:00:99".into();
             assert_eq!(update_interface(&i).unwrap_err().code, Code::NOT_FOUND);
         });
-        ip(&["netns", "delete", &name]);
+        drop(ns);
         outcome.unwrap();
     }
 }

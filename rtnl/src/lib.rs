@@ -37,6 +37,8 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 
 pub mod proto;
+#[cfg(feature = "scratch-netns")]
+pub mod scratch;
 
 /// A failed request: what was asked (`add address 10.0.0.2/24 to eth0`)
 /// and the kernel's or the socket's error.
@@ -731,18 +733,9 @@ mod tests {
     #[test]
     #[ignore = "needs root and `ip netns`"]
     fn links_addresses_and_tc_redirect_on_a_veth_in_a_scratch_netns() {
-        let name = format!("rtnl-test-{}", std::process::id());
-        let ip = |args: &[&str]| {
-            let ok = std::process::Command::new("ip")
-                .args(args)
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            assert!(ok, "ip {args:?}");
-        };
-        ip(&["netns", "add", &name]);
-        let path = std::path::PathBuf::from(format!("/var/run/netns/{name}"));
-        let result = in_netns(&path, || -> Result<Vec<String>> {
+        let ns = crate::scratch::ScratchNetns::new("rtnl-test");
+        let ip = crate::scratch::ip;
+        let result = in_netns(&ns.path(), || -> Result<Vec<String>> {
             ip(&["link", "add", "a0", "type", "veth", "peer", "name", "b0"]);
             let mut nl = Netlink::open()?;
             let a = nl.link_by_name("a0")?;
@@ -766,7 +759,7 @@ mod tests {
             assert_eq!(nl.link_by_name("a0")?.mtu, 1400);
             Ok(filters)
         });
-        ip(&["netns", "delete", &name]);
+        drop(ns);
         let filters = result.unwrap().unwrap();
         assert!(filters.iter().any(|k| k == "u32"), "{filters:?}");
     }

@@ -17,53 +17,11 @@ fn a_missing_namespace_is_named() {
     assert_eq!(text.lines().count(), 1);
 }
 
-/// A scratch "pod" namespace for the root tests, deleted on drop.
-struct ScratchNetns {
-    name: String,
-}
+use rtnl::scratch::ScratchNetns;
 
-impl ScratchNetns {
-    fn new(tag: &str) -> ScratchNetns {
-        let name = format!("kata-rt-{tag}-{}", std::process::id());
-        ip(&["netns", "add", &name]);
-        ScratchNetns { name }
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/var/run/netns/{}", self.name))
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        ip(&all);
-    }
-
-    fn output(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for ScratchNetns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .status();
-    }
-}
-
-fn ip(args: &[&str]) {
-    let ok = std::process::Command::new("ip")
-        .args(args)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "ip {args:?} failed");
+/// A scratch "pod" or "node" namespace of these root tests.
+fn scratch(tag: &str) -> ScratchNetns {
+    ScratchNetns::new(&format!("kata-rt-{tag}"))
 }
 
 fn tc_filters(ns: &ScratchNetns, dev: &str) -> String {
@@ -79,8 +37,8 @@ fn tc_filters(ns: &ScratchNetns, dev: &str) -> String {
 #[test]
 #[ignore = "needs root, ip and tc"]
 fn veths_get_taps_filters_and_their_configuration_and_teardown_undoes_it() {
-    let node = ScratchNetns::new("node");
-    let pod = ScratchNetns::new("pod");
+    let node = scratch("node");
+    let pod = scratch("pod");
     node.ip(&[
         "link", "add", "veth-n", "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
     ]);
@@ -164,7 +122,7 @@ fn veths_get_taps_filters_and_their_configuration_and_teardown_undoes_it() {
 #[test]
 #[ignore = "needs root and ip"]
 fn other_kinds_are_refused_by_name_and_leave_nothing() {
-    let pod = ScratchNetns::new("tun");
+    let pod = scratch("tun");
     pod.ip(&[
         "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
     ]);
