@@ -33,7 +33,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 
@@ -42,6 +42,7 @@ use crate::e2e::containerd::{
 };
 use crate::e2e::oci_image::{image_busybox, import_image, write_oci_archive, OciImage};
 use crate::e2e::{kata_configuration, shim_binary, IMAGE_BASE_NAME, KATA_CONF_ENV};
+use crate::e2e::{KATA_RUNTIME, SHIM_BINARY};
 use crate::vmtest::{self, Media};
 use xtask::context::Ctx;
 use xtask::error::InputError;
@@ -216,16 +217,70 @@ fn check_host() -> Result<()> {
     Ok(())
 }
 
+/// What runs the `kata` handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KataHandler {
+    /// This checkout's shim (or `--shim`) and guest, with the harness's
+    /// configuration.toml (`KATA_CONF_FILE` and `ConfigPath`).
+    Built,
+    /// The release's .deb installed on this host (`test e2e --install-deb`):
+    /// the shim containerd finds on its PATH, the configuration the shim's
+    /// own lookup finds (the package's), and the `kata` runtime table of the
+    /// package's containerd snippet, wired in as its comment tells an
+    /// administrator to.
+    Installed,
+}
+
+/// The `kata` runtime table of a shipped containerd snippet (upstream's
+/// `containerd-kata.toml` equivalent): checked to be containerd's config
+/// version 2 naming this runtime's shim.
+pub fn shipped_kata_runtime(snippet: &str) -> Result<toml::Table> {
+    let doc: toml::Table = toml::from_str(snippet).context("not valid TOML")?;
+    if doc.get("version").and_then(toml::Value::as_integer) != Some(2) {
+        bail!("`version = 2` missing: containerd 1.6 reads version 2 configs only");
+    }
+    let kata = [
+        "plugins",
+        "io.containerd.grpc.v1.cri",
+        "containerd",
+        "runtimes",
+        KATA_HANDLER,
+    ]
+    .iter()
+    .try_fold(&doc, |t, k| t.get(*k).and_then(toml::Value::as_table))
+    .with_context(|| {
+        format!(
+            "no [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{KATA_HANDLER}] table"
+        )
+    })?;
+    let runtime_type = kata.get("runtime_type").and_then(toml::Value::as_str);
+    if runtime_type != Some(KATA_RUNTIME) {
+        bail!("runtimes.{KATA_HANDLER}.runtime_type is {runtime_type:?}, not {KATA_RUNTIME:?}");
+    }
+    Ok(kata.clone())
+}
+
 impl CriEnv {
     /// Builds what is needed (the shim and guest when `kata`), creates the
     /// netns, starts containerd with CRI in it and imports the images.
     pub fn start(ctx: &Ctx, args: &CriArgs, kata: bool) -> Result<CriEnv> {
+        CriEnv::start_with(ctx, args, kata.then_some(KataHandler::Built))
+    }
+
+    /// [`CriEnv::start`] with the `kata` handler run by `kata` (none: runc
+    /// only).
+    pub fn start_with(ctx: &Ctx, args: &CriArgs, kata: Option<KataHandler>) -> Result<CriEnv> {
         check_host()?;
         // Built before anything starts: a build failure leaves nothing behind.
-        let kata_parts = if kata {
+        let kata_parts = if kata == Some(KataHandler::Built) {
             let shim = shim_binary(ctx, args.shim.as_deref())?;
             let guest = vmtest::prepare(ctx, Media::Initrd, &args.recipe)?;
             Some((shim, kata_configuration(&guest)?))
+        } else {
+            None
+        };
+        let shipped_kata_runtime = if kata == Some(KataHandler::Installed) {
+            Some(installed_kata_runtime()?)
         } else {
             None
         };
@@ -281,6 +336,7 @@ impl CriEnv {
                 sandbox_image: pause.name.clone(),
                 cni_conf_dir,
                 kata_config: kata_config.clone(),
+                shipped_kata_runtime,
             }),
             netns: Some(netns.path.clone()),
         };
@@ -293,9 +349,16 @@ impl CriEnv {
             setup,
         )?;
         std::fs::copy(&containerd.layout.config, logs.join("cri-containerd.toml"))?;
+        if kata == Some(KataHandler::Installed) {
+            check_installed_shim(&containerd)?;
+        }
         import_image(&containerd, &image)?;
         import_image(&containerd, &pause)?;
-        let slow = if kata { KATA_SLOW_CALL } else { RUNC_SLOW_CALL };
+        let slow = if kata.is_some() {
+            KATA_SLOW_CALL
+        } else {
+            RUNC_SLOW_CALL
+        };
         let client = CriClient::connect(&containerd.layout.address, slow)?;
         let version = client.version()?;
         if version.runtime_api_version != "v1" {
@@ -333,6 +396,122 @@ impl CriEnv {
     }
 }
 
+/// The installed package's containerd snippet, its `kata` table; refuses
+/// a host where something else than the package would configure the shim.
+fn installed_kata_runtime() -> Result<toml::Table> {
+    let prefix = Path::new(xtask::release::PREFIX);
+    if let Some(v) = std::env::var_os(runtime::config::CONF_FILE_ENV) {
+        return Err(InputError::new(format!(
+            "{}={} is set: the installed-package run must use the package's configuration; unset it",
+            runtime::config::CONF_FILE_ENV,
+            v.to_string_lossy()
+        ))
+        .into());
+    }
+    let etc = Path::new(runtime::config::ETC_CONF_FILE);
+    if etc.exists() {
+        return Err(InputError::new(format!(
+            "{} exists and the shim would read it instead of the package's configuration; move it away for the test",
+            etc.display()
+        ))
+        .into());
+    }
+    let snippet = prefix.join(packaging::layout::CONTAINERD_SNIPPET_PATH);
+    let text = std::fs::read_to_string(&snippet)
+        .with_context(|| format!("the installed package has no {}", snippet.display()))?;
+    shipped_kata_runtime(&text).with_context(|| format!("{}", snippet.display()))
+}
+
+/// The shim containerd will run for the `kata` handler is the package's
+/// (`/usr/bin/containerd-shim-kata-v2`, a link into the prefix), not one
+/// that happens to come first on PATH.
+fn check_installed_shim(containerd: &PrivateContainerd) -> Result<()> {
+    let prefix = Path::new(xtask::release::PREFIX);
+    let packaged = prefix.join("bin").join(SHIM_BINARY);
+    let found = containerd.program_on_path(SHIM_BINARY).with_context(|| {
+        format!("no {SHIM_BINARY} on containerd's PATH: the package must put it there (/usr/bin)")
+    })?;
+    let target = std::fs::canonicalize(&found)?;
+    if target != std::fs::canonicalize(&packaged)? {
+        bail!(
+            "containerd would run {} ({}) for the kata handler, not the package's {}: remove it from PATH",
+            found.display(),
+            target.display(),
+            packaged.display()
+        );
+    }
+    Ok(())
+}
+
+/// What one run of CRI scenarios found.
+#[derive(serde::Serialize)]
+pub struct CriReport {
+    pub containerd_log: String,
+    pub netns: String,
+    pub scenarios: Vec<ScenarioResult>,
+    pub passed: usize,
+    pub failed: Vec<String>,
+}
+
+/// Runs `plan` in `env`, one runner per handler in turn.
+fn run_plan(
+    ctx: &Ctx,
+    env: &CriEnv,
+    plan: &[(&'static str, &'static Scenario)],
+) -> Vec<ScenarioResult> {
+    let mut results: Vec<ScenarioResult> = Vec::new();
+    let mut current: Option<CriRunner> = None;
+    for (handler, scenario) in plan {
+        if current.as_ref().map(|r| r.handler) != Some(*handler) {
+            if let Some(r) = current.take() {
+                r.finish();
+            }
+            current = Some(CriRunner::new(ctx, env, handler));
+        }
+        let r = current.as_mut().expect("set above");
+        results.push(r.run(scenario));
+    }
+    if let Some(r) = current.take() {
+        r.finish();
+    }
+    results
+}
+
+/// The `kata` scenarios against the release's .deb installed on this host
+/// (`test e2e --install-deb` calls it between `dpkg -i` and the purge):
+/// containerd's CRI runs the package's shim from PATH with the package's
+/// configuration and containerd snippet.
+pub fn run_installed(ctx: &Ctx) -> Result<CriReport> {
+    let args = CriArgs {
+        handlers: vec![KATA_HANDLER.into()],
+        ..Default::default()
+    };
+    let plan = plan(&args)?;
+    let env = CriEnv::start_with(ctx, &args, Some(KataHandler::Installed))?;
+    ctx.ui.info(&format!(
+        "test e2e --install-deb: CRI scenarios through containerd {} in netns {}, kata handler from {}",
+        env.containerd.layout.address.display(),
+        env.netns.name,
+        Path::new(xtask::release::PREFIX)
+            .join(packaging::layout::CONTAINERD_SNIPPET_PATH)
+            .display()
+    ));
+    let scenarios = run_plan(ctx, &env, &plan);
+    let report = CriReport {
+        containerd_log: ctx.rel(&env.containerd.log),
+        netns: env.netns.name.clone(),
+        failed: scenarios
+            .iter()
+            .filter(|s| !s.passed)
+            .map(|s| s.name.clone())
+            .collect(),
+        passed: scenarios.iter().filter(|s| s.passed).count(),
+        scenarios,
+    };
+    drop(env);
+    Ok(report)
+}
+
 pub fn run(ctx: &Ctx, args: &CriArgs) -> Result<()> {
     let plan = plan(args)?;
     let kata = plan.iter().any(|(h, _)| *h == KATA_HANDLER);
@@ -363,21 +542,7 @@ pub fn run(ctx: &Ctx, args: &CriArgs) -> Result<()> {
         env.image.name,
         env.pause.name,
     ));
-    let mut results: Vec<ScenarioResult> = Vec::new();
-    let mut current: Option<CriRunner> = None;
-    for (handler, scenario) in &plan {
-        if current.as_ref().map(|r| r.handler) != Some(*handler) {
-            if let Some(r) = current.take() {
-                r.finish();
-            }
-            current = Some(CriRunner::new(ctx, &env, handler));
-        }
-        let r = current.as_mut().expect("set above");
-        results.push(r.run(scenario));
-    }
-    if let Some(r) = current.take() {
-        r.finish();
-    }
+    let results = run_plan(ctx, &env, &plan);
     let failed: Vec<&str> = results
         .iter()
         .filter(|s| !s.passed)
@@ -409,7 +574,32 @@ pub fn run(ctx: &Ctx, args: &CriArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{plan, CriArgs};
+    use super::{plan, shipped_kata_runtime, CriArgs};
+
+    #[test]
+    fn the_shipped_snippet_gives_the_kata_runtime_table() {
+        let snippet = packaging::layout::containerd_snippet("/opt/kata");
+        let kata = shipped_kata_runtime(&snippet).unwrap();
+        assert_eq!(kata["runtime_type"].as_str(), Some("io.containerd.kata.v2"));
+        assert_eq!(
+            kata["options"]["ConfigPath"].as_str(),
+            Some("/opt/kata/share/defaults/kata-containers/configuration.toml")
+        );
+        let e = shipped_kata_runtime(&snippet.replace("version = 2", "version = 1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("version = 2"), "{e}");
+        let e = shipped_kata_runtime(&snippet.replace("runtimes.kata", "runtimes.other"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runtimes.kata] table"), "{e}");
+        let e = shipped_kata_runtime(
+            &snippet.replace("io.containerd.kata.v2", "io.containerd.runc.v2"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("runtime_type"), "{e}");
+    }
 
     fn names(args: &CriArgs) -> Vec<String> {
         plan(args)

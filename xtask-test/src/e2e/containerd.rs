@@ -60,6 +60,10 @@ pub struct CriPlugin {
     /// runtime option `ConfigPath`; this shim reads `KATA_CONF_FILE` (set
     /// in containerd's environment), so both name the same file.
     pub kata_config: Option<PathBuf>,
+    /// The `kata` runtime table of a shipped containerd snippet (see
+    /// `cri::shipped_kata_runtime`), used instead of the harness's own: the
+    /// installed-package run wires the handler exactly as packagers ship it.
+    pub shipped_kata_runtime: Option<toml::Table>,
 }
 
 /// Debian's containernetworking-plugins.
@@ -131,7 +135,7 @@ disabled_plugins = [{disabled_cri}
             )
         })
         .unwrap_or_default();
-    format!(
+    let text = format!(
         r#"{head}
 # CRI: this process lacks CAP_SYS_RESOURCE (restrict_oom_score_adj), the
 # host has no AppArmor or SELinux profile for us, pod network namespaces are
@@ -159,6 +163,37 @@ disabled_plugins = [{disabled_cri}
 "#,
         sandbox_image = cri.sandbox_image,
         conf_dir = cri.cni_conf_dir.display(),
+    );
+    match &cri.shipped_kata_runtime {
+        None => text,
+        Some(kata) => with_kata_runtime(&text, kata),
+    }
+}
+
+/// `config` with its `kata` CRI runtime table replaced by `kata`, the way
+/// the shipped snippet tells an administrator to copy it in (containerd 1.6
+/// replaces a plugin's whole table on `imports`, so a config that sets up
+/// the CRI plugin cannot import it). The document is re-serialised, which
+/// drops the harness's comments: a header says where it came from.
+fn with_kata_runtime(config: &str, kata: &toml::Table) -> String {
+    let mut doc: toml::Table =
+        toml::from_str(config).expect("the harness's containerd config is TOML (unit-tested)");
+    let runtimes = [
+        "plugins",
+        "io.containerd.grpc.v1.cri",
+        "containerd",
+        "runtimes",
+    ]
+    .iter()
+    .fold(&mut doc, |t, k| {
+        t.get_mut(*k)
+            .and_then(toml::Value::as_table_mut)
+            .expect("the harness's CRI config has a runtimes table (unit-tested)")
+    });
+    runtimes.insert(KATA_HANDLER.into(), toml::Value::Table(kata.clone()));
+    format!(
+        "# Written by `cargo xtask test`: a private containerd with CRI; the `{KATA_HANDLER}` runtime table is the installed package's containerd snippet.\n{}",
+        toml::to_string(&doc).expect("a TOML table serialises")
     )
 }
 
@@ -217,6 +252,19 @@ impl PrivateContainerd {
             .prefix("kata-e2e-")
             .tempdir_in("/tmp")
             .context("create a temp dir in /tmp")
+    }
+
+    /// The file containerd runs for `program` (a shim binary name): the
+    /// first executable of that name on containerd's PATH.
+    pub fn program_on_path(&self, program: &str) -> Option<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        std::env::split_paths(&self.path)
+            .map(|d| d.join(program))
+            .find(|p| {
+                std::fs::metadata(p)
+                    .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                    .unwrap_or(false)
+            })
     }
 
     /// Starts containerd in `temp` (from [`PrivateContainerd::temp_dir`]).
@@ -721,6 +769,7 @@ mod tests {
             sandbox_image: "localhost/pause:1".into(),
             cni_conf_dir: "/tmp/kata-e2e-x/cni".into(),
             kata_config: Some("/tmp/kata-e2e-x/configuration.toml".into()),
+            shipped_kata_runtime: None,
         };
         let c = containerd_config(&l, Some(&cri));
         assert!(
@@ -739,5 +788,50 @@ mod tests {
         ] {
             assert!(c.contains(want), "{want} missing from:\n{c}");
         }
+        let parsed: toml::Table = toml::from_str(&c).expect("valid TOML");
+        assert!(
+            parsed["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
+                .get("kata")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_shipped_kata_runtime_replaces_the_harness_table_and_keeps_the_rest() {
+        let l = ContainerdLayout::new(Path::new("/tmp/kata-e2e-x"));
+        let shipped: toml::Table = toml::from_str(
+            "runtime_type = \"io.containerd.kata.v2\"\nprivileged_without_host_devices = true\n[options]\nConfigPath = \"/opt/kata/c.toml\"\n",
+        )
+        .unwrap();
+        let cri = CriPlugin {
+            sandbox_image: "localhost/pause:1".into(),
+            cni_conf_dir: "/tmp/kata-e2e-x/cni".into(),
+            kata_config: Some("/tmp/harness.toml".into()),
+            shipped_kata_runtime: Some(shipped.clone()),
+        };
+        let c = containerd_config(&l, Some(&cri));
+        let parsed: toml::Table = toml::from_str(&c).expect("valid TOML");
+        let cri_t = &parsed["plugins"]["io.containerd.grpc.v1.cri"];
+        assert_eq!(
+            cri_t["containerd"]["runtimes"]["kata"],
+            toml::Value::Table(shipped),
+            "{c}"
+        );
+        assert!(!c.contains("/tmp/harness.toml"), "{c}");
+        assert_eq!(
+            cri_t["containerd"]["runtimes"]["runc"]["runtime_type"].as_str(),
+            Some("io.containerd.runc.v2")
+        );
+        assert_eq!(cri_t["sandbox_image"].as_str(), Some("localhost/pause:1"));
+        assert_eq!(cri_t["restrict_oom_score_adj"].as_bool(), Some(true));
+        assert_eq!(
+            cri_t["cni"]["conf_dir"].as_str(),
+            Some("/tmp/kata-e2e-x/cni")
+        );
+        assert_eq!(parsed["version"].as_integer(), Some(2));
+        assert_eq!(
+            parsed["grpc"]["address"].as_str(),
+            Some("/tmp/kata-e2e-x/containerd.sock")
+        );
     }
 }

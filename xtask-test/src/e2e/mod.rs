@@ -638,8 +638,7 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
         .map(|s| s.name.as_str())
         .collect();
     let passed = results.len() - failed.len();
-    if ctx.json {
-        ctx.print_json(&json!({
+    let json_report = json!({
             "runtime": args.runtime,
             "shim": env.shim.as_ref().map(|p| p.display().to_string()),
             "kata_config": env.kata_config.as_ref().map(|_| ctx.rel(&ctx.logs().join("e2e-configuration.toml"))),
@@ -651,18 +650,36 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
             "passed": passed,
             "failed": failed.len(),
             "skipped": skipped,
-        }))?;
-    }
+    });
     drop(env);
+    // The installed package also serves pods through containerd's CRI, as
+    // a distro's containerd would run it; then the package is purged.
+    let mut cri_failed = Vec::new();
+    let mut json_report = json_report;
     if let Some(ShippedTree::Installed(deb)) = release_tree.take() {
-        deb.purge(ctx)?;
+        let cri = crate::cri::run_installed(ctx);
+        let purged = deb.purge(ctx);
+        let cri = cri?;
+        ctx.ui.info(&format!(
+            "test e2e --install-deb: CRI {} passed, {} failed",
+            cri.passed,
+            cri.failed.len()
+        ));
+        cri_failed = cri.failed.clone();
+        json_report["cri"] = serde_json::to_value(&cri)?;
+        purged?;
+    }
+    if ctx.json {
+        ctx.print_json(&json_report)?;
     }
     ctx.ui.info(&format!(
         "test e2e: {passed} passed, {} failed",
         failed.len()
     ));
-    if !failed.is_empty() {
-        bail!("test e2e failed: {}", failed.join(", "));
+    if !failed.is_empty() || !cri_failed.is_empty() {
+        let mut all: Vec<String> = failed.iter().map(|s| s.to_string()).collect();
+        all.extend(cri_failed.iter().map(|s| format!("cri {s}")));
+        bail!("test e2e failed: {}", all.join(", "));
     }
     Ok(())
 }
