@@ -13,6 +13,7 @@
 
 mod annotations;
 mod mounts;
+mod runtime_options;
 mod sandbox;
 mod service;
 mod sizing;

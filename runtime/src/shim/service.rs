@@ -232,17 +232,45 @@ impl Service {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn config(&self) -> ttrpc::Result<Arc<KataConfig>> {
+    /// The configuration, loaded at the first create: from `requested`
+    /// (containerd's runtime option `ConfigPath`, which upstream reads ahead
+    /// of `KATA_CONF_FILE`) or else the standard lookup. A sandbox keeps
+    /// the configuration it started with.
+    fn config(&self, requested: Option<&Path>) -> ttrpc::Result<Arc<KataConfig>> {
         let mut c = self.config.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = c.as_ref() {
+            if let Some(r) = requested.filter(|r| *r != c.file) {
+                log::warn!(
+                    "ConfigPath {} ignored: this shim's sandbox runs with {}",
+                    r.display(),
+                    c.file.display()
+                );
+            }
             return Ok(c.clone());
         }
-        let loaded = Arc::new(crate::config::load().map_err(|e| {
-            status_err(
-                Code::FAILED_PRECONDITION,
-                format!("configuration: {}", crate::error_chain(&e)),
-            )
-        })?);
+        let loaded = match requested {
+            Some(file) => crate::config::load_file(file).map_err(|e| {
+                status_err(
+                    Code::FAILED_PRECONDITION,
+                    format!(
+                        "configuration named by containerd's runtime option ConfigPath: {}",
+                        crate::error_chain(&e)
+                    ),
+                )
+            }),
+            None => crate::config::load().map_err(|e| {
+                status_err(
+                    Code::FAILED_PRECONDITION,
+                    format!("configuration: {}", crate::error_chain(&e)),
+                )
+            }),
+        };
+        let loaded = Arc::new(loaded?);
+        // The shim's log level was set at start from the standard lookup;
+        // a ConfigPath configuration may ask for debug too.
+        if loaded.debug() && log::max_level() < log::LevelFilter::Debug {
+            log::set_max_level(log::LevelFilter::Debug);
+        }
         log::info!("configuration loaded from {}", loaded.file.display());
         if !loaded.ignored.is_empty() {
             log::warn!(
@@ -392,7 +420,9 @@ impl Service {
                 format!("container {cid} already exists"),
             ));
         }
-        let cfg = self.config()?;
+        let requested = super::runtime_options::config_path(req.options.as_ref())
+            .map_err(|m| status_err(Code::INVALID_ARGUMENT, m))?;
+        let cfg = self.config(requested.as_deref())?;
         let bundle = PathBuf::from(&req.bundle);
         let config_json = bundle.join("config.json");
         let text = std::fs::read_to_string(&config_json)

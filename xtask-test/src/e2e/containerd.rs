@@ -57,8 +57,8 @@ pub struct CriPlugin {
     /// in [`CNI_BIN_DIR`]).
     pub cni_conf_dir: PathBuf,
     /// The Kata configuration of the `kata` handler, written as upstream's
-    /// runtime option `ConfigPath`; this shim reads `KATA_CONF_FILE` (set
-    /// in containerd's environment), so both name the same file.
+    /// runtime option `ConfigPath`, which containerd hands the shim with
+    /// each create (the CRI test sets no `KATA_CONF_FILE`).
     pub kata_config: Option<PathBuf>,
     /// The `kata` runtime table of a shipped containerd snippet (see
     /// `cri::shipped_kata_runtime`), used instead of the harness's own: the
