@@ -162,6 +162,26 @@ impl CriClient {
             .with_context(|| format!("PodSandboxStatus of {id} carries no status"))
     }
 
+    /// containerd's verbose PodSandboxStatus `info` entry: a JSON object
+    /// with the sandbox's pid, CNI result and runtime spec.
+    pub fn pod_sandbox_info(&self, id: &str) -> Result<serde_json::Value> {
+        let mut c = self.runtime_service();
+        let r = self.call(
+            "PodSandboxStatus (verbose)",
+            QUICK_CALL,
+            c.pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: true,
+            }),
+        )?;
+        let info = r
+            .info
+            .get("info")
+            .with_context(|| format!("verbose PodSandboxStatus of {id} has no \"info\" entry"))?;
+        serde_json::from_str(info)
+            .with_context(|| format!("verbose PodSandboxStatus of {id}: \"info\" is not JSON"))
+    }
+
     pub fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
         let mut c = self.runtime_service();
         self.call(

@@ -75,7 +75,7 @@ const RUNC_SLOW_CALL: Duration = Duration::from_secs(60);
 pub struct CriArgs {
     /// Run only this scenario (repeatable): pod-ready, exec-sync, localhost,
     /// pod-ip-in-guest, network, hostname-dns, oom-killed, update-resources,
-    /// unknown-sandbox, teardown; or HANDLER/NAME for one handler only
+    /// unknown-sandbox, teardown, three-pods; or HANDLER/NAME for one handler only
     /// (runc/NAME also runs a scenario that is not a runc control). Default: all.
     #[arg(long = "scenario", value_name = "NAME")]
     pub scenarios: Vec<String>,
