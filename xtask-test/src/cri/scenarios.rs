@@ -100,8 +100,24 @@ pub const SCENARIOS: &[Scenario] = &[
         runc_control: false,
         run: three_pods::three_pods,
     },
+    Scenario {
+        name: "netns-missing",
+        runc_control: false,
+        run: bad_input::netns_missing,
+    },
+    Scenario {
+        name: "non-veth-interface",
+        runc_control: false,
+        run: bad_input::non_veth_interface,
+    },
+    Scenario {
+        name: "no-cni-addresses",
+        runc_control: false,
+        run: bad_input::no_cni_addresses,
+    },
 ];
 
+mod bad_input;
 mod three_pods;
 
 const MAIN_HOSTNAME: &str = "kata-cri-main";
