@@ -64,6 +64,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `test cri`'s fixture CNI plugin is this binary under another name.
+    if cri::fixture::invoked_as_fixture() {
+        return cri::fixture::main();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

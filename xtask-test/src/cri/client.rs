@@ -15,7 +15,8 @@ use k8s_cri::v1::{
     ExecSyncRequest, ImageSpec, ImageStatusRequest, LinuxContainerResources, ListContainersRequest,
     ListPodSandboxRequest, PodSandboxConfig, PodSandboxStatus, PodSandboxStatusRequest,
     RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopPodSandboxRequest, UpdateContainerResourcesRequest, VersionRequest, VersionResponse,
+    StatusRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest, VersionRequest,
+    VersionResponse,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -160,6 +161,38 @@ impl CriClient {
         )?;
         r.status
             .with_context(|| format!("PodSandboxStatus of {id} carries no status"))
+    }
+
+    /// containerd's verbose PodSandboxStatus `info` entry: a JSON object
+    /// with the sandbox's pid, CNI result and runtime spec.
+    pub fn pod_sandbox_info(&self, id: &str) -> Result<serde_json::Value> {
+        let mut c = self.runtime_service();
+        let r = self.call(
+            "PodSandboxStatus (verbose)",
+            QUICK_CALL,
+            c.pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: true,
+            }),
+        )?;
+        let info = r
+            .info
+            .get("info")
+            .with_context(|| format!("verbose PodSandboxStatus of {id} has no \"info\" entry"))?;
+        serde_json::from_str(info)
+            .with_context(|| format!("verbose PodSandboxStatus of {id}: \"info\" is not JSON"))
+    }
+
+    /// containerd's verbose Status `info` map (e.g. `cniconfig`: the CNI
+    /// network the plugin has loaded, as JSON).
+    pub fn status_info(&self) -> Result<std::collections::HashMap<String, String>> {
+        let mut c = self.runtime_service();
+        let r = self.call(
+            "Status",
+            QUICK_CALL,
+            c.status(StatusRequest { verbose: true }),
+        )?;
+        Ok(r.info)
     }
 
     pub fn stop_pod_sandbox(&self, id: &str) -> Result<()> {

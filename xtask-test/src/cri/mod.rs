@@ -17,6 +17,12 @@
 //!   (the built `containerd-shim-kata-v2` with the harness's
 //!   configuration.toml, `internetworking_model = "tcfilter"`) and `runc`
 //!   as a control of the harness itself (the scenarios marked so).
+//!   `scenarios/three_pods.rs` runs three kata pods at once;
+//!   `scenarios/bad_input.rs` hands the runtime broken pod networks.
+//! - `fixture.rs`: the CNI plugin `kata-cri-fixture` the bad-input
+//!   scenarios chain after the bridge: this very binary, run through a link
+//!   of that name in the test's own CNI bin dir (beside links to Debian's
+//!   plugins), dispatched on argv[0] in `main`.
 //!
 //! Images are local: a pause image (busybox running a shell that sleeps
 //! until SIGTERM) named as the CRI plugin's `sandbox_image`, and the e2e
@@ -48,6 +54,7 @@ use xtask::context::Ctx;
 use xtask::error::InputError;
 
 mod client;
+pub mod fixture;
 mod netns;
 mod scenarios;
 
@@ -68,6 +75,9 @@ const PAUSE_COMMAND: &[&str] = &[
 ];
 /// Debian's containernetworking-plugins the conflist uses.
 const CNI_PLUGINS: &[&str] = &["bridge", "host-local", "loopback"];
+/// The test network's conflist; a bad-input scenario puts its own in
+/// front of it for a while.
+const CNI_CONF_FILE: &str = "10-kata-cri.conflist";
 /// A call that boots a VM on TCG on a loaded 2-core machine.
 const KATA_SLOW_CALL: Duration = Duration::from_secs(240);
 const RUNC_SLOW_CALL: Duration = Duration::from_secs(60);
@@ -76,7 +86,8 @@ const RUNC_SLOW_CALL: Duration = Duration::from_secs(60);
 pub struct CriArgs {
     /// Run only this scenario (repeatable): pod-ready, exec-sync, localhost,
     /// pod-ip-in-guest, network, hostname-dns, oom-killed, update-resources,
-    /// unknown-sandbox, teardown; or HANDLER/NAME for one handler only
+    /// unknown-sandbox, teardown, three-pods, netns-missing,
+    /// non-veth-interface, no-cni-addresses; or HANDLER/NAME for one handler only
     /// (runc/NAME also runs a scenario that is not a runc control). Default: all.
     #[arg(long = "scenario", value_name = "NAME")]
     pub scenarios: Vec<String>,
@@ -187,6 +198,9 @@ pub struct CriEnv {
     pub pod_logs: PathBuf,
     /// host-local's reservations (one file per pod address).
     pub ipam_dir: PathBuf,
+    /// containerd's CNI config dir (the first conflist is the network; its
+    /// bin dir holds links to Debian's plugins and to the fixture plugin).
+    pub cni_conf_dir: PathBuf,
 }
 
 impl Drop for CriEnv {
@@ -311,10 +325,17 @@ impl CriEnv {
         let ipam_dir = dir.join("cni-ipam");
         std::fs::create_dir_all(&cni_conf_dir)?;
         std::fs::create_dir_all(&ipam_dir)?;
-        std::fs::write(
-            cni_conf_dir.join("10-kata-cri.conflist"),
-            cni_conflist(&ipam_dir),
-        )?;
+        std::fs::write(cni_conf_dir.join(CNI_CONF_FILE), cni_conflist(&ipam_dir))?;
+        let cni_bin_dir = dir.join("cni-bin");
+        std::fs::create_dir_all(&cni_bin_dir)?;
+        for p in CNI_PLUGINS {
+            let (target, link) = (Path::new(CNI_BIN_DIR).join(p), cni_bin_dir.join(p));
+            std::os::unix::fs::symlink(&target, &link)
+                .with_context(|| format!("link {} to {}", link.display(), target.display()))?;
+        }
+        let me = std::env::current_exe().context("find the xtask-test binary")?;
+        std::os::unix::fs::symlink(&me, cni_bin_dir.join(fixture::PLUGIN))
+            .with_context(|| format!("link {} into {}", me.display(), cni_bin_dir.display()))?;
         let pod_logs = dir.join("pod-logs");
         std::fs::create_dir_all(&pod_logs)?;
 
@@ -337,7 +358,8 @@ impl CriEnv {
             namespace: CRI_NAMESPACE.into(),
             cri: Some(CriPlugin {
                 sandbox_image: pause.name.clone(),
-                cni_conf_dir,
+                cni_conf_dir: cni_conf_dir.clone(),
+                cni_bin_dir,
                 kata_config: kata_config.clone(),
                 shipped_kata_runtime,
             }),
@@ -395,6 +417,7 @@ impl CriEnv {
             pods: Default::default(),
             pod_logs,
             ipam_dir,
+            cni_conf_dir,
         })
     }
 }

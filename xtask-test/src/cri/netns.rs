@@ -128,29 +128,72 @@ pub fn cni_conflist(ipam_dir: &Path) -> String {
     serde_json::to_string_pretty(&serde_json::json!({
         "cniVersion": "1.0.0",
         "name": CNI_NETWORK_NAME,
+        "plugins": [bridge_plugin(ipam_dir), {"type": "loopback"}],
+    }))
+    .expect("a JSON value serialises")
+}
+
+fn bridge_plugin(ipam_dir: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "type": "bridge",
+        "bridge": NODE_BRIDGE,
+        "isGateway": true,
+        "ipMasq": false,
+        "hairpinMode": true,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": POD_SUBNET, "gateway": NODE_ADDRESS}]],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dataDir": ipam_dir.display().to_string(),
+        },
+    })
+}
+
+/// The network of a bad-input scenario, named `network`: the same bridge,
+/// then the fixture plugin (`fixture::PLUGIN`) breaking what `mode` says;
+/// it may touch only netns files in `netns_dir` and records its calls in
+/// `record`.
+pub fn fixture_conflist(
+    network: &str,
+    ipam_dir: &Path,
+    mode: &str,
+    netns_dir: &Path,
+    record: &Path,
+) -> String {
+    serde_json::to_string_pretty(&serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": network,
         "plugins": [
+            bridge_plugin(ipam_dir),
             {
-                "type": "bridge",
-                "bridge": NODE_BRIDGE,
-                "isGateway": true,
-                "ipMasq": false,
-                "hairpinMode": true,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": POD_SUBNET, "gateway": NODE_ADDRESS}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                    "dataDir": ipam_dir.display().to_string(),
-                },
+                "type": super::fixture::PLUGIN,
+                "mode": mode,
+                "netnsDir": netns_dir.display().to_string(),
+                "recordFile": record.display().to_string(),
             },
-            {"type": "loopback"},
         ],
     }))
     .expect("a JSON value serialises")
 }
 
+/// The names of the CNI networks containerd's CRI plugin has loaded, from
+/// the `cniconfig` entry of its verbose Status (go-cni's ConfigResult:
+/// `Networks[].Config.Name`).
+pub fn loaded_networks(cniconfig: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(cniconfig).unwrap_or_default();
+    v["Networks"]
+        .as_array()
+        .map(|ns| {
+            ns.iter()
+                .filter_map(|n| n["Config"]["Name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{cni_conflist, parse_link_names};
+    use super::{cni_conflist, fixture_conflist, loaded_networks, parse_link_names};
 
     #[test]
     fn link_names_are_parsed() {
@@ -171,5 +214,34 @@ mod tests {
         assert_eq!(bridge["ipam"]["dataDir"], "/tmp/x/ipam");
         assert_eq!(bridge["ipam"]["ranges"][0][0]["subnet"], "10.214.0.0/24");
         assert_eq!(c["plugins"][1]["type"], "loopback");
+    }
+
+    #[test]
+    fn fixture_conflist_chains_the_fixture_after_the_bridge() {
+        use std::path::Path;
+        let c: serde_json::Value = serde_json::from_str(&fixture_conflist(
+            "kata-cri-fixture-x",
+            Path::new("/tmp/x/ipam"),
+            "no-addresses",
+            Path::new("/tmp/x/state/netns"),
+            Path::new("/tmp/x/record"),
+        ))
+        .unwrap();
+        assert_eq!(c["name"], "kata-cri-fixture-x");
+        assert_eq!(c["plugins"][0]["type"], "bridge");
+        assert_eq!(c["plugins"][0]["ipam"]["dataDir"], "/tmp/x/ipam");
+        assert_eq!(c["plugins"][1]["type"], "kata-cri-fixture");
+        assert_eq!(c["plugins"][1]["mode"], "no-addresses");
+        assert_eq!(c["plugins"][1]["netnsDir"], "/tmp/x/state/netns");
+        assert_eq!(c["plugins"][1]["recordFile"], "/tmp/x/record");
+    }
+
+    #[test]
+    fn loaded_network_names_are_read_from_status() {
+        let text = r#"{"PluginDirs":["/x"],"PluginConfDir":"/c","PluginMaxConfNum":1,"Prefix":"eth",
+            "Networks":[{"Config":{"Name":"cni-loopback","CNIVersion":"0.3.1","Plugins":[]},"IFName":"lo"},
+                        {"Config":{"Name":"kata-cri","CNIVersion":"1.0.0","Plugins":[]},"IFName":"eth0"}]}"#;
+        assert_eq!(loaded_networks(text), ["cni-loopback", "kata-cri"]);
+        assert!(loaded_networks("not json").is_empty());
     }
 }

@@ -40,7 +40,8 @@ pub struct Scenario {
     pub run: fn(&mut CriRunner) -> Result<String>,
 }
 
-/// In order; `teardown` runs after the others of its handler.
+/// In order; `teardown` runs after the others that share the main pod,
+/// the self-contained ones after it.
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "pod-ready",
@@ -92,7 +93,32 @@ pub const SCENARIOS: &[Scenario] = &[
         runc_control: true,
         run: teardown,
     },
+    // Self-contained: they make and remove their own pods, after the
+    // shared ones are gone (fewer VMs at once, a clean scan to start from).
+    Scenario {
+        name: "three-pods",
+        runc_control: false,
+        run: three_pods::three_pods,
+    },
+    Scenario {
+        name: "netns-missing",
+        runc_control: false,
+        run: bad_input::netns_missing,
+    },
+    Scenario {
+        name: "non-veth-interface",
+        runc_control: false,
+        run: bad_input::non_veth_interface,
+    },
+    Scenario {
+        name: "no-cni-addresses",
+        runc_control: false,
+        run: bad_input::no_cni_addresses,
+    },
 ];
+
+mod bad_input;
+mod three_pods;
 
 const MAIN_HOSTNAME: &str = "kata-cri-main";
 const DNS_SERVER: &str = "10.214.0.53";
@@ -210,8 +236,19 @@ impl<'a> CriRunner<'a> {
             .client
             .run_pod_sandbox(&config, self.handler)
             .with_context(|| format!("RunPodSandbox {name} with handler {}", self.handler))?;
-        self.env.pods.borrow_mut().push(id.clone());
-        self.env.containerd.remember_id(&id);
+        self.adopt_pod(&id);
+        self.check_pod(name, id, config)
+    }
+
+    /// Remembers a pod made through any client, for the cleanup and scans.
+    fn adopt_pod(&self, id: &str) {
+        self.env.pods.borrow_mut().push(id.to_string());
+        self.env.containerd.remember_id(id);
+    }
+
+    /// PodSandboxStatus of a pod just made: READY, this handler, an
+    /// address from the CNI subnet.
+    fn check_pod(&self, name: &str, id: String, config: PodSandboxConfig) -> Result<Pod> {
         let status = self.env.client.pod_sandbox_status(&id)?;
         if status.state != PodSandboxState::SandboxReady as i32 {
             bail!(
@@ -258,23 +295,7 @@ impl<'a> CriRunner<'a> {
         command: &[&str],
         resources: Option<LinuxContainerResources>,
     ) -> Result<String> {
-        let config = ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: self.env.image.name.clone(),
-                ..Default::default()
-            }),
-            command: command.iter().map(|s| s.to_string()).collect(),
-            log_path: format!("{name}.log"),
-            linux: Some(LinuxContainerConfig {
-                resources,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let config = container_config(&self.env.image.name, name, command, resources);
         let id = self
             .env
             .client
@@ -391,6 +412,33 @@ pub fn time_pod_start(
     stopped?;
     removed?;
     Ok(took)
+}
+
+/// A container of the busybox image `image` running `command`, logging to
+/// `NAME.log` in the pod's log directory.
+fn container_config(
+    image: &str,
+    name: &str,
+    command: &[&str],
+    resources: Option<LinuxContainerResources>,
+) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        linux: Some(LinuxContainerConfig {
+            resources,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// An HTTP GET as a shell command line for busybox: `nc` carries it
@@ -863,6 +911,32 @@ fn teardown(r: &mut CriRunner) -> Result<String> {
     ))
 }
 
+/// Waits (60 s at most) until the leftover scan of `pods` finds nothing
+/// beyond `before` (what the scan found before they were made).
+fn leftovers_settle(
+    r: &CriRunner,
+    pods: &[String],
+    before: &std::collections::BTreeSet<String>,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left: Vec<String> = leftovers(r, pods)?
+            .into_iter()
+            .filter(|l| !before.contains(l))
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "60 s after the removal of pods {pods:?}, left behind:\n  {}",
+                left.join("\n  ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// What is left of `pods` after their removal: the e2e scan (processes,
 /// mounts under containerd's dir, pod netns mounts included, shim sockets,
 /// bundles, containerd's lists) and the CRI and network side.
@@ -937,8 +1011,22 @@ mod tests {
     }
 
     #[test]
-    fn teardown_is_last_and_names_are_unique() {
-        assert_eq!(SCENARIOS.last().map(|s| s.name), Some("teardown"));
+    fn teardown_follows_the_shared_pod_scenarios_and_names_are_unique() {
+        let teardown = SCENARIOS.iter().position(|s| s.name == "teardown").unwrap();
+        for shared in [
+            "pod-ready",
+            "network",
+            "update-resources",
+            "unknown-sandbox",
+        ] {
+            let at = SCENARIOS.iter().position(|s| s.name == shared).unwrap();
+            assert!(at < teardown, "{shared} runs before teardown");
+        }
+        let three = SCENARIOS
+            .iter()
+            .position(|s| s.name == "three-pods")
+            .unwrap();
+        assert!(three > teardown, "three-pods runs on an empty node");
         for (i, s) in SCENARIOS.iter().enumerate() {
             assert!(!SCENARIOS[i + 1..].iter().any(|o| o.name == s.name));
         }

@@ -53,9 +53,11 @@ impl ContainerdLayout {
 pub struct CriPlugin {
     /// The pod sandbox ("pause") image, imported locally beforehand.
     pub sandbox_image: String,
-    /// Where the CNI network configuration lies (the plugins are Debian's,
-    /// in [`CNI_BIN_DIR`]).
+    /// Where the CNI network configuration lies.
     pub cni_conf_dir: PathBuf,
+    /// Where the CNI plugins lie: [`CNI_BIN_DIR`] (Debian's), or a test's
+    /// own dir of links to them and to its fixture plugins.
+    pub cni_bin_dir: PathBuf,
     /// The Kata configuration of the `kata` handler, written as upstream's
     /// runtime option `ConfigPath`, which containerd hands the shim with
     /// each create (the CRI test sets no `KATA_CONF_FILE`).
@@ -157,12 +159,13 @@ disabled_plugins = [{disabled_cri}
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{KATA_HANDLER}]
       runtime_type = "{KATA_RUNTIME}"{kata_options}
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{CNI_BIN_DIR}"
+    bin_dir = "{bin_dir}"
     conf_dir = "{conf_dir}"
     max_conf_num = 1
 "#,
         sandbox_image = cri.sandbox_image,
         conf_dir = cri.cni_conf_dir.display(),
+        bin_dir = cri.cni_bin_dir.display(),
     );
     match &cri.shipped_kata_runtime {
         None => text,
@@ -768,6 +771,7 @@ mod tests {
         let cri = CriPlugin {
             sandbox_image: "localhost/pause:1".into(),
             cni_conf_dir: "/tmp/kata-e2e-x/cni".into(),
+            cni_bin_dir: super::CNI_BIN_DIR.into(),
             kata_config: Some("/tmp/kata-e2e-x/configuration.toml".into()),
             shipped_kata_runtime: None,
         };
@@ -806,6 +810,7 @@ mod tests {
         let cri = CriPlugin {
             sandbox_image: "localhost/pause:1".into(),
             cni_conf_dir: "/tmp/kata-e2e-x/cni".into(),
+            cni_bin_dir: super::CNI_BIN_DIR.into(),
             kata_config: Some("/tmp/harness.toml".into()),
             shipped_kata_runtime: Some(shipped.clone()),
         };
