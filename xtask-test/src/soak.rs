@@ -97,7 +97,7 @@ fn grew(before: u64, after: u64) -> bool {
 pub fn run(ctx: &Ctx, args: &SoakArgs) -> Result<()> {
     if ctx.dry_run {
         ctx.ui.info(&format!(
-            "test soak plan: build the shim and guest, start a private containerd, run {} sandboxes {} at a time, then check leftovers, fds and RSS",
+            "test soak plan: build (or take from the cache) the release's shim and the guest, start a private containerd, run {} sandboxes {} at a time, then check leftovers, fds and RSS",
             args.count, args.parallel
         ));
         return Ok(());

@@ -406,6 +406,14 @@ pub fn build_vsock(ctx: &Ctx) -> Result<crate::cache::Entry> {
     crate::graph::build_one(ctx, |g| runtime_bins::add_vsock(g, ctx))
 }
 
+/// The release's runtime binaries entry (`containerd-shim-kata-v2` and
+/// `kata-runtime`, exactly as shipped), built if it is not cached: the
+/// test harness runs these instead of compiling a second, differently
+/// built shim.
+pub fn build_runtime_bins(ctx: &Ctx) -> Result<crate::cache::Entry> {
+    crate::graph::build_one(ctx, |g| runtime_bins::add_runtime(g, ctx))
+}
+
 pub fn build(ctx: &Ctx, args: &ReleaseArgs) -> Result<Built> {
     let version = release_version(ctx, args)?;
     let mut g = Graph::new();

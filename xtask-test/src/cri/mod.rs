@@ -550,7 +550,7 @@ pub fn run(ctx: &Ctx, args: &CriArgs) -> Result<()> {
             "test cri plan: {}; write the pause and busybox OCI images; ip netns add kata-cri-PID; \
              start a private containerd with CRI inside it (log {}); scenarios {}",
             if kata {
-                "build the shim, kernel and guest, write configuration.toml"
+                "build (or take from the cache) the release's shim, the kernel and guest, write configuration.toml"
             } else {
                 "no shim (runc only)"
             },

@@ -56,7 +56,7 @@
 //! its QEMU, virtiofsd and vsock daemon).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -184,14 +184,10 @@ impl Default for E2eArgs {
 // Shim, guest and the Kata configuration
 // ---------------------------------------------------------------------------
 
-fn target_dir(ctx: &Ctx) -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if !d.is_empty() => ctx.root.join(d),
-        _ => ctx.root.join("target"),
-    }
-}
-
-/// The shim binary: `--shim PATH`, else built with cargo (release).
+/// The shim binary: `--shim PATH`, else the release's: the `runtime-bins`
+/// step's static musl build, from the cache when this checkout's inputs
+/// are unchanged (after a release or a `test unit`, CI's e2e stages build
+/// nothing).
 pub fn shim_binary(ctx: &Ctx, explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = explicit {
         if !p.is_file() {
@@ -203,37 +199,12 @@ pub fn shim_binary(ctx: &Ctx, explicit: Option<&Path>) -> Result<PathBuf> {
         }
         return Ok(std::fs::canonicalize(p)?);
     }
-    let cmd_text = format!("cargo build --release -p kata-runtime --bin {SHIM_BINARY}");
-    let step = ctx.ui.step(&format!("test e2e: {cmd_text}"));
-    let out = Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "kata-runtime",
-            "--bin",
-            SHIM_BINARY,
-        ])
-        .current_dir(&ctx.root)
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot run cargo")?;
-    if !out.status.success() {
-        step.finish("failed");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        let tail = tail[tail.len().saturating_sub(4)..].join(" | ");
-        bail!(
-            "{SHIM_BINARY} is not built: `{cmd_text}` failed ({}): {tail}",
-            out.status
-        );
-    }
-    step.finish("done");
-    let bin = target_dir(ctx).join("release").join(SHIM_BINARY);
+    let entry = xtask::release::build_runtime_bins(ctx)?;
+    let bin = entry.path(SHIM_BINARY);
     if !bin.is_file() {
         bail!(
-            "{SHIM_BINARY} is not built: cargo succeeded but {} does not exist",
-            bin.display()
+            "the runtime-bins cache entry {} has no {SHIM_BINARY}",
+            entry.path("").display()
         );
     }
     Ok(bin)
@@ -520,7 +491,7 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
         ctx.ui.info(&format!(
             "test e2e plan: {}; write the busybox OCI image; start a private containerd (config under a temp dir in /tmp, log {}); \
              import {IMAGE_BASE_NAME}:{IMAGE_TAG}; scenarios with --runtime {}{}",
-            if kata { "build the shim, kernel and guest, write configuration.toml" } else { "no shim (runc)" },
+            if kata { "build (or take from the cache) the release's shim, the kernel and guest, write configuration.toml" } else { "no shim (runc)" },
             ctx.rel(&ctx.logs().join("e2e-containerd.log")),
             args.runtime,
             if args.faults { " plus faults" } else { "" }
