@@ -4,8 +4,8 @@
 //! (`start`, `delete`, serving the task API).
 
 fn main() {
-    // The settings go in here, not in `Shim::new`: the crate sets up its
-    // reaper before calling `new` (see `shim_config`).
+    // The settings go in here, not in `Shim::new`: the crate reads the
+    // reaper settings before calling `new` (see `shim_config`).
     containerd_shim::run::<runtime::shim::KataShim>(
         runtime::shim::RUNTIME_ID,
         Some(runtime::shim::shim_config()),

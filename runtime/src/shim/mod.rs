@@ -43,20 +43,20 @@ fn invalid(msg: impl Into<String>) -> containerd_shim::Error {
 }
 
 /// The `containerd-shim` crate's settings for this shim; pass them to
-/// [`containerd_shim::run`]. They must be given there: the crate installs
-/// its SIGCHLD reaper and makes the process a child subreaper *before* it
-/// calls [`containerd_shim::Shim::new`], so settings changed in `new` come
-/// too late for those two.
+/// [`containerd_shim::run`] (the crate reads the reaper settings before it
+/// calls [`containerd_shim::Shim::new`], so they cannot be changed there).
 ///
-/// No reaper: the hypervisor layer waits for its own children (QEMU,
-/// virtiofsd, vhost-device-vsock, the KVM probe); a reaper thread calling
-/// `waitpid(-1)` steals their statuses, and the runtime's own waits then
-/// fail with ECHILD. No subreaper: nothing of ours needs orphans reparented
-/// to the shim.
+/// The crate's SIGCHLD reaper stays on: `containerd_shim::mount::mount_rootfs`
+/// (the container rootfs mount) forks a child and waits for it through the
+/// crate's exit monitor, which only that reaper feeds; without it every
+/// container create waits for ever. The reaper is a `waitpid(-1)` loop, so
+/// the runtime's own waits for QEMU and the daemons can fail with ECHILD:
+/// the hypervisor layer treats that as "reaped elsewhere" and checks
+/// `/proc` before calling a process gone.
 pub fn shim_config() -> Config {
     Config {
-        no_reaper: true,
-        no_sub_reaper: true,
+        no_reaper: false,
+        no_sub_reaper: false,
         default_log_level: if debug_wanted() { "debug" } else { "info" }.into(),
         ..Config::default()
     }
@@ -134,8 +134,8 @@ impl containerd_shim::Shim for KataShim {
     type T = Service;
 
     fn new(_runtime_id: &str, args: &Flags, config: &mut Config) -> Self {
-        // Too late for the reaper settings (see [`shim_config`]); the log
-        // level is read after this.
+        // The reaper settings are read before this (see [`shim_config`]);
+        // the log level after.
         if debug_wanted() {
             config.default_log_level = "debug".into();
         }
@@ -332,9 +332,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_reaper_is_off_in_the_settings_given_to_run() {
+    fn the_reaper_mount_rootfs_waits_through_stays_on() {
         let c = shim_config();
-        assert!(c.no_reaper && c.no_sub_reaper);
+        assert!(!c.no_reaper && !c.no_sub_reaper);
     }
 
     fn bundle(annotations: &str) -> tempfile::TempDir {
