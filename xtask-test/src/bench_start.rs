@@ -10,7 +10,11 @@
 //! Then the same through CRI (cri/, containerd's CRI plugin and CNI in a
 //! test-made netns): RunPodSandbox until the pod's first container is
 //! RUNNING, handlers kata and runc alternated in one containerd, medians
-//! and their ratio of that one run.
+//! and their ratio of that one run. Each pod's first container joins the
+//! pod's sandbox, so this also runs the shim's `start` for a container
+//! joining a pod (the sandbox shim's address, nothing spawned). The
+//! containerd log of that run is scanned for the shim's teardown warnings,
+//! which are counted in the report.
 
 use std::time::Duration;
 
@@ -41,6 +45,13 @@ struct StartReport {
     kata_pod_start_ms_median: f64,
     runc_pod_start_ms_median: f64,
     kata_over_runc_pod_start_ratio: f64,
+    /// Every sample, in run order (milliseconds).
+    kata_run_true_ms: Vec<f64>,
+    runc_run_true_ms: Vec<f64>,
+    kata_pod_start_ms: Vec<f64>,
+    runc_pod_start_ms: Vec<f64>,
+    /// "teardown incomplete" lines in the CRI run's containerd log.
+    pod_teardown_warnings: usize,
 }
 
 pub fn run(ctx: &Ctx) -> Result<()> {
@@ -90,9 +101,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     env.containerd.force_remove(&id);
     let fp = fp?;
     drop(env);
-    let (pod_kata, pod_runc) = pod_start_samples(ctx)?;
-    let (pk, pr) = (median(pod_kata), median(pod_runc));
-    let (k, r) = (median(kata), median(runc));
+    let pods = pod_start_samples(ctx)?;
+    let (pk, pr) = (median(pods.kata.clone()), median(pods.runc.clone()));
+    let (k, r) = (median(kata.clone()), median(runc.clone()));
     let report = StartReport {
         samples_each: SAMPLES,
         kata_run_true_ms_median: k,
@@ -104,6 +115,11 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         kata_pod_start_ms_median: pk,
         runc_pod_start_ms_median: pr,
         kata_over_runc_pod_start_ratio: pk / pr,
+        kata_run_true_ms: kata,
+        runc_run_true_ms: runc,
+        kata_pod_start_ms: pods.kata,
+        runc_pod_start_ms: pods.runc,
+        pod_teardown_warnings: pods.teardown_warnings.len(),
     };
     ctx.ui.info(&format!(
         "bench start (median of {SAMPLES}, alternated): ctr run --rm true: kata {k:.0} ms, runc {r:.0} ms, ratio {:.1}; idle sandbox PSS {} KiB",
@@ -113,15 +129,33 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         "bench start (median of {POD_SAMPLES}, alternated): CRI RunPodSandbox to first container RUNNING: kata {pk:.0} ms, runc {pr:.0} ms, ratio {:.1}",
         report.kata_over_runc_pod_start_ratio
     ));
+    for w in &pods.teardown_warnings {
+        ctx.ui
+            .info(&format!("bench start: warning: shim teardown: {w}"));
+    }
     if ctx.json {
         ctx.print_json(&serde_json::to_value(&report)?)?;
     }
     Ok(())
 }
 
+struct PodSamples {
+    kata: Vec<f64>,
+    runc: Vec<f64>,
+    teardown_warnings: Vec<String>,
+}
+
+/// The shim's "teardown incomplete" warnings in a containerd log.
+fn teardown_warnings(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("teardown incomplete"))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
 /// RunPodSandbox to first container RUNNING through CRI, kata and runc
 /// alternated in one containerd (one warm-up each, not counted).
-fn pod_start_samples(ctx: &Ctx) -> Result<(Vec<f64>, Vec<f64>)> {
+fn pod_start_samples(ctx: &Ctx) -> Result<PodSamples> {
     let env = CriEnv::start(ctx, &CriArgs::default(), true)?;
     time_pod_start(ctx, &env, KATA_HANDLER, "warm-kata")?;
     time_pod_start(ctx, &env, RUNC_HANDLER, "warm-runc")?;
@@ -138,5 +172,25 @@ fn pod_start_samples(ctx: &Ctx) -> Result<(Vec<f64>, Vec<f64>)> {
         kata.push(k.as_secs_f64() * 1000.0);
         runc.push(r.as_secs_f64() * 1000.0);
     }
-    Ok((kata, runc))
+    let log = std::fs::read_to_string(&env.containerd.log).unwrap_or_default();
+    Ok(PodSamples {
+        kata,
+        runc,
+        teardown_warnings: teardown_warnings(&log),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::teardown_warnings;
+
+    #[test]
+    fn teardown_warnings_are_found_in_the_log() {
+        let log = "time=\"t\" level=info msg=\"start x\"\n\
+                   time=\"t\" level=warn msg=\"container c: delete: teardown incomplete: cannot stop QEMU (pid 1): No child processes (os error 10)\"\n";
+        let w = teardown_warnings(log);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("cannot stop QEMU"));
+        assert!(teardown_warnings("").is_empty());
+    }
 }

@@ -4,5 +4,10 @@
 //! (`start`, `delete`, serving the task API).
 
 fn main() {
-    containerd_shim::run::<runtime::shim::KataShim>(runtime::shim::RUNTIME_ID, None)
+    // The settings go in here, not in `Shim::new`: the crate reads the
+    // reaper settings before calling `new` (see `shim_config`).
+    containerd_shim::run::<runtime::shim::KataShim>(
+        runtime::shim::RUNTIME_ID,
+        Some(runtime::shim::shim_config()),
+    )
 }

@@ -144,19 +144,24 @@ pub fn probe_boot(qemu: &Path, kernel: &Path, accel: Accel, bound: Duration) -> 
         }
         s.lines().last().unwrap_or("").to_string()
     };
+    // Another waiter (the containerd-shim crate's SIGCHLD reaper, in the
+    // shim) may reap QEMU first: it has exited then, status unknown.
+    let waited = match waited {
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => Ok(Some(None)),
+        other => other.map(|s| s.map(Some)),
+    };
     match waited {
         Ok(Some(status)) => {
             let log = tail_file(&console, 10_000);
-            // The root-mount panic (KERN_EMERG) prints whatever the
-            // loglevel; either marker shows that the kernel really ran.
-            if status.success() && (log.contains(KERNEL_BANNER) || log.contains("Kernel panic")) {
-                done(true, format!("a guest kernel booted under {name}"))
-            } else {
-                let err = stderr_text(&mut child);
-                done(
-                    false,
-                    format!("QEMU with {name} exited with {status} before the guest booted: {err}"),
-                )
+            match judge_exit(status, &log) {
+                Ok(()) => done(true, format!("a guest kernel booted under {name}")),
+                Err(how) => {
+                    let err = stderr_text(&mut child);
+                    done(
+                        false,
+                        format!("QEMU with {name} {how} before the guest booted: {err}"),
+                    )
+                }
             }
         }
         Ok(None) => {
@@ -183,6 +188,20 @@ pub fn probe_boot(qemu: &Path, kernel: &Path, accel: Accel, bound: Duration) -> 
             let _ = stop_child(&mut child, None, Duration::ZERO);
             done(false, format!("cannot wait for QEMU: {e}"))
         }
+    }
+}
+
+/// Whether a probe QEMU that exited by itself ran the kernel: the
+/// root-mount panic (KERN_EMERG, printed whatever the loglevel) or the
+/// banner in its console, and a clean exit when its status is known
+/// (`None`: reaped by another waiter). `Err` says how it ended otherwise.
+fn judge_exit(status: Option<std::process::ExitStatus>, console: &str) -> Result<(), String> {
+    let ran = console.contains(KERNEL_BANNER) || console.contains("Kernel panic");
+    match status {
+        Some(s) if s.success() && ran => Ok(()),
+        Some(s) => Err(format!("exited with {s}")),
+        None if ran => Ok(()),
+        None => Err(format!("exited ({})", super::REAPED_ELSEWHERE)),
     }
 }
 
@@ -215,5 +234,29 @@ pub fn resolve_accel(requested: Accel, qemu: &Path, kernel: &Path) -> (Accel, Op
                 Some(probe.clone()),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    #[test]
+    fn a_probe_reaped_elsewhere_is_judged_by_its_console() {
+        let booted = "[    0.000000] Linux version 6.1\n---[ end Kernel panic - not syncing: VFS";
+        let ok = ExitStatus::from_raw(0);
+        let failed = ExitStatus::from_raw(1 << 8);
+        assert_eq!(judge_exit(Some(ok), booted), Ok(()));
+        assert!(judge_exit(Some(failed), booted)
+            .unwrap_err()
+            .contains("exited with"));
+        assert!(judge_exit(Some(ok), "").is_err(), "no kernel output");
+        // Status stolen by another waiter (ECHILD): the console decides.
+        assert_eq!(judge_exit(None, booted), Ok(()));
+        assert!(judge_exit(None, "SeaBIOS")
+            .unwrap_err()
+            .contains(crate::hypervisor::REAPED_ELSEWHERE));
     }
 }

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use super::accel::{resolve_accel, Accel};
 use super::error::VmError;
 use super::identity::ProcessIdentity;
-use super::process::{inherit_fds, kill_with_parent, stop_child, tail_file, wait_timeout, POLL};
+use super::process::{
+    inherit_fds, kill_with_parent, stop_identified_child, tail_file, wait_timeout, POLL,
+};
 use super::qmp::{QmpClient, QmpError, QmpStatus};
 use super::virtiofs::{SharedFs, VirtioFsDaemon};
 use super::vsock::{
@@ -251,12 +253,17 @@ pub fn check_sandbox_option(value: &str) -> Result<(), String> {
 /// What a later process (the shim's `delete` action) needs to stop the
 /// process `pid` that this one started, and only that one, should this
 /// process die first: its [`ProcessIdentity`] in `state_dir/<file>`.
-fn record_identity(state_dir: &Path, (name, file): (&str, &str), pid: u32) -> Result<(), VmError> {
+fn record_identity(
+    state_dir: &Path,
+    (name, file): (&str, &str),
+    pid: u32,
+) -> Result<ProcessIdentity, VmError> {
     let identity = ProcessIdentity::of(pid as i32)
         .map_err(|e| VmError::io(format!("cannot read {name}'s start time (pid {pid})"), e))?;
     let path = state_dir.join(file);
     write_new_file(&path, identity.to_record().as_bytes())
-        .map_err(|e| VmError::io(format!("cannot write {}", path.display()), e))
+        .map_err(|e| VmError::io(format!("cannot write {}", path.display()), e))?;
+    Ok(identity)
 }
 
 /// Write a file that must not exist yet, readable by its owner only.
@@ -583,6 +590,9 @@ pub struct Vm {
     qemu_binary: PathBuf,
     args: Vec<String>,
     qemu: Option<Child>,
+    /// QEMU's identity, recorded at spawn: proves it gone should another
+    /// waiter reap it.
+    qemu_identity: Option<ProcessIdentity>,
     exit_status: Option<ExitStatus>,
     daemon: Option<HybridVsockDaemon>,
     virtiofsd: Option<VirtioFsDaemon>,
@@ -680,6 +690,7 @@ impl Vm {
             qemu_binary: cfg.qemu_binary.clone(),
             args,
             qemu: None,
+            qemu_identity: None,
             exit_status: None,
             daemon: None,
             virtiofsd: None,
@@ -743,7 +754,7 @@ impl Vm {
             source,
         })?);
         let pid = vm.qemu.as_ref().map_or(0, Child::id);
-        record_identity(&vm.plan.state_dir, VM_PROCESSES[0], pid)?;
+        vm.qemu_identity = Some(record_identity(&vm.plan.state_dir, VM_PROCESSES[0], pid)?);
 
         let deadline = vm.started_at + cfg.startup_timeout;
         loop {
@@ -1015,8 +1026,16 @@ impl Vm {
                         );
                     }
                 }
-                match stop_child(child, None, self.shutdown_timeout) {
-                    Ok(status) => self.exit_status = Some(status),
+                match stop_identified_child(child, self.qemu_identity, None, self.shutdown_timeout)
+                {
+                    Ok(Some(status)) => self.exit_status = Some(status),
+                    // Reaped by another waiter, and /proc shows it gone.
+                    Ok(None) => log::debug!(
+                        "VM {}: QEMU (pid {}) is gone, {}",
+                        self.id,
+                        child.id(),
+                        super::REAPED_ELSEWHERE
+                    ),
                     Err(e) => problems.push(format!("cannot stop QEMU (pid {}): {e}", child.id())),
                 }
             }

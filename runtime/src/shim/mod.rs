@@ -8,8 +8,8 @@
 //!
 //! One shim, and one VM, per sandbox: a plain `ctr run` container is its own
 //! sandbox; a CRI container whose annotation `io.kubernetes.cri.sandbox-id`
-//! names a sandbox is served by that sandbox's shim (the `start` action
-//! groups by that id) and joins its VM.
+//! names a sandbox is served by that sandbox's shim and joins its VM: the
+//! `start` action answers with that shim's address and spawns nothing.
 
 mod annotations;
 mod mounts;
@@ -43,6 +43,84 @@ fn invalid(msg: impl Into<String>) -> containerd_shim::Error {
     containerd_shim::Error::InvalidArgument(msg.into())
 }
 
+/// The `containerd-shim` crate's settings for this shim; pass them to
+/// [`containerd_shim::run`] (the crate reads the reaper settings before it
+/// calls [`containerd_shim::Shim::new`], so they cannot be changed there).
+///
+/// The crate's SIGCHLD reaper stays on: `containerd_shim::mount::mount_rootfs`
+/// (the container rootfs mount) forks a child and waits for it through the
+/// crate's exit monitor, which only that reaper feeds; without it every
+/// container create waits for ever. The reaper is a `waitpid(-1)` loop, so
+/// the runtime's own waits for QEMU and the daemons can fail with ECHILD:
+/// the hypervisor layer treats that as "reaped elsewhere" and checks
+/// `/proc` before calling a process gone.
+pub fn shim_config() -> Config {
+    Config {
+        no_reaper: false,
+        no_sub_reaper: false,
+        default_log_level: if debug_wanted() { "debug" } else { "info" }.into(),
+        ..Config::default()
+    }
+}
+
+/// Debug logs: `RUST_LOG` mentions debug, or the configuration enables it.
+fn debug_wanted() -> bool {
+    let debug_env = std::env::var("RUST_LOG")
+        .map(|v| v.contains("debug"))
+        .unwrap_or(false);
+    debug_env || crate::config::load().map(|c| c.debug()).unwrap_or(false)
+}
+
+/// What the `start` action does for a container.
+#[derive(Debug, PartialEq, Eq)]
+enum StartPlan {
+    /// The container is its own sandbox (a pod sandbox, a plain `ctr run`
+    /// container): spawn the shim that serves it.
+    Spawn,
+    /// The container joins pod sandbox `sid`: that sandbox's shim, at
+    /// `address`, serves it; nothing is spawned.
+    Join { sid: String, address: String },
+}
+
+/// The `start` action's plan for container `id` in `bundle`, under
+/// containerd's `containerd_address` and `namespace`. Both ids are validated
+/// before either names anything.
+fn start_plan(
+    bundle: &Path,
+    id: &str,
+    containerd_address: &str,
+    namespace: &str,
+) -> Result<StartPlan, String> {
+    protocols::ids::check_id("container id (-id)", id)?;
+    let sid = sandbox_id_of_bundle(bundle, id)?;
+    if sid == id {
+        return Ok(StartPlan::Spawn);
+    }
+    let address = containerd_shim::socket_address(containerd_address, namespace, &sid);
+    Ok(StartPlan::Join { sid, address })
+}
+
+/// Whether something accepts connections at `address` (`unix://PATH`),
+/// without waiting: a non-blocking connect, so a listener whose backlog is
+/// full counts as serving (it exists) instead of blocking the `start`
+/// action, which containerd kills when its request times out.
+fn check_serving(address: &str) -> Result<(), String> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let path = address.strip_prefix("unix://").unwrap_or(address);
+    let addr = UnixAddr::new(path).map_err(|e| format!("{path}: {e}"))?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| format!("socket: {e}"))?;
+    match connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr) {
+        Ok(()) | Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINPROGRESS) => Ok(()),
+        Err(e) => Err(format!("{path}: {}", std::io::Error::from(e))),
+    }
+}
+
 pub struct KataShim {
     namespace: String,
     /// containerd's address (`-address`): with the namespace and the
@@ -57,15 +135,9 @@ impl containerd_shim::Shim for KataShim {
     type T = Service;
 
     fn new(_runtime_id: &str, args: &Flags, config: &mut Config) -> Self {
-        // The hypervisor layer waits for its own children (QEMU, virtiofsd,
-        // vhost-device-vsock); a SIGCHLD reaper would steal their statuses.
-        config.no_reaper = true;
-        config.no_sub_reaper = true;
-        let debug_env = std::env::var("RUST_LOG")
-            .map(|v| v.contains("debug"))
-            .unwrap_or(false);
-        let debug_conf = crate::config::load().map(|c| c.debug()).unwrap_or(false);
-        if debug_env || debug_conf {
+        // The reaper settings are read before this (see [`shim_config`]);
+        // the log level after.
+        if debug_wanted() {
             config.default_log_level = "debug".into();
         }
         KataShim {
@@ -81,10 +153,29 @@ impl containerd_shim::Shim for KataShim {
         }
     }
 
+    /// A container that is its own sandbox gets a new shim (spawned; it
+    /// serves the sandbox's socket). A container joining a pod gets the
+    /// address of the shim already serving that pod, and nothing is
+    /// spawned: as upstream Kata's shim v2 does for
+    /// `io.kubernetes.cri.sandbox-id`.
     fn start_shim(&mut self, opts: StartOpts) -> Result<String, containerd_shim::Error> {
-        protocols::ids::check_id("container id (-id)", &opts.id).map_err(invalid)?;
-        let grouping = sandbox_id_of_bundle(&self.bundle, &opts.id).map_err(invalid)?;
-        let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+        let address = match start_plan(&self.bundle, &opts.id, &opts.address, &opts.namespace)
+            .map_err(invalid)?
+        {
+            StartPlan::Spawn => {
+                let grouping = opts.id.clone();
+                containerd_shim::spawn(opts, &grouping, Vec::new())?.1
+            }
+            StartPlan::Join { sid, address } => {
+                check_serving(&address).map_err(|e| {
+                    containerd_shim::Error::Other(format!(
+                        "container {} joins pod sandbox {sid}, whose shim does not serve: {e}",
+                        opts.id
+                    ))
+                })?;
+                address
+            }
+        };
         containerd_shim::util::write_address(&address)?;
         Ok(address)
     }
@@ -240,6 +331,133 @@ fn remove_socket_if_dead(path: &Path) -> Result<(), SocketError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reaper_mount_rootfs_waits_through_stays_on() {
+        let c = shim_config();
+        assert!(!c.no_reaper && !c.no_sub_reaper);
+    }
+
+    fn bundle(annotations: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            format!(r#"{{"annotations": {annotations}}}"#),
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_container_joining_a_pod_is_given_the_sandbox_shims_address() {
+        let ctrd = "/run/ctrd/containerd.sock";
+        let b = bundle(
+            r#"{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "pod1"}"#,
+        );
+        let plan = start_plan(b.path(), "c1", ctrd, "k8s.io").unwrap();
+        let sandbox_address = containerd_shim::socket_address(ctrd, "k8s.io", "pod1");
+        assert_eq!(
+            plan,
+            StartPlan::Join {
+                sid: "pod1".into(),
+                address: sandbox_address.clone()
+            }
+        );
+        assert_ne!(
+            sandbox_address,
+            containerd_shim::socket_address(ctrd, "k8s.io", "c1")
+        );
+        // CRI-O's spelling joins too.
+        let b = bundle(
+            r#"{"io.kubernetes.cri-o.ContainerType": "container", "io.kubernetes.cri-o.SandboxID": "pod1"}"#,
+        );
+        assert_eq!(
+            start_plan(b.path(), "c1", ctrd, "k8s.io").unwrap(),
+            StartPlan::Join {
+                sid: "pod1".into(),
+                address: sandbox_address
+            }
+        );
+    }
+
+    #[test]
+    fn a_sandbox_or_a_plain_container_is_spawned_a_shim() {
+        let ctrd = "/run/ctrd/containerd.sock";
+        let b = bundle(
+            r#"{"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.sandbox-id": "pod1"}"#,
+        );
+        assert_eq!(
+            start_plan(b.path(), "pod1", ctrd, "k8s.io").unwrap(),
+            StartPlan::Spawn
+        );
+        let b = bundle("{}");
+        assert_eq!(
+            start_plan(b.path(), "c1", ctrd, "default").unwrap(),
+            StartPlan::Spawn
+        );
+        // No config.json (never the case for start): its own sandbox.
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(
+            start_plan(empty.path(), "c1", ctrd, "default").unwrap(),
+            StartPlan::Spawn
+        );
+    }
+
+    #[test]
+    fn start_refuses_bad_ids_before_naming_anything() {
+        let b = bundle(
+            r#"{"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "../x"}"#,
+        );
+        assert!(start_plan(b.path(), "c1", "/a", "ns")
+            .unwrap_err()
+            .contains("is invalid"));
+        assert!(start_plan(b.path(), "../c1", "/a", "ns")
+            .unwrap_err()
+            .contains("container id"));
+    }
+
+    #[test]
+    fn serving_is_checked_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let address = format!("unix://{}", path.display());
+        let e = check_serving(&address).unwrap_err();
+        assert!(e.contains("No such file"), "{e}");
+        // A listener that never accepts, its backlog full: still serving,
+        // and the check returns at once instead of blocking in connect.
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut held = Vec::new();
+        loop {
+            // Fill the backlog with non-blocking connects.
+            let fd = nix::sys::socket::socket(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::Stream,
+                nix::sys::socket::SockFlag::SOCK_NONBLOCK,
+                None,
+            )
+            .unwrap();
+            let addr = nix::sys::socket::UnixAddr::new(&path).unwrap();
+            match nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr) {
+                Ok(()) => held.push(fd),
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(held.len() < 10_000, "the backlog never filled");
+        }
+        // A blocking connect would wait here until the listener accepts,
+        // i.e. for ever: the check runs in a thread, given a minute.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let a = address.clone();
+        std::thread::spawn(move || tx.send(check_serving(&a)));
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("check_serving blocked on a full backlog")
+            .unwrap();
+        drop(held);
+        drop(listener);
+        // The listener is gone, its socket file left: refused.
+        let e = check_serving(&address).unwrap_err();
+        assert!(e.contains("refused"), "{e}");
+    }
 
     #[test]
     fn only_a_dead_socket_is_removed() {
