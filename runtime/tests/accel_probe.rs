@@ -6,7 +6,10 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use runtime::hypervisor::{probe_boot, probe_kvm, resolve_accel, Accel, KVM_PROBE_TIMEOUT};
+use runtime::hypervisor::{
+    probe_boot, probe_kvm, probe_kvm_cached, resolve_accel, Accel, KVM_PROBE_TIMEOUT,
+    PROBE_CACHE_FILE,
+};
 
 /// Boot the kernel under KVM for twice the probe's bound, independently of
 /// the library: does the kernel reach its root-mount panic (QEMU exits by
@@ -76,12 +79,12 @@ fn kvm_probe_is_bounded_cached_and_consistent() {
         probe.reason
     );
 
-    let (accel, p1) = resolve_accel(Accel::Auto, qemu, &kernel);
+    let (accel, p1) = resolve_accel(Accel::Auto, qemu, &kernel, None);
     assert_eq!(accel, if direct { Accel::Kvm } else { Accel::Tcg });
     assert_eq!(p1.unwrap().kvm_usable, direct);
     // Second resolution: cached, no new boot.
     let t = Instant::now();
-    let (again, _) = resolve_accel(Accel::Auto, qemu, &kernel);
+    let (again, _) = resolve_accel(Accel::Auto, qemu, &kernel, None);
     assert_eq!(again, accel);
     assert!(
         t.elapsed() < Duration::from_millis(100),
@@ -89,8 +92,36 @@ fn kvm_probe_is_bounded_cached_and_consistent() {
         t.elapsed()
     );
     // Explicit choices are not probed.
-    let (explicit, probed) = resolve_accel(Accel::Tcg, qemu, &kernel);
+    let (explicit, probed) = resolve_accel(Accel::Tcg, qemu, &kernel, None);
     assert!(explicit == Accel::Tcg && probed.is_none());
+
+    // Across processes: the verdict is kept for the host, keyed by what it
+    // depends on, so the next sandbox does not boot a probe VM again.
+    let qemu_abs = which_qemu();
+    let state = tempfile::tempdir().unwrap();
+    let cache = state.path().join(PROBE_CACHE_FILE);
+    let (first, probed) = probe_kvm_cached(&qemu_abs, &kernel, Some(&cache));
+    assert!(probed && cache.is_file());
+    assert_eq!(first.kvm_usable, direct, "{first:?}");
+    let t = Instant::now();
+    let (second, probed) = probe_kvm_cached(&qemu_abs, &kernel, Some(&cache));
+    assert!(!probed, "the second start probed again: {second:?}");
+    assert_eq!(second.kvm_usable, direct);
+    assert!(
+        t.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+fn which_qemu() -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("qemu-system-x86_64"))
+                .find(|p| p.is_file())
+        })
+        .expect("qemu-system-x86_64 on PATH")
 }
 
 #[test]

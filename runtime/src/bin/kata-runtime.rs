@@ -320,6 +320,22 @@ fn check(a: CheckArgs) -> Result<(), Failure> {
             &cfg.hypervisor.kernel,
             KVM_PROBE_TIMEOUT,
         );
+        // The verdict `accelerator = "auto"` sandboxes use from now on
+        // (they probe only when QEMU, the kernel or KVM changed since).
+        let cache = cfg
+            .runtime
+            .state_root
+            .join(runtime::hypervisor::PROBE_CACHE_FILE);
+        match runtime::hypervisor::ProbeKey::of(&cfg.hypervisor.path, &cfg.hypervisor.kernel)
+            .and_then(|key| {
+                runtime::hypervisor::store_probe(&cache, &key, &probe).map_err(|e| e.to_string())
+            }) {
+            Ok(()) => println!("ok: KVM verdict recorded in {}", cache.display()),
+            Err(e) => warnings.push(format!(
+                "cannot record the KVM verdict in {}: {e}",
+                cache.display()
+            )),
+        }
         if probe.kvm_usable {
             println!("ok: test boot under KVM ({:?})", probe.elapsed);
             accel = "KVM";

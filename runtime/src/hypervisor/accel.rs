@@ -207,19 +207,163 @@ fn judge_exit(status: Option<std::process::ExitStatus>, console: &str) -> Result
 
 static PROBE: OnceLock<KvmProbe> = OnceLock::new();
 
-/// Resolve `requested` to `Kvm` or `Tcg`. `Auto` probes once per process
-/// (with the first kernel asked about) and prints a warning on stderr when it
-/// falls back to TCG.
-pub fn resolve_accel(requested: Accel, qemu: &Path, kernel: &Path) -> (Accel, Option<KvmProbe>) {
+/// In the state root (`/run/kata-containers`, a tmpfs: a reboot, which may
+/// change KVM, forgets it): the verdict of the last KVM probe on this host.
+pub const PROBE_CACHE_FILE: &str = "accel-probe.json";
+
+/// A file as the probe saw it: a package upgrade or a rebuilt kernel gives
+/// another identity.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileIdentity {
+    pub path: String,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> Result<FileIdentity, String> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(FileIdentity {
+            path: path.display().to_string(),
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        })
+    }
+}
+
+/// What a probe's verdict depends on: the host kernel (and so its KVM
+/// module), QEMU, the guest kernel the probe booted, and `/dev/kvm` itself
+/// (absent, or its device number and inode).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProbeKey {
+    pub host_kernel: String,
+    pub qemu: FileIdentity,
+    pub guest_kernel: FileIdentity,
+    pub dev_kvm: Option<(u64, u64)>,
+}
+
+impl ProbeKey {
+    pub fn of(qemu: &Path, kernel: &Path) -> Result<ProbeKey, String> {
+        use std::os::unix::fs::MetadataExt;
+        let uts = nix::sys::utsname::uname().map_err(|e| format!("uname: {e}"))?;
+        Ok(ProbeKey {
+            host_kernel: format!(
+                "{} {}",
+                uts.release().to_string_lossy(),
+                uts.version().to_string_lossy()
+            ),
+            qemu: FileIdentity::of(qemu)?,
+            guest_kernel: FileIdentity::of(kernel)?,
+            dev_kvm: std::fs::metadata("/dev/kvm")
+                .ok()
+                .map(|m| (m.rdev(), m.ino())),
+        })
+    }
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ProbeRecord {
+    key: ProbeKey,
+    kvm_usable: bool,
+    reason: String,
+}
+
+/// The cached verdict for `key` in `file`, if it is for that key; an
+/// unreadable or foreign record is no verdict (the probe runs again).
+pub fn cached_probe(file: &Path, key: &ProbeKey) -> Option<KvmProbe> {
+    let text = std::fs::read(file).ok()?;
+    let record: ProbeRecord = serde_json::from_slice(&text).ok()?;
+    (record.key == *key).then(|| KvmProbe {
+        kvm_usable: record.kvm_usable,
+        reason: format!("{} (cached in {})", record.reason, file.display()),
+        elapsed: Duration::ZERO,
+    })
+}
+
+/// Records `probe` for `key` in `file`, atomically (a reader sees the old
+/// record or the new one).
+pub fn store_probe(file: &Path, key: &ProbeKey, probe: &KvmProbe) -> std::io::Result<()> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let record = ProbeRecord {
+        key: key.clone(),
+        kvm_usable: probe.kvm_usable,
+        reason: probe.reason.clone(),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    serde_json::to_writer_pretty(&mut tmp, &record)?;
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    tmp.persist(file).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The KVM verdict for this host: from `cache` when it holds one for the
+/// same key, else a probe, recorded there. Returns the verdict and whether
+/// a probe ran.
+pub fn probe_kvm_cached(qemu: &Path, kernel: &Path, cache: Option<&Path>) -> (KvmProbe, bool) {
+    let key = match cache.map(|_| ProbeKey::of(qemu, kernel)) {
+        Some(Ok(k)) => Some(k),
+        Some(Err(e)) => {
+            log::warn!("accel: KVM probe verdict not cached: {e}");
+            None
+        }
+        None => None,
+    };
+    if let (Some(file), Some(key)) = (cache, &key) {
+        if let Some(p) = cached_probe(file, key) {
+            log::info!(
+                "accel: KVM probe verdict from {}: kvm_usable={}",
+                file.display(),
+                p.kvm_usable
+            );
+            return (p, false);
+        }
+    }
+    let probe = probe_kvm(qemu, kernel, KVM_PROBE_TIMEOUT);
+    log::info!(
+        "accel: KVM probe ran in {:?}: kvm_usable={} ({})",
+        probe.elapsed,
+        probe.kvm_usable,
+        probe.reason
+    );
+    if let (Some(file), Some(key)) = (cache, &key) {
+        if let Err(e) = store_probe(file, key, &probe) {
+            log::warn!(
+                "accel: cannot record the KVM probe verdict in {}: {e}",
+                file.display()
+            );
+        }
+    }
+    (probe, true)
+}
+
+/// Resolve `requested` to `Kvm` or `Tcg`. `Auto` asks
+/// [`probe_kvm_cached`] once per process (with the first kernel asked
+/// about; `cache` keeps the verdict for the host, so one probe serves every
+/// sandbox until QEMU, the kernel or KVM change, and `kata-runtime check`
+/// probes afresh) and prints a warning on stderr when it falls back to TCG.
+pub fn resolve_accel(
+    requested: Accel,
+    qemu: &Path,
+    kernel: &Path,
+    cache: Option<&Path>,
+) -> (Accel, Option<KvmProbe>) {
     match requested {
         Accel::Kvm | Accel::Tcg => (requested, None),
         Accel::Auto => {
-            let mut fresh = false;
+            let mut first = false;
             let probe = PROBE.get_or_init(|| {
-                fresh = true;
-                probe_kvm(qemu, kernel, KVM_PROBE_TIMEOUT)
+                first = true;
+                probe_kvm_cached(qemu, kernel, cache).0
             });
-            if fresh && !probe.kvm_usable {
+            if first && !probe.kvm_usable {
                 eprintln!(
                     "warning: KVM is not usable ({}); using TCG, which is much slower",
                     probe.reason
@@ -240,6 +384,72 @@ pub fn resolve_accel(requested: Accel, qemu: &Path, kernel: &Path) -> (Accel, Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Stand-ins for QEMU and the kernel: files that cannot run, so a probe
+    /// that runs reports "cannot run" (not usable) at once.
+    fn fake_host(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+        let qemu = dir.join("qemu-system-x86_64");
+        let kernel = dir.join("vmlinuz");
+        std::fs::write(&qemu, b"not a qemu").unwrap();
+        std::fs::write(&kernel, b"not a kernel").unwrap();
+        (qemu, kernel, dir.join("state").join(PROBE_CACHE_FILE))
+    }
+
+    #[test]
+    fn a_recorded_verdict_for_the_same_key_is_used_without_probing() {
+        let d = tempfile::tempdir().unwrap();
+        let (qemu, kernel, cache) = fake_host(d.path());
+        let key = ProbeKey::of(&qemu, &kernel).unwrap();
+        let recorded = KvmProbe {
+            kvm_usable: true,
+            reason: "a guest kernel booted under KVM".into(),
+            elapsed: Duration::from_millis(900),
+        };
+        store_probe(&cache, &key, &recorded).unwrap();
+        // A probe would fail here (the "QEMU" cannot run): usable means cached.
+        let (p, probed) = probe_kvm_cached(&qemu, &kernel, Some(&cache));
+        assert!(!probed);
+        assert!(p.kvm_usable, "{p:?}");
+        assert!(p.reason.contains("cached in"), "{}", p.reason);
+    }
+
+    #[test]
+    fn a_changed_qemu_a_corrupt_record_or_no_cache_probes_again() {
+        let d = tempfile::tempdir().unwrap();
+        let (qemu, kernel, cache) = fake_host(d.path());
+        let key = ProbeKey::of(&qemu, &kernel).unwrap();
+        let usable = KvmProbe {
+            kvm_usable: true,
+            reason: "booted".into(),
+            elapsed: Duration::ZERO,
+        };
+        store_probe(&cache, &key, &usable).unwrap();
+        std::fs::write(&qemu, b"an upgraded qemu, another size").unwrap();
+        let (p, probed) = probe_kvm_cached(&qemu, &kernel, Some(&cache));
+        assert!(probed && !p.kvm_usable, "{p:?}");
+        // The fresh verdict replaced the stale one.
+        let (p, probed) = probe_kvm_cached(&qemu, &kernel, Some(&cache));
+        assert!(!probed && !p.kvm_usable, "{p:?}");
+
+        std::fs::write(&cache, b"{ torn").unwrap();
+        let (_, probed) = probe_kvm_cached(&qemu, &kernel, Some(&cache));
+        assert!(probed, "a corrupt record is no verdict");
+        let (_, probed) = probe_kvm_cached(&qemu, &kernel, None);
+        assert!(probed, "no cache: always a probe");
+    }
+
+    #[test]
+    fn the_key_changes_with_the_guest_kernel() {
+        let d = tempfile::tempdir().unwrap();
+        let (qemu, kernel, _) = fake_host(d.path());
+        let a = ProbeKey::of(&qemu, &kernel).unwrap();
+        let other = d.path().join("other-kernel");
+        std::fs::write(&other, b"x").unwrap();
+        let b = ProbeKey::of(&qemu, &other).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a, ProbeKey::of(&qemu, &kernel).unwrap());
+        assert!(ProbeKey::of(&d.path().join("missing"), &kernel).is_err());
+    }
     use std::os::unix::process::ExitStatusExt;
     use std::process::ExitStatus;
 

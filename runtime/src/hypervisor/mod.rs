@@ -24,7 +24,10 @@ pub mod qmp;
 pub mod virtiofs;
 pub mod vsock;
 
-pub use accel::{probe_boot, probe_kvm, resolve_accel, Accel, KvmProbe, KVM_PROBE_TIMEOUT};
+pub use accel::{
+    probe_boot, probe_kvm, probe_kvm_cached, resolve_accel, store_probe, Accel, KvmProbe, ProbeKey,
+    KVM_PROBE_TIMEOUT, PROBE_CACHE_FILE,
+};
 pub use error::VmError;
 pub use qemu::{
     build_kernel_cmdline, build_qemu_args, check_sandbox_option, BootMedia, ImageFs, LaunchPlan,

@@ -629,7 +629,9 @@ impl Vm {
             ),
             BootMedia::Initrd(_) => None,
         };
-        let (accel, _probe) = resolve_accel(cfg.accel, &cfg.qemu_binary, &cfg.kernel);
+        let probe_cache = cfg.state_root.join(super::accel::PROBE_CACHE_FILE);
+        let (accel, _probe) =
+            resolve_accel(cfg.accel, &cfg.qemu_binary, &cfg.kernel, Some(&probe_cache));
         let vsock = cfg.vsock.resolve();
         let plan = LaunchPlan::new(
             &state_dir,

@@ -85,8 +85,8 @@ use scenarios::{
     fault_agent_silent, fault_containerd_restarted, fault_hostile_ids, fault_invalid_spec,
     fault_qemu_killed, fault_shim_killed, fault_virtiofsd_killed, fault_vsock_daemon_killed,
     host_kernel, scenario_detached_exec_kill, scenario_exit_code, scenario_kernel,
-    scenario_no_leftovers, scenario_one_char_id, scenario_seccomp, scenario_stdio, Runner,
-    AGENT_REQUEST_TIMEOUT,
+    scenario_no_leftovers, scenario_one_char_id, scenario_probe_once, scenario_seccomp,
+    scenario_stdio, Runner, AGENT_REQUEST_TIMEOUT,
 };
 use shipped::{from_release, ShippedTree};
 
@@ -598,6 +598,9 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
             ]);
         }
         r.scenario("f-invalid-spec", &["badcwd", "badexe"], fault_invalid_spec);
+    }
+    if args.from_release {
+        r.scenario("m-probe-once", &[], scenario_probe_once);
     }
     r.scenario("e-no-leftovers", &[], scenario_no_leftovers);
 

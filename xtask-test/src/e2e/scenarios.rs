@@ -335,6 +335,30 @@ pub(super) fn scenario_no_leftovers(r: &mut Runner, _ids: &[String]) -> Result<S
     ))
 }
 
+/// With the shipped `accelerator = "auto"`: the KVM probe VM boots at most
+/// once for all the run's sandboxes (none when a verdict for this host is
+/// already recorded); every other sandbox takes the recorded verdict.
+pub(super) fn scenario_probe_once(r: &mut Runner, _ids: &[String]) -> Result<String> {
+    let log = std::fs::read_to_string(&r.env.containerd.log)?;
+    let probes = log.matches("accel: KVM probe ran").count();
+    let cached = log.matches("accel: KVM probe verdict from").count();
+    let sandboxes = log.matches("configuration loaded from").count();
+    if probes + cached < 2 {
+        bail!(
+            "{sandboxes} sandboxes, but only {} resolved the accelerator: nothing to compare (is accelerator = \"auto\" shipped?)",
+            probes + cached
+        );
+    }
+    if probes > 1 {
+        bail!(
+            "{sandboxes} sandboxes: {probes} KVM probe boots and {cached} recorded verdicts (want at most 1 boot)"
+        );
+    }
+    Ok(format!(
+        "{sandboxes} sandboxes with accelerator = \"auto\": {probes} KVM probe boot(s), {cached} took the recorded verdict"
+    ))
+}
+
 /// QEMU of a running sandbox is killed: `ctr run` must end with an error
 /// within its bound, and the shim must clean up everything.
 pub(super) fn fault_qemu_killed(r: &mut Runner, ids: &[String]) -> Result<String> {
