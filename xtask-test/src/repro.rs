@@ -271,49 +271,18 @@ impl CleanClone {
     /// `release` in the clone with this checkout's pipeline binary `exe`
     /// (built from the same sources: the clone is a copy of them), so the
     /// build tool is not compiled a second time; returns the wall time.
-    ///
-    /// A second pipeline process builds the `agent` step into the clone's
-    /// cache meanwhile: `release` starts with `runtime-bins`, and when it
-    /// reaches the agent it takes the entry the other process sealed (or
-    /// waits on its lock). Two cargo builds at once keep both cores busy
-    /// through the agent's one-codegen-unit LTO tail; every step is still
-    /// built from empty, in the clone, once. The agent process publishes
-    /// into a dist dir of its own, so the clone's dist holds what
-    /// `release` wrote and nothing else.
     pub fn release_with(&self, exe: &Path) -> Result<Duration> {
-        let pipeline = |what: &str, dist: &Path| {
-            let mut cmd = Command::new(exe);
-            cmd.args([what, "--cache-dir"])
-                .arg(&self.cache)
-                .arg("--dist-dir")
-                .arg(dist);
-            self.isolate(&mut cmd);
-            cmd.env(xtask::ROOT_ENV, &self.root);
-            cmd
-        };
-        let agent_dist = self.dist.with_file_name("agent-dist");
-        let agent_log = self.log.with_extension("agent.log");
-        xtask::tools::fresh_log(&agent_log)?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["release", "--cache-dir"])
+            .arg(&self.cache)
+            .arg("--dist-dir")
+            .arg(&self.dist);
+        self.isolate(&mut cmd);
+        cmd.env(xtask::ROOT_ENV, &self.root);
         let start = Instant::now();
-        let (agent, release) = std::thread::scope(|s| {
-            let agent = s.spawn(|| {
-                xtask::tools::run_logged(&mut pipeline("agent", &agent_dist), &agent_log)
-            });
-            let release = xtask::tools::run_logged(&mut pipeline("release", &self.dist), &self.log);
-            (agent.join(), release)
-        });
-        let took = start.elapsed();
-        release
+        xtask::tools::run_logged(&mut cmd, &self.log)
             .with_context(|| format!("release in clone {} ({})", self.name, self.root.display()))?;
-        // The release succeeded, so it has its agent; the side build's
-        // failure is still a failure of the clone's build.
-        match agent {
-            Ok(r) => r.with_context(|| {
-                format!("agent in clone {} ({})", self.name, self.root.display())
-            })?,
-            Err(_) => bail!("the clone's agent build thread panicked"),
-        }
-        Ok(took)
+        Ok(start.elapsed())
     }
 
     pub fn sums(&self) -> Result<String> {

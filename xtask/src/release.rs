@@ -159,14 +159,11 @@ pub struct ReleaseSteps {
 pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, version: String) -> Result<ReleaseSteps> {
     let epoch = epoch(ctx)?;
     let names = ReleaseNames::new(&version)?;
-    // The runtime's binaries first: the longest step that needs nothing
-    // else, so that a concurrent `agent` run (`test repro`'s clone) builds
-    // the agent meanwhile. The order changes no key and no output.
-    let runtime_bins = runtime_bins::add_runtime(g, ctx)?;
-    let vsock = runtime_bins::add_vsock(g, ctx)?;
     let kernel = kernel::add(g, ctx, &kernel_args())?.kernel;
     let initrd = initrd::add(g, ctx, &initrd_args())?;
     let image = image::add(g, ctx, &image_args())?;
+    let runtime_bins = runtime_bins::add_runtime(g, ctx)?;
+    let vsock = runtime_bins::add_vsock(g, ctx)?;
     let d = &ctx.digests;
     let mut inputs = StepInputs::new("release", FORMAT);
     inputs
