@@ -308,14 +308,11 @@ pub fn store_probe(file: &Path, key: &ProbeKey, probe: &KvmProbe) -> std::io::Re
 /// same key, else a probe, recorded there. Returns the verdict and whether
 /// a probe ran.
 pub fn probe_kvm_cached(qemu: &Path, kernel: &Path, cache: Option<&Path>) -> (KvmProbe, bool) {
-    let key = match cache.map(|_| ProbeKey::of(qemu, kernel)) {
-        Some(Ok(k)) => Some(k),
-        Some(Err(e)) => {
-            log::warn!("accel: KVM probe verdict not cached: {e}");
-            None
-        }
-        None => None,
-    };
+    let key = cache.and_then(|_| {
+        ProbeKey::of(qemu, kernel)
+            .map_err(|e| log::warn!("accel: KVM probe verdict not cached: {e}"))
+            .ok()
+    });
     if let (Some(file), Some(key)) = (cache, &key) {
         if let Some(p) = cached_probe(file, key) {
             log::info!(

@@ -134,12 +134,9 @@ pub struct KataShim {
 impl containerd_shim::Shim for KataShim {
     type T = Service;
 
-    fn new(_runtime_id: &str, args: &Flags, config: &mut Config) -> Self {
-        // The reaper settings are read before this (see [`shim_config`]);
-        // the log level after.
-        if debug_wanted() {
-            config.default_log_level = "debug".into();
-        }
+    /// The settings (reaper, log level) come from [`shim_config`], given
+    /// to `containerd_shim::run`: nothing to change here.
+    fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         KataShim {
             namespace: args.namespace.clone(),
             address: args.address.clone(),

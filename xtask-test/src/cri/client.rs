@@ -14,9 +14,9 @@ use k8s_cri::v1::{
     ContainerConfig, ContainerStatus, ContainerStatusRequest, CreateContainerRequest,
     ExecSyncRequest, ImageSpec, ImageStatusRequest, LinuxContainerResources, ListContainersRequest,
     ListPodSandboxRequest, PodSandboxConfig, PodSandboxStatus, PodSandboxStatusRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StatusRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest, VersionRequest,
-    VersionResponse,
+    PodSandboxStatusResponse, RemoveContainerRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StatusRequest, StopPodSandboxRequest,
+    UpdateContainerResourcesRequest, VersionRequest, VersionResponse,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -149,32 +149,32 @@ impl CriClient {
         Ok(r.pod_sandbox_id)
     }
 
-    pub fn pod_sandbox_status(&self, id: &str) -> Result<PodSandboxStatus> {
+    fn pod_sandbox_status_call(&self, id: &str, verbose: bool) -> Result<PodSandboxStatusResponse> {
         let mut c = self.runtime_service();
-        let r = self.call(
-            "PodSandboxStatus",
+        self.call(
+            if verbose {
+                "PodSandboxStatus (verbose)"
+            } else {
+                "PodSandboxStatus"
+            },
             QUICK_CALL,
             c.pod_sandbox_status(PodSandboxStatusRequest {
                 pod_sandbox_id: id.into(),
-                verbose: false,
+                verbose,
             }),
-        )?;
-        r.status
+        )
+    }
+
+    pub fn pod_sandbox_status(&self, id: &str) -> Result<PodSandboxStatus> {
+        self.pod_sandbox_status_call(id, false)?
+            .status
             .with_context(|| format!("PodSandboxStatus of {id} carries no status"))
     }
 
     /// containerd's verbose PodSandboxStatus `info` entry: a JSON object
     /// with the sandbox's pid, CNI result and runtime spec.
     pub fn pod_sandbox_info(&self, id: &str) -> Result<serde_json::Value> {
-        let mut c = self.runtime_service();
-        let r = self.call(
-            "PodSandboxStatus (verbose)",
-            QUICK_CALL,
-            c.pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: id.into(),
-                verbose: true,
-            }),
-        )?;
+        let r = self.pod_sandbox_status_call(id, true)?;
         let info = r
             .info
             .get("info")

@@ -235,13 +235,13 @@ fn check_host() -> Result<()> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KataHandler {
     /// This checkout's shim (or `--shim`) and guest, with the harness's
-    /// configuration.toml (`KATA_CONF_FILE` and `ConfigPath`).
+    /// configuration.toml, named by the handler's `ConfigPath` only.
     Built,
     /// The release's .deb installed on this host (`test e2e --install-deb`):
-    /// the shim containerd finds on its PATH, the configuration the shim's
-    /// own lookup finds (the package's), and the `kata` runtime table of the
-    /// package's containerd snippet, wired in as its comment tells an
-    /// administrator to.
+    /// the shim containerd finds on its PATH and the `kata` runtime table of
+    /// the package's containerd snippet, wired in as its comment tells an
+    /// administrator to; its `ConfigPath` names the package's configuration,
+    /// which the shim reads ahead of `KATA_CONF_FILE` and /etc.
     Installed,
 }
 
@@ -422,26 +422,9 @@ impl CriEnv {
     }
 }
 
-/// The installed package's containerd snippet, its `kata` table; refuses
-/// a host where something else than the package would configure the shim.
+/// The installed package's containerd snippet, its `kata` table.
 fn installed_kata_runtime() -> Result<toml::Table> {
     let prefix = Path::new(xtask::release::PREFIX);
-    if let Some(v) = std::env::var_os(runtime::config::CONF_FILE_ENV) {
-        return Err(InputError::new(format!(
-            "{}={} is set: the installed-package run must use the package's configuration; unset it",
-            runtime::config::CONF_FILE_ENV,
-            v.to_string_lossy()
-        ))
-        .into());
-    }
-    let etc = Path::new(runtime::config::ETC_CONF_FILE);
-    if etc.exists() {
-        return Err(InputError::new(format!(
-            "{} exists and the shim would read it instead of the package's configuration; move it away for the test",
-            etc.display()
-        ))
-        .into());
-    }
     let snippet = prefix.join(packaging::layout::CONTAINERD_SNIPPET_PATH);
     let text = std::fs::read_to_string(&snippet)
         .with_context(|| format!("the installed package has no {}", snippet.display()))?;
