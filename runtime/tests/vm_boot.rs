@@ -245,3 +245,47 @@ fn nvdimm_image_is_attached_read_only() {
         "the image is untouched"
     );
 }
+
+/// A host client that retries `CONNECT` in a tight loop from QEMU's start
+/// (as the shim's agent wait does, only faster) reaches the vsock daemon
+/// while QEMU is still setting up the device's virtqueues. The daemon must
+/// keep answering: once the guest is up, a `CONNECT` to a port nothing
+/// listens on gets the guest's reset (the connection is closed), never
+/// silence. Before `vhost-device-vsock/patches/0.3.0/0001-*`, the daemon's
+/// worker thread died on such an early connection in most boots and every
+/// later `CONNECT` went unanswered.
+#[test]
+#[ignore = "needs QEMU, busybox-static, cpio, a guest kernel and the release's vhost-device-vsock: run by cargo xtask test unit"]
+fn connect_storm_during_boot_leaves_the_vsock_daemon_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = common::busybox_initrd(dir.path());
+    let mut cfg = base_config(dir.path(), "storm1", BootMedia::Initrd(initrd));
+    cfg.kernel_params.push("kata_test_mode=sleep".into());
+    let vm = Vm::start(cfg).unwrap();
+    let address = vm.agent_address().expect("hybrid vsock address");
+    let started = Instant::now();
+    let (mut attempts, mut checked) = (0u32, Instant::now());
+    loop {
+        let _ = address.connect(Duration::from_millis(200));
+        attempts += 1;
+        if checked.elapsed() > Duration::from_millis(100) {
+            checked = Instant::now();
+            if vm.console_output().contains("KATA-TEST-INIT: up") {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the guest did not come up; console:\n{}",
+                vm.console_output()
+            );
+        }
+    }
+    let err = address
+        .connect(Duration::from_secs(10))
+        .expect_err("nothing listens on the agent port in this guest");
+    assert!(
+        err.to_string().contains("connection closed after CONNECT"),
+        "after {attempts} CONNECT attempts during boot the daemon no longer answers: {err}"
+    );
+    vm.shutdown().unwrap();
+}

@@ -97,6 +97,12 @@ pub fn unit(ctx: &Ctx) -> Result<()> {
     let tarball = ctx.debian_member("kernel", &ctx.versions.kernel.debian)?;
     // The runtime's real-QEMU tests boot the pipeline's own kernel.
     let kernel = xtask::kernel::build(ctx, &xtask::kernel::KernelArgs::default())?;
+    // The runtime's VM tests find the vsock daemon on $PATH: put the
+    // release's (patched) daemon first, ahead of any other installed one.
+    let vsock = xtask::release::build_vsock(ctx)?;
+    let path = std::env::join_paths(std::iter::once(vsock.path("")).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))?;
     ctx.ui
         .info("test unit: cargo test --workspace --locked -- --include-ignored");
     run_visible(
@@ -116,6 +122,7 @@ pub fn unit(ctx: &Ctx) -> Result<()> {
             ])
             .env(KERNEL_TARBALL_ENV, &tarball)
             .env(TEST_KERNEL_ENV, kernel.bzimage())
+            .env("PATH", path)
             // The kernel tests reuse this run's cache (the kernel is in it).
             .env(xtask::context::CACHE_ENV, &ctx.cache_dir)
             .current_dir(&ctx.root),

@@ -81,6 +81,10 @@ pub struct Guest {
     pub boot: BootMedia,
     pub media: Media,
     pub console_dir: PathBuf,
+    /// The release's `vhost-device-vsock` (the pinned crate with this
+    /// project's patches), never whatever is on `$PATH`: the harnesses test
+    /// the daemon that ships.
+    pub vsock_daemon: PathBuf,
 }
 
 pub fn prepare(ctx: &Ctx, media: Media, recipe: &str) -> Result<Guest> {
@@ -108,11 +112,13 @@ pub fn prepare(ctx: &Ctx, media: Media, recipe: &str) -> Result<Guest> {
             }
         }
     };
+    let vsock_daemon = xtask::release::build_vsock(ctx)?.path(xtask::release::VSOCK_DAEMON);
     Ok(Guest {
         kernel,
         boot,
         media,
         console_dir: ctx.logs(),
+        vsock_daemon,
     })
 }
 
@@ -121,6 +127,7 @@ pub(crate) fn config(guest: &Guest, name: &str, accel: Accel, extra_params: &[&s
     let id = format!("xtask-{name}-{}", std::process::id());
     let mut cfg = QemuConfig::new(id, &guest.kernel, guest.boot.clone());
     cfg.accel = accel;
+    cfg.vsock_daemon = Some(guest.vsock_daemon.clone());
     cfg.console_log = Some(guest.console_dir.join(format!("vm-{name}-console.log")));
     cfg.kernel_params = extra_params.iter().map(|s| s.to_string()).collect();
     cfg
@@ -363,6 +370,71 @@ pub fn fault_silent_agent(guest: &Guest, accel: Accel) -> Result<FaultReport> {
     })
 }
 
+/// What [`connect_storm`] did and what it found.
+#[derive(Serialize)]
+pub struct StormReport {
+    /// `CONNECT`s sent from QEMU's start until the agent first answered.
+    pub during_boot: u32,
+    /// `CONNECT`s abandoned right after they were sent, once the agent
+    /// listened (the guest's answer finds the host end closed).
+    pub abandoned: u32,
+    /// A fresh client's wait for SERVING after the storm.
+    pub serving_after_ms: u64,
+    pub leftovers: Vec<String>,
+}
+
+/// How long the storm abandons connections once the agent listens.
+const ABANDON_FOR: Duration = Duration::from_secs(5);
+
+/// Host clients that give up on `CONNECT` early must not cost later ones
+/// their agent: `CONNECT`s in a tight loop from QEMU's start (some reach
+/// the vsock daemon while QEMU is still setting up the virtqueues), then
+/// `CONNECT`s abandoned before the guest's answer arrives. Afterwards a
+/// normal client must still reach SERVING. The vsock daemon's worker thread
+/// died in both cases before `vhost-device-vsock/patches/0.3.0`, and every
+/// later `CONNECT` went unanswered.
+pub fn connect_storm(guest: &Guest, accel: Accel) -> Result<StormReport> {
+    let cfg = config(guest, "connect-storm", accel, &[]);
+    let mut vm = Vm::start(cfg)?;
+    let traces = Traces::of(&vm);
+    let address = vm.agent_address().context("no agent channel")?;
+    let started = Instant::now();
+    let mut during_boot = 0u32;
+    loop {
+        vm.check_alive()?;
+        if started.elapsed() > SERVING_TIMEOUT {
+            bail!("no CONNECT was answered with OK within {SERVING_TIMEOUT:?} of QEMU's start ({during_boot} tried)");
+        }
+        during_boot += 1;
+        if address.connect(Duration::from_millis(200)).is_ok() {
+            break;
+        }
+    }
+    let mut abandoned = 0u32;
+    let storm = Instant::now();
+    while storm.elapsed() < ABANDON_FOR {
+        // A 1 ms bound: the guest's OK comes later, to a closed host end.
+        let _ = address.connect(Duration::from_millis(1));
+        abandoned += 1;
+    }
+    let t = Instant::now();
+    let client = AgentClient::wait_serving(&address, Duration::from_secs(30), CALL_TIMEOUT, || {
+        vm.check_alive()
+    })
+    .with_context(|| {
+        format!("after {during_boot} CONNECTs during boot and {abandoned} abandoned ones, the agent is unreachable")
+    })?;
+    let serving_after = t.elapsed();
+    drop(client);
+    vm.shutdown()?;
+    Ok(StormReport {
+        during_boot,
+        abandoned,
+        serving_after_ms: serving_after.as_millis() as u64,
+        leftovers: traces.leftovers(),
+    })
+}
+
 pub fn check_fault(f: &FaultReport) -> Result<()> {
     if !f.leftovers.is_empty() {
         bail!("{}: left behind: {}", f.scenario, f.leftovers.join("; "));
@@ -408,6 +480,15 @@ pub fn run(ctx: &Ctx, args: &VmArgs) -> Result<()> {
             faults.push(f);
         }
         json.insert("faults".into(), serde_json::to_value(&faults)?);
+        let storm = connect_storm(&guest, args.accel)?;
+        if !storm.leftovers.is_empty() {
+            bail!("connect-storm: left behind: {}", storm.leftovers.join("; "));
+        }
+        ctx.ui.info(&format!(
+            "test vm fault connect-storm: PASS: SERVING {} ms after {} CONNECTs during boot and {} abandoned ones",
+            storm.serving_after_ms, storm.during_boot, storm.abandoned
+        ));
+        json.insert("connect_storm".into(), serde_json::to_value(&storm)?);
     }
     if ctx.json {
         ctx.print_json(&serde_json::Value::Object(json))?;

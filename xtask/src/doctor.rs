@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use crate::host_tools::{self, HostTool};
-use crate::tools::{run_captured, run_visible, which};
+use crate::tools::{run_captured, run_visible};
 use crate::ui::Ui;
 use crate::versions::Versions;
 
@@ -15,7 +15,6 @@ use crate::versions::Versions;
 enum Check {
     Tool(HostTool),
     RustTarget(String),
-    CargoBinary { name: String, version: String },
     QemuAtLeast(String),
 }
 
@@ -24,7 +23,6 @@ enum Fix {
     Apt(&'static str),
     Pip(&'static str),
     RustupTarget(String),
-    CargoInstall { name: String, version: String },
 }
 
 impl Fix {
@@ -33,9 +31,6 @@ impl Fix {
             Fix::Apt(p) => format!("apt-get install -y {p}"),
             Fix::Pip(p) => format!("python3 -m pip install {p}"),
             Fix::RustupTarget(t) => format!("rustup target add {t}"),
-            Fix::CargoInstall { name, version } => {
-                format!("cargo install --locked {name} --version {version}")
-            }
         }
     }
 }
@@ -91,21 +86,6 @@ fn requirements(v: &Versions) -> Vec<Requirement> {
             check: Check::RustTarget(v.rust.musl_target.clone()),
             fix: Fix::RustupTarget(v.rust.musl_target.clone()),
         },
-        Requirement {
-            what: format!(
-                "{} {}",
-                v.vhost_device_vsock.crate_name, v.vhost_device_vsock.version
-            ),
-            needed_for: "the host side of vsock where /dev/vhost-vsock is missing",
-            check: Check::CargoBinary {
-                name: v.vhost_device_vsock.crate_name.clone(),
-                version: v.vhost_device_vsock.version.clone(),
-            },
-            fix: Fix::CargoInstall {
-                name: v.vhost_device_vsock.crate_name.clone(),
-                version: v.vhost_device_vsock.version.clone(),
-            },
-        },
     ]);
     reqs
 }
@@ -120,18 +100,6 @@ fn problem(check: &Check) -> Option<String> {
                     .unwrap_or(false);
             (!installed).then(|| format!("rust target {t} is not installed"))
         }
-        Check::CargoBinary { name, version } => match which(name) {
-            None => Some(format!("`{name}` is not installed")),
-            Some(path) => {
-                // `cargo install` records what it installed; a different
-                // version is as good as missing.
-                let listed = run_captured(Command::new("cargo").args(["install", "--list"]))
-                    .unwrap_or_default();
-                let want = format!("{name} v{version}:");
-                (!listed.lines().any(|l| l.trim() == want))
-                    .then(|| format!("{} is not version {version}", path.display()))
-            }
-        },
         Check::QemuAtLeast(min) => {
             match run_captured(Command::new("qemu-system-x86_64").arg("--version")) {
                 Err(_) => Some("`qemu-system-x86_64` is not on PATH".into()),
@@ -243,18 +211,6 @@ pub fn install(v: &Versions, ui: &Ui) -> Result<()> {
             Fix::RustupTarget(t) => {
                 ui.info(&format!("adding rust target {t}"));
                 run_visible(Command::new("rustup").args(["target", "add", t]))?;
-            }
-            Fix::CargoInstall { name, version } => {
-                ui.info(&format!(
-                    "installing {name} {version} with cargo (takes a few minutes)"
-                ));
-                run_visible(Command::new("cargo").args([
-                    "install",
-                    "--locked",
-                    name,
-                    "--version",
-                    version,
-                ]))?;
             }
         }
     }

@@ -86,7 +86,8 @@ pub const GCC: HostTool = HostTool::program("gcc", "gcc", "the kernel build");
 pub const FLEX: HostTool = HostTool::program("flex", "flex", "the kernel build");
 pub const BISON: HostTool = HostTool::program("bison", "bison", "the kernel build");
 pub const BC: HostTool = HostTool::program("bc", "bc", "the kernel build");
-pub const PATCH: HostTool = HostTool::program("patch", "patch", "kernel patches");
+pub const PATCH: HostTool =
+    HostTool::program("patch", "patch", "kernel and vhost-device-vsock patches");
 pub const XZ: HostTool = HostTool::program("xz", "xz-utils", "the kernel source tarball");
 pub const LIBELF: HostTool = HostTool::file(
     "libelf-dev",

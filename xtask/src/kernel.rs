@@ -64,7 +64,7 @@ fn bad<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow::Error::new(InputError::new(e.to_string()))
 }
 
-fn kernel_err(e: kernel_builder::Error) -> anyhow::Error {
+pub(crate) fn kernel_err(e: kernel_builder::Error) -> anyhow::Error {
     if e.is_bad_input() {
         bad(e)
     } else {

@@ -237,10 +237,7 @@ fn sbom_pins(ctx: &Ctx) -> Vec<Pin> {
         Pin {
             name: vsock.crate_name.clone(),
             version: vsock.version.clone(),
-            download_location: format!(
-                "https://crates.io/api/v1/crates/{}/{}/download",
-                vsock.crate_name, vsock.version
-            ),
+            download_location: crate::runtime_bins::vsock_crate_url(ctx),
             sha256: vsock.sha256.to_string(),
             purl: Some(format!("pkg:cargo/{}@{}", vsock.crate_name, vsock.version)),
         },

@@ -6,7 +6,9 @@
 //!   cargo that runs xtask.
 //! - `vhost-device-vsock`: the rust-vmm daemon serving the agent's vsock
 //!   channel where the host has no `/dev/vhost-vsock`, built from the crate
-//!   pinned in `versions.yaml` with `cargo install --locked`.
+//!   pinned in `versions.yaml` with the patches of
+//!   `vhost-device-vsock/patches/<version>/` applied, with
+//!   `cargo install --locked --path`.
 //!
 //! Both are built with `--remap-path-prefix` for the clone, the cargo home
 //! and (for the crate) the temporary target dir, so two clones in different
@@ -20,16 +22,22 @@ use anyhow::{bail, Context, Result};
 use crate::cache::StepInputs;
 use crate::context::Ctx;
 use crate::graph::{Graph, StepId};
-use crate::tools::{run_captured, run_logged};
+use crate::tools::run_logged;
 use crate::{elf, host_tools};
 
 const RUNTIME_FORMAT: u32 = 1;
 // 2: the entry keeps the crate's Cargo.lock (for the SBOM).
-const VSOCK_FORMAT: u32 = 2;
+// 3: built from the verified .crate with this project's patches applied.
+const VSOCK_FORMAT: u32 = 3;
 
 pub const SHIM: &str = "containerd-shim-kata-v2";
 pub const RUNTIME: &str = "kata-runtime";
 pub const VSOCK_DAEMON: &str = "vhost-device-vsock";
+/// `<root>/vhost-device-vsock/patches/<version>/*.patch`: what this project
+/// changes in the pinned crate. The series is named by the crate version, so
+/// bumping the pin without reviewing the patches fails instead of silently
+/// shipping an unpatched daemon.
+pub const VSOCK_PATCHES_DIR: &str = "vhost-device-vsock";
 
 pub(crate) fn cargo_home() -> String {
     std::env::var("CARGO_HOME")
@@ -131,18 +139,27 @@ fn build_runtime_into(ctx: &Ctx, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The crate pin is an input by its sha256: cargo verifies the downloaded
-/// `.crate` against the checksum in the crates.io index, and the build
-/// checks that the `.crate` cargo used has the pinned digest (see
-/// `check_crate_pin`), so a re-published or re-pinned crate is a new key.
-/// The `vhost-device-vsock` step: the pinned crate, built with `cargo
-/// install --locked`. Its entry also keeps the crate's `Cargo.lock` (the
-/// SBOM lists its crates) and `target`, the target it was built for.
+/// The patches carried on the pinned crate, in application order (the same
+/// `patch` helper the kernel's patches go through).
+pub fn vsock_patches(ctx: &Ctx) -> Result<kernel_builder::Patches> {
+    kernel_builder::Patches::load(
+        &ctx.root.join(VSOCK_PATCHES_DIR),
+        &ctx.versions.vhost_device_vsock.version,
+    )
+    .map_err(crate::kernel::kernel_err)
+}
+
+/// The `vhost-device-vsock` step: the pinned crate with its patches, built
+/// with `cargo install --locked`. The crate is an input by its sha256 (the
+/// build checks the `.crate` it unpacks against it), the patches by their
+/// contents. Its entry also keeps the crate's `Cargo.lock` (the SBOM lists
+/// its crates) and `target`, the target it was built for.
 pub fn add_vsock<'g>(g: &mut Graph<'g>, ctx: &'g Ctx) -> Result<StepId> {
     if let Some(id) = g.find(VSOCK_DAEMON) {
         return Ok(id);
     }
     let pin = &ctx.versions.vhost_device_vsock;
+    let patches = vsock_patches(ctx)?;
     let mut i = StepInputs::new(VSOCK_DAEMON, VSOCK_FORMAT);
     i.value("crate", &pin.crate_name)
         .value("crate.version", &pin.version)
@@ -151,61 +168,83 @@ pub fn add_vsock<'g>(g: &mut Graph<'g>, ctx: &'g Ctx) -> Result<StepId> {
         .value("target", &ctx.versions.rust.musl_target)
         .value("locked", true)
         .value("strip", STRIP);
+    for (rel, path) in patches.input_files() {
+        i.file(&ctx.digests, &format!("patch:{rel}"), &path)?;
+    }
     Ok(g.add(
         VSOCK_DAEMON,
         i,
         &[],
-        &[host_tools::MUSL_GCC, host_tools::TAR],
-        move |_, out| build_vsock_into(ctx, out),
+        &[host_tools::MUSL_GCC, host_tools::TAR, host_tools::PATCH],
+        move |_, out| build_vsock_into(ctx, &patches, out),
     ))
 }
 
-/// The `.crate` file cargo downloaded must be the pinned one.
-fn check_crate_pin(ctx: &Ctx) -> Result<PathBuf> {
+/// Where crates.io serves the pinned `.crate` (also the SBOM's download
+/// location).
+pub fn vsock_crate_url(ctx: &Ctx) -> String {
     let pin = &ctx.versions.vhost_device_vsock;
-    let file_name = format!("{}-{}.crate", pin.crate_name, pin.version);
-    let cache = Path::new(&cargo_home()).join("registry").join("cache");
-    let found = std::fs::read_dir(&cache)
-        .with_context(|| {
-            format!(
-                "{}: cargo's registry cache is missing after cargo install",
-                cache.display()
-            )
-        })?
-        .flatten()
-        .map(|e| e.path().join(&file_name))
-        .find(|p| p.is_file())
-        .with_context(|| {
-            format!(
-                "{file_name} is not in {} after cargo install",
-                cache.display()
-            )
-        })?;
-    let got = crate::hash::file_sha256(&found)?;
-    if got != pin.sha256.as_str() {
-        bail!(
-            "{} has sha256 {got} but versions.yaml pins vhost_device_vsock.sha256 {}; \
-             re-pin with `cargo xtask versions --update vhost_device_vsock` only if the new crate is trusted",
-            found.display(),
-            pin.sha256
-        );
-    }
-    Ok(found)
+    format!(
+        "https://crates.io/api/v1/crates/{}/{}/download",
+        pin.crate_name, pin.version
+    )
 }
 
-fn build_vsock_into(ctx: &Ctx, out: &Path) -> Result<()> {
+/// The pinned `.crate`, verified: cargo's own download cache when it holds
+/// the pinned bytes (so `--offline` works after any cargo build that fetched
+/// it), else the project cache, else crates.io.
+fn pinned_crate(ctx: &Ctx) -> Result<PathBuf> {
+    let pin = &ctx.versions.vhost_device_vsock;
+    let file_name = format!("{}-{}.crate", pin.crate_name, pin.version);
+    let registry = Path::new(&cargo_home()).join("registry").join("cache");
+    if let Ok(indexes) = std::fs::read_dir(&registry) {
+        for index in indexes.flatten() {
+            let candidate = index.path().join(&file_name);
+            if candidate.is_file() && crate::hash::file_sha256(&candidate)? == pin.sha256.as_str() {
+                return Ok(candidate);
+            }
+        }
+    }
+    ctx.fetcher()?.url(
+        "vhost_device_vsock",
+        &vsock_crate_url(ctx),
+        Some(&pin.sha256),
+    )
+}
+
+fn build_vsock_into(ctx: &Ctx, patches: &kernel_builder::Patches, out: &Path) -> Result<()> {
     let pin = &ctx.versions.vhost_device_vsock;
     let musl = &ctx.versions.rust.musl_target;
     let cache = ctx.cache()?;
     let log = crate::tools::fresh_log(&ctx.logs().join("vhost-device-vsock.log"))?;
     let work = cache.temp_dir("vhost-device-vsock-build")?;
+    let crate_file = pinned_crate(ctx)?;
+    let unpacked = work.path().join("src");
+    std::fs::create_dir_all(&unpacked)?;
+    run_logged(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&crate_file)
+            .arg("-C")
+            .arg(&unpacked),
+        &log,
+    )
+    .with_context(|| format!("unpack {}", crate_file.display()))?;
+    let crate_dir = format!("{}-{}", pin.crate_name, pin.version);
+    let src = unpacked.join(&crate_dir);
+    {
+        let mut patch_log = std::fs::OpenOptions::new().append(true).open(&log)?;
+        kernel_builder::apply_patches(&src, patches, &mut patch_log)
+            .map_err(crate::kernel::kernel_err)?;
+    }
     let target_dir = work.path().join("target");
     let root = work.path().join("root");
     let install = |target: &str| -> Result<()> {
-        // The target dir is a fresh temp dir each time: its path must not
-        // reach the binary either.
+        // The unpacked source and the target dir are fresh temp dirs each
+        // time: their paths must not reach the binary.
         let flags = format!(
-            "--remap-path-prefix={}=/target --remap-path-prefix={}=/cargo",
+            "--remap-path-prefix={}=/src/{crate_dir} --remap-path-prefix={}=/target --remap-path-prefix={}=/cargo",
+            src.display(),
             target_dir.display(),
             cargo_home()
         );
@@ -214,13 +253,9 @@ fn build_vsock_into(ctx: &Ctx, out: &Path) -> Result<()> {
             .arg("--locked")
             .arg("--root")
             .arg(&root)
-            .args([
-                pin.crate_name.as_str(),
-                "--version",
-                pin.version.as_str(),
-                "--target",
-                target,
-            ])
+            .arg("--path")
+            .arg(&src)
+            .args(["--target", target])
             .env(rustflags_env(target), flags)
             .env(STRIP_ENV, STRIP)
             .env("CARGO_TARGET_DIR", &target_dir)
@@ -242,22 +277,15 @@ fn build_vsock_into(ctx: &Ctx, out: &Path) -> Result<()> {
             "x86_64-unknown-linux-gnu".to_string()
         }
     };
-    let crate_file = check_crate_pin(ctx)?;
     // `cargo install --locked` built exactly the crates of the lock file
     // inside the verified .crate; the SBOM lists them.
-    let lock = run_captured(
-        Command::new("tar")
-            .arg("-xzOf")
-            .arg(&crate_file)
-            .arg(format!("{}-{}/Cargo.lock", pin.crate_name, pin.version)),
-    )
-    .with_context(|| {
+    let lock = src.join("Cargo.lock");
+    std::fs::copy(&lock, out.join("Cargo.lock")).with_context(|| {
         format!(
             "{} has no Cargo.lock to list its crates in the SBOM",
             crate_file.display()
         )
     })?;
-    std::fs::write(out.join("Cargo.lock"), lock)?;
     let built = root.join("bin").join(VSOCK_DAEMON);
     if target == *musl {
         require_static(&built)?;

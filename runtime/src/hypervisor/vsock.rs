@@ -194,15 +194,22 @@ pub fn vsock_connect(cid: u32, port: u32, timeout: Duration) -> std::io::Result<
     Ok(fd)
 }
 
-/// Find the `vhost-device-vsock` binary: `$PATH`, then `~/.cargo/bin` (where
-/// `cargo install` puts it).
+/// Where the release installs its `vhost-device-vsock`.
+pub const RELEASE_VSOCK_DAEMON: &str = "/opt/kata/libexec/vhost-device-vsock";
+
+/// Find the `vhost-device-vsock` binary when the configuration names none:
+/// `$PATH`, then `~/.cargo/bin`, then the release's.
 pub fn find_vsock_daemon() -> Option<PathBuf> {
     host_support::program::which("vhost-device-vsock")
+        .or_else(|| Some(PathBuf::from(RELEASE_VSOCK_DAEMON)).filter(|p| p.is_file()))
 }
 
-/// Install hint for errors about the daemon.
+/// Install hint for errors about the daemon. The release's build carries
+/// fixes for daemon threads that die on early or abandoned connections
+/// (`vhost-device-vsock/patches/`), so a plain `cargo install` of the crate
+/// is not what to point at.
 pub(crate) const VSOCK_DAEMON_HINT: &str =
-    "install it with `cargo install vhost-device-vsock --version 0.3.0 --locked` (or `cargo xtask doctor --install`)";
+    "install the kata-containers-static release (it ships /opt/kata/libexec/vhost-device-vsock) or build it with `cargo xtask release`, and set vhost_user_vsock_daemon";
 
 /// A running `vhost-device-vsock` serving one VM. It does not exit when QEMU
 /// does (it waits for the next front-end), so its owner must stop it.

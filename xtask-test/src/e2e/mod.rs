@@ -221,12 +221,8 @@ pub fn kata_configuration(guest: &vmtest::Guest) -> Result<String> {
         bail!("{VIRTIOFSD} is missing: apt-get install qemu-system-common (virtiofsd shares the container rootfs)");
     }
     // Our extension key; without /dev/vhost-vsock the shim needs it, and
-    // containerd's PATH need not hold ~/.cargo/bin where doctor installs it.
-    let vsock_daemon = xtask::tools::which("vhost-device-vsock").or_else(|| {
-        std::env::var_os("HOME")
-            .map(|h| Path::new(&h).join(".cargo/bin/vhost-device-vsock"))
-            .filter(|p| p.is_file())
-    });
+    // the harness names the release's daemon (not one on containerd's PATH).
+    let vsock_daemon = Some(guest.vsock_daemon.clone());
     harness_configuration(&qemu, &guest.kernel, &guest.boot, vsock_daemon)
 }
 
