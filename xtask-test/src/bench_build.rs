@@ -26,6 +26,8 @@ struct Report {
     cold_initrd_and_image_ms_median: f64,
     cold_over_warm_ratio: f64,
     agent_bytes: u64,
+    agent_budget_bytes: u64,
+    agent_within_budget: bool,
     initrd_bytes: u64,
     image_bytes: u64,
 }
@@ -86,27 +88,30 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     };
     let warm_m = median(warm);
     let cold_m = median(cold);
+    let agent_bytes = std::fs::metadata(
+        xtask::agent::agent_target_dir(ctx)
+            .join(&ctx.versions.rust.musl_target)
+            .join(xtask::agent::PROFILE)
+            .join("kata-agent"),
+    )?
+    .len();
     let report = Report {
         samples: SAMPLES,
         warm_noop_image_ms_median: warm_m,
         cold_initrd_and_image_ms_median: cold_m,
         cold_over_warm_ratio: cold_m / warm_m,
-        agent_bytes: std::fs::metadata(
-            xtask::agent::agent_target_dir(ctx)
-                .join(&ctx.versions.rust.musl_target)
-                .join(xtask::agent::PROFILE)
-                .join("kata-agent"),
-        )?
-        .len(),
+        agent_bytes,
+        agent_budget_bytes: xtask::agent::SIZE_BUDGET,
+        agent_within_budget: agent_bytes <= xtask::agent::SIZE_BUDGET,
         initrd_bytes: size("kata-containers-initrd.img")?,
         image_bytes: size("kata-containers.img")?,
     };
     ctx.ui.info(&format!(
-        "bench build (median of {SAMPLES}): warm no-op image {:.0} ms; cold initrd+image {:.0} ms ({:.1}x); agent {} B, initrd {} B, image {} B",
+        "bench build (median of {SAMPLES}): warm no-op image {:.0} ms; cold initrd+image {:.0} ms ({:.1}x); agent {}, initrd {} B, image {} B",
         report.warm_noop_image_ms_median,
         report.cold_initrd_and_image_ms_median,
         report.cold_over_warm_ratio,
-        report.agent_bytes,
+        xtask::agent::describe_size(report.agent_bytes),
         report.initrd_bytes,
         report.image_bytes
     ));
