@@ -50,6 +50,14 @@ enum Commands {
     Check(CheckArgs),
     /// Print the configuration in effect (TOML; --json for JSON).
     Env(EnvArgs),
+    /// Print a running sandbox's metrics (Prometheus text) from its shim.
+    Metrics(MetricsArgs),
+}
+
+#[derive(clap::Args)]
+struct MetricsArgs {
+    /// The sandbox's id (its first container's id, as `ctr task ls` shows).
+    sandbox_id: String,
 }
 
 #[derive(clap::Args)]
@@ -97,6 +105,7 @@ fn main() -> ExitCode {
         Commands::AgentCtl(args) => agent_ctl(args),
         Commands::Check(args) => check(args),
         Commands::Env(args) => env(args),
+        Commands::Metrics(args) => metrics(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -109,6 +118,30 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn metrics(a: MetricsArgs) -> Result<(), Failure> {
+    use runtime::shim::monitor;
+    let id = &a.sandbox_id;
+    protocols::ids::check_id("sandbox id", id).map_err(Failure::Usage)?;
+    let socket = monitor::socket_path(std::path::Path::new(monitor::SANDBOXES_DIR), id);
+    if !socket.exists() {
+        return Err(Failure::Call(format!(
+            "sandbox {id}: no shim monitor socket at {}: no running sandbox has this id (running ones: ls {})",
+            socket.display(),
+            monitor::SANDBOXES_DIR
+        )));
+    }
+    let (status, body) = monitor::get(&socket, "/metrics")
+        .map_err(|e| Failure::Call(format!("sandbox {id}: {e}")))?;
+    if status != 200 {
+        return Err(Failure::Call(format!(
+            "sandbox {id}: the shim answered /metrics with HTTP {status}: {}",
+            body.trim()
+        )));
+    }
+    print!("{body}");
+    Ok(())
 }
 
 fn parse_request<M: MessageFull>(call: &str, args: Option<&str>) -> Result<M, Failure> {

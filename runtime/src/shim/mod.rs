@@ -12,6 +12,7 @@
 //! `start` action answers with that shim's address and spawns nothing.
 
 mod annotations;
+pub mod monitor;
 mod mounts;
 mod runtime_options;
 mod sandbox;
@@ -188,12 +189,13 @@ impl containerd_shim::Shim for KataShim {
         let sid = sandbox_id_of_bundle(&self.bundle, &self.id).map_err(invalid)?;
         let mut problems = cleanup_leftovers(&state_root, &sid, &self.id);
         if sid == self.id {
-            // The dead shim served this sandbox's socket; nothing removes
-            // it once the shim was killed.
+            // The dead shim served this sandbox's sockets; nothing removes
+            // them once the shim was killed.
             let socket = containerd_shim::socket_address(&self.address, &self.namespace, &sid);
             if let Err(p) = remove_dead_socket(Path::new(socket.trim_start_matches("unix://"))) {
                 problems.push(p);
             }
+            problems.extend(remove_dead_monitor(Path::new(monitor::SANDBOXES_DIR), &sid));
         }
         for p in &problems {
             eprintln!("containerd-shim-kata-v2 delete {}: {p}", self.id);
@@ -275,6 +277,18 @@ fn remove_dead_socket(path: &Path) -> Result<(), String> {
             other => return other.map_err(|e| e.message),
         }
     }
+}
+
+/// The monitor socket and directory a dead shim left below `root`
+/// (`/run/vc/sbs`): removed unless a live shim still serves them.
+fn remove_dead_monitor(root: &Path, sid: &str) -> Option<String> {
+    let socket = monitor::socket_path(root, sid);
+    if let Err(p) = remove_dead_socket(&socket) {
+        return Some(p);
+    }
+    crate::state_fs::remove_below(root, Path::new(sid))
+        .err()
+        .map(|e| format!("remove {}: {e}", root.join(sid).display()))
 }
 
 /// How long `delete` waits for an exiting shim to stop accepting on its
@@ -475,5 +489,23 @@ mod tests {
             .contains("not a socket"));
         assert!(file.exists());
         remove_dead_socket(&dir.path().join("absent")).unwrap();
+    }
+
+    #[test]
+    fn a_dead_shims_monitor_directory_goes_and_a_live_one_stays() {
+        let root = tempfile::tempdir().unwrap();
+        let live = monitor::MonitorServer::start(root.path(), "live", Default::default()).unwrap();
+        let p = remove_dead_monitor(root.path(), "live").unwrap();
+        assert!(p.contains("still accepts"), "{p}");
+        assert!(live.socket().exists());
+        drop(live);
+
+        std::fs::create_dir(root.path().join("dead")).unwrap();
+        let socket = monitor::socket_path(root.path(), "dead");
+        drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+        assert_eq!(remove_dead_monitor(root.path(), "dead"), None);
+        assert!(!root.path().join("dead").exists());
+        // Nothing there: nothing to do.
+        assert_eq!(remove_dead_monitor(root.path(), "never"), None);
     }
 }

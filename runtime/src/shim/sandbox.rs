@@ -11,6 +11,7 @@ use protocols::agent::{
     UpdateInterfaceRequest, UpdateRoutesRequest,
 };
 
+use super::monitor::{MonitorServer, Monitored, SANDBOXES_DIR};
 use super::mounts;
 use crate::agent_client::{wait_for_agent, AgentAddress, AgentClient};
 use crate::config::KataConfig;
@@ -44,6 +45,9 @@ pub struct Sandbox {
     /// The taps and filters wiring the pod's network namespace to the
     /// guest (`tcfilter`), undone after the VM stops.
     network: Mutex<Option<PodNetwork>>,
+    /// The HTTP monitor socket (`/run/vc/sbs/<id>/shim-monitor.sock`),
+    /// served while the VM runs.
+    monitor: Mutex<Option<MonitorServer>>,
 }
 
 impl Sandbox {
@@ -160,6 +164,21 @@ impl Sandbox {
             anyhow::anyhow!("sandbox {id}: CreateSandbox: {}", crate::error_chain(&e))
         })?;
         let address = agent.address().clone();
+        // As upstream's shim: a monitor that cannot start is logged, and the
+        // sandbox runs without it.
+        let monitored = Monitored {
+            agent_url: address.to_string(),
+            hypervisor: vm.pid(),
+            virtiofsd: vm.virtiofsd_pid(),
+            vsock_daemon: vm.vsock_daemon_pid(),
+        };
+        let monitor = match MonitorServer::start(Path::new(SANDBOXES_DIR), id, monitored) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                log::warn!("sandbox {id}: no monitor socket: {e}");
+                None
+            }
+        };
         Ok(Sandbox {
             id: id.to_string(),
             state_root: cfg.runtime.state_root.clone(),
@@ -171,6 +190,7 @@ impl Sandbox {
             vm: Mutex::new(Some(vm)),
             cid: Mutex::new(Some(cid)),
             network: Mutex::new(network),
+            monitor: Mutex::new(monitor),
         })
     }
 
@@ -203,6 +223,13 @@ impl Sandbox {
     /// to destroy the sandbox first.
     pub fn stop_vm(&self, graceful: bool) -> Vec<String> {
         let mut problems = Vec::new();
+        // Nothing left to report on once the VM goes.
+        drop(
+            self.monitor
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         if graceful {
             if let Err(e) = self.agent.destroy_sandbox() {
                 log::warn!("sandbox {}: DestroySandbox: {e}", self.id);

@@ -545,6 +545,13 @@ impl PrivateContainerd {
             if shared.exists() {
                 out.push(format!("kata shared dir {} still exists", shared.display()));
             }
+            let monitor = Path::new(runtime::shim::monitor::SANDBOXES_DIR).join(&id);
+            if monitor.exists() {
+                out.push(format!(
+                    "shim monitor directory {} still exists",
+                    monitor.display()
+                ));
+            }
             let sock = self.shim_socket(&id);
             if sock.exists() {
                 out.push(format!(

@@ -73,6 +73,7 @@ pub(crate) mod containerd;
 pub(crate) mod host;
 mod network;
 pub(crate) mod oci_image;
+mod operate;
 mod pod;
 mod scenarios;
 mod shipped;
@@ -560,6 +561,13 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
         skipped.push("k-pod");
     }
     r.scenario("l-pod-network", &["net"], network::scenario_pod_network);
+    if kata {
+        r.scenario("n-metrics", &["metrics"], operate::scenario_metrics);
+    } else {
+        ctx.ui
+            .info("SKIP n-metrics: kata only (runc has no shim monitor socket)");
+        skipped.push("n-metrics");
+    }
     if args.faults {
         if kata {
             r.scenario("f-qemu-killed", &["qemukill"], fault_qemu_killed);

@@ -1,0 +1,555 @@
+//! The shim's monitor socket: HTTP on `/run/vc/sbs/<sandbox-id>/shim-monitor.sock`,
+//! upstream Kata's path, for `kata-runtime metrics` and monitoring agents.
+//!
+//! Endpoints (the ones this runtime implements; others are 404):
+//! - `/agent-url`: where the agent listens (`hvsock:///…/vsock.sock:1024`), no
+//!   trailing newline, as upstream's shim answers.
+//! - `/metrics`: the shim's and the VM processes' figures from /proc, in the
+//!   text format of prometheus-client (OpenMetrics text, which Prometheus
+//!   and upstream's kata-monitor parse). Family names are upstream's:
+//!   `kata_shim_*` for this process, `kata_hypervisor_*` for QEMU,
+//!   `kata_virtiofsd_*` for virtiofsd; `kata_vsock_daemon_*` is this
+//!   runtime's own, for the vhost-device-vsock daemon upstream does not run.
+//!
+//! The server is tiny_http on its own threads; it never touches the sandbox
+//! (it holds a snapshot of the pids and the agent's address), so a scrape
+//! cannot block a task call. Stopping it (drop) removes the socket and the
+//! sandbox's directory below `/run/vc/sbs`.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Where every sandbox's monitor socket directory is (upstream's
+/// `GetSandboxesStoragePath`).
+pub const SANDBOXES_DIR: &str = "/run/vc/sbs";
+/// The socket's name in `SANDBOXES_DIR/<sandbox-id>/`.
+pub const SOCKET_NAME: &str = "shim-monitor.sock";
+/// How long a client waits for the shim's answer (upstream's clients: 3 s).
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
+const OPENMETRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The monitor socket of sandbox `sid` below `root` (normally [`SANDBOXES_DIR`]).
+pub fn socket_path(root: &Path, sid: &str) -> PathBuf {
+    root.join(sid).join(SOCKET_NAME)
+}
+
+/// What the monitor reports on: fixed when the sandbox has started.
+#[derive(Debug, Clone, Default)]
+pub struct Monitored {
+    /// The agent's address, as `/agent-url` answers it.
+    pub agent_url: String,
+    /// QEMU's pid.
+    pub hypervisor: Option<u32>,
+    pub virtiofsd: Option<u32>,
+    pub vsock_daemon: Option<u32>,
+}
+
+/// A running monitor socket; dropping it stops the server and removes the
+/// socket and its directory.
+pub struct MonitorServer {
+    /// `None` once dropped: the server's own drop wakes its accept thread
+    /// through the socket, so it must run before the socket is removed.
+    server: Option<Arc<tiny_http::Server>>,
+    thread: Option<JoinHandle<()>>,
+    root: PathBuf,
+    sid: String,
+}
+
+impl MonitorServer {
+    /// Serve `what` on `root/<sid>/shim-monitor.sock` (directory 0700,
+    /// socket 0600). `sid` is a checked sandbox id. A socket left by a dead
+    /// shim is replaced; a live one is an error (another shim serves `sid`).
+    pub fn start(root: &Path, sid: &str, what: Monitored) -> std::io::Result<MonitorServer> {
+        protocols::ids::check_id("sandbox id", sid).map_err(std::io::Error::other)?;
+        let dir = crate::state_fs::create_below(root, Path::new(sid), 0o700)?;
+        let path = dir.join(SOCKET_NAME);
+        if let Err(e) = super::remove_socket_if_dead(&path) {
+            return Err(std::io::Error::other(e.message));
+        }
+        let server = tiny_http::Server::http_unix(&path)
+            .map_err(|e| std::io::Error::other(format!("listen on {}: {e}", path.display())))?;
+        let server = Arc::new(server);
+        let mut stop = MonitorServer {
+            server: Some(server.clone()),
+            thread: None,
+            root: root.to_owned(),
+            sid: sid.to_owned(),
+        };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let what = Arc::new(what);
+        let thread = std::thread::Builder::new()
+            .name("shim-monitor".into())
+            .spawn(move || {
+                for request in server.incoming_requests() {
+                    let response = respond(request.url(), &what);
+                    if let Err(e) = request.respond(response) {
+                        log::debug!("shim monitor: answer: {e}");
+                    }
+                }
+            })?;
+        stop.thread = Some(thread);
+        Ok(stop)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        socket_path(&self.root, &self.sid)
+    }
+}
+
+impl Drop for MonitorServer {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.unblock();
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+            // The last reference: tiny_http stops accepting and removes
+            // the socket.
+            drop(server);
+        }
+        let _ = std::fs::remove_file(self.socket());
+        if let Err(e) = crate::state_fs::remove_below(&self.root, Path::new(&self.sid)) {
+            log::warn!(
+                "shim monitor: remove {}: {e}",
+                self.root.join(&self.sid).display()
+            );
+        }
+    }
+}
+
+type Body = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
+
+fn respond(url: &str, what: &Monitored) -> Body {
+    let path = url.split_once('?').map_or(url, |(p, _)| p);
+    let text =
+        |status: u16, body: String| tiny_http::Response::from_string(body).with_status_code(status);
+    match path {
+        "/agent-url" => text(200, what.agent_url.clone()),
+        "/metrics" => match metrics_text(what) {
+            Ok(body) => text(200, body).with_header(
+                tiny_http::Header::from_bytes("Content-Type", OPENMETRICS_TYPE)
+                    .expect("a valid header"),
+            ),
+            Err(e) => text(500, format!("encode metrics: {e}\n")),
+        },
+        _ => text(
+            404,
+            format!("{path}: not served here; this shim serves /metrics and /agent-url\n"),
+        ),
+    }
+}
+
+/// The `/metrics` body: one registry per scrape, filled from /proc.
+pub fn metrics_text(what: &Monitored) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::default();
+    register_process(&mut registry, "kata_shim", "the shim", "self");
+    let daemons = [
+        ("kata_hypervisor", "QEMU", what.hypervisor),
+        ("kata_virtiofsd", "virtiofsd", what.virtiofsd),
+        ("kata_vsock_daemon", "vhost-device-vsock", what.vsock_daemon),
+    ];
+    for (prefix, name, pid) in daemons {
+        if let Some(pid) = pid {
+            register_process(&mut registry, prefix, name, &pid.to_string());
+        }
+    }
+    if let Some(pid) = what.hypervisor {
+        register_netdev(&mut registry, &pid.to_string());
+    }
+    let mut out = String::new();
+    encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+type ItemFamily = Family<Vec<(String, String)>, Gauge>;
+
+fn item_family<'a>(items: impl IntoIterator<Item = (&'a str, i64)>) -> ItemFamily {
+    let family = ItemFamily::default();
+    for (item, value) in items {
+        family
+            .get_or_create(&vec![("item".to_string(), item.to_string())])
+            .set(value);
+    }
+    family
+}
+
+fn gauge(value: i64) -> Gauge {
+    let g = Gauge::default();
+    g.set(value);
+    g
+}
+
+/// `/proc/status` lines upstream reports, as `item` values (kB → bytes for
+/// the sizes; the context switches are counts).
+const STATUS_ITEMS: [(&str, &str); 19] = [
+    ("VmPeak", "vmpeak"),
+    ("VmSize", "vmsize"),
+    ("VmLck", "vmlck"),
+    ("VmPin", "vmpin"),
+    ("VmHWM", "vmhwm"),
+    ("VmRSS", "vmrss"),
+    ("RssAnon", "rssanon"),
+    ("RssFile", "rssfile"),
+    ("RssShmem", "rssshmem"),
+    ("VmData", "vmdata"),
+    ("VmStk", "vmstk"),
+    ("VmExe", "vmexe"),
+    ("VmLib", "vmlib"),
+    ("VmPTE", "vmpte"),
+    ("VmPMD", "vmpmd"),
+    ("VmSwap", "vmswap"),
+    ("HugetlbPages", "hugetlbpages"),
+    ("voluntary_ctxt_switches", "voluntary_ctxt_switches"),
+    ("nonvoluntary_ctxt_switches", "nonvoluntary_ctxt_switches"),
+];
+
+/// `/proc/<pid>/io` keys and upstream's shim item names.
+const IO_ITEMS: [(&str, &str); 7] = [
+    ("rchar", "rchar"),
+    ("wchar", "wchar"),
+    ("syscr", "syscr"),
+    ("syscw", "syscw"),
+    ("read_bytes", "readbytes"),
+    ("write_bytes", "writebytes"),
+    ("cancelled_write_bytes", "cancelledwritebytes"),
+];
+
+/// `PREFIX_threads`, `PREFIX_fds`, `PREFIX_proc_status{item}`,
+/// `PREFIX_proc_stat{item}` and `PREFIX_io_stat{item}` of `/proc/<pid>`
+/// (`pid` may be `self`). A process that is gone, or a file that cannot be
+/// read, leaves its families out rather than reporting zeros.
+fn register_process(registry: &mut Registry, prefix: &str, name: &str, pid: &str) {
+    let proc_dir = Path::new("/proc").join(pid);
+    if let Ok(status) = std::fs::read_to_string(proc_dir.join("status")) {
+        let fields = parse_status(&status);
+        if let Some(threads) = fields.iter().find(|(k, _)| *k == "Threads") {
+            registry.register(
+                format!("{prefix}_threads"),
+                format!("Threads of {name}"),
+                gauge(threads.1),
+            );
+        }
+        let items = STATUS_ITEMS.iter().filter_map(|(key, item)| {
+            fields
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| (*item, *v))
+        });
+        registry.register(
+            format!("{prefix}_proc_status"),
+            format!("/proc/<pid>/status of {name} (sizes in bytes)"),
+            item_family(items),
+        );
+    }
+    if let Ok(fds) = std::fs::read_dir(proc_dir.join("fd")) {
+        registry.register(
+            format!("{prefix}_fds"),
+            format!("Open file descriptors of {name}"),
+            gauge(fds.count() as i64),
+        );
+    }
+    if let Some(times) = std::fs::read_to_string(proc_dir.join("stat"))
+        .ok()
+        .and_then(|s| parse_stat_times(&s))
+    {
+        let items = ["utime", "stime", "cutime", "cstime"]
+            .into_iter()
+            .zip(times);
+        registry.register(
+            format!("{prefix}_proc_stat"),
+            format!("CPU time of {name} from /proc/<pid>/stat, in clock ticks"),
+            item_family(items),
+        );
+    }
+    if let Ok(io) = std::fs::read_to_string(proc_dir.join("io")) {
+        let fields = parse_status(&io);
+        let items = IO_ITEMS.iter().filter_map(|(key, item)| {
+            fields
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| (*item, *v))
+        });
+        registry.register(
+            format!("{prefix}_io_stat"),
+            format!("/proc/<pid>/io of {name}"),
+            item_family(items),
+        );
+    }
+}
+
+/// `kata_hypervisor_netdev{interface,item}`: `/proc/<qemu>/net/dev`, the
+/// counters of the network namespace QEMU runs in (the pod's, with taps).
+fn register_netdev(registry: &mut Registry, pid: &str) {
+    const ITEMS: [&str; 16] = [
+        "recv_bytes",
+        "recv_packets",
+        "recv_errs",
+        "recv_drop",
+        "recv_fifo",
+        "recv_frame",
+        "recv_compressed",
+        "recv_multicast",
+        "sent_bytes",
+        "sent_packets",
+        "sent_errs",
+        "sent_drop",
+        "sent_fifo",
+        "sent_colls",
+        "sent_carrier",
+        "sent_compressed",
+    ];
+    let Ok(text) = std::fs::read_to_string(Path::new("/proc").join(pid).join("net/dev")) else {
+        return;
+    };
+    let family = ItemFamily::default();
+    for (interface, values) in parse_netdev(&text) {
+        for (item, value) in ITEMS.iter().zip(values) {
+            family
+                .get_or_create(&vec![
+                    ("interface".to_string(), interface.clone()),
+                    ("item".to_string(), item.to_string()),
+                ])
+                .set(value);
+        }
+    }
+    registry.register(
+        "kata_hypervisor_netdev",
+        "/proc/<qemu>/net/dev: the network devices of QEMU's network namespace",
+        family,
+    );
+}
+
+/// `Key: value [kB]` lines; kB values in bytes.
+fn parse_status(text: &str) -> Vec<(&str, i64)> {
+    text.lines()
+        .filter_map(|line| {
+            let (key, rest) = line.split_once(':')?;
+            let mut words = rest.split_whitespace();
+            let value: i64 = words.next()?.parse().ok()?;
+            let scale = if words.next() == Some("kB") { 1024 } else { 1 };
+            Some((key.trim(), value.saturating_mul(scale)))
+        })
+        .collect()
+}
+
+/// utime, stime, cutime and cstime (fields 14–17) of a `/proc/<pid>/stat`
+/// line; the command name (field 2) may hold spaces and parentheses, so
+/// fields are counted after its last `)`.
+fn parse_stat_times(line: &str) -> Option<[i64; 4]> {
+    let after = &line[line.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // `after` starts at field 3 (state): field N is fields[N - 3].
+    let get = |n: usize| fields.get(n - 3)?.parse::<i64>().ok();
+    Some([get(14)?, get(15)?, get(16)?, get(17)?])
+}
+
+/// Interface name and its 16 counters, per `/proc/net/dev` data line.
+fn parse_netdev(text: &str) -> Vec<(String, Vec<i64>)> {
+    text.lines()
+        .skip(2)
+        .filter_map(|line| {
+            let (name, counters) = line.split_once(':')?;
+            let values: Vec<i64> = counters
+                .split_whitespace()
+                .map(|v| v.parse::<i64>().unwrap_or(0))
+                .collect();
+            (values.len() == 16).then(|| (name.trim().to_string(), values))
+        })
+        .collect()
+}
+
+/// An HTTP GET of `path` on the monitor socket `socket`: the status and the
+/// body. No crate offers a synchronous HTTP client over a unix socket, so
+/// the request is the one fixed line upstream's client sends, and the
+/// response is parsed by httparse (hyper's parser); the server closes the
+/// connection (`Connection: close`), which ends the body.
+pub fn get(socket: &Path, path: &str) -> Result<(u16, String), String> {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("connect to {}: {e}", socket.display()))?;
+    let io = |e: std::io::Error| format!("{}: GET {path}: {e}", socket.display());
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT)).map_err(io)?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT)).map_err(io)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: shim\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(io)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(io)?;
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let head = match response.parse(&raw) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return Err(format!(
+                "{}: GET {path}: the answer ended early",
+                socket.display()
+            ))
+        }
+        Err(e) => {
+            return Err(format!(
+                "{}: GET {path}: not an HTTP answer: {e}",
+                socket.display()
+            ))
+        }
+    };
+    let status = response.code.unwrap_or(0);
+    let mut body = &raw[head..];
+    if let Some(len) = response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| {
+            std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        })
+    {
+        body = &body[..len.min(body.len())];
+    }
+    Ok((status, String::from_utf8_lossy(body).into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn own_pids() -> Monitored {
+        let me = std::process::id();
+        Monitored {
+            agent_url: "hvsock:///run/kata-containers/s1/vsock.sock:1024".into(),
+            hypervisor: Some(me),
+            virtiofsd: None,
+            vsock_daemon: Some(me),
+        }
+    }
+
+    /// The value of the sample `name{labels}` in a text exposition.
+    fn sample(text: &str, series: &str) -> Option<i64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn metrics_report_the_processes_by_upstreams_family_names() {
+        let text = metrics_text(&own_pids()).unwrap();
+        let rss = sample(&text, "kata_shim_proc_status{item=\"vmrss\"}").expect(&text);
+        assert!(rss > 1024 * 1024, "{rss}");
+        assert!(sample(&text, "kata_shim_threads").unwrap() >= 1);
+        assert!(sample(&text, "kata_shim_fds").unwrap() >= 3);
+        assert!(sample(&text, "kata_hypervisor_proc_stat{item=\"utime\"}").is_some());
+        assert!(sample(&text, "kata_hypervisor_io_stat{item=\"rchar\"}").unwrap() > 0);
+        assert!(sample(&text, "kata_vsock_daemon_threads").is_some());
+        assert!(
+            text.contains("kata_hypervisor_netdev{interface=\"lo\",item=\"recv_bytes\"}"),
+            "{text}"
+        );
+        // No virtiofsd pid: no family, rather than zeros.
+        assert!(!text.contains("kata_virtiofsd"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn a_process_that_is_gone_has_no_figures() {
+        let gone = Monitored {
+            hypervisor: Some(u32::MAX - 1),
+            ..Default::default()
+        };
+        let text = metrics_text(&gone).unwrap();
+        assert!(!text.contains("kata_hypervisor"), "{text}");
+        assert!(text.contains("kata_shim_threads"));
+    }
+
+    #[test]
+    fn proc_files_parse_as_the_kernel_writes_them() {
+        let status = "Name:\tqemu\nVmRSS:\t  2048 kB\nThreads:\t5\nvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(
+            parse_status(status),
+            vec![
+                ("VmRSS", 2048 * 1024),
+                ("Threads", 5),
+                ("voluntary_ctxt_switches", 7)
+            ]
+        );
+        // A command name with spaces and a ')' must not shift the fields.
+        let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 11 12 13 14 20 0 1 0";
+        assert_eq!(parse_stat_times(stat), Some([11, 12, 13, 14]));
+        let netdev = "Inter-|   Receive\n face |bytes\n  lo: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\nbad: 1 2\n";
+        assert_eq!(
+            parse_netdev(netdev),
+            vec![("lo".to_string(), (1..=16).collect())]
+        );
+    }
+
+    #[test]
+    fn the_socket_serves_the_endpoints_and_goes_with_the_server() {
+        let root = tempfile::tempdir().unwrap();
+        let server = MonitorServer::start(root.path(), "s1", own_pids()).unwrap();
+        let socket = socket_path(root.path(), "s1");
+        assert_eq!(server.socket(), socket);
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dir_mode = std::fs::metadata(root.path().join("s1"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dir_mode, 0o700);
+
+        let (status, url) = get(&socket, "/agent-url").unwrap();
+        assert_eq!(
+            (status, url.as_str()),
+            (200, "hvsock:///run/kata-containers/s1/vsock.sock:1024")
+        );
+        let (status, text) = get(&socket, "/metrics").unwrap();
+        assert_eq!(status, 200);
+        assert!(sample(&text, "kata_shim_threads").unwrap() >= 2, "{text}");
+        let (status, body) = get(&socket, "/nope?x=1").unwrap();
+        assert_eq!(status, 404);
+        assert!(body.contains("/nope: not served here"), "{body}");
+
+        // A second shim for the same sandbox is refused while this one serves.
+        let err = MonitorServer::start(root.path(), "s1", own_pids())
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("still accepts connections"),
+            "{err}"
+        );
+
+        drop(server);
+        assert!(!root.path().join("s1").exists());
+        let err = get(&socket, "/metrics").unwrap_err();
+        assert!(err.contains("connect to"), "{err}");
+    }
+
+    #[test]
+    fn a_socket_left_by_a_dead_shim_is_replaced() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("s2")).unwrap();
+        let path = socket_path(root.path(), "s2");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let server = MonitorServer::start(root.path(), "s2", own_pids()).unwrap();
+        assert_eq!(get(&path, "/agent-url").unwrap().0, 200);
+        drop(server);
+    }
+
+    #[test]
+    fn a_bad_sandbox_id_creates_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        assert!(MonitorServer::start(root.path(), "../x", own_pids()).is_err());
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+    }
+}
