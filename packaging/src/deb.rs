@@ -251,10 +251,12 @@ pub fn default_lintian_overrides(package: &str) -> String {
          # Guest kernels are payloads for the virtual machine, not host binaries: their symbols\n\
          # are kept for guest crash analysis and the host never loads them.\n\
          {package}: unstripped-binary-or-object [opt/kata/share/kata-containers/*]\n\
-         # The two commands on PATH are links into /opt/kata; upstream ships no manual pages\n\
-         # (`kata-runtime --help` documents the CLI, and containerd runs the shim).\n\
+         # The commands on PATH are links into /opt/kata; upstream ships no manual pages\n\
+         # (`kata-runtime --help` and `kata-monitor --help` document them, and containerd\n\
+         # runs the shim).\n\
          {package}: no-manual-page [usr/bin/containerd-shim-kata-v2]\n\
          {package}: no-manual-page [usr/bin/kata-runtime]\n\
+         {package}: no-manual-page [usr/bin/kata-monitor]\n\
          # Built for this project's releases, not uploaded to Debian: there is no ITP bug to close.\n\
          {package}: initial-upload-closes-no-bugs [usr/share/doc/{package}/changelog.Debian.gz:1]\n\
 "

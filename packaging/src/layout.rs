@@ -50,6 +50,8 @@ pub struct ReleaseInputs {
     pub shim: PathBuf,
     /// Installed as `bin/kata-runtime`.
     pub runtime: PathBuf,
+    /// Installed as `bin/kata-monitor`.
+    pub monitor: PathBuf,
     /// Helper daemons the runtime starts, installed as `libexec/<name>`
     /// (here: `vhost-device-vsock`).
     pub helpers: Vec<(String, PathBuf)>,
@@ -78,8 +80,8 @@ pub const CONFIGURATION_PATH: &str = "share/defaults/kata-containers/configurati
 pub const CONTAINERD_SNIPPET_PATH: &str = "share/defaults/kata-containers/containerd-kata.toml";
 /// The binaries a distribution package links into `/usr/bin`: containerd
 /// resolves runtime `io.containerd.kata.v2` to `containerd-shim-kata-v2`
-/// on its PATH, and operators type `kata-runtime`.
-pub const PATH_BINARIES: [&str; 2] = ["containerd-shim-kata-v2", "kata-runtime"];
+/// on its PATH, and operators type `kata-runtime` and `kata-monitor`.
+pub const PATH_BINARIES: [&str; 3] = ["containerd-shim-kata-v2", "kata-runtime", "kata-monitor"];
 
 /// containerd's CRI configuration (config version 2, containerd 1.6+) for
 /// the `kata` runtime handler (a Kubernetes RuntimeClass `handler: kata`),
@@ -142,6 +144,9 @@ impl Layout {
         layout
             .add_file("bin/kata-runtime", &inputs.runtime, 0o755)
             .context("release input `runtime`")?;
+        layout
+            .add_file("bin/kata-monitor", &inputs.monitor, 0o755)
+            .context("release input `monitor`")?;
         for (name, source) in &inputs.helpers {
             check_file_name(name).context("release input `helpers`")?;
             layout
@@ -420,6 +425,7 @@ mod path_tests {
         let err = layout.path_links().unwrap_err().to_string();
         assert!(err.contains("usr/bin/kata-runtime would dangle"), "{err}");
         layout.add_file("bin/kata-runtime", &bin, 0o755).unwrap();
+        layout.add_file("bin/kata-monitor", &bin, 0o755).unwrap();
         assert_eq!(
             layout.path_links().unwrap(),
             vec![
@@ -430,6 +436,10 @@ mod path_tests {
                 (
                     "usr/bin/kata-runtime".to_string(),
                     "/opt/kata/bin/kata-runtime".to_string()
+                ),
+                (
+                    "usr/bin/kata-monitor".to_string(),
+                    "/opt/kata/bin/kata-monitor".to_string()
                 ),
             ]
         );

@@ -79,6 +79,7 @@ fn fixture(dir: &Path, touch_time: &str) -> ReleaseInputs {
         prefix: "/opt/kata".into(),
         shim: write("shim", &busybox, 0o700),
         runtime: write("runtime", &[busybox.as_slice(), b"runtime"].concat(), 0o755),
+        monitor: write("monitor", &[busybox.as_slice(), b"monitor"].concat(), 0o755),
         helpers: vec![("vhost-device-vsock".into(), write("vdv", &[busybox.as_slice(), b"vsock"].concat(), 0o755))],
         kernel_files: vec![
             (KERNEL.into(), write("vmlinux", b"fake vmlinux", 0o600)),
@@ -181,10 +182,11 @@ fn build_release(dir: &Path, touch_time: &str) -> Outputs {
     out
 }
 
-const EXPECTED_FILES: [&str; 14] = [
+const EXPECTED_FILES: [&str; 15] = [
     "./opt/kata/VERSION",
     "./opt/kata/bin/containerd-shim-kata-v2",
     "./opt/kata/bin/kata-runtime",
+    "./opt/kata/bin/kata-monitor",
     "./opt/kata/libexec/vhost-device-vsock",
     "./opt/kata/share/defaults/kata-containers/configuration.toml",
     "./opt/kata/share/defaults/kata-containers/containerd-kata.toml",
@@ -343,6 +345,7 @@ fn deb_has_policy_metadata_and_installs_with_dpkg() {
         "./opt/kata/share/defaults/kata-containers/containerd-kata.toml",
         "./usr/bin/containerd-shim-kata-v2 -> /opt/kata/bin/containerd-shim-kata-v2",
         "./usr/bin/kata-runtime -> /opt/kata/bin/kata-runtime",
+        "./usr/bin/kata-monitor -> /opt/kata/bin/kata-monitor",
     ] {
         assert!(
             contents.contains(p),
@@ -466,7 +469,7 @@ fn lintian_reports_no_errors_or_warnings() {
 
 /// The same checks on the project's real artifacts (static binaries, kernel,
 /// 128 MiB image), which the fixture can only imitate. Needs built artifacts:
-///   KATA_REAL_SHIM=… KATA_REAL_RUNTIME=… KATA_REAL_DIST=target/dist \
+///   KATA_REAL_SHIM=… KATA_REAL_RUNTIME=… [KATA_REAL_MONITOR=…] KATA_REAL_DIST=target/dist \
 ///   cargo test -p packaging -- --ignored real_artifacts
 #[test]
 #[ignore = "needs built artifacts named by KATA_REAL_SHIM, KATA_REAL_RUNTIME, KATA_REAL_DIST"]
@@ -481,6 +484,9 @@ fn real_artifacts_pass_lintian_and_rpm() {
     let mut inputs = fixture(tmp.path(), "2030-06-01 12:00");
     inputs.shim = shim;
     inputs.runtime = runtime;
+    if let Ok(monitor) = std::env::var("KATA_REAL_MONITOR") {
+        inputs.monitor = monitor.into();
+    }
     inputs.kernel_files = vec![
         (KERNEL.into(), dist.join(KERNEL)),
         (KERNELZ.into(), dist.join(KERNELZ)),
@@ -557,6 +563,8 @@ fn rpm_is_accepted_by_rpm() {
         "/opt/kata/share/defaults/kata-containers/containerd-kata.toml",
         "/usr/bin/containerd-shim-kata-v2",
         "/usr/bin/kata-runtime",
+        "/usr/bin/kata-monitor",
+        "/opt/kata/bin/kata-monitor",
     ] {
         assert!(files.contains(&p), "{p} missing from rpm -qpl:\n{list}");
     }

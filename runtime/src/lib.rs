@@ -17,13 +17,16 @@
 //!   one VM per sandbox, containers run by the guest agent.
 //! - [`state_fs`]: removal of what the runtime created under its state
 //!   root, never following symlinks or entering mounts.
+//! - [`kata_monitor`]: every sandbox's monitor socket behind one HTTP
+//!   endpoint (`kata-monitor`).
 //!
-//! The `kata-runtime` binary (agent-ctl, check, env) and the shim binary are
-//! thin layers over these.
+//! The `kata-runtime` binary (agent-ctl, check, env, metrics), the shim
+//! binary and `kata-monitor` are thin layers over these.
 
 pub mod agent_client;
 pub mod config;
 pub mod hypervisor;
+pub mod kata_monitor;
 pub mod network;
 pub mod oci;
 pub mod shim;

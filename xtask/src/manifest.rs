@@ -19,6 +19,7 @@ pub enum Kind {
     Image,
     Runtime,
     Shim,
+    Monitor,
     Config,
     Tarball,
     Deb,

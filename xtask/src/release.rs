@@ -30,7 +30,7 @@ use crate::error::InputError;
 use crate::graph::{Graph, StepId};
 use crate::manifest::{Artifact, Kind, Manifest};
 pub use crate::runtime_bins::VSOCK_DAEMON;
-use crate::runtime_bins::{self, RUNTIME, SHIM};
+use crate::runtime_bins::{self, MONITOR, RUNTIME, SHIM};
 use crate::{image, initrd, kernel, publish};
 
 const FORMAT: u32 = 1;
@@ -271,6 +271,7 @@ fn release_inputs(
         prefix: PREFIX.into(),
         shim: p.bins.path(SHIM),
         runtime: p.bins.path(RUNTIME),
+        monitor: p.bins.path(MONITOR),
         helpers: vec![(VSOCK_DAEMON.into(), p.vsock.path(VSOCK_DAEMON))],
         kernel_files: vec![
             (vmlinux.clone(), p.kernel.path("vmlinux")),
@@ -450,6 +451,7 @@ fn publish_release(ctx: &Ctx, g: &Graph, steps: &ReleaseSteps, version: String) 
     add(CONFIG_NAME, Kind::Config, entry)?;
     add(SHIM, Kind::Shim, bins)?;
     add(RUNTIME, Kind::Runtime, bins)?;
+    add(MONITOR, Kind::Monitor, bins)?;
     Manifest::record(&ctx.dist(), &version, ctx.epoch, arts.clone())?;
     for a in &arts {
         ctx.ui

@@ -1,6 +1,7 @@
 //! The host-side binaries a release ships, as cached steps:
 //!
-//! - `runtime-bins`: `containerd-shim-kata-v2` and `kata-runtime`, static
+//! - `runtime-bins`: `containerd-shim-kata-v2`, `kata-runtime` and
+//!   `kata-monitor`, static
 //!   (musl), built from this workspace in a target dir of their own
 //!   (`target/release-build`), so the build never waits on the lock of the
 //!   cargo that runs xtask.
@@ -25,13 +26,15 @@ use crate::graph::{Graph, StepId};
 use crate::tools::run_logged;
 use crate::{elf, host_tools};
 
-const RUNTIME_FORMAT: u32 = 1;
+// 2: kata-monitor too.
+const RUNTIME_FORMAT: u32 = 2;
 // 2: the entry keeps the crate's Cargo.lock (for the SBOM).
 // 3: built from the verified .crate with this project's patches applied.
 const VSOCK_FORMAT: u32 = 3;
 
 pub const SHIM: &str = "containerd-shim-kata-v2";
 pub const RUNTIME: &str = "kata-runtime";
+pub const MONITOR: &str = "kata-monitor";
 pub const VSOCK_DAEMON: &str = "vhost-device-vsock";
 /// `<root>/vhost-device-vsock/patches/<version>/*.patch`: what this project
 /// changes in the pinned crate. The series is named by the crate version, so
@@ -77,7 +80,7 @@ pub fn release_target_dir(ctx: &Ctx) -> PathBuf {
     ctx.root.join("target").join("release-build")
 }
 
-/// The `runtime-bins` step: the shim and kata-runtime, static.
+/// The `runtime-bins` step: the shim, kata-runtime and kata-monitor, static.
 pub fn add_runtime<'g>(g: &mut Graph<'g>, ctx: &'g Ctx) -> Result<StepId> {
     if let Some(id) = g.find("runtime-bins") {
         return Ok(id);
@@ -132,7 +135,7 @@ fn build_runtime_into(ctx: &Ctx, out: &Path) -> Result<()> {
         "building kata-runtime's binaries (is the musl target installed? `cargo xtask doctor`)",
     )?;
     let built = release_target_dir(ctx).join(target).join("release");
-    for name in [SHIM, RUNTIME] {
+    for name in [SHIM, RUNTIME, MONITOR] {
         require_static(&built.join(name))?;
         std::fs::copy(built.join(name), out.join(name))?;
     }

@@ -83,11 +83,12 @@ fn artifact(v: &serde_json::Value, kind: &str) -> String {
         .to_string()
 }
 
-const TREE: [&str; 10] = [
+const TREE: [&str; 11] = [
     "./opt/kata/VERSION",
     "./opt/kata/versions.yaml",
     "./opt/kata/bin/containerd-shim-kata-v2",
     "./opt/kata/bin/kata-runtime",
+    "./opt/kata/bin/kata-monitor",
     "./opt/kata/libexec/vhost-device-vsock",
     "./opt/kata/share/defaults/kata-containers/configuration.toml",
     "./opt/kata/share/kata-containers/vmlinux.container",

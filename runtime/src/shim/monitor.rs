@@ -368,16 +368,23 @@ fn parse_netdev(text: &str) -> Vec<(String, Vec<i64>)> {
 }
 
 /// An HTTP GET of `path` on the monitor socket `socket`: the status and the
-/// body. No crate offers a synchronous HTTP client over a unix socket, so
-/// the request is the one fixed line upstream's client sends, and the
-/// response is parsed by httparse (hyper's parser); the server closes the
-/// connection (`Connection: close`), which ends the body.
+/// body.
 pub fn get(socket: &Path, path: &str) -> Result<(u16, String), String> {
-    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+    let stream = std::os::unix::net::UnixStream::connect(socket)
         .map_err(|e| format!("connect to {}: {e}", socket.display()))?;
     let io = |e: std::io::Error| format!("{}: GET {path}: {e}", socket.display());
     stream.set_read_timeout(Some(CLIENT_TIMEOUT)).map_err(io)?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT)).map_err(io)?;
+    get_over(stream, path).map_err(|e| format!("{}: {e}", socket.display()))
+}
+
+/// An HTTP GET of `path` over a connected stream (its timeouts set), with
+/// `Connection: close`. No crate offers a synchronous HTTP client over a
+/// unix socket, so the request is the one fixed line upstream's client
+/// sends, and the answer is parsed by httparse (hyper's parser); the server
+/// closing the connection ends the body.
+pub fn get_over(mut stream: impl Read + Write, path: &str) -> Result<(u16, String), String> {
+    let io = |e: std::io::Error| format!("GET {path}: {e}");
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: shim\r\nConnection: close\r\n\r\n"
@@ -389,18 +396,8 @@ pub fn get(socket: &Path, path: &str) -> Result<(u16, String), String> {
     let mut response = httparse::Response::new(&mut headers);
     let head = match response.parse(&raw) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return Err(format!(
-                "{}: GET {path}: the answer ended early",
-                socket.display()
-            ))
-        }
-        Err(e) => {
-            return Err(format!(
-                "{}: GET {path}: not an HTTP answer: {e}",
-                socket.display()
-            ))
-        }
+        Ok(httparse::Status::Partial) => return Err(format!("GET {path}: the answer ended early")),
+        Err(e) => return Err(format!("GET {path}: not an HTTP answer: {e}")),
     };
     let status = response.code.unwrap_or(0);
     let mut body = &raw[head..];

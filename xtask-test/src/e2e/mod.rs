@@ -563,10 +563,15 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
     r.scenario("l-pod-network", &["net"], network::scenario_pod_network);
     if kata {
         r.scenario("n-metrics", &["metrics"], operate::scenario_metrics);
+        r.scenario(
+            "o-kata-monitor",
+            &["mon1", "mon2"],
+            operate::scenario_kata_monitor,
+        );
     } else {
         ctx.ui
-            .info("SKIP n-metrics: kata only (runc has no shim monitor socket)");
-        skipped.push("n-metrics");
+            .info("SKIP n-metrics, o-kata-monitor: kata only (runc has no shim monitor socket)");
+        skipped.extend(["n-metrics", "o-kata-monitor"]);
     }
     if args.faults {
         if kata {

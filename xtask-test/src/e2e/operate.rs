@@ -123,3 +123,137 @@ pub(super) fn scenario_metrics(r: &mut Runner, ids: &[String]) -> Result<String>
         socket.parent().unwrap_or(&socket).display()
     ))
 }
+
+/// `kata-monitor` (the release's, beside the shim) in a network namespace
+/// this test makes, over two running sandboxes: `/sandboxes`, the merged
+/// `/metrics` with each sandbox's label, one sandbox's `/metrics` as is,
+/// `/agent-url`, an unknown sandbox refused, and a deleted sandbox gone
+/// from the list.
+pub(super) fn scenario_kata_monitor(r: &mut Runner, ids: &[String]) -> Result<String> {
+    let monitor_bin = kata_runtime_binary(r)?.with_file_name("kata-monitor");
+    for id in ids {
+        r.run(id, &["-d"], &["sleep", "300"], None)?
+            .require_success()?;
+    }
+    for id in ids {
+        r.ctr()
+            .wait_task_status(id, "RUNNING", Duration::from_secs(60))?;
+    }
+    let netns = rtnl::scratch::ScratchNetns::new("kata-e2e-mon");
+    netns.ip(&["link", "set", "lo", "up"]);
+    let log = r.env.containerd.layout.dir.join("kata-monitor.log");
+    // Go's one-dash spelling, as upstream's units pass it.
+    let child = Command::new("ip")
+        .args(["netns", "exec", &netns.name])
+        .arg(&monitor_bin)
+        .args(["-listen-address", MONITOR_ADDRESS])
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("start kata-monitor")?;
+    let _stop = KillOnDrop(child);
+    let get = |path: &str| -> Result<(u16, String)> {
+        let path = path.to_string();
+        rtnl::in_netns(&netns.path(), move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                match std::net::TcpStream::connect(MONITOR_ADDRESS) {
+                    Ok(s) => {
+                        s.set_read_timeout(Some(Duration::from_secs(10)))
+                            .map_err(|e| e.to_string())?;
+                        return monitor::get_over(s, &path);
+                    }
+                    Err(e) if std::time::Instant::now() > deadline => {
+                        return Err(format!("connect to kata-monitor on {MONITOR_ADDRESS}: {e}"))
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        })?
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}; kata-monitor's log: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        })
+    };
+
+    let (status, listed) = get("/sandboxes")?;
+    for id in ids {
+        if status != 200 || !listed.lines().any(|l| l == id) {
+            bail!("/sandboxes answered {status} without {id}: {listed:?}");
+        }
+    }
+    let (status, all) = get("/metrics")?;
+    if status != 200 {
+        bail!("/metrics answered {status}: {all}");
+    }
+    for id in ids {
+        let series = format!("kata_hypervisor_threads{{sandbox_id=\"{id}\"}}");
+        if sample(&all, &series).is_none_or(|t| t < 2.0) {
+            bail!("/metrics has no {series} of at least 2 threads");
+        }
+    }
+    let shims = sample(&all, "kata_monitor_running_shim_count").unwrap_or(0.0);
+    if shims < ids.len() as f64 {
+        bail!(
+            "kata_monitor_running_shim_count is {shims}, with {} sandboxes running",
+            ids.len()
+        );
+    }
+    let (status, one) = get(&format!("/metrics?sandbox={}", ids[0]))?;
+    if status != 200 || sample(&one, "kata_shim_threads").is_none() || one.contains("sandbox_id") {
+        bail!(
+            "/metrics?sandbox={} answered {status}, not the shim's own exposition: {}",
+            ids[0],
+            one.lines().take(5).collect::<Vec<_>>().join(" | ")
+        );
+    }
+    let (status, url) = get(&format!("/agent-url?sandbox={}", ids[0]))?;
+    let want = format!("/{}/vsock.sock:1024\n", ids[0]);
+    if status != 200 || !url.starts_with("hvsock://") || !url.ends_with(&want) {
+        bail!("/agent-url?sandbox={} answered {status} {url:?}", ids[0]);
+    }
+    let (status, body) = get("/agent-url?sandbox=nosuchsandbox")?;
+    if status != 400 || !body.contains("nosuchsandbox not found") {
+        bail!(
+            "/agent-url of an unknown sandbox answered {status} {body:?}, expected 400 naming it"
+        );
+    }
+
+    kill_and_delete(r, &ids[0])?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, listed) = get("/sandboxes")?;
+        if !listed.lines().any(|l| l == ids[0]) {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("/sandboxes still lists {} after it was deleted", ids[0]);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    kill_and_delete(r, &ids[1])?;
+    wait_no_leftovers(
+        &r.env.containerd,
+        Duration::from_secs(30),
+        "after the kata-monitor sandboxes were deleted",
+    )?;
+    Ok(format!(
+        "kata-monitor -listen-address {MONITOR_ADDRESS} in netns {}: /sandboxes listed both, /metrics {} lines with both sandbox_ids, one sandbox's /metrics as is, /agent-url {}, unknown sandbox 400, a deleted sandbox left the list",
+        netns.name,
+        all.lines().count(),
+        url.trim()
+    ))
+}
+
+/// Inside the test's own network namespace only.
+const MONITOR_ADDRESS: &str = "127.0.0.1:8090";
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
