@@ -116,10 +116,21 @@ pub(super) fn scenario_metrics(r: &mut Runner, ids: &[String]) -> Result<String>
             socket.display()
         );
     }
+    // Some of what it printed, for whoever reads the log (and the README).
+    let shown: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("kata_hypervisor_threads ")
+                || l.starts_with("kata_hypervisor_proc_status{item=\"vmrss\"}")
+                || l.starts_with("kata_shim_fds ")
+                || l.starts_with("kata_vsock_daemon_threads ")
+        })
+        .collect();
     Ok(format!(
-        "kata-runtime metrics: QEMU RSS {:.0} MiB, {qemu_threads} threads, shim {shim_fds} fds, {} lines; /agent-url {url}; unknown sandbox refused (exit 1); {} gone with the sandbox",
+        "kata-runtime metrics: QEMU RSS {:.0} MiB, {qemu_threads} threads, shim {shim_fds} fds, {} lines ({}); /agent-url {url}; unknown sandbox refused (exit 1); {} gone with the sandbox",
         qemu_rss / 1024.0 / 1024.0,
         text.lines().count(),
+        shown.join(" | "),
         socket.parent().unwrap_or(&socket).display()
     ))
 }
@@ -238,10 +249,18 @@ pub(super) fn scenario_kata_monitor(r: &mut Runner, ids: &[String]) -> Result<St
         Duration::from_secs(30),
         "after the kata-monitor sandboxes were deleted",
     )?;
+    let shown: Vec<&str> = all
+        .lines()
+        .filter(|l| {
+            l.starts_with("kata_hypervisor_threads{")
+                || l.starts_with("kata_monitor_running_shim_count ")
+        })
+        .collect();
     Ok(format!(
-        "kata-monitor -listen-address {MONITOR_ADDRESS} in netns {}: /sandboxes listed both, /metrics {} lines with both sandbox_ids, one sandbox's /metrics as is, /agent-url {}, unknown sandbox 400, a deleted sandbox left the list",
+        "kata-monitor -listen-address {MONITOR_ADDRESS} in netns {}: /sandboxes listed both, /metrics {} lines with both sandbox_ids ({}), one sandbox's /metrics as is, /agent-url {}, unknown sandbox 400, a deleted sandbox left the list",
         netns.name,
         all.lines().count(),
+        shown.join(" | "),
         url.trim()
     ))
 }
