@@ -47,8 +47,11 @@ enum Commands {
     /// Call the guest agent once and print the reply as JSON.
     AgentCtl(AgentCtlArgs),
     /// Check whether this host can run Kata Containers.
+    #[command(alias = "kata-check")]
     Check(CheckArgs),
-    /// Print the configuration in effect (TOML; --json for JSON).
+    /// Print the environment upstream's way (TOML; --json for JSON):
+    /// kernel, image, initrd, hypervisor, runtime, host and agent.
+    #[command(alias = "kata-env")]
     Env(EnvArgs),
     /// Print a running sandbox's metrics (Prometheus text) from its shim.
     Metrics(MetricsArgs),
@@ -65,12 +68,23 @@ struct CheckArgs {
     /// Skip the test boot (which needs root and the configured kernel).
     #[arg(long)]
     no_boot: bool,
+    /// Print every check, not only problems and the verdict.
+    #[arg(short, long)]
+    verbose: bool,
+    /// Upstream's option: this check never uses the network, so it changes
+    /// nothing.
+    #[arg(short = 'n', long)]
+    no_network_checks: bool,
 }
 
 #[derive(clap::Args)]
 struct EnvArgs {
     #[arg(long)]
     json: bool,
+    /// Print the configuration in effect instead (every key, as the shim
+    /// reads it; this runtime's extension).
+    #[arg(long)]
+    config: bool,
 }
 
 #[derive(clap::Args)]
@@ -270,19 +284,23 @@ fn qemu_version(qemu: &std::path::Path) -> Result<(u32, u32, String), String> {
 fn check(a: CheckArgs) -> Result<(), Failure> {
     use runtime::hypervisor::{probe_boot, probe_kvm, Accel, KVM_PROBE_TIMEOUT};
     let cfg = runtime::config::load().map_err(|e| Failure::Usage(runtime::error_chain(&e)))?;
-    println!("Configuration: {}", cfg.file.display());
+    // Upstream prints the passing checks with --verbose only; problems and
+    // the verdict always.
+    let say = |line: String| {
+        if a.verbose {
+            println!("{line}");
+        }
+    };
+    say(format!("Configuration: {}", cfg.file.display()));
+    if a.no_network_checks {
+        say("note: --no-network-checks: this check uses no network anyway".into());
+    }
     let mut fatal = Vec::new();
     let mut warnings = Vec::new();
 
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let flags: Vec<&str> = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .map(|l| l.split_whitespace().collect())
-        .unwrap_or_default();
-    let virt = ["vmx", "svm"].into_iter().find(|f| flags.contains(f));
-    match virt {
-        Some(f) => println!("ok: CPU virtualisation flag {f}"),
+    match runtime::env_info::cpu_virtualisation_flag(&cpuinfo) {
+        Some(f) => say(format!("ok: CPU virtualisation flag {f}")),
         None => warnings
             .push("the CPU reports neither vmx nor svm: no hardware virtualisation".to_string()),
     }
@@ -291,7 +309,7 @@ fn check(a: CheckArgs) -> Result<(), Failure> {
         .write(true)
         .open("/dev/kvm");
     match &kvm_open {
-        Ok(_) => println!("ok: /dev/kvm opens read-write"),
+        Ok(_) => say("ok: /dev/kvm opens read-write".into()),
         Err(e) => warnings.push(format!("/dev/kvm: {e}")),
     }
     for (dev, alt) in [
@@ -301,26 +319,26 @@ fn check(a: CheckArgs) -> Result<(), Failure> {
         ),
         (
             "/dev/vhost-net",
-            "not needed: this runtime sets up no networking yet",
+            "not needed: pod networks use taps QEMU serves itself",
         ),
     ] {
         if std::path::Path::new(dev).exists() {
-            println!("ok: {dev}");
+            say(format!("ok: {dev}"));
         } else {
-            println!("note: {dev} is missing ({alt})");
+            say(format!("note: {dev} is missing ({alt})"));
         }
     }
     if !std::path::Path::new("/dev/vhost-vsock").exists() {
         match cfg.hypervisor.vhost_user_vsock_daemon.clone().filter(|p| p.is_file()).or_else(runtime::hypervisor::find_vsock_daemon) {
-            Some(p) => println!("ok: vhost-device-vsock at {}", p.display()),
+            Some(p) => say(format!("ok: vhost-device-vsock at {}", p.display())),
             None => fatal.push("neither /dev/vhost-vsock nor vhost-device-vsock: the agent cannot be reached (set vhost_user_vsock_daemon)".to_string()),
         }
     }
     if cfg.hypervisor.virtio_fs_daemon.is_file() {
-        println!(
+        say(format!(
             "ok: virtiofsd at {}",
             cfg.hypervisor.virtio_fs_daemon.display()
-        );
+        ));
     } else {
         fatal.push(format!(
             "virtio_fs_daemon {} does not exist",
@@ -328,7 +346,7 @@ fn check(a: CheckArgs) -> Result<(), Failure> {
         ));
     }
     match qemu_version(&cfg.hypervisor.path) {
-        Ok((maj, min, line)) if (maj, min) >= MIN_QEMU => println!("ok: {line}"),
+        Ok((maj, min, line)) if (maj, min) >= MIN_QEMU => say(format!("ok: {line}")),
         Ok((maj, min, line)) => fatal.push(format!(
             "{line}: QEMU {maj}.{min} is older than {}.{}",
             MIN_QEMU.0, MIN_QEMU.1
@@ -344,9 +362,9 @@ fn check(a: CheckArgs) -> Result<(), Failure> {
 
     let mut accel = "not tested";
     if a.no_boot {
-        println!("note: test boot skipped (--no-boot)");
+        say("note: test boot skipped (--no-boot)".into());
     } else if !nix::unistd::Uid::effective().is_root() {
-        println!("note: test boot skipped (needs root)");
+        say("note: test boot skipped (needs root)".into());
     } else if cfg.hypervisor.kernel.is_file() {
         let probe = probe_kvm(
             &cfg.hypervisor.path,
@@ -363,14 +381,14 @@ fn check(a: CheckArgs) -> Result<(), Failure> {
             .and_then(|key| {
                 runtime::hypervisor::store_probe(&cache, &key, &probe).map_err(|e| e.to_string())
             }) {
-            Ok(()) => println!("ok: KVM verdict recorded in {}", cache.display()),
+            Ok(()) => say(format!("ok: KVM verdict recorded in {}", cache.display())),
             Err(e) => warnings.push(format!(
                 "cannot record the KVM verdict in {}: {e}",
                 cache.display()
             )),
         }
         if probe.kvm_usable {
-            println!("ok: test boot under KVM ({:?})", probe.elapsed);
+            say(format!("ok: test boot under KVM ({:?})", probe.elapsed));
             accel = "KVM";
         } else {
             warnings.push(format!("KVM is not usable: {}", probe.reason));
@@ -381,7 +399,7 @@ fn check(a: CheckArgs) -> Result<(), Failure> {
                 std::time::Duration::from_secs(60),
             );
             if tcg.kvm_usable {
-                println!("ok: test boot under TCG ({:?})", tcg.elapsed);
+                say(format!("ok: test boot under TCG ({:?})", tcg.elapsed));
                 accel = "TCG";
             } else {
                 fatal.push(format!(
@@ -403,8 +421,8 @@ fn check(a: CheckArgs) -> Result<(), Failure> {
         ));
     }
     match accel {
-        "KVM" => println!("System is capable of running Kata Containers"),
-        "TCG" => println!("System is capable of running Kata Containers (with TCG emulation: KVM is not usable here, so VMs are much slower and have no hardware isolation)"),
+        "KVM" => println!("System is capable of running Kata Containers\nSystem can currently create Kata Containers"),
+        "TCG" => println!("System is capable of running Kata Containers (with TCG emulation: KVM is not usable here, so VMs are much slower and have no hardware isolation)\nSystem can currently create Kata Containers"),
         _ => println!("System is capable of running Kata Containers, as far as checked without a test boot"),
     }
     Ok(())
@@ -412,27 +430,48 @@ fn check(a: CheckArgs) -> Result<(), Failure> {
 
 fn env(a: EnvArgs) -> Result<(), Failure> {
     let cfg = runtime::config::load().map_err(|e| Failure::Usage(runtime::error_chain(&e)))?;
-    // Same sections and keys as configuration.toml (its schema type).
-    #[derive(serde::Serialize)]
-    struct Env<'a> {
-        config_file: String,
-        version: &'static str,
-        #[serde(flatten)]
-        config: runtime::config::ConfigFile,
-        /// Keys and sections of the file that this runtime does not use.
-        ignored: &'a [String],
+    if !cfg.ignored.is_empty() {
+        eprintln!(
+            "kata-runtime: {}: not used by this runtime, ignored: {}",
+            cfg.file.display(),
+            cfg.ignored.join(", ")
+        );
     }
-    let e = Env {
-        config_file: cfg.file.display().to_string(),
-        version: env!("CARGO_PKG_VERSION"),
-        config: cfg.to_file(),
-        ignored: &cfg.ignored,
-    };
-    let text = if a.json {
-        serde_json::to_string_pretty(&e).map_err(|x| Failure::Call(x.to_string()))?
+    let text = if a.config {
+        // Same sections and keys as configuration.toml (its schema type).
+        #[derive(serde::Serialize)]
+        struct Effective<'a> {
+            config_file: String,
+            version: &'static str,
+            #[serde(flatten)]
+            config: runtime::config::ConfigFile,
+            /// Keys and sections of the file that this runtime does not use.
+            ignored: &'a [String],
+        }
+        render(
+            &Effective {
+                config_file: cfg.file.display().to_string(),
+                version: env!("CARGO_PKG_VERSION"),
+                config: cfg.to_file(),
+                ignored: &cfg.ignored,
+            },
+            a.json,
+        )?
     } else {
-        toml::to_string(&e).map_err(|x| Failure::Call(x.to_string()))?
+        let qemu = qemu_version(&cfg.hypervisor.path)
+            .map(|(_, _, line)| line)
+            .unwrap_or_else(|e| e);
+        render(&runtime::env_info::collect(&cfg, qemu), a.json)?
     };
     println!("{}", text.trim_end());
     Ok(())
+}
+
+/// TOML, or JSON with `json`.
+fn render<T: serde::Serialize>(value: &T, json: bool) -> Result<String, Failure> {
+    if json {
+        serde_json::to_string_pretty(value).map_err(|x| Failure::Call(x.to_string()))
+    } else {
+        toml::to_string(value).map_err(|x| Failure::Call(x.to_string()))
+    }
 }

@@ -1,0 +1,131 @@
+//! `kata-runtime check`, `env` and `metrics` as an operator runs them
+//! (the binary, a configuration named by KATA_CONF_FILE): upstream's
+//! aliases, sections, verbosity and exit codes. No root, no VM.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn kata_runtime(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kata-runtime"))
+        .args(args)
+        .env("KATA_CONF_FILE", config)
+        .output()
+        .expect("run kata-runtime")
+}
+
+/// A configuration whose kernel does not exist: `check` must call the
+/// host not capable.
+fn config(dir: &Path) -> std::path::PathBuf {
+    let file = dir.join("configuration.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[hypervisor.qemu]\npath = \"/usr/bin/qemu-system-x86_64\"\nkernel = \"{}/no-such-vmlinux\"\ninitrd = \"{}/initrd\"\n[agent.kata]\n[runtime]\nenable_debug = true\n",
+            dir.display(),
+            dir.display()
+        ),
+    )
+    .unwrap();
+    file
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn env_has_upstreams_sections_under_both_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = config(dir.path());
+    for name in ["env", "kata-env"] {
+        let out = kata_runtime(&file, &[name, "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for section in [
+            "Kernel",
+            "Meta",
+            "Image",
+            "Initrd",
+            "Hypervisor",
+            "Runtime",
+            "Host",
+            "Agent",
+        ] {
+            assert!(json[section].is_object(), "{section} missing: {json}");
+        }
+        assert_eq!(
+            json["Runtime"]["Config"]["Path"],
+            file.display().to_string()
+        );
+        assert_eq!(json["Runtime"]["Debug"], true);
+        assert!(json["Kernel"]["Path"]
+            .as_str()
+            .unwrap()
+            .ends_with("no-such-vmlinux"));
+    }
+    let toml = kata_runtime(&file, &["env"]);
+    assert!(
+        text(&toml.stdout).contains("[Hypervisor]\n"),
+        "{}",
+        text(&toml.stdout)
+    );
+    // The configuration as the shim reads it, on request.
+    let effective = kata_runtime(&file, &["env", "--config", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&effective.stdout).unwrap();
+    assert_eq!(json["config_file"], file.display().to_string());
+    assert_eq!(json["runtime"]["enable_debug"], true);
+}
+
+#[test]
+fn check_exits_1_when_not_capable_and_prints_passing_checks_only_when_verbose() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = config(dir.path());
+    let quiet = kata_runtime(&file, &["kata-check", "--no-boot"]);
+    assert_eq!(quiet.status.code(), Some(1));
+    let out = text(&quiet.stdout);
+    assert!(
+        out.contains("ERROR: kernel ") && out.contains("no-such-vmlinux does not exist"),
+        "{out}"
+    );
+    assert!(!out.contains("Configuration:"), "{out}");
+    assert!(text(&quiet.stderr).contains("System is not capable of running Kata Containers"));
+    let verbose = kata_runtime(&file, &["check", "--no-boot", "--verbose", "-n"]);
+    assert_eq!(verbose.status.code(), Some(1));
+    let out = text(&verbose.stdout);
+    assert!(
+        out.contains(&format!("Configuration: {}", file.display())),
+        "{out}"
+    );
+    assert!(out.contains("note: test boot skipped (--no-boot)"), "{out}");
+}
+
+#[test]
+fn a_bad_configuration_is_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("configuration.toml");
+    std::fs::write(&file, "[hypervisor.qemu]\ndefault_vcpus = \"many\"\n").unwrap();
+    for cmd in [&["check", "--no-boot"][..], &["env"][..]] {
+        let out = kata_runtime(&file, cmd);
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("default_vcpus"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn metrics_of_an_unknown_sandbox_names_the_missing_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = config(dir.path());
+    let out = kata_runtime(&file, &["metrics", "no-such-sandbox-here"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("/run/vc/sbs/no-such-sandbox-here/shim-monitor.sock"),
+        "{}",
+        text(&out.stderr)
+    );
+    let bad = kata_runtime(&file, &["metrics", "../etc"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
