@@ -4,14 +4,18 @@
 //! - `agent-ctl`: one call to a guest agent (after kata-agent-ctl): the
 //!   request is given as protobuf JSON, the reply is printed as JSON.
 //!
-//! - `check`: can this host run Kata Containers? CPU virtualisation flags,
-//!   /dev/kvm, vhost devices (or the vhost-user daemons), QEMU's version,
-//!   and as root a real boot of the configured kernel under KVM (TCG when
-//!   KVM fails). Prints upstream's "System is capable of running Kata
-//!   Containers" when a VM can run, saying whether with KVM or with the
-//!   much slower TCG fallback.
-//! - `env`: the configuration in effect (lookup order as the shim), as TOML
-//!   or `--json`.
+//! - `check` (alias `kata-check`): can this host run Kata Containers? CPU
+//!   virtualisation flags, /dev/kvm, vhost devices (or the vhost-user
+//!   daemons), QEMU's version, and as root a real boot of the configured
+//!   kernel under KVM (TCG when KVM fails). Prints upstream's "System is
+//!   capable of running Kata Containers" when a VM can run, saying whether
+//!   with KVM or with the much slower TCG fallback; `--verbose` also prints
+//!   every check that passed.
+//! - `env` (alias `kata-env`): upstream's environment report (Kernel, Meta,
+//!   Image, Initrd, Hypervisor, Runtime, Host, Agent) as TOML or `--json`;
+//!   `--config` prints the configuration in effect instead.
+//! - `metrics <sandbox-id>`: the running sandbox's metrics, from its shim's
+//!   monitor socket (`/run/vc/sbs/<id>/shim-monitor.sock`), as upstream's.
 //!
 //! Exit status: 0 success (`check`: capable, with KVM or TCG), 1 the call
 //! failed (`check`: not capable), 2 bad usage or bad input (including a bad
