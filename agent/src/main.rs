@@ -48,6 +48,7 @@ mod container;
 mod guest;
 mod init;
 mod logger;
+mod metrics;
 mod network;
 mod oci;
 mod oom;

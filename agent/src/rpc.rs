@@ -362,6 +362,17 @@ impl agent_ttrpc::AgentService for AgentService {
         Ok(Empty::new())
     }
 
+    /// The agent's and the guest's figures (see [`crate::metrics`]).
+    fn get_metrics(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: agent::GetMetricsRequest,
+    ) -> ttrpc::Result<agent::Metrics> {
+        let mut m = agent::Metrics::new();
+        m.metrics = crate::metrics::gather();
+        Ok(m)
+    }
+
     /// Blocks until a container's cgroup records an OOM kill (see
     /// [`crate::oom`]); ends with the sandbox, the caller's connection, or
     /// the request's deadline.

@@ -82,6 +82,7 @@ pub const REQUEST_PATHS: &[&str] = &[
     "/grpc.AgentService/ListRoutes",
     "/grpc.AgentService/AddARPNeighbors",
     "/grpc.AgentService/GetOOMEvent",
+    "/grpc.AgentService/GetMetrics",
 ];
 
 /// A decoded request frame.
@@ -127,6 +128,7 @@ pub fn decode_request(path: &str, payload: &[u8]) -> Result<Box<dyn MessageDyn>,
         "/grpc.AgentService/ListRoutes" => parse::<agent::ListRoutesRequest>(payload),
         "/grpc.AgentService/AddARPNeighbors" => parse::<agent::AddARPNeighborsRequest>(payload),
         "/grpc.AgentService/GetOOMEvent" => parse::<agent::GetOOMEventRequest>(payload),
+        "/grpc.AgentService/GetMetrics" => parse::<agent::GetMetricsRequest>(payload),
         other => return Err(DecodeError::UnknownMethod(other.to_string())),
     };
     result.map_err(|error| DecodeError::Payload {

@@ -243,6 +243,14 @@ impl AgentClient {
             .map_err(|e| self.err("CreateSandbox", e))
     }
 
+    /// The agent's and the guest's figures, Prometheus text.
+    pub fn get_metrics(&self) -> Result<String, AgentError> {
+        self.agent
+            .get_metrics(self.context(), &protocols::agent::GetMetricsRequest::new())
+            .map(|m| m.metrics)
+            .map_err(|e| self.err("GetMetrics", e))
+    }
+
     pub fn destroy_sandbox(&self) -> Result<(), AgentError> {
         self.agent
             .destroy_sandbox(self.context(), &DestroySandboxRequest::new())

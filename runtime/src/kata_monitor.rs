@@ -20,11 +20,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::shim::monitor::{self, SOCKET_NAME};
+use crate::shim::monitor::{self, Merged, SOCKET_NAME};
 
 /// Upstream's default listen address.
 pub const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:8090";
@@ -200,19 +199,8 @@ pub struct OwnFigures {
     pub failed_scrapes: u64,
 }
 
-type Labelled<M> = Family<Vec<(String, String)>, M>;
-type FloatGauge = Gauge<f64, AtomicU64>;
-type FloatCounter = Counter<f64, AtomicU64>;
-
-enum Merged {
-    Gauge(Labelled<FloatGauge>),
-    Counter(Labelled<FloatCounter>),
-}
-
 /// The exposition of `own` and of the shims' bodies `(sandbox id, text)`:
-/// families by name, a `sandbox_id` label on every sample. Gauges and
-/// untyped samples stay gauges, counters counters; histograms and
-/// summaries (which this runtime's shims do not report) are left out.
+/// families by name, a `sandbox_id` label on every sample.
 pub fn merge(scraped: &[(String, String)], own: &OwnFigures) -> String {
     let mut registry = Registry::default();
     let running = Gauge::<i64>::default();
@@ -232,67 +220,11 @@ pub fn merge(scraped: &[(String, String)], own: &OwnFigures) -> String {
         "Shim scrapes that failed",
         failed,
     );
-
-    let mut families: std::collections::BTreeMap<String, (String, Merged)> = Default::default();
+    let mut merged = Merged::default();
     for (sandbox, body) in scraped {
-        let lines = body.lines().map(|l| Ok(l.to_string()));
-        let Ok(scrape) = prometheus_parse::Scrape::parse(lines) else {
-            continue;
-        };
-        for sample in scrape.samples {
-            let mut labels: Vec<(String, String)> = sample
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            labels.push(("sandbox_id".to_string(), sandbox.clone()));
-            labels.sort();
-            let (name, value, counter) = match sample.value {
-                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => {
-                    (sample.metric, v, false)
-                }
-                prometheus_parse::Value::Counter(v) => (
-                    sample
-                        .metric
-                        .strip_suffix("_total")
-                        .unwrap_or(&sample.metric)
-                        .to_string(),
-                    v,
-                    true,
-                ),
-                _ => continue,
-            };
-            let help = scrape
-                .docs
-                .get(&name)
-                .cloned()
-                .unwrap_or_else(|| format!("{name}, from the shims"));
-            let entry = families.entry(name).or_insert_with(|| {
-                let family = if counter {
-                    Merged::Counter(Default::default())
-                } else {
-                    Merged::Gauge(Default::default())
-                };
-                (help, family)
-            });
-            match &entry.1 {
-                Merged::Gauge(f) => {
-                    f.get_or_create(&labels).set(value);
-                }
-                Merged::Counter(f) => {
-                    f.get_or_create(&labels).inc_by(value);
-                }
-            }
-        }
+        merged.add(body, &[("sandbox_id", sandbox)]);
     }
-    for (name, (help, family)) in families {
-        // The shims' help text ends with the '.' prometheus-client adds.
-        let help = help.strip_suffix('.').unwrap_or(&help).to_string();
-        match family {
-            Merged::Gauge(f) => registry.register(name, help, f),
-            Merged::Counter(f) => registry.register(name, help, f),
-        }
-    }
+    merged.register(&mut registry);
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &registry);

@@ -23,10 +23,16 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::agent_client::{AgentAddress, AgentClient};
 
 /// Where every sandbox's monitor socket directory is (upstream's
 /// `GetSandboxesStoragePath`).
@@ -47,6 +53,8 @@ pub fn socket_path(root: &Path, sid: &str) -> PathBuf {
 pub struct Monitored {
     /// The agent's address, as `/agent-url` answers it.
     pub agent_url: String,
+    /// Where `/metrics` asks the agent for its figures (`GetMetrics`).
+    pub agent: Option<AgentAddress>,
     /// QEMU's pid.
     pub hypervisor: Option<u32>,
     pub virtiofsd: Option<u32>,
@@ -165,9 +173,115 @@ pub fn metrics_text(what: &Monitored) -> Result<String, std::fmt::Error> {
     if let Some(pid) = what.hypervisor {
         register_netdev(&mut registry, &pid.to_string());
     }
+    // As upstream: an agent that does not answer leaves its families out
+    // (and the shim's log says why); the host's figures still come.
+    if let Some(address) = &what.agent {
+        match agent_metrics(address) {
+            Ok(text) => {
+                let mut merged = Merged::default();
+                merged.add(&text, &[]);
+                merged.register(&mut registry);
+            }
+            Err(e) => log::warn!("shim monitor: the agent's metrics: {e}"),
+        }
+    }
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)
+}
+
+type Labelled<M> = Family<Vec<(String, String)>, M>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+type FloatCounter = Counter<f64, AtomicU64>;
+
+enum MergedFamily {
+    Gauge(Labelled<FloatGauge>),
+    Counter(Labelled<FloatCounter>),
+}
+
+/// Families read from Prometheus or OpenMetrics text (prometheus-parse)
+/// and merged by name, for one registry: the agent's families in the
+/// shim's `/metrics`, every shim's in kata-monitor's. Gauges and untyped
+/// samples stay gauges, counters counters; histograms and summaries (which
+/// neither the agent nor the shims report) are left out.
+#[derive(Default)]
+pub struct Merged {
+    families: BTreeMap<String, (String, MergedFamily)>,
+}
+
+impl Merged {
+    /// The samples of `text`, each with the labels `extra` added.
+    pub fn add(&mut self, text: &str, extra: &[(&str, &str)]) {
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let Ok(scrape) = prometheus_parse::Scrape::parse(lines) else {
+            return;
+        };
+        for sample in scrape.samples {
+            let mut labels: Vec<(String, String)> = sample
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+                .collect();
+            labels.sort();
+            let (name, value, counter) = match sample.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => {
+                    (sample.metric, v, false)
+                }
+                prometheus_parse::Value::Counter(v) => (
+                    sample
+                        .metric
+                        .strip_suffix("_total")
+                        .unwrap_or(&sample.metric)
+                        .to_string(),
+                    v,
+                    true,
+                ),
+                _ => continue,
+            };
+            let help = scrape
+                .docs
+                .get(&name)
+                .cloned()
+                .unwrap_or_else(|| name.clone());
+            let entry = self.families.entry(name).or_insert_with(|| {
+                let family = if counter {
+                    MergedFamily::Counter(Default::default())
+                } else {
+                    MergedFamily::Gauge(Default::default())
+                };
+                (help, family)
+            });
+            match &entry.1 {
+                MergedFamily::Gauge(f) => {
+                    f.get_or_create(&labels).set(value);
+                }
+                MergedFamily::Counter(f) => {
+                    f.get_or_create(&labels).inc_by(value);
+                }
+            }
+        }
+    }
+
+    pub fn register(self, registry: &mut Registry) {
+        for (name, (help, family)) in self.families {
+            // prometheus-client adds the final '.' itself.
+            let help = help.strip_suffix('.').unwrap_or(&help).to_string();
+            match family {
+                MergedFamily::Gauge(f) => registry.register(name, help, f),
+                MergedFamily::Counter(f) => registry.register(name, help, f),
+            }
+        }
+    }
+}
+
+/// How long a scrape waits for the agent (connecting, then the call).
+const AGENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn agent_metrics(address: &AgentAddress) -> Result<String, String> {
+    let client = AgentClient::connect(address, AGENT_TIMEOUT, AGENT_TIMEOUT)
+        .map_err(|e| crate::error_chain(&e))?;
+    client.get_metrics().map_err(|e| crate::error_chain(&e))
 }
 
 type ItemFamily = Family<Vec<(String, String)>, Gauge>;
@@ -426,6 +540,7 @@ mod tests {
         let me = std::process::id();
         Monitored {
             agent_url: "hvsock:///run/kata-containers/s1/vsock.sock:1024".into(),
+            agent: None,
             hypervisor: Some(me),
             virtiofsd: None,
             vsock_daemon: Some(me),
@@ -455,6 +570,24 @@ mod tests {
         // No virtiofsd pid: no family, rather than zeros.
         assert!(!text.contains("kata_virtiofsd"), "{text}");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn the_agents_text_merges_into_the_registry() {
+        // What the agent's GetMetrics answers: format 0.0.4, a counter
+        // without `_total`.
+        let agent = "# HELP kata_agent_scrape_count Metrics scrapes of the agent.\n# TYPE kata_agent_scrape_count counter\nkata_agent_scrape_count 3\n\
+                     # HELP kata_guest_meminfo Guest memory.\n# TYPE kata_guest_meminfo gauge\nkata_guest_meminfo{item=\"mem_total\"} 2048\n";
+        let mut registry = Registry::default();
+        let mut merged = Merged::default();
+        merged.add(agent, &[]);
+        merged.register(&mut registry);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        assert!(text.contains("# TYPE kata_agent_scrape_count counter\n"), "{text}");
+        assert!(text.contains("kata_agent_scrape_count_total 3.0\n"), "{text}");
+        assert!(text.contains("# HELP kata_guest_meminfo Guest memory.\n"), "{text}");
+        assert!(text.contains("kata_guest_meminfo{item=\"mem_total\"} 2048"), "{text}");
     }
 
     #[test]

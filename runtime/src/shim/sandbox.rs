@@ -168,6 +168,7 @@ impl Sandbox {
         // sandbox runs without it.
         let monitored = Monitored {
             agent_url: address.to_string(),
+            agent: Some(address.clone()),
             hypervisor: vm.pid(),
             virtiofsd: vm.virtiofsd_pid(),
             vsock_daemon: vm.vsock_daemon_pid(),

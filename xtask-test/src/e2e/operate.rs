@@ -77,6 +77,14 @@ pub(super) fn scenario_metrics(r: &mut Runner, ids: &[String]) -> Result<String>
     need("kata_virtiofsd_threads")?;
     need("kata_vsock_daemon_threads")?;
     need("kata_shim_io_stat{item=\"rchar\"}")?;
+    // The agent's and the guest's, through GetMetrics.
+    let guest_memory = need("kata_guest_meminfo{item=\"mem_total\"}")?;
+    if guest_memory < 64.0 * 1024.0 * 1024.0 {
+        bail!("the guest's MemTotal is reported as {guest_memory} bytes");
+    }
+    need("kata_agent_threads")?;
+    need("kata_agent_scrape_count_total")?;
+    need("kata_guest_cpu_time{cpu=\"total\",item=\"user\"}")?;
     if !text.ends_with("# EOF\n") {
         bail!("kata-runtime metrics: the exposition does not end with # EOF");
     }
@@ -124,6 +132,8 @@ pub(super) fn scenario_metrics(r: &mut Runner, ids: &[String]) -> Result<String>
                 || l.starts_with("kata_hypervisor_proc_status{item=\"vmrss\"}")
                 || l.starts_with("kata_shim_fds ")
                 || l.starts_with("kata_vsock_daemon_threads ")
+                || l.starts_with("kata_guest_meminfo{item=\"mem_total\"}")
+                || l.starts_with("kata_agent_total_rss ")
         })
         .collect();
     Ok(format!(
