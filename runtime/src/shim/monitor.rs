@@ -492,18 +492,16 @@ pub fn get(socket: &Path, path: &str) -> Result<(u16, String), String> {
     get_over(stream, path).map_err(|e| format!("{}: {e}", socket.display()))
 }
 
-/// An HTTP GET of `path` over a connected stream (its timeouts set), with
-/// `Connection: close`. No crate offers a synchronous HTTP client over a
+/// An HTTP/1.0 GET of `path` over a connected stream (its timeouts set).
+/// No crate offers a synchronous HTTP client over a
 /// unix socket, so the request is the one fixed line upstream's client
 /// sends, and the answer is parsed by httparse (hyper's parser); the server
 /// closing the connection ends the body.
 pub fn get_over(mut stream: impl Read + Write, path: &str) -> Result<(u16, String), String> {
     let io = |e: std::io::Error| format!("GET {path}: {e}");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: shim\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(io)?;
+    // HTTP/1.0: the answer is the bytes up to the close, never chunked
+    // (tiny_http chunks long HTTP/1.1 bodies).
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: shim\r\n\r\n").map_err(io)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).map_err(io)?;
     let mut headers = [httparse::EMPTY_HEADER; 32];
@@ -514,6 +512,14 @@ pub fn get_over(mut stream: impl Read + Write, path: &str) -> Result<(u16, Strin
         Err(e) => return Err(format!("GET {path}: not an HTTP answer: {e}")),
     };
     let status = response.code.unwrap_or(0);
+    if response.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("transfer-encoding")
+            && !h.value.eq_ignore_ascii_case(b"identity")
+    }) {
+        return Err(format!(
+            "GET {path}: the answer has a transfer encoding, which this client does not read"
+        ));
+    }
     let mut body = &raw[head..];
     if let Some(len) = response
         .headers
@@ -584,10 +590,22 @@ mod tests {
         merged.register(&mut registry);
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();
-        assert!(text.contains("# TYPE kata_agent_scrape_count counter\n"), "{text}");
-        assert!(text.contains("kata_agent_scrape_count_total 3.0\n"), "{text}");
-        assert!(text.contains("# HELP kata_guest_meminfo Guest memory.\n"), "{text}");
-        assert!(text.contains("kata_guest_meminfo{item=\"mem_total\"} 2048"), "{text}");
+        assert!(
+            text.contains("# TYPE kata_agent_scrape_count counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kata_agent_scrape_count_total 3.0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP kata_guest_meminfo Guest memory.\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kata_guest_meminfo{item=\"mem_total\"} 2048"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -644,6 +662,7 @@ mod tests {
         );
         let (status, text) = get(&socket, "/metrics").unwrap();
         assert_eq!(status, 200);
+        assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(sample(&text, "kata_shim_threads").unwrap() >= 2, "{text}");
         let (status, body) = get(&socket, "/nope?x=1").unwrap();
         assert_eq!(status, 404);
@@ -662,6 +681,26 @@ mod tests {
         assert!(!root.path().join("s1").exists());
         let err = get(&socket, "/metrics").unwrap_err();
         assert!(err.contains("connect to"), "{err}");
+    }
+
+    #[test]
+    fn a_long_answer_arrives_whole() {
+        // tiny_http chunks long HTTP/1.1 bodies (a shim's /metrics with the
+        // agent's families is ~60 KB): the client must get plain bytes.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let server = tiny_http::Server::http_unix(&path).unwrap();
+        let body = format!("{}END", "x".repeat(200_000));
+        let sent = body.clone();
+        let t = std::thread::spawn(move || {
+            let request = server.recv().unwrap();
+            request.respond(tiny_http::Response::from_string(sent)).unwrap();
+        });
+        let (status, got) = get(&path, "/metrics").unwrap();
+        t.join().unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(got.len(), body.len());
+        assert!(got.ends_with("xEND"));
     }
 
     #[test]
