@@ -32,7 +32,6 @@ const KNOWN_IGNORED_KEYS: &[&str] = &[
     "agent.hotplug_timeout",
     "agent.container_pipe_size",
     "agent.unified_cgroup_hierarchy",
-    "agent.debug_console_vport",
     "agent.log_vport",
     "agent.passfd_listener_port",
 ];
@@ -42,8 +41,13 @@ pub struct Config {
     pub log_level: LevelFilter,
     /// `vsock://CID:PORT` (CID -1 = any) or `unix:///path` / `unix://@abstract`.
     pub server_addr: String,
-    /// Spawn (and respawn) `/bin/sh` on the console.
+    /// A root shell for debugging: on the console (respawned), or per
+    /// connection on [`Config::debug_console_vport`].
     pub debug_console: bool,
+    /// `agent.debug_console_vport=N`: with `debug_console`, serve the shell
+    /// on AF_VSOCK port N (upstream's runtime uses 1026) instead of the
+    /// console; 0 = not set.
+    pub debug_console_vport: u32,
     /// PID 1 inside the VM: mounts, power-off, effects on the guest.
     pub init_mode: bool,
     /// Where CreateSandbox writes the DNS lines instead of the guest's
@@ -72,6 +76,7 @@ pub struct CmdlineSettings {
     pub log_level: Option<LevelFilter>,
     pub server_addr: Option<String>,
     pub debug_console: bool,
+    pub debug_console_vport: u32,
     pub notes: Vec<(log::Level, String)>,
 }
 
@@ -197,6 +202,13 @@ pub fn parse_cmdline(text: &str) -> CmdlineSettings {
             "agent.debug_console" => {
                 settings.debug_console = parse_bool_flag(key, value, &mut settings.notes)
             }
+            "agent.debug_console_vport" => match value.and_then(|v| v.parse::<u32>().ok()) {
+                Some(port) if port > 0 => settings.debug_console_vport = port,
+                _ => settings.notes.push((
+                    log::Level::Warn,
+                    format!("kernel parameter {param}: expected a vsock port > 0 (agent.debug_console_vport=1026); ignored"),
+                )),
+            },
             k if KNOWN_IGNORED_KEYS.contains(&k) => settings
                 .notes
                 .push((log::Level::Debug, format!("kernel parameter {param}: not used by this agent"))),
@@ -267,6 +279,7 @@ impl Config {
             log_level,
             server_addr,
             debug_console: settings.debug_console,
+            debug_console_vport: settings.debug_console_vport,
             init_mode,
             resolv_conf,
             hostname_file,
@@ -302,7 +315,42 @@ mod tests {
         assert_eq!(s.log_level, Some(LevelFilter::Debug));
         assert_eq!(s.server_addr.as_deref(), Some("unix:///tmp/a.sock"));
         assert!(s.debug_console);
+        assert_eq!(
+            s.debug_console_vport, 0,
+            "serial console unless a port is given"
+        );
         assert!(s.notes.is_empty(), "{:?}", s.notes);
+    }
+
+    #[test]
+    fn reads_the_debug_console_port() {
+        // what the runtime appends with debug_console_enabled = true
+        let s = parse_cmdline("quiet agent.debug_console agent.debug_console_vport=1026");
+        assert!(s.debug_console);
+        assert_eq!(s.debug_console_vport, 1026);
+        assert!(s.notes.is_empty(), "{:?}", s.notes);
+        // the port alone does not enable the console
+        let s = parse_cmdline("agent.debug_console_vport=1026");
+        assert!(!s.debug_console);
+        assert_eq!(s.debug_console_vport, 1026);
+        for bad in ["0", "-1", "x", "", "4294967296"] {
+            let s = parse_cmdline(&format!(
+                "agent.debug_console agent.debug_console_vport={bad}"
+            ));
+            assert!(s.debug_console);
+            assert_eq!(s.debug_console_vport, 0, "{bad:?}");
+            assert!(
+                s.notes.iter().any(|(l, m)| *l == log::Level::Warn
+                    && m.contains(&format!(
+                        "agent.debug_console_vport={bad}: expected a vsock port > 0"
+                    ))),
+                "{bad:?}: {:?}",
+                s.notes
+            );
+        }
+        let s = parse_cmdline("agent.debug_console_vport");
+        assert_eq!(s.debug_console_vport, 0);
+        assert_eq!(s.notes.len(), 1, "{:?}", s.notes);
     }
 
     #[test]

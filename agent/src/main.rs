@@ -33,7 +33,9 @@
 //!
 //! # Configuration
 //! Kernel parameters (from /proc/cmdline): `agent.log=<level>`,
-//! `agent.server_addr=<vsock://CID:PORT | unix:///path>`, `agent.debug_console`.
+//! `agent.server_addr=<vsock://CID:PORT | unix:///path>`, `agent.debug_console`
+//! (a shell on the console, or with `agent.debug_console_vport=N` one per
+//! connection on AF_VSOCK port N: see [`console`]).
 //! Unknown `agent.*` keys are logged and ignored. Environment overrides:
 //! `KATA_AGENT_CMDLINE` (file read instead of /proc/cmdline),
 //! `KATA_AGENT_SERVER_ADDR`, `KATA_AGENT_LOG_LEVEL`, `KATA_AGENT_RESOLV_CONF`,
@@ -136,10 +138,12 @@ fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     if config.debug_console {
-        if config.init_mode {
-            console::start(reaper.clone(), config.console.clone());
-        } else {
+        if !config.init_mode {
             log::warn!("agent.debug_console is only honoured in init mode; ignored");
+        } else if config.debug_console_vport > 0 {
+            console::start_vsock(reaper.clone(), config.debug_console_vport);
+        } else {
+            console::start(reaper.clone(), config.console.clone());
         }
     }
 

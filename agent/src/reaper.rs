@@ -118,6 +118,16 @@ impl Reaper {
         Ok(reaper)
     }
 
+    /// The one real reaper of a unit-test process (the SIGCHLD handler and
+    /// `waitpid(-1)` are process-wide), started on first use.
+    #[cfg(test)]
+    pub fn for_tests() -> Reaper {
+        static SHARED: std::sync::OnceLock<Reaper> = std::sync::OnceLock::new();
+        SHARED
+            .get_or_init(|| Reaper::start().expect("start the test reaper"))
+            .clone()
+    }
+
     /// A reaper without a thread or signal handler, for unit tests of code
     /// that only needs a handle.
     #[cfg(test)]
@@ -216,6 +226,16 @@ impl Reaper {
         Ok(value)
     }
 
+    /// Sends `sig` to the process group led by tracked child `pid` (a
+    /// session leader, e.g. the debug shell) unless the child was already
+    /// reaped. Holding the table lock while signalling keeps this race-free:
+    /// an unreaped pid cannot be reused. False when nothing was signalled.
+    pub fn kill_group(&self, pid: i32, sig: Signal) -> bool {
+        let table = self.shared.table.lock().unwrap_or_else(|e| e.into_inner());
+        matches!(table.tracked.get(&pid), Some(None))
+            && nix::sys::signal::killpg(Pid::from_raw(pid), sig).is_ok()
+    }
+
     /// Waits for a tracked child to exit and forgets it. `None` if the pid is
     /// not tracked (never was, or was already collected).
     pub fn wait(&self, pid: i32) -> Option<ExitStatus> {
@@ -263,11 +283,12 @@ impl Reaper {
 mod tests {
     use super::*;
 
-    // One test: the reaper is process-global (SIGCHLD handler, reaps every child).
+    // The reaper is process-global (SIGCHLD handler, reaps every child):
+    // tests share Reaper::for_tests().
     #[test]
     #[allow(clippy::zombie_processes)] // the reaper under test does the waiting
     fn tracked_children_keep_their_status_and_orphans_are_reaped() {
-        let reaper = Reaper::start().unwrap();
+        let reaper = Reaper::for_tests();
         let quick = reaper
             .spawn(Command::new("sh").args(["-c", "exit 7"]))
             .unwrap();
@@ -286,10 +307,14 @@ mod tests {
             reaper.wait_timeout(slow.pid, Some(Duration::from_millis(100))),
             None
         );
+        // `sleep` leads no process group of its own: killpg fails
+        assert!(!reaper.kill_group(slow.pid, Signal::SIGKILL));
         // SAFETY: kill(2) takes no pointers; `slow` is our unreaped child,
         // so its pid cannot have been reused.
         unsafe { libc::kill(slow.pid, libc::SIGKILL) };
         assert_eq!(reaper.wait(slow.pid), Some(ExitStatus::Signaled(9)));
+        // reaped and collected: never signalled again
+        assert!(!reaper.kill_group(slow.pid, Signal::SIGKILL));
         // the untracked child is no zombie: it was reaped (no /proc entry left)
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while std::path::Path::new(&format!("/proc/{}", untracked.id())).exists() {

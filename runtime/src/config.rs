@@ -233,7 +233,9 @@ pub struct AgentSection {
     /// Our extension: seconds one agent call may take.
     #[serde(deserialize_with = "de::uint::<_, u64, 1, 3600>")]
     pub request_timeout: u64,
-    /// Not implemented: only `false` is accepted.
+    /// A root shell in the guest for `kata-runtime exec <sandbox-id>`: the
+    /// guest kernel gets [`DEBUG_CONSOLE_KERNEL_PARAMS`], the agent listens
+    /// on vsock port [`DEBUG_CONSOLE_VPORT`]. Off by default (upstream's).
     #[serde(deserialize_with = "de::boolean", skip_serializing_if = "is_false")]
     pub debug_console_enabled: bool,
 }
@@ -360,12 +362,19 @@ const UNIMPLEMENTED_SECURITY_KEYS: &[(&str, &str, &str, &str)] = &[
      "this runtime applies no io.katacontainers.config.* annotation overrides; set it to [] or remove it"),
     ("hypervisor.qemu", "rootless", "false", "QEMU runs as root here; set rootless = false or remove it"),
     ("hypervisor.qemu", "guest_hook_path", "\"\"", "OCI hooks do not run in the guest; remove guest_hook_path"),
-    ("agent.kata", "debug_console_enabled", "false",
-     "the agent has no debug console in this release; set debug_console_enabled = false or remove it"),
     ("runtime", "sandbox_cgroup_only", "false",
      "the VM is not placed in the sandbox cgroup yet; set sandbox_cgroup_only = false or remove it"),
     ("runtime", "experimental", "[]", "no experimental features exist here; set experimental = [] or remove it"),
 ];
+
+/// The guest vsock port of the agent's debug console (upstream's fixed
+/// value; no configuration key sets it).
+pub const DEBUG_CONSOLE_VPORT: u32 = 1026;
+
+/// What `debug_console_enabled = true` appends to the guest kernel command
+/// line (upstream's two parameters: the flag, then the port).
+pub const DEBUG_CONSOLE_KERNEL_PARAMS: [&str; 2] =
+    ["agent.debug_console", "agent.debug_console_vport=1026"];
 
 /// The annotation prefix of upstream's per-pod configuration overrides.
 pub const OVERRIDE_ANNOTATION_PREFIX: &str = "io.katacontainers.config.";
@@ -819,6 +828,10 @@ impl KataConfig {
         if self.agent.enable_debug {
             cfg.kernel_params.insert(0, "agent.log=debug".into());
         }
+        if self.agent.debug_console_enabled {
+            cfg.kernel_params
+                .extend(DEBUG_CONSOLE_KERNEL_PARAMS.iter().map(|p| p.to_string()));
+        }
         cfg.quiet = !h.enable_debug;
         cfg.memory_mib = h.default_memory;
         cfg.vcpus = h.default_vcpus;
@@ -966,6 +979,46 @@ experimental = []
             Some(PathBuf::from("/opt/kata/libexec/vhost-device-vsock"))
         );
         assert_eq!(q.kernel_params[0], "agent.log=debug");
+        assert!(
+            !q.kernel_params.iter().any(|p| p.contains("debug_console")),
+            "the console is off by default: {:?}",
+            q.kernel_params
+        );
+    }
+
+    #[test]
+    fn debug_console_adds_the_agent_kernel_params() {
+        let text = format!(
+            "{MINIMAL}kernel_params = \"quiet agent.log=info\"\n[agent.kata]\ndebug_console_enabled = true\n"
+        );
+        let c = parse_str(&text).unwrap();
+        assert!(c.agent.debug_console_enabled);
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+        let q = c.qemu_config("s1", Path::new("/run/kata-containers/shared/s1"));
+        assert_eq!(
+            q.kernel_params,
+            [
+                "quiet",
+                "agent.log=info",
+                "agent.debug_console",
+                "agent.debug_console_vport=1026"
+            ]
+        );
+        assert_eq!(
+            DEBUG_CONSOLE_KERNEL_PARAMS[1],
+            format!("agent.debug_console_vport={DEBUG_CONSOLE_VPORT}")
+        );
+        // and it survives a round trip through the file format (env, the e2e harness)
+        let back = parse_str(&c.to_file().to_toml().unwrap()).unwrap();
+        assert!(back.agent.debug_console_enabled);
+        // false and absent: no console parameters
+        for text in [
+            MINIMAL.to_string(),
+            format!("{MINIMAL}[agent.kata]\ndebug_console_enabled = false\n"),
+        ] {
+            let q = parse_str(&text).unwrap().qemu_config("s1", Path::new("/x"));
+            assert!(q.kernel_params.is_empty(), "{:?}", q.kernel_params);
+        }
     }
 
     #[test]
@@ -1120,11 +1173,6 @@ experimental = []
                 "hypervisor.qemu",
                 "guest_hook_path = \"/usr/share/oci/hooks\"",
                 "guest_hook_path",
-            ),
-            (
-                "agent.kata",
-                "debug_console_enabled = true",
-                "debug_console_enabled",
             ),
             (
                 "runtime",

@@ -16,6 +16,14 @@
 //!   `--config` prints the configuration in effect instead.
 //! - `metrics <sandbox-id>`: the running sandbox's metrics, from its shim's
 //!   monitor socket (`/run/vc/sbs/<id>/shim-monitor.sock`), as upstream's.
+//! - `exec <sandbox-id> [--kata-debug-port N]`: a shell in the sandbox's
+//!   guest through the agent's debug console (`debug_console_enabled = true`
+//!   in `[agent.kata]` when the sandbox started), reached through the
+//!   sandbox's hybrid vsock socket `<state_root>/<id>/vsock.sock` on guest
+//!   port N (default 1026). A terminal on stdin is put in raw mode (and
+//!   restored); otherwise stdin is sent as it is, followed by Ctrl-D (the
+//!   terminal's end of input, so the shell exits after the commands), and
+//!   the output is printed until the guest side closes.
 //!
 //! Exit status: 0 success (`check`: capable, with KVM or TCG), 1 the call
 //! failed (`check`: not capable), 2 bad usage or bad input (including a bad
@@ -59,11 +67,23 @@ enum Commands {
     Env(EnvArgs),
     /// Print a running sandbox's metrics (Prometheus text) from its shim.
     Metrics(MetricsArgs),
+    /// Open a shell in a sandbox's guest (its debug console, which needs
+    /// debug_console_enabled = true in [agent.kata]).
+    Exec(ExecArgs),
 }
 
 #[derive(clap::Args)]
 struct MetricsArgs {
     /// The sandbox's id (its first container's id, as `ctr task ls` shows).
+    sandbox_id: String,
+}
+
+#[derive(clap::Args)]
+struct ExecArgs {
+    /// The guest vsock port of the debug console (0: the default, 1026).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    kata_debug_port: u32,
+    /// The sandbox id (with ctr run: the container id).
     sandbox_id: String,
 }
 
@@ -124,6 +144,7 @@ fn main() -> ExitCode {
         Commands::Check(args) => check(args),
         Commands::Env(args) => env(args),
         Commands::Metrics(args) => metrics(args),
+        Commands::Exec(args) => exec(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -477,5 +498,201 @@ fn render<T: serde::Serialize>(value: &T, json: bool) -> Result<String, Failure>
         serde_json::to_string_pretty(value).map_err(|x| Failure::Call(x.to_string()))
     } else {
         toml::to_string(value).map_err(|x| Failure::Call(x.to_string()))
+    }
+}
+
+/// How long the hybrid vsock handshake to the debug console may take
+/// (upstream's value).
+const CONSOLE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Restores the terminal's settings when dropped (also on errors and panics).
+struct RawTerminal(nix::sys::termios::Termios);
+
+impl RawTerminal {
+    fn enter() -> nix::Result<RawTerminal> {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let saved = tcgetattr(std::io::stdin())?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(std::io::stdin(), SetArg::TCSANOW, &raw)?;
+        Ok(RawTerminal(saved))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        use nix::sys::termios::{tcsetattr, SetArg};
+        let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.0);
+    }
+}
+
+/// Where `kata-runtime exec` finds the console of `sandbox_id`: the hybrid
+/// vsock socket in the sandbox's state directory, or why not.
+fn console_socket(
+    state_root: &std::path::Path,
+    sandbox_id: &str,
+) -> Result<std::path::PathBuf, Failure> {
+    protocols::ids::check_id("sandbox id", sandbox_id).map_err(Failure::Usage)?;
+    let dir = state_root.join(sandbox_id);
+    let sock = dir.join("vsock.sock");
+    if !dir.is_dir() {
+        return Err(Failure::Call(format!(
+            "no sandbox {sandbox_id:?} runs here: no state directory {} (sandboxes of this configuration keep their state under {})",
+            dir.display(),
+            state_root.display()
+        )));
+    }
+    if !sock.exists() {
+        return Err(Failure::Call(format!(
+            "sandbox {sandbox_id:?} has no hybrid vsock socket {} (it is not running, or its VM uses /dev/vhost-vsock, which kata-runtime exec does not reach yet)",
+            sock.display()
+        )));
+    }
+    Ok(sock)
+}
+
+fn exec(a: ExecArgs) -> Result<(), Failure> {
+    use std::io::{IsTerminal, Read, Write};
+    // a bad id is refused before anything is read or touched
+    protocols::ids::check_id("sandbox id", &a.sandbox_id).map_err(Failure::Usage)?;
+    let cfg = runtime::config::load().map_err(|e| Failure::Usage(runtime::error_chain(&e)))?;
+    let id = &a.sandbox_id;
+    let sock = console_socket(&cfg.runtime.state_root, id)?;
+    let port = if a.kata_debug_port == 0 {
+        runtime::config::DEBUG_CONSOLE_VPORT
+    } else {
+        a.kata_debug_port
+    };
+    let address = AgentAddress::HybridVsock {
+        uds_path: sock.clone(),
+        port,
+    };
+    let conn = match address.connect(CONSOLE_CONNECT_TIMEOUT) {
+        Ok(fd) => std::fs::File::from(fd),
+        // the guest refused the port: nothing listens there (a refused
+        // unix socket, an OS error, means the sandbox's vsock daemon is gone)
+        Err(e)
+            if e.kind() == std::io::ErrorKind::ConnectionRefused && e.raw_os_error().is_none() =>
+        {
+            return Err(Failure::Call(
+                if port == runtime::config::DEBUG_CONSOLE_VPORT {
+                    format!(
+                    "the debug console of sandbox {id} is not enabled: set debug_console_enabled = true in [agent.kata] of {} and start a new sandbox",
+                    cfg.file.display()
+                )
+                } else {
+                    format!("nothing listens on guest vsock port {port} of sandbox {id} ({e})")
+                },
+            ))
+        }
+        Err(e) => {
+            return Err(Failure::Call(format!(
+                "cannot reach the debug console of sandbox {id} through {}: {e}",
+                sock.display()
+            )))
+        }
+    };
+    let mut to_guest = conn
+        .try_clone()
+        .map_err(|e| Failure::Call(format!("cannot duplicate the console connection: {e}")))?;
+    let terminal = std::io::stdin().is_terminal();
+    let _raw = if terminal {
+        Some(
+            RawTerminal::enter()
+                .map_err(|e| Failure::Call(format!("cannot put the terminal in raw mode: {e}")))?,
+        )
+    } else {
+        None
+    };
+    // stdin -> guest, in a thread nobody waits for: the session ends when
+    // the guest side does
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if to_guest.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        if !terminal {
+            // Ctrl-D: end of input for the guest's terminal, so the shell
+            // exits once it has run what it was sent
+            let _ = to_guest.write_all(b"\x04");
+        }
+    });
+    let mut from_guest = conn;
+    let mut stdout = std::io::stdout().lock();
+    let mut buf = [0u8; 4096];
+    loop {
+        match from_guest.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                if stdout
+                    .write_all(&buf[..n])
+                    .and_then(|_| stdout.flush())
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // the guest side reset the stream (the shell ended)
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
+            Err(e) => {
+                return Err(Failure::Call(format!(
+                    "reading the debug console of sandbox {id}: {e}"
+                )))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call_error(r: Result<std::path::PathBuf, Failure>) -> String {
+        match r {
+            Err(Failure::Call(m)) => m,
+            Err(Failure::Usage(m)) => panic!("usage error, expected a call error: {m}"),
+            Ok(p) => panic!("found {}", p.display()),
+        }
+    }
+
+    #[test]
+    fn console_socket_names_what_it_looked_for() {
+        let root = tempfile::tempdir().unwrap();
+        let e = call_error(console_socket(root.path(), "nope"));
+        assert!(
+            e.contains("no sandbox \"nope\"")
+                && e.contains(&root.path().join("nope").display().to_string()),
+            "{e}"
+        );
+        std::fs::create_dir(root.path().join("s1")).unwrap();
+        let e = call_error(console_socket(root.path(), "s1"));
+        assert!(
+            e.contains("sandbox \"s1\" has no hybrid vsock socket") && e.contains("s1/vsock.sock"),
+            "{e}"
+        );
+        std::fs::write(root.path().join("s1/vsock.sock"), "").unwrap();
+        assert_eq!(
+            console_socket(root.path(), "s1").ok(),
+            Some(root.path().join("s1/vsock.sock"))
+        );
+        for bad in ["../s1", "", ".hidden", "a/b"] {
+            match console_socket(root.path(), bad) {
+                Err(Failure::Usage(m)) => {
+                    assert!(m.contains("sandbox id") && m.contains("invalid"), "{m}")
+                }
+                _ => panic!("{bad:?} accepted"),
+            }
+        }
     }
 }

@@ -694,7 +694,9 @@ mod tests {
         let sent = body.clone();
         let t = std::thread::spawn(move || {
             let request = server.recv().unwrap();
-            request.respond(tiny_http::Response::from_string(sent)).unwrap();
+            request
+                .respond(tiny_http::Response::from_string(sent))
+                .unwrap();
         });
         let (status, got) = get(&path, "/metrics").unwrap();
         t.join().unwrap();

@@ -1,4 +1,4 @@
-//! `cargo xtask test e2e [--faults] [--shim PATH] [--keep] [--json]`: runs
+//! `cargo xtask test e2e [--faults] [--scenario NAME]... [--shim PATH] [--keep] [--json]`: runs
 //! containers through a real, private containerd with the built
 //! `containerd-shim-kata-v2`, using `ctr` as users do.
 //!
@@ -39,7 +39,9 @@
 //!                     virtio_fs_cache, enable_debug, rootfs_type (image),
 //!                     and this project's extensions accelerator = "tcg",
 //!                     vhost_user_vsock_daemon
-//!   [agent.kata]      enable_debug, dial_timeout
+//!   [agent.kata]      enable_debug, dial_timeout (p-debug-console writes a
+//!                     second file with debug_console_enabled = true and
+//!                     names it with `ctr run --runtime-config-path`)
 //!   [runtime]         enable_debug, internetworking_model,
 //!                     sandbox_cgroup_only, static_sandbox_resource_mgmt
 //!
@@ -85,9 +87,9 @@ use oci_image::{image_busybox, import_image, write_oci_archive, OciImage};
 use scenarios::{
     fault_agent_silent, fault_containerd_restarted, fault_hostile_ids, fault_invalid_spec,
     fault_qemu_killed, fault_shim_killed, fault_virtiofsd_killed, fault_vsock_daemon_killed,
-    host_kernel, scenario_detached_exec_kill, scenario_exit_code, scenario_kernel,
-    scenario_no_leftovers, scenario_one_char_id, scenario_probe_once, scenario_seccomp,
-    scenario_stdio, Runner, AGENT_REQUEST_TIMEOUT,
+    host_kernel, scenario_debug_console, scenario_detached_exec_kill, scenario_exit_code,
+    scenario_kernel, scenario_no_leftovers, scenario_one_char_id, scenario_probe_once,
+    scenario_seccomp, scenario_stdio, Runner, AGENT_REQUEST_TIMEOUT,
 };
 use shipped::{from_release, ShippedTree};
 
@@ -164,6 +166,9 @@ pub struct E2eArgs {
     /// configuration, then `dpkg --purge` it and check nothing is left.
     #[arg(long, requires = "from_release")]
     pub install_deb: bool,
+    /// Run only this scenario (repeatable), e.g. `--scenario p-debug-console`.
+    #[arg(long, value_name = "NAME")]
+    pub scenario: Vec<String>,
 }
 
 impl Default for E2eArgs {
@@ -177,6 +182,7 @@ impl Default for E2eArgs {
             runtime: KATA_RUNTIME.into(),
             from_release: false,
             install_deb: false,
+            scenario: Vec::new(),
         }
     }
 }
@@ -540,6 +546,8 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
         },
         results: Vec::new(),
         guest_kernel: None,
+        only: args.scenario.clone(),
+        offered: Vec::new(),
     };
     let mut skipped = Vec::new();
     r.scenario("a-kernel", &["uname"], scenario_kernel);
@@ -568,10 +576,16 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
             &["mon1", "mon2"],
             operate::scenario_kata_monitor,
         );
+        r.scenario(
+            "p-debug-console",
+            &["console", "noconsole"],
+            scenario_debug_console,
+        );
     } else {
-        ctx.ui
-            .info("SKIP n-metrics, o-kata-monitor: kata only (runc has no shim monitor socket)");
-        skipped.extend(["n-metrics", "o-kata-monitor"]);
+        ctx.ui.info(
+            "SKIP n-metrics, o-kata-monitor, p-debug-console: kata only (runc has no shim monitor socket and no guest)",
+        );
+        skipped.extend(["n-metrics", "o-kata-monitor", "p-debug-console"]);
     }
     if args.faults {
         if kata {
@@ -612,6 +626,23 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
         r.scenario("m-probe-once", &[], scenario_probe_once);
     }
     r.scenario("e-no-leftovers", &[], scenario_no_leftovers);
+    let unknown: Vec<&String> = args
+        .scenario
+        .iter()
+        .filter(|s| !r.offered.contains(s) && !skipped.contains(&s.as_str()))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(InputError::new(format!(
+            "--scenario {}: no such scenario in this run; use one of {}",
+            unknown
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.offered.join(", ")
+        ))
+        .into());
+    }
 
     let results = std::mem::take(&mut r.results);
     let guest_kernel = r.guest_kernel.take();

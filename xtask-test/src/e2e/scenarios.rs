@@ -12,7 +12,7 @@ use xtask::context::Ctx;
 use super::bounded::{run_bounded, Outcome, Running};
 use super::containerd::{Ctr, PrivateContainerd};
 use super::host::{signal, ProcInfo};
-use super::{sandbox_footprint, E2eEnv, KATA_RUNTIME, KATA_STATE_ROOT};
+use super::{sandbox_footprint, E2eEnv, KATA_CONF_ENV, KATA_RUNTIME, KATA_STATE_ROOT};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ScenarioResult {
@@ -29,6 +29,10 @@ pub(super) struct Runner<'a> {
     pub(super) timeout: Duration,
     pub(super) results: Vec<ScenarioResult>,
     pub(super) guest_kernel: Option<String>,
+    /// `--scenario NAME`s: run only these (empty: all).
+    pub(super) only: Vec<String>,
+    /// Every scenario name offered to [`Runner::scenario`], run or not.
+    pub(super) offered: Vec<String>,
 }
 
 impl Runner<'_> {
@@ -61,6 +65,10 @@ impl Runner<'_> {
         ids: &[&str],
         f: impl FnOnce(&mut Self, &[String]) -> Result<String>,
     ) {
+        self.offered.push(name.into());
+        if !self.only.is_empty() && !self.only.iter().any(|o| o == name) {
+            return;
+        }
         let ids: Vec<String> = ids.iter().map(|n| self.env.containerd.new_id(n)).collect();
         let t = Instant::now();
         let r = f(self, &ids);
@@ -865,4 +873,133 @@ pub(super) fn scenario_seccomp(r: &mut Runner, ids: &[String]) -> Result<String>
     } else {
         "disable_guest_seccomp = true: the deny-mkdir profile stayed out of the VM (mkdir worked), as without one".into()
     })
+}
+
+/// `kata-runtime exec` next to the shim (the runtime-bins step ships both).
+fn kata_runtime_binary(r: &Runner) -> Result<std::path::PathBuf> {
+    let shim = r
+        .env
+        .shim
+        .as_ref()
+        .context("no shim: the kata runtime is not set up")?;
+    let bin = shim.with_file_name("kata-runtime");
+    if !bin.is_file() {
+        bail!(
+            "no kata-runtime next to the shim {} (with --shim, put the built kata-runtime beside it)",
+            shim.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// `KATA_CONF_FILE=<config> kata-runtime exec <args>` with `stdin` piped.
+fn kata_runtime_exec(r: &Runner, config: &Path, args: &[&str], stdin: &[u8]) -> Result<Outcome> {
+    let mut cmd = std::process::Command::new(kata_runtime_binary(r)?);
+    cmd.arg("exec").args(args).env(KATA_CONF_ENV, config);
+    run_bounded(cmd, Some(stdin.to_vec()), Duration::from_secs(90))
+}
+
+/// The debug console: a sandbox started with `debug_console_enabled = true`
+/// (a second configuration.toml, named with `ctr run --runtime-config-path`,
+/// which the shim takes ahead of KATA_CONF_FILE) serves a shell to
+/// `kata-runtime exec` with piped stdin; an unknown id, a bad id and a
+/// sandbox of the default configuration (console off) fail with one clear
+/// line, and both sandboxes keep serving `ctr task exec`.
+pub(super) fn scenario_debug_console(r: &mut Runner, ids: &[String]) -> Result<String> {
+    let default_config = r
+        .env
+        .kata_config
+        .clone()
+        .context("the harness wrote no configuration.toml")?;
+    let text = std::fs::read_to_string(&default_config)?;
+    let mut cfg = runtime::config::parse(&text, &default_config)?;
+    if cfg.agent.debug_console_enabled {
+        bail!(
+            "the harness's own configuration enables the console: the disabled case proves nothing"
+        );
+    }
+    cfg.agent.debug_console_enabled = true;
+    let console_config = default_config.with_file_name("configuration-debug-console.toml");
+    std::fs::write(&console_config, cfg.to_file().to_toml()?)?;
+    let console_config_s = console_config.display().to_string();
+    let (on, off) = (ids[0].as_str(), ids[1].as_str());
+
+    // Input errors, before any sandbox exists.
+    let out = kata_runtime_exec(r, &default_config, &["no-such-sandbox"], b"")?;
+    if out.success()
+        || !out
+            .stderr
+            .contains("no sandbox \"no-such-sandbox\" runs here")
+        || !out
+            .stderr
+            .contains(&format!("{KATA_STATE_ROOT}/no-such-sandbox"))
+    {
+        bail!("unknown sandbox id: expected a non-zero exit naming the id and the state dir looked for: {}", out.describe());
+    }
+    let out = kata_runtime_exec(r, &default_config, &["../etc"], b"")?;
+    if out.code != Some(2) || !out.stderr.contains("sandbox id \"../etc\" is invalid") {
+        bail!(
+            "bad sandbox id: expected exit status 2 and the id rule: {}",
+            out.describe()
+        );
+    }
+
+    // Console on: the shell runs what it is sent. The pty echoes the input
+    // line, which has `$((6*7))`; only the shell prints 42.
+    r.run(
+        on,
+        &["-d", "--runtime-config-path", &console_config_s],
+        &["sleep", "300"],
+        None,
+    )?
+    .require_success()?;
+    r.ctr()
+        .wait_task_status(on, "RUNNING", Duration::from_secs(60))?;
+    let out = kata_runtime_exec(r, &default_config, &[on], b"echo console-$((6*7)); exit\n")?;
+    if !out.success() || !out.stdout.contains("console-42") {
+        bail!(
+            "kata-runtime exec with the console on: expected exit 0 and console-42: {}",
+            out.describe()
+        );
+    }
+    let console_ms = out.took.as_millis();
+    let console_out = out.stdout.clone();
+    // a second session, with --kata-debug-port: the first one ended cleanly
+    let out = kata_runtime_exec(
+        r,
+        &default_config,
+        &["--kata-debug-port", "1026", on],
+        b"echo again-$((6+1))\n",
+    )?;
+    if !out.success() || !out.stdout.contains("again-7") {
+        bail!(
+            "second console session (ended by Ctrl-D at stdin's end): {}",
+            out.describe()
+        );
+    }
+    exec_echo(r, on, "after-console", "still-serving")?;
+    kill_and_delete(r, on)?;
+
+    // Console off (the harness's default configuration).
+    r.run(off, &["-d"], &["sleep", "300"], None)?
+        .require_success()?;
+    r.ctr()
+        .wait_task_status(off, "RUNNING", Duration::from_secs(60))?;
+    let out = kata_runtime_exec(r, &default_config, &[off], b"echo console-$((6*7)); exit\n")?;
+    let want = format!(
+        "the debug console of sandbox {off} is not enabled: set debug_console_enabled = true in [agent.kata] of {} and start a new sandbox",
+        default_config.display()
+    );
+    if out.success() || out.stdout.contains("console-42") || !out.stderr.contains(&want) {
+        bail!(
+            "kata-runtime exec with the console off: expected a non-zero exit and {want:?}: {}",
+            out.describe()
+        );
+    }
+    let off_line = out.stderr.trim().to_string();
+    exec_echo(r, off, "after-refusal", "still-serving")?;
+    kill_and_delete(r, off)?;
+    Ok(format!(
+        "console on: `kata-runtime exec` printed console-42 ({console_ms} ms), a second session worked; unknown and bad ids refused; console off: {off_line:?}; both sandboxes kept serving ctr task exec; the session's output: {console_out:?}"
+    ))
 }
