@@ -297,24 +297,6 @@ fn guest(t: &mut Text) {
         &vmstat,
     );
 
-    const NETDEV: [&str; 16] = [
-        "recv_bytes",
-        "recv_packets",
-        "recv_errs",
-        "recv_drop",
-        "recv_fifo",
-        "recv_frame",
-        "recv_compressed",
-        "recv_multicast",
-        "sent_bytes",
-        "sent_packets",
-        "sent_errs",
-        "sent_drop",
-        "sent_fifo",
-        "sent_colls",
-        "sent_carrier",
-        "sent_compressed",
-    ];
     t.family(
         "kata_guest_netdev_stat",
         "gauge",
@@ -324,7 +306,10 @@ fn guest(t: &mut Text) {
         let Some((name, counters)) = line.split_once(':') else {
             continue;
         };
-        for (item, value) in NETDEV.iter().zip(counters.split_whitespace()) {
+        for (item, value) in protocols::metrics::NETDEV_ITEMS
+            .iter()
+            .zip(counters.split_whitespace())
+        {
             t.sample(
                 "kata_guest_netdev_stat",
                 &[("interface", name.trim()), ("item", item)],

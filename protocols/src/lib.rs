@@ -14,6 +14,7 @@
 //! - [`empty`]: `google.protobuf.Empty`, as the generated services name it.
 //! - [`requests`]: socket-free decoding of one request frame (fuzzing, tools).
 //! - [`ids`]: the container/exec/sandbox id rule both sides apply.
+//! - [`metrics`]: label values both sides of the metrics use.
 
 // The generated code's own inner `#![allow]`s are stripped by build.rs (they
 // cannot appear in an `include!`), so they are restated here.
@@ -69,6 +70,7 @@ pub mod types {
 }
 
 pub mod ids;
+pub mod metrics;
 pub mod requests;
 
 /// Fully qualified ttrpc service names, as they appear on the wire.

@@ -505,6 +505,9 @@ fn render<T: serde::Serialize>(value: &T, json: bool) -> Result<String, Failure>
 /// (upstream's value).
 const CONSOLE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often a piped session repeats its end of input (see `exec`).
+const EOF_REPEAT: Duration = Duration::from_millis(500);
+
 /// Restores the terminal's settings when dropped (also on errors and panics).
 struct RawTerminal(nix::sys::termios::Termios);
 
@@ -623,8 +626,14 @@ fn exec(a: ExecArgs) -> Result<(), Failure> {
         }
         if !terminal {
             // Ctrl-D: end of input for the guest's terminal, so the shell
-            // exits once it has run what it was sent
-            let _ = to_guest.write_all(b"\x04");
+            // exits once it has run what it was sent. Sent again while the
+            // session lasts: a Ctrl-D that arrives while the shell is still
+            // starting (and switching its terminal to line editing) can be
+            // taken as a character of the line instead (seen in e2e
+            // p-debug-console: the shell ran the line, then waited).
+            while to_guest.write_all(b"\x04").is_ok() {
+                std::thread::sleep(EOF_REPEAT);
+            }
         }
     });
     let mut from_guest = conn;

@@ -403,30 +403,12 @@ fn register_process(registry: &mut Registry, prefix: &str, name: &str, pid: &str
 /// `kata_hypervisor_netdev{interface,item}`: `/proc/<qemu>/net/dev`, the
 /// counters of the network namespace QEMU runs in (the pod's, with taps).
 fn register_netdev(registry: &mut Registry, pid: &str) {
-    const ITEMS: [&str; 16] = [
-        "recv_bytes",
-        "recv_packets",
-        "recv_errs",
-        "recv_drop",
-        "recv_fifo",
-        "recv_frame",
-        "recv_compressed",
-        "recv_multicast",
-        "sent_bytes",
-        "sent_packets",
-        "sent_errs",
-        "sent_drop",
-        "sent_fifo",
-        "sent_colls",
-        "sent_carrier",
-        "sent_compressed",
-    ];
     let Ok(text) = std::fs::read_to_string(Path::new("/proc").join(pid).join("net/dev")) else {
         return;
     };
     let family = ItemFamily::default();
     for (interface, values) in parse_netdev(&text) {
-        for (item, value) in ITEMS.iter().zip(values) {
+        for (item, value) in protocols::metrics::NETDEV_ITEMS.iter().zip(values) {
             family
                 .get_or_create(&vec![
                     ("interface".to_string(), interface.clone()),

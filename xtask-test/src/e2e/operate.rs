@@ -2,7 +2,7 @@
 //! and the `kata-runtime` commands that use it, against a real container
 //! started through containerd.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -10,22 +10,7 @@ use anyhow::{bail, Context, Result};
 use runtime::shim::monitor;
 
 use super::bounded::run_bounded;
-use super::scenarios::{kill_and_delete, wait_no_leftovers, Runner};
-
-/// `kata-runtime` beside the shim the harness runs (the runtime-bins step's
-/// build, or the release's `bin/`).
-fn kata_runtime_binary(r: &Runner) -> Result<PathBuf> {
-    let shim = r
-        .env
-        .shim
-        .as_deref()
-        .context("no shim binary in this environment")?;
-    let bin = shim.with_file_name("kata-runtime");
-    if !bin.is_file() {
-        bail!("no kata-runtime beside the shim {}", shim.display());
-    }
-    Ok(bin)
-}
+use super::scenarios::{kata_runtime_binary, kill_and_delete, wait_no_leftovers, Runner};
 
 fn command(program: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(program);

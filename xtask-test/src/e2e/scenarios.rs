@@ -875,8 +875,9 @@ pub(super) fn scenario_seccomp(r: &mut Runner, ids: &[String]) -> Result<String>
     })
 }
 
-/// `kata-runtime exec` next to the shim (the runtime-bins step ships both).
-fn kata_runtime_binary(r: &Runner) -> Result<std::path::PathBuf> {
+/// `kata-runtime` next to the shim (the runtime-bins step and the release
+/// ship both).
+pub(super) fn kata_runtime_binary(r: &Runner) -> Result<std::path::PathBuf> {
     let shim = r
         .env
         .shim
