@@ -83,8 +83,18 @@ impl MonitorServer {
         if let Err(e) = super::remove_socket_if_dead(&path) {
             return Err(std::io::Error::other(e.message));
         }
-        let server = tiny_http::Server::http_unix(&path)
-            .map_err(|e| std::io::Error::other(format!("listen on {}: {e}", path.display())))?;
+        let server = match tiny_http::Server::http_unix(&path) {
+            Ok(s) => s,
+            Err(e) => {
+                // The directory was made (or emptied of a dead socket) for
+                // this server: nothing of it stays behind.
+                let _ = crate::state_fs::remove_below(root, Path::new(sid));
+                return Err(std::io::Error::other(format!(
+                    "listen on {}: {e}",
+                    path.display()
+                )));
+            }
+        };
         let server = Arc::new(server);
         let mut stop = MonitorServer {
             server: Some(server.clone()),
@@ -697,6 +707,17 @@ mod tests {
         let server = MonitorServer::start(root.path(), "s2", own_pids()).unwrap();
         assert_eq!(get(&path, "/agent-url").unwrap().0, 200);
         drop(server);
+    }
+
+    #[test]
+    fn a_socket_that_cannot_be_bound_leaves_no_directory() {
+        // A unix socket path is at most 107 bytes: this one cannot be bound.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("r".repeat(100));
+        std::fs::create_dir(&root).unwrap();
+        let err = MonitorServer::start(&root, "s3", own_pids()).err().unwrap();
+        assert!(err.to_string().contains("listen on"), "{err}");
+        assert!(!root.join("s3").exists());
     }
 
     #[test]
