@@ -672,7 +672,10 @@ fn sigkilled_mid_step_then_rerun_succeeds_and_leaves_nothing_partial() {
             break;
         }
     }
-    // ... and has begun writing its output.
+    // ... and has begun writing its output: the initrd, or the temp file
+    // it is written to and renamed from (`.initrd.*.tmp`). The finished
+    // `initrd` alone is a window of a few milliseconds before the step is
+    // published, which a poll can miss (ci14 did, and timed out).
     let writing = || -> bool {
         std::fs::read_dir(cache.join("tmp"))
             .into_iter()
@@ -684,7 +687,16 @@ fn sigkilled_mid_step_then_rerun_succeeds_and_leaves_nothing_partial() {
                     .flatten()
                     .flatten()
             })
-            .any(|step| step.path().join("out/initrd").is_file())
+            .flat_map(|step| {
+                std::fs::read_dir(step.path().join("out"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .any(|f| {
+                let name = f.file_name().to_string_lossy().into_owned();
+                name == "initrd" || (name.starts_with(".initrd.") && name.ends_with(".tmp"))
+            })
     };
     let since = std::time::Instant::now();
     while !writing() {
