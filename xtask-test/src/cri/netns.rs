@@ -31,6 +31,9 @@ pub struct TestNetns {
 impl TestNetns {
     /// `ip netns add NAME` and its loopback up (inside the namespace).
     pub fn create(name: &str) -> Result<TestNetns> {
+        for line in crate::e2e::network::remove_dead_runs_netns() {
+            eprintln!("test: {line}");
+        }
         let path = Path::new("/run/netns").join(name);
         if path.exists() {
             bail!(

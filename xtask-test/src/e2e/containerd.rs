@@ -284,6 +284,9 @@ impl PrivateContainerd {
                 bail!("{tool} is not installed: apt-get install containerd (or `cargo xtask doctor --install`)");
             }
         }
+        for line in super::network::remove_dead_runs_netns() {
+            eprintln!("test: {line}");
+        }
         let layout = ContainerdLayout::new(temp.path());
         if layout.address.as_os_str().len() + ".ttrpc".len() > 100 {
             bail!(

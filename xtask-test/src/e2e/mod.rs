@@ -73,7 +73,7 @@ use xtask::error::InputError;
 pub(crate) mod bounded;
 pub(crate) mod containerd;
 pub(crate) mod host;
-mod network;
+pub mod network;
 pub(crate) mod oci_image;
 mod operate;
 mod pod;

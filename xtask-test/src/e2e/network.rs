@@ -5,7 +5,7 @@
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -14,9 +14,13 @@ use anyhow::{bail, Context, Result};
 use super::bounded::run_bounded;
 use super::scenarios::{kill_and_delete, leftovers_now, Runner};
 
-/// Prefix of the namespaces this harness makes; the leftover scan looks
-/// for taps and tc filters in every namespace of that name.
+/// Prefix of the namespaces this harness makes:
+/// `kata-e2e-{node,pod}-<pid>-<container>`. The leftover scan looks for
+/// taps and tc filters in those of this run's pid only: another run on the
+/// host, or one killed before its cleanup, is not this run's leftover.
 pub const NETNS_PREFIX: &str = "kata-e2e-";
+/// The CRI harness's namespace: `kata-cri-<pid>`.
+pub const CRI_NETNS_PREFIX: &str = "kata-cri-";
 const NETNS_DIR: &str = "/var/run/netns";
 const LISTEN_PORT: u16 = 8080;
 const GREETING: &str = "hello-from-the-pod";
@@ -141,15 +145,61 @@ impl Drop for PodNet {
     }
 }
 
-/// Taps and ingress filters left in the namespaces this harness made.
+/// The pid of the test run that named a namespace, for the names the e2e
+/// and CRI harnesses give; `None` for any other name.
+pub fn creator_pid(name: &str) -> Option<u32> {
+    if let Some(rest) = name.strip_prefix(NETNS_PREFIX) {
+        let rest = rest
+            .strip_prefix("node-")
+            .or_else(|| rest.strip_prefix("pod-"))?;
+        let (pid, container) = rest.split_once('-')?;
+        if container.is_empty() {
+            return None;
+        }
+        return pid.parse().ok();
+    }
+    name.strip_prefix(CRI_NETNS_PREFIX)?.parse().ok()
+}
+
+/// Deletes the namespaces named by test runs whose process is gone: a run
+/// killed before its cleanup (CI timeout, SIGKILL) leaves them, with the
+/// taps and filters in them, and nothing else would ever remove them.
+/// Returns one line per namespace removed, or failed to remove.
+pub fn remove_dead_runs_netns() -> Vec<String> {
+    let mut said = Vec::new();
+    let Ok(dir) = std::fs::read_dir(NETNS_DIR) else {
+        return said;
+    };
+    let mut names: Vec<String> = dir
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in names {
+        let Some(pid) = creator_pid(&name) else {
+            continue;
+        };
+        if Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        said.push(match ip(&["netns", "delete", &name]) {
+            Ok(()) => format!("removed netns {name}, left by test run {pid}, which is gone"),
+            Err(e) => format!("netns {name} is left by test run {pid}, which is gone: {e:#}"),
+        });
+    }
+    said
+}
+
+/// Taps and ingress filters left in the namespaces this run made.
 pub fn network_leftovers() -> Vec<String> {
     let mut out = Vec::new();
     let Ok(dir) = std::fs::read_dir(NETNS_DIR) else {
         return out;
     };
+    let me = std::process::id();
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with(NETNS_PREFIX) {
+        if !name.starts_with(NETNS_PREFIX) || creator_pid(&name) != Some(me) {
             continue;
         }
         let found = rtnl::in_netns(&entry.path(), || -> rtnl::Result<Vec<String>> {
@@ -245,4 +295,22 @@ pub(super) fn scenario_pod_network(r: &mut Runner, ids: &[String]) -> Result<Str
         net.node_ip,
         net.pod_ip
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::creator_pid;
+
+    #[test]
+    fn the_run_that_named_a_namespace_is_read_from_its_name() {
+        assert_eq!(creator_pid("kata-e2e-pod-24858-e2e-24858-net"), Some(24858));
+        assert_eq!(creator_pid("kata-e2e-node-7-e2e-7-net"), Some(7));
+        assert_eq!(creator_pid("kata-cri-4242"), Some(4242));
+        // Not ours, or not in the form we give: never touched.
+        assert_eq!(creator_pid("kata-e2e-pod-24858"), None);
+        assert_eq!(creator_pid("kata-e2e-pod-x-e2e"), None);
+        assert_eq!(creator_pid("kata-e2e-other-1-a"), None);
+        assert_eq!(creator_pid("kata-cri-main"), None);
+        assert_eq!(creator_pid("cni-1234"), None);
+    }
 }
