@@ -59,6 +59,7 @@ mod rpc;
 mod runtime_helper;
 mod seccomp;
 mod storage;
+mod volume;
 
 use std::sync::Arc;
 use std::time::Duration;

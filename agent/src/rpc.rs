@@ -373,6 +373,39 @@ impl agent_ttrpc::AgentService for AgentService {
         Ok(m)
     }
 
+    /// Usage of a volume mounted below the run directory (see
+    /// [`crate::volume`]).
+    fn get_volume_stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::VolumeStatsRequest,
+    ) -> ttrpc::Result<agent::VolumeStatsResponse> {
+        reply(
+            "GetVolumeStats",
+            crate::volume::stats(&req.volume_guest_path, &self.state.config.run_dir),
+        )
+    }
+
+    /// Grows a volume's ext4 after the host grew its disk (upstream's agent
+    /// answers UNIMPLEMENTED here).
+    fn resize_volume(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ResizeVolumeRequest,
+    ) -> ttrpc::Result<Empty> {
+        let config = &self.state.config;
+        reply(
+            "ResizeVolume",
+            crate::volume::resize(
+                &req.volume_guest_path,
+                req.size,
+                &config.run_dir,
+                &config.sysfs_root,
+            ),
+        )?;
+        Ok(Empty::new())
+    }
+
     /// Blocks until a container's cgroup records an OOM kill (see
     /// [`crate::oom`]); ends with the sandbox, the caller's connection, or
     /// the request's deadline.
@@ -841,5 +874,7 @@ mod tests {
         assert!(m.contains_key("/grpc.Health/Check"));
         assert!(m.contains_key("/grpc.AgentService/CreateSandbox"));
         assert!(m.contains_key("/grpc.AgentService/ReadStdout"));
+        assert!(m.contains_key("/grpc.AgentService/GetVolumeStats"));
+        assert!(m.contains_key("/grpc.AgentService/ResizeVolume"));
     }
 }

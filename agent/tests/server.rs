@@ -200,7 +200,7 @@ fn guest_details_report_sysfs_and_agent() {
         resp.kernel_release,
         String::from_utf8_lossy(&uname.stdout).trim()
     );
-    for driver in ["virtio-fs", "9p", "local", "ephemeral"] {
+    for driver in ["virtio-fs", "9p", "local", "ephemeral", "blk"] {
         assert!(
             details.storage_handlers.iter().any(|d| d == driver),
             "{driver} missing: {:?}",
@@ -278,17 +278,32 @@ fn create_then_destroy_sandbox() {
 fn unsupported_storage_is_refused_cleanly() {
     let agent = Agent::start();
     let client = agent.agent();
-    let mut blk = Storage::new();
-    blk.driver = "blk".into();
-    blk.source = "/dev/vda".into();
-    blk.mount_point = agent.path("run/blk").to_str().unwrap().into();
+    let mut nvdimm = Storage::new();
+    nvdimm.driver = "nvdimm".into();
+    nvdimm.source = "/dev/pmem0".into();
+    nvdimm.mount_point = agent.path("run/pmem").to_str().unwrap().into();
     let mut req = CreateSandboxRequest::new();
     req.sandbox_id = "sb-1".into();
-    req.storages = vec![blk];
+    req.storages = vec![nvdimm];
     let status = status_of(client.create_sandbox(ctx(), &req));
     assert_eq!(status.code(), Code::UNIMPLEMENTED);
     assert!(
-        status.message().contains("\"blk\"") && status.message().contains("virtio-fs"),
+        status.message().contains("\"nvdimm\"") && status.message().contains("virtio-fs"),
+        "{}",
+        status.message()
+    );
+
+    // blk takes a PCI path, not a device node
+    let mut blk = Storage::new();
+    blk.driver = "blk".into();
+    blk.source = "/dev/vda".into();
+    blk.fstype = "ext4".into();
+    blk.mount_point = agent.path("run/blk").to_str().unwrap().into();
+    req.storages = vec![blk];
+    let status = status_of(client.create_sandbox(ctx(), &req));
+    assert_eq!(status.code(), Code::INVALID_ARGUMENT);
+    assert!(
+        status.message().contains("\"/dev/vda\" is not a PCI path"),
         "{}",
         status.message()
     );
@@ -634,4 +649,52 @@ fn abrupt_disconnects_do_not_hurt() {
     std::thread::sleep(Duration::from_millis(200));
     agent.assert_serving();
     assert!(agent.child_alive());
+}
+
+#[test]
+fn volume_stats_and_resize_stay_in_the_run_dir() {
+    let agent = Agent::start();
+    let client = agent.agent();
+    let vol = agent.path("run/sandbox/storage/vol");
+    fs::create_dir_all(&vol).unwrap();
+    let stats = |path: &Path| {
+        let mut req = agent::VolumeStatsRequest::new();
+        req.volume_guest_path = path.to_str().unwrap().into();
+        client.get_volume_stats(ctx(), &req)
+    };
+    let resp = stats(&vol).unwrap_or_else(|e| panic!("{e:?}\n{}", agent.log()));
+    let units: Vec<_> = resp.usage.iter().map(|u| u.unit.enum_value()).collect();
+    assert_eq!(
+        units,
+        [
+            Ok(agent::volume_usage::Unit::BYTES),
+            Ok(agent::volume_usage::Unit::INODES)
+        ]
+    );
+    assert!(resp.usage[0].total > 0);
+    assert_eq!(resp.volume_condition.message, "OK");
+
+    let outside = status_of(stats(Path::new("/etc")));
+    assert_eq!(outside.code(), Code::INVALID_ARGUMENT);
+    assert!(
+        outside.message().starts_with("GetVolumeStats: ")
+            && outside.message().contains("run directory"),
+        "{}",
+        outside.message()
+    );
+    assert_eq!(
+        status_of(stats(&vol.join("missing"))).code(),
+        Code::NOT_FOUND
+    );
+
+    let mut req = agent::ResizeVolumeRequest::new();
+    req.volume_guest_path = vol.to_str().unwrap().into();
+    req.size = 1 << 30;
+    let status = status_of(client.resize_volume(ctx(), &req));
+    assert_eq!(status.code(), Code::INVALID_ARGUMENT);
+    assert!(
+        status.message().contains("is not a mount point"),
+        "{}",
+        status.message()
+    );
 }

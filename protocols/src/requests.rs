@@ -83,6 +83,8 @@ pub const REQUEST_PATHS: &[&str] = &[
     "/grpc.AgentService/AddARPNeighbors",
     "/grpc.AgentService/GetOOMEvent",
     "/grpc.AgentService/GetMetrics",
+    "/grpc.AgentService/GetVolumeStats",
+    "/grpc.AgentService/ResizeVolume",
 ];
 
 /// A decoded request frame.
@@ -129,6 +131,8 @@ pub fn decode_request(path: &str, payload: &[u8]) -> Result<Box<dyn MessageDyn>,
         "/grpc.AgentService/AddARPNeighbors" => parse::<agent::AddARPNeighborsRequest>(payload),
         "/grpc.AgentService/GetOOMEvent" => parse::<agent::GetOOMEventRequest>(payload),
         "/grpc.AgentService/GetMetrics" => parse::<agent::GetMetricsRequest>(payload),
+        "/grpc.AgentService/GetVolumeStats" => parse::<agent::VolumeStatsRequest>(payload),
+        "/grpc.AgentService/ResizeVolume" => parse::<agent::ResizeVolumeRequest>(payload),
         other => return Err(DecodeError::UnknownMethod(other.to_string())),
     };
     result.map_err(|error| DecodeError::Payload {
