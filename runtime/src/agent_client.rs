@@ -251,6 +251,30 @@ impl AgentClient {
             .map_err(|e| self.err("GetMetrics", e))
     }
 
+    /// Usage of the filesystem mounted at `guest_path` (`GetVolumeStats`).
+    pub fn get_volume_stats(
+        &self,
+        guest_path: &str,
+    ) -> Result<protocols::agent::VolumeStatsResponse, AgentError> {
+        let mut req = protocols::agent::VolumeStatsRequest::new();
+        req.volume_guest_path = guest_path.into();
+        self.agent
+            .get_volume_stats(self.context(), &req)
+            .map_err(|e| self.err("GetVolumeStats", e))
+    }
+
+    /// Grows the filesystem at `guest_path` to a device of `size` bytes
+    /// (`ResizeVolume`); the device must have grown first.
+    pub fn resize_volume(&self, guest_path: &str, size: u64) -> Result<(), AgentError> {
+        let mut req = protocols::agent::ResizeVolumeRequest::new();
+        req.volume_guest_path = guest_path.into();
+        req.size = size;
+        self.agent
+            .resize_volume(self.context(), &req)
+            .map(drop)
+            .map_err(|e| self.err("ResizeVolume", e))
+    }
+
     pub fn destroy_sandbox(&self) -> Result<(), AgentError> {
         self.agent
             .destroy_sandbox(self.context(), &DestroySandboxRequest::new())

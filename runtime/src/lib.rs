@@ -25,6 +25,7 @@
 
 pub mod agent_client;
 pub mod config;
+pub mod direct_volume;
 pub mod env_info;
 pub mod hypervisor;
 pub mod kata_monitor;

@@ -25,6 +25,13 @@
 //!   terminal's end of input, so the shell exits after the commands), and
 //!   the output is printed until the guest side closes.
 //!
+//! - `direct-volume add|remove|stats|resize --volume-path P`: upstream's
+//!   direct-assigned block volumes. `add --mount-info JSON` records the
+//!   device (a block device or disk image) for the mount source P in
+//!   `/run/kata-containers/shared/direct-volumes/`; a container mounting P
+//!   then gets the device hot-plugged into its VM. `stats` and `resize
+//!   --size BYTES` go through the shim of the sandbox that mounts it.
+//!
 //! Exit status: 0 success (`check`: capable, with KVM or TCG), 1 the call
 //! failed (`check`: not capable), 2 bad usage or bad input (including a bad
 //! configuration file).
@@ -70,6 +77,40 @@ enum Commands {
     /// Open a shell in a sandbox's guest (its debug console, which needs
     /// debug_console_enabled = true in [agent.kata]).
     Exec(ExecArgs),
+    /// Manage direct-assigned block volumes (add, remove, stats, resize).
+    #[command(subcommand)]
+    DirectVolume(DirectVolumeCommand),
+}
+
+#[derive(Subcommand)]
+enum DirectVolumeCommand {
+    /// Record a block device or disk image for a volume path.
+    Add {
+        /// The path containers mount (the mount source).
+        #[arg(long)]
+        volume_path: String,
+        /// JSON: {"volume-type":"block","device":"/dev/sdb","fstype":"ext4","options":["ro"]}
+        #[arg(long)]
+        mount_info: String,
+    },
+    /// Forget a volume path.
+    Remove {
+        #[arg(long)]
+        volume_path: String,
+    },
+    /// Print the volume's filesystem usage in the guest (JSON).
+    Stats {
+        #[arg(long)]
+        volume_path: String,
+    },
+    /// Grow the volume's device and its filesystem, online.
+    Resize {
+        #[arg(long)]
+        volume_path: String,
+        /// The new size in bytes (never smaller than the current one).
+        #[arg(long)]
+        size: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -145,6 +186,7 @@ fn main() -> ExitCode {
         Commands::Env(args) => env(args),
         Commands::Metrics(args) => metrics(args),
         Commands::Exec(args) => exec(args),
+        Commands::DirectVolume(cmd) => direct_volume(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -181,6 +223,89 @@ fn metrics(a: MetricsArgs) -> Result<(), Failure> {
     }
     print!("{body}");
     Ok(())
+}
+
+fn direct_volume(cmd: DirectVolumeCommand) -> Result<(), Failure> {
+    use runtime::direct_volume::{self as dv, DirectVolumeError};
+    use runtime::shim::monitor;
+    let root = std::path::Path::new(dv::ROOT);
+    let usage_or_call = |e: DirectVolumeError| match e {
+        DirectVolumeError::Io { .. } => Failure::Call(e.to_string()),
+        _ => Failure::Usage(e.to_string()),
+    };
+    // The shim serving the sandbox that mounts `path`, and the device.
+    let shim_of = |path: &str| -> Result<(std::path::PathBuf, String), Failure> {
+        let sid = dv::sandbox_of(root, path)
+            .map_err(usage_or_call)?
+            .ok_or_else(|| {
+                Failure::Call(format!(
+                    "volume {path}: no running sandbox mounts it (it is used once a container mounts it)"
+                ))
+            })?;
+        let info = dv::mount_info(root, path)
+            .map_err(usage_or_call)?
+            .ok_or_else(|| Failure::Usage(DirectVolumeError::NotAdded(path.into()).to_string()))?;
+        let socket = monitor::socket_path(std::path::Path::new(monitor::SANDBOXES_DIR), &sid);
+        if !socket.exists() {
+            return Err(Failure::Call(format!(
+                "volume {path}: sandbox {sid} has no shim monitor socket at {}: it is not running",
+                socket.display()
+            )));
+        }
+        Ok((socket, info.device))
+    };
+    let answer = |what: &str, path: &str, r: Result<(u16, String), String>| match r {
+        Ok((200, body)) => Ok(body),
+        Ok((status, body)) => Err(Failure::Call(format!(
+            "volume {path}: {what}: the shim answered HTTP {status}: {}",
+            body.trim()
+        ))),
+        Err(e) => Err(Failure::Call(format!("volume {path}: {what}: {e}"))),
+    };
+    match cmd {
+        DirectVolumeCommand::Add {
+            volume_path,
+            mount_info,
+        } => dv::add(root, &volume_path, &mount_info)
+            .map(drop)
+            .map_err(usage_or_call),
+        DirectVolumeCommand::Remove { volume_path } => {
+            dv::remove(root, &volume_path).map_err(usage_or_call)
+        }
+        DirectVolumeCommand::Stats { volume_path } => {
+            let (socket, device) = shim_of(&volume_path)?;
+            let query: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("path", &device)
+                .finish();
+            let body = answer(
+                "stats",
+                &volume_path,
+                monitor::get(&socket, &format!("/direct-volume/stats?{query}")),
+            )?;
+            println!("{}", body.trim_end());
+            Ok(())
+        }
+        DirectVolumeCommand::Resize { volume_path, size } => {
+            let (socket, device) = shim_of(&volume_path)?;
+            let body = serde_json::to_vec(&monitor::ResizeRequest {
+                volume_path: device,
+                size,
+            })
+            .map_err(|e| Failure::Call(e.to_string()))?;
+            answer(
+                "resize",
+                &volume_path,
+                monitor::send_json(
+                    &socket,
+                    "POST",
+                    "/direct-volume/resize",
+                    &body,
+                    Duration::from_secs(120),
+                ),
+            )
+            .map(drop)
+        }
+    }
 }
 
 fn parse_request<M: MessageFull>(call: &str, args: Option<&str>) -> Result<M, Failure> {

@@ -17,6 +17,7 @@ pub(crate) const REAPED_ELSEWHERE: &str = "status unknown: reaped before the run
 pub mod cid;
 mod daemon;
 mod error;
+pub mod hotplug;
 pub mod identity;
 mod process;
 mod qemu;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::accel::{resolve_accel, Accel};
 use super::error::VmError;
+use super::hotplug::{blockdev_add_args, device_add_args, BridgeSlots, PluggedBlock};
 use super::identity::ProcessIdentity;
 use super::process::{
     inherit_fds, kill_with_parent, stop_identified_child, tail_file, wait_timeout, POLL,
@@ -519,6 +520,9 @@ pub fn build_qemu_args(cfg: &QemuConfig, plan: &LaunchPlan) -> Result<Vec<String
     push(&["-pidfile", &plan.pidfile.to_string_lossy()]);
     // Entropy for the guest from its first instant (the agent's TLS-free
     // ttrpc does not need much, but getrandom() must not block).
+    // Before any auto-placed device, so that its fixed slot is free: where
+    // block volumes are hot-plugged later.
+    push(&["-device", &super::hotplug::bridge_device_arg()]);
     push(&[
         "-object",
         "rng-random,id=rng0,filename=/dev/urandom",
@@ -597,6 +601,8 @@ pub struct Vm {
     daemon: Option<HybridVsockDaemon>,
     virtiofsd: Option<VirtioFsDaemon>,
     qmp: Option<QmpClient>,
+    /// The hotplug bridge's slots in use.
+    bridge_slots: BridgeSlots,
     started_at: Instant,
     shutdown_timeout: Duration,
     state_dir_created: bool,
@@ -697,6 +703,7 @@ impl Vm {
             daemon: None,
             virtiofsd: None,
             qmp: None,
+            bridge_slots: BridgeSlots::default(),
             started_at: Instant::now(),
             shutdown_timeout: cfg.shutdown_timeout,
             state_dir_created: true,
@@ -930,6 +937,100 @@ impl Vm {
             None => Err(QmpError::Closed(command.into())),
         };
         result.map_err(|e| self.exited_or(e.into()))
+    }
+
+    /// Hot-plugs the file or block device `path` as virtio-blk into a free
+    /// slot of the hotplug bridge, under the QEMU names derived from `name`
+    /// (unique in this VM). On error nothing stays plugged.
+    pub fn hotplug_block(
+        &mut self,
+        name: &str,
+        path: &Path,
+        read_only: bool,
+    ) -> Result<PluggedBlock, VmError> {
+        use std::os::unix::fs::FileTypeExt;
+        let meta = std::fs::metadata(path).map_err(|source| VmError::Io {
+            context: format!("block device {}", path.display()),
+            source,
+        })?;
+        let is_block_device = meta.file_type().is_block_device();
+        if !is_block_device && !meta.is_file() {
+            return Err(VmError::config(
+                "device",
+                format!(
+                    "{} is neither a block device nor a regular file (a disk image)",
+                    path.display()
+                ),
+            ));
+        }
+        let slot = self.bridge_slots.take().ok_or_else(|| {
+            VmError::config(
+                "device",
+                format!(
+                    "no free slot on {} for {}: 31 block devices are plugged",
+                    super::hotplug::BRIDGE_ID,
+                    path.display()
+                ),
+            )
+        })?;
+        let block = PluggedBlock::new(name, slot);
+        let added = self.qmp_execute(
+            "blockdev-add",
+            Some(blockdev_add_args(
+                &block.node_name,
+                path,
+                is_block_device,
+                read_only,
+            )),
+        );
+        if let Err(e) = added {
+            self.bridge_slots.free(slot);
+            return Err(e);
+        }
+        if let Err(e) = self.qmp_execute("device_add", Some(device_add_args(&block))) {
+            let _ = self.qmp_execute(
+                "blockdev-del",
+                Some(serde_json::json!({ "node-name": block.node_name })),
+            );
+            self.bridge_slots.free(slot);
+            return Err(e);
+        }
+        Ok(block)
+    }
+
+    /// Unplugs `block`: `device_del`, then waits up to `within` for the
+    /// guest to release it (`DEVICE_DELETED`) before the host side goes.
+    pub fn unplug_block(&mut self, block: &PluggedBlock, within: Duration) -> Result<(), VmError> {
+        self.qmp_execute(
+            "device_del",
+            Some(serde_json::json!({ "id": block.device_id })),
+        )?;
+        let id = block.device_id.clone();
+        let waited = match self.qmp.as_mut() {
+            Some(q) => q.wait_event(
+                "DEVICE_DELETED",
+                |d| d.get("device").and_then(|v| v.as_str()) == Some(id.as_str()),
+                within,
+            ),
+            None => Err(QmpError::Closed("device_del".into())),
+        };
+        waited.map_err(|e| self.exited_or(e.into()))?;
+        self.qmp_execute(
+            "blockdev-del",
+            Some(serde_json::json!({ "node-name": block.node_name })),
+        )?;
+        self.bridge_slots.free(block.slot);
+        Ok(())
+    }
+
+    /// Grows `block` to `size` bytes (`block_resize`): a regular file is
+    /// extended; a host block device must have grown already.
+    pub fn resize_block(&mut self, block: &PluggedBlock, size: u64) -> Result<(), VmError> {
+        self.qmp_execute(
+            "block_resize",
+            Some(serde_json::json!({ "node-name": block.node_name, "size": size })),
+        )
+        .map(drop)
     }
 
     /// Stop everything (QMP quit, SIGKILL after `shutdown_timeout`, stop the

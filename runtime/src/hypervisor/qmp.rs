@@ -157,6 +157,53 @@ impl QmpClient {
         }
     }
 
+    /// Waits up to `within` for an event named `name` whose `data` satisfies
+    /// `matches`; one already received counts (and is taken off the list).
+    pub fn wait_event(
+        &mut self,
+        name: &str,
+        matches: impl Fn(&Value) -> bool,
+        within: Duration,
+    ) -> Result<Value, QmpError> {
+        let is_it = |e: &Value| {
+            e.get("event").and_then(Value::as_str) == Some(name)
+                && matches(e.get("data").unwrap_or(&Value::Null))
+        };
+        if let Some(i) = self.events.iter().position(is_it) {
+            return Ok(self.events.remove(i));
+        }
+        let deadline = std::time::Instant::now() + within;
+        let result = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break Err(QmpError::Timeout {
+                    what: format!("event {name}"),
+                    after: within,
+                });
+            }
+            if let Err(source) = self.reader.get_ref().set_read_timeout(Some(left)) {
+                break Err(QmpError::Io {
+                    what: format!("event {name}"),
+                    source,
+                });
+            }
+            match self.read_message(name) {
+                Ok(msg) if is_it(&msg) => break Ok(msg),
+                Ok(msg) if msg.get("event").is_some() => self.events.push(msg),
+                Ok(msg) => {
+                    break Err(QmpError::Protocol {
+                        what: format!("event {name}"),
+                        detail: format!("unexpected message {msg}"),
+                    })
+                }
+                Err(QmpError::Timeout { .. }) => continue,
+                Err(e) => break Err(e),
+            }
+        };
+        let _ = self.reader.get_ref().set_read_timeout(Some(self.timeout));
+        result
+    }
+
     pub fn query_status(&mut self) -> Result<QmpStatus, QmpError> {
         let ret = self.execute("query-status", None)?;
         let status = ret.get("status").and_then(Value::as_str);

@@ -20,6 +20,7 @@ mod service;
 mod sizing;
 mod stats;
 pub mod stdio;
+pub mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

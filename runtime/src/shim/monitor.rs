@@ -59,6 +59,8 @@ pub struct Monitored {
     pub hypervisor: Option<u32>,
     pub virtiofsd: Option<u32>,
     pub vsock_daemon: Option<u32>,
+    /// `/direct-volume/*` act on these.
+    pub volumes: Option<Arc<super::volumes::BlockVolumes>>,
 }
 
 /// A running monitor socket; dropping it stops the server and removes the
@@ -107,8 +109,20 @@ impl MonitorServer {
         let thread = std::thread::Builder::new()
             .name("shim-monitor".into())
             .spawn(move || {
-                for request in server.incoming_requests() {
-                    let response = respond(request.url(), &what);
+                for mut request in server.incoming_requests() {
+                    let mut body = Vec::new();
+                    let limit = MAX_BODY as u64 + 1;
+                    if let Err(e) = request.as_reader().take(limit).read_to_end(&mut body) {
+                        log::debug!("shim monitor: read a request body: {e}");
+                    }
+                    let response = if body.len() > MAX_BODY {
+                        tiny_http::Response::from_string(format!(
+                            "request body over {MAX_BODY} bytes\n"
+                        ))
+                        .with_status_code(413)
+                    } else {
+                        respond(request.method(), request.url(), &body, &what)
+                    };
                     if let Err(e) = request.respond(response) {
                         log::debug!("shim monitor: answer: {e}");
                     }
@@ -146,11 +160,53 @@ impl Drop for MonitorServer {
 
 type Body = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
 
-fn respond(url: &str, what: &Monitored) -> Body {
-    let path = url.split_once('?').map_or(url, |(p, _)| p);
+/// The largest request body read (a resize request is a few dozen bytes).
+const MAX_BODY: usize = 64 * 1024;
+
+/// Upstream's `/direct-volume/resize` body (Go field names, no json tags).
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+pub struct ResizeRequest {
+    #[serde(rename = "VolumePath")]
+    pub volume_path: String,
+    #[serde(rename = "Size")]
+    pub size: u64,
+}
+
+fn respond(method: &tiny_http::Method, url: &str, body: &[u8], what: &Monitored) -> Body {
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
     let text =
         |status: u16, body: String| tiny_http::Response::from_string(body).with_status_code(status);
+    let volume_answer = |r: Result<String, super::volumes::VolumeOpError>| match r {
+        Ok(body) => text(200, body),
+        Err(e) => text(e.status, format!("{}\n", e.message)),
+    };
     match path {
+        "/direct-volume/stats" | "/direct-volume/resize" if what.volumes.is_none() => {
+            text(503, "this sandbox has no volume manager\n".into())
+        }
+        "/direct-volume/stats" => {
+            let volumes = what.volumes.as_ref().expect("checked above");
+            let device = form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == "path")
+                .map(|(_, v)| v.into_owned());
+            match device {
+                Some(d) if !d.is_empty() => volume_answer(volumes.stats(&d)),
+                _ => text(400, "Required parameter path not found\n".into()),
+            }
+        }
+        "/direct-volume/resize" => {
+            let volumes = what.volumes.as_ref().expect("checked above");
+            if *method != tiny_http::Method::Post && *method != tiny_http::Method::Put {
+                return text(405, "POST {\"VolumePath\": PATH, \"Size\": BYTES}\n".into());
+            }
+            match serde_json::from_slice::<ResizeRequest>(body) {
+                Ok(r) => volume_answer(volumes.resize(&r.volume_path, r.size).map(|()| String::new())),
+                Err(e) => text(
+                    400,
+                    format!("resize request: {e}; expected {{\"VolumePath\": PATH, \"Size\": BYTES}}\n"),
+                ),
+            }
+        }
         "/agent-url" => text(200, what.agent_url.clone()),
         "/metrics" => match metrics_text(what) {
             Ok(body) => text(200, body).with_header(
@@ -161,7 +217,7 @@ fn respond(url: &str, what: &Monitored) -> Body {
         },
         _ => text(
             404,
-            format!("{path}: not served here; this shim serves /metrics and /agent-url\n"),
+            format!("{path}: not served here; this shim serves /metrics, /agent-url, /direct-volume/stats and /direct-volume/resize\n"),
         ),
     }
 }
@@ -489,19 +545,61 @@ pub fn get(socket: &Path, path: &str) -> Result<(u16, String), String> {
 /// unix socket, so the request is the one fixed line upstream's client
 /// sends, and the answer is parsed by httparse (hyper's parser); the server
 /// closing the connection ends the body.
-pub fn get_over(mut stream: impl Read + Write, path: &str) -> Result<(u16, String), String> {
-    let io = |e: std::io::Error| format!("GET {path}: {e}");
+pub fn get_over(stream: impl Read + Write, path: &str) -> Result<(u16, String), String> {
+    request_over(stream, "GET", path, None)
+}
+
+/// `method path` with a JSON `body` to the shim of `socket`, waiting up to
+/// `timeout` for the answer (a volume resize takes longer than a scrape).
+pub fn send_json(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(u16, String), String> {
+    let stream = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("connect to {}: {e}", socket.display()))?;
+    let io = |e: std::io::Error| format!("{}: {method} {path}: {e}", socket.display());
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    request_over(stream, method, path, Some(("application/json", body)))
+        .map_err(|e| format!("{}: {e}", socket.display()))
+}
+
+/// One HTTP/1.0 request over a connected stream; `body` is its content
+/// type and bytes.
+pub fn request_over(
+    mut stream: impl Read + Write,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &[u8])>,
+) -> Result<(u16, String), String> {
+    let io = |e: std::io::Error| format!("{method} {path}: {e}");
     // HTTP/1.0: the answer is the bytes up to the close, never chunked
     // (tiny_http chunks long HTTP/1.1 bodies).
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: shim\r\n\r\n").map_err(io)?;
+    match body {
+        None => write!(stream, "{method} {path} HTTP/1.0\r\nHost: shim\r\n\r\n").map_err(io)?,
+        Some((content_type, bytes)) => {
+            write!(
+                stream,
+                "{method} {path} HTTP/1.0\r\nHost: shim\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+                bytes.len()
+            )
+            .map_err(io)?;
+            stream.write_all(bytes).map_err(io)?;
+        }
+    }
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).map_err(io)?;
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
     let head = match response.parse(&raw) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Err(format!("GET {path}: the answer ended early")),
-        Err(e) => return Err(format!("GET {path}: not an HTTP answer: {e}")),
+        Ok(httparse::Status::Partial) => {
+            return Err(format!("{method} {path}: the answer ended early"))
+        }
+        Err(e) => return Err(format!("{method} {path}: not an HTTP answer: {e}")),
     };
     let status = response.code.unwrap_or(0);
     if response.headers.iter().any(|h| {
@@ -509,7 +607,7 @@ pub fn get_over(mut stream: impl Read + Write, path: &str) -> Result<(u16, Strin
             && !h.value.eq_ignore_ascii_case(b"identity")
     }) {
         return Err(format!(
-            "GET {path}: the answer has a transfer encoding, which this client does not read"
+            "{method} {path}: the answer has a transfer encoding, which this client does not read"
         ));
     }
     let mut body = &raw[head..];
@@ -542,6 +640,7 @@ mod tests {
             hypervisor: Some(me),
             virtiofsd: None,
             vsock_daemon: Some(me),
+            volumes: None,
         }
     }
 

@@ -2,7 +2,7 @@
 //! connection for control calls, and the shared directory on the host.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use protobuf::MessageField;
@@ -13,6 +13,7 @@ use protocols::agent::{
 
 use super::monitor::{MonitorServer, Monitored, SANDBOXES_DIR};
 use super::mounts;
+use super::volumes::BlockVolumes;
 use crate::agent_client::{wait_for_agent, AgentAddress, AgentClient};
 use crate::config::KataConfig;
 use crate::hypervisor::cid::CidLease;
@@ -39,7 +40,10 @@ pub struct Sandbox {
     pub call_timeout: Duration,
     /// QEMU's pid (reported as the task pid, as upstream's shim does).
     pub vm_pid: u32,
-    pub vm: Mutex<Option<Vm>>,
+    /// Shared with [`BlockVolumes`], which plugs devices over QMP.
+    pub vm: Arc<Mutex<Option<Vm>>>,
+    /// Direct-assigned block volumes plugged for the containers.
+    pub volumes: Arc<BlockVolumes>,
     /// The VM's vsock guest CID, held until the VM is stopped.
     cid: Mutex<Option<CidLease>>,
     /// The taps and filters wiring the pod's network namespace to the
@@ -164,14 +168,27 @@ impl Sandbox {
             anyhow::anyhow!("sandbox {id}: CreateSandbox: {}", crate::error_chain(&e))
         })?;
         let address = agent.address().clone();
+        let vm = Arc::new(Mutex::new(Some(vm)));
+        let volumes = Arc::new(BlockVolumes::new(
+            id,
+            Path::new(crate::direct_volume::ROOT),
+            vm.clone(),
+            address.clone(),
+        ));
+        let (hypervisor, virtiofsd, vsock_daemon) = {
+            let vm = vm.lock().unwrap_or_else(|e| e.into_inner());
+            let vm = vm.as_ref().expect("just started");
+            (vm.pid(), vm.virtiofsd_pid(), vm.vsock_daemon_pid())
+        };
         // As upstream's shim: a monitor that cannot start is logged, and the
         // sandbox runs without it.
         let monitored = Monitored {
             agent_url: address.to_string(),
             agent: Some(address.clone()),
-            hypervisor: vm.pid(),
-            virtiofsd: vm.virtiofsd_pid(),
-            vsock_daemon: vm.vsock_daemon_pid(),
+            hypervisor,
+            virtiofsd,
+            vsock_daemon,
+            volumes: Some(volumes.clone()),
         };
         let monitor = match MonitorServer::start(Path::new(SANDBOXES_DIR), id, monitored) {
             Ok(m) => Some(m),
@@ -186,9 +203,10 @@ impl Sandbox {
             shared_dir: shared_dir.to_owned(),
             address,
             call_timeout,
-            vm_pid: vm.pid().unwrap_or(0),
+            vm_pid: hypervisor.unwrap_or(0),
             agent,
-            vm: Mutex::new(Some(vm)),
+            vm,
+            volumes,
             cid: Mutex::new(Some(cid)),
             network: Mutex::new(network),
             monitor: Mutex::new(monitor),
@@ -237,6 +255,7 @@ impl Sandbox {
             }
         }
         let vm = self.vm.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.volumes.forget_all();
         if let Some(vm) = vm {
             if let Err(e) = vm.shutdown() {
                 problems.push(crate::error_chain(&e));

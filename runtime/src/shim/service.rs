@@ -503,6 +503,11 @@ impl Service {
             }
         };
         let fail_cleanup = || {
+            if !owns {
+                for p in sandbox.volumes.detach_container(cid) {
+                    log::warn!("container {cid}: {p}");
+                }
+            }
             let _ = mounts::unmount_and_remove(
                 &sandbox.state_root,
                 &mounts::shared_rel(&sandbox.id, Some(cid)),
@@ -514,10 +519,13 @@ impl Service {
 
         let sandbox_pidns = oci::shares_sandbox_pidns(&spec);
         let host_dir = sandbox.shared_dir.join(cid);
-        if let Err(e) = self.prepare_container(&sandbox, req, &bundle, &host_dir, &mut spec) {
-            fail_cleanup();
-            return Err(e);
-        }
+        let storages = match self.prepare_container(&sandbox, req, &bundle, &host_dir, &mut spec) {
+            Ok(s) => s,
+            Err(e) => {
+                fail_cleanup();
+                return Err(e);
+            }
+        };
 
         let mut creq = CreateContainerRequest::new();
         creq.container_id = cid.into();
@@ -527,6 +535,7 @@ impl Service {
         // container's (see oci::shares_sandbox_pidns).
         creq.sandbox_pidns = !owns && sandbox_pidns;
         creq.OCI = MessageField::some(spec);
+        creq.storages = storages;
         if let Err(e) = sandbox
             .agent
             .agent()
@@ -594,8 +603,9 @@ impl Service {
         bundle: &Path,
         host_dir: &Path,
         spec: &mut protocols::oci::Spec,
-    ) -> ttrpc::Result<()> {
+    ) -> ttrpc::Result<Vec<protocols::agent::Storage>> {
         let cid = req.id.as_str();
+        let mut storages = Vec::new();
         mounts::mount_rootfs(&req.rootfs, bundle, &host_dir.join("rootfs"))
             .map_err(|e| internal(format!("container {cid}: {e:#}")))?;
         // Bind mounts from the host (volumes, CRI's /etc/hosts...): their
@@ -604,6 +614,23 @@ impl Service {
             let is_bind =
                 m.type_ == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind");
             if !is_bind {
+                continue;
+            }
+            // A direct-assigned volume: its device goes to the VM, and the
+            // container binds the agent's mount of it.
+            let direct = sandbox.volumes.lookup(&m.source).map_err(|e| {
+                status_err(
+                    Code::INVALID_ARGUMENT,
+                    format!("container {cid}: mount {}: {e}", m.destination),
+                )
+            })?;
+            if let Some(info) = direct {
+                let storage = sandbox.volumes.attach(cid, &m.source, &info).map_err(|e| {
+                    internal(format!("container {cid}: mount {}: {e}", m.destination))
+                })?;
+                m.source = storage.mount_point.clone();
+                m.type_ = "bind".into();
+                storages.push(storage);
                 continue;
             }
             let src = PathBuf::from(&m.source);
@@ -644,7 +671,7 @@ impl Service {
             sandbox.id,
             host_dir.join("rootfs").display()
         );
-        Ok(())
+        Ok(storages)
     }
 
     /// Start the waiter of a started process: WaitProcess on its own
@@ -803,6 +830,11 @@ impl Service {
         }
         let container = self.lock().containers.remove(id);
         if let Some(c) = container {
+            // The agent unmounted them at RemoveContainer; a sandbox that
+            // goes takes its devices with its VM.
+            if !c.owns_sandbox {
+                problems.extend(sb.volumes.detach_container(id));
+            }
             problems.extend(mounts::unmount_and_remove(
                 &sb.state_root,
                 &mounts::shared_rel(&sb.id, Some(id)),

@@ -79,6 +79,7 @@ mod operate;
 mod pod;
 mod scenarios;
 mod shipped;
+mod volumes;
 
 pub use bounded::run_bounded;
 use containerd::{ContainerdSetup, Ctr, PrivateContainerd};
@@ -581,11 +582,21 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
             &["console", "noconsole"],
             scenario_debug_console,
         );
+        r.scenario(
+            "q-direct-volume",
+            &["dvol", "dvolm1", "dvolm2"],
+            volumes::scenario_direct_volume,
+        );
     } else {
         ctx.ui.info(
-            "SKIP n-metrics, o-kata-monitor, p-debug-console: kata only (runc has no shim monitor socket and no guest)",
+            "SKIP n-metrics, o-kata-monitor, p-debug-console, q-direct-volume: kata only (runc has no shim monitor socket and no guest)",
         );
-        skipped.extend(["n-metrics", "o-kata-monitor", "p-debug-console"]);
+        skipped.extend([
+            "n-metrics",
+            "o-kata-monitor",
+            "p-debug-console",
+            "q-direct-volume",
+        ]);
     }
     if args.faults {
         if kata {
