@@ -8,6 +8,7 @@
 
 pub mod cpio;
 pub mod image;
+pub mod packages;
 pub mod recipe;
 pub mod tar;
 pub mod tree;

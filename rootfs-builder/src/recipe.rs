@@ -81,6 +81,21 @@ pub struct Recipe {
     pub files: Vec<FileSpec>,
     #[serde(default)]
     pub symlinks: Vec<SymlinkSpec>,
+    /// Debian packages unpacked into the tree, pinned by the lock next to
+    /// the recipe (see [`crate::packages`]).
+    #[serde(default)]
+    pub packages: Option<PackagesSpec>,
+}
+
+/// `packages:` of a recipe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackagesSpec {
+    /// Debian package names; their dependencies come with them.
+    pub install: Vec<String>,
+    /// Paths left out of every package (documentation, manuals, locales).
+    #[serde(default)]
+    pub exclude: Vec<GuestPath>,
 }
 
 /// What the kernel starts as PID 1.
@@ -407,6 +422,30 @@ impl Recipe {
                     self.name
                 ),
             ));
+        }
+        if let Some(p) = &self.packages {
+            if p.install.is_empty() {
+                return Err(invalid(
+                    "packages.install".into(),
+                    "is empty; list Debian packages or remove `packages`".into(),
+                ));
+            }
+            for (i, name) in p.install.iter().enumerate() {
+                let valid = name.len() >= 2
+                    && name
+                        .bytes()
+                        .next()
+                        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                    && name.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b)
+                    });
+                if !valid {
+                    return Err(invalid(
+                        format!("packages.install[{i}]"),
+                        format!("`{name}` is not a Debian package name (lowercase letters, digits, + - .; no version: the lock pins it)"),
+                    ));
+                }
+            }
         }
         let dirs: BTreeSet<&GuestPath> = self.directories.iter().map(|d| &d.path).collect();
         let mut seen: BTreeSet<GuestPath> = BTreeSet::new();

@@ -34,6 +34,8 @@ pub struct RootfsInputs {
     pub osbuilder: OsbuilderInfo,
     /// Every timestamp in the tree; must equal `osbuilder.source_date_epoch`.
     pub source_date_epoch: i64,
+    /// The recipe's packages, (name, verified `.deb`), in lock order.
+    pub packages: Vec<(String, PathBuf)>,
 }
 
 /// What went into a rootfs, recorded inside it (upstream keeps the same file).
@@ -287,6 +289,25 @@ fn populate(recipe: &Recipe, inputs: &RootfsInputs, root: &Path) -> Result<()> {
         create_node(&host, node)
             .with_context(|| format!("{path}: cannot create in {}", root.display()))?;
     }
+    match &recipe.packages {
+        Some(spec) => {
+            let mut owners: crate::packages::Owners = plan
+                .iter()
+                .map(|(p, (_, origin))| (p.relative().to_string(), origin.clone()))
+                .collect();
+            for (name, deb) in &inputs.packages {
+                crate::packages::unpack_deb(deb, name, root, &spec.exclude, &mut owners)?;
+            }
+        }
+        None if !inputs.packages.is_empty() => {
+            bail!(
+                "{} packages given for recipe `{}`, which lists none",
+                inputs.packages.len(),
+                recipe.name
+            )
+        }
+        None => {}
+    }
     Ok(())
 }
 
@@ -535,6 +556,9 @@ pub(crate) mod tests {
             agent,
             osbuilder: OsbuilderInfo::new(recipe, "0.0.0-test", inputs, epoch),
             source_date_epoch: epoch,
+            // The recipe's packages need the archive; these tests build
+            // the rest of the tree.
+            packages: Vec::new(),
         }
     }
 

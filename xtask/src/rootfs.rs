@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use rootfs_builder::packages::{self, Lock};
 use rootfs_builder::recipe::Recipe;
 use rootfs_builder::tree::{self, InputInfo, OsbuilderInfo, RootfsInputs};
 
@@ -14,6 +15,7 @@ use crate::graph::{Graph, StepId};
 use crate::host_tools::HostTool;
 use crate::manifest::{Artifact, Kind};
 use crate::publish;
+use crate::versions::{DebianPackagePin, Sha256Hex};
 
 const FORMAT: u32 = 1;
 
@@ -23,6 +25,33 @@ pub fn load_recipe(ctx: &Ctx, name: &str) -> Result<(Recipe, PathBuf)> {
         .map_err(|e| InputError::new(format!("{:#}", anyhow::Error::new(e))))?;
     let file = ctx.recipes_dir().join(format!("{name}.yaml"));
     Ok((recipe, file))
+}
+
+/// The recipe's package lock, checked against the recipe and versions.yaml
+/// (fail-closed); `None` for a recipe without packages.
+pub fn load_lock(ctx: &Ctx, recipe: &Recipe) -> Result<Option<(PathBuf, Lock)>> {
+    let Some(spec) = &recipe.packages else {
+        return Ok(None);
+    };
+    let file = packages::lock_path(&ctx.recipes_dir(), &recipe.name);
+    let lock = Lock::load_checked(
+        &file,
+        &recipe.name,
+        &spec.install,
+        &ctx.versions.distro.suite,
+    )
+    .map_err(|e| InputError::new(format!("{e:#}")))?;
+    if lock.architecture != ctx.versions.distro.architecture {
+        return Err(InputError::new(format!(
+            "{}: resolved for {}, but versions.yaml distro.architecture is {}; run `cargo xtask versions --update recipe:{}`",
+            file.display(),
+            lock.architecture,
+            ctx.versions.distro.architecture,
+            recipe.name
+        ))
+        .into());
+    }
+    Ok(Some((file, lock)))
 }
 
 /// The rootfs tree's dir and its digest file in the step's entry.
@@ -36,6 +65,7 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, recipe_name: &str) -> Result<Ste
         return Ok(found);
     }
     let (recipe, file) = load_recipe(ctx, recipe_name)?;
+    let lock = load_lock(ctx, &recipe)?;
     let agent = agent::add(g, ctx)?;
     let busybox_pin = &ctx.versions.busybox.debian;
     let busybox = crate::fetch::add_debian_member(g, ctx, "busybox", busybox_pin);
@@ -45,32 +75,55 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, recipe_name: &str) -> Result<Ste
         .value("recipe.name", &recipe.name)
         .tree(d, "src.rootfs-builder", &ctx.root.join("rootfs-builder"))?
         .value("source_date_epoch", ctx.epoch);
-    Ok(g.add(id, i, &[agent, busybox], &[], move |o, out| {
+    let mut tools = Vec::new();
+    if let Some((lock_file, _)) = &lock {
+        i.file(d, "lock", lock_file)?;
+        tools.extend([crate::host_tools::APT_GET, crate::host_tools::DPKG_DEB]);
+    }
+    Ok(g.add(id, i, &[agent, busybox], &tools, move |o, out| {
         let v = &ctx.versions;
         let agent_bin = o.entry(agent);
-        let info = OsbuilderInfo::new(
-            &recipe,
-            agent::AGENT_VERSION,
-            vec![
-                InputInfo {
-                    name: v.busybox.debian.package.clone(),
-                    version: v.busybox.debian.version.clone(),
-                    sha256: v.busybox.debian.sha256.to_string(),
-                },
-                InputInfo {
-                    name: agent::BINARY.into(),
-                    version: agent::AGENT_VERSION.to_string(),
-                    sha256: agent_bin.sha256(agent::BINARY)?,
-                },
-            ],
-            ctx.epoch,
-        );
+        let mut inputs = vec![
+            InputInfo {
+                name: v.busybox.debian.package.clone(),
+                version: v.busybox.debian.version.clone(),
+                sha256: v.busybox.debian.sha256.to_string(),
+            },
+            InputInfo {
+                name: agent::BINARY.into(),
+                version: agent::AGENT_VERSION.to_string(),
+                sha256: agent_bin.sha256(agent::BINARY)?,
+            },
+        ];
+        let mut packages = Vec::new();
+        if let Some((lock_file, lock)) = &lock {
+            let fetcher = ctx.fetcher()?;
+            for p in &lock.packages {
+                let pin = DebianPackagePin {
+                    package: p.name.clone(),
+                    version: p.version.clone(),
+                    sha256: Sha256Hex::parse(&p.sha256).map_err(|e| {
+                        InputError::new(format!("{}: {}: {e}", lock_file.display(), p.name))
+                    })?,
+                    member: String::new(),
+                };
+                let key = format!("recipe:{}", recipe.name);
+                packages.push((p.name.clone(), fetcher.debian_package(&key, &pin)?));
+                inputs.push(InputInfo {
+                    name: p.name.clone(),
+                    version: p.version.clone(),
+                    sha256: p.sha256.clone(),
+                });
+            }
+        }
+        let info = OsbuilderInfo::new(&recipe, agent::AGENT_VERSION, inputs, ctx.epoch);
         let dest = out.join(TREE);
         let rin = RootfsInputs {
             busybox: o.path(busybox, &crate::fetch::member_file_name(busybox_pin)),
             agent: agent_bin.path(agent::BINARY),
             osbuilder: info,
             source_date_epoch: ctx.epoch,
+            packages,
         };
         tree::build_rootfs(&recipe, &rin, &dest)?;
         tree::check_rootfs(&dest, &recipe)?;

@@ -20,6 +20,9 @@ pub enum Source {
 
 pub fn run(ctx: &Ctx, update: Option<&str>, source: Source) -> Result<()> {
     if let Some(name) = update {
+        if let Some(recipe) = name.strip_prefix("recipe:") {
+            return update_lock(ctx, recipe);
+        }
         return update_pin(ctx, name, source);
     }
     let v = &ctx.versions;
@@ -95,12 +98,142 @@ pub fn run(ctx: &Ctx, update: Option<&str>, source: Source) -> Result<()> {
     Ok(())
 }
 
+/// `--update recipe:NAME`: resolves the recipe's `packages.install` and
+/// their dependencies against the Debian archive apt knows (the host's
+/// sources, which must serve versions.yaml's suite) and writes the lock.
+fn update_lock(ctx: &Ctx, name: &str) -> Result<()> {
+    use rootfs_builder::packages::{lock_path, Lock, LockedPackage, LOCK_FORMAT};
+    let (recipe, recipe_file) = crate::rootfs::load_recipe(ctx, name)?;
+    let Some(spec) = &recipe.packages else {
+        return bad_input!(
+            "--update recipe:{name}: {} lists no packages (add `packages: {{install: [...]}}` first)",
+            recipe_file.display()
+        );
+    };
+    let mut install = spec.install.clone();
+    install.sort();
+    install.dedup();
+    for package in &install {
+        if stanza(package)?.is_none() {
+            return bad_input!(
+                "{}: packages.install: {package} is not a package of the Debian archive apt knows here (a typo? or run `apt-get update`)",
+                recipe_file.display()
+            );
+        }
+    }
+    let closure = run_captured(
+        Command::new("apt-cache")
+            .args([
+                "depends",
+                "--recurse",
+                "--no-recommends",
+                "--no-suggests",
+                "--no-conflicts",
+                "--no-breaks",
+                "--no-replaces",
+                "--no-enhances",
+            ])
+            .args(&install),
+    )?;
+    // Real packages are the unindented lines; `<name>` ones are virtual
+    // (their providers are listed on lines of their own).
+    let mut names: Vec<String> = closure
+        .lines()
+        .filter(|l| !l.starts_with(char::is_whitespace) && !l.starts_with('<'))
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    names.sort();
+    names.dedup();
+    let arch = &ctx.versions.distro.architecture;
+    let mut packages = Vec::new();
+    for package in &names {
+        let fields = stanza(package)?.with_context(|| {
+            format!("apt-cache show {package}: no record (run `apt-get update`)")
+        })?;
+        let field = |k: &str| {
+            fields
+                .get(k)
+                .cloned()
+                .with_context(|| format!("apt-cache show {package}: no {k} field"))
+        };
+        let package_arch = field("Architecture")?;
+        if package_arch != *arch && package_arch != "all" {
+            return bad_input!(
+                "--update recipe:{name}: {package} resolves to architecture {package_arch}, not {arch}"
+            );
+        }
+        packages.push(LockedPackage {
+            name: package.clone(),
+            version: field("Version")?,
+            sha256: field("SHA256")?,
+        });
+    }
+    let lock = Lock {
+        format: LOCK_FORMAT,
+        recipe: name.into(),
+        suite: ctx.versions.distro.suite.clone(),
+        architecture: arch.clone(),
+        install,
+        packages,
+    };
+    let file = lock_path(&ctx.recipes_dir(), name);
+    let text = lock.to_yaml()?;
+    let old = std::fs::read_to_string(&file).unwrap_or_default();
+    write_atomic(&file, text.as_bytes())?;
+    let summary = format!(
+        "{}: {} packages ({}){}",
+        file.display(),
+        lock.packages.len(),
+        lock.packages
+            .iter()
+            .map(|p| format!("{}={}", p.name, p.version))
+            .collect::<Vec<_>>()
+            .join(", "),
+        if old == text { ", unchanged" } else { "" }
+    );
+    ctx.ui.info(&format!("locked {summary}"));
+    if ctx.json {
+        ctx.print_json(
+            &serde_json::json!({ "updated": format!("recipe:{name}"), "summary": summary }),
+        )?;
+    }
+    Ok(())
+}
+
+/// The fields of the archive's candidate record of `package`, or `None`
+/// when apt knows no such package.
+fn stanza(package: &str) -> Result<Option<std::collections::BTreeMap<String, String>>> {
+    let out = crate::tools::run_output(Command::new("apt-cache").args([
+        "show",
+        "--no-all-versions",
+        package,
+    ]))
+    .context("run apt-cache (is this a Debian host? `cargo xtask doctor` checks)")?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut fields = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            break; // the first record only
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if !line.starts_with(char::is_whitespace) {
+                fields.insert(k.to_string(), v.trim().to_string());
+            }
+        }
+    }
+    Ok((!fields.is_empty()).then_some(fields))
+}
+
 /// Re-pins one entry to what its source serves now and writes versions.yaml
 /// back with its comments.
 fn update_pin(ctx: &Ctx, name: &str, source: Source) -> Result<()> {
     if !UPDATABLE.contains(&name) {
         return bad_input!(
-            "--update {name}: unknown entry; one of: {}",
+            "--update {name}: unknown entry; one of: {}, or recipe:NAME (a recipe's package lock)",
             UPDATABLE.join(", ")
         );
     }
