@@ -31,6 +31,12 @@
 //! filesystem mount point and the rules for `Spec.Root.Path` are described
 //! in [`container`].
 //!
+//! # Packet filter
+//! GetIPTables and SetIPTables run the guest image's iptables-save and
+//! iptables-restore (ip6tables-* for IPv6), bounded in time and output; an
+//! image without them answers FAILED_PRECONDITION (see [`iptables`]).
+//! SetIPTables is refused in service mode, like the network changes.
+//!
 //! # Configuration
 //! Kernel parameters (from /proc/cmdline): `agent.log=<level>`,
 //! `agent.server_addr=<vsock://CID:PORT | unix:///path>`, `agent.debug_console`
@@ -49,6 +55,7 @@ mod console;
 mod container;
 mod guest;
 mod init;
+mod iptables;
 mod logger;
 mod metrics;
 mod network;

@@ -21,6 +21,7 @@ use ttrpc::{Code, MethodHandler, TtrpcContext};
 use crate::config::Config;
 use crate::container::{Containers, Failure, Layout};
 use crate::guest;
+use crate::iptables;
 use crate::network;
 use crate::reaper::Reaper;
 use crate::storage::{self, Prepared};
@@ -80,6 +81,8 @@ pub struct AgentState {
     sandbox: Mutex<Option<Sandbox>>,
     shutdown: Mutex<Sender<Shutdown>>,
     containers: Containers,
+    /// Runs the iptables tools (the reaper owns every child's status).
+    reaper: Reaper,
 }
 
 impl AgentState {
@@ -91,7 +94,8 @@ impl AgentState {
             config,
             sandbox: Mutex::new(None),
             shutdown: Mutex::new(shutdown),
-            containers: Containers::new(layout, reaper),
+            containers: Containers::new(layout, reaper.clone()),
+            reaper,
         })
     }
 
@@ -404,6 +408,41 @@ impl agent_ttrpc::AgentService for AgentService {
             ),
         )?;
         Ok(Empty::new())
+    }
+
+    /// The guest's rules as iptables-save prints them (see
+    /// [`crate::iptables`]). Allowed in service mode too: it only reads,
+    /// like ListRoutes.
+    fn get_ip_tables(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::GetIPTablesRequest,
+    ) -> ttrpc::Result<agent::GetIPTablesResponse> {
+        let family = iptables::Family::of(req.is_ipv6);
+        let mut resp = agent::GetIPTablesResponse::new();
+        resp.data = reply(
+            "GetIPTables",
+            iptables::Tools::guest().save(&self.state.reaper, family),
+        )?;
+        Ok(resp)
+    }
+
+    /// Replaces the tables `data` names through iptables-restore.
+    fn set_ip_tables(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::SetIPTablesRequest,
+    ) -> ttrpc::Result<agent::SetIPTablesResponse> {
+        // bad input is refused as such, whatever the mode
+        reply("SetIPTables", iptables::check_rules(&req.data))?;
+        self.refuse_network_change_in_service_mode("SetIPTables")?;
+        let family = iptables::Family::of(req.is_ipv6);
+        let mut resp = agent::SetIPTablesResponse::new();
+        resp.data = reply(
+            "SetIPTables",
+            iptables::Tools::guest().restore(&self.state.reaper, family, &req.data),
+        )?;
+        Ok(resp)
     }
 
     /// Blocks until a container's cgroup records an OOM kill (see
@@ -876,5 +915,7 @@ mod tests {
         assert!(m.contains_key("/grpc.AgentService/ReadStdout"));
         assert!(m.contains_key("/grpc.AgentService/GetVolumeStats"));
         assert!(m.contains_key("/grpc.AgentService/ResizeVolume"));
+        assert!(m.contains_key("/grpc.AgentService/GetIPTables"));
+        assert!(m.contains_key("/grpc.AgentService/SetIPTables"));
     }
 }

@@ -698,3 +698,32 @@ fn volume_stats_and_resize_stay_in_the_run_dir() {
         status.message()
     );
 }
+
+#[test]
+fn set_iptables_leaves_the_hosts_filter_alone() {
+    let agent = Agent::start();
+    let client = agent.agent();
+    let mut req = agent::SetIPTablesRequest::new();
+    req.data = vec![b'#'; protocols::MAX_IPTABLES_DATA + 1];
+    let s = status_of(client.set_ip_tables(ctx(), &req));
+    assert_eq!(s.code(), Code::INVALID_ARGUMENT);
+    assert!(
+        s.message()
+            .starts_with("SetIPTables: data (field 2) is 1048577 bytes, over the 1048576"),
+        "{}",
+        s.message()
+    );
+    // service mode: the agent's network namespace is the host's
+    for is_ipv6 in [false, true] {
+        req.is_ipv6 = is_ipv6;
+        req.data = b"*filter\nCOMMIT\n".to_vec();
+        let s = status_of(client.set_ip_tables(ctx(), &req));
+        assert_eq!(s.code(), Code::FAILED_PRECONDITION);
+        assert!(
+            s.message().starts_with("SetIPTables: ") && s.message().contains("service mode"),
+            "{}",
+            s.message()
+        );
+    }
+    agent.assert_serving();
+}

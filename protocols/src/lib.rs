@@ -77,3 +77,8 @@ pub mod requests;
 pub const AGENT_SERVICE: &str = "grpc.AgentService";
 /// See [`AGENT_SERVICE`].
 pub const HEALTH_SERVICE: &str = "grpc.Health";
+
+/// The largest rule set (`SetIPTablesRequest.data`) the agent takes, 1 MiB:
+/// a guest's whole filter fits many times over, and the shim and
+/// `kata-runtime iptables set` refuse larger ones before sending them.
+pub const MAX_IPTABLES_DATA: usize = 1 << 20;

@@ -85,6 +85,8 @@ pub const REQUEST_PATHS: &[&str] = &[
     "/grpc.AgentService/GetMetrics",
     "/grpc.AgentService/GetVolumeStats",
     "/grpc.AgentService/ResizeVolume",
+    "/grpc.AgentService/GetIPTables",
+    "/grpc.AgentService/SetIPTables",
 ];
 
 /// A decoded request frame.
@@ -133,6 +135,8 @@ pub fn decode_request(path: &str, payload: &[u8]) -> Result<Box<dyn MessageDyn>,
         "/grpc.AgentService/GetMetrics" => parse::<agent::GetMetricsRequest>(payload),
         "/grpc.AgentService/GetVolumeStats" => parse::<agent::VolumeStatsRequest>(payload),
         "/grpc.AgentService/ResizeVolume" => parse::<agent::ResizeVolumeRequest>(payload),
+        "/grpc.AgentService/GetIPTables" => parse::<agent::GetIPTablesRequest>(payload),
+        "/grpc.AgentService/SetIPTables" => parse::<agent::SetIPTablesRequest>(payload),
         other => return Err(DecodeError::UnknownMethod(other.to_string())),
     };
     result.map_err(|error| DecodeError::Payload {

@@ -97,6 +97,33 @@ fn date_time_and_health_field_numbers() {
 }
 
 #[test]
+fn iptables_field_numbers() {
+    // upstream GetIPTablesRequest: is_ipv6 = 1; GetIPTablesResponse: data = 1
+    let mut get = agent::GetIPTablesRequest::new();
+    get.is_ipv6 = true;
+    assert_eq!(get.write_to_bytes().unwrap(), vec![tag(1, VARINT), 1]);
+    let mut rules = agent::GetIPTablesResponse::new();
+    rules.data = b"*f".to_vec();
+    assert_eq!(
+        rules.write_to_bytes().unwrap(),
+        vec![tag(1, LEN), 2, b'*', b'f']
+    );
+
+    // upstream SetIPTablesRequest: is_ipv6 = 1, data = 2;
+    // SetIPTablesResponse: data = 1
+    let mut set = agent::SetIPTablesRequest::new();
+    set.is_ipv6 = true;
+    set.data = b"C".to_vec();
+    assert_eq!(
+        set.write_to_bytes().unwrap(),
+        vec![tag(1, VARINT), 1, tag(2, LEN), 1, b'C']
+    );
+    let mut out = agent::SetIPTablesResponse::new();
+    out.data = b"x".to_vec();
+    assert_eq!(out.write_to_bytes().unwrap(), vec![tag(1, LEN), 1, b'x']);
+}
+
+#[test]
 fn oci_spec_field_numbers() {
     // upstream Spec: Hostname = 4, Linux = 8 (Linux.CgroupsPath = 5)
     let mut spec = oci::Spec::new();
@@ -147,6 +174,8 @@ fn method_paths_match_upstream() {
         "OnlineCPUMem",
         "GetGuestDetails",
         "SetGuestDateTime",
+        "GetIPTables",
+        "SetIPTables",
     ] {
         let path = format!("/{}/{method}", protocols::AGENT_SERVICE);
         assert!(

@@ -275,6 +275,29 @@ impl AgentClient {
             .map_err(|e| self.err("ResizeVolume", e))
     }
 
+    /// The guest's rules as iptables-save (`is_ipv6`: ip6tables-save)
+    /// prints them (`GetIPTables`).
+    pub fn get_ip_tables(&self, is_ipv6: bool) -> Result<Vec<u8>, AgentError> {
+        let mut req = protocols::agent::GetIPTablesRequest::new();
+        req.is_ipv6 = is_ipv6;
+        self.agent
+            .get_ip_tables(self.context(), &req)
+            .map(|r| r.data)
+            .map_err(|e| self.err("GetIPTables", e))
+    }
+
+    /// Replaces the tables `rules` name, through iptables-restore in the
+    /// guest (`SetIPTables`); returns what it printed.
+    pub fn set_ip_tables(&self, is_ipv6: bool, rules: &[u8]) -> Result<Vec<u8>, AgentError> {
+        let mut req = protocols::agent::SetIPTablesRequest::new();
+        req.is_ipv6 = is_ipv6;
+        req.data = rules.to_vec();
+        self.agent
+            .set_ip_tables(self.context(), &req)
+            .map(|r| r.data)
+            .map_err(|e| self.err("SetIPTables", e))
+    }
+
     pub fn destroy_sandbox(&self) -> Result<(), AgentError> {
         self.agent
             .destroy_sandbox(self.context(), &DestroySandboxRequest::new())

@@ -1,6 +1,6 @@
-//! `kata-runtime check`, `env` and `metrics` as an operator runs them
-//! (the binary, a configuration named by KATA_CONF_FILE): upstream's
-//! aliases, sections, verbosity and exit codes. No root, no VM.
+//! `kata-runtime check`, `env`, `metrics` and `iptables` as an operator
+//! runs them (the binary, a configuration named by KATA_CONF_FILE):
+//! upstream's aliases, sections, verbosity and exit codes. No root, no VM.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -128,4 +128,99 @@ fn metrics_of_an_unknown_sandbox_names_the_missing_socket() {
     );
     let bad = kata_runtime(&file, &["metrics", "../etc"]);
     assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn iptables_refuses_bad_input_with_2_and_an_unknown_sandbox_with_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = config(dir.path());
+    let missing = dir.path().join("no-rules");
+    let out = kata_runtime(
+        &file,
+        &[
+            "iptables",
+            "set",
+            "--sandbox-id",
+            "s1",
+            missing.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "kata-runtime: iptables file does not exist: {}\n",
+            missing.display()
+        )
+    );
+
+    let rules = dir.path().join("rules");
+    std::fs::write(&rules, "*filter\nCOMMIT\n").unwrap();
+    let rules = rules.to_str().unwrap();
+    for args in [
+        &["iptables", "get", "--sandbox-id", "../etc"][..],
+        &["iptables", "set", "--sandbox-id", "a/b", "--v6", rules][..],
+        // a bad id is reported before a missing file
+        &["iptables", "set", "--sandbox-id", "../etc", "/no/such/file"][..],
+    ] {
+        let out = kata_runtime(&file, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            text(&out.stderr).contains("sandbox id") && text(&out.stderr).contains("invalid"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // clap: the sandbox id and the file are required
+    for args in [
+        &["iptables", "get"][..],
+        &["iptables", "set", "--sandbox-id", "s1"][..],
+        &["iptables", "set", "--file", rules, "--sandbox-id", "s1"][..],
+    ] {
+        assert_eq!(kata_runtime(&file, args).status.code(), Some(2), "{args:?}");
+    }
+
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'#'; protocols::MAX_IPTABLES_DATA + 1]).unwrap();
+    let out = kata_runtime(
+        &file,
+        &[
+            "iptables",
+            "set",
+            "--sandbox-id",
+            "s1",
+            big.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("is 1048577 bytes, over the 1048576 bytes"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    for args in [
+        &[
+            "iptables",
+            "get",
+            "--sandbox-id",
+            "no-such-sandbox-here",
+            "--v6",
+        ][..],
+        &[
+            "iptables",
+            "set",
+            "--sandbox-id",
+            "no-such-sandbox-here",
+            rules,
+        ][..],
+    ] {
+        let out = kata_runtime(&file, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            text(&out.stderr).contains("/run/vc/sbs/no-such-sandbox-here/shim-monitor.sock"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
 }

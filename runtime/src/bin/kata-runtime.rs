@@ -32,6 +32,13 @@
 //!   then gets the device hot-plugged into its VM. `stats` and `resize
 //!   --size BYTES` go through the shim of the sandbox that mounts it.
 //!
+//! - `iptables get --sandbox-id ID [--v6]`: the running sandbox's guest
+//!   rules as iptables-save (ip6tables-save) prints them; `iptables set
+//!   --sandbox-id ID [--v6] FILE` hands FILE, rules in iptables-restore's
+//!   format, to the guest's iptables-restore (tables FILE does not name are
+//!   left alone). Both go through the shim's monitor socket (`/iptables`,
+//!   `/ip6tables`) to the agent; the guest image must have iptables.
+//!
 //! Exit status: 0 success (`check`: capable, with KVM or TCG), 1 the call
 //! failed (`check`: not capable), 2 bad usage or bad input (including a bad
 //! configuration file).
@@ -80,6 +87,34 @@ enum Commands {
     /// Manage direct-assigned block volumes (add, remove, stats, resize).
     #[command(subcommand)]
     DirectVolume(DirectVolumeCommand),
+    /// Read or replace the iptables rules in a running sandbox's guest.
+    #[command(subcommand)]
+    Iptables(IptablesCommand),
+}
+
+#[derive(Subcommand)]
+enum IptablesCommand {
+    /// Print the guest's rules, as iptables-save prints them.
+    Get {
+        /// The sandbox's id (its first container's id, as `ctr task ls` shows).
+        #[arg(long)]
+        sandbox_id: String,
+        /// The IPv6 rules (ip6tables-save).
+        #[arg(long)]
+        v6: bool,
+    },
+    /// Replace the guest's rules with those of FILE, through iptables-restore
+    /// (tables FILE does not name are left alone).
+    Set {
+        /// The sandbox's id (its first container's id, as `ctr task ls` shows).
+        #[arg(long)]
+        sandbox_id: String,
+        /// The IPv6 rules (ip6tables-restore).
+        #[arg(long)]
+        v6: bool,
+        /// The rules, in the format iptables-save writes.
+        file: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -187,6 +222,7 @@ fn main() -> ExitCode {
         Commands::Metrics(args) => metrics(args),
         Commands::Exec(args) => exec(args),
         Commands::DirectVolume(cmd) => direct_volume(cmd),
+        Commands::Iptables(cmd) => iptables(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -201,10 +237,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn metrics(a: MetricsArgs) -> Result<(), Failure> {
+/// The monitor socket of the running sandbox `id` (a checked id).
+fn monitor_socket(id: &str) -> Result<std::path::PathBuf, Failure> {
     use runtime::shim::monitor;
-    let id = &a.sandbox_id;
-    protocols::ids::check_id("sandbox id", id).map_err(Failure::Usage)?;
     let socket = monitor::socket_path(std::path::Path::new(monitor::SANDBOXES_DIR), id);
     if !socket.exists() {
         return Err(Failure::Call(format!(
@@ -213,6 +248,14 @@ fn metrics(a: MetricsArgs) -> Result<(), Failure> {
             monitor::SANDBOXES_DIR
         )));
     }
+    Ok(socket)
+}
+
+fn metrics(a: MetricsArgs) -> Result<(), Failure> {
+    use runtime::shim::monitor;
+    let id = &a.sandbox_id;
+    protocols::ids::check_id("sandbox id", id).map_err(Failure::Usage)?;
+    let socket = monitor_socket(id)?;
     let (status, body) = monitor::get(&socket, "/metrics")
         .map_err(|e| Failure::Call(format!("sandbox {id}: {e}")))?;
     if status != 200 {
@@ -222,6 +265,65 @@ fn metrics(a: MetricsArgs) -> Result<(), Failure> {
         )));
     }
     print!("{body}");
+    Ok(())
+}
+
+/// How long `iptables` waits for the shim, which waits up to 15 s for the
+/// agent, which gives each iptables run 10 s.
+const IPTABLES_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The rules of `file` for `iptables set`, checked as the agent would.
+fn read_rules(file: &std::path::Path) -> Result<Vec<u8>, Failure> {
+    if !file.exists() {
+        return Err(Failure::Usage(format!(
+            "iptables file does not exist: {}",
+            file.display()
+        )));
+    }
+    let rules = std::fs::read(file).map_err(|e| {
+        Failure::Usage(format!("cannot read iptables file {}: {e}", file.display()))
+    })?;
+    if rules.len() > protocols::MAX_IPTABLES_DATA {
+        return Err(Failure::Usage(format!(
+            "iptables file {} is {} bytes, over the {} bytes the agent takes in one call: split it by table (*filter, *nat, ...) into several files and set each",
+            file.display(),
+            rules.len(),
+            protocols::MAX_IPTABLES_DATA
+        )));
+    }
+    Ok(rules)
+}
+
+fn iptables(cmd: IptablesCommand) -> Result<(), Failure> {
+    use runtime::shim::monitor;
+    let (id, v6, file) = match &cmd {
+        IptablesCommand::Get { sandbox_id, v6 } => (sandbox_id, *v6, None),
+        IptablesCommand::Set {
+            sandbox_id,
+            v6,
+            file,
+        } => (sandbox_id, *v6, Some(file)),
+    };
+    // bad input is refused before any sandbox is looked for
+    protocols::ids::check_id("sandbox id", id).map_err(Failure::Usage)?;
+    let rules = file.map(|f| read_rules(f)).transpose()?;
+    let socket = monitor_socket(id)?;
+    let endpoint = if v6 { "/ip6tables" } else { "/iptables" };
+    let (method, body) = match &rules {
+        None => ("GET", None),
+        Some(r) => ("PUT", Some(("application/octet-stream", r.as_slice()))),
+    };
+    let (status, text) = monitor::send(&socket, method, endpoint, body, IPTABLES_TIMEOUT)
+        .map_err(|e| Failure::Call(format!("sandbox {id}: {e}")))?;
+    if status != 200 {
+        return Err(Failure::Call(format!(
+            "sandbox {id}: the shim answered {method} {endpoint} with HTTP {status}: {}",
+            text.trim()
+        )));
+    }
+    if rules.is_none() {
+        print!("{text}");
+    }
     Ok(())
 }
 

@@ -10,6 +10,14 @@
 //!   `kata_shim_*` for this process, `kata_hypervisor_*` for QEMU,
 //!   `kata_virtiofsd_*` for virtiofsd; `kata_vsock_daemon_*` is this
 //!   runtime's own, for the vhost-device-vsock daemon upstream does not run.
+//! - `/direct-volume/stats?path=DEVICE` and `/direct-volume/resize` (POST or
+//!   PUT, JSON): a direct-assigned volume's usage, and its online growth.
+//! - `/iptables` and `/ip6tables`: GET answers the guest's rules as
+//!   iptables-save (ip6tables-save) prints them; PUT hands the body, rules
+//!   in iptables-restore's format, to the guest's iptables-restore and
+//!   answers 200 with no body. A failure is 500 with its reason; any other
+//!   method is 405 (upstream answers 501; 405 with `Allow` is what HTTP
+//!   defines for a method the resource does not support).
 //!
 //! The server is tiny_http on its own threads; it never touches the sandbox
 //! (it holds a snapshot of the pids and the agent's address), so a scrape
@@ -111,15 +119,14 @@ impl MonitorServer {
             .spawn(move || {
                 for mut request in server.incoming_requests() {
                     let mut body = Vec::new();
-                    let limit = MAX_BODY as u64 + 1;
+                    let max = max_body(request.url());
+                    let limit = max as u64 + 1;
                     if let Err(e) = request.as_reader().take(limit).read_to_end(&mut body) {
                         log::debug!("shim monitor: read a request body: {e}");
                     }
-                    let response = if body.len() > MAX_BODY {
-                        tiny_http::Response::from_string(format!(
-                            "request body over {MAX_BODY} bytes\n"
-                        ))
-                        .with_status_code(413)
+                    let response = if body.len() > max {
+                        tiny_http::Response::from_string(format!("request body over {max} bytes\n"))
+                            .with_status_code(413)
                     } else {
                         respond(request.method(), request.url(), &body, &what)
                     };
@@ -162,6 +169,20 @@ type Body = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
 
 /// The largest request body read (a resize request is a few dozen bytes).
 const MAX_BODY: usize = 64 * 1024;
+
+/// The largest body `url` may carry: rule sets for `/iptables` are as big
+/// as the agent takes, everything else is small.
+fn max_body(url: &str) -> usize {
+    let path = url.split_once('?').map_or(url, |(p, _)| p);
+    match path {
+        "/iptables" | "/ip6tables" => protocols::MAX_IPTABLES_DATA,
+        _ => MAX_BODY,
+    }
+}
+
+/// How long `/iptables` waits for the agent's answer: the agent bounds
+/// each iptables run to 10 s, this leaves room for the transport.
+pub const IPTABLES_CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Upstream's `/direct-volume/resize` body (Go field names, no json tags).
 #[derive(Debug, serde::Deserialize, serde::Serialize)]
@@ -215,10 +236,49 @@ fn respond(method: &tiny_http::Method, url: &str, body: &[u8], what: &Monitored)
             ),
             Err(e) => text(500, format!("encode metrics: {e}\n")),
         },
+        "/iptables" | "/ip6tables" => iptables(method, path == "/ip6tables", body, what),
         _ => text(
             404,
-            format!("{path}: not served here; this shim serves /metrics, /agent-url, /direct-volume/stats and /direct-volume/resize\n"),
+            format!("{path}: not served here; this shim serves /metrics, /agent-url, /direct-volume/stats, /direct-volume/resize, /iptables and /ip6tables\n"),
         ),
+    }
+}
+
+/// `/iptables` (`/ip6tables` with `is_ipv6`): GET the guest's rules, PUT
+/// new ones, both through the agent.
+fn iptables(method: &tiny_http::Method, is_ipv6: bool, body: &[u8], what: &Monitored) -> Body {
+    use tiny_http::Method;
+    let endpoint = if is_ipv6 { "/ip6tables" } else { "/iptables" };
+    let failed = |e: String| {
+        tiny_http::Response::from_string(format!("{endpoint}: {e}\n")).with_status_code(500)
+    };
+    if *method != Method::Get && *method != Method::Put {
+        return tiny_http::Response::from_string(format!(
+            "{endpoint}: {method} is not supported: GET reads the guest's rules, PUT replaces them (the body in iptables-restore's format)\n"
+        ))
+        .with_status_code(405)
+        .with_header(tiny_http::Header::from_bytes("Allow", "GET, PUT").expect("a valid header"));
+    }
+    let Some(address) = &what.agent else {
+        return failed("this shim has no agent to ask".into());
+    };
+    let client = match AgentClient::connect(address, AGENT_TIMEOUT, IPTABLES_CALL_TIMEOUT) {
+        Ok(c) => c,
+        Err(e) => return failed(crate::error_chain(&e)),
+    };
+    if *method == Method::Get {
+        match client.get_ip_tables(is_ipv6) {
+            Ok(rules) => tiny_http::Response::from_data(rules).with_header(
+                tiny_http::Header::from_bytes("Content-Type", "text/plain; charset=utf-8")
+                    .expect("a valid header"),
+            ),
+            Err(e) => failed(crate::error_chain(&e)),
+        }
+    } else {
+        match client.set_ip_tables(is_ipv6, body) {
+            Ok(_) => tiny_http::Response::from_data(Vec::new()),
+            Err(e) => failed(crate::error_chain(&e)),
+        }
     }
 }
 
@@ -532,12 +592,7 @@ fn parse_netdev(text: &str) -> Vec<(String, Vec<i64>)> {
 /// An HTTP GET of `path` on the monitor socket `socket`: the status and the
 /// body.
 pub fn get(socket: &Path, path: &str) -> Result<(u16, String), String> {
-    let stream = std::os::unix::net::UnixStream::connect(socket)
-        .map_err(|e| format!("connect to {}: {e}", socket.display()))?;
-    let io = |e: std::io::Error| format!("{}: GET {path}: {e}", socket.display());
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT)).map_err(io)?;
-    stream.set_write_timeout(Some(CLIENT_TIMEOUT)).map_err(io)?;
-    get_over(stream, path).map_err(|e| format!("{}: {e}", socket.display()))
+    send(socket, "GET", path, None, CLIENT_TIMEOUT)
 }
 
 /// An HTTP/1.0 GET of `path` over a connected stream (its timeouts set).
@@ -558,13 +613,30 @@ pub fn send_json(
     body: &[u8],
     timeout: Duration,
 ) -> Result<(u16, String), String> {
+    send(
+        socket,
+        method,
+        path,
+        Some(("application/json", body)),
+        timeout,
+    )
+}
+
+/// `method path` to the shim of `socket`, with `body` (its content type
+/// and bytes) if any, waiting up to `timeout` for the answer.
+pub fn send(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &[u8])>,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     let stream = std::os::unix::net::UnixStream::connect(socket)
         .map_err(|e| format!("connect to {}: {e}", socket.display()))?;
     let io = |e: std::io::Error| format!("{}: {method} {path}: {e}", socket.display());
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    request_over(stream, method, path, Some(("application/json", body)))
-        .map_err(|e| format!("{}: {e}", socket.display()))
+    request_over(stream, method, path, body).map_err(|e| format!("{}: {e}", socket.display()))
 }
 
 /// One HTTP/1.0 request over a connected stream; `body` is its content
@@ -806,6 +878,128 @@ mod tests {
         let server = MonitorServer::start(root.path(), "s2", own_pids()).unwrap();
         assert_eq!(get(&path, "/agent-url").unwrap().0, 200);
         drop(server);
+    }
+
+    fn body_of(r: Body) -> String {
+        let mut text = String::new();
+        r.into_reader().read_to_string(&mut text).unwrap();
+        text
+    }
+
+    #[test]
+    fn iptables_takes_get_and_put_only_and_says_when_no_agent_is_known() {
+        use tiny_http::Method;
+        let what = own_pids();
+        assert!(what.agent.is_none());
+        for (method, url) in [(Method::Get, "/iptables"), (Method::Put, "/ip6tables")] {
+            let r = respond(&method, url, b"*filter\nCOMMIT\n", &what);
+            assert_eq!(r.status_code().0, 500);
+            assert_eq!(
+                body_of(r),
+                format!("{url}: this shim has no agent to ask\n")
+            );
+        }
+        for method in [Method::Post, Method::Delete, Method::Head, Method::Patch] {
+            let r = respond(&method, "/iptables?x=1", b"", &what);
+            assert_eq!(r.status_code().0, 405, "{method}");
+            assert!(
+                r.headers()
+                    .iter()
+                    .any(|h| h.field.equiv("Allow") && h.value.as_str() == "GET, PUT"),
+                "{method}"
+            );
+            let body = body_of(r);
+            assert!(
+                body.starts_with(&format!("/iptables: {method} is not supported: GET reads")),
+                "{body}"
+            );
+        }
+        assert_eq!(max_body("/ip6tables"), protocols::MAX_IPTABLES_DATA);
+        assert_eq!(max_body("/iptables?v=1"), protocols::MAX_IPTABLES_DATA);
+        assert_eq!(max_body("/direct-volume/resize"), MAX_BODY);
+    }
+
+    /// An agent whose rules are whatever it was last given.
+    #[derive(Default)]
+    struct RulesAgent {
+        rules: std::sync::Mutex<[Vec<u8>; 2]>,
+    }
+
+    impl protocols::agent_ttrpc::AgentService for RulesAgent {
+        fn get_ip_tables(
+            &self,
+            _: &ttrpc::TtrpcContext,
+            req: protocols::agent::GetIPTablesRequest,
+        ) -> ttrpc::Result<protocols::agent::GetIPTablesResponse> {
+            let mut r = protocols::agent::GetIPTablesResponse::new();
+            r.data = self.rules.lock().unwrap()[req.is_ipv6 as usize].clone();
+            Ok(r)
+        }
+
+        fn set_ip_tables(
+            &self,
+            _: &ttrpc::TtrpcContext,
+            req: protocols::agent::SetIPTablesRequest,
+        ) -> ttrpc::Result<protocols::agent::SetIPTablesResponse> {
+            if req.data.starts_with(b"bad") {
+                return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                    ttrpc::Code::INTERNAL,
+                    "SetIPTables: iptables-restore rejected line 1 of the rules",
+                )));
+            }
+            self.rules.lock().unwrap()[req.is_ipv6 as usize] = req.data;
+            let mut r = protocols::agent::SetIPTablesResponse::new();
+            r.data = b"ignored".to_vec();
+            Ok(r)
+        }
+    }
+
+    #[test]
+    fn iptables_reaches_the_agent_both_ways() {
+        let root = tempfile::tempdir().unwrap();
+        let agent_socket = root.path().join("agent.sock");
+        let mut agent = ttrpc::Server::new()
+            .bind(&format!("unix://{}", agent_socket.display()))
+            .unwrap()
+            .register_service(protocols::agent_ttrpc::create_agent_service(Arc::new(
+                RulesAgent::default(),
+            )));
+        agent.start().unwrap();
+        let what = Monitored {
+            agent: Some(AgentAddress::Unix(agent_socket)),
+            ..own_pids()
+        };
+        let server = MonitorServer::start(root.path(), "ipt", what).unwrap();
+        let socket = server.socket();
+        let put = |path: &str, body: &[u8]| {
+            send(
+                &socket,
+                "PUT",
+                path,
+                Some(("application/octet-stream", body)),
+                Duration::from_secs(10),
+            )
+            .unwrap()
+        };
+        // bigger than the other endpoints' bodies may be
+        let rules = format!("*filter\n{}COMMIT\n", "-A INPUT -j ACCEPT\n".repeat(5000));
+        assert_eq!(put("/ip6tables", rules.as_bytes()), (200, String::new()));
+        assert_eq!(get(&socket, "/ip6tables").unwrap(), (200, rules));
+        assert_eq!(get(&socket, "/iptables").unwrap(), (200, String::new()));
+        let (status, body) = put("/iptables", b"bad rules");
+        assert_eq!(status, 500);
+        assert!(
+            body.starts_with("/iptables: agent call SetIPTables failed: status INTERNAL: SetIPTables: iptables-restore rejected line 1"),
+            "{body}"
+        );
+        let (status, body) = put("/iptables", &vec![b'#'; protocols::MAX_IPTABLES_DATA + 1]);
+        assert_eq!(status, 413);
+        assert_eq!(
+            body,
+            format!("request body over {} bytes\n", protocols::MAX_IPTABLES_DATA)
+        );
+        drop(server);
+        agent.shutdown();
     }
 
     #[test]
