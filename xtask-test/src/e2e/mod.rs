@@ -582,6 +582,7 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
             &["console", "noconsole"],
             scenario_debug_console,
         );
+        r.scenario("r-iptables", &["ipt"], network::scenario_iptables);
         r.scenario(
             "q-direct-volume",
             &["dvol", "dvolm1", "dvolm2"],
@@ -589,13 +590,14 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
         );
     } else {
         ctx.ui.info(
-            "SKIP n-metrics, o-kata-monitor, p-debug-console, q-direct-volume: kata only (runc has no shim monitor socket and no guest)",
+            "SKIP n-metrics, o-kata-monitor, p-debug-console, q-direct-volume, r-iptables: kata only (runc has no shim monitor socket and no guest)",
         );
         skipped.extend([
             "n-metrics",
             "o-kata-monitor",
             "p-debug-console",
             "q-direct-volume",
+            "r-iptables",
         ]);
     }
     if args.faults {

@@ -297,6 +297,111 @@ pub(super) fn scenario_pod_network(r: &mut Runner, ids: &[String]) -> Result<Str
     ))
 }
 
+/// `kata-runtime iptables` against a pod with a network: a rule set
+/// through `set` makes the guest refuse the pod's port to the node, `get`
+/// shows it, and a malformed rule file is refused without touching the
+/// rules in force.
+pub(super) fn scenario_iptables(r: &mut Runner, ids: &[String]) -> Result<String> {
+    let id = ids[0].as_str();
+    let kata_runtime = super::scenarios::kata_runtime_binary(r)?;
+    let net = PodNet::create(&format!("{}-{id}", std::process::id()))?;
+    let ns_flag = format!("network:{}", PodNet::path(&net.pod).display());
+    // busybox nc serves one connection: serve again until killed.
+    let server = format!("while true; do echo {GREETING} | nc -l -p {LISTEN_PORT}; done");
+    r.run(
+        id,
+        &["-d", "--with-ns", &ns_flag],
+        &["sh", "-c", &server],
+        None,
+    )?
+    .require_success()?;
+    r.ctr()
+        .wait_task_status(id, "RUNNING", Duration::from_secs(60))?;
+    let got = net.read_from_pod(Duration::from_secs(60))?;
+    if got.trim() != GREETING {
+        bail!("before any rule, the container's listener sent {got:?}");
+    }
+    let tool = |args: &[&str]| -> Result<super::bounded::Outcome> {
+        let mut cmd = Command::new(&kata_runtime);
+        cmd.arg("iptables").args(args);
+        run_bounded(cmd, None, r.timeout)
+    };
+    let files = tempfile::Builder::new()
+        .prefix("kata-e2e-iptables-")
+        .tempdir_in("/tmp")?;
+    let rules = files.path().join("rules");
+    std::fs::write(
+        &rules,
+        format!(
+            "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+             -A INPUT -p tcp -m tcp --dport {LISTEN_PORT} -j REJECT --reject-with tcp-reset\n\
+             COMMIT\n"
+        ),
+    )?;
+    tool(&["set", "--sandbox-id", id, &rules.to_string_lossy()])?.require_success()?;
+    let shown = tool(&["get", "--sandbox-id", id])?
+        .require_success()?
+        .stdout;
+    let rule = shown
+        .lines()
+        .find(|l| l.contains(&format!("--dport {LISTEN_PORT}")) && l.contains("REJECT"))
+        .with_context(|| format!("iptables get does not show the rule that was set:\n{shown}"))?
+        .trim()
+        .to_string();
+    // The node's connection is now refused by the guest.
+    let target: SocketAddr = format!("{}:{LISTEN_PORT}", net.pod_ip).parse()?;
+    let refused = rtnl::in_netns(&PodNet::path(&net.node), || {
+        TcpStream::connect_timeout(&target, Duration::from_secs(10)).map(drop)
+    })?;
+    match refused {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        other => bail!(
+            "with `{rule}` set, connecting from the node to {target} gave {other:?}, not connection refused"
+        ),
+    }
+    // Bad input: nothing changes in the guest.
+    let garbage = files.path().join("garbage");
+    std::fs::write(&garbage, "*filter\n-A NOCHAIN -j ACCEPT\nCOMMIT\n")?;
+    let bad = tool(&["set", "--sandbox-id", id, &garbage.to_string_lossy()])?;
+    if bad.code != Some(1) || bad.stderr.trim().is_empty() {
+        bail!(
+            "iptables set of a malformed file: expected exit 1 with the guest's error, got {}",
+            bad.describe()
+        );
+    }
+    let after = tool(&["get", "--sandbox-id", id])?
+        .require_success()?
+        .stdout;
+    if !after.contains(&rule) {
+        bail!("after a refused set, the rule in force is gone:\n{after}");
+    }
+    let missing = files.path().join("no-such-file");
+    let no_file = tool(&["set", "--sandbox-id", id, &missing.to_string_lossy()])?;
+    if no_file.code != Some(2) {
+        bail!(
+            "iptables set of a missing file: expected exit 2, got {}",
+            no_file.describe()
+        );
+    }
+    let unknown = tool(&[
+        "get",
+        "--sandbox-id",
+        &format!("nosuch{}", std::process::id()),
+    ])?;
+    if unknown.code != Some(1) {
+        bail!(
+            "iptables get of an unknown sandbox: expected exit 1, got {}",
+            unknown.describe()
+        );
+    }
+    kill_and_delete(r, id)?;
+    leftovers_now(&r.env.containerd)?;
+    Ok(format!(
+        "set `{rule}`: the node's connection to {target} refused; get shows it; a malformed file refused (exit 1: {}) with the rule kept; a missing file exit 2, an unknown sandbox exit 1",
+        bad.stderr.trim()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::creator_pid;
