@@ -18,9 +18,10 @@
 //!   monitor socket (`/run/vc/sbs/<id>/shim-monitor.sock`), as upstream's.
 //! - `exec <sandbox-id> [--kata-debug-port N]`: a shell in the sandbox's
 //!   guest through the agent's debug console (`debug_console_enabled = true`
-//!   in `[agent.kata]` when the sandbox started), reached through the
-//!   sandbox's hybrid vsock socket `<state_root>/<id>/vsock.sock` on guest
-//!   port N (default 1026). A terminal on stdin is put in raw mode (and
+//!   in `[agent.kata]` when the sandbox started), on guest port N (default
+//!   1026) of the agent's address, which the shim's monitor socket gives
+//!   (`/agent-url`: hybrid vsock or AF_VSOCK), or else the sandbox's hybrid
+//!   vsock socket `<state_root>/<id>/vsock.sock`. A terminal on stdin is put in raw mode (and
 //!   restored); otherwise stdin is sent as it is, followed by Ctrl-D (the
 //!   terminal's end of input, so the shell exits after the commands), and
 //!   the output is printed until the guest side closes.
@@ -774,11 +775,53 @@ fn console_socket(
     }
     if !sock.exists() {
         return Err(Failure::Call(format!(
-            "sandbox {sandbox_id:?} has no hybrid vsock socket {} (it is not running, or its VM uses /dev/vhost-vsock, which kata-runtime exec does not reach yet)",
+            "sandbox {sandbox_id:?} has no hybrid vsock socket {} and no shim monitor socket: it is not running",
             sock.display()
         )));
     }
     Ok(sock)
+}
+
+/// Where the debug console of sandbox `id` is reached, on guest `port`:
+/// as upstream, the agent's address from the shim's `/agent-url` with the
+/// port replaced (hybrid vsock or AF_VSOCK alike); without a monitor
+/// socket, the sandbox's hybrid vsock socket in the state root.
+fn console_address(
+    state_root: &std::path::Path,
+    id: &str,
+    port: u32,
+) -> Result<AgentAddress, Failure> {
+    use runtime::shim::monitor;
+    let socket = monitor::socket_path(std::path::Path::new(monitor::SANDBOXES_DIR), id);
+    if !socket.exists() {
+        return console_socket(state_root, id)
+            .map(|uds_path| AgentAddress::HybridVsock { uds_path, port });
+    }
+    let url = match monitor::get(&socket, "/agent-url") {
+        Ok((200, body)) => body.trim_end().to_string(),
+        Ok((status, body)) => {
+            return Err(Failure::Call(format!(
+                "sandbox {id}: the shim answered /agent-url with HTTP {status}: {}",
+                body.trim()
+            )))
+        }
+        Err(e) => return Err(Failure::Call(format!("sandbox {id}: {e}"))),
+    };
+    with_port(&url, port)
+        .map_err(|e| Failure::Call(format!("sandbox {id}: agent URL {url:?}: {e}")))
+}
+
+/// The agent address `url` on guest port `port` instead of the agent's.
+fn with_port(url: &str, port: u32) -> Result<AgentAddress, String> {
+    match url.parse::<AgentAddress>().map_err(|e| e.to_string())? {
+        AgentAddress::HybridVsock { uds_path, .. } => {
+            Ok(AgentAddress::HybridVsock { uds_path, port })
+        }
+        AgentAddress::Vsock { cid, .. } => Ok(AgentAddress::Vsock { cid, port }),
+        AgentAddress::Unix(_) => {
+            Err("the agent listens on a unix socket: there is no guest to reach".into())
+        }
+    }
 }
 
 fn exec(a: ExecArgs) -> Result<(), Failure> {
@@ -787,22 +830,29 @@ fn exec(a: ExecArgs) -> Result<(), Failure> {
     protocols::ids::check_id("sandbox id", &a.sandbox_id).map_err(Failure::Usage)?;
     let cfg = runtime::config::load().map_err(|e| Failure::Usage(runtime::error_chain(&e)))?;
     let id = &a.sandbox_id;
-    let sock = console_socket(&cfg.runtime.state_root, id)?;
     let port = if a.kata_debug_port == 0 {
         runtime::config::DEBUG_CONSOLE_VPORT
     } else {
         a.kata_debug_port
     };
-    let address = AgentAddress::HybridVsock {
-        uds_path: sock.clone(),
-        port,
+    let address = console_address(&cfg.runtime.state_root, id, port)?;
+    let via = match &address {
+        AgentAddress::HybridVsock { uds_path, .. } => uds_path.display().to_string(),
+        other => other.to_string(),
     };
     let conn = match address.connect(CONSOLE_CONNECT_TIMEOUT) {
         Ok(fd) => std::fs::File::from(fd),
         // the guest refused the port: nothing listens there (a refused
-        // unix socket, an OS error, means the sandbox's vsock daemon is gone)
+        // unix socket, an OS error, means the sandbox's vsock daemon is
+        // gone; over AF_VSOCK the guest's refusal is the OS error itself)
         Err(e)
-            if e.kind() == std::io::ErrorKind::ConnectionRefused && e.raw_os_error().is_none() =>
+            if (e.kind() == std::io::ErrorKind::ConnectionRefused
+                && e.raw_os_error().is_none())
+                || (matches!(address, AgentAddress::Vsock { .. })
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+                    )) =>
         {
             return Err(Failure::Call(
                 if port == runtime::config::DEBUG_CONSOLE_VPORT {
@@ -817,8 +867,7 @@ fn exec(a: ExecArgs) -> Result<(), Failure> {
         }
         Err(e) => {
             return Err(Failure::Call(format!(
-                "cannot reach the debug console of sandbox {id} through {}: {e}",
-                sock.display()
+                "cannot reach the debug console of sandbox {id} through {via}: {e}"
             )))
         }
     };
@@ -900,6 +949,26 @@ mod tests {
             Err(Failure::Usage(m)) => panic!("usage error, expected a call error: {m}"),
             Ok(p) => panic!("found {}", p.display()),
         }
+    }
+
+    #[test]
+    fn the_console_is_the_agents_address_on_the_debug_port() {
+        match with_port("hvsock:///run/kata-containers/s1/vsock.sock:1024", 1026) {
+            Ok(AgentAddress::HybridVsock { uds_path, port }) => {
+                assert_eq!(
+                    uds_path,
+                    std::path::Path::new("/run/kata-containers/s1/vsock.sock")
+                );
+                assert_eq!(port, 1026);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            with_port("vsock://7:1024", 1026),
+            Ok(AgentAddress::Vsock { cid: 7, port: 1026 })
+        ));
+        assert!(with_port("unix:///run/agent.sock", 1026).is_err());
+        assert!(with_port("tcp://1.2.3.4:1", 1026).is_err());
     }
 
     #[test]
