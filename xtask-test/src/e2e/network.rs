@@ -359,6 +359,31 @@ pub(super) fn scenario_iptables(r: &mut Runner, ids: &[String]) -> Result<String
             "with `{rule}` set, connecting from the node to {target} gave {other:?}, not connection refused"
         ),
     }
+    // IPv6 goes to ip6tables, and stays apart from the IPv4 rules.
+    let rules6 = files.path().join("rules6");
+    std::fs::write(
+        &rules6,
+        format!(
+            "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+             -A INPUT -p tcp -m tcp --dport {} -j DROP\nCOMMIT\n",
+            LISTEN_PORT + 1
+        ),
+    )?;
+    tool(&["set", "--v6", "--sandbox-id", id, &rules6.to_string_lossy()])?.require_success()?;
+    let shown6 = tool(&["get", "--v6", "--sandbox-id", id])?
+        .require_success()?
+        .stdout;
+    let dport6 = format!("--dport {}", LISTEN_PORT + 1);
+    if !shown6.contains(&dport6) || shown6.contains(&format!("--dport {LISTEN_PORT} ")) {
+        bail!("iptables get --v6 does not show only the IPv6 rule:\n{shown6}");
+    }
+    if tool(&["get", "--sandbox-id", id])?
+        .require_success()?
+        .stdout
+        .contains(&dport6)
+    {
+        bail!("the IPv6 rule shows up in the IPv4 rules");
+    }
     // Bad input: nothing changes in the guest.
     let garbage = files.path().join("garbage");
     std::fs::write(&garbage, "*filter\n-A NOCHAIN -j ACCEPT\nCOMMIT\n")?;
@@ -397,7 +422,7 @@ pub(super) fn scenario_iptables(r: &mut Runner, ids: &[String]) -> Result<String
     kill_and_delete(r, id)?;
     leftovers_now(&r.env.containerd)?;
     Ok(format!(
-        "set `{rule}`: the node's connection to {target} refused; get shows it; a malformed file refused (exit 1: {}) with the rule kept; a missing file exit 2, an unknown sandbox exit 1",
+        "set `{rule}`: the node's connection to {target} refused; get shows it; --v6 set and get ip6tables apart; a malformed file refused (exit 1: {}) with the rule kept; a missing file exit 2, an unknown sandbox exit 1",
         bad.stderr.trim()
     ))
 }
