@@ -148,8 +148,15 @@ impl Ctx {
         })
     }
 
+    /// `target/logs`, created if missing: QEMU opens console logs there
+    /// itself and fails on a missing directory, which a fresh clone whose
+    /// steps are all cached (so none wrote a log yet) does not have.
     pub fn logs(&self) -> PathBuf {
-        self.root.join("target").join("logs")
+        let dir = self.root.join("target").join("logs");
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            self.ui.info(&format!("warning: cannot create {}: {e}", dir.display()));
+        }
+        dir
     }
 
     pub fn recipes_dir(&self) -> PathBuf {
