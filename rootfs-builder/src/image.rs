@@ -74,6 +74,8 @@ pub struct ImageOptions {
     pub hash_seed: String,
     /// Every timestamp the filesystem tools write.
     pub source_date_epoch: i64,
+    /// Add a dm-verity hash tree of the filesystem as partition 2.
+    pub verity: bool,
 }
 
 impl ImageOptions {
@@ -88,6 +90,7 @@ impl ImageOptions {
             fs_uuid: "6a7a3b1e-58d4-4bd0-9b58-6b6174610001".into(),
             hash_seed: "6a7a3b1e-58d4-4bd0-9b58-6b6174610002".into(),
             source_date_epoch,
+            verity: false,
         }
     }
 }
@@ -106,6 +109,51 @@ pub struct ImageReport {
     /// Size of the partition (both MBRs describe the same bytes).
     pub partition_bytes: u64,
     pub dax: bool,
+    /// The hash tree, with `--verity`.
+    pub verity: Option<Verity>,
+}
+
+/// A dm-verity hash tree over partition 1, as partition 2, with no verity
+/// superblock (upstream's `veritysetup format --no-superblock` layout).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verity {
+    pub root_hash: String,
+    /// Derived from the filesystem's bytes, so that two builds of the same
+    /// inputs are identical (veritysetup would draw a random one).
+    pub salt: String,
+    pub data_blocks: u64,
+    pub data_block_size: u64,
+    pub hash_block_size: u64,
+    /// Where partition 2 starts, relative to the inner MBR (as partition 1's
+    /// `partition_offset` minus the DAX header).
+    pub hash_offset: u64,
+    pub hash_bytes: u64,
+}
+
+impl Verity {
+    /// Upstream's `kernel_verity_params` string.
+    pub fn kernel_params(&self) -> String {
+        format!(
+            "root_hash={},salt={},data_blocks={},data_block_size={},hash_block_size={}",
+            self.root_hash, self.salt, self.data_blocks, self.data_block_size, self.hash_block_size
+        )
+    }
+}
+
+/// Room kept for the hash tree of a `data_bytes` filesystem: 32 bytes per
+/// 4 KiB block on the first level, each level above 128 times smaller,
+/// rounded up to whole MiB.
+pub fn verity_reserve(data_bytes: u64) -> u64 {
+    let mut blocks = data_bytes.div_ceil(EXT4_BLOCK_SIZE);
+    let mut hash_blocks = 0;
+    loop {
+        blocks = blocks.div_ceil(EXT4_BLOCK_SIZE / 32);
+        hash_blocks += blocks;
+        if blocks <= 1 {
+            break;
+        }
+    }
+    round_up((hash_blocks + 1) * EXT4_BLOCK_SIZE, MIB)
 }
 
 /// Builds a raw disk image of `tree` at `out` (temp file + rename).
@@ -135,11 +183,22 @@ pub fn build_image(tree: &Path, out: &Path, opts: &ImageOptions) -> Result<Image
                 bail!("ext4 images need SOURCE_DATE_EPOCH >= 1 (got {}): e2fsprogs treats E2FSPROGS_FAKE_TIME=0 as unset and would stamp the wall clock", opts.source_date_epoch);
             }
             let estimate = ext4_size_estimate(tree)? + opts.free_mib * MIB;
-            let mut total = round_up(header + PARTITION_OFFSET + estimate, align);
+            let hash_room = |region: u64| {
+                if opts.verity {
+                    verity_reserve(region)
+                } else {
+                    0
+                }
+            };
+            let mut total = round_up(
+                header + PARTITION_OFFSET + estimate + hash_room(estimate),
+                align,
+            );
             let mut attempts = 0;
             loop {
                 attempts += 1;
-                let fs_bytes = total - header - PARTITION_OFFSET;
+                let region = total - header - PARTITION_OFFSET;
+                let fs_bytes = region - hash_room(region);
                 match make_ext4(tree, &fs_image, fs_bytes, opts, scratch.path())? {
                     Ext4Outcome::Built { free_bytes } if free_bytes >= opts.free_mib * MIB => {
                         break (total, fs_bytes, free_bytes);
@@ -155,8 +214,15 @@ pub fn build_image(tree: &Path, out: &Path, opts: &ImageOptions) -> Result<Image
             }
             make_erofs(tree, &fs_image, opts)?;
             let fs_bytes = std::fs::metadata(&fs_image)?.len();
+            // With verity, partition 1 ends at a MiB boundary after the
+            // filesystem, and the hash tree follows.
+            let data = if opts.verity {
+                round_up(fs_bytes, MIB) + verity_reserve(fs_bytes)
+            } else {
+                fs_bytes
+            };
             (
-                round_up(header + PARTITION_OFFSET + fs_bytes, align),
+                round_up(header + PARTITION_OFFSET + data, align),
                 fs_bytes,
                 0,
             )
@@ -164,25 +230,49 @@ pub fn build_image(tree: &Path, out: &Path, opts: &ImageOptions) -> Result<Image
     };
 
     let inner_bytes = total - header;
-    let partition_bytes = inner_bytes - PARTITION_OFFSET;
-    let inner_mbr = Mbr::single_partition(
-        fs_uuid_signature(&fs_uuid),
-        PARTITION_OFFSET,
-        partition_bytes,
-    )?;
+    let verity = if opts.verity {
+        Some(make_verity(&fs_image, fs_bytes, scratch.path())?)
+    } else {
+        None
+    };
+    // partitions relative to an MBR: (start, bytes)
+    let mut partitions = Vec::new();
+    match &verity {
+        None => partitions.push((PARTITION_OFFSET, inner_bytes - PARTITION_OFFSET)),
+        Some((v, _)) => {
+            let data_part = match opts.fs {
+                Filesystem::Ext4 => fs_bytes,
+                Filesystem::Erofs => round_up(fs_bytes, MIB),
+            };
+            let hash_start = PARTITION_OFFSET + data_part;
+            if hash_start + v.hash_bytes > inner_bytes {
+                bail!(
+                    "verity: the hash tree ({} bytes) does not fit after the {} byte filesystem in a {} byte image",
+                    v.hash_bytes,
+                    fs_bytes,
+                    inner_bytes
+                );
+            }
+            partitions.push((PARTITION_OFFSET, data_part));
+            partitions.push((hash_start, inner_bytes - hash_start));
+        }
+    }
+    let signature = fs_uuid_signature(&fs_uuid);
+    let inner_mbr = Mbr::with_partitions(signature, &partitions)?;
+    let outer_partitions: Vec<(u64, u64)> =
+        partitions.iter().map(|(s, b)| (s + header, *b)).collect();
     crate::util::write_atomically(out, |file| {
         file.set_len(total)?;
         if opts.dax {
-            let outer = Mbr::single_partition(
-                fs_uuid_signature(&fs_uuid),
-                header + PARTITION_OFFSET,
-                partition_bytes,
-            )?;
+            let outer = Mbr::with_partitions(signature, &outer_partitions)?;
             file.write_all_at(&outer.encode(), 0)?;
             file.write_all_at(&DaxHeader::for_namespace(total).encode(), DAX_INFO_OFFSET)?;
         }
         file.write_all_at(&inner_mbr.encode(), header)?;
         copy_sparse(&fs_image, file, header + PARTITION_OFFSET)?;
+        if let (Some((_, hash_file)), Some((hash_start, _))) = (&verity, partitions.get(1)) {
+            copy_sparse(hash_file, file, header + hash_start)?;
+        }
         file.sync_all()?;
         Ok(())
     })?;
@@ -191,9 +281,71 @@ pub fn build_image(tree: &Path, out: &Path, opts: &ImageOptions) -> Result<Image
         fs_bytes,
         fs_free_bytes,
         partition_offset: header + PARTITION_OFFSET,
-        partition_bytes,
+        partition_bytes: partitions[0].1,
         dax: opts.dax,
+        verity: verity.map(|(mut v, _)| {
+            v.hash_offset = partitions[1].0;
+            v
+        }),
     })
+}
+
+/// The hash tree of `fs_image` (`fs_bytes` long, a whole number of 4 KiB
+/// blocks) in a file of `scratch`, by veritysetup, with a salt derived from
+/// the filesystem's bytes.
+fn make_verity(
+    fs_image: &Path,
+    fs_bytes: u64,
+    scratch: &Path,
+) -> Result<(Verity, std::path::PathBuf)> {
+    use sha2::{Digest, Sha256};
+    if !fs_bytes.is_multiple_of(EXT4_BLOCK_SIZE) {
+        bail!("verity: the filesystem is {fs_bytes} bytes, not a whole number of 4 KiB blocks");
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(b"kata-osbuilder-rs verity salt\0");
+    std::io::copy(&mut File::open(fs_image)?, &mut hasher)?;
+    let salt = hex::encode(hasher.finalize());
+    let hash_file = scratch.join("verity.hash");
+    let out = Command::new("veritysetup")
+        .args([
+            "format",
+            "--no-superblock",
+            "--hash=sha256",
+            "--data-block-size=4096",
+            "--hash-block-size=4096",
+        ])
+        .arg(format!("--salt={salt}"))
+        .arg(fs_image)
+        .arg(&hash_file)
+        .output()
+        .context("run veritysetup (apt-get install cryptsetup-bin)")?;
+    if !out.status.success() {
+        bail!(
+            "veritysetup format: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let root_hash = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Root hash:"))
+        .map(|h| h.trim().to_string())
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .with_context(|| format!("veritysetup format printed no root hash: {text}"))?;
+    let hash_bytes = std::fs::metadata(&hash_file)?.len();
+    Ok((
+        Verity {
+            root_hash,
+            salt,
+            data_blocks: fs_bytes / EXT4_BLOCK_SIZE,
+            data_block_size: EXT4_BLOCK_SIZE,
+            hash_block_size: EXT4_BLOCK_SIZE,
+            hash_offset: 0,
+            hash_bytes,
+        },
+        hash_file,
+    ))
 }
 
 fn round_up(v: u64, to: u64) -> u64 {
@@ -440,6 +592,22 @@ pub struct Mbr {
 impl Mbr {
     pub const SIZE: usize = 512;
     const TABLE: usize = 446;
+
+    /// Linux partitions, each `(start, bytes)`, in order (at most 4).
+    pub fn with_partitions(disk_signature: u32, parts: &[(u64, u64)]) -> Result<Mbr> {
+        if parts.is_empty() || parts.len() > 4 {
+            bail!("an MBR holds 1 to 4 partitions, not {}", parts.len());
+        }
+        let mut mbr = Mbr {
+            disk_signature,
+            partitions: [None, None, None, None],
+        };
+        for (i, (start, bytes)) in parts.iter().enumerate() {
+            let one = Mbr::single_partition(disk_signature, *start, *bytes)?;
+            mbr.partitions[i] = one.partitions[0];
+        }
+        Ok(mbr)
+    }
 
     /// One Linux partition of `bytes` starting at byte `start`.
     pub fn single_partition(disk_signature: u32, start: u64, bytes: u64) -> Result<Mbr> {

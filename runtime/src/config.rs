@@ -28,8 +28,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::hypervisor::{
-    Accel, BootMedia, ImageFs, QemuConfig, SharedFs, VirtioFsCache, VsockBackend,
-    DEFAULT_SHARED_FS_TAG, DEFAULT_STATE_ROOT, DEFAULT_VIRTIOFSD,
+    verity::VerityParams, Accel, BootMedia, ImageFs, QemuConfig, SharedFs, VirtioFsCache,
+    VsockBackend, DEFAULT_SHARED_FS_TAG, DEFAULT_STATE_ROOT, DEFAULT_VIRTIOFSD,
 };
 
 /// Install prefix compiled in (upstream's `PREFIX`).
@@ -94,6 +94,15 @@ pub struct QemuSection {
     /// `rootfs_type`: filesystem of `image` (ext4 or erofs).
     #[serde(deserialize_with = "de::string")]
     pub rootfs_type: String,
+    /// Upstream's `root_hash=…,salt=…,data_blocks=…,data_block_size=…,
+    /// hash_block_size=…` of a verity image (what `xtask image --verity`
+    /// records in the manifest): the guest mounts `image` through
+    /// dm-verity. Empty: no verity.
+    #[serde(
+        deserialize_with = "de::string",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub kernel_verity_params: String,
     #[serde(deserialize_with = "de::string")]
     pub machine_type: String,
     /// One string in the file (split at whitespace).
@@ -196,6 +205,7 @@ impl Default for QemuSection {
             initrd: None,
             image: None,
             rootfs_type: "ext4".into(),
+            kernel_verity_params: String::new(),
             machine_type: "q35".into(),
             kernel_params: Vec::new(),
             default_vcpus: 1,
@@ -720,6 +730,17 @@ impl ConfigFile {
             }
             _ => {}
         }
+        if !h.kernel_verity_params.is_empty() {
+            if let Err(e) = h.kernel_verity_params.parse::<VerityParams>() {
+                return Err(("[hypervisor.qemu] kernel_verity_params", e));
+            }
+            if h.image.is_none() {
+                return Err((
+                    "[hypervisor.qemu] kernel_verity_params",
+                    "set with initrd: verity protects an image's root partition; set image to an image built with `cargo xtask image --verity`, or remove kernel_verity_params".into(),
+                ));
+            }
+        }
         if !matches!(h.rootfs_type.as_str(), "ext4" | "erofs") {
             return Err((
                 "[hypervisor.qemu] rootfs_type",
@@ -818,6 +839,8 @@ impl KataConfig {
                     ImageFs::Ext4
                 },
                 dax: true,
+                // validate() parsed it already
+                verity: h.kernel_verity_params.parse().ok(),
             },
             // parse() guarantees one of them
             (None, None) => BootMedia::Initrd(PathBuf::new()),
@@ -968,6 +991,7 @@ experimental = []
             BootMedia::Image {
                 fs: ImageFs::Erofs,
                 dax: true,
+                verity: None,
                 ..
             }
         ));
@@ -1060,6 +1084,16 @@ experimental = []
                 "true or false",
             ),
             ("image = \"/k/img\"", "[hypervisor.qemu] initrd", "both"),
+            (
+                "kernel_verity_params = \"root_hash=zz\"",
+                "[hypervisor.qemu] kernel_verity_params",
+                "64 hex digits",
+            ),
+            (
+                "kernel_verity_params = \"root_hash=69f1faf047532e95037e25fda9c284f4114c830e1c43421e6227d3604b41f6f9,salt=ab,data_blocks=8,data_block_size=4096,hash_block_size=4096\"",
+                "[hypervisor.qemu] kernel_verity_params",
+                "set with initrd",
+            ),
             (
                 "accelerator = \"hvf\"",
                 "[hypervisor.qemu] accelerator",

@@ -183,6 +183,15 @@ fn all(ctx: &Ctx) -> Result<()> {
         ..Default::default()
     };
     record("vm --image", &|| crate::vmtest::run(ctx, &image));
+    // The measured root: boots through dm-verity, and a tampered copy and
+    // a wrong root hash are refused.
+    let verity = crate::vmtest::VmArgs {
+        image: true,
+        verity: true,
+        recipe: "minimal".into(),
+        ..Default::default()
+    };
+    record("vm --image --verity", &|| crate::vmtest::run(ctx, &verity));
     // Bounded: a fresh seed each run, printed for replay.
     let fuzz = crate::fuzz::FuzzArgs {
         seconds: 60,

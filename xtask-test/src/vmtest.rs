@@ -36,6 +36,10 @@ pub struct VmArgs {
     /// Boot the DAX rootfs image as an NVDIMM.
     #[arg(long)]
     pub image: bool,
+    /// With --image: the dm-verity image, booted through dm-verity, then
+    /// a tampered copy and a wrong root hash, which must not boot.
+    #[arg(long, requires = "image")]
+    pub verity: bool,
     /// Also run the fault scenarios (QEMU killed, agent silent).
     #[arg(long)]
     pub faults: bool,
@@ -51,6 +55,9 @@ pub struct VmArgs {
 pub enum Media {
     Initrd,
     Image,
+    /// The image with its dm-verity hash tree, root mounted through it.
+    #[serde(rename = "verity-image")]
+    VerityImage,
 }
 
 #[derive(Serialize)]
@@ -97,18 +104,28 @@ pub fn prepare(ctx: &Ctx, media: Media, recipe: &str) -> Result<Guest> {
             };
             BootMedia::Initrd(initrd::build(ctx, &args)?.file)
         }
-        Media::Image => {
+        Media::Image | Media::VerityImage => {
             let args = image::ImageArgs {
                 recipe: recipe.to_string(),
                 fs: image::FsArg::Ext4,
                 no_dax: false,
                 align_mib: 128,
                 free_mib: 0,
+                verity: media == Media::VerityImage,
+            };
+            let built = image::build(ctx, &args)?;
+            let verity = match &built.verity_params {
+                Some(p) => Some(
+                    p.parse()
+                        .map_err(|e| anyhow::anyhow!("the image's kernel_verity_params: {e}"))?,
+                ),
+                None => None,
             };
             BootMedia::Image {
-                path: image::build(ctx, &args)?.file,
+                path: built.file,
                 fs: ImageFs::Ext4,
                 dax: true,
+                verity,
             }
         }
     };
@@ -137,6 +154,7 @@ pub(crate) fn media_name(m: Media) -> &'static str {
     match m {
         Media::Initrd => "initrd",
         Media::Image => "image",
+        Media::VerityImage => "verity-image",
     }
 }
 
@@ -190,7 +208,7 @@ pub fn boot_and_drive(ctx: &Ctx, guest: &Guest, accel: Accel) -> Result<BootRepo
     let name = media_name(guest.media);
     let mut cfg = config(guest, name, accel, &[]);
     // The image's proof is in the kernel's own mount messages.
-    cfg.quiet = guest.media != Media::Image;
+    cfg.quiet = guest.media == Media::Initrd;
     let console = cfg.console_log.clone().expect("set above");
     let mut vm = Vm::start(cfg).context("start QEMU")?;
     let traces = Traces::of(&vm);
@@ -225,9 +243,12 @@ pub fn boot_and_drive(ctx: &Ctx, guest: &Guest, accel: Accel) -> Result<BootRepo
     let accel_used = vm.accel();
     let console_text = vm.console_output();
     vm.shutdown()?;
-    if guest.media == Media::Image {
-        check_dax_root(&console_text).with_context(|| format!("console: {}", console.display()))?;
+    match guest.media {
+        Media::Image => check_dax_root(&console_text),
+        Media::VerityImage => check_verity_root(&console_text),
+        Media::Initrd => Ok(()),
     }
+    .with_context(|| format!("console: {}", console.display()))?;
     let left = traces.leftovers();
     if !left.is_empty() {
         bail!("after the {name} VM: {}", left.join("; "));
@@ -253,6 +274,19 @@ pub fn boot_and_drive(ctx: &Ctx, guest: &Guest, accel: Accel) -> Result<BootRepo
 /// block, and ext4 in 6.1 refuses a `dax` mount ("DAX unsupported by block
 /// device") instead of silently falling back, so root mounted with
 /// `rootflags=dax` means DAX is on.
+fn check_verity_root(console: &str) -> Result<()> {
+    let has = |pred: &dyn Fn(&str) -> bool| console.lines().any(pred);
+    if !has(&|l| l.contains("(vroot) is ready")) {
+        bail!(
+            "dm-init did not set up the verity root (no \"vroot ... is ready\" in the kernel log)"
+        );
+    }
+    if !has(&|l| l.contains("EXT4-fs (dm-0)") && l.contains("mounted filesystem")) {
+        bail!("the root was not mounted from dm-0, the verity device");
+    }
+    Ok(())
+}
+
 fn check_dax_root(console: &str) -> Result<()> {
     let has = |pred: &dyn Fn(&str) -> bool| console.lines().any(pred);
     if !has(&|l| l.contains("nd_pmem pfn")) {
@@ -370,6 +404,175 @@ pub fn fault_silent_agent(guest: &Guest, accel: Accel) -> Result<FaultReport> {
     })
 }
 
+/// How long a guest that must not boot may take to say so.
+const REFUSED_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Boots `guest` expecting the boot to fail: the runtime's error must carry
+/// the kernel's verdict (`says`), and the console dm-verity's complaint
+/// (`verity_says`), which may be further up than the error's tail.
+fn refused_boot(
+    guest: &Guest,
+    name: &'static str,
+    accel: Accel,
+    verity_says: &str,
+    says: &str,
+) -> Result<FaultReport> {
+    let mut cfg = config(guest, name, accel, &[]);
+    cfg.quiet = false;
+    let console = cfg.console_log.clone().expect("config sets a console log");
+    let mut vm = Vm::start(cfg).context("start QEMU")?;
+    let traces = Traces::of(&vm);
+    let address = vm.agent_address().context("no agent channel")?;
+    let t = Instant::now();
+    let err = match AgentClient::wait_serving(
+        &address,
+        REFUSED_BOOT_TIMEOUT,
+        Duration::from_secs(2),
+        || vm.check_alive(),
+    ) {
+        Ok(_) => {
+            bail!("{name}: the agent came up: the guest ran from a root that does not verify")
+        }
+        Err(e) => runtime::error_chain(&e),
+    };
+    let waited = t.elapsed();
+    let _ = vm.shutdown();
+    let verdict = err.lines().find(|l| l.contains(says)).with_context(|| {
+        format!("{name}: the boot failed, but the error does not say {says:?}:\n{err}")
+    })?;
+    let log = std::fs::read_to_string(&console).unwrap_or_default();
+    let verity = log
+        .lines()
+        .find(|l| l.contains("device-mapper: verity:") && l.contains(verity_says))
+        .with_context(|| {
+            format!(
+                "{name}: no dm-verity line saying {verity_says:?} in {}",
+                console.display()
+            )
+        })?;
+    let message = |l: &str| l.split_once("] ").map_or(l, |(_, m)| m).trim().to_string();
+    Ok(FaultReport {
+        scenario: name,
+        error: format!("{} / {}", message(verity), message(verdict)),
+        detected_after_ms: waited.as_millis() as u64,
+        leftovers: traces.leftovers(),
+    })
+}
+
+/// One byte of the agent's ELF header changed in a copy of the verity
+/// image: the kernel cannot read the block, so init cannot start.
+fn tampered_image(ctx: &Ctx, guest: &Guest, accel: Accel) -> Result<FaultReport> {
+    let BootMedia::Image { path, .. } = &guest.boot else {
+        bail!("the verity test needs the image");
+    };
+    let agent = xtask::agent::build(ctx)?;
+    let head = {
+        use std::io::Read;
+        let mut b = vec![0u8; 4096];
+        std::fs::File::open(&agent.binary)?.read_exact(&mut b)?;
+        b
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("kata-verity-")
+        .tempdir_in("/var/tmp")?;
+    let copy = dir.path().join("tampered.img");
+    let out = std::process::Command::new("cp")
+        .arg("--sparse=always")
+        .arg(path)
+        .arg(&copy)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "cp {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let at = find_block(&copy, &head)?
+        .context("the agent's first block is not in the image: cannot aim the tampering")?;
+    flip_byte(&copy, at + 64)?;
+    let mut tampered = Guest {
+        kernel: guest.kernel.clone(),
+        boot: guest.boot.clone(),
+        media: guest.media,
+        console_dir: guest.console_dir.clone(),
+        vsock_daemon: guest.vsock_daemon.clone(),
+    };
+    if let BootMedia::Image { path, .. } = &mut tampered.boot {
+        *path = copy;
+    }
+    refused_boot(
+        &tampered,
+        "verity-tampered",
+        accel,
+        "is corrupted",
+        "Requested init /sbin/init failed",
+    )
+}
+
+/// The untouched image with a root hash one digit off.
+fn wrong_root_hash(guest: &Guest, accel: Accel) -> Result<FaultReport> {
+    let mut wrong = Guest {
+        kernel: guest.kernel.clone(),
+        boot: guest.boot.clone(),
+        media: guest.media,
+        console_dir: guest.console_dir.clone(),
+        vsock_daemon: guest.vsock_daemon.clone(),
+    };
+    if let BootMedia::Image {
+        verity: Some(v), ..
+    } = &mut wrong.boot
+    {
+        let first = if v.root_hash.starts_with('0') {
+            "1"
+        } else {
+            "0"
+        };
+        v.root_hash.replace_range(0..1, first);
+    } else {
+        bail!("the verity test needs the verity image");
+    }
+    refused_boot(
+        &wrong,
+        "verity-wrong-root-hash",
+        accel,
+        "is corrupted",
+        "Unable to mount root fs",
+    )
+}
+
+/// The offset of the 4 KiB-aligned block of `file` equal to `block`.
+fn find_block(file: &std::path::Path, block: &[u8]) -> Result<Option<u64>> {
+    use std::io::Read;
+    let mut f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(file)?);
+    let mut buf = vec![0u8; block.len()];
+    let mut offset = 0u64;
+    loop {
+        match f.read_exact(&mut buf) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        if buf == block {
+            return Ok(Some(offset));
+        }
+        offset += block.len() as u64;
+    }
+}
+
+fn flip_byte(file: &std::path::Path, at: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)?;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at)?;
+    b[0] ^= 0xff;
+    f.write_all_at(&b, at)?;
+    Ok(())
+}
+
 /// What [`connect_storm`] did and what it found.
 #[derive(Serialize)]
 pub struct StormReport {
@@ -446,10 +649,10 @@ pub fn check_fault(f: &FaultReport) -> Result<()> {
 }
 
 pub fn run(ctx: &Ctx, args: &VmArgs) -> Result<()> {
-    let media = if args.image {
-        Media::Image
-    } else {
-        Media::Initrd
+    let media = match (args.image, args.verity) {
+        (true, true) => Media::VerityImage,
+        (true, false) => Media::Image,
+        _ => Media::Initrd,
     };
     let guest = prepare(ctx, media, &args.recipe)?;
     let mut json = serde_json::Map::new();
@@ -464,6 +667,21 @@ pub fn run(ctx: &Ctx, args: &VmArgs) -> Result<()> {
         report.qemu_exit
     ));
     json.insert("boot".into(), serde_json::to_value(&report)?);
+    if args.verity {
+        let mut refused = Vec::new();
+        for f in [
+            tampered_image(ctx, &guest, args.accel)?,
+            wrong_root_hash(&guest, args.accel)?,
+        ] {
+            check_fault(&f)?;
+            ctx.ui.info(&format!(
+                "test vm verity {}: PASS: refused after {} ms: {}",
+                f.scenario, f.detected_after_ms, f.error
+            ));
+            refused.push(f);
+        }
+        json.insert("verity_refused".into(), serde_json::to_value(&refused)?);
+    }
     if args.faults {
         let mut faults = Vec::new();
         for f in [

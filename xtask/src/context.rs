@@ -154,7 +154,8 @@ impl Ctx {
     pub fn logs(&self) -> PathBuf {
         let dir = self.root.join("target").join("logs");
         if let Err(e) = std::fs::create_dir_all(&dir) {
-            self.ui.info(&format!("warning: cannot create {}: {e}", dir.display()));
+            self.ui
+                .info(&format!("warning: cannot create {}: {e}", dir.display()));
         }
         dir
     }

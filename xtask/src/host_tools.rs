@@ -78,6 +78,11 @@ pub const DEBUGFS: HostTool =
     HostTool::program("debugfs", "e2fsprogs", "deterministic ext4 images");
 pub const MKFS_EROFS: HostTool =
     HostTool::program("mkfs.erofs", "erofs-utils", "erofs rootfs images");
+pub const VERITYSETUP: HostTool = HostTool::program(
+    "veritysetup",
+    "cryptsetup-bin",
+    "dm-verity images (--verity) and their checks",
+);
 pub const TAR: HostTool = HostTool::program("tar", "tar", "reading the pinned crate's lock file");
 pub const MUSL_GCC: HostTool =
     HostTool::program("musl-gcc", "musl-tools", "C parts of the static binaries");
@@ -162,6 +167,7 @@ pub const ALL: &[HostTool] = &[
     E2FSCK,
     DEBUGFS,
     MKFS_EROFS,
+    VERITYSETUP,
     CPIO,
     ZSTD,
     READELF,

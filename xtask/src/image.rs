@@ -30,6 +30,10 @@ pub struct ImageArgs {
     /// Free space wanted inside the filesystem, in MiB.
     #[arg(long, default_value_t = 0)]
     pub free_mib: u64,
+    /// Add a dm-verity hash tree as partition 2 (no verity superblock);
+    /// the manifest records the `kernel_verity_params` that boot it.
+    #[arg(long)]
+    pub verity: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
@@ -50,6 +54,8 @@ impl FsArg {
 pub struct ImageBuild {
     pub file: PathBuf,
     pub key: String,
+    /// With `--verity`: the `kernel_verity_params` that boot it.
+    pub verity_params: Option<String>,
 }
 
 /// The builder's options for these arguments. The filesystem UUID and hash
@@ -63,20 +69,31 @@ fn options(ctx: &Ctx, args: &ImageArgs) -> ImageOptions {
     o.align_mib = args.align_mib;
     o.free_mib = args.free_mib;
     o.dax = !args.no_dax;
+    o.verity = args.verity;
     o
 }
 
 /// The image's file name in its step's entry.
 pub const FILE: &str = "image";
+/// With `--verity`: its `kernel_verity_params`, beside the image.
+pub const VERITY_PARAMS: &str = "kernel_verity_params";
 
 /// The `image:<recipe>:<fs>[:nodax]` step, after the recipe's rootfs.
 pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, args: &ImageArgs) -> Result<StepId> {
     let id = format!(
-        "image:{}:{}{}",
+        "image:{}:{}{}{}",
         args.recipe,
         args.fs.name(),
-        if args.no_dax { ":nodax" } else { "" }
+        if args.no_dax { ":nodax" } else { "" },
+        if args.verity { ":verity" } else { "" }
     );
+    if args.verity && args.free_mib != 0 {
+        return Err(crate::error::InputError::new(format!(
+            "--verity with --free-mib {}: a verity image is read-only (dm-verity), so free space in it could never be written; drop --free-mib",
+            args.free_mib
+        ))
+        .into());
+    }
     let opts = options(ctx, args);
     let d = &ctx.digests;
     let (tool, flag, host_tools) = match args.fs {
@@ -87,7 +104,13 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, args: &ImageArgs) -> Result<Step
         ),
         FsArg::Erofs => ("mkfs.erofs", "--version", vec![host_tools::MKFS_EROFS]),
     };
+    let mut host_tools = host_tools;
     let mut i = StepInputs::new("image", FORMAT);
+    if args.verity {
+        host_tools.push(crate::host_tools::VERITYSETUP);
+        i.value("verity", true)
+            .value("veritysetup", d.tool_version("veritysetup", "--version"));
+    }
     i.value("fs", args.fs.name())
         .value("dax", !args.no_dax)
         .value("align_mib", args.align_mib)
@@ -104,16 +127,28 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, args: &ImageArgs) -> Result<Step
         id,
         i,
         &host_tools,
-        move |tree, out| build_image(tree, &out.join(FILE), &opts).map(drop),
+        move |tree, out| {
+            let report = build_image(tree, &out.join(FILE), &opts)?;
+            if let Some(v) = report.verity {
+                std::fs::write(out.join(VERITY_PARAMS), v.kernel_params())?;
+            }
+            Ok(())
+        },
     )
 }
 
 /// Builds (or takes from the cache) one image.
 pub fn build(ctx: &Ctx, args: &ImageArgs) -> Result<ImageBuild> {
     let entry = crate::graph::build_one(ctx, |g| add(g, ctx, args))?;
+    let verity_params = if args.verity {
+        Some(std::fs::read_to_string(entry.path(VERITY_PARAMS))?)
+    } else {
+        None
+    };
     Ok(ImageBuild {
         file: entry.path(FILE),
         key: entry.key.clone(),
+        verity_params,
     })
 }
 
@@ -126,6 +161,9 @@ pub fn file_name(ctx: &Ctx, args: &ImageArgs) -> String {
     if args.no_dax {
         name.push_str("-nodax");
     }
+    if args.verity {
+        name.push_str("-verity");
+    }
     name + ".image"
 }
 
@@ -135,13 +173,33 @@ pub fn run(ctx: &Ctx, args: &ImageArgs) -> Result<()> {
     let Some(out) = g.run_command(ctx, id)? else {
         return Ok(());
     };
-    publish::guest_asset(
+    let entry = out.entry(id);
+    if !args.verity {
+        return publish::guest_asset(
+            ctx,
+            entry,
+            FILE,
+            &file_name(ctx, args),
+            "kata-containers.img",
+            Kind::Image,
+            &args.recipe,
+        );
+    }
+    // A verity image is published under its own name: the plain image's
+    // link keeps pointing at a plain image.
+    let params = std::fs::read_to_string(entry.path(VERITY_PARAMS))?;
+    let name = file_name(ctx, args);
+    let dest = publish::file(ctx, &entry.path(FILE), &name)?;
+    let mut art = publish::artifact(
         ctx,
-        out.entry(id),
-        FILE,
-        &file_name(ctx, args),
-        "kata-containers.img",
+        &name,
         Kind::Image,
-        &args.recipe,
-    )
+        &dest,
+        entry,
+        FILE,
+        Some(&args.recipe),
+    )?;
+    art.kernel_verity_params = Some(params.clone());
+    let detail = format!("{} bytes, kernel_verity_params {params}", art.bytes);
+    publish::report_one(ctx, &name, art, &detail)
 }

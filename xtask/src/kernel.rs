@@ -325,6 +325,7 @@ pub fn run(ctx: &Ctx, args: &KernelArgs) -> Result<()> {
             bytes: std::fs::metadata(&dest)?.len(),
             cache_key: g.key(steps.kernel),
             recipe: None,
+            kernel_verity_params: None,
         };
         Manifest::record(
             &ctx.dist(),

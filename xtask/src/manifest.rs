@@ -39,6 +39,10 @@ pub struct Artifact {
     pub cache_key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipe: Option<String>,
+    /// A verity image's `root_hash=…,salt=…,data_blocks=…,data_block_size=…,
+    /// hash_block_size=…` (upstream's `kernel_verity_params`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_verity_params: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -92,6 +92,7 @@ pub fn artifact(
         bytes: fs::metadata(path)?.len(),
         cache_key: entry.key.clone(),
         recipe: recipe.map(str::to_string),
+        kernel_verity_params: None,
     })
 }
 

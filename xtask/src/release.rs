@@ -132,6 +132,7 @@ fn image_args() -> image::ImageArgs {
         no_dax: false,
         align_mib: 128,
         free_mib: 0,
+        verity: false,
     }
 }
 

@@ -169,6 +169,7 @@ pub fn run(ctx: &Ctx, recipe_name: &str) -> Result<()> {
         bytes: dir_bytes(&dest)?,
         cache_key: entry.key.clone(),
         recipe: Some(recipe_name.to_string()),
+        kernel_verity_params: None,
     };
     let detail = format!("tree sha256 {}", art.sha256);
     publish::report_one(ctx, "rootfs", art, &detail)

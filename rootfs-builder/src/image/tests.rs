@@ -425,3 +425,92 @@ fn erofs_image_is_valid_and_deterministic() {
     .unwrap_err();
     assert!(err.to_string().contains("erofs is read-only"), "{err}");
 }
+
+/// `veritysetup verify` of partition 1 against the hash tree in partition 2
+/// of `image`, with the report's parameters: the tree this crate wrote is
+/// the one the kernel will check.
+fn veritysetup_verify(image: &Path, report: &ImageReport, data: &Path) -> std::process::Output {
+    let v = report.verity.as_ref().expect("a verity image");
+    let header = report.partition_offset - PARTITION_OFFSET;
+    Command::new("veritysetup")
+        .args(["verify", "--no-superblock", "--hash=sha256"])
+        .arg(format!("--data-blocks={}", v.data_blocks))
+        .arg(format!("--data-block-size={}", v.data_block_size))
+        .arg(format!("--hash-block-size={}", v.hash_block_size))
+        .arg(format!("--hash-offset={}", header + v.hash_offset))
+        .arg(format!("--salt={}", v.salt))
+        .arg(data)
+        .arg(image)
+        .arg(&v.root_hash)
+        .output()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs root (device nodes), busybox-static, erofs-utils and veritysetup (cryptsetup-bin): run by cargo xtask test unit"]
+fn verity_images_verify_and_are_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = small_tree(dir.path());
+    for (fs, dax) in [(Filesystem::Ext4, true), (Filesystem::Erofs, false)] {
+        let opts = ImageOptions {
+            fs,
+            dax,
+            verity: true,
+            ..ImageOptions::new(1_700_000_000)
+        };
+        let a = dir.path().join(format!("{}-a.img", fs.as_str()));
+        let b = dir.path().join(format!("{}-b.img", fs.as_str()));
+        let report = build_image(&tree, &a, &opts).unwrap();
+        assert_eq!(build_image(&tree, &b, &opts).unwrap(), report);
+        assert_eq!(
+            sha256_file(&a),
+            sha256_file(&b),
+            "{fs:?}: two builds differ"
+        );
+        let v = report.verity.clone().unwrap();
+        assert_eq!(v.data_blocks * 4096, report.fs_bytes, "{fs:?}");
+        assert_eq!(v.salt.len(), 64);
+        assert!(v.kernel_params().starts_with(&format!(
+            "root_hash={},salt={},data_blocks=",
+            v.root_hash, v.salt
+        )));
+        // Both MBRs: the data partition, then the hash tree's.
+        let header = report.partition_offset - PARTITION_OFFSET;
+        let inner = Mbr::decode(&read_at(&a, header, 512).unwrap()).unwrap();
+        let [Some(p1), Some(p2), None, None] = inner.partitions else {
+            panic!("{fs:?}: {inner:?}")
+        };
+        assert_eq!(u64::from(p1.first_lba) * SECTOR, PARTITION_OFFSET);
+        assert_eq!(u64::from(p1.sectors) * SECTOR, report.partition_bytes);
+        assert_eq!(u64::from(p2.first_lba) * SECTOR, v.hash_offset);
+        assert!(u64::from(p2.sectors) * SECTOR >= v.hash_bytes);
+        assert!(v.hash_offset + v.hash_bytes <= report.bytes - header);
+        if dax {
+            let outer = Mbr::decode(&read_at(&a, 0, 512).unwrap()).unwrap();
+            assert_eq!(
+                u64::from(outer.partitions[1].unwrap().first_lba) * SECTOR,
+                header + v.hash_offset
+            );
+        }
+
+        let data = dir.path().join(format!("{}-data", fs.as_str()));
+        std::fs::write(
+            &data,
+            read_at(&a, report.partition_offset, report.fs_bytes as usize).unwrap(),
+        )
+        .unwrap();
+        let ok = veritysetup_verify(&a, &report, &data);
+        assert!(
+            ok.status.success(),
+            "{fs:?}: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        // One byte changed in the data: veritysetup finds it.
+        let mut bytes = std::fs::read(&data).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0xff;
+        std::fs::write(&data, bytes).unwrap();
+        let bad = veritysetup_verify(&a, &report, &data);
+        assert!(!bad.status.success(), "{fs:?}: a changed byte verified");
+    }
+}

@@ -65,6 +65,10 @@ pub enum BootMedia {
         path: PathBuf,
         fs: ImageFs,
         dax: bool,
+        /// Mount the root through dm-verity with these parameters (an image
+        /// built with `xtask image --verity`); DAX is then not used, as
+        /// dm-verity cannot map pages directly.
+        verity: Option<super::verity::VerityParams>,
     },
 }
 
@@ -389,8 +393,15 @@ pub fn build_kernel_cmdline(cfg: &QemuConfig) -> String {
     if cfg.quiet {
         params.push("quiet".into());
     }
-    if let BootMedia::Image { fs, dax, .. } = &cfg.boot {
-        params.push("root=/dev/pmem0p1".into());
+    if let BootMedia::Image {
+        fs, dax, verity, ..
+    } = &cfg.boot
+    {
+        let dax = *dax && verity.is_none();
+        match verity {
+            None => params.push("root=/dev/pmem0p1".into()),
+            Some(v) => params.extend(v.kernel_params("/dev/pmem0p1", "/dev/pmem0p2")),
+        }
         params.push(
             match (fs, dax) {
                 (ImageFs::Ext4, true) => "rootflags=dax,data=ordered,errors=remount-ro ro",
@@ -404,6 +415,11 @@ pub fn build_kernel_cmdline(cfg: &QemuConfig) -> String {
             ImageFs::Ext4 => "rootfstype=ext4".into(),
             ImageFs::Erofs => "rootfstype=erofs".into(),
         });
+        // Named, so that an init that cannot run panics the guest (and so
+        // ends the VM) instead of the kernel trying /etc/init, /bin/init and
+        // /bin/sh: a root whose blocks fail verity would otherwise boot
+        // into a shell on the console and hang the sandbox's start.
+        params.push("init=/sbin/init".into());
     }
     params.extend(cfg.kernel_params.iter().cloned());
     params.join(" ")
@@ -1264,6 +1280,7 @@ mod tests {
             path: "/i/kata,containers.img".into(),
             fs: ImageFs::Ext4,
             dax: true,
+            verity: None,
         };
         let cfg = config(image);
         let size = 128u64 << 20;
@@ -1282,7 +1299,7 @@ mod tests {
         );
         let append = values(&args, "-append")[0];
         assert!(
-            append.contains(" root=/dev/pmem0p1 rootflags=dax,data=ordered,errors=remount-ro ro rootfstype=ext4 agent.log=debug"),
+            append.contains(" root=/dev/pmem0p1 rootflags=dax,data=ordered,errors=remount-ro ro rootfstype=ext4 init=/sbin/init agent.log=debug"),
             "{append}"
         );
     }
@@ -1294,6 +1311,7 @@ mod tests {
                 path: "/i".into(),
                 fs,
                 dax,
+                verity: None,
             }))
         };
         assert!(cmdline(ImageFs::Ext4, false).contains(
@@ -1304,6 +1322,28 @@ mod tests {
         let mut cfg = config(BootMedia::Initrd("/i".into()));
         cfg.quiet = false;
         assert!(!build_kernel_cmdline(&cfg).contains("quiet"));
+        // verity: the root is dm-0 over both partitions, never DAX
+        let verity = "root_hash=69f1faf047532e95037e25fda9c284f4114c830e1c43421e6227d3604b41f6f9,salt=ab,data_blocks=8,data_block_size=4096,hash_block_size=4096";
+        let line = build_kernel_cmdline(&config(BootMedia::Image {
+            path: "/i".into(),
+            fs: ImageFs::Ext4,
+            dax: true,
+            verity: Some(verity.parse().unwrap()),
+        }));
+        assert!(
+            line.contains(" verity 1 /dev/pmem0p1 /dev/pmem0p2 4096 4096 8 0 sha256 "),
+            "{line}"
+        );
+        assert!(
+            line.contains(
+                "root=/dev/dm-0 rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4"
+            ),
+            "{line}"
+        );
+        assert!(
+            !line.contains("pmem0p1 rootflags") && !line.contains("dax"),
+            "{line}"
+        );
     }
 
     #[test]
@@ -1344,6 +1384,7 @@ mod tests {
             path: "/i/img".into(),
             fs: ImageFs::Ext4,
             dax: true,
+            verity: None,
         };
         let args = build_qemu_args(
             &config(image),
@@ -1407,6 +1448,7 @@ mod tests {
             path: "/i/img".into(),
             fs: ImageFs::Ext4,
             dax: true,
+            verity: None,
         });
         let err = build_qemu_args(&image, &plan(VsockBackend::None, Some(1000))).unwrap_err();
         assert!(err.to_string().contains("multiple of 2 MiB"), "{err}");
