@@ -217,6 +217,7 @@ fn nvdimm_image_is_attached_read_only() {
         path: image.clone(),
         fs: ImageFs::Ext4,
         dax: true,
+        verity: None,
     };
     let mut vm = Vm::start(base_config(dir.path(), "nv1", boot)).unwrap();
     let devices = vm.qmp_execute("query-memory-devices", None).unwrap();

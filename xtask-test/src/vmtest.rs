@@ -459,12 +459,14 @@ fn refused_boot(
     })
 }
 
-/// One byte of the agent's ELF header changed in a copy of the verity
-/// image: the kernel cannot read the block, so init cannot start.
-fn tampered_image(ctx: &Ctx, guest: &Guest, accel: Accel) -> Result<FaultReport> {
-    let BootMedia::Image { path, .. } = &guest.boot else {
-        bail!("the verity test needs the image");
-    };
+/// A copy of `image` in `dir` with one byte of the agent's ELF header
+/// changed (found by content: the agent's first 4 KiB block): what a
+/// verified root must refuse to run.
+pub(crate) fn tampered_copy(
+    ctx: &Ctx,
+    image: &std::path::Path,
+    dir: &std::path::Path,
+) -> Result<PathBuf> {
     let agent = xtask::agent::build(ctx)?;
     let head = {
         use std::io::Read;
@@ -472,25 +474,35 @@ fn tampered_image(ctx: &Ctx, guest: &Guest, accel: Accel) -> Result<FaultReport>
         std::fs::File::open(&agent.binary)?.read_exact(&mut b)?;
         b
     };
-    let dir = tempfile::Builder::new()
-        .prefix("kata-verity-")
-        .tempdir_in("/var/tmp")?;
-    let copy = dir.path().join("tampered.img");
+    let copy = dir.join("tampered.img");
     let out = std::process::Command::new("cp")
         .arg("--sparse=always")
-        .arg(path)
+        .arg(image)
         .arg(&copy)
         .output()?;
     if !out.status.success() {
         bail!(
             "cp {}: {}",
-            path.display(),
+            image.display(),
             String::from_utf8_lossy(&out.stderr)
         );
     }
     let at = find_block(&copy, &head)?
         .context("the agent's first block is not in the image: cannot aim the tampering")?;
     flip_byte(&copy, at + 64)?;
+    Ok(copy)
+}
+
+/// One byte of the agent's ELF header changed in a copy of the verity
+/// image: the kernel cannot read the block, so init cannot start.
+fn tampered_image(ctx: &Ctx, guest: &Guest, accel: Accel) -> Result<FaultReport> {
+    let BootMedia::Image { path, .. } = &guest.boot else {
+        bail!("the verity test needs the image");
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("kata-verity-")
+        .tempdir_in("/var/tmp")?;
+    let copy = tampered_copy(ctx, path, dir.path())?;
     let mut tampered = Guest {
         kernel: guest.kernel.clone(),
         boot: guest.boot.clone(),

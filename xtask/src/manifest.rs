@@ -142,6 +142,7 @@ mod tests {
             bytes: 1,
             cache_key: "k".into(),
             recipe: Some("minimal".into()),
+            kernel_verity_params: None,
         }
     }
 

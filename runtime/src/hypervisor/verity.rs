@@ -33,7 +33,7 @@ const EXAMPLE: &str =
 
 fn hex_of(key: &str, v: &str, exact: Option<usize>) -> Result<String, String> {
     let ok = !v.is_empty()
-        && v.len() % 2 == 0
+        && v.len().is_multiple_of(2)
         && v.bytes().all(|b| b.is_ascii_hexdigit())
         && exact.is_none_or(|n| v.len() == n);
     if !ok {

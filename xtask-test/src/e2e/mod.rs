@@ -582,15 +582,20 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
             &["console", "noconsole"],
             scenario_debug_console,
         );
-        r.scenario("r-iptables", &["ipt"], network::scenario_iptables);
         r.scenario(
             "q-direct-volume",
             &["dvol", "dvolm1", "dvolm2"],
             volumes::scenario_direct_volume,
         );
+        r.scenario("r-iptables", &["ipt"], network::scenario_iptables);
+        r.scenario(
+            "s-verity",
+            &["verity", "tampered"],
+            volumes::scenario_verity,
+        );
     } else {
         ctx.ui.info(
-            "SKIP n-metrics, o-kata-monitor, p-debug-console, q-direct-volume, r-iptables: kata only (runc has no shim monitor socket and no guest)",
+            "SKIP n-metrics, o-kata-monitor, p-debug-console, q-direct-volume, r-iptables, s-verity: kata only (runc has no shim monitor socket and no guest)",
         );
         skipped.extend([
             "n-metrics",
@@ -598,6 +603,7 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
             "p-debug-console",
             "q-direct-volume",
             "r-iptables",
+            "s-verity",
         ]);
     }
     if args.faults {
@@ -725,6 +731,7 @@ mod tests {
                 path: "/t/rootfs.erofs".into(),
                 fs: ImageFs::Erofs,
                 dax: true,
+                verity: None,
             },
             Some("/root/.cargo/bin/vhost-device-vsock".into()),
         )

@@ -3,6 +3,7 @@
 //! the volume path (the image hot-plugged into its VM as virtio-blk),
 //! `stats` and an online `resize` through the shim, the data on the host's
 //! image after the container is gone, and the bad input of each command.
+//! Also the measured (dm-verity) root image through containerd.
 
 use std::path::Path;
 use std::process::Command;
@@ -328,4 +329,95 @@ pub(super) fn scenario_direct_volume(r: &mut Runner, ids: &[String]) -> Result<S
         );
     }
     Ok(format!("{outcome}; refused: {}", said.join(" | ")))
+}
+
+/// The measured root through containerd: a configuration naming the
+/// verity image and its `kernel_verity_params` runs a container; the same
+/// with a copy of the image whose agent has one byte changed fails the
+/// start within seconds with the guest's reason, and leaves nothing.
+pub(super) fn scenario_verity(r: &mut Runner, ids: &[String]) -> Result<String> {
+    let (good, bad) = (ids[0].as_str(), ids[1].as_str());
+    let default_config = r
+        .env
+        .kata_config
+        .clone()
+        .context("the harness wrote no configuration.toml")?;
+    let text = std::fs::read_to_string(&default_config)?;
+    let args = xtask::image::ImageArgs {
+        recipe: "minimal".into(),
+        fs: xtask::image::FsArg::Ext4,
+        no_dax: false,
+        align_mib: 128,
+        free_mib: 0,
+        verity: true,
+    };
+    let built = xtask::image::build(r.ctx, &args)?;
+    let params = built
+        .verity_params
+        .clone()
+        .context("the verity image has no kernel_verity_params")?;
+    let dir = tempfile::Builder::new()
+        .prefix("kata-e2e-verity-")
+        .tempdir_in("/var/tmp")?;
+    let tampered = crate::vmtest::tampered_copy(r.ctx, &built.file, dir.path())?;
+    let config_for = |image: &Path, name: &str| -> Result<String> {
+        let mut cfg = runtime::config::parse(&text, &default_config)?;
+        cfg.hypervisor.initrd = None;
+        cfg.hypervisor.image = Some(image.to_path_buf());
+        cfg.hypervisor.rootfs_type = "ext4".into();
+        cfg.hypervisor.kernel_verity_params = params.clone();
+        let file = dir.path().join(name);
+        std::fs::write(&file, cfg.to_file().to_toml()?)?;
+        // The file must be one the shim accepts as it is.
+        runtime::config::parse(&std::fs::read_to_string(&file)?, &file)?;
+        Ok(file.display().to_string())
+    };
+    let good_config = config_for(&built.file, "configuration-verity.toml")?;
+    let bad_config = config_for(&tampered, "configuration-tampered.toml")?;
+
+    let out = r
+        .run(
+            good,
+            &["--rm", "--runtime-config-path", &good_config],
+            &["echo", "verified-root"],
+            None,
+        )?
+        .require_success()?;
+    if out.stdout.trim() != "verified-root" {
+        bail!("the container on the verity root printed {:?}", out.stdout);
+    }
+    let refused = r.run(
+        bad,
+        &["--rm", "--runtime-config-path", &bad_config],
+        &["echo", "must-not-run"],
+        None,
+    )?;
+    let says = "Requested init /sbin/init failed";
+    if refused.success()
+        || refused.stdout.contains("must-not-run")
+        || !refused.stderr.contains(says)
+    {
+        bail!(
+            "a tampered verity image: expected ctr run to fail saying {says:?}, got {}",
+            refused.describe()
+        );
+    }
+    r.env.containerd.force_remove(bad);
+    wait_no_leftovers(
+        &r.env.containerd,
+        Duration::from_secs(30),
+        "after the verity sandboxes",
+    )?;
+    Ok(format!(
+        "verity root ({}) ran a container in {} ms; the tampered copy was refused after {} ms: {}",
+        params.split(',').next().unwrap_or(""),
+        out.took.as_millis(),
+        refused.took.as_millis(),
+        refused
+            .stderr
+            .lines()
+            .find(|l| l.contains(says))
+            .unwrap_or("")
+            .trim()
+    ))
 }
