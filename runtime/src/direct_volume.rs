@@ -208,15 +208,21 @@ pub fn forget_sandbox(root: &Path, volume_path: &str, sid: &str) {
 /// The sandbox that uses `volume_path`: `Err(NotAdded)` if it was never
 /// added, `None` if no running sandbox mounts it.
 pub fn sandbox_of(root: &Path, volume_path: &str) -> Result<Option<String>> {
-    if mount_info(root, volume_path)?.is_none() {
-        return Err(DirectVolumeError::NotAdded(volume_path.into()));
-    }
+    check_volume_path(volume_path).map_err(|_| DirectVolumeError::NotAdded(volume_path.into()))?;
     let dir = root.join(dir_name(volume_path));
-    let entries = std::fs::read_dir(&dir).map_err(|source| DirectVolumeError::Io {
-        what: "read",
-        path: dir.clone(),
-        source,
-    })?;
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(DirectVolumeError::NotAdded(volume_path.into()))
+        }
+        Err(source) => {
+            return Err(DirectVolumeError::Io {
+                what: "read",
+                path: dir,
+                source,
+            })
+        }
+    };
     let mut names: Vec<String> = entries
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))

@@ -338,6 +338,9 @@ fn direct_volume(cmd: DirectVolumeCommand) -> Result<(), Failure> {
     };
     // The shim serving the sandbox that mounts `path`, and the device.
     let shim_of = |path: &str| -> Result<(std::path::PathBuf, String), Failure> {
+        let info = dv::mount_info(root, path)
+            .map_err(usage_or_call)?
+            .ok_or_else(|| Failure::Usage(DirectVolumeError::NotAdded(path.into()).to_string()))?;
         let sid = dv::sandbox_of(root, path)
             .map_err(usage_or_call)?
             .ok_or_else(|| {
@@ -345,16 +348,10 @@ fn direct_volume(cmd: DirectVolumeCommand) -> Result<(), Failure> {
                     "volume {path}: no running sandbox mounts it (it is used once a container mounts it)"
                 ))
             })?;
-        let info = dv::mount_info(root, path)
-            .map_err(usage_or_call)?
-            .ok_or_else(|| Failure::Usage(DirectVolumeError::NotAdded(path.into()).to_string()))?;
-        let socket = monitor::socket_path(std::path::Path::new(monitor::SANDBOXES_DIR), &sid);
-        if !socket.exists() {
-            return Err(Failure::Call(format!(
-                "volume {path}: sandbox {sid} has no shim monitor socket at {}: it is not running",
-                socket.display()
-            )));
-        }
+        let socket = monitor_socket(&sid).map_err(|f| match f {
+            Failure::Call(m) => Failure::Call(format!("volume {path}: {m}")),
+            usage => usage,
+        })?;
         Ok((socket, info.device))
     };
     let answer = |what: &str, path: &str, r: Result<(u16, String), String>| match r {
