@@ -83,6 +83,7 @@ pub struct FaultReport {
 }
 
 /// The artifacts one boot needs, built (or taken from the cache).
+#[derive(Clone)]
 pub struct Guest {
     pub kernel: PathBuf,
     pub boot: BootMedia,
@@ -503,13 +504,7 @@ fn tampered_image(ctx: &Ctx, guest: &Guest, accel: Accel) -> Result<FaultReport>
         .prefix("kata-verity-")
         .tempdir_in("/var/tmp")?;
     let copy = tampered_copy(ctx, path, dir.path())?;
-    let mut tampered = Guest {
-        kernel: guest.kernel.clone(),
-        boot: guest.boot.clone(),
-        media: guest.media,
-        console_dir: guest.console_dir.clone(),
-        vsock_daemon: guest.vsock_daemon.clone(),
-    };
+    let mut tampered = guest.clone();
     if let BootMedia::Image { path, .. } = &mut tampered.boot {
         *path = copy;
     }
@@ -524,13 +519,7 @@ fn tampered_image(ctx: &Ctx, guest: &Guest, accel: Accel) -> Result<FaultReport>
 
 /// The untouched image with a root hash one digit off.
 fn wrong_root_hash(guest: &Guest, accel: Accel) -> Result<FaultReport> {
-    let mut wrong = Guest {
-        kernel: guest.kernel.clone(),
-        boot: guest.boot.clone(),
-        media: guest.media,
-        console_dir: guest.console_dir.clone(),
-        vsock_daemon: guest.vsock_daemon.clone(),
-    };
+    let mut wrong = guest.clone();
     if let BootMedia::Image {
         verity: Some(v), ..
     } = &mut wrong.boot

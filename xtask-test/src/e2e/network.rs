@@ -108,6 +108,21 @@ impl PodNet {
         PathBuf::from(NETNS_DIR).join(name)
     }
 
+    /// Container `id` running `script` (a listener on LISTEN_PORT) in the
+    /// pod namespace, RUNNING.
+    fn start_listener(&self, r: &Runner, id: &str, script: &str) -> Result<()> {
+        let ns_flag = format!("network:{}", Self::path(&self.pod).display());
+        r.run(
+            id,
+            &["-d", "--with-ns", &ns_flag],
+            &["sh", "-c", script],
+            None,
+        )?
+        .require_success()?;
+        r.ctr()
+            .wait_task_status(id, "RUNNING", Duration::from_secs(60))
+    }
+
     /// Connect from the node namespace to the container's listener and
     /// read what it sends, retrying until `within` (the container may
     /// not listen yet).
@@ -234,17 +249,12 @@ pub fn network_leftovers() -> Vec<String> {
 pub(super) fn scenario_pod_network(r: &mut Runner, ids: &[String]) -> Result<String> {
     let id = ids[0].as_str();
     let net = PodNet::create(&format!("{}-{id}", std::process::id()))?;
-    let ns_flag = format!("network:{}", PodNet::path(&net.pod).display());
-    let server = format!("echo {GREETING} | nc -l -p {LISTEN_PORT}; sleep 600");
-    r.run(
+    net.start_listener(
+        r,
         id,
-        &["-d", "--with-ns", &ns_flag],
-        &["sh", "-c", &server],
-        None,
-    )?
-    .require_success()?;
+        &format!("echo {GREETING} | nc -l -p {LISTEN_PORT}; sleep 600"),
+    )?;
     let ctr = r.ctr();
-    ctr.wait_task_status(id, "RUNNING", Duration::from_secs(60))?;
 
     let exec = |exec_id: &str, script: &str| {
         run_bounded(
@@ -305,18 +315,12 @@ pub(super) fn scenario_iptables(r: &mut Runner, ids: &[String]) -> Result<String
     let id = ids[0].as_str();
     let kata_runtime = super::scenarios::kata_runtime_binary(r)?;
     let net = PodNet::create(&format!("{}-{id}", std::process::id()))?;
-    let ns_flag = format!("network:{}", PodNet::path(&net.pod).display());
     // busybox nc serves one connection: serve again until killed.
-    let server = format!("while true; do echo {GREETING} | nc -l -p {LISTEN_PORT}; done");
-    r.run(
+    net.start_listener(
+        r,
         id,
-        &["-d", "--with-ns", &ns_flag],
-        &["sh", "-c", &server],
-        None,
-    )?
-    .require_success()?;
-    r.ctr()
-        .wait_task_status(id, "RUNNING", Duration::from_secs(60))?;
+        &format!("while true; do echo {GREETING} | nc -l -p {LISTEN_PORT}; done"),
+    )?;
     let got = net.read_from_pod(Duration::from_secs(60))?;
     if got.trim() != GREETING {
         bail!("before any rule, the container's listener sent {got:?}");
