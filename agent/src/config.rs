@@ -19,6 +19,10 @@ pub const ENV_HOSTNAME_FILE: &str = "KATA_AGENT_HOSTNAME_FILE";
 pub const ENV_SYSFS: &str = "KATA_AGENT_SYSFS";
 pub const ENV_CONSOLE: &str = "KATA_AGENT_CONSOLE";
 pub const ENV_RUN_DIR: &str = "KATA_AGENT_RUN_DIR";
+/// Set to `1` by a guest's init system (the `init: systemd` recipe's
+/// kata-agent.service): the agent is a service, but of a VM that exists
+/// for it, so it owns the guest as init would.
+pub const ENV_GUEST_SERVICE: &str = "KATA_AGENT_GUEST_SERVICE";
 /// Upstream's directory of container bundles and the shared filesystem.
 pub const DEFAULT_RUN_DIR: &str = "/run/kata-containers";
 /// The console of init mode (logs, debug shell).
@@ -48,8 +52,13 @@ pub struct Config {
     /// on AF_VSOCK port N (upstream's runtime uses 1026) instead of the
     /// console; 0 = not set.
     pub debug_console_vport: u32,
-    /// PID 1 inside the VM: mounts, power-off, effects on the guest.
+    /// PID 1 inside the VM: early mounts, console, power-off.
     pub init_mode: bool,
+    /// The agent owns the guest: it sets the hostname, DNS, clock and
+    /// network. True in init mode and as the service of a systemd guest
+    /// ([`ENV_GUEST_SERVICE`]); false for an agent run on a host (tests),
+    /// which must not change the host.
+    pub owns_guest: bool,
     /// Where CreateSandbox writes the DNS lines instead of the guest's
     /// /etc/resolv.conf. `None` in init mode: /etc/resolv.conf (via a file on
     /// /run bind-mounted over it, the rootfs being read-only); `None` in
@@ -269,6 +278,17 @@ impl Config {
             }
         }
 
+        let guest_service = match env(ENV_GUEST_SERVICE).as_deref() {
+            None | Some("0") => false,
+            Some("1") => true,
+            Some(other) => {
+                notes.push((
+                    log::Level::Warn,
+                    format!("{ENV_GUEST_SERVICE}={other}: use 1 or 0; taken as 0 (the host is left alone)"),
+                ));
+                false
+            }
+        };
         let resolv_conf = env(ENV_RESOLV_CONF).map(PathBuf::from);
         let hostname_file = env(ENV_HOSTNAME_FILE).map(PathBuf::from);
         let sysfs_root = env(ENV_SYSFS)
@@ -281,6 +301,7 @@ impl Config {
             debug_console: settings.debug_console,
             debug_console_vport: settings.debug_console_vport,
             init_mode,
+            owns_guest: init_mode || guest_service,
             resolv_conf,
             hostname_file,
             sysfs_root,
@@ -383,6 +404,31 @@ mod tests {
                 .filter(|(l, _)| *l == log::Level::Debug)
                 .count(),
             1
+        );
+    }
+
+    #[test]
+    fn a_guest_service_owns_the_guest_and_a_host_agent_does_not() {
+        let load = |init: bool, v: Option<&'static str>| {
+            Config::load(init, &move |k: &str| match k {
+                ENV_CMDLINE => Some("/nonexistent/cmdline".into()),
+                ENV_GUEST_SERVICE => v.map(String::from),
+                _ => None,
+            })
+        };
+        assert!(load(true, None).owns_guest);
+        assert!(!load(false, None).owns_guest);
+        assert!(!load(false, Some("0")).owns_guest);
+        let c = load(false, Some("1"));
+        assert!(c.owns_guest && !c.init_mode);
+        let c = load(false, Some("yes"));
+        assert!(!c.owns_guest);
+        assert!(
+            c.notes
+                .iter()
+                .any(|(_, n)| n.contains("KATA_AGENT_GUEST_SERVICE=yes: use 1 or 0")),
+            "{:?}",
+            c.notes
         );
     }
 

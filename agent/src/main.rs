@@ -146,8 +146,11 @@ fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     if config.debug_console {
-        if !config.init_mode {
-            log::warn!("agent.debug_console is only honoured in init mode; ignored");
+        if !config.owns_guest {
+            log::warn!(
+                "agent.debug_console is only honoured in a guest (init mode, or {}=1); ignored",
+                config::ENV_GUEST_SERVICE
+            );
         } else if config.debug_console_vport > 0 {
             console::start_vsock(reaper.clone(), config.debug_console_vport);
         } else {

@@ -102,7 +102,7 @@ impl AgentState {
     fn apply_hostname(&self, hostname: &str) -> std::io::Result<()> {
         if let Some(path) = &self.config.hostname_file {
             write_atomically(path, format!("{hostname}\n").as_bytes())
-        } else if self.config.init_mode {
+        } else if self.config.owns_guest {
             nix::unistd::sethostname(hostname).map_err(std::io::Error::from)
         } else {
             log::info!("service mode: hostname {hostname:?} recorded, host hostname left alone");
@@ -121,7 +121,7 @@ impl AgentState {
         if let Some(path) = &self.config.resolv_conf {
             return write_atomically(path, text.as_bytes());
         }
-        if !self.config.init_mode {
+        if !self.config.owns_guest {
             log::info!("service mode: {} DNS line(s) not written (set KATA_AGENT_RESOLV_CONF to write them)", dns.len());
             return Ok(());
         }
@@ -748,7 +748,7 @@ impl agent_ttrpc::AgentService for AgentService {
     ) -> ttrpc::Result<Empty> {
         let time = guest::datetime_from_request(req.Sec, req.Usec)
             .map_err(|e| status(Code::INVALID_ARGUMENT, format!("SetGuestDateTime: {e}")))?;
-        if !self.state.config.init_mode {
+        if !self.state.config.owns_guest {
             return Err(status(
                 Code::FAILED_PRECONDITION,
                 "SetGuestDateTime: the agent runs in service mode (not PID 1 of a VM) and does not set the host's clock",
@@ -835,7 +835,7 @@ impl agent_ttrpc::AgentService for AgentService {
 
 impl AgentService {
     fn refuse_network_change_in_service_mode(&self, method: &str) -> ttrpc::Result<()> {
-        if self.state.config.init_mode {
+        if self.state.config.owns_guest {
             return Ok(());
         }
         Err(status(
