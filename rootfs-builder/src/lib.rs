@@ -7,6 +7,7 @@
 //! deterministically (same inputs, same bytes).
 
 pub mod cpio;
+pub mod debian;
 pub mod image;
 pub mod packages;
 pub mod recipe;

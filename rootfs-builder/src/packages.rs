@@ -23,7 +23,7 @@ use std::process::Command;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::recipe::GuestPath;
+use crate::recipe::{GuestPath, PackageVariant};
 
 /// The lock file format written and read here.
 pub const LOCK_FORMAT: u32 = 1;
@@ -47,6 +47,10 @@ pub struct Lock {
     /// The Debian suite the packages come from (versions.yaml `distro.suite`).
     pub suite: String,
     pub architecture: String,
+    /// The recipe's `packages.variant`; `essential` adds Debian's
+    /// `Essential: yes` set to the closure (absent: `extract`).
+    #[serde(default, skip_serializing_if = "PackageVariant::is_extract")]
+    pub variant: PackageVariant,
     /// The recipe's `packages.install` this lock was resolved for, sorted.
     pub install: Vec<String>,
     /// The closure, sorted by name.
@@ -74,6 +78,7 @@ impl Lock {
     pub fn load_checked(
         file: &Path,
         recipe: &str,
+        variant: PackageVariant,
         install: &[String],
         suite: &str,
     ) -> Result<Lock> {
@@ -102,6 +107,14 @@ impl Lock {
                 "{}: written for recipe `{}`, not `{recipe}`; {fix}",
                 file.display(),
                 lock.recipe
+            );
+        }
+        if lock.variant != variant {
+            bail!(
+                "{}: resolved for packages.variant {} but the recipe says {}; {fix}",
+                file.display(),
+                lock.variant.as_str(),
+                variant.as_str()
             );
         }
         let mut wanted = install.to_vec();
@@ -299,6 +312,7 @@ mod tests {
             recipe: "minimal".into(),
             suite: "bookworm".into(),
             architecture: "amd64".into(),
+            variant: PackageVariant::Extract,
             install: vec!["iptables".into()],
             packages: vec![
                 LockedPackage {
@@ -319,16 +333,29 @@ mod tests {
     fn a_lock_is_checked_against_the_recipe_fail_closed() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("minimal.lock");
-        let err = Lock::load_checked(&file, "minimal", &["iptables".into()], "bookworm")
-            .unwrap_err()
-            .to_string();
+        let err = Lock::load_checked(
+            &file,
+            "minimal",
+            PackageVariant::Extract,
+            &["iptables".into()],
+            "bookworm",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("missing") && err.contains("versions --update recipe:minimal"),
             "{err}"
         );
 
         std::fs::write(&file, lock().to_yaml().unwrap()).unwrap();
-        let ok = Lock::load_checked(&file, "minimal", &["iptables".into()], "bookworm").unwrap();
+        let ok = Lock::load_checked(
+            &file,
+            "minimal",
+            PackageVariant::Extract,
+            &["iptables".into()],
+            "bookworm",
+        )
+        .unwrap();
         assert_eq!(ok, lock());
         for (install, suite, says) in [
             (
@@ -342,20 +369,47 @@ mod tests {
                 "distro.suite is trixie",
             ),
         ] {
-            let err = Lock::load_checked(&file, "minimal", &install, suite)
-                .unwrap_err()
-                .to_string();
+            let err =
+                Lock::load_checked(&file, "minimal", PackageVariant::Extract, &install, suite)
+                    .unwrap_err()
+                    .to_string();
             assert!(err.contains(says) && err.contains("minimal.lock"), "{err}");
         }
+        let err = Lock::load_checked(
+            &file,
+            "minimal",
+            PackageVariant::Essential,
+            &["iptables".into()],
+            "bookworm",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("packages.variant extract but the recipe says essential"),
+            "{err}"
+        );
         let mut bad = lock();
         bad.packages[1].sha256 = "xyz".into();
         std::fs::write(&file, bad.to_yaml().unwrap()).unwrap();
-        let err = Lock::load_checked(&file, "minimal", &["iptables".into()], "bookworm")
-            .unwrap_err()
-            .to_string();
+        let err = Lock::load_checked(
+            &file,
+            "minimal",
+            PackageVariant::Extract,
+            &["iptables".into()],
+            "bookworm",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("libc6") && err.contains("64 hex"), "{err}");
         std::fs::write(&file, "format: 1\nrecipe: minimal\nextra: 1\n").unwrap();
-        assert!(Lock::load_checked(&file, "minimal", &["iptables".into()], "bookworm").is_err());
+        assert!(Lock::load_checked(
+            &file,
+            "minimal",
+            PackageVariant::Extract,
+            &["iptables".into()],
+            "bookworm"
+        )
+        .is_err());
     }
 
     /// A .deb made here with dpkg-deb: a program, a library link, a

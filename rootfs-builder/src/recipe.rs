@@ -96,6 +96,35 @@ pub struct PackagesSpec {
     /// Paths left out of every package (documentation, manuals, locales).
     #[serde(default)]
     pub exclude: Vec<GuestPath>,
+    /// How the packages become the tree (mmdebstrap's word for it).
+    #[serde(default)]
+    pub variant: PackageVariant,
+}
+
+/// `packages.variant`: how a recipe's packages get into its tree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PackageVariant {
+    /// Only the packages' files, unpacked by the builder: no maintainer
+    /// script runs (mmdebstrap's `extract`). For agent-as-init guests.
+    #[default]
+    Extract,
+    /// Debian's `Essential: yes` set plus the list, installed by mmdebstrap
+    /// (`--variant=essential`) with their maintainer scripts: a real Debian
+    /// userland, as an `init: systemd` guest needs.
+    Essential,
+}
+
+impl PackageVariant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PackageVariant::Extract => "extract",
+            PackageVariant::Essential => "essential",
+        }
+    }
+    pub fn is_extract(&self) -> bool {
+        *self == PackageVariant::Extract
+    }
 }
 
 /// What the kernel starts as PID 1.
@@ -104,6 +133,10 @@ pub struct PackagesSpec {
 pub enum InitMode {
     /// The kata-agent is init (upstream `AGENT_INIT=yes`).
     Agent,
+    /// systemd is init and starts the agent as a service (upstream
+    /// `AGENT_INIT=no`); the tree is a Debian system installed by
+    /// mmdebstrap (`packages.variant: essential`).
+    Systemd,
 }
 
 impl TryFrom<String> for InitMode {
@@ -111,8 +144,10 @@ impl TryFrom<String> for InitMode {
     fn try_from(s: String) -> Result<Self, String> {
         match s.as_str() {
             "agent" => Ok(InitMode::Agent),
-            "systemd" => Err("`systemd` is not supported yet: only `agent` (the kata-agent runs as PID 1) is implemented; set `init: agent`".into()),
-            other => Err(format!("unknown init mode `{other}`: expected `agent`")),
+            "systemd" => Ok(InitMode::Systemd),
+            other => Err(format!(
+                "unknown init mode `{other}`: expected `agent` or `systemd`"
+            )),
         }
     }
 }
@@ -127,6 +162,7 @@ impl InitMode {
     pub fn as_str(self) -> &'static str {
         match self {
             InitMode::Agent => "agent",
+            InitMode::Systemd => "systemd",
         }
     }
 }
@@ -310,7 +346,7 @@ macro_rules! deserialize_via_scalar {
     };
 }
 
-deserialize_via_scalar!(InitMode, "an init mode (`agent`)");
+deserialize_via_scalar!(InitMode, "an init mode (`agent` or `systemd`)");
 deserialize_via_scalar!(Mode, "a quoted octal mode such as \"0755\"");
 deserialize_via_scalar!(GuestPath, "an absolute path such as /etc/hostname");
 
@@ -396,6 +432,7 @@ impl Recipe {
                 paths.push(GuestPath(AGENT_PATH.into()));
                 paths.extend(AGENT_INIT_LINKS.iter().map(|p| GuestPath(p.to_string())));
             }
+            InitMode::Systemd => paths.push(GuestPath(AGENT_PATH.into())),
         }
         if let Some(bb) = &self.busybox {
             paths.push(bb.path.clone());
@@ -421,6 +458,28 @@ impl Recipe {
                     "`{}` must be non-empty lowercase letters, digits, - or _",
                     self.name
                 ),
+            ));
+        }
+        let variant = self.packages.as_ref().map(|p| p.variant);
+        match (self.init, variant) {
+            (InitMode::Systemd, Some(PackageVariant::Essential)) | (InitMode::Agent, None | Some(PackageVariant::Extract)) => {}
+            (InitMode::Systemd, _) => {
+                return Err(invalid(
+                    "packages.variant".into(),
+                    "`init: systemd` needs a Debian system: set `packages: {variant: essential, install: [systemd, systemd-sysv, ...]}`".into(),
+                ))
+            }
+            (InitMode::Agent, Some(PackageVariant::Essential)) => {
+                return Err(invalid(
+                    "packages.variant".into(),
+                    "`essential` installs a Debian system for `init: systemd`; an `init: agent` guest unpacks its packages (`variant: extract`)".into(),
+                ))
+            }
+        }
+        if self.init == InitMode::Systemd && self.busybox.is_some() {
+            return Err(invalid(
+                "busybox".into(),
+                "a systemd guest has Debian's coreutils (busybox applets would collide with them); remove `busybox`".into(),
             ));
         }
         if let Some(p) = &self.packages {
@@ -478,7 +537,13 @@ impl Recipe {
             .iter()
             .map(|p| (format!("(builder path {p})"), p))
             .collect();
+        // A systemd guest's packages make the base tree: its parents are
+        // checked when the tree is built, against what the packages made.
+        let declared_parents = self.init == InitMode::Agent;
         for (key, path) in entries.iter().chain(builder_entries.iter()) {
+            if !declared_parents {
+                continue;
+            }
             if let Some(parent) = path.parent() {
                 if !dirs.contains(&parent) {
                     return Err(invalid(
@@ -599,12 +664,53 @@ directories:
     }
 
     #[test]
-    fn systemd_init_is_explicitly_unsupported() {
-        let err = parse(&GOOD.replace("init: agent", "init: systemd"))
+    fn systemd_init_needs_an_essential_debian_system() {
+        let systemd = "name: t\ninit: systemd\n";
+        let err = parse(systemd).unwrap_err().to_string();
+        assert_eq!(err, "image-recipes/t.yaml: packages.variant: `init: systemd` needs a Debian system: set `packages: {variant: essential, install: [systemd, systemd-sysv, ...]}`");
+        let extract = format!("{systemd}packages: {{install: [systemd]}}\n");
+        assert!(parse(&extract)
+            .unwrap_err()
+            .to_string()
+            .contains("packages.variant"));
+        // Parents come from the packages: /etc/systemd/system is not declared.
+        let ok = format!(
+            "{systemd}packages: {{variant: essential, install: [systemd, systemd-sysv]}}\n\
+             symlinks:\n  - {{path: /etc/systemd/system/default.target, target: kata-containers.target}}\n"
+        );
+        let r = parse(&ok).unwrap();
+        assert_eq!(r.init, InitMode::Systemd);
+        assert_eq!(r.packages.unwrap().variant, PackageVariant::Essential);
+        let with_busybox = format!("{ok}busybox: {{path: /bin/busybox}}\n");
+        let err = parse(&with_busybox).unwrap_err().to_string();
+        assert!(
+            err.contains("busybox: a systemd guest has Debian's coreutils"),
+            "{err}"
+        );
+        let agent_declared =
+            format!("{ok}files:\n  - {{path: /usr/bin/kata-agent, mode: \"0755\", content: x}}\n");
+        let err = parse(&agent_declared).unwrap_err().to_string();
+        assert!(
+            err.contains("created by the builder for `init: systemd`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn essential_variant_is_refused_for_agent_init() {
+        let text = format!("{GOOD}packages: {{variant: essential, install: [iptables]}}\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "packages.variant: `essential` installs a Debian system for `init: systemd`"
+            ),
+            "{err}"
+        );
+        let err = parse(&GOOD.replace("init: agent", "init: upstart"))
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("image-recipes/t.yaml:2:7: init: `systemd` is not supported yet"),
+            err.contains("unknown init mode `upstart`: expected `agent` or `systemd`"),
             "{err}"
         );
     }

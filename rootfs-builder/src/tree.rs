@@ -36,6 +36,12 @@ pub struct RootfsInputs {
     pub source_date_epoch: i64,
     /// The recipe's packages, (name, verified `.deb`), in lock order.
     pub packages: Vec<(String, PathBuf)>,
+    /// The Debian suite and architecture the packages are from (the
+    /// lock's); an `init: systemd` tree is installed for them.
+    pub suite: String,
+    pub architecture: String,
+    /// Where long tools (mmdebstrap) leave their full logs.
+    pub log_dir: PathBuf,
 }
 
 /// What went into a rootfs, recorded inside it (upstream keeps the same file).
@@ -233,6 +239,18 @@ fn populate(recipe: &Recipe, inputs: &RootfsInputs, root: &Path) -> Result<()> {
                 )?;
             }
         }
+        InitMode::Systemd => {
+            // Started by the recipe's unit (kata-agent.service), not as init.
+            add_node(
+                &mut plan,
+                GuestPath::new(AGENT_PATH).expect("valid constant"),
+                Node::File {
+                    mode: Mode(0o755),
+                    source: FileSource::Copy(inputs.agent.clone()),
+                },
+                "the agent".into(),
+            )?;
+        }
     }
     add_node(
         &mut plan,
@@ -274,6 +292,20 @@ fn populate(recipe: &Recipe, inputs: &RootfsInputs, root: &Path) -> Result<()> {
             )?;
         }
     }
+    match recipe.init {
+        InitMode::Agent => create_agent_init_tree(recipe, inputs, root, &plan),
+        InitMode::Systemd => create_systemd_tree(recipe, inputs, root, &plan),
+    }
+}
+
+/// Everything from the plan, into an empty root; then the packages
+/// unpacked over it (no maintainer scripts).
+fn create_agent_init_tree(
+    recipe: &Recipe,
+    inputs: &RootfsInputs,
+    root: &Path,
+    plan: &Plan,
+) -> Result<()> {
     for path in plan.keys() {
         if let Some(parent) = path.parent() {
             if !matches!(plan.get(&parent), Some((Node::Directory(_), _))) {
@@ -284,7 +316,7 @@ fn populate(recipe: &Recipe, inputs: &RootfsInputs, root: &Path) -> Result<()> {
 
     chown_root(root)?;
     std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))?;
-    for (path, (node, _)) in &plan {
+    for (path, (node, _)) in plan {
         let host = root.join(path.relative());
         create_node(&host, node)
             .with_context(|| format!("{path}: cannot create in {}", root.display()))?;
@@ -307,6 +339,50 @@ fn populate(recipe: &Recipe, inputs: &RootfsInputs, root: &Path) -> Result<()> {
             )
         }
         None => {}
+    }
+    Ok(())
+}
+
+/// The Debian system first (mmdebstrap), then the plan over it: a
+/// recipe directory may already be there, anything else may not.
+fn create_systemd_tree(
+    recipe: &Recipe,
+    inputs: &RootfsInputs,
+    root: &Path,
+    plan: &Plan,
+) -> Result<()> {
+    let spec = recipe
+        .packages
+        .as_ref()
+        .context("an `init: systemd` recipe lists its packages (the recipe check ensures it)")?;
+    crate::debian::install_system(
+        spec,
+        &inputs.suite,
+        &inputs.architecture,
+        &inputs.packages,
+        root,
+        inputs.source_date_epoch,
+        &inputs
+            .log_dir
+            .join(format!("rootfs-{}-mmdebstrap.log", recipe.name)),
+    )?;
+    for (path, (node, origin)) in plan {
+        let host = root.join(path.relative());
+        let parent = host.parent().unwrap_or(root);
+        if !std::fs::symlink_metadata(parent).is_ok_and(|m| m.is_dir()) {
+            bail!(
+                "{path} ({origin}): its parent /{} is not a directory of the Debian base; declare it in the recipe's `directories`",
+                parent.strip_prefix(root).unwrap_or(parent).display()
+            );
+        }
+        match (std::fs::symlink_metadata(&host), node) {
+            (Ok(m), Node::Directory(mode)) if m.is_dir() => set_mode(&host, *mode)?,
+            (Ok(_), _) => bail!(
+                "{path} ({origin}) is already in the Debian base the packages installed; drop it from the recipe or add it to `packages.exclude`"
+            ),
+            (Err(_), _) => create_node(&host, node)
+                .with_context(|| format!("{path}: cannot create in {}", root.display()))?,
+        }
     }
     Ok(())
 }
@@ -463,6 +539,15 @@ pub fn check_rootfs(dest: &Path, recipe: &Recipe) -> Result<()> {
                 }
             }
         }
+        InitMode::Systemd => {
+            let agent = executable(AGENT_PATH)?;
+            if executable("/sbin/init")? == agent {
+                bail!(
+                    "{}: /sbin/init is the agent, but the recipe says `init: systemd`",
+                    dest.display()
+                );
+            }
+        }
     }
     let yaml = dest.join(&OSBUILDER_YAML_PATH[1..]);
     let text = std::fs::read_to_string(&yaml)
@@ -559,6 +644,9 @@ pub(crate) mod tests {
             // The recipe's packages need the archive; these tests build
             // the rest of the tree.
             packages: Vec::new(),
+            suite: "bookworm".into(),
+            architecture: "amd64".into(),
+            log_dir: scratch.to_path_buf(),
         }
     }
 

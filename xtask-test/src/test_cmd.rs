@@ -192,6 +192,15 @@ fn all(ctx: &Ctx) -> Result<()> {
         ..Default::default()
     };
     record("vm --image --verity", &|| crate::vmtest::run(ctx, &verity));
+    // The Debian guest: systemd is init and starts the agent as a service.
+    let debian = crate::vmtest::VmArgs {
+        image: true,
+        recipe: "debian".into(),
+        ..Default::default()
+    };
+    record("vm --image --recipe debian", &|| {
+        crate::vmtest::run(ctx, &debian)
+    });
     // Bounded: a fresh seed each run, printed for replay.
     let fuzz = crate::fuzz::FuzzArgs {
         seconds: 60,

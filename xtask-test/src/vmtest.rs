@@ -93,6 +93,9 @@ pub struct Guest {
     /// project's patches), never whatever is on `$PATH`: the harnesses test
     /// the daemon that ships.
     pub vsock_daemon: PathBuf,
+    /// The recipe's `init: agent` (the agent is PID 1); with `init:
+    /// systemd` the agent is a service and must say so.
+    pub agent_is_init: bool,
 }
 
 pub fn prepare(ctx: &Ctx, media: Media, recipe: &str) -> Result<Guest> {
@@ -131,7 +134,9 @@ pub fn prepare(ctx: &Ctx, media: Media, recipe: &str) -> Result<Guest> {
         }
     };
     let vsock_daemon = xtask::release::build_vsock(ctx)?.path(xtask::release::VSOCK_DAEMON);
+    let (recipe_def, _) = xtask::rootfs::load_recipe(ctx, recipe)?;
     Ok(Guest {
+        agent_is_init: recipe_def.init == rootfs_builder::InitMode::Agent,
         kernel,
         boot,
         media,
@@ -265,7 +270,7 @@ pub fn boot_and_drive(ctx: &Ctx, guest: &Guest, accel: Accel) -> Result<BootRepo
         qemu_exit: status.to_string(),
         console_log: ctx.rel(&console),
     };
-    check_report(ctx, &report)?;
+    check_report(ctx, &report, guest.agent_is_init)?;
     Ok(report)
 }
 
@@ -305,7 +310,7 @@ fn check_dax_root(console: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_report(ctx: &Ctx, r: &BootReport) -> Result<()> {
+fn check_report(ctx: &Ctx, r: &BootReport, agent_is_init: bool) -> Result<()> {
     if r.agent_version != xtask::agent::AGENT_VERSION {
         bail!(
             "agent reports version {} but the build is {}",
@@ -320,8 +325,16 @@ fn check_report(ctx: &Ctx, r: &BootReport) -> Result<()> {
             ctx.versions.kernel.version
         );
     }
-    if !r.agent_is_init {
-        bail!("the minimal guest runs the agent as init, but it says it is not PID 1");
+    if r.agent_is_init != agent_is_init {
+        bail!(
+            "the recipe runs the agent {}, but the agent says it is{} PID 1",
+            if agent_is_init {
+                "as init"
+            } else {
+                "as a service of systemd"
+            },
+            if r.agent_is_init { "" } else { " not" }
+        );
     }
     if !r.qemu_exit.contains("exit status: 0") {
         bail!(

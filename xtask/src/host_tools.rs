@@ -71,6 +71,11 @@ pub const APT_GET: HostTool =
     HostTool::program("apt-get", "apt", "fetching pinned Debian packages");
 pub const DPKG_DEB: HostTool =
     HostTool::program("dpkg-deb", "dpkg", "unpacking pinned Debian packages");
+pub const MMDEBSTRAP: HostTool = HostTool::program(
+    "mmdebstrap",
+    "mmdebstrap",
+    "installing the Debian system of `init: systemd` guests",
+);
 pub const CURL: HostTool = HostTool::program("curl", "curl", "fetching upstream URLs");
 pub const MKE2FS: HostTool = HostTool::program("mke2fs", "e2fsprogs", "ext4 rootfs images");
 pub const E2FSCK: HostTool = HostTool::program("e2fsck", "e2fsprogs", "checking images");
@@ -163,6 +168,7 @@ pub const IPROUTE2: HostTool =
 pub const ALL: &[HostTool] = &[
     APT_GET,
     DPKG_DEB,
+    MMDEBSTRAP,
     MKE2FS,
     E2FSCK,
     DEBUGFS,

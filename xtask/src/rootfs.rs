@@ -37,6 +37,7 @@ pub fn load_lock(ctx: &Ctx, recipe: &Recipe) -> Result<Option<(PathBuf, Lock)>> 
     let lock = Lock::load_checked(
         &file,
         &recipe.name,
+        spec.variant,
         &spec.install,
         &ctx.versions.distro.suite,
     )
@@ -79,6 +80,9 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, recipe_name: &str) -> Result<Ste
     if let Some((lock_file, _)) = &lock {
         i.file(d, "lock", lock_file)?;
         tools.extend([crate::host_tools::APT_GET, crate::host_tools::DPKG_DEB]);
+        if recipe.init == rootfs_builder::InitMode::Systemd {
+            tools.push(crate::host_tools::MMDEBSTRAP);
+        }
     }
     Ok(g.add(id, i, &[agent, busybox], &tools, move |o, out| {
         let v = &ctx.versions;
@@ -124,6 +128,9 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, recipe_name: &str) -> Result<Ste
             osbuilder: info,
             source_date_epoch: ctx.epoch,
             packages,
+            suite: ctx.versions.distro.suite.clone(),
+            architecture: ctx.versions.distro.architecture.clone(),
+            log_dir: ctx.logs(),
         };
         tree::build_rootfs(&recipe, &rin, &dest)?;
         tree::check_rootfs(&dest, &recipe)?;

@@ -103,6 +103,7 @@ pub fn run(ctx: &Ctx, update: Option<&str>, source: Source) -> Result<()> {
 /// sources, which must serve versions.yaml's suite) and writes the lock.
 fn update_lock(ctx: &Ctx, name: &str) -> Result<()> {
     use rootfs_builder::packages::{lock_path, Lock, LockedPackage, LOCK_FORMAT};
+    use rootfs_builder::recipe::PackageVariant;
     let (recipe, recipe_file) = crate::rootfs::load_recipe(ctx, name)?;
     let Some(spec) = &recipe.packages else {
         return bad_input!(
@@ -121,30 +122,11 @@ fn update_lock(ctx: &Ctx, name: &str) -> Result<()> {
             );
         }
     }
-    let closure = run_captured(
-        Command::new("apt-cache")
-            .args([
-                "depends",
-                "--recurse",
-                "--no-recommends",
-                "--no-suggests",
-                "--no-conflicts",
-                "--no-breaks",
-                "--no-replaces",
-                "--no-enhances",
-            ])
-            .args(&install),
-    )?;
-    // Real packages are the unindented lines; `<name>` ones are virtual
-    // (their providers are listed on lines of their own).
-    let mut names: Vec<String> = closure
-        .lines()
-        .filter(|l| !l.starts_with(char::is_whitespace) && !l.starts_with('<'))
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect();
-    names.sort();
-    names.dedup();
+    let mut wanted = install.clone();
+    if spec.variant == PackageVariant::Essential {
+        wanted.extend(essential_set()?);
+    }
+    let names = apt_closure(&wanted)?;
     let arch = &ctx.versions.distro.architecture;
     let mut packages = Vec::new();
     for package in &names {
@@ -174,6 +156,7 @@ fn update_lock(ctx: &Ctx, name: &str) -> Result<()> {
         recipe: name.into(),
         suite: ctx.versions.distro.suite.clone(),
         architecture: arch.clone(),
+        variant: spec.variant,
         install,
         packages,
     };
@@ -199,6 +182,69 @@ fn update_lock(ctx: &Ctx, name: &str) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// What apt would install on an empty system for `wanted`: its own
+/// resolver (first alternatives, no Recommends), run as a simulation
+/// against an empty dpkg status, so the lock holds exactly what an install
+/// uses, no more.
+fn apt_closure(wanted: &[String]) -> Result<Vec<String>> {
+    let empty = tempfile::NamedTempFile::new()?;
+    let out = run_captured(
+        Command::new("apt-get")
+            .args(["--simulate", "--quiet", "--no-install-recommends"])
+            .arg(format!(
+                "--option=Dir::State::status={}",
+                empty.path().display()
+            ))
+            .args([
+                "--option=APT::Install-Suggests=false",
+                "--option=Debug::NoLocking=true",
+                "install",
+            ])
+            .args(wanted),
+    )?;
+    Ok(parse_simulated_installs(&out))
+}
+
+/// The package names of apt-get --simulate's `Inst NAME (VERSION ...)`
+/// lines, sorted.
+fn parse_simulated_installs(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("Inst "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(String::from)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Debian's `Essential: yes` packages among those apt knows: what
+/// mmdebstrap's `essential` variant installs first.
+fn essential_set() -> Result<Vec<String>> {
+    let text = run_captured(Command::new("apt-cache").arg("dumpavail"))?;
+    let mut names = Vec::new();
+    for stanza in text.split("\n\n") {
+        let field = |k: &str| {
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(str::trim)
+        };
+        if field("Essential:") == Some("yes") {
+            if let Some(n) = field("Package:") {
+                names.push(n.to_string());
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        anyhow::bail!("apt-cache dumpavail lists no Essential: yes package (run `apt-get update`)");
+    }
+    Ok(names)
 }
 
 /// The fields of the archive's candidate record of `package`, or `None`
@@ -305,4 +351,20 @@ fn update_pin(ctx: &Ctx, name: &str, source: Source) -> Result<()> {
         ctx.print_json(&serde_json::json!({ "updated": name, "summary": summary }))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_simulated_installs;
+
+    #[test]
+    fn simulated_installs_are_the_inst_lines() {
+        let out = "NOTE: This is only a simulation!\n\
+                   Inst libc6 (2.36-9+deb12u14 Debian:12.13/stable [amd64])\n\
+                   Inst iptables (1.8.9-2 Debian:12.13/stable [amd64])\n\
+                   Conf libc6 (2.36-9+deb12u14 Debian:12.13/stable [amd64])\n\
+                   Inst libc6 (2.36-9+deb12u14 Debian:12.13/stable [amd64])\n";
+        assert_eq!(parse_simulated_installs(out), ["iptables", "libc6"]);
+        assert!(parse_simulated_installs("0 upgraded, 0 newly installed\n").is_empty());
+    }
 }
