@@ -67,6 +67,10 @@ pub struct ReleaseInputs {
     pub image_symlinks: Vec<(String, String)>,
     /// Already rendered; installed as `share/defaults/kata-containers/configuration.toml`.
     pub configuration_toml: String,
+    /// The configurations of the other guests a release ships, rendered:
+    /// `(file name, text)`, installed next to configuration.toml (upstream
+    /// names one per guest flavour, e.g. `configuration-debian.toml`).
+    pub extra_configurations: Vec<(String, String)>,
     /// Installed as `versions.yaml` at the prefix root, next to `VERSION`.
     pub versions_yaml: PathBuf,
 }
@@ -193,6 +197,21 @@ impl Layout {
             inputs.configuration_toml.as_bytes().to_vec(),
             0o644,
         )?;
+        let defaults_dir = CONFIGURATION_PATH
+            .rsplit_once('/')
+            .map(|(dir, _)| dir)
+            .expect("a path with a directory");
+        for (name, text) in &inputs.extra_configurations {
+            check_file_name(name).context("release input `extra_configurations`")?;
+            if !name.starts_with("configuration-") || !name.ends_with(".toml") {
+                bail!("release input `extra_configurations`: {name} must be named configuration-<guest>.toml");
+            }
+            layout.add_contents(
+                &format!("{defaults_dir}/{name}"),
+                text.as_bytes().to_vec(),
+                0o644,
+            )?;
+        }
         layout.add_contents(
             CONTAINERD_SNIPPET_PATH,
             containerd_snippet(&inputs.prefix).into_bytes(),

@@ -100,6 +100,7 @@ fn fixture(dir: &Path, touch_time: &str) -> ReleaseInputs {
             &BTreeMap::new(),
         )
         .unwrap(),
+        extra_configurations: Vec::new(),
         versions_yaml: write("versions.yaml", b"version: \"0.1.0-rc1\"\n", 0o600),
     }
 }
@@ -891,4 +892,36 @@ fn release_inputs_are_validated() {
         .helpers
         .push(("../escape".into(), tmp.path().join("inputs/shim")));
     assert!(Layout::from_inputs(&inputs).is_err());
+    // Another guest's configuration lands next to configuration.toml.
+    let mut inputs = fixture(tmp.path(), "2030-06-01 12:00");
+    inputs
+        .extra_configurations
+        .push(("configuration-debian.toml".into(), "x = 1\n".into()));
+    let layout = Layout::from_inputs(&inputs).unwrap();
+    assert!(layout
+        .entries()
+        .any(|(p, _)| p == "share/defaults/kata-containers/configuration-debian.toml"));
+    for bad in [
+        "debian.toml",
+        "configuration-debian",
+        "../configuration-x.toml",
+    ] {
+        let mut inputs = fixture(tmp.path(), "2030-06-01 12:00");
+        inputs
+            .extra_configurations
+            .push((bad.into(), "x = 1\n".into()));
+        let err = Layout::from_inputs(&inputs).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("release input `extra_configurations`"),
+            "{bad}: {err:#}"
+        );
+    }
+    let mut inputs = fixture(tmp.path(), "2030-06-01 12:00");
+    inputs
+        .extra_configurations
+        .push(("configuration.toml".into(), "x = 1\n".into()));
+    assert!(
+        Layout::from_inputs(&inputs).is_err(),
+        "the default one twice"
+    );
 }

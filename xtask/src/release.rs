@@ -1,4 +1,5 @@
-//! `cargo xtask release [--version V]`: everything a release publishes.
+//! `cargo xtask release [--version V] [--recipes minimal,R...]`: everything
+//! a release publishes.
 //!
 //! Steps, each cached (an unchanged rerun is all cache hits):
 //! kernel, agent -> rootfs -> initrd and DAX image, `runtime-bins` (static
@@ -9,6 +10,12 @@
 //! could damage a host). The `release` key chains the keys of every step it
 //! packs plus the template, versions.yaml, Cargo.lock (the SBOM lists its
 //! crates), the packaging code, the version and SOURCE_DATE_EPOCH.
+//!
+//! `--recipes` ships more guests beside the default `minimal` one: each
+//! other recipe R adds its DAX image `kata-R-<version>.image`, the link
+//! `kata-containers-R.img` and `configuration-R.toml` (upstream names a
+//! configuration per guest flavour), which differs from configuration.toml
+//! only in the image it boots.
 //!
 //! Everything lands in `target/dist/` and in the manifest (kinds tarball,
 //! deb, rpm, sbom, checksums, shim, runtime, config).
@@ -46,6 +53,48 @@ pub struct ReleaseArgs {
     /// The release version [default: `version` in versions.yaml].
     #[arg(long, value_name = "V")]
     pub version: Option<String>,
+    /// The guests to ship, comma-separated; `minimal` (configuration.toml's
+    /// guest) must be one of them. Every other recipe R ships its image
+    /// and configuration-R.toml. [default: minimal]
+    #[arg(long, value_name = "R,...", value_delimiter = ',')]
+    pub recipes: Vec<String>,
+}
+
+/// The guests of a release besides the default `minimal`, checked up front
+/// (exit 2): each an existing recipe, named once, with `minimal` listed.
+pub fn extra_recipes(ctx: &Ctx, args: &ReleaseArgs) -> Result<Vec<String>> {
+    if args.recipes.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !args.recipes.iter().any(|r| r == RECIPE) {
+        return Err(InputError::new(format!(
+            "--recipes {}: the release's default guest `{RECIPE}` (configuration.toml) must be listed too, e.g. --recipes {RECIPE},{}",
+            args.recipes.join(","),
+            args.recipes.join(",")
+        ))
+        .into());
+    }
+    let mut extras: Vec<String> = Vec::new();
+    for (i, r) in args.recipes.iter().enumerate() {
+        if args.recipes[..i].contains(r) {
+            return Err(InputError::new(format!("--recipes: {r} is listed twice")).into());
+        }
+        crate::rootfs::load_recipe(ctx, r)?;
+        if r != RECIPE {
+            extras.push(r.clone());
+        }
+    }
+    Ok(extras)
+}
+
+/// What an extra guest is called in the release: its image, the link
+/// configuration-R.toml boots, and that configuration.
+fn extra_guest_names(recipe: &str, version: &str) -> (String, String, String) {
+    (
+        format!("kata-{recipe}-{version}.image"),
+        format!("kata-containers-{recipe}.img"),
+        format!("configuration-{recipe}.toml"),
+    )
 }
 
 /// The file names of one release, all in the `release` step's entry and in dist.
@@ -125,9 +174,9 @@ fn initrd_args() -> initrd::InitrdArgs {
     }
 }
 
-fn image_args() -> image::ImageArgs {
+fn image_args(recipe: &str) -> image::ImageArgs {
     image::ImageArgs {
-        recipe: RECIPE.into(),
+        recipe: recipe.into(),
         fs: image::FsArg::Ext4,
         no_dax: false,
         align_mib: 128,
@@ -150,6 +199,8 @@ pub struct ReleaseSteps {
     pub image: StepId,
     pub runtime_bins: StepId,
     pub vsock: StepId,
+    /// The other guests' images, by recipe.
+    pub extra_images: Vec<(String, StepId)>,
     pub release: StepId,
 }
 
@@ -157,12 +208,21 @@ pub struct ReleaseSteps {
 /// inputs are the keys of every step it packs (added by the graph) plus the
 /// template, versions.yaml, Cargo.lock (the SBOM lists its crates), the
 /// packaging code, the version and SOURCE_DATE_EPOCH.
-pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, version: String) -> Result<ReleaseSteps> {
+pub fn add<'g>(
+    g: &mut Graph<'g>,
+    ctx: &'g Ctx,
+    version: String,
+    extra_recipes: &[String],
+) -> Result<ReleaseSteps> {
     let epoch = epoch(ctx)?;
     let names = ReleaseNames::new(&version)?;
     let kernel = kernel::add(g, ctx, &kernel_args())?.kernel;
     let initrd = initrd::add(g, ctx, &initrd_args())?;
-    let image = image::add(g, ctx, &image_args())?;
+    let image = image::add(g, ctx, &image_args(RECIPE))?;
+    let mut extra_images = Vec::new();
+    for r in extra_recipes {
+        extra_images.push((r.clone(), image::add(g, ctx, &image_args(r))?));
+    }
     let runtime_bins = runtime_bins::add_runtime(g, ctx)?;
     let vsock = runtime_bins::add_vsock(g, ctx)?;
     let d = &ctx.digests;
@@ -176,28 +236,44 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, version: String) -> Result<Relea
         .value("recipe", RECIPE)
         .value("version", &version)
         .value("source_date_epoch", ctx.epoch);
-    let release = g.add(
-        "release",
-        inputs,
-        &[kernel, initrd, image, runtime_bins, vsock],
-        &[],
-        move |o, out| {
-            let parts = Parts {
-                kernel: o.entry(kernel),
-                initrd: o.entry(initrd),
-                image: o.entry(image),
-                bins: o.entry(runtime_bins),
-                vsock: o.entry(vsock),
-            };
-            package(ctx, &version, epoch, &parts, &names, out)
-        },
-    );
+    let mut deps = vec![kernel, initrd, image, runtime_bins, vsock];
+    if !extra_recipes.is_empty() {
+        inputs.value("extra_recipes", extra_recipes.join(","));
+        // The SBOM lists the extra guests' packages: their locks.
+        for r in extra_recipes {
+            let lock = rootfs_builder::packages::lock_path(&ctx.recipes_dir(), r);
+            if lock.is_file() {
+                inputs.file(d, &format!("lock.{r}"), &lock)?;
+            }
+        }
+        deps.extend(extra_images.iter().map(|(_, id)| *id));
+    }
+    let lock = rootfs_builder::packages::lock_path(&ctx.recipes_dir(), RECIPE);
+    if lock.is_file() {
+        inputs.file(d, &format!("lock.{RECIPE}"), &lock)?;
+    }
+    let extra_steps = extra_images.clone();
+    let release = g.add("release", inputs, &deps, &[], move |o, out| {
+        let parts = Parts {
+            kernel: o.entry(kernel),
+            initrd: o.entry(initrd),
+            image: o.entry(image),
+            bins: o.entry(runtime_bins),
+            vsock: o.entry(vsock),
+            extra_images: extra_steps
+                .iter()
+                .map(|(r, id)| (r.clone(), o.entry(*id)))
+                .collect(),
+        };
+        package(ctx, &version, epoch, &parts, &names, out)
+    });
     Ok(ReleaseSteps {
         kernel,
         initrd,
         image,
         runtime_bins,
         vsock,
+        extra_images,
         release,
     })
 }
@@ -221,10 +297,10 @@ fn deb_pin(name: &str, version: &str, sha256: &str) -> Pin {
 /// workspace's own crates come from Cargo.lock). The Rust toolchain has no
 /// sha256 pin (rustup installs it), so it is not a pinned package here; its
 /// `rustc -vV` is part of the binaries' cache keys.
-fn sbom_pins(ctx: &Ctx) -> Vec<Pin> {
+fn sbom_pins(ctx: &Ctx, recipes: &[&str]) -> Result<Vec<Pin>> {
     let v = &ctx.versions;
     let vsock = &v.vhost_device_vsock;
-    vec![
+    let mut pins = vec![
         deb_pin(
             &v.kernel.debian.package,
             &v.kernel.debian.version,
@@ -242,7 +318,20 @@ fn sbom_pins(ctx: &Ctx) -> Vec<Pin> {
             sha256: vsock.sha256.to_string(),
             purl: Some(format!("pkg:cargo/{}@{}", vsock.crate_name, vsock.version)),
         },
-    ]
+    ];
+    // The Debian packages inside the shipped guests, from their locks.
+    let mut seen = std::collections::BTreeSet::new();
+    for r in recipes {
+        let (recipe, _) = crate::rootfs::load_recipe(ctx, r)?;
+        if let Some((_, lock)) = crate::rootfs::load_lock(ctx, &recipe)? {
+            for p in lock.packages {
+                if seen.insert((p.name.clone(), p.version.clone())) {
+                    pins.push(deb_pin(&p.name, &p.version, &p.sha256));
+                }
+            }
+        }
+    }
+    Ok(pins)
 }
 
 /// The entries the release step packs, all already built.
@@ -252,6 +341,7 @@ struct Parts<'a> {
     image: &'a Entry,
     bins: &'a Entry,
     vsock: &'a Entry,
+    extra_images: Vec<(String, &'a Entry)>,
 }
 
 fn release_inputs(
@@ -260,12 +350,26 @@ fn release_inputs(
     epoch: u64,
     p: &Parts,
     configuration_toml: String,
+    extra_configurations: Vec<(String, String)>,
 ) -> ReleaseInputs {
     let stem = kernel::stem(ctx, &kernel_args());
     let vmlinux = format!("vmlinux-{stem}");
     let vmlinuz = format!("vmlinuz-{stem}");
     let image = format!("kata-{RECIPE}-{version}.image");
     let initrd = format!("kata-{RECIPE}-{version}.initrd");
+    let mut image_files = vec![
+        (image.clone(), p.image.path(image::FILE)),
+        (initrd.clone(), p.initrd.path(initrd::FILE)),
+    ];
+    let mut image_symlinks = vec![
+        ("kata-containers.img".into(), image),
+        ("kata-containers-initrd.img".into(), initrd),
+    ];
+    for (recipe, entry) in &p.extra_images {
+        let (file, link, _) = extra_guest_names(recipe, version);
+        image_files.push((file.clone(), entry.path(image::FILE)));
+        image_symlinks.push((link, file));
+    }
     ReleaseInputs {
         version: version.into(),
         source_date_epoch: epoch,
@@ -282,26 +386,30 @@ fn release_inputs(
             ("vmlinux.container".into(), vmlinux),
             ("vmlinuz.container".into(), vmlinuz),
         ],
-        image_files: vec![
-            (image.clone(), p.image.path(image::FILE)),
-            (initrd.clone(), p.initrd.path(initrd::FILE)),
-        ],
-        image_symlinks: vec![
-            ("kata-containers.img".into(), image),
-            ("kata-containers-initrd.img".into(), initrd),
-        ],
+        image_files,
+        image_symlinks,
         configuration_toml,
+        extra_configurations,
         versions_yaml: ctx.versions_path.clone(),
     }
 }
 
 /// configuration.toml for `prefix`, from the template in runtime/config/.
 pub fn render_config(ctx: &Ctx, prefix: &str) -> Result<String> {
+    render_guest_config(ctx, prefix, None)
+}
+
+/// configuration.toml for `prefix` booting `image_link` (a file name in
+/// the guest assets dir) instead of the default `kata-containers.img`.
+fn render_guest_config(ctx: &Ctx, prefix: &str, image_link: Option<&str>) -> Result<String> {
     let path = template_path(ctx);
     let template =
         std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
     let mut vars = BTreeMap::new();
     vars.insert("libexec".to_string(), format!("{prefix}/libexec"));
+    if let Some(link) = image_link {
+        vars.insert("image".to_string(), link.to_string());
+    }
     render_configuration(&template, prefix, &vars)
         .with_context(|| format!("render {}", path.display()))
 }
@@ -317,7 +425,14 @@ fn package(
 ) -> Result<()> {
     let config = render_config(ctx, PREFIX)?;
     std::fs::write(out.join(CONFIG_NAME), &config)?;
-    let inputs = release_inputs(ctx, version, epoch, parts, config);
+    let mut extra_configs = Vec::new();
+    for (recipe, _) in &parts.extra_images {
+        let (_, link, name) = extra_guest_names(recipe, version);
+        let text = render_guest_config(ctx, PREFIX, Some(&link))?;
+        std::fs::write(out.join(&name), &text)?;
+        extra_configs.push((name, text));
+    }
+    let inputs = release_inputs(ctx, version, epoch, parts, config, extra_configs);
     // Each writer checks what it writes (and reads it back) for anything
     // that could damage a host: `packaging` alone owns those checks.
     let layout = Layout::from_inputs(&inputs)?;
@@ -352,10 +467,13 @@ fn package(
     ));
     let lock = ctx.root.join("Cargo.lock");
     let vsock_lock = parts.vsock.path("Cargo.lock");
+    let recipes: Vec<&str> = std::iter::once(RECIPE)
+        .chain(parts.extra_images.iter().map(|(r, _)| r.as_str()))
+        .collect();
     let sbom_inputs = SbomInputs {
         name: "kata-static".into(),
         version: version.into(),
-        pins: sbom_pins(ctx),
+        pins: sbom_pins(ctx, &recipes)?,
         cargo_lock: &lock,
         helper_locks: vec![HelperLock {
             pin: ctx.versions.vhost_device_vsock.crate_name.clone(),
@@ -379,8 +497,9 @@ pub struct Built {
 
 pub fn run(ctx: &Ctx, args: &ReleaseArgs) -> Result<()> {
     let version = release_version(ctx, args)?;
+    let extras = extra_recipes(ctx, args)?;
     let mut g = Graph::new();
-    let steps = add(&mut g, ctx, version.clone())?;
+    let steps = add(&mut g, ctx, version.clone(), &extras)?;
     if g.show_if_dry_run(ctx, &[steps.release])? {
         return Ok(());
     }
@@ -415,8 +534,9 @@ pub fn build_runtime_bins(ctx: &Ctx) -> Result<crate::cache::Entry> {
 
 pub fn build(ctx: &Ctx, args: &ReleaseArgs) -> Result<Built> {
     let version = release_version(ctx, args)?;
+    let extras = extra_recipes(ctx, args)?;
     let mut g = Graph::new();
-    let steps = add(&mut g, ctx, version.clone())?;
+    let steps = add(&mut g, ctx, version.clone(), &extras)?;
     publish_release(ctx, &g, &steps, version)
 }
 
@@ -450,6 +570,10 @@ fn publish_release(ctx: &Ctx, g: &Graph, steps: &ReleaseSteps, version: String) 
     add(&names.sbom, Kind::Sbom, entry)?;
     add(CHECKSUMS, Kind::Checksums, entry)?;
     add(CONFIG_NAME, Kind::Config, entry)?;
+    for (recipe, _) in &steps.extra_images {
+        let (_, _, name) = extra_guest_names(recipe, &version);
+        add(&name, Kind::Config, entry)?;
+    }
     add(SHIM, Kind::Shim, bins)?;
     add(RUNTIME, Kind::Runtime, bins)?;
     add(MONITOR, Kind::Monitor, bins)?;

@@ -92,6 +92,47 @@ fn unknown_recipe_lists_the_known_ones() {
 }
 
 #[test]
+fn release_recipes_are_checked_and_planned() {
+    let o = xtask(&["release", "--recipes", "debian", "--dry-run"], &[]);
+    assert_bad_input(
+        &o,
+        &["--recipes debian", "`minimal`", "--recipes minimal,debian"],
+    );
+    let o = xtask(
+        &["release", "--recipes", "minimal,minimal", "--dry-run"],
+        &[],
+    );
+    assert_bad_input(&o, &["minimal is listed twice"]);
+    let o = xtask(
+        &["release", "--recipes", "minimal,no-such", "--dry-run"],
+        &[],
+    );
+    assert_bad_input(&o, &["no-such", "debian", "minimal"]);
+    let o = xtask(
+        &[
+            "--json",
+            "--dry-run",
+            "release",
+            "--recipes",
+            "minimal,debian",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let steps = plan["steps"].as_array().unwrap();
+    let release = steps.iter().find(|s| s["id"] == "release").unwrap();
+    let deps: Vec<&str> = release["deps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    assert!(deps.contains(&"image:debian:ext4"), "{deps:?}");
+    assert!(steps.iter().any(|s| s["id"] == "rootfs:debian"), "{plan}");
+}
+
+#[test]
 fn missing_host_tool_names_tool_and_package() {
     let empty = tempfile::tempdir().unwrap();
     let o = xtask(

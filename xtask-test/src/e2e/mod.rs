@@ -150,6 +150,9 @@ pub struct E2eArgs {
     /// Boot the DAX rootfs image instead of the initrd.
     #[arg(long)]
     pub image: bool,
+    /// The guest recipe. With --from-release, a recipe other than `minimal`
+    /// is shipped too (`release --recipes minimal,RECIPE`) and its
+    /// configuration-RECIPE.toml is the one run.
     #[arg(long, default_value = "minimal")]
     pub recipe: String,
     /// Diagnostic: run the scenarios with another runtime
@@ -518,7 +521,7 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
             )
             .into());
         }
-        let (tree, shim, config) = from_release(ctx, args.install_deb)?;
+        let (tree, shim, config) = from_release(ctx, args.install_deb, &args.recipe)?;
         release_tree = Some(tree);
         E2eEnv::start_with(ctx, &opts, Some((shim, config)))?
     } else {

@@ -111,10 +111,32 @@ impl Drop for InstalledDeb {
 /// `<tmp>/opt/kata`: every other line (accelerator = "auto", memory,
 /// timeouts) stays as shipped. With `install_deb` the .deb is installed with
 /// dpkg into the real /opt/kata and its configuration is used unchanged.
-pub(super) fn from_release(ctx: &Ctx, install_deb: bool) -> Result<(ShippedTree, PathBuf, String)> {
-    let built = xtask::release::build(ctx, &xtask::release::ReleaseArgs::default())?;
+///
+/// With a `recipe` other than the default `minimal`, the release also ships
+/// that guest (`release --recipes minimal,RECIPE`) and its own
+/// `configuration-RECIPE.toml` is the one used.
+pub(super) fn from_release(
+    ctx: &Ctx,
+    install_deb: bool,
+    recipe: &str,
+) -> Result<(ShippedTree, PathBuf, String)> {
+    let default_guest = recipe == "minimal";
+    let args = xtask::release::ReleaseArgs {
+        recipes: if default_guest {
+            Vec::new()
+        } else {
+            vec!["minimal".into(), recipe.into()]
+        },
+        ..Default::default()
+    };
+    let built = xtask::release::build(ctx, &args)?;
     let prefix = Path::new(xtask::release::PREFIX);
-    let config_rel = "share/defaults/kata-containers/configuration.toml";
+    let config_rel = if default_guest {
+        "share/defaults/kata-containers/configuration.toml".to_string()
+    } else {
+        format!("share/defaults/kata-containers/configuration-{recipe}.toml")
+    };
+    let config_rel = config_rel.as_str();
     if install_deb {
         let installed = InstalledDeb::install(ctx, &built.deb)?;
         let config = std::fs::read_to_string(prefix.join(config_rel)).with_context(|| {
