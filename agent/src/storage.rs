@@ -409,18 +409,41 @@ fn wait_for_block_device(
             Err(_) => std::thread::sleep(BLK_POLL),
         }
     };
-    // devtmpfs creates the node shortly after sysfs shows the disk.
+    // devtmpfs creates the node shortly after sysfs shows the disk, and the
+    // disk opens only once the kernel has finished adding it: until then an
+    // open (and so a mount) fails with ENXIO. Seen on a hot-plug into the
+    // systemd guest, whose slower boot-time load widens that window.
     let node = dev.join(&name);
-    while !node.exists() {
+    let mut said_enxio = false;
+    loop {
+        let why = match std::fs::File::open(&node) {
+            Ok(_) => return Ok(node),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "did not appear".to_string(),
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                if !said_enxio {
+                    log::info!(
+                        "{} is in sysfs but not ready yet (ENXIO); waiting for the kernel to finish adding it",
+                        node.display()
+                    );
+                    said_enxio = true;
+                }
+                format!("did not open ({e})")
+            }
+            Err(e) => {
+                return Err(format!(
+                    "block device {name} at PCI path {pci_path:?}: cannot open {}: {e}",
+                    node.display()
+                ))
+            }
+        };
         if Instant::now() >= deadline {
             return Err(format!(
-                "block device {name} at PCI path {pci_path:?} is in sysfs, but {} did not appear within {timeout:?}",
+                "block device {name} at PCI path {pci_path:?} is in sysfs, but {} {why} within {timeout:?}",
                 node.display()
             ));
         }
         std::thread::sleep(BLK_POLL);
     }
-    Ok(node)
 }
 
 /// The `blk` driver with its roots and deadline as parameters (tests use a
