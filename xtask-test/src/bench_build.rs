@@ -1,6 +1,8 @@
 //! `bench build`: how long the image pipeline takes when nothing changed
 //! (pure cache hits) and when the rootfs, initrd and image are rebuilt with
-//! the agent cached; and the sizes of agent, initrd and image.
+//! the agent cached; and the sizes of agent, initrd and image. The same
+//! for the debian guest (mmdebstrap and systemd): its image warm and rebuilt
+//! (rootfs and image) with the agent and the `.deb`s cached.
 //!
 //! Each sample runs the real `cargo xtask` binary (the pipeline's `xtask`,
 //! see [`crate::pipeline_exe`]) as a child against a private cache dir, so
@@ -30,6 +32,11 @@ struct Report {
     agent_within_budget: bool,
     initrd_bytes: u64,
     image_bytes: u64,
+    debian_warm_noop_image_ms_median: f64,
+    debian_cold_rootfs_and_image_ms_median: f64,
+    debian_image_bytes: u64,
+    /// What the debian image's ext4 holds (allocated blocks aside).
+    debian_rootfs_bytes: u64,
 }
 
 fn xtask(ctx: &Ctx, cache: &Path, args: &[&str]) -> Result<f64> {
@@ -80,6 +87,33 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         ctx.ui
             .info(&format!("  cold initrd+image #{}: {:.0} ms", i + 1, a + b));
     }
+    // The debian guest: seeded (its .debs fetched once), then warm no-ops
+    // and rebuilds of its rootfs and image.
+    xtask(ctx, &cache, &["image", "--recipe", "debian"])?;
+    let mut debian_warm = Vec::new();
+    for i in 0..SAMPLES {
+        debian_warm.push(xtask(ctx, &cache, &["image", "--recipe", "debian"])?);
+        ctx.ui.info(&format!(
+            "  warm no-op debian image #{}: {:.0} ms",
+            i + 1,
+            debian_warm[i]
+        ));
+    }
+    let mut debian_cold = Vec::new();
+    for i in 0..SAMPLES {
+        for step in ["rootfs", "image"] {
+            remove_step_entries(&cache, step)?;
+        }
+        debian_cold.push(xtask(ctx, &cache, &["image", "--recipe", "debian"])?);
+        ctx.ui.info(&format!(
+            "  cold debian rootfs+image #{}: {:.0} ms",
+            i + 1,
+            debian_cold[i]
+        ));
+    }
+    xtask(ctx, &cache, &["rootfs", "--recipe", "debian"])?;
+    let debian_rootfs_bytes =
+        host_support::fs::tree_bytes(&cache.join("dist").join("rootfs-debian"))?;
     let dist = cache.join("dist");
     let size = |name: &str| -> Result<u64> {
         Ok(std::fs::metadata(dist.join(name))
@@ -104,7 +138,11 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         agent_budget_bytes: xtask::agent::SIZE_BUDGET,
         agent_within_budget: agent_bytes <= xtask::agent::SIZE_BUDGET,
         initrd_bytes: size("kata-containers-initrd.img")?,
-        image_bytes: size("kata-containers.img")?,
+        image_bytes: size(&format!("kata-minimal-{}.image", ctx.versions.version))?,
+        debian_warm_noop_image_ms_median: median(debian_warm),
+        debian_cold_rootfs_and_image_ms_median: median(debian_cold),
+        debian_image_bytes: size(&format!("kata-debian-{}.image", ctx.versions.version))?,
+        debian_rootfs_bytes,
     };
     ctx.ui.info(&format!(
         "bench build (median of {SAMPLES}): warm no-op image {:.0} ms; cold initrd+image {:.0} ms ({:.1}x); agent {}, initrd {} B, image {} B",
@@ -114,6 +152,13 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         xtask::agent::describe_size(report.agent_bytes),
         report.initrd_bytes,
         report.image_bytes
+    ));
+    ctx.ui.info(&format!(
+        "bench build (median of {SAMPLES}): debian (systemd) guest: warm no-op image {:.0} ms; cold rootfs+image {:.0} ms (.debs cached); image {} B, rootfs {} B",
+        report.debian_warm_noop_image_ms_median,
+        report.debian_cold_rootfs_and_image_ms_median,
+        report.debian_image_bytes,
+        report.debian_rootfs_bytes
     ));
     if ctx.json {
         ctx.print_json(&serde_json::to_value(&report)?)?;

@@ -101,42 +101,60 @@ struct BootReport {
     initrd_to_serving_ms_median: f64,
     image_to_serving_ms_median: f64,
     image_over_initrd_ratio: f64,
+    /// The debian recipe's DAX image: systemd is init and starts the agent.
+    systemd_image_to_serving_ms_median: f64,
+    /// systemd guest over agent-as-init guest, both DAX images.
+    systemd_over_agent_init_ratio: f64,
+    /// Every sample, in run order (milliseconds).
+    initrd_to_serving_ms: Vec<f64>,
+    image_to_serving_ms: Vec<f64>,
+    systemd_image_to_serving_ms: Vec<f64>,
     agent_bytes: u64,
 }
 
-/// QEMU start to the agent's first SERVING, alternating initrd and DAX
-/// image boots so both see the same machine load.
+/// QEMU start to the agent's first SERVING, alternating the minimal
+/// initrd, the minimal DAX image (agent as init) and the debian DAX image
+/// (systemd as init) so all see the same machine load.
 pub fn boot(ctx: &Ctx) -> Result<()> {
     let initrd = prepare(ctx, Media::Initrd, "minimal")?;
     let image = prepare(ctx, Media::Image, "minimal")?;
-    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let systemd = prepare(ctx, Media::Image, "debian")?;
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
     let mut accel = Accel::Auto;
     for i in 0..BOOTS {
         let x = boot_and_drive(ctx, &initrd, Accel::Auto)?;
         let y = boot_and_drive(ctx, &image, x.accel)?;
+        let z = boot_and_drive(ctx, &systemd, x.accel)?;
         accel = x.accel;
         ctx.ui.info(&format!(
-            "  boot #{}: initrd {} ms, image {} ms",
+            "  boot #{}: initrd {} ms, image {} ms, systemd image {} ms",
             i + 1,
             x.boot_to_serving_ms,
-            y.boot_to_serving_ms
+            y.boot_to_serving_ms,
+            z.boot_to_serving_ms
         ));
         a.push(x.boot_to_serving_ms as f64);
         b.push(y.boot_to_serving_ms as f64);
+        c.push(z.boot_to_serving_ms as f64);
     }
     let agent = xtask::agent::build(ctx)?;
-    let (ma, mb) = (median(a), median(b));
+    let (ma, mb, mc) = (median(a.clone()), median(b.clone()), median(c.clone()));
     let r = BootReport {
         accel,
         boots_each: BOOTS,
         initrd_to_serving_ms_median: ma,
         image_to_serving_ms_median: mb,
         image_over_initrd_ratio: mb / ma,
+        systemd_image_to_serving_ms_median: mc,
+        systemd_over_agent_init_ratio: mc / mb,
+        initrd_to_serving_ms: a,
+        image_to_serving_ms: b,
+        systemd_image_to_serving_ms: c,
         agent_bytes: std::fs::metadata(&agent.binary)?.len(),
     };
     ctx.ui.info(&format!(
-        "bench boot ({:?}, median of {BOOTS}): QEMU start to SERVING: initrd {ma:.0} ms, DAX image {mb:.0} ms (ratio {:.2}); agent {} B",
-        r.accel, r.image_over_initrd_ratio, r.agent_bytes
+        "bench boot ({:?}, median of {BOOTS}): QEMU start to SERVING: initrd {ma:.0} ms, DAX image {mb:.0} ms (ratio {:.2}), systemd (debian) DAX image {mc:.0} ms (over agent-as-init {:.2}); agent {} B",
+        r.accel, r.image_over_initrd_ratio, r.systemd_over_agent_init_ratio, r.agent_bytes
     ));
     if ctx.json {
         ctx.print_json(&serde_json::to_value(&r)?)?;
