@@ -1,9 +1,13 @@
 //! Builds a guest rootfs directory from a recipe and its (already fetched and
 //! verified) inputs, and checks a built tree the way upstream osbuilder does.
 //!
-//! Everything in the tree is owned by 0:0, has the permissions the recipe
-//! gives it (the umask plays no part), and has atime = mtime =
-//! SOURCE_DATE_EPOCH, so the tree's tar digest only depends on the inputs.
+//! An `init: agent` tree is made here: everything in it is owned by 0:0
+//! and has the permissions the recipe gives it (the umask plays no part).
+//! An `init: systemd` tree is a Debian system that mmdebstrap installs
+//! (see [`crate::debian`]), with the owners and modes its packages and
+//! maintainer scripts give, and the recipe's entries laid over it. Either
+//! way every entry ends with atime = mtime = SOURCE_DATE_EPOCH, so the
+//! tree's tar digest only depends on the inputs.
 
 use crate::recipe::{
     DeviceKind, GuestPath, InitMode, Mode, Recipe, AGENT_INIT_LINKS, AGENT_PATH,
