@@ -139,13 +139,111 @@ pub fn gaps(v: &Versions) -> Vec<Gap> {
 }
 
 /// The packages an `apt-get install -s` run would remove (its `Remv`
-/// lines), with their versions.
-fn apt_removals(simulation: &str) -> Vec<String> {
+/// lines): name and installed version.
+fn apt_removals(simulation: &str) -> Vec<(String, String)> {
     simulation
         .lines()
         .filter_map(|l| l.strip_prefix("Remv "))
-        .map(|rest| rest.trim().to_string())
+        .filter_map(|rest| {
+            let (name, version) = rest.trim().split_once(' ')?;
+            let version = version.trim().trim_start_matches('[').trim_end_matches(']');
+            Some((name.to_string(), version.to_string()))
+        })
         .collect()
+}
+
+/// The packages an `apt-get install -s` run would install or upgrade (its
+/// `Inst` lines), with the version each would get.
+fn apt_installs(simulation: &str) -> Vec<(String, String)> {
+    simulation
+        .lines()
+        .filter_map(|l| l.strip_prefix("Inst "))
+        .filter_map(|rest| {
+            let (name, rest) = rest.trim().split_once(' ')?;
+            let new = rest.split_once('(')?.1;
+            let version = new.split_whitespace().next()?;
+            Some((name.to_string(), version.to_string()))
+        })
+        .collect()
+}
+
+/// The first word of a control field (`Source: qemu (1:7.2+dfsg-7)` ->
+/// `qemu`), if the stanza has it.
+fn control_field(stanza: &str, field: &str) -> Option<String> {
+    stanza
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .map(str::to_string)
+}
+
+/// How apt's removals can be avoided: each removed package is a sibling
+/// (same source package) of one being installed, and the archive has it at
+/// that one's version. Debian builds such siblings from one upstream release
+/// and often requires them in lockstep (backports' qemu-utils 10 breaks
+/// qemu-system-common 7.2), so the host keeps the tool, at the version that
+/// can live beside what is installed. Returns the `name=version` pins, or
+/// the removals that no sibling explains.
+fn lockstep_pins(
+    removals: &[(String, String)],
+    installs: &[(String, String)],
+    installed_source: impl Fn(&str) -> Option<String>,
+    archive_source: impl Fn(&str, &str) -> Option<String>,
+) -> std::result::Result<Vec<String>, Vec<String>> {
+    let mut pins = Vec::new();
+    let mut unexplained = Vec::new();
+    for (name, old) in removals {
+        let pin = installed_source(name).and_then(|source| {
+            installs.iter().find_map(|(sibling, version)| {
+                let same = archive_source(sibling, version).as_deref() == Some(source.as_str())
+                    && archive_source(name, version).as_deref() == Some(source.as_str());
+                same.then(|| format!("{name}={version}"))
+            })
+        });
+        match pin {
+            Some(p) => pins.push(p),
+            None => unexplained.push(format!("{name} [{old}]")),
+        }
+    }
+    if unexplained.is_empty() {
+        Ok(pins)
+    } else {
+        Err(unexplained)
+    }
+}
+
+fn installed_source(package: &str) -> Option<String> {
+    run_captured(Command::new("dpkg-query").args(["-W", "-f=${source:Package}", package]))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// The source package of `package` at `version` in the archive, if the
+/// archive has that version.
+fn archive_source(package: &str, version: &str) -> Option<String> {
+    let stanza = run_captured(
+        Command::new("apt-cache")
+            .args(["show", "--no-all-versions"])
+            .arg(format!("{package}={version}")),
+    )
+    .ok()?;
+    control_field(&stanza, "Package")?;
+    Some(control_field(&stanza, "Source").unwrap_or_else(|| package.to_string()))
+}
+
+fn simulate(packages: &[String]) -> Result<String> {
+    run_captured(
+        Command::new("apt-get")
+            .args([
+                "install",
+                "-s",
+                "--no-install-recommends",
+                "--allow-downgrades",
+            ])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 /// Fixes every gap: one apt-get for all packages, then rustup and cargo.
@@ -169,24 +267,47 @@ pub fn install(v: &Versions, ui: &Ui) -> Result<()> {
     if !apt.is_empty() {
         ui.info(&format!("installing Debian packages: {}", apt.join(" ")));
         run_visible(Command::new("apt-get").arg("update").arg("-qq"))?;
-        // Never remove what the host has: ask apt what it would do first,
-        // and stop with that if it would remove anything (a package from
-        // backports that conflicts, say). --no-remove guards the real run.
-        let simulated = run_captured(
-            Command::new("apt-get")
-                .args(["install", "-s", "--no-install-recommends"])
-                .args(&apt)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+        // Never remove what the host has: ask apt what it would do first.
+        // A removal that only a lockstep sibling causes (backports'
+        // qemu-utils against Debian's qemu-system-x86) is avoided by
+        // installing the sibling at the matching version; anything else
+        // stops with the packages named. --no-remove guards the real run.
+        let mut packages: Vec<String> = apt.iter().map(|p| p.to_string()).collect();
+        let simulated = simulate(&packages)?;
         let removals = apt_removals(&simulated);
         if !removals.is_empty() {
-            bail!(
-                "installing {} would make apt remove {}; doctor never removes or downgrades what the host has. \
-                 See why with `apt-get install -s --no-install-recommends {}`, decide which to keep, install by hand, then rerun",
-                apt.join(" "),
-                removals.join(", "),
-                apt.join(" ")
-            );
+            match lockstep_pins(
+                &removals,
+                &apt_installs(&simulated),
+                installed_source,
+                archive_source,
+            ) {
+                Ok(pins) => {
+                    for ((name, old), pin) in removals.iter().zip(&pins) {
+                        ui.info(&format!(
+                            "warning: {name} {old} cannot stay beside what is installed (same source package, kept in lockstep by Debian): installing {pin} instead of removing it"
+                        ));
+                    }
+                    packages.extend(pins);
+                    let again = apt_removals(&simulate(&packages)?);
+                    if !again.is_empty() {
+                        bail!(
+                            "installing {} would still make apt remove {}; doctor never removes what the host has. \
+                             See why with `apt-get install -s --no-install-recommends {}`, decide which to keep, install by hand, then rerun",
+                            packages.join(" "),
+                            again.iter().map(|(n, v)| format!("{n} [{v}]")).collect::<Vec<_>>().join(", "),
+                            packages.join(" ")
+                        );
+                    }
+                }
+                Err(unexplained) => bail!(
+                    "installing {} would make apt remove {}; doctor never removes what the host has. \
+                     See why with `apt-get install -s --no-install-recommends {}`, decide which to keep, install by hand, then rerun",
+                    apt.join(" "),
+                    unexplained.join(", "),
+                    apt.join(" ")
+                ),
+            }
         }
         run_visible(
             Command::new("apt-get")
@@ -196,8 +317,9 @@ pub fn install(v: &Versions, ui: &Ui) -> Result<()> {
                     "-qq",
                     "--no-install-recommends",
                     "--no-remove",
+                    "--allow-downgrades",
                 ])
-                .args(&apt)
+                .args(&packages)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
     }
@@ -243,13 +365,72 @@ mod tests {
     }
 
     #[test]
-    fn apt_simulations_name_what_would_be_removed() {
+    fn apt_simulations_name_what_would_be_removed_and_installed() {
         let sim = "NOTE: This is only a simulation!\n\
+                   Inst perl [5.36.0-7+deb12u2] (5.36.0-7+deb12u4 Debian-Security:12 [amd64]) []\n\
                    Remv qemu-utils [1:10.0.2+ds-1~bpo12+1]\n\
                    Inst qemu-system-x86 (1:7.2+dfsg-7+deb12u18 Debian:12.12/stable [amd64])\n\
                    Conf qemu-system-x86 (1:7.2+dfsg-7+deb12u18 Debian:12.12/stable [amd64])\n";
-        assert_eq!(apt_removals(sim), ["qemu-utils [1:10.0.2+ds-1~bpo12+1]"]);
+        assert_eq!(
+            apt_removals(sim),
+            [(
+                "qemu-utils".to_string(),
+                "1:10.0.2+ds-1~bpo12+1".to_string()
+            )]
+        );
+        assert_eq!(
+            apt_installs(sim),
+            [
+                ("perl".to_string(), "5.36.0-7+deb12u4".to_string()),
+                (
+                    "qemu-system-x86".to_string(),
+                    "1:7.2+dfsg-7+deb12u18".to_string()
+                )
+            ]
+        );
         assert!(apt_removals("Inst cpio (2.13)\nConf cpio (2.13)\n").is_empty());
+        assert_eq!(
+            control_field(
+                "Package: qemu-utils\nSource: qemu (1:7.2+dfsg-7)\n",
+                "Source"
+            )
+            .as_deref(),
+            Some("qemu")
+        );
+        assert_eq!(control_field("Package: cpio\n", "Source"), None);
+    }
+
+    #[test]
+    fn only_a_lockstep_sibling_is_pinned_instead_of_removed() {
+        let installs = [
+            ("qemu-system-x86".to_string(), "1:7.2".to_string()),
+            ("cpio".to_string(), "2.13".to_string()),
+        ];
+        let installed = |p: &str| Some(if p == "busybox" { "busybox" } else { "qemu" }.to_string());
+        // The archive has qemu-utils 7.2 (source qemu) and the sources of
+        // what is installed; it has no busybox sibling at any install's version.
+        let archive = |p: &str, v: &str| match (p, v) {
+            ("qemu-system-x86" | "qemu-utils", "1:7.2") => Some("qemu".to_string()),
+            ("cpio", "2.13") => Some("cpio".to_string()),
+            _ => None,
+        };
+        let qemu_utils = [("qemu-utils".to_string(), "1:10.0".to_string())];
+        assert_eq!(
+            lockstep_pins(&qemu_utils, &installs, installed, archive),
+            Ok(vec!["qemu-utils=1:7.2".to_string()])
+        );
+        let both = [
+            ("qemu-utils".to_string(), "1:10.0".to_string()),
+            ("busybox".to_string(), "1:1.35".to_string()),
+        ];
+        assert_eq!(
+            lockstep_pins(&both, &installs, installed, archive),
+            Err(vec!["busybox [1:1.35]".to_string()])
+        );
+        // A sibling the archive lacks at the installed version is not pinned.
+        let no_match =
+            |p: &str, v: &str| (p == "qemu-system-x86" && v == "1:7.2").then(|| "qemu".to_string());
+        assert!(lockstep_pins(&qemu_utils, &installs, installed, no_match).is_err());
     }
 
     #[test]
@@ -266,7 +447,7 @@ mod tests {
         .unwrap();
         let removed = apt_removals(&sim);
         assert!(
-            removed.iter().any(|r| r.starts_with("busybox-static ")),
+            removed.iter().any(|(name, _)| name == "busybox-static"),
             "{removed:?} from:\n{sim}"
         );
     }
