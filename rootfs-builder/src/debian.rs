@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
+use host_support::hash::{bytes_sha256, sha256_file};
 
 use crate::recipe::PackagesSpec;
 
@@ -89,7 +89,6 @@ pub fn install_system(
         ))
         .env("SOURCE_DATE_EPOCH", source_date_epoch.to_string())
         .env("LC_ALL", "C.UTF-8")
-        .env_remove("http_proxy")
         .env_remove("TMPDIR");
     let out = cmd.output().context(
         "run mmdebstrap (apt-get install mmdebstrap, or `cargo xtask doctor --install`)",
@@ -164,19 +163,18 @@ fn write_repository(
                 deb.display()
             );
         }
-        let bytes = std::fs::read(deb)?;
+        let size = std::fs::metadata(deb)?.len();
         index.extend_from_slice(control.trim_end().as_bytes());
         write!(
             index,
-            "\nFilename: ./{file}\nSize: {}\nSHA256: {}\n\n",
-            bytes.len(),
-            hex::encode(Sha256::digest(&bytes))
+            "\nFilename: ./{file}\nSize: {size}\nSHA256: {}\n\n",
+            sha256_file(deb)?
         )?;
     }
     std::fs::write(dir.join("Packages"), &index)?;
     let release = format!(
         "Origin: kata-image-recipe\nSuite: {suite}\nCodename: {suite}\nArchitectures: {architecture}\nSHA256:\n {} {} Packages\n",
-        hex::encode(Sha256::digest(&index)),
+        bytes_sha256(&index),
         index.len()
     );
     std::fs::write(dir.join("Release"), release)?;
@@ -233,7 +231,7 @@ mod tests {
             stanzas[0].contains("\n two lines\nFilename: ./pkg-a.deb\n"),
             "{index}"
         );
-        let sha = hex::encode(Sha256::digest(std::fs::read(&a).unwrap()));
+        let sha = sha256_file(&a).unwrap();
         assert!(stanzas[0].contains(&format!("SHA256: {sha}")), "{index}");
         let release = std::fs::read_to_string(repo.join("Release")).unwrap();
         assert!(release.contains("Codename: bookworm\n"), "{release}");
