@@ -183,12 +183,24 @@ pub fn add_vsock<'g>(g: &mut Graph<'g>, ctx: &'g Ctx) -> Result<StepId> {
     ))
 }
 
-/// Where crates.io serves the pinned `.crate` (also the SBOM's download
-/// location).
+/// The pinned `.crate`'s download location on crates.io, as the SBOM names
+/// every crate's.
 pub fn vsock_crate_url(ctx: &Ctx) -> String {
     let pin = &ctx.versions.vhost_device_vsock;
     format!(
         "https://crates.io/api/v1/crates/{}/{}/download",
+        pin.crate_name, pin.version
+    )
+}
+
+/// Where the pinned `.crate` is fetched from: crates.io's static host, the
+/// one cargo itself downloads from (the index's `dl`). The API address only
+/// redirects there, and a network that lets cargo through (index and static
+/// hosts) may not resolve the API host at all.
+fn vsock_crate_fetch_url(ctx: &Ctx) -> String {
+    let pin = &ctx.versions.vhost_device_vsock;
+    format!(
+        "https://static.crates.io/crates/{0}/{0}-{1}.crate",
         pin.crate_name, pin.version
     )
 }
@@ -210,7 +222,7 @@ fn pinned_crate(ctx: &Ctx) -> Result<PathBuf> {
     }
     ctx.fetcher()?.url(
         "vhost_device_vsock",
-        &vsock_crate_url(ctx),
+        &vsock_crate_fetch_url(ctx),
         Some(&pin.sha256),
     )
 }
