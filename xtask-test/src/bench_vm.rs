@@ -8,6 +8,7 @@ use runtime::hypervisor::Accel;
 use serde::Serialize;
 
 use crate::bench::median;
+use crate::boot_phases::{median_phases, BootPhases};
 use crate::kernel_boot::{boot_to_init, probe_initrd};
 use crate::vmtest::{boot_and_drive, prepare, Media};
 use xtask::context::{Ctx, CACHE_ENV, DIST_ENV};
@@ -109,6 +110,10 @@ struct BootReport {
     initrd_to_serving_ms: Vec<f64>,
     image_to_serving_ms: Vec<f64>,
     systemd_image_to_serving_ms: Vec<f64>,
+    /// Each phase's median (ms since QEMU's spawn), per guest.
+    initrd_phases_median: Option<BootPhases>,
+    image_phases_median: Option<BootPhases>,
+    systemd_image_phases_median: Option<BootPhases>,
     agent_bytes: u64,
 }
 
@@ -120,6 +125,7 @@ pub fn boot(ctx: &Ctx) -> Result<()> {
     let image = prepare(ctx, Media::Image, "minimal")?;
     let systemd = prepare(ctx, Media::Image, "debian")?;
     let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    let mut phases: [Vec<BootPhases>; 3] = Default::default();
     let mut accel = Accel::Auto;
     for i in 0..BOOTS {
         let x = boot_and_drive(ctx, &initrd, Accel::Auto)?;
@@ -136,7 +142,20 @@ pub fn boot(ctx: &Ctx) -> Result<()> {
         a.push(x.boot_to_serving_ms as f64);
         b.push(y.boot_to_serving_ms as f64);
         c.push(z.boot_to_serving_ms as f64);
+        for (samples, report) in phases.iter_mut().zip([&x, &y, &z]) {
+            samples.extend(report.phases);
+        }
     }
+    for (samples, what) in phases.iter().zip(["initrd", "DAX image", "systemd image"]) {
+        if samples.len() != BOOTS {
+            bail!(
+                "bench boot: only {} of {BOOTS} {what} boots showed the agent's stamped \"{}\" line on the console before SERVING; the phases need it",
+                samples.len(),
+                crate::boot_phases::AGENT_READY
+            );
+        }
+    }
+    let [pa, pb, pc] = phases.map(|s| median_phases(&s));
     let agent = xtask::agent::build(ctx)?;
     let (ma, mb, mc) = (median(a.clone()), median(b.clone()), median(c.clone()));
     let r = BootReport {
@@ -150,12 +169,27 @@ pub fn boot(ctx: &Ctx) -> Result<()> {
         initrd_to_serving_ms: a,
         image_to_serving_ms: b,
         systemd_image_to_serving_ms: c,
+        initrd_phases_median: pa,
+        image_phases_median: pb,
+        systemd_image_phases_median: pc,
         agent_bytes: std::fs::metadata(&agent.binary)?.len(),
     };
     ctx.ui.info(&format!(
         "bench boot ({:?}, median of {BOOTS}): QEMU start to SERVING: initrd {ma:.0} ms, DAX image {mb:.0} ms (ratio {:.2}), systemd (debian) DAX image {mc:.0} ms (over agent-as-init {:.2}); agent {} B",
         r.accel, r.image_over_initrd_ratio, r.systemd_over_agent_init_ratio, r.agent_bytes
     ));
+    for (what, p) in [
+        ("initrd", &r.initrd_phases_median),
+        ("DAX image", &r.image_phases_median),
+        ("systemd image", &r.systemd_image_phases_median),
+    ] {
+        if let Some(p) = p {
+            ctx.ui.info(&format!(
+                "  {what} phases (medians, since QEMU's spawn): {}",
+                p.describe()
+            ));
+        }
+    }
     if ctx.json {
         ctx.print_json(&serde_json::to_value(&r)?)?;
     }

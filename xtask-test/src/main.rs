@@ -21,6 +21,7 @@ mod bench_build;
 mod bench_release;
 mod bench_start;
 mod bench_vm;
+mod boot_phases;
 mod cri;
 mod e2e;
 mod fuzz;

@@ -1,6 +1,7 @@
 //! `cargo xtask test repro`: this checkout's release and a release built
 //! the way a user builds one in a fresh clone with empty caches, in another
-//! directory, must give byte-identical `SHA256SUMS`.
+//! directory, must give byte-identical `SHA256SUMS`; so must the debian
+//! guest's dm-verity image, which the release leaves out.
 //!
 //! The first build is this checkout's own `release` (its cache entries were
 //! each built from scratch once, by whichever run first needed them). The
@@ -285,6 +286,27 @@ impl CleanClone {
         Ok(start.elapsed())
     }
 
+    /// `image ARGS` in the clone with this checkout's pipeline binary.
+    pub fn image_with(&self, exe: &Path, args: &[&str]) -> Result<()> {
+        let mut cmd = Command::new(exe);
+        cmd.arg("image")
+            .args(args)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .arg("--dist-dir")
+            .arg(&self.dist);
+        self.isolate(&mut cmd);
+        cmd.env(xtask::ROOT_ENV, &self.root);
+        xtask::tools::run_logged(&mut cmd, &self.log).with_context(|| {
+            format!(
+                "image {} in clone {} ({})",
+                args.join(" "),
+                self.name,
+                self.root.display()
+            )
+        })
+    }
+
     pub fn sums(&self) -> Result<String> {
         sums_in(&self.dist)
     }
@@ -531,6 +553,58 @@ pub fn sums_in(dist: &Path) -> Result<String> {
     std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))
 }
 
+/// A guest image the release leaves out but a packager builds: the debian
+/// (systemd) guest as a dm-verity image, the measured rootfs whose root
+/// hash a configuration pins, so it must rebuild bit for bit.
+const EXTRA_IMAGE: &[&str] = &["--recipe", "debian", "--verity"];
+
+fn extra_image_args() -> xtask::image::ImageArgs {
+    xtask::image::ImageArgs {
+        recipe: "debian".into(),
+        fs: xtask::image::FsArg::Ext4,
+        no_dax: false,
+        align_mib: 128,
+        free_mib: 0,
+        verity: true,
+    }
+}
+
+/// Builds [`EXTRA_IMAGE`] here and in the clone and fails naming what
+/// differs: the image's bytes or its `kernel_verity_params`. Returns the
+/// image's digest and its parameters.
+fn compare_extra_image(ctx: &Ctx, clone: &CleanClone, exe: &Path) -> Result<(String, String)> {
+    let args = extra_image_args();
+    let here = xtask::image::build(ctx, &args)?;
+    let here_sha = file_sha256(&here.file)?;
+    let here_params = here.verity_params.clone().unwrap_or_default();
+    let step = ctx.ui.step(&format!(
+        "clone {}: image {} (log {})",
+        clone.name,
+        EXTRA_IMAGE.join(" "),
+        ctx.rel(&clone.log)
+    ));
+    clone.image_with(exe, EXTRA_IMAGE)?;
+    step.finish("built");
+    let name = xtask::image::file_name(ctx, &args);
+    let manifest = xtask::manifest::Manifest::load(&clone.dist)?
+        .with_context(|| format!("clone {} wrote no manifest", clone.name))?;
+    let theirs = manifest
+        .artifacts
+        .iter()
+        .find(|a| a.name == name)
+        .with_context(|| format!("clone {}'s manifest has no {name}", clone.name))?;
+    let their_sha = file_sha256(&clone.dist.join(&name))?;
+    let their_params = theirs.kernel_verity_params.clone().unwrap_or_default();
+    if here_sha != their_sha || here_params != their_params {
+        bail!(
+            "the two clean builds of {name} differ: sha256 {} vs {}, kernel_verity_params {here_params:?} vs {their_params:?}",
+            &here_sha[..12],
+            &their_sha[..12]
+        );
+    }
+    Ok((here_sha, here_params))
+}
+
 /// Fails naming what differs between the releases in two dist dirs.
 pub fn compare(ctx: &Ctx, a: &Path, b: &Path) -> Result<String> {
     let (sa, sb) = (sums_in(a)?, sums_in(b)?);
@@ -559,7 +633,7 @@ pub fn test(ctx: &Ctx, args: &ReproArgs) -> Result<()> {
         ctx.ui.info(
             "test repro plan: cargo xtask release here; copy the tracked sources into a clean clone at another path; \
              there, with an empty cache, its own target and dist dirs and a different umask/TZ/locale, cargo xtask release; \
-             compare the two SHA256SUMS",
+             compare the two SHA256SUMS; then image --recipe debian --verity in both, compared by digest and kernel_verity_params",
         );
         return Ok(());
     }
@@ -611,6 +685,11 @@ pub fn test(ctx: &Ctx, args: &ReproArgs) -> Result<()> {
         clone.release_with(&exe)?;
         step.finish("released");
         let sums = compare(ctx, &ctx.dist(), &clone.dist)?;
+        let (image_sha, params) = compare_extra_image(ctx, &clone, &exe)?;
+        ctx.ui.info(&format!(
+            "test repro: image {} is identical in both trees: sha256 {image_sha}, kernel_verity_params {params}",
+            EXTRA_IMAGE.join(" ")
+        ));
         for shared in &unproven {
             Rebuilt::compare_and_record(ctx, shared, &clone)?;
             ctx.ui.info(&format!(

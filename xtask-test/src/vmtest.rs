@@ -21,6 +21,8 @@ use serde::Serialize;
 use xtask::context::Ctx;
 use xtask::{image, initrd, kernel};
 
+use crate::boot_phases::{BootPhases, ConsoleWatch};
+
 /// Generous for TCG on a loaded 2-core CI machine; a KVM boot takes ~1 s.
 pub(crate) const SERVING_TIMEOUT: Duration = Duration::from_secs(120);
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(20);
@@ -66,6 +68,9 @@ pub struct BootReport {
     pub accel: Accel,
     /// QEMU start to the first SERVING answer of Health.Check.
     pub boot_to_serving_ms: u64,
+    /// Where that time went; None if the console did not show the
+    /// agent's ready line before SERVING.
+    pub phases: Option<BootPhases>,
     pub agent_version: String,
     pub grpc_version: String,
     pub guest_kernel: String,
@@ -217,8 +222,10 @@ pub fn boot_and_drive(ctx: &Ctx, guest: &Guest, accel: Accel) -> Result<BootRepo
     cfg.quiet = guest.media == Media::Initrd;
     let console = cfg.console_log.clone().expect("set above");
     let mut vm = Vm::start(cfg).context("start QEMU")?;
-    let traces = Traces::of(&vm);
     let started = vm.started_at();
+    let qemu_up = started.elapsed();
+    let watch = ConsoleWatch::start(&console);
+    let traces = Traces::of(&vm);
     let address = vm.agent_address().context("the VM has no agent channel")?;
     let client =
         AgentClient::wait_serving(&address, SERVING_TIMEOUT, CALL_TIMEOUT, || vm.check_alive())
@@ -226,6 +233,7 @@ pub fn boot_and_drive(ctx: &Ctx, guest: &Guest, accel: Accel) -> Result<BootRepo
                 format!("agent in the {name} guest (console: {})", console.display())
             })?;
     let boot_to_serving = started.elapsed();
+    let ready_seen = watch.finish();
     let version = client.version()?;
     let details = client.get_guest_details(&GuestDetailsRequest {
         mem_block_size: true,
@@ -259,10 +267,19 @@ pub fn boot_and_drive(ctx: &Ctx, guest: &Guest, accel: Accel) -> Result<BootRepo
     if !left.is_empty() {
         bail!("after the {name} VM: {}", left.join("; "));
     }
+    let phases = ready_seen.and_then(|seen| {
+        BootPhases::from_console(
+            &console_text,
+            qemu_up,
+            seen.saturating_duration_since(started),
+            boot_to_serving,
+        )
+    });
     let report = BootReport {
         media: guest.media,
         accel: accel_used,
         boot_to_serving_ms: boot_to_serving.as_millis() as u64,
+        phases,
         agent_version: version.agent_version.clone(),
         grpc_version: version.grpc_version.clone(),
         guest_kernel: details.kernel_release.clone(),

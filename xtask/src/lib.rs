@@ -29,7 +29,7 @@ pub mod host_tools;
 pub mod image;
 pub mod initrd;
 pub mod kernel;
-mod manifest;
+pub mod manifest;
 mod publish;
 pub mod release;
 pub mod rootfs;
