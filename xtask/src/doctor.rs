@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde::Serialize;
 
 use crate::host_tools::{self, HostTool};
@@ -177,16 +177,25 @@ fn control_field(stanza: &str, field: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// A package apt would install, with its source package.
+#[derive(Debug, Clone, PartialEq)]
+struct Sibling {
+    name: String,
+    version: String,
+    source: String,
+}
+
 /// How apt's removals can be avoided: each removed package is a sibling
 /// (same source package) of one being installed, and the archive has it at
 /// that one's version. Debian builds such siblings from one upstream release
 /// and often requires them in lockstep (backports' qemu-utils 10 breaks
 /// qemu-system-common 7.2), so the host keeps the tool, at the version that
-/// can live beside what is installed. Returns the `name=version` pins, or
+/// can live beside what is installed. `archive_source` gives a package's
+/// source at a version the archive has. Returns the `name=version` pins, or
 /// the removals that no sibling explains.
 fn lockstep_pins(
     removals: &[(String, String)],
-    installs: &[(String, String)],
+    installs: &[Sibling],
     installed_source: impl Fn(&str) -> Option<String>,
     archive_source: impl Fn(&str, &str) -> Option<String>,
 ) -> std::result::Result<Vec<String>, Vec<String>> {
@@ -194,11 +203,11 @@ fn lockstep_pins(
     let mut unexplained = Vec::new();
     for (name, old) in removals {
         let pin = installed_source(name).and_then(|source| {
-            installs.iter().find_map(|(sibling, version)| {
-                let same = archive_source(sibling, version).as_deref() == Some(source.as_str())
-                    && archive_source(name, version).as_deref() == Some(source.as_str());
-                same.then(|| format!("{name}={version}"))
-            })
+            installs
+                .iter()
+                .filter(|s| s.source == source)
+                .find(|s| archive_source(name, &s.version).as_deref() == Some(source.as_str()))
+                .map(|s| format!("{name}={}", s.version))
         });
         match pin {
             Some(p) => pins.push(p),
@@ -219,30 +228,63 @@ fn installed_source(package: &str) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// The source package of `package` at `version` in the archive, if the
-/// archive has that version.
-fn archive_source(package: &str, version: &str) -> Option<String> {
-    let stanza = run_captured(
-        Command::new("apt-cache")
-            .args(["show", "--no-all-versions"])
-            .arg(format!("{package}={version}")),
-    )
-    .ok()?;
-    control_field(&stanza, "Package")?;
-    Some(control_field(&stanza, "Source").unwrap_or_else(|| package.to_string()))
+/// The archive's stanzas for `name=version` each, as siblings with their
+/// source package (the package's own name when `Source` is absent).
+fn parse_siblings(stanzas: &str) -> Vec<Sibling> {
+    stanzas
+        .split("\n\n")
+        .filter_map(|stanza| {
+            let name = control_field(stanza, "Package")?;
+            Some(Sibling {
+                version: control_field(stanza, "Version")?,
+                source: control_field(stanza, "Source").unwrap_or_else(|| name.clone()),
+                name,
+            })
+        })
+        .collect()
 }
 
-fn simulate(packages: &[String]) -> Result<String> {
+/// What the archive says of `name=version` for each package given, in one
+/// `apt-cache show` (an install plan lists hundreds of packages).
+fn archive_siblings(packages: &[(String, String)]) -> Vec<Sibling> {
+    if packages.is_empty() {
+        return Vec::new();
+    }
+    run_captured(
+        Command::new("apt-cache")
+            .args(["show", "--no-all-versions"])
+            .args(packages.iter().map(|(n, v)| format!("{n}={v}"))),
+    )
+    .map(|out| parse_siblings(&out))
+    .unwrap_or_default()
+}
+
+/// The source package of `package` at `version`, if the archive has it.
+fn archive_source(package: &str, version: &str) -> Option<String> {
+    archive_siblings(&[(package.to_string(), version.to_string())])
+        .pop()
+        .map(|s| s.source)
+}
+
+/// apt's plan for installing `packages` (`pkg` or `pkg=version`).
+fn simulate(packages: &[String], allow_downgrades: bool) -> Result<String> {
     run_captured(
         Command::new("apt-get")
-            .args([
-                "install",
-                "-s",
-                "--no-install-recommends",
-                "--allow-downgrades",
-            ])
+            .args(["install", "-s", "--no-install-recommends"])
+            .args(allow_downgrades.then_some("--allow-downgrades"))
             .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// The error when apt's plan would remove what the host has.
+fn removal_refused(packages: &[String], removed: &[String]) -> anyhow::Error {
+    anyhow::anyhow!(
+        "installing {} would make apt remove {}; doctor never removes what the host has. \
+         See why with `apt-get install -s --no-install-recommends {}`, decide which to keep, install by hand, then rerun",
+        packages.join(" "),
+        removed.join(", "),
+        packages.join(" ")
     )
 }
 
@@ -273,40 +315,23 @@ pub fn install(v: &Versions, ui: &Ui) -> Result<()> {
         // installing the sibling at the matching version; anything else
         // stops with the packages named. --no-remove guards the real run.
         let mut packages: Vec<String> = apt.iter().map(|p| p.to_string()).collect();
-        let simulated = simulate(&packages)?;
+        let simulated = simulate(&packages, false)?;
         let removals = apt_removals(&simulated);
-        if !removals.is_empty() {
-            match lockstep_pins(
-                &removals,
-                &apt_installs(&simulated),
-                installed_source,
-                archive_source,
-            ) {
-                Ok(pins) => {
-                    for ((name, old), pin) in removals.iter().zip(&pins) {
-                        ui.info(&format!(
-                            "warning: {name} {old} cannot stay beside what is installed (same source package, kept in lockstep by Debian): installing {pin} instead of removing it"
-                        ));
-                    }
-                    packages.extend(pins);
-                    let again = apt_removals(&simulate(&packages)?);
-                    if !again.is_empty() {
-                        bail!(
-                            "installing {} would still make apt remove {}; doctor never removes what the host has. \
-                             See why with `apt-get install -s --no-install-recommends {}`, decide which to keep, install by hand, then rerun",
-                            packages.join(" "),
-                            again.iter().map(|(n, v)| format!("{n} [{v}]")).collect::<Vec<_>>().join(", "),
-                            packages.join(" ")
-                        );
-                    }
-                }
-                Err(unexplained) => bail!(
-                    "installing {} would make apt remove {}; doctor never removes what the host has. \
-                     See why with `apt-get install -s --no-install-recommends {}`, decide which to keep, install by hand, then rerun",
-                    apt.join(" "),
-                    unexplained.join(", "),
-                    apt.join(" ")
-                ),
+        let downgrades = !removals.is_empty();
+        if downgrades {
+            let installs = archive_siblings(&apt_installs(&simulated));
+            let pins = lockstep_pins(&removals, &installs, installed_source, archive_source)
+                .map_err(|unexplained| removal_refused(&packages, &unexplained))?;
+            for ((name, old), pin) in removals.iter().zip(&pins) {
+                ui.info(&format!(
+                    "warning: {name} {old} cannot stay beside what is installed (same source package, kept in lockstep by Debian): installing {pin} instead of removing it"
+                ));
+            }
+            packages.extend(pins);
+            let again = apt_removals(&simulate(&packages, true)?);
+            if !again.is_empty() {
+                let again: Vec<String> = again.iter().map(|(n, v)| format!("{n} [{v}]")).collect();
+                return Err(removal_refused(&packages, &again));
             }
         }
         run_visible(
@@ -317,8 +342,8 @@ pub fn install(v: &Versions, ui: &Ui) -> Result<()> {
                     "-qq",
                     "--no-install-recommends",
                     "--no-remove",
-                    "--allow-downgrades",
                 ])
+                .args(downgrades.then_some("--allow-downgrades"))
                 .args(&packages)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
@@ -402,18 +427,19 @@ mod tests {
 
     #[test]
     fn only_a_lockstep_sibling_is_pinned_instead_of_removed() {
+        let sibling = |name: &str, version: &str, source: &str| Sibling {
+            name: name.into(),
+            version: version.into(),
+            source: source.into(),
+        };
         let installs = [
-            ("qemu-system-x86".to_string(), "1:7.2".to_string()),
-            ("cpio".to_string(), "2.13".to_string()),
+            sibling("qemu-system-x86", "1:7.2", "qemu"),
+            sibling("cpio", "2.13", "cpio"),
         ];
         let installed = |p: &str| Some(if p == "busybox" { "busybox" } else { "qemu" }.to_string());
-        // The archive has qemu-utils 7.2 (source qemu) and the sources of
-        // what is installed; it has no busybox sibling at any install's version.
-        let archive = |p: &str, v: &str| match (p, v) {
-            ("qemu-system-x86" | "qemu-utils", "1:7.2") => Some("qemu".to_string()),
-            ("cpio", "2.13") => Some("cpio".to_string()),
-            _ => None,
-        };
+        // The archive has qemu-utils at 7.2 (source qemu), no busybox there.
+        let archive =
+            |p: &str, v: &str| (p == "qemu-utils" && v == "1:7.2").then(|| "qemu".to_string());
         let qemu_utils = [("qemu-utils".to_string(), "1:10.0".to_string())];
         assert_eq!(
             lockstep_pins(&qemu_utils, &installs, installed, archive),
@@ -428,9 +454,21 @@ mod tests {
             Err(vec!["busybox [1:1.35]".to_string()])
         );
         // A sibling the archive lacks at the installed version is not pinned.
-        let no_match =
-            |p: &str, v: &str| (p == "qemu-system-x86" && v == "1:7.2").then(|| "qemu".to_string());
-        assert!(lockstep_pins(&qemu_utils, &installs, installed, no_match).is_err());
+        assert!(lockstep_pins(&qemu_utils, &installs, installed, |_: &str, _: &str| None).is_err());
+        let stanzas = "Package: qemu-utils\nSource: qemu (1:7.2)\nVersion: 1:7.2\n\n\
+                       Package: cpio\nVersion: 2.13\n\n";
+        assert_eq!(
+            parse_siblings(stanzas),
+            [
+                sibling("qemu-utils", "1:7.2", "qemu"),
+                sibling("cpio", "2.13", "cpio")
+            ]
+        );
+        let err = removal_refused(&["a".into(), "b".into()], &["c [1]".into()]).to_string();
+        assert!(
+            err.starts_with("installing a b would make apt remove c [1]; "),
+            "{err}"
+        );
     }
 
     #[test]
@@ -449,6 +487,18 @@ mod tests {
         assert!(
             removed.iter().any(|(name, _)| name == "busybox-static"),
             "{removed:?} from:\n{sim}"
+        );
+        // The archive and dpkg name both sides' source package.
+        let installs = archive_siblings(&apt_installs(&sim));
+        assert!(
+            installs
+                .iter()
+                .any(|s| s.name == "busybox" && s.source == "busybox"),
+            "{installs:?}"
+        );
+        assert_eq!(
+            installed_source("busybox-static").as_deref(),
+            Some("busybox")
         );
     }
 }
