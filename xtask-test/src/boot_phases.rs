@@ -11,6 +11,7 @@
 //! the host time it appeared, places the kernel's clock start on the host
 //! timeline; the agent's first line then places init.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -122,11 +123,26 @@ impl ConsoleWatch {
         let path: PathBuf = path.to_path_buf();
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
+            // Only what QEMU appended since the last look is read, so the
+            // watch costs little beside the TCG guest it is timing; the
+            // tail kept from the last read catches a line split between two.
+            let mut file = None;
+            let mut seen: Vec<u8> = Vec::new();
+            let keep = AGENT_READY.len() - 1;
             while !flag.load(Ordering::Relaxed) {
-                if let Ok(bytes) = std::fs::read(&path) {
-                    if String::from_utf8_lossy(&bytes).contains(AGENT_READY) {
+                if file.is_none() {
+                    file = std::fs::File::open(&path).ok();
+                }
+                if let Some(f) = file.as_mut() {
+                    if f.read_to_end(&mut seen).is_ok()
+                        && seen
+                            .windows(AGENT_READY.len())
+                            .any(|w| w == AGENT_READY.as_bytes())
+                    {
                         return Some(Instant::now());
                     }
+                    let cut = seen.len().saturating_sub(keep);
+                    seen.drain(..cut);
                 }
                 std::thread::sleep(POLL);
             }
@@ -187,5 +203,28 @@ mod tests {
         let m = median_phases(&[p, later, later]).unwrap();
         assert_eq!(m.qemu_up_ms, 110.0);
         assert_eq!(median_phases(&[]), None);
+    }
+
+    #[test]
+    fn the_watch_sees_the_ready_line_even_when_written_in_pieces() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let watch = ConsoleWatch::start(&path);
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(b"[ 0.1] kata-agent INFO x: starting\n[ 0.2] kata-agent INFO x: agent API ")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let before = Instant::now();
+        f.write_all(b"ready on vsock://-1:1024\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !watch.thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(POLL);
+        }
+        let seen = watch.finish().expect("the ready line was written");
+        assert!(seen >= before, "seen before the line was complete");
+        // Without the line, the watch ends empty when told to.
+        let quiet = ConsoleWatch::start(&dir.path().join("other.log"));
+        assert_eq!(quiet.finish(), None);
     }
 }
