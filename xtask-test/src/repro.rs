@@ -558,22 +558,25 @@ pub fn sums_in(dist: &Path) -> Result<String> {
 /// hash a configuration pins, so it must rebuild bit for bit.
 const EXTRA_IMAGE: &[&str] = &["--recipe", "debian", "--verity"];
 
-fn extra_image_args() -> xtask::image::ImageArgs {
-    xtask::image::ImageArgs {
-        recipe: "debian".into(),
-        fs: xtask::image::FsArg::Ext4,
-        no_dax: false,
-        align_mib: 128,
-        free_mib: 0,
-        verity: true,
+/// [`EXTRA_IMAGE`] as `image` parses it, so both trees build the same
+/// step with the command's own defaults.
+fn extra_image_args() -> Result<xtask::image::ImageArgs> {
+    #[derive(clap::Parser)]
+    struct Image {
+        #[command(flatten)]
+        args: xtask::image::ImageArgs,
     }
+    let parsed = <Image as clap::Parser>::try_parse_from(
+        std::iter::once("image").chain(EXTRA_IMAGE.iter().copied()),
+    )?;
+    Ok(parsed.args)
 }
 
 /// Builds [`EXTRA_IMAGE`] here and in the clone and fails naming what
 /// differs: the image's bytes or its `kernel_verity_params`. Returns the
 /// image's digest and its parameters.
 fn compare_extra_image(ctx: &Ctx, clone: &CleanClone, exe: &Path) -> Result<(String, String)> {
-    let args = extra_image_args();
+    let args = extra_image_args()?;
     let here = xtask::image::build(ctx, &args)?;
     let here_sha = file_sha256(&here.file)?;
     let here_params = here.verity_params.clone().unwrap_or_default();
@@ -725,7 +728,15 @@ pub fn test(ctx: &Ctx, args: &ReproArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::differing_sums;
+    use super::{differing_sums, extra_image_args};
+
+    #[test]
+    fn the_extra_image_is_the_debian_verity_image() {
+        let args = extra_image_args().unwrap();
+        assert_eq!(args.recipe, "debian");
+        assert!(args.verity && !args.no_dax);
+        assert_eq!(args.fs, xtask::image::FsArg::Ext4);
+    }
 
     #[test]
     fn differing_sums_names_changed_and_missing_files() {
