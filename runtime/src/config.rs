@@ -81,6 +81,9 @@ pub struct QemuSection {
     pub path: PathBuf,
     #[serde(deserialize_with = "de::path")]
     pub kernel: PathBuf,
+    /// QEMU's `-bios`. Empty: QEMU's default firmware (SeaBIOS).
+    #[serde(deserialize_with = "de::path")]
+    pub firmware: PathBuf,
     #[serde(
         deserialize_with = "de::opt_path",
         skip_serializing_if = "Option::is_none"
@@ -202,6 +205,7 @@ impl Default for QemuSection {
         QemuSection {
             path: PathBuf::from(DEFAULT_QEMU),
             kernel: PathBuf::new(),
+            firmware: PathBuf::new(),
             initrd: None,
             image: None,
             rootfs_type: "ext4".into(),
@@ -847,6 +851,7 @@ impl KataConfig {
         };
         let mut cfg = QemuConfig::new(id, &h.kernel, boot);
         cfg.qemu_binary = h.path.clone();
+        cfg.firmware = Some(h.firmware.clone()).filter(|f| !f.as_os_str().is_empty());
         cfg.kernel_params = h.kernel_params.clone();
         if self.agent.enable_debug {
             cfg.kernel_params.insert(0, "agent.log=debug".into());
@@ -1175,8 +1180,10 @@ experimental = []
         let c = parse_str(&text).unwrap();
         assert_eq!(
             c.hypervisor.kernel,
-            PathBuf::from("/opt/kata/share/kata-containers/vmlinuz.container")
+            PathBuf::from("/opt/kata/share/kata-containers/vmlinux.container")
         );
+        // SeaBIOS: qboot would break hot-plugged devices.
+        assert_eq!(c.hypervisor.firmware, PathBuf::new());
         assert_eq!(
             c.hypervisor.vhost_user_vsock_daemon,
             Some(PathBuf::from("/opt/kata/libexec/vhost-device-vsock"))

@@ -91,6 +91,8 @@ pub struct FaultReport {
 #[derive(Clone)]
 pub struct Guest {
     pub kernel: PathBuf,
+    /// QEMU's `-bios`; None: SeaBIOS.
+    pub firmware: Option<PathBuf>,
     pub boot: BootMedia,
     pub media: Media,
     pub console_dir: PathBuf,
@@ -103,8 +105,10 @@ pub struct Guest {
     pub agent_is_init: bool,
 }
 
+/// A guest booted as the shipped configuration boots it: the uncompressed
+/// vmlinux through PVH, from QEMU's default firmware.
 pub fn prepare(ctx: &Ctx, media: Media, recipe: &str) -> Result<Guest> {
-    let kernel = kernel::build(ctx, &kernel::KernelArgs::default())?.bzimage();
+    let kernel = kernel::build(ctx, &kernel::KernelArgs::default())?.vmlinux();
     let boot = match media {
         Media::Initrd => {
             let args = initrd::InitrdArgs {
@@ -143,6 +147,7 @@ pub fn prepare(ctx: &Ctx, media: Media, recipe: &str) -> Result<Guest> {
     Ok(Guest {
         agent_is_init: recipe_def.init == rootfs_builder::InitMode::Agent,
         kernel,
+        firmware: None,
         boot,
         media,
         console_dir: ctx.logs(),
@@ -154,6 +159,7 @@ pub(crate) fn config(guest: &Guest, name: &str, accel: Accel, extra_params: &[&s
     // Unique per process: parallel runs must not share a state dir.
     let id = format!("xtask-{name}-{}", std::process::id());
     let mut cfg = QemuConfig::new(id, &guest.kernel, guest.boot.clone());
+    cfg.firmware = guest.firmware.clone();
     cfg.accel = accel;
     cfg.vsock_daemon = Some(guest.vsock_daemon.clone());
     cfg.console_log = Some(guest.console_dir.join(format!("vm-{name}-console.log")));

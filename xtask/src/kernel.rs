@@ -58,6 +58,12 @@ impl KernelBuild {
     pub fn bzimage(&self) -> PathBuf {
         self.dir.join("bzImage")
     }
+
+    /// The uncompressed ELF kernel, which QEMU enters through PVH (the
+    /// release's `vmlinux.container`).
+    pub fn vmlinux(&self) -> PathBuf {
+        self.dir.join("vmlinux")
+    }
 }
 
 fn bad<E: std::fmt::Display>(e: E) -> anyhow::Error {

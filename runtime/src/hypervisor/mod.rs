@@ -33,7 +33,8 @@ pub use accel::{
 pub use error::VmError;
 pub use qemu::{
     build_kernel_cmdline, build_qemu_args, check_sandbox_option, BootMedia, ImageFs, LaunchPlan,
-    NetDevice, QemuConfig, Vm, VsockBackend, DEFAULT_STATE_ROOT, QEMU_IDENTITY_FILE, VM_PROCESSES,
+    NetDevice, QemuConfig, Vm, VsockBackend, DEFAULT_STATE_ROOT, QBOOT_FIRMWARE,
+    QEMU_IDENTITY_FILE, VM_PROCESSES,
 };
 pub use qmp::{QmpClient, QmpError, QmpStatus};
 pub use virtiofs::{

@@ -97,6 +97,13 @@ impl VsockBackend {
     }
 }
 
+/// Debian's qboot (qemu-system-data): a minimal firmware that hands QEMU's
+/// ACPI tables and e820 map to the kernel and jumps to it, PVH entry
+/// included, without SeaBIOS's probing. It leaves the hotplug bridge's
+/// windows closed, so a device hot-plugged behind it gets no BARs: fine for
+/// a VM that never hot-plugs, not for a sandbox.
+pub const QBOOT_FIRMWARE: &str = "/usr/share/qemu/qboot.rom";
+
 /// Everything a caller chooses about one VM. Build with [`QemuConfig::new`]
 /// and adjust the public fields.
 #[derive(Debug, Clone)]
@@ -104,9 +111,12 @@ pub struct QemuConfig {
     /// Sandbox id: names the state directory (`[A-Za-z0-9._-]`, 1-64 chars).
     pub id: String,
     pub qemu_binary: PathBuf,
-    /// Uncompressed `vmlinux` or `bzImage`.
+    /// Uncompressed `vmlinux` (booted through PVH) or `bzImage`.
     pub kernel: PathBuf,
     pub boot: BootMedia,
+    /// QEMU's `-bios`: the firmware that runs before the kernel. `None`:
+    /// QEMU's default (SeaBIOS), which opens the hotplug bridge's windows.
+    pub firmware: Option<PathBuf>,
     /// Appended to the kernel command line, e.g. `agent.log=debug`.
     pub kernel_params: Vec<String>,
     pub memory_mib: u32,
@@ -166,6 +176,7 @@ impl QemuConfig {
             qemu_binary: PathBuf::from("qemu-system-x86_64"),
             kernel: kernel.into(),
             boot,
+            firmware: None,
             kernel_params: Vec::new(),
             memory_mib: 512,
             vcpus: 1,
@@ -193,6 +204,9 @@ impl QemuConfig {
     fn validate(&self) -> Result<(), VmError> {
         protocols::ids::check_id("VM id", &self.id).map_err(|m| VmError::config("id", m))?;
         require_file("kernel", &self.kernel)?;
+        if let Some(firmware) = &self.firmware {
+            require_file("firmware", firmware)?;
+        }
         match &self.boot {
             BootMedia::Initrd(p) => require_file("initrd", p)?,
             BootMedia::Image { path, .. } => require_file("image", path)?,
@@ -370,7 +384,7 @@ pub(crate) fn qemu_escape(path: &Path) -> String {
 
 /// Kernel command line: console and power behaviour, root parameters of
 /// the boot media, then the caller's parameters (which may override).
-pub fn build_kernel_cmdline(cfg: &QemuConfig) -> String {
+pub fn build_kernel_cmdline(cfg: &QemuConfig, accel: Accel) -> String {
     let mut params: Vec<String> = [
         "console=ttyS0",
         // A panic reboots after 1 s, and a reboot makes QEMU exit
@@ -392,6 +406,14 @@ pub fn build_kernel_cmdline(cfg: &QemuConfig) -> String {
     .collect();
     if cfg.quiet {
         params.push("quiet".into());
+    }
+    if accel == Accel::Tcg {
+        // Without a TSC-deadline timer (TCG has none) the kernel calibrates
+        // the local APIC timer against jiffies for HZ/10 ticks: about
+        // 150 ms of boot on TCG, measured. Without it the HPET is the
+        // clock event device (broadcast to other vCPUs). Under KVM the
+        // TSC-deadline timer skips the calibration, and the APIC timer stays.
+        params.push("noapictimer".into());
     }
     if let BootMedia::Image {
         fs, dax, verity, ..
@@ -474,6 +496,9 @@ pub fn build_qemu_args(cfg: &QemuConfig, plan: &LaunchPlan) -> Result<Vec<String
         }
     }
     push(&["-smp", &cfg.vcpus.to_string()]);
+    if let Some(firmware) = &cfg.firmware {
+        push(&["-bios", &firmware.to_string_lossy()]);
+    }
     match &nvdimm {
         Some((_, size)) => {
             // The NVDIMM occupies a hotplug slot above RAM: maxmem must hold both.
@@ -495,7 +520,7 @@ pub fn build_qemu_args(cfg: &QemuConfig, plan: &LaunchPlan) -> Result<Vec<String
         ]);
     }
     push(&["-kernel", &cfg.kernel.to_string_lossy()]);
-    push(&["-append", &build_kernel_cmdline(cfg)]);
+    push(&["-append", &build_kernel_cmdline(cfg, plan.accel)]);
     if let BootMedia::Initrd(initrd) = &cfg.boot {
         push(&["-initrd", &initrd.to_string_lossy()]);
     }
@@ -1234,6 +1259,30 @@ mod tests {
     }
 
     #[test]
+    fn firmware_is_qemus_default_unless_set() {
+        let mut cfg = config(BootMedia::Initrd("/i/initrd.img".into()));
+        let args = build_qemu_args(&cfg, &plan(VsockBackend::None, None)).unwrap();
+        assert!(values(&args, "-bios").is_empty());
+        cfg.firmware = Some(QBOOT_FIRMWARE.into());
+        let args = build_qemu_args(&cfg, &plan(VsockBackend::None, None)).unwrap();
+        assert_eq!(values(&args, "-bios"), [QBOOT_FIRMWARE]);
+        // A firmware that is not there is named before QEMU runs.
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["vmlinux", "initrd.img"] {
+            std::fs::write(dir.path().join(f), b"x").unwrap();
+        }
+        cfg.kernel = dir.path().join("vmlinux");
+        cfg.boot = BootMedia::Initrd(dir.path().join("initrd.img"));
+        cfg.validate().unwrap();
+        cfg.firmware = Some("/nonexistent/qboot.rom".into());
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("firmware") && err.contains("/nonexistent/qboot.rom"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn initrd_command_line() {
         let cfg = config(BootMedia::Initrd("/i/initrd.img".into()));
         let args = build_qemu_args(&cfg, &plan(VsockBackend::None, None)).unwrap();
@@ -1270,7 +1319,11 @@ mod tests {
             append.starts_with("console=ttyS0 panic=1 reboot=k "),
             "{append}"
         );
-        assert!(append.ends_with(" quiet agent.log=debug"), "{append}");
+        // (the plan here is TCG's)
+        assert!(
+            append.ends_with(" quiet noapictimer agent.log=debug"),
+            "{append}"
+        );
         assert!(!append.contains("root="), "{append}");
     }
 
@@ -1307,12 +1360,15 @@ mod tests {
     #[test]
     fn root_parameters_follow_fs_and_dax() {
         let cmdline = |fs, dax| {
-            build_kernel_cmdline(&config(BootMedia::Image {
-                path: "/i".into(),
-                fs,
-                dax,
-                verity: None,
-            }))
+            build_kernel_cmdline(
+                &config(BootMedia::Image {
+                    path: "/i".into(),
+                    fs,
+                    dax,
+                    verity: None,
+                }),
+                Accel::Kvm,
+            )
         };
         assert!(cmdline(ImageFs::Ext4, false).contains(
             "root=/dev/pmem0p1 rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4"
@@ -1321,15 +1377,23 @@ mod tests {
             .contains("root=/dev/pmem0p1 rootflags=dax ro rootfstype=erofs"));
         let mut cfg = config(BootMedia::Initrd("/i".into()));
         cfg.quiet = false;
-        assert!(!build_kernel_cmdline(&cfg).contains("quiet"));
+        assert!(!build_kernel_cmdline(&cfg, Accel::Kvm).contains("quiet"));
+        // The APIC timer's calibration is skipped on TCG only.
+        assert!(!build_kernel_cmdline(&cfg, Accel::Kvm).contains("noapictimer"));
+        assert!(build_kernel_cmdline(&cfg, Accel::Tcg)
+            .split(' ')
+            .any(|p| p == "noapictimer"));
         // verity: the root is dm-0 over both partitions, never DAX
         let verity = "root_hash=69f1faf047532e95037e25fda9c284f4114c830e1c43421e6227d3604b41f6f9,salt=ab,data_blocks=8,data_block_size=4096,hash_block_size=4096";
-        let line = build_kernel_cmdline(&config(BootMedia::Image {
-            path: "/i".into(),
-            fs: ImageFs::Ext4,
-            dax: true,
-            verity: Some(verity.parse().unwrap()),
-        }));
+        let line = build_kernel_cmdline(
+            &config(BootMedia::Image {
+                path: "/i".into(),
+                fs: ImageFs::Ext4,
+                dax: true,
+                verity: Some(verity.parse().unwrap()),
+            }),
+            Accel::Kvm,
+        );
         assert!(
             line.contains(" verity 1 /dev/pmem0p1 /dev/pmem0p2 4096 4096 8 0 sha256 "),
             "{line}"
