@@ -61,6 +61,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         media: Media::Initrd,
         recipe: "minimal".into(),
         keep: false,
+        log_name: "bench-start",
     };
     let env = E2eEnv::start(ctx, &opts)?;
     // One of each first: page cache and image unpacking are not what we measure.

@@ -110,6 +110,7 @@ pub fn run(ctx: &Ctx, args: &SoakArgs) -> Result<()> {
             media: Media::Initrd,
             recipe: "minimal".into(),
             keep: args.keep,
+            log_name: "soak",
         },
     )?;
     let cd = &env.containerd;
@@ -238,7 +239,11 @@ pub fn run(ctx: &Ctx, args: &SoakArgs) -> Result<()> {
     }
     let mut problems = Vec::new();
     if !leftovers.is_empty() {
-        problems.push(format!("left behind: {}", leftovers.join("; ")));
+        problems.push(format!(
+            "left behind after 60 s: {} (the shims' own log lines are in {})",
+            leftovers.join("; "),
+            ctx.rel(&cd.log)
+        ));
     }
     if fds_end > fds_idle {
         problems.push(format!(

@@ -518,10 +518,11 @@ impl PrivateContainerd {
         let mut out = Vec::new();
         for p in self.our_processes() {
             out.push(format!(
-                "process {} ({}) still runs: {}",
+                "process {} ({}) still runs: {} [threads: {}]",
                 p.pid,
                 p.program(),
-                p.cmdline()
+                p.cmdline(),
+                thread_states(p.pid)
             ));
         }
         for m in mounts_under(&self.layout.dir) {
@@ -756,11 +757,70 @@ impl Ctr {
     }
 }
 
+/// Each thread of `pid` as `name:state:wchan` (what it is blocked in), so
+/// that a process that should have exited says where it is stuck.
+fn thread_states(pid: u32) -> String {
+    let task = PathBuf::from(format!("/proc/{pid}/task"));
+    let Ok(entries) = std::fs::read_dir(&task) else {
+        return "gone".into();
+    };
+    let mut threads: Vec<String> = entries
+        .flatten()
+        .map(|e| {
+            let read = |f: &str| {
+                std::fs::read_to_string(e.path().join(f))
+                    .map(|t| t.trim().to_string())
+                    .unwrap_or_else(|_| "?".into())
+            };
+            // stat: "tid (comm) S ...": the state follows the last ')'.
+            let stat = read("stat");
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .unwrap_or("?")
+                .to_string();
+            format!("{}:{state}:{}", read("comm"), read("wchan"))
+        })
+        .collect();
+    threads.sort();
+    threads.join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
-    use super::{containerd_config, ContainerdLayout, CriPlugin};
+    use super::{containerd_config, thread_states, ContainerdLayout, CriPlugin};
+
+    #[test]
+    fn thread_states_name_each_thread_and_what_it_waits_in() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let parked = std::thread::Builder::new()
+            .name("parked-probe".into())
+            .spawn(move || rx.recv())
+            .unwrap();
+        // Wait until the thread is asleep in the kernel.
+        let me = std::process::id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let seen = loop {
+            let s = thread_states(me);
+            if s.split(' ')
+                .any(|t| t.starts_with("parked-probe:S:") && !t.ends_with(":0"))
+                || std::time::Instant::now() > deadline
+            {
+                break s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        tx.send(()).unwrap();
+        parked.join().unwrap().unwrap();
+        assert!(
+            seen.split(' ')
+                .any(|t| t.starts_with("parked-probe:S:futex")),
+            "{seen}"
+        );
+        assert_eq!(thread_states(u32::MAX), "gone");
+    }
 
     #[test]
     fn containerd_config_names_our_paths() {

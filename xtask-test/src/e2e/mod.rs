@@ -317,6 +317,10 @@ pub struct EnvOptions {
     pub media: Media,
     pub recipe: String,
     pub keep: bool,
+    /// Names the run's files in the logs dir (`<log_name>-containerd.log`,
+    /// `-containerd.toml`, `-configuration.toml`), so that a later run of
+    /// another kind does not overwrite the log a failure points at.
+    pub log_name: &'static str,
 }
 
 pub struct E2eEnv {
@@ -376,7 +380,10 @@ impl E2eEnv {
         if let Some(text) = &config_text {
             let p = temp.path().join("configuration.toml");
             std::fs::write(&p, text)?;
-            std::fs::copy(&p, logs.join("e2e-configuration.toml"))?;
+            std::fs::copy(
+                &p,
+                logs.join(format!("{}-configuration.toml", opts.log_name)),
+            )?;
             env.push((KATA_CONF_ENV.to_string(), p.display().to_string()));
             env.push(("RUST_LOG".to_string(), "debug".to_string()));
             kata_config = Some(p);
@@ -388,13 +395,16 @@ impl E2eEnv {
         drop(image_work);
         let containerd = PrivateContainerd::start(
             temp,
-            &logs.join("e2e-containerd.log"),
+            &logs.join(format!("{}-containerd.log", opts.log_name)),
             shim.as_deref(),
             &env,
             opts.keep,
             ContainerdSetup::default(),
         )?;
-        std::fs::copy(&containerd.layout.config, logs.join("e2e-containerd.toml"))?;
+        std::fs::copy(
+            &containerd.layout.config,
+            logs.join(format!("{}-containerd.toml", opts.log_name)),
+        )?;
         import_image(&containerd, &image)?;
         Ok(E2eEnv {
             containerd,
@@ -511,6 +521,7 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
         media,
         recipe: args.recipe.clone(),
         keep: args.keep,
+        log_name: "e2e",
     };
     // The unpacked release (--from-release) must outlive the containerd using it.
     let mut release_tree = None;
