@@ -487,6 +487,107 @@ fn a_pin_the_archive_dropped_names_the_fix() {
     );
 }
 
+/// A copy of this checkout's tracked files, for a test that changes a
+/// recipe or lock (xtask reads them from `KATA_XTASK_ROOT`).
+fn checkout_copy(into: &Path) -> PathBuf {
+    let copy = into.join("src");
+    let files = Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(files.status.success(), "git ls-files: {}", stderr(&files));
+    for name in files.stdout.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let rel = Path::new(std::str::from_utf8(name).unwrap());
+        let from = root().join(rel);
+        if !from.is_file() {
+            continue;
+        }
+        let to = copy.join(rel);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&from, &to).unwrap();
+    }
+    copy
+}
+
+#[test]
+#[ignore = "needs apt-get (a Debian host): run by cargo xtask test unit"]
+fn an_unknown_package_in_a_recipe_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    let src = checkout_copy(d.path());
+    let recipe = src.join("image-recipes/typo.yaml");
+    let text = std::fs::read_to_string(src.join("image-recipes/minimal.yaml"))
+        .unwrap()
+        .replace("name: minimal", "name: typo")
+        .replace(
+            "install: [iptables]",
+            "install: [iptables, no-such-package-kata-xtask]",
+        );
+    assert!(text.contains("no-such-package-kata-xtask"), "{text}");
+    std::fs::write(&recipe, text).unwrap();
+    let o = xtask(
+        &["versions", "--update", "recipe:typo"],
+        &[
+            ("KATA_XTASK_ROOT", &src),
+            ("KATA_XTASK_CACHE_DIR", &d.path().join("c")),
+            ("KATA_XTASK_DIST_DIR", &d.path().join("d")),
+        ],
+    );
+    assert_bad_input(
+        &o,
+        &[
+            "image-recipes/typo.yaml",
+            "packages.install: no-such-package-kata-xtask",
+        ],
+    );
+    assert!(
+        !src.join("image-recipes/typo.lock").exists(),
+        "no lock may be written for a recipe that does not resolve"
+    );
+}
+
+#[test]
+#[ignore = "needs apt-get, the network, the musl target, mke2fs and cpio (real initrd and image builds): run by cargo xtask test unit"]
+fn a_locked_version_the_archive_lacks_is_named_and_nothing_is_built() {
+    let b = built();
+    let d = tempfile::tempdir().unwrap();
+    let cache = cache_copy(b, d.path());
+    let src = checkout_copy(d.path());
+    let lock = src.join("image-recipes/minimal.lock");
+    let text = std::fs::read_to_string(&lock).unwrap();
+    // A version Debian never published, with a digest nothing in the cache
+    // has: the rootfs step must ask the archive, and the archive says no.
+    let (at, _) = text.match_indices("- name: iptables\n").next().unwrap();
+    let version_line = text[at..].lines().nth(1).unwrap().to_string();
+    let sha_line = text[at..].lines().nth(2).unwrap().to_string();
+    let bogus = text
+        .replacen(&version_line, "  version: 1.8.9-0+gone1", 1)
+        .replacen(&sha_line, &format!("  sha256: {}", "ab".repeat(32)), 1);
+    std::fs::write(&lock, bogus).unwrap();
+    let dist = d.path().join("dist");
+    let o = xtask(
+        &["rootfs", "--recipe", "minimal"],
+        &[
+            ("KATA_XTASK_ROOT", &src),
+            ("KATA_XTASK_CACHE_DIR", &cache),
+            ("KATA_XTASK_DIST_DIR", &dist),
+        ],
+    );
+    assert_bad_input(
+        &o,
+        &[
+            "recipe:minimal",
+            "iptables=1.8.9-0+gone1",
+            "cargo xtask versions --update recipe:minimal",
+        ],
+    );
+    assert!(
+        !dist.join("manifest.json").exists(),
+        "nothing may be published: {:?}",
+        std::fs::read_dir(&dist).map(|r| r.count()).ok()
+    );
+}
+
 #[test]
 #[ignore = "needs apt-get and the network: run by cargo xtask test unit"]
 fn update_repins_to_what_the_archive_serves_and_keeps_comments() {
