@@ -194,7 +194,7 @@ fn release_verifies_with_user_tools_and_reruns_from_cache() {
     // The shipped configuration names the install prefix, not this clone.
     let config = std::fs::read_to_string(d.join(artifact(&v, "config"))).unwrap();
     assert!(
-        config.contains("kernel = \"/opt/kata/share/kata-containers/vmlinuz.container\""),
+        config.contains("kernel = \"/opt/kata/share/kata-containers/vmlinux.container\""),
         "{config}"
     );
     assert!(
