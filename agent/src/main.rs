@@ -56,6 +56,7 @@ mod container;
 mod guest;
 mod init;
 mod iptables;
+mod kmod;
 mod logger;
 mod metrics;
 mod network;

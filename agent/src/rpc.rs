@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::container::{Containers, Failure, Layout};
 use crate::guest;
 use crate::iptables;
+use crate::kmod;
 use crate::network;
 use crate::reaper::Reaper;
 use crate::storage::{self, Prepared};
@@ -619,10 +620,7 @@ impl agent_ttrpc::AgentService for AgentService {
             ));
         }
         if !req.kernel_modules.is_empty() {
-            return Err(status(
-                Code::UNIMPLEMENTED,
-                "CreateSandbox: kernel_modules are not implemented by this agent yet",
-            ));
+            self.load_kernel_modules(&req.kernel_modules)?;
         }
         if !req.hostname.is_empty() {
             self.state.apply_hostname(&req.hostname).map_err(|e| {
@@ -834,6 +832,47 @@ impl agent_ttrpc::AgentService for AgentService {
 }
 
 impl AgentService {
+    /// CreateSandbox's `kernel_modules`, loaded like modprobe would (see
+    /// kmod). Only in a guest: a service-mode agent does not load modules
+    /// into the host's kernel.
+    fn load_kernel_modules(&self, modules: &[protocols::agent::KernelModule]) -> ttrpc::Result<()> {
+        let requests: Vec<kmod::ModuleRequest> = modules
+            .iter()
+            .map(|m| kmod::ModuleRequest {
+                name: m.name.clone(),
+                parameters: m.parameters.clone(),
+            })
+            .collect();
+        for r in &requests {
+            kmod::validate(r)
+                .map_err(|e| status(Code::INVALID_ARGUMENT, format!("CreateSandbox: {e}")))?;
+        }
+        if !self.state.config.owns_guest {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                "CreateSandbox: kernel_modules: the agent runs in service mode (not PID 1 of a VM) and does not load modules into the host's kernel",
+            ));
+        }
+        let internal = |e: kmod::KmodError| status(Code::INTERNAL, format!("CreateSandbox: {e}"));
+        let dir = kmod::running_kernel_dir().map_err(internal)?;
+        let index = kmod::ModuleIndex::load(&dir).map_err(internal)?;
+        let loaded = kmod::load_all(&index, &requests, &mut kmod::KernelLoader).map_err(|e| {
+            let code = match e {
+                kmod::KmodError::NotFound { .. } => Code::NOT_FOUND,
+                kmod::KmodError::Invalid { .. } | kmod::KmodError::BuiltinWithParameters { .. } => {
+                    Code::INVALID_ARGUMENT
+                }
+                _ => Code::INTERNAL,
+            };
+            status(code, format!("CreateSandbox: {e}"))
+        })?;
+        log::info!(
+            "CreateSandbox: kernel modules {:?} requested, loaded now: {loaded:?}",
+            requests.iter().map(|r| r.name.as_str()).collect::<Vec<_>>()
+        );
+        Ok(())
+    }
+
     fn refuse_network_change_in_service_mode(&self, method: &str) -> ttrpc::Result<()> {
         if self.state.config.owns_guest {
             return Ok(());

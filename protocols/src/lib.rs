@@ -70,6 +70,7 @@ pub mod types {
 }
 
 pub mod ids;
+pub mod kernel_modules;
 pub mod metrics;
 pub mod requests;
 

@@ -252,6 +252,14 @@ pub struct AgentSection {
     /// on vsock port [`DEBUG_CONSOLE_VPORT`]. Off by default (upstream's).
     #[serde(deserialize_with = "de::boolean", skip_serializing_if = "is_false")]
     pub debug_console_enabled: bool,
+    /// Modules the agent loads in the guest at CreateSandbox, upstream's
+    /// `"NAME KEY=VALUE ..."` entries (checked here, by the rule the agent
+    /// applies). The guest's image must carry them under /lib/modules.
+    #[serde(
+        deserialize_with = "de::kernel_modules",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub kernel_modules: Vec<String>,
 }
 
 impl Default for AgentSection {
@@ -261,6 +269,7 @@ impl Default for AgentSection {
             dial_timeout: 45,
             request_timeout: 30,
             debug_console_enabled: false,
+            kernel_modules: Vec::new(),
         }
     }
 }
@@ -527,6 +536,15 @@ mod de {
                 v.type_str()
             ))),
         }
+    }
+
+    /// `["NAME KEY=VALUE ...", ...]`, each entry checked.
+    pub fn kernel_modules<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        let entries = strings(d)?;
+        for e in &entries {
+            protocols::kernel_modules::parse_entry(e).map_err(D::Error::custom)?;
+        }
+        Ok(entries)
     }
 
     pub fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -830,6 +848,20 @@ impl KataConfig {
         Duration::from_secs(self.agent.request_timeout)
     }
 
+    /// `[agent.kata] kernel_modules` as CreateSandbox carries them.
+    pub fn kernel_modules(&self) -> Vec<protocols::agent::KernelModule> {
+        self.agent
+            .kernel_modules
+            .iter()
+            .filter_map(|e| protocols::kernel_modules::parse_entry(e).ok())
+            .map(|(name, parameters)| protocols::agent::KernelModule {
+                name,
+                parameters,
+                ..Default::default()
+            })
+            .collect()
+    }
+
     /// The VM of sandbox `id`, sharing `shared_dir` over virtio-fs.
     pub fn qemu_config(&self, id: &str, shared_dir: &Path) -> QemuConfig {
         let h = &self.hypervisor;
@@ -967,7 +999,6 @@ experimental = []
                 "[hypervisor.clh] (only [hypervisor.qemu] is supported)",
                 "[hypervisor.qemu] block_device_driver",
                 "[hypervisor.qemu] enable_iommu",
-                "[agent.kata] kernel_modules",
             ],
             "every key this runtime does not use is reported"
         );
@@ -1051,6 +1082,25 @@ experimental = []
     }
 
     #[test]
+    fn kernel_modules_reach_create_sandbox_as_name_and_parameters() {
+        let c = parse_str(&format!(
+            "{MINIMAL}[agent.kata]\nkernel_modules = [\"bonding max_bonds=2 miimon=100\", \"dummy\"]\n"
+        ))
+        .unwrap();
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+        let m = c.kernel_modules();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].name, "bonding");
+        assert_eq!(m[0].parameters, ["max_bonds=2", "miimon=100"]);
+        assert_eq!(m[1].name, "dummy");
+        assert!(m[1].parameters.is_empty());
+        // Through the file format the shim hands on (env, the e2e harness).
+        let back = parse_str(&c.to_file().to_toml().unwrap()).unwrap();
+        assert_eq!(back.agent.kernel_modules, c.agent.kernel_modules);
+        assert!(parse_str(MINIMAL).unwrap().kernel_modules().is_empty());
+    }
+
+    #[test]
     fn bad_values_name_the_key_and_the_file() {
         let cases: &[(&str, &str, &str)] = &[
             (
@@ -1122,6 +1172,15 @@ experimental = []
         .unwrap_err();
         assert!(
             err.to_string().contains("[agent.kata] dial_timeout"),
+            "{err}"
+        );
+        let err = parse_str(&format!(
+            "{MINIMAL}[agent.kata]\nkernel_modules = [\"dummy numdummies=2\", \"../evil\"]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("[agent.kata] kernel_modules")
+                && err.to_string().contains("\"../evil\""),
             "{err}"
         );
         let err = parse_str("[hypervisor.qemu]\ninitrd = \"/i\"\n").unwrap_err();

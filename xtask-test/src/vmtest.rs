@@ -170,6 +170,31 @@ pub(crate) fn config(guest: &Guest, name: &str, accel: Accel, extra_params: &[&s
     cfg
 }
 
+/// CreateSandbox's kernel_modules against the real agent and kernel. The
+/// pipeline's kernel has no loadable modules: a module it lacks is refused,
+/// naming the module and modules.dep, and no sandbox is created (the
+/// caller's CreateSandbox then succeeds).
+fn check_kernel_modules(client: &AgentClient, req: &CreateSandboxRequest) -> Result<()> {
+    let module = |name: &str| protocols::agent::KernelModule {
+        name: name.into(),
+        ..Default::default()
+    };
+    let mut missing = req.clone();
+    missing.kernel_modules = vec![module("loop"), module("dummy")];
+    match client.create_sandbox(&missing) {
+        Err(e) => {
+            let text = format!("{e:#}");
+            if !(text.contains("kernel module dummy") && text.contains("modules.dep")) {
+                bail!("CreateSandbox with kernel module dummy (not in this kernel) failed, but not naming it and modules.dep: {text}");
+            }
+            Ok(())
+        }
+        Ok(_) => bail!(
+            "CreateSandbox with kernel module dummy succeeded, but this kernel has no loadable modules"
+        ),
+    }
+}
+
 pub(crate) fn media_name(m: Media) -> &'static str {
     match m {
         Media::Initrd => "initrd",
@@ -257,7 +282,15 @@ pub fn boot_and_drive(ctx: &Ctx, guest: &Guest, accel: Accel) -> Result<BootRepo
     req.hostname = "kata-vmtest".into();
     req.sandbox_id = format!("vmtest-{}", std::process::id());
     req.dns = vec!["nameserver 192.0.2.53".into()];
-    client.create_sandbox(&req)?;
+    check_kernel_modules(&client, &req)?;
+    // `loop` is built in (in /sys/module): already there, nothing to load.
+    req.kernel_modules = vec![protocols::agent::KernelModule {
+        name: "loop".into(),
+        ..Default::default()
+    }];
+    client
+        .create_sandbox(&req)
+        .context("CreateSandbox (with the built-in kernel module loop)")?;
     client.destroy_sandbox()?;
     drop(client);
     let status = vm

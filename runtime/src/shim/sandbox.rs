@@ -158,6 +158,7 @@ impl Sandbox {
         let mut req = CreateSandboxRequest::new();
         req.sandbox_id = id.to_string();
         req.hostname = hostname.to_string();
+        req.kernel_modules = cfg.kernel_modules();
         let mut storage = Storage::new();
         storage.driver = "virtio-fs".into();
         storage.source = DEFAULT_SHARED_FS_TAG.into();
