@@ -1,7 +1,9 @@
 //! Kernel modules that CreateSandbox asks for (`kernel_modules`), loaded
-//! the way modprobe would: the module's file and its dependencies come from
-//! `/lib/modules/<release>/modules.dep`, dependencies go in first, and the
-//! module gets the requested parameters.
+//! the way modprobe loads a module by name: the module's file and its
+//! dependencies come from `/lib/modules/<release>/modules.dep`,
+//! dependencies go in first, and the module gets the requested parameters.
+//! Unlike modprobe, aliases (`modules.alias`) and soft dependencies
+//! (`modules.softdep`) are not resolved: a request names the module itself.
 //!
 //! Done here with `finit_module(2)` instead of running modprobe (upstream's
 //! way): the agent-as-init guest has no kmod, and busybox's modprobe differs
@@ -27,7 +29,7 @@ pub struct ModuleRequest {
 pub enum KmodError {
     #[error("kernel module {name:?}: {why}")]
     Invalid { name: String, why: String },
-    #[error("kernel module {name}: not in {dep_file} (this guest's kernel has no such loadable module; is the image built with that kernel's modules?)")]
+    #[error("kernel module {name}: not in {dep_file} and not in /sys/module (the guest carries no such loadable module, and it is not built in with parameters; is the image built with that kernel's modules?)")]
     NotFound { name: String, dep_file: String },
     #[error("kernel module {name} is built into the kernel: parameters {parameters:?} must go on the kernel command line (kernel_params) instead")]
     BuiltinWithParameters {
@@ -201,29 +203,50 @@ impl ModuleLoader for KernelLoader {
             return Ok(());
         }
         let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EEXIST) {
-            // Loaded meanwhile (or by a dependency's earlier request).
+        if e.raw_os_error() == Some(libc::EEXIST) && parameters.is_empty() {
+            // Loaded meanwhile: nothing was asked of it that did not apply.
             return Ok(());
         }
         Err(e)
     }
 }
 
-/// Loads every requested module (all are checked first, nothing is loaded
-/// if one request is malformed or unknown). Returns the modules loaded now.
+/// Loads every requested module. All requests are checked first (names,
+/// parameters, presence in the index and of each file to load): nothing is
+/// loaded if one of them is malformed or unknown. A requested module gets
+/// its parameters wherever it is loaded, also as another one's dependency.
+/// Returns the modules loaded now.
 pub fn load_all(
     index: &ModuleIndex,
     requests: &[ModuleRequest],
     loader: &mut dyn ModuleLoader,
 ) -> Result<Vec<String>, KmodError> {
-    let mut plans = Vec::new();
+    let mut wanted: BTreeMap<String, String> = BTreeMap::new();
     for r in requests {
         validate(r)?;
         let name = normalize(&r.name);
+        let parameters = r.parameters.join(" ");
+        match wanted.get(&name) {
+            Some(earlier) if *earlier != parameters => {
+                return Err(KmodError::Invalid {
+                    name,
+                    why: format!(
+                        "requested twice with different parameters ({earlier:?} and {parameters:?})"
+                    ),
+                })
+            }
+            _ => {
+                wanted.insert(name, parameters);
+            }
+        }
+    }
+    let mut plans = Vec::new();
+    for r in requests {
+        let name = normalize(&r.name);
         if loader.is_loaded(&name) {
-            // Built in (with parameters of its own, so in /sys/module) or
-            // loaded before: modprobe would succeed without loading, but
-            // requested parameters would then silently not apply.
+            // Loaded before, or built in with parameters of its own (so in
+            // /sys/module): nothing to load, but requested parameters would
+            // silently not apply.
             if r.parameters.is_empty() {
                 continue;
             }
@@ -235,14 +258,25 @@ pub fn load_all(
                 ),
             });
         }
-        plans.push(index.plan(r)?);
+        let steps = index.plan(r)?;
+        for (step, path, _) in &steps {
+            if let Err(e) = fs::metadata(path) {
+                return Err(KmodError::Load {
+                    name: step.clone(),
+                    path: path.display().to_string(),
+                    error: format!("{e} (modules.dep lists it)"),
+                });
+            }
+        }
+        plans.push(steps);
     }
     let mut loaded = Vec::new();
     for steps in plans {
-        for (name, path, parameters) in steps {
+        for (name, path, _) in steps {
             if loader.is_loaded(&name) {
                 continue;
             }
+            let parameters = wanted.get(&name).cloned().unwrap_or_default();
             loader
                 .load(&path, &parameters)
                 .map_err(|e| KmodError::Load {
@@ -311,8 +345,55 @@ mod tests {
             "kernel/drivers/block/loop.ko\nkernel/drivers/net/dummy.ko\n",
         )
         .unwrap();
+        for f in [
+            "kernel/drivers/net/dummy.ko",
+            "kernel/drivers/net/bonding/bonding.ko",
+            "kernel/net/tls/tls.ko",
+            "kernel/lib/crc-ccitt.ko",
+            "kernel/fs/fuse/virtio-fs.ko.xz",
+        ] {
+            let p = d.path().join(f);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, b"").unwrap();
+        }
         let i = ModuleIndex::load(d.path()).unwrap();
         (d, i)
+    }
+
+    #[test]
+    fn a_requested_module_gets_its_parameters_also_as_a_dependency() {
+        let (d, i) = index();
+        let mut r = Recorder::default();
+        let loaded = load_all(&i, &[req("bonding", &[]), req("tls", &["k=v"])], &mut r).unwrap();
+        assert_eq!(loaded, ["crc_ccitt", "tls", "bonding"]);
+        assert_eq!(
+            r.calls[1],
+            (d.path().join("kernel/net/tls/tls.ko"), "k=v".into())
+        );
+        // The same module twice must ask for the same parameters.
+        let e = load_all(
+            &i,
+            &[req("tls", &["a=1"]), req("tls", &["b=2"])],
+            &mut Recorder::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("different parameters"), "{e}");
+        assert!(load_all(
+            &i,
+            &[req("tls", &["a=1"]), req("tls", &["a=1"])],
+            &mut Recorder::default()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn a_file_modules_dep_lists_but_the_guest_lacks_stops_before_loading() {
+        let (d, i) = index();
+        fs::remove_file(d.path().join("kernel/net/tls/tls.ko")).unwrap();
+        let mut r = Recorder::default();
+        let e = load_all(&i, &[req("bonding", &[])], &mut r).unwrap_err();
+        assert!(e.to_string().contains("tls.ko"), "{e}");
+        assert!(r.calls.is_empty(), "loaded before the check: {:?}", r.calls);
     }
 
     #[test]

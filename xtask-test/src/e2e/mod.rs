@@ -85,6 +85,7 @@ pub use bounded::run_bounded;
 use containerd::{ContainerdSetup, Ctr, PrivateContainerd};
 use host::{all_procs, descendants, pss_kib};
 use oci_image::{image_busybox, import_image, write_oci_archive, OciImage};
+pub(crate) use scenarios::wait_no_leftovers;
 use scenarios::{
     fault_agent_silent, fault_containerd_restarted, fault_hostile_ids, fault_invalid_spec,
     fault_qemu_killed, fault_shim_killed, fault_virtiofsd_killed, fault_vsock_daemon_killed,

@@ -132,7 +132,7 @@ pub(super) fn leftovers_now(cd: &PrivateContainerd) -> Result<()> {
 /// Waits up to `within` for the leftover scan to come back empty (a shim
 /// tears down after it reports an exit); `after` says what happened, for the
 /// error that lists what is still there.
-pub(super) fn wait_no_leftovers(
+pub(crate) fn wait_no_leftovers(
     cd: &PrivateContainerd,
     within: Duration,
     after: &str,
