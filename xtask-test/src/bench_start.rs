@@ -32,6 +32,8 @@ const SAMPLES: usize = 10;
 /// A kata pod boots a VM and sets up CNI: fewer samples keep the bench
 /// within minutes on TCG.
 const POD_SAMPLES: usize = 5;
+/// Idle sandboxes running together for the shared-footprint figure.
+const FOOTPRINT_MANY: usize = 5;
 
 #[derive(Serialize)]
 struct StartReport {
@@ -39,8 +41,15 @@ struct StartReport {
     kata_run_true_ms_median: f64,
     runc_run_true_ms_median: f64,
     kata_over_runc_ratio: f64,
+    /// PSS of one idle sandbox (shim, QEMU, virtiofsd, vsock daemon), alone.
     idle_sandbox_pss_kib: u64,
     idle_sandbox_processes: Vec<(u32, String, u64)>,
+    /// How many idle sandboxes ran at once for the next two figures.
+    idle_sandboxes_together: usize,
+    /// Their PSS summed, divided by their number.
+    idle_sandbox_pss_kib_each_of_many: u64,
+    /// Each one's PSS, in start order.
+    idle_sandboxes_pss_kib: Vec<u64>,
     pod_samples_each: usize,
     kata_pod_start_ms_median: f64,
     runc_pod_start_ms_median: f64,
@@ -80,27 +89,19 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         kata.push(k.as_secs_f64() * 1000.0);
         runc.push(r.as_secs_f64() * 1000.0);
     }
-    // The footprint of an idle sandbox.
-    let id = env.containerd.new_id("idle");
-    let ctr = env.ctr();
-    let run = crate::e2e::run_bounded(
-        ctr.run_command(
-            KATA_RUNTIME,
-            &["-d"],
-            &env.image.name,
-            &id,
-            &["sleep", "600"],
-        ),
-        None,
-        Duration::from_secs(180),
+    // The footprint of one idle sandbox, then of FOOTPRINT_MANY at once
+    // (what they share, QEMU's binary and libraries, is split between them).
+    let one = idle_footprints(&env, 1)?;
+    // The first sandbox's processes must be gone, or pages they still map
+    // would lower the next figure.
+    crate::e2e::wait_no_leftovers(
+        &env.containerd,
+        Duration::from_secs(60),
+        "the single idle sandbox",
     )?;
-    run.require_success()?;
-    ctr.wait_task_status(&id, "RUNNING", Duration::from_secs(60))?;
-    // Let the guest settle (page cache, agent threads) before measuring.
-    std::thread::sleep(Duration::from_secs(3));
-    let fp = sandbox_footprint(&id);
-    env.containerd.force_remove(&id);
-    let fp = fp?;
+    let many = idle_footprints(&env, FOOTPRINT_MANY)?;
+    let fp = one.into_iter().next().expect("one footprint");
+    let many_total: u64 = many.iter().map(|f| f.total_pss_kib).sum();
     drop(env);
     let pods = pod_start_samples(ctx)?;
     let (pk, pr) = (median(pods.kata.clone()), median(pods.runc.clone()));
@@ -112,6 +113,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         kata_over_runc_ratio: k / r,
         idle_sandbox_pss_kib: fp.total_pss_kib,
         idle_sandbox_processes: fp.processes.clone(),
+        idle_sandboxes_together: FOOTPRINT_MANY,
+        idle_sandbox_pss_kib_each_of_many: many_total / FOOTPRINT_MANY as u64,
+        idle_sandboxes_pss_kib: many.iter().map(|f| f.total_pss_kib).collect(),
         pod_samples_each: POD_SAMPLES,
         kata_pod_start_ms_median: pk,
         runc_pod_start_ms_median: pr,
@@ -123,8 +127,8 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         pod_teardown_warnings: pods.teardown_warnings.len(),
     };
     ctx.ui.info(&format!(
-        "bench start (median of {SAMPLES}, alternated): ctr run --rm true: kata {k:.0} ms, runc {r:.0} ms, ratio {:.1}; idle sandbox PSS {} KiB",
-        report.kata_over_runc_ratio, report.idle_sandbox_pss_kib
+        "bench start (median of {SAMPLES}, alternated): ctr run --rm true: kata {k:.0} ms, runc {r:.0} ms, ratio {:.1}; idle sandbox PSS {} KiB alone, {} KiB each of {FOOTPRINT_MANY} at once",
+        report.kata_over_runc_ratio, report.idle_sandbox_pss_kib, report.idle_sandbox_pss_kib_each_of_many
     ));
     ctx.ui.info(&format!(
         "bench start (median of {POD_SAMPLES}, alternated): CRI RunPodSandbox to first container RUNNING: kata {pk:.0} ms, runc {pr:.0} ms, ratio {:.1}",
@@ -179,6 +183,40 @@ fn pod_start_samples(ctx: &Ctx) -> Result<PodSamples> {
         runc,
         teardown_warnings: teardown_warnings(&log),
     })
+}
+
+/// Starts `n` idle (`sleep`) kata containers, each its own sandbox, waits
+/// until all run and the guests settle, measures each one's footprint and
+/// removes them.
+fn idle_footprints(env: &E2eEnv, n: usize) -> Result<Vec<crate::e2e::SandboxFootprint>> {
+    let ctr = env.ctr();
+    let ids: Vec<String> = (0..n)
+        .map(|i| env.containerd.new_id(&format!("idle{n}-{i}")))
+        .collect();
+    let measured = (|| {
+        for id in &ids {
+            crate::e2e::run_bounded(
+                ctr.run_command(
+                    KATA_RUNTIME,
+                    &["-d"],
+                    &env.image.name,
+                    id,
+                    &["sleep", "600"],
+                ),
+                None,
+                Duration::from_secs(180),
+            )?
+            .require_success()?;
+            ctr.wait_task_status(id, "RUNNING", Duration::from_secs(60))?;
+        }
+        // Let the guests settle (page cache, agent threads) before measuring.
+        std::thread::sleep(Duration::from_secs(3));
+        ids.iter().map(|id| sandbox_footprint(id)).collect()
+    })();
+    for id in &ids {
+        env.containerd.force_remove(id);
+    }
+    measured
 }
 
 #[cfg(test)]
