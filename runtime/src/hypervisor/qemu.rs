@@ -42,6 +42,11 @@ pub const VM_PROCESSES: [(&str, &str); 3] = [
 /// Lines of console / stderr quoted in errors.
 const TAIL_LINES: usize = 25;
 
+/// How long a dead helper daemon's report waits for QEMU's own exit (see
+/// `Vm::check_alive`). A guest panic takes QEMU down within milliseconds;
+/// one second covers a loaded host.
+const DAEMON_DEATH_GRACE: Duration = Duration::from_secs(1);
+
 /// Longest unix socket path (sun_path is 108 bytes with the trailing NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -931,13 +936,18 @@ impl Vm {
         if let Some(status) = self.poll_exit()? {
             return Err(self.exited_error(status));
         }
-        if let Some(d) = self.daemon.as_mut() {
-            d.check_alive()?;
-        }
-        if let Some(d) = self.virtiofsd.as_mut() {
-            d.check_alive()?;
-        }
-        Ok(())
+        let vsock = self.daemon.as_mut().map_or(Ok(()), |d| d.check_alive());
+        let daemons = vsock.and_then(|()| {
+            self.virtiofsd
+                .as_mut()
+                .map_or(Ok(()), VirtioFsDaemon::check_alive)
+        });
+        // A daemon usually dies *because* QEMU is exiting (virtiofsd and the
+        // vsock daemon quit when their socket closes, e.g. on a guest panic
+        // with -no-reboot). The cause the user needs is QEMU's exit and the
+        // console tail, so give QEMU a moment to be reaped before blaming the
+        // daemon.
+        daemons.map_err(|e| self.exited_within(e, DAEMON_DEATH_GRACE))
     }
 
     /// Wait (at most `timeout`) for QEMU to exit by itself, e.g. after the
@@ -1112,8 +1122,16 @@ impl Vm {
     fn exited_or(&mut self, fallback: VmError) -> VmError {
         // Give a dying QEMU a moment to be reaped, so that a QMP error caused
         // by a kill is reported as the kill.
+        self.exited_within(fallback, Duration::from_millis(200))
+    }
+
+    /// QEMU's exit if it comes within `grace`, else `fallback`.
+    fn exited_within(&mut self, fallback: VmError, grace: Duration) -> VmError {
+        if let Some(status) = self.exit_status {
+            return self.exited_error(status);
+        }
         if let Some(child) = self.qemu.as_mut() {
-            if let Ok(Some(status)) = wait_timeout(child, Duration::from_millis(200)) {
+            if let Ok(Some(status)) = wait_timeout(child, grace) {
                 self.exit_status = Some(status);
                 return self.exited_error(status);
             }
