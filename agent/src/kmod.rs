@@ -18,12 +18,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-/// One requested module: its name and `key=value` parameters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModuleRequest {
-    pub name: String,
-    pub parameters: Vec<String>,
-}
+use protocols::agent::KernelModule;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KmodError {
@@ -49,15 +44,6 @@ pub enum KmodError {
 /// The kernel's module naming: `-` and `_` are the same.
 pub fn normalize(name: &str) -> String {
     name.replace('-', "_")
-}
-
-/// Checks a request before anything is loaded, by the rule the runtime
-/// applies to its configuration ([`protocols::kernel_modules`]).
-pub fn validate(req: &ModuleRequest) -> Result<(), KmodError> {
-    protocols::kernel_modules::check(&req.name, &req.parameters).map_err(|why| KmodError::Invalid {
-        name: req.name.clone(),
-        why,
-    })
 }
 
 /// What `/lib/modules/<release>` says about modules.
@@ -121,10 +107,9 @@ impl ModuleIndex {
         self.dir.join("modules.dep").display().to_string()
     }
 
-    /// The files to load for `req`, in order (dependencies first), each with
-    /// its parameters; empty for a built-in module.
-    pub fn plan(&self, req: &ModuleRequest) -> Result<Vec<(String, PathBuf, String)>, KmodError> {
-        validate(req)?;
+    /// The modules to load for `req` (normalized name and file), in order,
+    /// dependencies first; empty for a built-in module.
+    fn plan(&self, req: &KernelModule) -> Result<Vec<(String, PathBuf)>, KmodError> {
         let name = normalize(&req.name);
         if self.builtin.contains(&name) && !self.loadable.contains_key(&name) {
             if req.parameters.is_empty() {
@@ -143,12 +128,12 @@ impl ModuleIndex {
         };
         // modules.dep lists the whole closure, the module that needs the
         // others first: modprobe loads it from the end.
-        let mut steps: Vec<(String, PathBuf, String)> = deps
+        let mut steps: Vec<(String, PathBuf)> = deps
             .iter()
             .rev()
-            .map(|d| (name_of(d), self.dir.join(d), String::new()))
+            .map(|d| (name_of(d), self.dir.join(d)))
             .collect();
-        steps.push((name, self.dir.join(file), req.parameters.join(" ")));
+        steps.push((name, self.dir.join(file)));
         Ok(steps)
     }
 }
@@ -218,12 +203,18 @@ impl ModuleLoader for KernelLoader {
 /// Returns the modules loaded now.
 pub fn load_all(
     index: &ModuleIndex,
-    requests: &[ModuleRequest],
+    requests: &[KernelModule],
     loader: &mut dyn ModuleLoader,
 ) -> Result<Vec<String>, KmodError> {
     let mut wanted: BTreeMap<String, String> = BTreeMap::new();
     for r in requests {
-        validate(r)?;
+        // The rule the runtime applies to its configuration.
+        protocols::kernel_modules::check(&r.name, &r.parameters).map_err(|why| {
+            KmodError::Invalid {
+                name: r.name.clone(),
+                why,
+            }
+        })?;
         let name = normalize(&r.name);
         let parameters = r.parameters.join(" ");
         match wanted.get(&name) {
@@ -259,7 +250,7 @@ pub fn load_all(
             });
         }
         let steps = index.plan(r)?;
-        for (step, path, _) in &steps {
+        for (step, path) in &steps {
             if let Err(e) = fs::metadata(path) {
                 return Err(KmodError::Load {
                     name: step.clone(),
@@ -272,7 +263,7 @@ pub fn load_all(
     }
     let mut loaded = Vec::new();
     for steps in plans {
-        for (name, path, _) in steps {
+        for (name, path) in steps {
             if loader.is_loaded(&name) {
                 continue;
             }
@@ -322,10 +313,11 @@ mod tests {
         }
     }
 
-    fn req(name: &str, params: &[&str]) -> ModuleRequest {
-        ModuleRequest {
+    fn req(name: &str, params: &[&str]) -> KernelModule {
+        KernelModule {
             name: name.into(),
             parameters: params.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
         }
     }
 

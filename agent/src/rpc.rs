@@ -832,21 +832,9 @@ impl agent_ttrpc::AgentService for AgentService {
 }
 
 impl AgentService {
-    /// CreateSandbox's `kernel_modules`, loaded like modprobe would (see
-    /// kmod). Only in a guest: a service-mode agent does not load modules
-    /// into the host's kernel.
+    /// CreateSandbox's `kernel_modules` (see kmod). Only in a guest: a
+    /// service-mode agent does not load modules into the host's kernel.
     fn load_kernel_modules(&self, modules: &[protocols::agent::KernelModule]) -> ttrpc::Result<()> {
-        let requests: Vec<kmod::ModuleRequest> = modules
-            .iter()
-            .map(|m| kmod::ModuleRequest {
-                name: m.name.clone(),
-                parameters: m.parameters.clone(),
-            })
-            .collect();
-        for r in &requests {
-            kmod::validate(r)
-                .map_err(|e| status(Code::INVALID_ARGUMENT, format!("CreateSandbox: {e}")))?;
-        }
         if !self.state.config.owns_guest {
             return Err(status(
                 Code::FAILED_PRECONDITION,
@@ -856,7 +844,7 @@ impl AgentService {
         let internal = |e: kmod::KmodError| status(Code::INTERNAL, format!("CreateSandbox: {e}"));
         let dir = kmod::running_kernel_dir().map_err(internal)?;
         let index = kmod::ModuleIndex::load(&dir).map_err(internal)?;
-        let loaded = kmod::load_all(&index, &requests, &mut kmod::KernelLoader).map_err(|e| {
+        let loaded = kmod::load_all(&index, modules, &mut kmod::KernelLoader).map_err(|e| {
             let code = match e {
                 kmod::KmodError::NotFound { .. } => Code::NOT_FOUND,
                 kmod::KmodError::Invalid { .. } | kmod::KmodError::BuiltinWithParameters { .. } => {
@@ -868,7 +856,7 @@ impl AgentService {
         })?;
         log::info!(
             "CreateSandbox: kernel modules {:?} requested, loaded now: {loaded:?}",
-            requests.iter().map(|r| r.name.as_str()).collect::<Vec<_>>()
+            modules.iter().map(|m| m.name.as_str()).collect::<Vec<_>>()
         );
         Ok(())
     }
