@@ -1,7 +1,7 @@
 //! The Debian package: `debian-binary`, `control.tar.xz` and `data.tar.xz` in
 //! an ar archive, written here so every byte is controlled (member mtimes =
-//! epoch, tar owners 0:0, xz preset 6 single-threaded, no compressor
-//! timestamps).
+//! epoch, tar owners 0:0, xz preset 6 in fixed blocks (`compress`), no
+//! compressor timestamps).
 //!
 //! Policy files: `/usr/share/doc/<package>/copyright` (machine-readable
 //! format), `changelog.Debian.gz` (gzip -9n equivalent) and a lintian
@@ -20,9 +20,6 @@ use crate::safety::{check_host_safety_deb, check_host_safety_layout, tar_members
 use crate::tarball::write_tree_tar;
 use crate::util::{rfc2822, write_atomically};
 use host_support::tar::{Kind as TarKind, Writer as TarWriter};
-
-/// xz preset for both tar members (dpkg-deb's default level).
-pub const XZ_PRESET: u32 = 6;
 
 /// The control-file fields and policy documents of the .deb.
 #[derive(Clone, Debug)]
@@ -397,7 +394,7 @@ fn build_deb(layout: &Layout, meta: &DebMeta, epoch: u64) -> Result<Vec<u8>> {
 fn xz_tar(
     fill: impl FnOnce(&mut TarWriter<liblzma::write::XzEncoder<Vec<u8>>>) -> Result<()>,
 ) -> Result<Vec<u8>> {
-    let encoder = liblzma::write::XzEncoder::new(Vec::new(), XZ_PRESET);
+    let encoder = crate::compress::xz_encoder(Vec::new(), crate::compress::workers())?;
     let mut tar = TarWriter::new(encoder);
     fill(&mut tar)?;
     Ok(tar.finish()?.finish()?)

@@ -8,8 +8,9 @@
 //!
 //! Everything is reproducible: archive entries are sorted, owned by 0:0
 //! (`root`/`root`), stamped with `SOURCE_DATE_EPOCH`, and compressed with
-//! fixed, single-threaded settings, so the same inputs give the same bytes no
-//! matter where they live on disk. Every archive is read back after it is
+//! fixed settings whose output does not depend on the number of worker
+//! threads ([`compress`]), so the same inputs give the same bytes no matter
+//! where they live on disk or how many cores the host has. Every archive is read back after it is
 //! written and refused if it could damage a host when unpacked into `/`
 //! (see [`safety`]). Outputs are written to a temporary file next to the
 //! destination and renamed into place.
@@ -18,6 +19,7 @@
 //! install prefix, built from [`ReleaseInputs`] by [`Layout::from_inputs`].
 
 pub mod checksums;
+pub mod compress;
 pub mod config;
 pub mod deb;
 pub mod layout;

@@ -11,9 +11,11 @@ use crate::layout::{EntryKind, Layout};
 use crate::safety::{check_host_safety_layout, check_host_safety_rpm};
 use crate::util::write_atomically;
 
-/// zstd level of the payload (the tarball's level; xz here took 6x longer on
-/// a 128 MiB image).
-pub const RPM_ZSTD_LEVEL: i32 = 19;
+/// zstd level of the payload: the tarball's (xz here took 6x longer on a
+/// 128 MiB image). The `rpm` crate's `zstdmt` feature runs zstd's
+/// multi-threaded mode, whose bytes do not depend on the core count
+/// (`compress`).
+pub const RPM_ZSTD_LEVEL: i32 = crate::compress::ZSTD_LEVEL;
 
 /// The header fields of the RPM.
 #[derive(Clone, Debug)]

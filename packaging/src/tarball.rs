@@ -15,9 +15,6 @@ use crate::safety::{check_host_safety_layout, check_host_safety_tarball, tar_mem
 use crate::util::write_atomically;
 use host_support::tar::{Kind as TarKind, Writer as TarWriter};
 
-/// Fixed zstd level: the same level, single-threaded, gives the same bytes.
-pub const ZSTD_LEVEL: i32 = 19;
-
 /// Upstream's file name for the static tarball.
 pub fn tarball_name(version: &str) -> String {
     format!("kata-static-{version}-x86_64.tar.zst")
@@ -83,8 +80,7 @@ pub fn write_tarball(layout: &Layout, out: &Path, epoch: u64) -> Result<()> {
     write_atomically(
         out,
         |w| {
-            let mut encoder = zstd::stream::Encoder::new(w, ZSTD_LEVEL)?;
-            encoder.include_checksum(true)?;
+            let encoder = crate::compress::zstd_encoder(w, crate::compress::workers())?;
             let mut tar = TarWriter::new(encoder);
             write_tree_tar(&mut tar, &entries, epoch)?;
             tar.finish()?.finish()?;
