@@ -8,6 +8,8 @@
 //! - warm no-op: `cargo xtask release` again in clone A, [`WARM_SAMPLES`]
 //!   times, as a user types it (cargo's own up-to-date check included).
 //!
+//! Each cold run's own `--json` report gives what each step cost.
+//!
 //! A cold run takes 10 to 25 minutes here, so each cold figure is one sample
 //! (the report says so); ratios come from this one run. The sizes are those
 //! of clone A's dist, and the report says whether A and B gave identical
@@ -22,6 +24,7 @@ use serde::Serialize;
 use crate::bench::median;
 use crate::repro::{self, ClonePair, Rebuilt, SharedStep};
 use xtask::context::Ctx;
+use xtask::graph::StepTiming;
 use xtask::kernel::KernelArgs;
 
 const WARM_SAMPLES: usize = 5;
@@ -35,6 +38,9 @@ struct Report {
     warm_noop_ms_median: f64,
     cold_from_empty_over_cold_with_kernel: f64,
     cold_with_kernel_over_warm: f64,
+    /// What each step of the cold runs cost (wall seconds, one sample).
+    steps_cold_with_cached_kernel: Vec<StepTiming>,
+    steps_cold_from_empty: Vec<StepTiming>,
     identical_sha256sums: bool,
     sizes: Vec<(String, u64)>,
 }
@@ -43,20 +49,36 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
+/// `agent 198 s, runtime-bins 314 s, ...` for the steps that ran.
+fn by_step(steps: &[StepTiming]) -> String {
+    let built: Vec<String> = steps
+        .iter()
+        .filter(|s| !s.cached)
+        .map(|s| format!("{} {:.0} s", s.id, s.seconds))
+        .collect();
+    if built.is_empty() {
+        "every step cached".into()
+    } else {
+        built.join(", ")
+    }
+}
+
 pub fn run(ctx: &Ctx) -> Result<()> {
     let kernel = xtask::kernel::build(ctx, &KernelArgs::default())?;
     let pair = ClonePair::create(ctx)?;
     let kernel = SharedStep::kernel(&kernel);
     pair.a.seed(&kernel)?;
-    let cold_kernel = ClonePair::release(ctx, &pair.a, "cold, kernel cached")?;
+    let (cold_kernel, steps_kernel) = ClonePair::release(ctx, &pair.a, "cold, kernel cached")?;
     ctx.ui.info(&format!(
-        "  cold release, kernel cached: {:.0} s",
-        secs(cold_kernel)
+        "  cold release, kernel cached: {:.0} s ({})",
+        secs(cold_kernel),
+        by_step(&steps_kernel)
     ));
-    let cold_empty = ClonePair::release(ctx, &pair.b, "cold, nothing cached")?;
+    let (cold_empty, steps_empty) = ClonePair::release(ctx, &pair.b, "cold, nothing cached")?;
     ctx.ui.info(&format!(
-        "  cold release, nothing cached: {:.0} s",
-        secs(cold_empty)
+        "  cold release, nothing cached: {:.0} s ({})",
+        secs(cold_empty),
+        by_step(&steps_empty)
     ));
 
     let mut warm = Vec::new();
@@ -92,6 +114,8 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         warm_noop_ms_median: warm_m,
         cold_from_empty_over_cold_with_kernel: secs(cold_empty) / secs(cold_kernel),
         cold_with_kernel_over_warm: secs(cold_kernel) * 1000.0 / warm_m,
+        steps_cold_with_cached_kernel: steps_kernel,
+        steps_cold_from_empty: steps_empty,
         identical_sha256sums: identical,
         sizes,
     };

@@ -47,6 +47,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use xtask::context::{Ctx, CACHE_ENV, DIST_ENV};
+use xtask::graph::StepTiming;
 use xtask::hash::file_sha256;
 use xtask::kernel::{KernelArgs, KernelBuild};
 
@@ -251,12 +252,19 @@ impl CleanClone {
 
     /// `cargo xtask release` in the clone; returns the wall time.
     pub fn release(&self) -> Result<Duration> {
+        Ok(self.release_steps()?.0)
+    }
+
+    /// `cargo xtask release` as a user types it; its wall time and what
+    /// each of its steps cost (from its `--json` report).
+    pub fn release_steps(&self) -> Result<(Duration, Vec<StepTiming>)> {
         let cache = self.cache.display().to_string();
         let dist = self.dist.display().to_string();
         let start = Instant::now();
-        xtask::tools::run_logged(
+        let report = xtask::tools::run_logged_json(
             &mut self.cargo(&[
                 "xtask",
+                "--json",
                 "release",
                 "--cache-dir",
                 &cache,
@@ -266,7 +274,10 @@ impl CleanClone {
             &self.log,
         )
         .with_context(|| format!("release in clone {} ({})", self.name, self.root.display()))?;
-        Ok(start.elapsed())
+        let took = start.elapsed();
+        let steps = serde_json::from_value(report.get("steps").cloned().unwrap_or_default())
+            .with_context(|| format!("clone {}: release --json has no step timings", self.name))?;
+        Ok((took, steps))
     }
 
     /// `release` in the clone with this checkout's pipeline binary `exe`
@@ -468,15 +479,15 @@ impl ClonePair {
     }
 
     /// Runs one clone's release with progress; returns its wall time.
-    pub fn release(ctx: &Ctx, c: &CleanClone, what: &str) -> Result<Duration> {
+    pub fn release(ctx: &Ctx, c: &CleanClone, what: &str) -> Result<(Duration, Vec<StepTiming>)> {
         let step = ctx.ui.step(&format!(
             "clone {}: cargo xtask release, {what} (log {})",
             c.name,
             ctx.rel(&c.log)
         ));
-        let took = c.release()?;
+        let run = c.release_steps()?;
         step.finish("released");
-        Ok(took)
+        Ok(run)
     }
 }
 

@@ -50,6 +50,18 @@ pub struct Graph<'g> {
 /// The entries of the steps a run used, by step.
 pub struct Outputs {
     entries: Vec<Option<Entry>>,
+    /// Every step the run used, in the order it took them.
+    pub timings: Vec<StepTiming>,
+}
+
+/// What one step cost a run (`release --json` reports these).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct StepTiming {
+    pub id: String,
+    /// Taken from the cache (or built by a concurrent run meanwhile).
+    pub cached: bool,
+    /// Wall time of its build (0 when cached).
+    pub seconds: f64,
 }
 
 impl Outputs {
@@ -259,6 +271,7 @@ impl<'g> Graph<'g> {
         let cache = ctx.cache()?;
         let mut outputs = Outputs {
             entries: (0..self.steps.len()).map(|_| None).collect(),
+            timings: Vec::with_capacity(used.len()),
         };
         let total = used.len();
         for (n, &i) in used.iter().enumerate() {
@@ -266,6 +279,11 @@ impl<'g> Graph<'g> {
             let label = format!("[{}/{total}] {}", n + 1, s.id);
             if let Some(entry) = hits[i].take() {
                 ctx.ui.info(&format!("{label}: cached"));
+                outputs.timings.push(StepTiming {
+                    id: s.id.clone(),
+                    cached: true,
+                    seconds: 0.0,
+                });
                 outputs.entries[i] = Some(entry);
                 continue;
             }
@@ -290,10 +308,15 @@ impl<'g> Graph<'g> {
                 }
                 Ok(())
             })?;
-            progress.finish(if entry.hit {
+            let took = progress.finish(if entry.hit {
                 "built by a concurrent run"
             } else {
                 "built"
+            });
+            outputs.timings.push(StepTiming {
+                id: s.id.clone(),
+                cached: entry.hit,
+                seconds: took.as_secs_f64(),
             });
             outputs.entries[i] = Some(entry);
         }
@@ -353,13 +376,25 @@ mod tests {
         let out = g.run(&ctx, &[b]).unwrap();
         assert_eq!(runs.get(), 2);
         assert_eq!(fs::read_to_string(out.path(b, "b")).unwrap(), "x+b");
+        let timed: Vec<(&str, bool)> = out
+            .timings
+            .iter()
+            .map(|t| (t.id.as_str(), t.cached))
+            .collect();
+        assert_eq!(timed, [("a", false), ("b", false)]);
 
         // All cached: a is not wanted at all.
         let plan = g.plan(&ctx, &[b]).unwrap();
         assert!(plan.iter().all(|p| !p.runs));
         assert!(plan[0].why.starts_with("not needed: b"), "{}", plan[0].why);
-        g.run(&ctx, &[b]).unwrap();
+        let out = g.run(&ctx, &[b]).unwrap();
         assert_eq!(runs.get(), 2, "nothing ran again");
+        let timed: Vec<(&str, bool, f64)> = out
+            .timings
+            .iter()
+            .map(|t| (t.id.as_str(), t.cached, t.seconds))
+            .collect();
+        assert_eq!(timed, [("b", true, 0.0)], "only the wanted entry is used");
 
         // A changed input of a: both run, and the plan says why.
         let (g, b) = graph("y");

@@ -108,6 +108,50 @@ pub fn run_logged(cmd: &mut Command, log: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Runs a command that prints one JSON object (`--json`) with its stderr
+/// appended to a log file; returns the object. Its stdout is kept beside
+/// the log (`<log>.json`), so a failure to parse can be looked at.
+pub fn run_logged_json(cmd: &mut Command, log: &Path) -> Result<serde_json::Value> {
+    let what = describe(cmd);
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    {
+        use std::io::Write;
+        let mut f = &file;
+        writeln!(f, "$ {what}")?;
+    }
+    let json_path = log.with_extension("json");
+    let stdout = std::fs::File::create(&json_path)
+        .with_context(|| format!("create {}", json_path.display()))?;
+    let status = expression(cmd)
+        .stdin_null()
+        .stdout_file(stdout)
+        .stderr_file(file)
+        .run()
+        .with_context(|| format!("cannot run `{what}`"))?
+        .status;
+    if !status.success() {
+        bail!(
+            "`{what}` failed ({status}); full log: {}\n{}",
+            log.display(),
+            host_support::log::tail_lines(log, 12)
+        );
+    }
+    let text = std::fs::read_to_string(&json_path)
+        .with_context(|| format!("read {}", json_path.display()))?;
+    serde_json::from_str(text.trim()).with_context(|| {
+        format!(
+            "`{what}`: its stdout ({}) is not one JSON object",
+            json_path.display()
+        )
+    })
+}
+
 /// Runs a command whose output the user should see as it comes (installers,
 /// cargo test, clippy); its stdout goes to stderr so `--json` keeps stdout
 /// one JSON object. A failure names the command.
