@@ -835,6 +835,25 @@ impl KataConfig {
             && !self.runtime.disable_new_netns
     }
 
+    /// Settings that are valid but cost a feature, each as one line saying
+    /// which and what to change (the shim logs them, `kata-runtime env` and
+    /// `check` print them).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let firmware = &self.hypervisor.firmware;
+        if firmware.file_name() == Path::new(crate::hypervisor::QBOOT_FIRMWARE).file_name() {
+            warnings.push(format!(
+                "{}: [hypervisor.qemu] firmware = {:?} is qboot, which leaves the PCI hotplug \
+                 bridge without memory windows: hot-plugged block devices (direct-assigned \
+                 volumes) get no BARs and never reach the guest; leave firmware empty \
+                 (SeaBIOS) to use them",
+                self.file.display(),
+                firmware.display().to_string()
+            ));
+        }
+        warnings
+    }
+
     /// Any of the three `enable_debug` switches.
     pub fn debug(&self) -> bool {
         self.hypervisor.enable_debug || self.agent.enable_debug || self.runtime.enable_debug
@@ -947,6 +966,26 @@ initrd = "/k/initrd.img"
         assert_eq!(c.agent.dial_timeout, 45);
         assert_eq!(c.runtime.state_root, PathBuf::from("/run/kata-containers"));
         assert!(!c.debug());
+    }
+
+    #[test]
+    fn qboot_firmware_is_warned_about_and_seabios_is_not() {
+        assert!(parse_str(MINIMAL).unwrap().warnings().is_empty());
+        let with = |firmware: &str| {
+            parse_str(&format!("{MINIMAL}firmware = {firmware:?}\n"))
+                .unwrap()
+                .warnings()
+        };
+        assert!(with("/usr/share/seabios/bios.bin").is_empty());
+        let w = with("/opt/fw/qboot.rom");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("[hypervisor.qemu] firmware")
+                && w[0].contains("/opt/fw/qboot.rom")
+                && w[0].contains("leave firmware empty"),
+            "{}",
+            w[0]
+        );
     }
 
     #[test]

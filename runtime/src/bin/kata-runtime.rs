@@ -546,7 +546,7 @@ fn check(a: CheckArgs) -> Result<(), Failure> {
         say("note: --no-network-checks: this check uses no network anyway".into());
     }
     let mut fatal = Vec::new();
-    let mut warnings = Vec::new();
+    let mut warnings = cfg.warnings();
 
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     match runtime::env_info::cpu_virtualisation_flag(&cpuinfo) {
@@ -686,6 +686,9 @@ fn env(a: EnvArgs) -> Result<(), Failure> {
             cfg.file.display(),
             cfg.ignored.join(", ")
         );
+    }
+    for w in cfg.warnings() {
+        eprintln!("kata-runtime: warning: {w}");
     }
     let text = if a.config {
         // Same sections and keys as configuration.toml (its schema type).

@@ -279,6 +279,9 @@ impl Service {
                 loaded.ignored.join(", ")
             );
         }
+        for w in loaded.warnings() {
+            log::warn!("{w}");
+        }
         *c = Some(loaded.clone());
         Ok(loaded)
     }
