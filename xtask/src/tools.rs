@@ -78,40 +78,31 @@ pub fn run_captured(cmd: &mut Command) -> Result<String> {
 /// Runs a command with stdout and stderr appended to a log file; on failure
 /// the error names the log and quotes its last lines.
 pub fn run_logged(cmd: &mut Command, log: &Path) -> Result<()> {
-    let what = describe(cmd);
-    if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)?;
-    {
-        use std::io::Write;
-        let mut f = &file;
-        writeln!(f, "$ {what}")?;
-    }
-    let status = expression(cmd)
-        .stdin_null()
-        .stdout_file(file.try_clone()?)
-        .stderr_file(file)
-        .run()
-        .with_context(|| format!("cannot run `{what}`"))?
-        .status;
-    if !status.success() {
-        bail!(
-            "`{what}` failed ({status}); full log: {}\n{}",
-            log.display(),
-            host_support::log::tail_lines(log, 12)
-        );
-    }
-    Ok(())
+    run_into_log(cmd, log, None)
 }
 
 /// Runs a command that prints one JSON object (`--json`) with its stderr
 /// appended to a log file; returns the object. Its stdout is kept beside
 /// the log (`<log>.json`), so a failure to parse can be looked at.
 pub fn run_logged_json(cmd: &mut Command, log: &Path) -> Result<serde_json::Value> {
+    let json_path = log.with_extension("json");
+    let stdout = std::fs::File::create(&json_path)
+        .with_context(|| format!("create {}", json_path.display()))?;
+    run_into_log(cmd, log, Some(stdout))?;
+    let text = std::fs::read_to_string(&json_path)
+        .with_context(|| format!("read {}", json_path.display()))?;
+    serde_json::from_str(text.trim()).with_context(|| {
+        format!(
+            "`{}`: its stdout ({}) is not one JSON object",
+            describe(cmd),
+            json_path.display()
+        )
+    })
+}
+
+/// `cmd` with its stderr (and its stdout, unless `stdout` is given)
+/// appended to `log`.
+fn run_into_log(cmd: &mut Command, log: &Path, stdout: Option<std::fs::File>) -> Result<()> {
     let what = describe(cmd);
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir)?;
@@ -125,9 +116,10 @@ pub fn run_logged_json(cmd: &mut Command, log: &Path) -> Result<serde_json::Valu
         let mut f = &file;
         writeln!(f, "$ {what}")?;
     }
-    let json_path = log.with_extension("json");
-    let stdout = std::fs::File::create(&json_path)
-        .with_context(|| format!("create {}", json_path.display()))?;
+    let stdout = match stdout {
+        Some(f) => f,
+        None => file.try_clone()?,
+    };
     let status = expression(cmd)
         .stdin_null()
         .stdout_file(stdout)
@@ -142,14 +134,7 @@ pub fn run_logged_json(cmd: &mut Command, log: &Path) -> Result<serde_json::Valu
             host_support::log::tail_lines(log, 12)
         );
     }
-    let text = std::fs::read_to_string(&json_path)
-        .with_context(|| format!("read {}", json_path.display()))?;
-    serde_json::from_str(text.trim()).with_context(|| {
-        format!(
-            "`{what}`: its stdout ({}) is not one JSON object",
-            json_path.display()
-        )
-    })
+    Ok(())
 }
 
 /// Runs a command whose output the user should see as it comes (installers,
@@ -205,6 +190,31 @@ pub fn fresh_log(path: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_json_report_is_read_from_stdout_and_stderr_goes_to_the_log() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("run.log");
+        let v = run_logged_json(
+            Command::new("sh").args(["-c", "echo progress >&2; echo '{\"steps\": [1, 2]}'"]),
+            &log,
+        )
+        .unwrap();
+        assert_eq!(v["steps"], serde_json::json!([1, 2]));
+        let logged = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            logged.contains("progress") && !logged.lines().any(|l| l.starts_with('{')),
+            "{logged}"
+        );
+
+        let e = run_logged_json(Command::new("sh").args(["-c", "echo not-json"]), &log)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("run.json") && e.contains("not one JSON object"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn commands_keep_their_environment_directory_and_failures() {
