@@ -116,6 +116,24 @@ pub fn set_clock(time: nix::sys::time::TimeSpec) -> io::Result<()> {
     nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, time).map_err(io::Error::from)
 }
 
+// RNDRESEEDCRNG from <linux/random.h>: reseed the CRNG from the input pool.
+nix::ioctl_none!(reseed_crng, b'R', 0x07);
+
+/// Mix `data` into the kernel's input pool (a write to /dev/random credits
+/// no entropy, it only stirs), then make the CRNG reseed from that pool at
+/// once: a guest cloned from a template starts with its template's
+/// generator state, and the next random bytes must not be its siblings'.
+pub fn reseed_random(data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut random = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/random")?;
+    random.write_all(data)?;
+    // SAFETY: RNDRESEEDCRNG takes no argument; the fd is open /dev/random.
+    unsafe { reseed_crng(std::os::fd::AsRawFd::as_raw_fd(&random)) }.map_err(io::Error::from)?;
+    Ok(())
+}
+
 /// `uname -r` of the running kernel (empty if uname fails, which it does not
 /// on Linux).
 pub fn kernel_release() -> String {

@@ -761,6 +761,28 @@ impl agent_ttrpc::AgentService for AgentService {
         Ok(Empty::new())
     }
 
+    fn reseed_random_dev(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ReseedRandomDevRequest,
+    ) -> ttrpc::Result<Empty> {
+        if req.data.is_empty() {
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                "ReseedRandomDev: data is empty; send the bytes to mix into the guest's pool",
+            ));
+        }
+        if !self.state.config.owns_guest {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                "ReseedRandomDev: the agent runs in service mode (not PID 1 of a VM) and does not reseed the host's generator",
+            ));
+        }
+        guest::reseed_random(&req.data)
+            .map_err(|e| status(Code::INTERNAL, format!("ReseedRandomDev: {e}")))?;
+        Ok(Empty::new())
+    }
+
     // The network RPCs (crate::network). Changes are refused in service
     // mode: there the agent's namespace is the host's.
 

@@ -510,6 +510,20 @@ fn date_time_is_validated_and_host_clock_untouched() {
 }
 
 #[test]
+fn reseed_is_validated_and_host_generator_untouched() {
+    let agent = Agent::start();
+    let client = agent.agent();
+    let mut req = agent::ReseedRandomDevRequest::new();
+    let s = status_of(client.reseed_random_dev(ctx(), &req));
+    assert_eq!(s.code(), Code::INVALID_ARGUMENT);
+    assert!(s.message().contains("data is empty"), "{}", s.message());
+    req.data = vec![1; 64];
+    let s = status_of(client.reseed_random_dev(ctx(), &req));
+    assert_eq!(s.code(), Code::FAILED_PRECONDITION);
+    assert!(s.message().contains("service mode"), "{}", s.message());
+}
+
+#[test]
 fn online_cpu_mem_writes_sysfs() {
     let agent = Agent::start();
     let mut req = agent::OnlineCPUMemRequest::new();

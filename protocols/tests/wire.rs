@@ -82,6 +82,11 @@ fn date_time_and_health_field_numbers() {
         vec![tag(1, VARINT), 3, tag(2, VARINT), 4]
     );
 
+    // upstream ReseedRandomDevRequest: data = 2
+    let mut reseed = agent::ReseedRandomDevRequest::new();
+    reseed.data = vec![9, 8];
+    assert_eq!(reseed.write_to_bytes().unwrap(), vec![tag(2, LEN), 2, 9, 8]);
+
     // upstream HealthCheckResponse: status = 1, SERVING = 1
     let mut check = health::HealthCheckResponse::new();
     check.status = health::health_check_response::ServingStatus::SERVING.into();
@@ -174,6 +179,7 @@ fn method_paths_match_upstream() {
         "OnlineCPUMem",
         "GetGuestDetails",
         "SetGuestDateTime",
+        "ReseedRandomDev",
         "GetIPTables",
         "SetIPTables",
     ] {
