@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use protocols::agent::{
     AddARPNeighborsRequest, CreateSandboxRequest, DestroySandboxRequest, GuestDetailsRequest,
-    GuestDetailsResponse, OnlineCPUMemRequest, Routes, SetGuestDateTimeRequest,
-    UpdateInterfaceRequest, UpdateRoutesRequest,
+    GuestDetailsResponse, OnlineCPUMemRequest, ReseedRandomDevRequest, Routes,
+    SetGuestDateTimeRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
 };
 use protocols::agent_ttrpc::AgentServiceClient;
 use protocols::health::{
@@ -319,6 +319,13 @@ impl AgentClient {
             .set_guest_date_time(self.context(), req)
             .map(drop)
             .map_err(|e| self.err("SetGuestDateTime", e))
+    }
+
+    pub fn reseed_random_dev(&self, req: &ReseedRandomDevRequest) -> Result<(), AgentError> {
+        self.agent
+            .reseed_random_dev(self.context(), req)
+            .map(drop)
+            .map_err(|e| self.err("ReseedRandomDev", e))
     }
 
     pub fn update_interface(

@@ -332,6 +332,35 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// `[factory]`: VM templating (see `crate::hypervisor::template`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FactorySection {
+    /// Start sandboxes from the template `kata-runtime factory init` made,
+    /// instead of booting each. Off by default, as upstream: clones begin
+    /// from the same guest memory, the cross-VM side-channel exposure
+    /// upstream documents for templating (CVE-2015-2877 class).
+    #[serde(deserialize_with = "de::boolean")]
+    pub enable_template: bool,
+    /// Where the template lives (a private tmpfs). Empty: the default.
+    #[serde(deserialize_with = "de::path")]
+    pub template_path: PathBuf,
+    /// Upstream's VMCache (a pool of booted VMs): not implemented, only 0
+    /// is accepted.
+    #[serde(deserialize_with = "de::uint::<_, u32, 0, 1024>")]
+    pub vm_cache_number: u32,
+}
+
+impl Default for FactorySection {
+    fn default() -> Self {
+        FactorySection {
+            enable_template: false,
+            template_path: PathBuf::from(crate::hypervisor::template::DEFAULT_TEMPLATE_PATH),
+            vm_cache_number: 0,
+        }
+    }
+}
+
 /// `[hypervisor]`: only `[hypervisor.qemu]` is supported.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -355,6 +384,7 @@ pub struct ConfigFile {
     pub hypervisor: Hypervisors,
     pub agent: Agents,
     pub runtime: RuntimeSection,
+    pub factory: FactorySection,
 }
 
 impl ConfigFile {
@@ -372,6 +402,7 @@ pub struct KataConfig {
     pub hypervisor: QemuSection,
     pub agent: AgentSection,
     pub runtime: RuntimeSection,
+    pub factory: FactorySection,
     /// Keys and sections present in the file that this runtime does not
     /// use, as `[section] key` (a whole section: `[section]`).
     pub ignored: Vec<String>,
@@ -388,6 +419,8 @@ const UNIMPLEMENTED_SECURITY_KEYS: &[(&str, &str, &str, &str)] = &[
     ("runtime", "sandbox_cgroup_only", "false",
      "the VM is not placed in the sandbox cgroup yet; set sandbox_cgroup_only = false or remove it"),
     ("runtime", "experimental", "[]", "no experimental features exist here; set experimental = [] or remove it"),
+    ("factory", "vm_cache_number", "0",
+     "VMCache (a pool of booted VMs) is not implemented; set it to 0 or remove it (templating is enable_template)"),
 ];
 
 /// The guest vsock port of the agent's debug console (upstream's fixed
@@ -683,6 +716,19 @@ pub fn parse(text: &str, file: &Path) -> Result<KataConfig, ConfigError> {
     if cf.runtime.state_root.as_os_str().is_empty() {
         cf.runtime.state_root = PathBuf::from(DEFAULT_STATE_ROOT);
     }
+    if cf.factory.template_path.as_os_str().is_empty() {
+        cf.factory.template_path = FactorySection::default().template_path;
+    }
+    if !cf.factory.template_path.is_absolute() {
+        return Err(value_err(
+            "[factory] template_path".into(),
+            format!(
+                "{:?} is relative; use an absolute path such as {}",
+                cf.factory.template_path,
+                crate::hypervisor::template::DEFAULT_TEMPLATE_PATH
+            ),
+        ));
+    }
     cf.validate()
         .map_err(|(key, message)| value_err(key.into(), message))?;
     refuse_unimplemented(&root).map_err(|(key, message)| value_err(key, message))?;
@@ -691,12 +737,14 @@ pub fn parse(text: &str, file: &Path) -> Result<KataConfig, ConfigError> {
         hypervisor: Hypervisors { qemu },
         agent: Agents { kata },
         runtime,
+        factory,
     } = cf;
     Ok(KataConfig {
         file: file.to_owned(),
         hypervisor: qemu,
         agent: kata,
         runtime,
+        factory,
         ignored: ignored.into_iter().map(|(_, s)| s).collect(),
     })
 }
@@ -825,6 +873,7 @@ impl KataConfig {
                 kata: self.agent.clone(),
             },
             runtime: self.runtime.clone(),
+            factory: self.factory.clone(),
         }
     }
 
@@ -1034,7 +1083,6 @@ experimental = []
         assert_eq!(
             c.ignored,
             [
-                "[factory]",
                 "[hypervisor.clh] (only [hypervisor.qemu] is supported)",
                 "[hypervisor.qemu] block_device_driver",
                 "[hypervisor.qemu] enable_iommu",
@@ -1300,6 +1348,26 @@ experimental = []
     }
 
     #[test]
+    fn factory_section() {
+        let c = parse_str(MINIMAL).unwrap();
+        assert!(!c.factory.enable_template);
+        assert_eq!(c.factory.template_path, Path::new("/run/vc/vm/template"));
+        let c = parse_str(&format!(
+            "{MINIMAL}[factory]\nenable_template = true\ntemplate_path = \"/run/t\"\nvm_cache_number = 0\n"
+        ))
+        .unwrap();
+        assert!(c.factory.enable_template && c.ignored.is_empty());
+        assert_eq!(c.factory.template_path, Path::new("/run/t"));
+        let e = parse_str(&format!("{MINIMAL}[factory]\ntemplate_path = \"t\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[factory] template_path") && e.contains("absolute"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn unimplemented_security_features_are_refused_with_the_fix() {
         for (section, line, needle) in [
             (
@@ -1319,6 +1387,7 @@ experimental = []
                 "sandbox_cgroup_only",
             ),
             ("runtime", "experimental = [\"newstore\"]", "experimental"),
+            ("factory", "vm_cache_number = 3", "vm_cache_number"),
         ] {
             let text = if section == "hypervisor.qemu" {
                 format!("{MINIMAL}{line}\n")
@@ -1380,14 +1449,13 @@ experimental = []
              [agent.kata]\ntracing = true\n\
              [agent.other]\nx = 1\n\
              [runtime]\nsandbox_bind_mounts = []\nnested.key = 1\n\
-             [factory]\nenable_template = false\n\
+             [factory]\nenable_template = false\nvm_cache_endpoint = \"/run/vc/cache.sock\"\n\
              [hypervisor.firecracker]\npath = \"/fc\"\n"
         );
         let c = parse_str(&text).unwrap();
         assert_eq!(
             c.ignored,
             [
-                "[factory]",
                 "[hypervisor.firecracker] (only [hypervisor.qemu] is supported)",
                 "[hypervisor.qemu] block_device_driver",
                 "[hypervisor.qemu] extra",
@@ -1395,6 +1463,7 @@ experimental = []
                 "[runtime] nested",
                 "[runtime] sandbox_bind_mounts",
                 "[agent] other",
+                "[factory] vm_cache_endpoint",
             ]
         );
     }

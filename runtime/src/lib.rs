@@ -15,6 +15,8 @@
 //!   virtio-net NICs (`internetworking_model = "tcfilter"`).
 //! - [`shim`]: containerd's shim v2 task service (`containerd-shim-kata-v2`):
 //!   one VM per sandbox, containers run by the guest agent.
+//! - [`factory`]: the VM template sandboxes can start from (`[factory]`,
+//!   `kata-runtime factory`).
 //! - [`state_fs`]: removal of what the runtime created under its state
 //!   root, never following symlinks or entering mounts.
 //! - [`kata_monitor`]: every sandbox's monitor socket behind one HTTP
@@ -27,6 +29,7 @@ pub mod agent_client;
 pub mod config;
 pub mod direct_volume;
 pub mod env_info;
+pub mod factory;
 pub mod hypervisor;
 pub mod kata_monitor;
 pub mod network;

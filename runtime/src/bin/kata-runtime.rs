@@ -91,6 +91,26 @@ enum Commands {
     /// Read or replace the iptables rules in a running sandbox's guest.
     #[command(subcommand)]
     Iptables(IptablesCommand),
+    /// Manage the VM template sandboxes start from ([factory] enable_template).
+    #[command(subcommand)]
+    Factory(FactoryCommand),
+}
+
+#[derive(Subcommand)]
+enum FactoryCommand {
+    /// Boot the template VM, save it into template_path (a tmpfs), stop it.
+    Init {
+        /// Print the template's record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Report the template; exit 1 when this configuration cannot use it.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the template and unmount its tmpfs.
+    Destroy,
 }
 
 #[derive(Subcommand)]
@@ -224,6 +244,7 @@ fn main() -> ExitCode {
         Commands::Exec(args) => exec(args),
         Commands::DirectVolume(cmd) => direct_volume(cmd),
         Commands::Iptables(cmd) => iptables(cmd),
+        Commands::Factory(cmd) => factory(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -234,6 +255,77 @@ fn main() -> ExitCode {
         Err(Failure::Call(msg)) => {
             eprintln!("kata-runtime: {msg}");
             ExitCode::from(1)
+        }
+    }
+}
+
+fn factory(cmd: FactoryCommand) -> Result<(), Failure> {
+    use runtime::factory;
+    let cfg = runtime::config::load().map_err(|e| Failure::Usage(runtime::error_chain(&e)))?;
+    let path = cfg.factory.template_path.display().to_string();
+    match cmd {
+        FactoryCommand::Init { json } => {
+            let meta =
+                factory::init(&cfg).map_err(|e| Failure::Call(format!("factory init: {e:#}")))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&meta).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "template created in {path}: guest up in {} ms, saved in {} ms, state {} KiB",
+                    meta.boot_ms,
+                    meta.save_ms,
+                    meta.state_bytes / 1024
+                );
+                if !cfg.factory.enable_template {
+                    println!(
+                        "note: [factory] enable_template is false in {}: sandboxes will not use it",
+                        cfg.file.display()
+                    );
+                }
+            }
+            Ok(())
+        }
+        FactoryCommand::Status { json } => {
+            let status = factory::status(&cfg);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).unwrap_or_default()
+                );
+            } else if let Some(meta) = status.meta.as_ref().filter(|_| status.usable) {
+                println!(
+                    "template in {path}: usable; {} MiB guest, {} MiB of it in memory, state {} KiB, made at {} (unix time); enable_template = {}",
+                    meta.memory_mib,
+                    status.memory_bytes_used.unwrap_or(0) >> 20,
+                    meta.state_bytes / 1024,
+                    meta.created_unix,
+                    status.enable_template
+                );
+            } else {
+                println!(
+                    "template in {path}: {}",
+                    status.problem.as_deref().unwrap_or("unusable")
+                );
+            }
+            if status.usable {
+                Ok(())
+            } else if json {
+                Err(Failure::Call(format!("no usable template in {path}")))
+            } else {
+                Err(Failure::Call(status.problem.unwrap_or_default()))
+            }
+        }
+        FactoryCommand::Destroy => {
+            match factory::destroy(&cfg)
+                .map_err(|e| Failure::Call(format!("factory destroy: {e:#}")))?
+            {
+                true => println!("template in {path} removed"),
+                false => println!("no template in {path}: nothing to remove"),
+            }
+            Ok(())
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod identity;
 mod process;
 mod qemu;
 pub mod qmp;
+pub mod template;
 pub mod verity;
 pub mod virtiofs;
 pub mod vsock;

@@ -17,10 +17,9 @@ use super::accel::{resolve_accel, Accel};
 use super::error::VmError;
 use super::hotplug::{blockdev_add_args, device_add_args, BridgeSlots, PluggedBlock};
 use super::identity::ProcessIdentity;
-use super::process::{
-    inherit_fds, kill_with_parent, stop_identified_child, tail_file, wait_timeout, POLL,
-};
+use super::process::{inherit_fds, kill_with_parent, stop_identified_child, tail_file, POLL};
 use super::qmp::{QmpClient, QmpError, QmpStatus};
+use super::template::{Plug, TemplateUse};
 use super::virtiofs::{SharedFs, VirtioFsDaemon};
 use super::vsock::{
     find_vsock_daemon, AgentAddress, HybridVsockDaemon, AGENT_VSOCK_PORT, VSOCK_DAEMON_HINT,
@@ -46,6 +45,13 @@ const TAIL_LINES: usize = 25;
 /// `Vm::check_alive`). A guest panic takes QEMU down within milliseconds;
 /// one second covers a loaded host.
 const DAEMON_DEATH_GRACE: Duration = Duration::from_secs(1);
+/// The name under which QEMU gets the template's state file (`getfd`).
+const MIGRATION_FD_NAME: &str = "template-state";
+/// Template and clone: the guest RAM (a shared file) stays out of the saved
+/// state; the clone maps its copy of that file instead.
+static IGNORE_SHARED: std::sync::LazyLock<serde_json::Value> = std::sync::LazyLock::new(
+    || serde_json::json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] }),
+);
 
 /// Longest unix socket path (sun_path is 108 bytes with the trailing NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -162,6 +168,9 @@ pub struct QemuConfig {
     /// virtio-net devices, each backed by an open tap the host prepared
     /// (`crate::network`); QEMU inherits the fds.
     pub net_devices: Vec<NetDevice>,
+    /// Boot a template guest, or start from a template instead of booting
+    /// (see [`super::template`]). `None`: an ordinary boot.
+    pub template: Option<TemplateUse>,
 }
 
 /// A guest NIC: `-netdev tap,fd=N` + `-device virtio-net-pci,mac=...`.
@@ -199,6 +208,7 @@ impl QemuConfig {
             kill_on_parent_death: true,
             sandbox_option: None,
             net_devices: Vec::new(),
+            template: None,
         }
     }
 
@@ -336,6 +346,9 @@ pub struct LaunchPlan {
     pub virtiofsd_log: PathBuf,
     /// Size in bytes of the NVDIMM image (`BootMedia::Image` only).
     pub image_size: Option<u64>,
+    /// A clone's guest RAM: its copy of the template's memory file (set
+    /// by [`Vm::start`] to the memfd it fills).
+    pub memory_file: PathBuf,
 }
 
 impl LaunchPlan {
@@ -363,6 +376,7 @@ impl LaunchPlan {
             virtiofsd_socket: state_dir.join("virtiofsd.sock"),
             virtiofsd_log: state_dir.join("virtiofsd.log"),
             image_size,
+            memory_file: state_dir.join(super::template::MEMORY_FILE),
         }
     }
 
@@ -456,7 +470,12 @@ pub fn build_kernel_cmdline(cfg: &QemuConfig, accel: Accel) -> String {
 pub fn build_qemu_args(cfg: &QemuConfig, plan: &LaunchPlan) -> Result<Vec<String>, VmError> {
     let mut args: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
-    let vhost_user = plan.vsock == VsockBackend::HybridVsock || cfg.shared_fs.is_some();
+    // A template or clone has a file for RAM, and none of the devices a
+    // sandbox gets at start: they are hot-plugged into each clone (QEMU
+    // cannot migrate vhost-user devices, and the taps are per sandbox).
+    let templated = cfg.template.is_some();
+    let vhost_user =
+        templated || plan.vsock == VsockBackend::HybridVsock || cfg.shared_fs.is_some();
     let nvdimm = match &cfg.boot {
         BootMedia::Image { path, .. } => {
             let size = plan
@@ -515,14 +534,29 @@ pub fn build_qemu_args(cfg: &QemuConfig, plan: &LaunchPlan) -> Result<Vec<String
         }
         None => push(&["-m", &format!("{}M", cfg.memory_mib)]),
     }
-    if vhost_user {
-        push(&[
+    match &cfg.template {
+        Some(template) => {
+            let file = match template {
+                TemplateUse::Create(dir) => dir.join(super::template::MEMORY_FILE),
+                TemplateUse::Clone(_) => plan.memory_file.clone(),
+            };
+            push(&[
+                "-object",
+                &format!(
+                    "memory-backend-file,id=mem,size={}M,mem-path={},share=on",
+                    cfg.memory_mib,
+                    qemu_escape(&file)
+                ),
+            ]);
+        }
+        None if vhost_user => push(&[
             "-object",
             &format!(
                 "memory-backend-memfd,id=mem,size={}M,share=on",
                 cfg.memory_mib
             ),
-        ]);
+        ]),
+        None => {}
     }
     push(&["-kernel", &cfg.kernel.to_string_lossy()]);
     push(&["-append", &build_kernel_cmdline(cfg, plan.accel)]);
@@ -532,11 +566,14 @@ pub fn build_qemu_args(cfg: &QemuConfig, plan: &LaunchPlan) -> Result<Vec<String
     if let Some((path, size)) = &nvdimm {
         // As upstream Kata: the image is mapped read-only and the NVDIMM is
         // "unarmed" so the guest driver treats it as read-only too.
+        // Shared in a template, so that the saved state leaves the image
+        // out (x-ignore-shared) instead of carrying the pages read.
         push(&[
             "-object",
             &format!(
-                "memory-backend-file,id=mem0,mem-path={},size={size},readonly=on",
-                qemu_escape(path)
+                "memory-backend-file,id=mem0,mem-path={},size={size},readonly=on{}",
+                qemu_escape(path),
+                if templated { ",share=on" } else { "" }
             ),
         ]);
         push(&["-device", "nvdimm,id=nv0,memdev=mem0,unarmed=on"]);
@@ -575,6 +612,9 @@ pub fn build_qemu_args(cfg: &QemuConfig, plan: &LaunchPlan) -> Result<Vec<String
         "-device",
         "virtio-rng-pci,rng=rng0",
     ]);
+    if templated {
+        return Ok(args);
+    }
     match plan.vsock {
         VsockBackend::Vhost => push(&[
             "-device",
@@ -653,6 +693,10 @@ pub struct Vm {
     shutdown_timeout: Duration,
     state_dir_created: bool,
     torn_down: bool,
+    /// A template VM's or a clone's state file, until QEMU got it.
+    migration_file: Option<File>,
+    /// A clone: the template it started from.
+    cloned_from: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -684,14 +728,59 @@ impl Vm {
         let probe_cache = cfg.state_root.join(super::accel::PROBE_CACHE_FILE);
         let (accel, _probe) =
             resolve_accel(cfg.accel, &cfg.qemu_binary, &cfg.kernel, Some(&probe_cache));
-        let vsock = cfg.vsock.resolve();
-        let plan = LaunchPlan::new(
+        let vsock = match &cfg.template {
+            // The template guest is saved without an agent channel.
+            Some(TemplateUse::Create(_)) => {
+                if !cfg.net_devices.is_empty() || cfg.shared_fs.is_some() {
+                    return Err(VmError::config(
+                        "template",
+                        "a template VM has no NIC and no shared filesystem: its clones get theirs",
+                    ));
+                }
+                VsockBackend::None
+            }
+            _ => cfg.vsock.resolve(),
+        };
+        let mut plan = LaunchPlan::new(
             &state_dir,
             accel,
             vsock,
             cfg.console_log.as_deref(),
             image_size,
         );
+        // A clone's RAM: a private copy of the template's memory file, in a
+        // memfd (no file to clean up, on a tmpfs whatever /run is) that
+        // QEMU inherits and opens by its /proc path.
+        let clone_memory = match &cfg.template {
+            Some(TemplateUse::Clone(dir)) => {
+                super::template::check(dir, &cfg, accel)?;
+                let copying = Instant::now();
+                let from = dir.join(super::template::MEMORY_FILE);
+                let memfd = nix::sys::memfd::memfd_create(
+                    c"kata-clone-memory",
+                    nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+                )
+                .map_err(|e| {
+                    VmError::io("cannot create a memfd for the clone's memory", e.into())
+                })?;
+                let memfd = File::from(memfd);
+                let bytes = super::template::copy_sparse(&from, &memfd).map_err(|e| {
+                    VmError::io(
+                        format!("cannot copy the template memory {}", from.display()),
+                        e,
+                    )
+                })?;
+                log::info!(
+                    "VM {}: {} MiB of template memory copied in {:?}",
+                    cfg.id,
+                    bytes >> 20,
+                    copying.elapsed()
+                );
+                plan.memory_file = PathBuf::from(format!("/proc/self/fd/{}", memfd.as_raw_fd()));
+                Some(memfd)
+            }
+            _ => None,
+        };
         for sock in [
             &plan.qmp_socket,
             &plan.vhost_vsock_socket,
@@ -715,7 +804,42 @@ impl Vm {
         } else {
             None
         };
-        let args = build_qemu_args(&cfg, &plan)?;
+        let mut args = build_qemu_args(&cfg, &plan)?;
+        // The saved device state goes through an fd handed to QEMU over QMP
+        // (`getfd`): a clone reads it (`migrate-incoming`), a template VM
+        // writes it (`migrate`).
+        let migration_file = match &cfg.template {
+            Some(TemplateUse::Clone(dir)) => {
+                let path = dir.join(super::template::STATE_FILE);
+                let file = File::open(&path)
+                    .map_err(|e| VmError::io(format!("cannot open {}", path.display()), e))?;
+                // `defer`: the state is loaded over QMP, once x-ignore-shared
+                // is on (QEMU 7.2 has no command-line switch for it).
+                args.extend(["-incoming".into(), "defer".into()]);
+                Some(file)
+            }
+            Some(TemplateUse::Create(dir)) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                // Guest RAM: owner only (QEMU would create it with its umask).
+                let memory = dir.join(super::template::MEMORY_FILE);
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&memory)
+                    .map_err(|e| VmError::io(format!("cannot create {}", memory.display()), e))?;
+                let path = dir.join(super::template::STATE_FILE);
+                Some(
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&path)
+                        .map_err(|e| VmError::io(format!("cannot create {}", path.display()), e))?,
+                )
+            }
+            None => None,
+        };
 
         if state_dir.exists() {
             return Err(VmError::config(
@@ -754,7 +878,13 @@ impl Vm {
             shutdown_timeout: cfg.shutdown_timeout,
             state_dir_created: true,
             torn_down: false,
+            migration_file: None,
+            cloned_from: None,
         };
+
+        if let Some(TemplateUse::Clone(dir)) = &cfg.template {
+            vm.cloned_from = Some(dir.clone());
+        }
 
         if let Some(binary) = daemon_binary {
             let daemon = HybridVsockDaemon::start(
@@ -798,7 +928,13 @@ impl Vm {
         if cfg.kill_on_parent_death {
             kill_with_parent(&mut cmd);
         }
-        let inherited: Vec<RawFd> = cfg.net_devices.iter().map(|n| n.tap.as_raw_fd()).collect();
+        let inherited: Vec<RawFd> = match &clone_memory {
+            // A clone gets its NICs hot-plugged after its state is loaded.
+            Some(memfd) => vec![memfd.as_raw_fd()],
+            None if cfg.template.is_some() => Vec::new(),
+            None => cfg.net_devices.iter().map(|n| n.tap.as_raw_fd()).collect(),
+        };
+        vm.migration_file = migration_file;
         if !inherited.is_empty() {
             inherit_fds(&mut cmd, inherited);
         }
@@ -849,6 +985,13 @@ impl Vm {
                         e,
                     ))
                 }
+            }
+        }
+        if vm.cloned_from.is_some() {
+            // QEMU exits when the state does not load: report that, with
+            // its stderr, rather than the QMP error it causes.
+            if let Err(e) = vm.restore_clone(&cfg, deadline) {
+                return Err(vm.exited_within(e, DAEMON_DEATH_GRACE));
             }
         }
         let status = vm.query_status()?;
@@ -1049,6 +1192,102 @@ impl Vm {
         Ok(block)
     }
 
+    /// A clone's start: load the template's state (with the RAM left out:
+    /// it is the clone's copy of the template's memory), run the guest,
+    /// then hot-plug what the template could not carry.
+    fn restore_clone(&mut self, cfg: &QemuConfig, deadline: Instant) -> Result<(), VmError> {
+        let file = self
+            .migration_file
+            .take()
+            .ok_or_else(|| VmError::config("template", "the clone has no state file"))?;
+        self.pass_fd(MIGRATION_FD_NAME, &file)?;
+        self.qmp_execute("migrate-set-capabilities", Some(IGNORE_SHARED.clone()))?;
+        self.qmp_execute(
+            "migrate-incoming",
+            Some(serde_json::json!({ "uri": format!("fd:{MIGRATION_FD_NAME}") })),
+        )?;
+        // The state loads in the background ("inmigrate"); the guest stays
+        // paused after it, as the template was saved paused.
+        let mut status = self.query_status()?;
+        while status.status == "inmigrate" {
+            if Instant::now() >= deadline {
+                return Err(self.timeout_error(
+                    "the template's state to load",
+                    deadline.saturating_duration_since(self.started_at),
+                ));
+            }
+            std::thread::sleep(POLL);
+            self.check_alive()?;
+            status = self.query_status()?;
+        }
+        if status.status == "paused" {
+            self.qmp_execute("cont", None)?;
+        }
+        for plug in super::template::clone_plugs(cfg, &self.plan, &mut self.bridge_slots)? {
+            match plug {
+                Plug::Execute(command, arguments) => {
+                    self.qmp_execute(command, Some(arguments))?;
+                }
+                Plug::PassFd(name, fd) => self.pass_fd(&name, &fd)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// QMP `getfd`: QEMU gets its own copy of `fd`, named `name`.
+    fn pass_fd(&mut self, name: &str, fd: &impl AsRawFd) -> Result<(), VmError> {
+        let passed = match self.qmp.as_mut() {
+            Some(q) => q.pass_fd(name, fd.as_raw_fd()),
+            None => Err(QmpError::Closed("getfd".into())),
+        };
+        passed.map_err(|e| self.exited_or(e.into()))
+    }
+
+    /// The template this VM was cloned from, if it was.
+    pub fn cloned_from(&self) -> Option<&Path> {
+        self.cloned_from.as_deref()
+    }
+
+    /// A template VM's last act: pause the guest and save its device state
+    /// into the template's state file (QMP `migrate` to the fd QEMU
+    /// inherited; the RAM, in the shared file, is left out). Waits at most
+    /// `within` for the migration to complete.
+    pub fn save_state(&mut self, within: Duration) -> Result<(), VmError> {
+        let file = self
+            .migration_file
+            .take()
+            .ok_or_else(|| VmError::config("template", "this VM was not started as a template"))?;
+        self.qmp_execute("stop", None)?;
+        self.pass_fd(MIGRATION_FD_NAME, &file)?;
+        self.qmp_execute("migrate-set-capabilities", Some(IGNORE_SHARED.clone()))?;
+        self.qmp_execute(
+            "migrate",
+            Some(serde_json::json!({ "uri": format!("fd:{MIGRATION_FD_NAME}") })),
+        )?;
+        let deadline = Instant::now() + within;
+        loop {
+            let info = self.qmp_execute("query-migrate", None)?;
+            match info.get("status").and_then(serde_json::Value::as_str) {
+                Some("completed") => return Ok(()),
+                Some(s @ ("failed" | "cancelled")) => {
+                    let why = info
+                        .get("error-desc")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("no reason given");
+                    return Err(VmError::Qmp(QmpError::Protocol {
+                        what: "migrate".into(),
+                        detail: format!("saving the template's state {s}: {why}"),
+                    }));
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(self.timeout_error("the template's state to be saved", within));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// Unplugs `block`: `device_del`, then waits up to `within` for the
     /// guest to release it (`DEVICE_DELETED`) before the host side goes.
     pub fn unplug_block(&mut self, block: &PluggedBlock, within: Duration) -> Result<(), VmError> {
@@ -1125,18 +1364,21 @@ impl Vm {
         self.exited_within(fallback, Duration::from_millis(200))
     }
 
-    /// QEMU's exit if it comes within `grace`, else `fallback`.
+    /// QEMU's exit if it comes within `grace`, else `fallback`. Polled,
+    /// not waited for: in a shim, the child reaper may reap QEMU first,
+    /// and [`Vm::poll_exit`] reports that too (with the console tail).
     fn exited_within(&mut self, fallback: VmError, grace: Duration) -> VmError {
-        if let Some(status) = self.exit_status {
-            return self.exited_error(status);
-        }
-        if let Some(child) = self.qemu.as_mut() {
-            if let Ok(Some(status)) = wait_timeout(child, grace) {
-                self.exit_status = Some(status);
-                return self.exited_error(status);
+        let deadline = Instant::now() + grace;
+        loop {
+            match self.poll_exit() {
+                Ok(Some(status)) => return self.exited_error(status),
+                Err(e @ VmError::QemuExited { .. }) => return e,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Ok(None) | Err(_) => return fallback,
             }
         }
-        fallback
     }
 
     fn console_diagnostics(&self) -> (Option<PathBuf>, String, String) {
@@ -1478,6 +1720,74 @@ mod tests {
             ["q35,nvdimm=on,memory-backend=mem"]
         );
         assert_eq!(values(&args, "-m"), ["512M,slots=2,maxmem=768M"]);
+    }
+
+    #[test]
+    fn templates_and_clones_run_from_a_memory_file_without_pluggable_devices() {
+        let image = BootMedia::Image {
+            path: "/i/img".into(),
+            fs: ImageFs::Erofs,
+            dax: true,
+            verity: None,
+        };
+        let mut cfg = config(image);
+        cfg.shared_fs = Some(SharedFs {
+            daemon: "/usr/lib/qemu/virtiofsd".into(),
+            source: "/shared".into(),
+            tag: "kataShared".into(),
+            cache: Default::default(),
+            extra_args: Vec::new(),
+        });
+        cfg.template = Some(TemplateUse::Create("/run/vc/vm/template".into()));
+        let plan = plan(VsockBackend::HybridVsock, Some(256 << 20));
+        let args = build_qemu_args(&cfg, &plan).unwrap();
+        assert_eq!(
+            values(&args, "-machine"),
+            ["q35,nvdimm=on,memory-backend=mem"]
+        );
+        let objects = values(&args, "-object");
+        assert!(
+            objects.contains(&"memory-backend-file,id=mem,size=512M,mem-path=/run/vc/vm/template/memory,share=on"),
+            "{objects:?}"
+        );
+        // The image is shared too, so the saved state leaves it out.
+        assert!(
+            objects.contains(
+                &"memory-backend-file,id=mem0,mem-path=/i/img,size=268435456,readonly=on,share=on"
+            ),
+            "{objects:?}"
+        );
+        // Nothing a clone gets hot-plugged: no vsock, no virtio-fs.
+        let devices = values(&args, "-device");
+        assert!(
+            !devices
+                .iter()
+                .any(|d| d.contains("vsock") || d.contains("vhost-user-fs")),
+            "{devices:?}"
+        );
+        assert!(values(&args, "-chardev")
+            .iter()
+            .all(|c| !c.contains("vsock") && !c.contains("virtiofs")));
+        assert!(
+            !args.contains(&"-incoming".to_string()),
+            "Vm::start adds it, with the fd"
+        );
+
+        // A clone: the same machine, its RAM the copy in its state dir.
+        cfg.template = Some(TemplateUse::Clone("/run/vc/vm/template".into()));
+        let clone = build_qemu_args(&cfg, &plan).unwrap();
+        assert!(values(&clone, "-object").contains(
+            &"memory-backend-file,id=mem,size=512M,mem-path=/run/kata-containers/sb1/memory,share=on"
+        ));
+        assert_eq!(
+            args.iter()
+                .filter(|a| !a.contains("memory"))
+                .collect::<Vec<_>>(),
+            clone
+                .iter()
+                .filter(|a| !a.contains("memory"))
+                .collect::<Vec<_>>()
+        );
     }
 
     #[test]

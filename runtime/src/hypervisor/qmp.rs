@@ -119,15 +119,51 @@ impl QmpClient {
 
     /// Run one command and return its `return` value.
     pub fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
+        let line = Self::request_line(command, arguments);
+        self.writer
+            .write_all(line.as_bytes())
+            .map_err(|source| self.io_error(command, source))?;
+        self.read_reply(command)
+    }
+
+    /// Hand QEMU the descriptor `fd` under `name` (QMP `getfd`, the fd as
+    /// SCM_RIGHTS ancillary data): later commands name it, e.g.
+    /// `netdev_add` with `"fd": name`. QEMU keeps its own copy.
+    pub fn pass_fd(&mut self, name: &str, fd: std::os::fd::RawFd) -> Result<(), QmpError> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        use std::os::fd::AsRawFd;
+        let line = Self::request_line("getfd", Some(json!({ "fdname": name })));
+        let fds = [fd];
+        let iov = [std::io::IoSlice::new(line.as_bytes())];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        let sent = sendmsg::<()>(
+            self.writer.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(|e| self.io_error("getfd", e.into()))?;
+        if sent != line.len() {
+            // The fd went with the first bytes; the rest is plain data.
+            self.writer
+                .write_all(&line.as_bytes()[sent..])
+                .map_err(|source| self.io_error("getfd", source))?;
+        }
+        self.read_reply("getfd").map(drop)
+    }
+
+    fn request_line(command: &str, arguments: Option<Value>) -> String {
         let mut request = json!({ "execute": command });
         if let Some(args) = arguments {
             request["arguments"] = args;
         }
         let mut line = request.to_string();
         line.push('\n');
-        self.writer
-            .write_all(line.as_bytes())
-            .map_err(|source| self.io_error(command, source))?;
+        line
+    }
+
+    fn read_reply(&mut self, command: &str) -> Result<Value, QmpError> {
         loop {
             let msg = self.read_message(command)?;
             if msg.get("event").is_some() {

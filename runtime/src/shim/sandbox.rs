@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use protobuf::MessageField;
 use protocols::agent::{
-    ARPNeighbors, AddARPNeighborsRequest, CreateSandboxRequest, Routes, Storage,
-    UpdateInterfaceRequest, UpdateRoutesRequest,
+    ARPNeighbors, AddARPNeighborsRequest, CreateSandboxRequest, ReseedRandomDevRequest, Routes,
+    SetGuestDateTimeRequest, Storage, UpdateInterfaceRequest, UpdateRoutesRequest,
 };
 
 use super::monitor::{MonitorServer, Monitored, SANDBOXES_DIR};
@@ -17,6 +17,7 @@ use super::volumes::BlockVolumes;
 use crate::agent_client::{wait_for_agent, AgentAddress, AgentClient};
 use crate::config::KataConfig;
 use crate::hypervisor::cid::CidLease;
+use crate::hypervisor::template::TemplateUse;
 use crate::hypervisor::{Vm, DEFAULT_SHARED_FS_TAG};
 use crate::network::{GuestNetwork, PodNetwork};
 use crate::oci::GUEST_SHARED_DIR;
@@ -135,8 +136,25 @@ impl Sandbox {
             qemu.vcpus,
             shared_dir.display()
         );
-        let mut vm = Vm::start(qemu)
-            .map_err(|e| anyhow::anyhow!("sandbox {id}: VM: {}", crate::error_chain(&e)))?;
+        if cfg.factory.enable_template {
+            qemu.template = Some(TemplateUse::Clone(cfg.factory.template_path.clone()));
+        }
+        let started = match Vm::start(qemu.clone()) {
+            // With templating on, a sandbox still starts when the template
+            // cannot serve (none made yet, made for another kernel, damaged):
+            // it boots, and the log says why.
+            Err(e) if qemu.template.is_some() => {
+                log::warn!(
+                    "sandbox {id}: [factory] enable_template is on, but the template cannot be used: {}; booting the VM instead",
+                    crate::error_chain(&e)
+                );
+                qemu.template = None;
+                Vm::start(qemu)
+            }
+            other => other,
+        };
+        let mut vm =
+            started.map_err(|e| anyhow::anyhow!("sandbox {id}: VM: {}", crate::error_chain(&e)))?;
         log::debug!("sandbox {id}: QEMU command line: {:?}", vm.command_line());
         let call_timeout = cfg.request_timeout();
         let (agent, boot_time) = wait_for_agent(&mut vm, cfg.dial_timeout(), call_timeout)
@@ -147,12 +165,20 @@ impl Sandbox {
                 )
             })?;
         log::info!(
-            "sandbox {id}: agent serving {:?} after QEMU start (accel {})",
+            "sandbox {id}: agent serving {:?} after QEMU start (accel {}, {})",
             boot_time,
-            vm.accel().qemu_name()
+            vm.accel().qemu_name(),
+            match vm.cloned_from() {
+                Some(t) => format!("cloned from the template in {}", t.display()),
+                None => "booted".into(),
+            }
         );
+        let cloned = vm.cloned_from().is_some();
+        if cloned {
+            give_clone_its_identity(&agent).map_err(|e| anyhow::anyhow!("sandbox {id}: {e:#}"))?;
+        }
         if let Some(net) = &network {
-            configure_guest_network(&agent, &net.guest)
+            configure_guest_network(&agent, &net.guest, cloned)
                 .map_err(|e| anyhow::anyhow!("sandbox {id}: guest network: {e:#}"))?;
         }
         let mut req = CreateSandboxRequest::new();
@@ -293,18 +319,70 @@ impl Sandbox {
     }
 }
 
+/// What a clone of a template shares with its siblings until told
+/// otherwise: the template's clock (saved when the template was) and its
+/// random generator's state. The host's time and 512 fresh random bytes
+/// replace them, before anything runs in the guest.
+fn give_clone_its_identity(agent: &AgentClient) -> anyhow::Result<()> {
+    use std::io::Read;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut time = SetGuestDateTimeRequest::new();
+    time.Sec = now.as_secs() as i64;
+    time.Usec = i64::from(now.subsec_micros());
+    agent
+        .set_guest_date_time(&time)
+        .map_err(|e| anyhow::anyhow!("setting the clone's clock: {}", crate::error_chain(&e)))?;
+    let mut seed = ReseedRandomDevRequest::new();
+    seed.data = vec![0; 512];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed.data))
+        .map_err(|e| anyhow::anyhow!("reading a seed for the clone from /dev/urandom: {e}"))?;
+    agent.reseed_random_dev(&seed).map_err(|e| {
+        anyhow::anyhow!(
+            "reseeding the clone's random generator: {}",
+            crate::error_chain(&e)
+        )
+    })?;
+    Ok(())
+}
+
+/// How long a clone's hot-plugged NIC may take to show up in the guest.
+const HOTPLUGGED_NIC_WAIT: Duration = Duration::from_secs(10);
+
 /// The pod's interfaces, then routes (they name the interfaces), then
-/// static neighbours, as upstream's runtime sends them.
-fn configure_guest_network(agent: &AgentClient, guest: &GuestNetwork) -> anyhow::Result<()> {
+/// static neighbours, as upstream's runtime sends them. `hotplugged`: the
+/// NICs were just hot-plugged (a clone), so the guest may not list them
+/// yet, and a missing MAC is retried for a while.
+fn configure_guest_network(
+    agent: &AgentClient,
+    guest: &GuestNetwork,
+    hotplugged: bool,
+) -> anyhow::Result<()> {
     if guest.interfaces.is_empty() {
         return Ok(());
     }
     for interface in &guest.interfaces {
         let mut req = UpdateInterfaceRequest::new();
         req.interface = MessageField::some(interface.clone());
-        let got = agent
-            .update_interface(&req)
-            .map_err(|e| anyhow::anyhow!("{}", crate::error_chain(&e)))?;
+        let deadline = std::time::Instant::now() + HOTPLUGGED_NIC_WAIT;
+        let got = loop {
+            match agent.update_interface(&req) {
+                Ok(got) => break got,
+                Err(e) => {
+                    let message = crate::error_chain(&e);
+                    if hotplugged
+                        && message.contains("no guest interface has MAC")
+                        && std::time::Instant::now() < deadline
+                    {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                    anyhow::bail!("{message}");
+                }
+            }
+        };
         log::info!(
             "guest interface {} ({}): {:?}",
             got.name,
