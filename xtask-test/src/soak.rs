@@ -111,6 +111,7 @@ pub fn run(ctx: &Ctx, args: &SoakArgs) -> Result<()> {
             recipe: "minimal".into(),
             keep: args.keep,
             log_name: "soak",
+            template: None,
         },
     )?;
     let cd = &env.containerd;

@@ -14,8 +14,8 @@
 //! compares this checkout's release with one built in a clean clone
 //! (repro.rs). `all` (the default, and what CI runs) runs each of them, lint
 //! first, the VM test with the initrd and with the DAX image, 60 s of
-//! fuzzing, e2e from the build, from the release tarball and (as root) from
-//! the installed .deb, and cri.
+//! fuzzing, e2e from the build (booted, and started from a VM template),
+//! from the release tarball and (as root) from the installed .deb, and cri.
 
 use std::process::Command;
 
@@ -221,6 +221,13 @@ fn all(ctx: &Ctx) -> Result<()> {
         ..Default::default()
     };
     record("e2e --faults", &|| crate::e2e::run(ctx, &e2e));
+    // The same scenarios with every sandbox started from a VM template,
+    // then the template's own checks (t-*).
+    let template = crate::e2e::E2eArgs {
+        template: true,
+        ..Default::default()
+    };
+    record("e2e --template", &|| crate::e2e::run(ctx, &template));
     record("cri", &|| {
         crate::cri::run(ctx, &crate::cri::CriArgs::default())
     });

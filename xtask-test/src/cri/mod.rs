@@ -289,7 +289,7 @@ impl CriEnv {
         let kata_parts = if kata == Some(KataHandler::Built) {
             let shim = shim_binary(ctx, args.shim.as_deref())?;
             let guest = vmtest::prepare(ctx, Media::Initrd, &args.recipe)?;
-            Some((shim, kata_configuration(&guest)?))
+            Some((shim, kata_configuration(&guest, None)?))
         } else {
             None
         };

@@ -79,6 +79,7 @@ mod operate;
 mod pod;
 mod scenarios;
 mod shipped;
+pub(crate) mod template;
 mod volumes;
 
 pub use bounded::run_bounded;
@@ -124,8 +125,8 @@ const WATCHED_PROGRAMS: &[&str] = &[
 ];
 /// Applet links in the test image (all resolve to /bin/busybox).
 const APPLETS: &[&str] = &[
-    "cat", "echo", "env", "false", "grep", "head", "hostname", "httpd", "id", "ip", "ls", "mkdir",
-    "nc", "ping", "ps", "pwd", "rm", "sed", "sh", "sleep", "tail", "true", "uname",
+    "cat", "date", "echo", "env", "false", "grep", "head", "hostname", "httpd", "id", "ip", "ls",
+    "mkdir", "nc", "ping", "ps", "pwd", "rm", "sed", "sh", "sleep", "tail", "true", "uname",
 ];
 
 /// A ctr command with the kata runtime boots a VM under TCG on a loaded
@@ -174,6 +175,11 @@ pub struct E2eArgs {
     /// Run only this scenario (repeatable), e.g. `--scenario p-debug-console`.
     #[arg(long, value_name = "NAME")]
     pub scenario: Vec<String>,
+    /// Start sandboxes from a VM template: `[factory] enable_template`,
+    /// `kata-runtime factory init` before the scenarios, the template
+    /// scenarios (t-*) after them, `factory destroy` at the end.
+    #[arg(long)]
+    pub template: bool,
 }
 
 impl Default for E2eArgs {
@@ -188,6 +194,7 @@ impl Default for E2eArgs {
             from_release: false,
             install_deb: false,
             scenario: Vec::new(),
+            template: false,
         }
     }
 }
@@ -226,7 +233,7 @@ pub fn shim_binary(ctx: &Ctx, explicit: Option<&Path>) -> Result<PathBuf> {
 /// module doc for the list this harness relies on), with upstream's and the
 /// shipped `internetworking_model = "tcfilter"`: a container with a pod
 /// network namespace gets its interfaces, one without gets no NIC.
-pub fn kata_configuration(guest: &vmtest::Guest) -> Result<String> {
+pub fn kata_configuration(guest: &vmtest::Guest, template: Option<&Path>) -> Result<String> {
     let qemu = xtask::tools::which("qemu-system-x86_64")
         .context("qemu-system-x86_64 is not installed: apt-get install qemu-system-x86")?;
     if !Path::new(VIRTIOFSD).is_file() {
@@ -235,7 +242,7 @@ pub fn kata_configuration(guest: &vmtest::Guest) -> Result<String> {
     // Our extension key; without /dev/vhost-vsock the shim needs it, and
     // the harness names the release's daemon (not one on containerd's PATH).
     let vsock_daemon = Some(guest.vsock_daemon.clone());
-    harness_configuration(&qemu, &guest.kernel, &guest.boot, vsock_daemon)
+    harness_configuration(&qemu, &guest.kernel, &guest.boot, vsock_daemon, template)
 }
 
 /// The harness's configuration, written through the runtime's own schema
@@ -247,6 +254,7 @@ fn harness_configuration(
     kernel: &Path,
     boot: &runtime::hypervisor::BootMedia,
     vsock_daemon: Option<PathBuf>,
+    template: Option<&Path>,
 ) -> Result<String> {
     use runtime::hypervisor::{BootMedia, ImageFs};
     let mut file = runtime::config::ConfigFile::default();
@@ -291,6 +299,10 @@ fn harness_configuration(
     // --from-release run checks).
     r.disable_guest_seccomp = false;
     r.static_sandbox_resource_mgmt = true;
+    if let Some(dir) = template {
+        file.factory.enable_template = true;
+        file.factory.template_path = dir.to_owned();
+    }
 
     let body = file
         .to_toml()
@@ -322,6 +334,8 @@ pub struct EnvOptions {
     /// `-containerd.toml`, `-configuration.toml`), so that a later run of
     /// another kind does not overwrite the log a failure points at.
     pub log_name: &'static str,
+    /// `[factory] enable_template = true` with this template_path.
+    pub template: Option<PathBuf>,
 }
 
 pub struct E2eEnv {
@@ -339,7 +353,7 @@ impl E2eEnv {
         let kata = if opts.kata {
             let shim = shim_binary(ctx, opts.shim.as_deref())?;
             let guest = vmtest::prepare(ctx, opts.media, &opts.recipe)?;
-            Some((shim, kata_configuration(&guest)?))
+            Some((shim, kata_configuration(&guest, opts.template.as_deref())?))
         } else {
             None
         };
@@ -421,16 +435,19 @@ impl E2eEnv {
 
     /// One `ctr run --rm IMAGE true` with `runtime`; the wall time of the
     /// whole command (create, start, exit, delete), for `bench start`.
-    pub fn time_run_true(&self, runtime: &str, name: &str) -> Result<Duration> {
+    pub fn time_run_true(&self, runtime: &str, name: &str, flags: &[&str]) -> Result<Duration> {
         let id = self.containerd.new_id(name);
         let timeout = if runtime == KATA_RUNTIME {
             KATA_COMMAND_TIMEOUT
         } else {
             RUNC_COMMAND_TIMEOUT
         };
+        let flags: Vec<&str> = std::iter::once("--rm")
+            .chain(flags.iter().copied())
+            .collect();
         let cmd = self
             .ctr()
-            .run_command(runtime, &["--rm"], &self.image.name, &id, &["true"]);
+            .run_command(runtime, &flags, &self.image.name, &id, &["true"]);
         let out = run_bounded(cmd, None, timeout)?;
         if !out.success() {
             self.containerd.force_remove(&id);
@@ -450,7 +467,50 @@ pub struct SandboxFootprint {
     pub container_id: String,
     /// (pid, program, PSS KiB) of the shim and each of its descendants.
     pub processes: Vec<(u32, String, u64)>,
+    /// A VM started from a template runs on its own copy of the template's
+    /// memory file (tmpfs): the part of it no process maps yet is memory
+    /// the sandbox costs that no PSS shows, so it is counted here.
+    pub memory_file_unmapped_kib: u64,
+    /// The processes' PSS plus `memory_file_unmapped_kib`.
     pub total_pss_kib: u64,
+}
+
+/// The guest RAM file of QEMU `pid` started with
+/// `memory-backend-file,id=mem` (a template clone), from its command line;
+/// its own `/proc/self/fd/N` (the clone's memfd) as seen from here.
+fn guest_memory_file(pid: u32, argv: &[String]) -> Option<PathBuf> {
+    argv.iter()
+        .find_map(|a| a.strip_prefix("memory-backend-file,id=mem,"))
+        .and_then(|opts| opts.split(',').find_map(|o| o.strip_prefix("mem-path=")))
+        .map(|p| match p.strip_prefix("/proc/self/") {
+            Some(rest) => PathBuf::from(format!("/proc/{pid}/{rest}")),
+            None => PathBuf::from(p),
+        })
+}
+
+/// The resident size of QEMU `pid`'s mapping of its clone memory (the
+/// memfd `runtime` names `kata-clone-memory`), from /proc/PID/smaps.
+fn memfd_mapped_kib(pid: u32) -> Result<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .with_context(|| format!("read /proc/{pid}/smaps"))?;
+    let mut in_memfd = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            in_memfd = line.contains("memfd:kata-clone-memory");
+        } else if in_memfd {
+            if let Some(rest) = line.strip_prefix("Rss:") {
+                kib += rest
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0);
+            }
+        }
+    }
+    Ok(kib)
 }
 
 /// PSS of the shim serving `container_id` (found by its `-id` argument)
@@ -467,16 +527,28 @@ pub fn sandbox_footprint(container_id: &str) -> Result<SandboxFootprint> {
         })
         .with_context(|| format!("no containerd shim runs with -id {container_id}"))?;
     let mut processes = Vec::new();
+    let mut memory_file_unmapped_kib = 0;
     for p in descendants(shim.pid, &procs)
         .into_iter()
         .filter(|p| !p.zombie)
     {
         processes.push((p.pid, p.program().to_string(), pss_kib(p.pid)?));
+        if let Some(file) = guest_memory_file(p.pid, &p.argv) {
+            use std::os::unix::fs::MetadataExt;
+            let allocated_kib = std::fs::metadata(&file)
+                .with_context(|| format!("stat {}", file.display()))?
+                .blocks()
+                / 2;
+            // What QEMU maps of it is in its PSS already.
+            let mapped_kib = memfd_mapped_kib(p.pid)?;
+            memory_file_unmapped_kib += allocated_kib.saturating_sub(mapped_kib);
+        }
     }
-    let total_pss_kib = processes.iter().map(|p| p.2).sum();
+    let total_pss_kib = processes.iter().map(|p| p.2).sum::<u64>() + memory_file_unmapped_kib;
     Ok(SandboxFootprint {
         container_id: container_id.into(),
         processes,
+        memory_file_unmapped_kib,
         total_pss_kib,
     })
 }
@@ -523,7 +595,14 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
         recipe: args.recipe.clone(),
         keep: args.keep,
         log_name: "e2e",
+        template: args.template.then(template::template_dir),
     };
+    if args.template && (!kata || args.from_release || args.shim.is_some()) {
+        return Err(InputError::new(
+            "--template runs the built shim and kata-runtime: drop --from-release, --shim and --runtime",
+        )
+        .into());
+    }
     // The unpacked release (--from-release) must outlive the containerd using it.
     let mut release_tree = None;
     let env = if args.from_release {
@@ -551,6 +630,12 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
             .map(|s| format!(", shim {}", s.display()))
             .unwrap_or_default()
     ));
+    // The template is made before any sandbox starts, with the run's own
+    // configuration; the guard destroys it whatever happens.
+    let factory = match (&opts.template, &env.kata_config) {
+        (Some(dir), Some(config)) => Some(template::Factory::init(ctx, &env, dir, config)?),
+        _ => None,
+    };
     let mut r = Runner {
         ctx,
         env: &env,
@@ -659,6 +744,19 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
     if args.from_release {
         r.scenario("m-probe-once", &[], scenario_probe_once);
     }
+    if let Some(factory) = &factory {
+        r.scenario("t-clones", &["clone1", "clone2"], |r, ids| {
+            template::scenario_clones(r, ids, factory)
+        });
+        r.scenario(
+            "t-every-sandbox-cloned",
+            &[],
+            template::scenario_every_sandbox_cloned,
+        );
+        r.scenario("t-no-template", &["cold"], |r, ids| {
+            template::scenario_no_template(r, ids, factory)
+        });
+    }
     r.scenario("e-no-leftovers", &[], scenario_no_leftovers);
     let unknown: Vec<&String> = args
         .scenario
@@ -699,6 +797,7 @@ pub fn run(ctx: &Ctx, args: &E2eArgs) -> Result<()> {
             "failed": failed.len(),
             "skipped": skipped,
     });
+    drop(factory);
     drop(env);
     // The installed package also serves pods through containerd's CRI, as
     // a distro's containerd would run it; then the package is purged.
@@ -738,6 +837,29 @@ mod tests {
     use runtime::hypervisor::{BootMedia, ImageFs};
 
     #[test]
+    fn a_clones_memory_file_is_found_on_its_command_line() {
+        let argv: Vec<String> = [
+            "qemu-system-x86_64",
+            "-object",
+            "memory-backend-file,id=mem0,mem-path=/i/img,size=1,readonly=on,share=on",
+            "-object",
+            "memory-backend-file,id=mem,size=512M,mem-path=/proc/self/fd/7,share=on",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            guest_memory_file(42, &argv),
+            Some(PathBuf::from("/proc/42/fd/7"))
+        );
+        let cold: Vec<String> = vec![
+            "-object".into(),
+            "memory-backend-memfd,id=mem,size=512M,share=on".into(),
+        ];
+        assert_eq!(guest_memory_file(42, &cold), None);
+    }
+
+    #[test]
     fn harness_configuration_is_what_the_runtime_reads() {
         let text = harness_configuration(
             Path::new("/usr/bin/qemu-system-x86_64"),
@@ -749,6 +871,7 @@ mod tests {
                 verity: None,
             },
             Some("/root/.cargo/bin/vhost-device-vsock".into()),
+            None,
         )
         .unwrap();
         assert!(
@@ -772,12 +895,14 @@ mod tests {
         assert_eq!(c.agent.dial_timeout, 120);
         assert_eq!(c.request_timeout(), AGENT_REQUEST_TIMEOUT);
         assert_eq!(q.seccompsandbox, "", "as before: no -sandbox in the e2e VM");
+        assert!(!c.factory.enable_template);
 
         let text = harness_configuration(
             Path::new("/q"),
             Path::new("/k"),
             &BootMedia::Initrd("/t/initrd.img".into()),
             None,
+            Some(Path::new("/run/t/template")),
         )
         .unwrap();
         let c = runtime::config::parse(&text, Path::new("e2e.toml")).unwrap();
@@ -787,5 +912,7 @@ mod tests {
         );
         assert_eq!(c.hypervisor.vhost_user_vsock_daemon, None);
         assert_eq!(c.runtime.internetworking_model, "tcfilter");
+        assert!(c.factory.enable_template);
+        assert_eq!(c.factory.template_path, Path::new("/run/t/template"));
     }
 }
