@@ -11,12 +11,6 @@ use crate::layout::{EntryKind, Layout};
 use crate::safety::{check_host_safety_layout, check_host_safety_rpm};
 use crate::util::write_atomically;
 
-/// zstd level of the payload: the tarball's (xz here took 6x longer on a
-/// 128 MiB image). The `rpm` crate's `zstdmt` feature runs zstd's
-/// multi-threaded mode, whose bytes do not depend on the core count
-/// (`compress`).
-pub const RPM_ZSTD_LEVEL: i32 = crate::compress::ZSTD_LEVEL;
-
 /// The header fields of the RPM.
 #[derive(Clone, Debug)]
 pub struct RpmMeta {
@@ -83,8 +77,12 @@ pub fn write_rpm(layout: &Layout, meta: &RpmMeta, out: &Path, epoch: u64) -> Res
     check_host_safety_layout(layout)?;
     let epoch32 =
         u32::try_from(epoch).context("SOURCE_DATE_EPOCH does not fit RPM's 32-bit timestamps")?;
+    // The payload at the tarball's zstd level (xz here took 6x longer on a
+    // 128 MiB image). The `rpm` crate's `zstdmt` feature runs zstd's
+    // multi-threaded mode, whose bytes do not depend on the core count
+    // (`compress`).
     let config = rpm::BuildConfig::v4()
-        .compression(rpm::CompressionWithLevel::Zstd(RPM_ZSTD_LEVEL))
+        .compression(rpm::CompressionWithLevel::Zstd(crate::compress::ZSTD_LEVEL))
         .source_date(epoch32);
     let mut builder = rpm::PackageBuilder::new(
         &meta.name,
