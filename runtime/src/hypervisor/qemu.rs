@@ -1249,9 +1249,9 @@ impl Vm {
     }
 
     /// A template VM's last act: pause the guest and save its device state
-    /// into the template's state file (QMP `migrate` to the fd QEMU
-    /// inherited; the RAM, in the shared file, is left out). Waits at most
-    /// `within` for the migration to complete.
+    /// into the template's state file (QMP `migrate` to the file's fd,
+    /// handed over with `getfd`; the RAM, in the shared file, is left out).
+    /// Waits at most `within` for the migration to complete.
     pub fn save_state(&mut self, within: Duration) -> Result<(), VmError> {
         let file = self
             .migration_file

@@ -53,6 +53,48 @@ pub struct Sandbox {
     /// The HTTP monitor socket (`/run/vc/sbs/<id>/shim-monitor.sock`),
     /// served while the VM runs.
     monitor: Mutex<Option<MonitorServer>>,
+    /// Containers the agent reported OOM-killed (the shim publishes each
+    /// such exit after its OOM event).
+    pub oom_kills: OomKills,
+}
+
+/// The containers of a sandbox that the OOM killer hit, as the agent's
+/// GetOOMEvent reported them, for the exit waiters to wait on.
+#[derive(Default)]
+pub struct OomKills {
+    seen: Mutex<std::collections::HashSet<String>>,
+    changed: std::sync::Condvar,
+}
+
+impl OomKills {
+    pub fn record(&self, container_id: &str) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(container_id.to_string());
+        self.changed.notify_all();
+    }
+
+    /// Whether `container_id` had an OOM kill, waiting up to `grace` for
+    /// the report; the record is taken.
+    pub fn wait_for(&self, container_id: &str, grace: Duration) -> bool {
+        let deadline = std::time::Instant::now() + grace;
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if seen.remove(container_id) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            seen = self
+                .changed
+                .wait_timeout(seen, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
 }
 
 impl Sandbox {
@@ -237,6 +279,7 @@ impl Sandbox {
             cid: Mutex::new(Some(cid)),
             network: Mutex::new(network),
             monitor: Mutex::new(monitor),
+            oom_kills: OomKills::default(),
         })
     }
 
@@ -410,4 +453,30 @@ fn configure_guest_network(
             .map_err(|e| anyhow::anyhow!("{}", crate::error_chain(&e)))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oom_report_is_waited_for_within_the_grace_and_taken_once() {
+        let kills = Arc::new(OomKills::default());
+        let t = std::time::Instant::now();
+        assert!(!kills.wait_for("c1", Duration::from_millis(50)));
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        kills.record("c1");
+        assert!(kills.wait_for("c1", Duration::ZERO));
+        assert!(!kills.wait_for("c1", Duration::ZERO), "the record is taken");
+        // A report arriving during the wait ends it.
+        let reporter = kills.clone();
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            reporter.record("c2");
+        });
+        let t = std::time::Instant::now();
+        assert!(kills.wait_for("c2", Duration::from_secs(5)));
+        assert!(t.elapsed() < Duration::from_secs(4));
+        late.join().unwrap();
+    }
 }

@@ -65,6 +65,12 @@ fn vm_death(sandbox: &Sandbox) -> Option<String> {
 const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 /// How often the sandbox watcher checks QEMU.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// A process's status after SIGKILL (128 + 9), what the OOM killer leaves.
+const SIGKILL_STATUS: u32 = 137;
+/// How long a SIGKILLed container's exit waits for the agent's OOM report
+/// (it usually comes within milliseconds; a kill that was not the OOM
+/// killer's pays this once).
+const OOM_BEFORE_EXIT_GRACE: Duration = Duration::from_millis(500);
 /// Pause before the OOM event loop calls again after a failed call.
 const OOM_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// Seconds the agent may take to stop a container's processes on delete.
@@ -395,8 +401,9 @@ impl Service {
                             event.container_id
                         );
                         let mut ev = TaskOOM::new();
-                        ev.container_id = event.container_id;
+                        ev.container_id = event.container_id.clone();
                         publish(&publisher, &namespace, ev);
+                        sandbox.oom_kills.record(&event.container_id);
                     }
                     // DestroySandbox: nothing more will come
                     Err(ttrpc::Error::RpcStatus(s)) if s.code() == Code::UNAVAILABLE => {
@@ -711,6 +718,13 @@ impl Service {
                     VM_DIED_STATUS
                 }
             };
+            // Killed by SIGKILL: if the OOM killer did it, CRI must see the
+            // OOM event first (its reason OOMKilled comes from the event; a
+            // status read between the exit and a later event says "Error"),
+            // and the two come over separate agent calls.
+            if status == SIGKILL_STATUS && p.exec_id.is_empty() {
+                sandbox.oom_kills.wait_for(&p.cid, OOM_BEFORE_EXIT_GRACE);
+            }
             let relay = p.lock().relay.take();
             if let Some(mut r) = relay {
                 if !r.wait_outputs(OUTPUT_DRAIN) {
