@@ -3,14 +3,14 @@
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use runtime::hypervisor::Accel;
 use serde::Serialize;
 
 use crate::bench::median;
 use crate::boot_phases::{median_phases, BootPhases};
 use crate::kernel_boot::{boot_to_init, probe_initrd};
-use crate::vmtest::{boot_and_drive, prepare, Guest, Media};
+use crate::vmtest::{boot_and_drive, config, prepare, Guest, Media, CALL_TIMEOUT, SERVING_TIMEOUT};
 use xtask::context::{Ctx, CACHE_ENV, DIST_ENV};
 
 /// Boots per kernel for the time-to-init comparison (alternated).
@@ -108,6 +108,17 @@ struct BootReport {
     systemd_over_agent_init_ratio: f64,
     /// Every guest and boot way measured, the three above first.
     guests: Vec<BootVariant>,
+    /// The minimal initrd started from a VM template (`[factory]`) instead
+    /// of booted: from `Vm::start` (so including the copy of the template's
+    /// memory, which comes before QEMU's spawn) to SERVING, alternated with
+    /// the boots above.
+    templated_initrd_to_serving_ms_median: f64,
+    templated_over_initrd_ratio: f64,
+    templated_to_serving_ms: Vec<f64>,
+    /// What making the template took (its guest's boot, then the save).
+    template_boot_ms: u64,
+    template_save_ms: u64,
+    template_state_bytes: u64,
     agent_bytes: u64,
 }
 
@@ -149,6 +160,16 @@ pub fn boot(ctx: &Ctx) -> Result<()> {
     let mut samples: [Vec<f64>; 5] = Default::default();
     let mut phases: [Vec<BootPhases>; 5] = Default::default();
     let mut accel = Accel::Auto;
+    // The template lives on a tmpfs, as `kata-runtime factory init` puts it.
+    let template_dir = tempfile::Builder::new()
+        .prefix("kata-bench-template-")
+        .tempdir_in("/dev/shm")?;
+    let template = runtime::hypervisor::template::create(
+        &config(&guests[0].1, "template", accel, &[]),
+        template_dir.path(),
+        SERVING_TIMEOUT,
+    )?;
+    let mut templated = Vec::new();
     for i in 0..BOOTS {
         let mut line = format!("  boot #{}:", i + 1);
         for (k, (name, guest)) in guests.iter().enumerate() {
@@ -158,6 +179,9 @@ pub fn boot(ctx: &Ctx) -> Result<()> {
             samples[k].push(report.boot_to_serving_ms as f64);
             phases[k].extend(report.phases);
         }
+        let t = clone_to_serving(&guests[0].1, template_dir.path(), accel)?;
+        line.push_str(&format!(" initrd from a template {t:.0} ms"));
+        templated.push(t);
         ctx.ui.info(line.trim_end_matches(','));
     }
     for ((name, _), p) in guests.iter().zip(&phases) {
@@ -191,7 +215,14 @@ pub fn boot(ctx: &Ctx) -> Result<()> {
         variants[1].to_serving_ms_median,
         variants[2].to_serving_ms_median,
     );
+    let templated_median = median(templated.clone());
     let r = BootReport {
+        templated_initrd_to_serving_ms_median: templated_median,
+        templated_over_initrd_ratio: templated_median / ma,
+        templated_to_serving_ms: templated,
+        template_boot_ms: template.boot_ms,
+        template_save_ms: template.save_ms,
+        template_state_bytes: template.state_bytes,
         accel,
         boots_each: BOOTS,
         initrd_to_serving_ms_median: ma,
@@ -205,6 +236,14 @@ pub fn boot(ctx: &Ctx) -> Result<()> {
     ctx.ui.info(&format!(
         "bench boot ({:?}, median of {BOOTS}): QEMU start to SERVING: initrd {ma:.0} ms, DAX image {mb:.0} ms (ratio {:.2}), systemd (debian) DAX image {mc:.0} ms (over agent-as-init {:.2}); agent {} B",
         r.accel, r.image_over_initrd_ratio, r.systemd_over_agent_init_ratio, r.agent_bytes
+    ));
+    ctx.ui.info(&format!(
+        "  initrd from a template: {:.0} ms ({:.2}x the initrd), from Vm::start with the memory copy; the template took {} ms to boot and {} ms to save ({} bytes of state)",
+        r.templated_initrd_to_serving_ms_median,
+        r.templated_over_initrd_ratio,
+        r.template_boot_ms,
+        r.template_save_ms,
+        r.template_state_bytes
     ));
     for v in &r.guests {
         ctx.ui.info(&format!(
@@ -222,4 +261,32 @@ pub fn boot(ctx: &Ctx) -> Result<()> {
         ctx.print_json(&serde_json::to_value(&r)?)?;
     }
     Ok(())
+}
+
+/// One sandbox VM started from the template in `dir`: milliseconds from
+/// `Vm::start` (the template check and the memory copy come before QEMU's
+/// spawn) to the agent's SERVING.
+fn clone_to_serving(guest: &Guest, dir: &std::path::Path, accel: Accel) -> Result<f64> {
+    let mut cfg = config(guest, "clone", accel, &[]);
+    cfg.template = Some(runtime::hypervisor::template::TemplateUse::Clone(
+        dir.to_owned(),
+    ));
+    let t = Instant::now();
+    let mut vm = runtime::hypervisor::Vm::start(cfg).context("start a VM from the template")?;
+    if vm.cloned_from().is_none() {
+        bail!("the VM was booted, not cloned from the template");
+    }
+    let address = vm
+        .agent_address()
+        .context("the clone has no agent channel")?;
+    runtime::agent_client::AgentClient::wait_serving(
+        &address,
+        SERVING_TIMEOUT,
+        CALL_TIMEOUT,
+        || vm.check_alive(),
+    )
+    .context("the clone's agent")?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    vm.shutdown()?;
+    Ok(ms)
 }
