@@ -75,7 +75,13 @@ pub fn init(cfg: &KataConfig) -> anyhow::Result<TemplateMeta> {
             dir.display()
         );
     }
-    let created_dir = !dir.exists();
+    // The directories this init creates (template_path and any missing
+    // parent, deepest first): a failed init removes them again.
+    let created: Vec<PathBuf> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .map(Path::to_path_buf)
+        .collect();
     std::fs::create_dir_all(dir).map_err(|e| {
         anyhow::anyhow!(
             "cannot create [factory] template_path {}: {e}",
@@ -120,8 +126,8 @@ pub fn init(cfg: &KataConfig) -> anyhow::Result<TemplateMeta> {
         if mounted_here {
             let _ = umount2(dir, MntFlags::empty());
         }
-        if created_dir {
-            let _ = std::fs::remove_dir(dir);
+        for d in &created {
+            let _ = std::fs::remove_dir(d);
         }
     }
     result

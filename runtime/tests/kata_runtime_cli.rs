@@ -284,6 +284,17 @@ fn factory_status_and_destroy_without_a_template() {
 fn a_failed_factory_init_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let (file, template) = factory_config(dir.path());
+    // template_path two levels below what exists: both are removed again.
+    let nested = template.join("vc").join("template");
+    let text_now = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text_now.replace(
+            &format!("template_path = \"{}\"", template.display()),
+            &format!("template_path = \"{}\"", nested.display()),
+        ),
+    )
+    .unwrap();
     let out = kata_runtime(&file, &["factory", "init"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(
