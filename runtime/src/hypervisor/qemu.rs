@@ -757,7 +757,7 @@ impl Vm {
                 let copying = Instant::now();
                 let from = dir.join(super::template::MEMORY_FILE);
                 let memfd = nix::sys::memfd::memfd_create(
-                    c"kata-clone-memory",
+                    super::template::CLONE_MEMFD_NAME,
                     nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
                 )
                 .map_err(|e| {

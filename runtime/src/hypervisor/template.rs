@@ -51,6 +51,8 @@ const META_FORMAT: u32 = 1;
 /// What the agent prints once its API listens (see `agent/src/main.rs`):
 /// the template is saved only after it, so every clone's agent listens.
 pub const AGENT_READY_MARKER: &str = "agent API ready on";
+/// The name of a clone's memory memfd (`/memfd:NAME` in its QEMU's maps).
+pub const CLONE_MEMFD_NAME: &std::ffi::CStr = c"kata-clone-memory";
 /// Upstream's default `[factory] template_path`.
 pub const DEFAULT_TEMPLATE_PATH: &str = "/run/vc/vm/template";
 
@@ -192,43 +194,29 @@ pub fn check(dir: &Path, cfg: &QemuConfig, accel: Accel) -> Result<TemplateMeta,
             ),
         ));
     }
-    let memory = dir.join(MEMORY_FILE);
-    let size = std::fs::metadata(&memory)
-        .map_err(|e| {
-            VmError::io(
-                format!("template memory {} is missing; {remake}", memory.display()),
-                e,
-            )
-        })?
-        .len();
-    if size != u64::from(meta.memory_mib) << 20 {
-        return Err(VmError::config(
-            "template",
-            format!(
-                "template memory {} is {size} bytes, not the {} MiB recorded: the template is damaged; {remake}",
-                memory.display(),
-                meta.memory_mib
-            ),
-        ));
-    }
-    let state = dir.join(STATE_FILE);
-    let state_size = std::fs::metadata(&state)
-        .map_err(|e| {
-            VmError::io(
-                format!("template state {} is missing; {remake}", state.display()),
-                e,
-            )
-        })?
-        .len();
-    if state_size != meta.state_bytes {
-        return Err(VmError::config(
-            "template",
-            format!(
-                "template state {} is {state_size} bytes, not the {} recorded: the template is damaged; {remake}",
-                state.display(),
-                meta.state_bytes
-            ),
-        ));
+    // The files were whole when template.json was written last.
+    for (name, what, want) in [
+        (MEMORY_FILE, "memory", u64::from(meta.memory_mib) << 20),
+        (STATE_FILE, "state", meta.state_bytes),
+    ] {
+        let path = dir.join(name);
+        let size = std::fs::metadata(&path)
+            .map_err(|e| {
+                VmError::io(
+                    format!("template {what} {} is missing; {remake}", path.display()),
+                    e,
+                )
+            })?
+            .len();
+        if size != want {
+            return Err(VmError::config(
+                "template",
+                format!(
+                    "template {what} {} is {size} bytes, not the {want} recorded: the template is damaged; {remake}",
+                    path.display()
+                ),
+            ));
+        }
     }
     Ok(meta)
 }
