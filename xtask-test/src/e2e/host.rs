@@ -96,6 +96,33 @@ pub fn pss_kib(pid: u32) -> Result<u64> {
     bail!("/proc/{pid}/smaps_rollup has no Pss line")
 }
 
+/// The resident size (KiB) of the mappings of process `pid` whose path
+/// contains `name`, from /proc/PID/smaps.
+pub fn mapping_rss_kib(pid: u32, name: &str) -> Result<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .with_context(|| format!("read /proc/{pid}/smaps"))?;
+    let mut in_mapping = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        // A mapping's header starts with its address range; its fields
+        // ("Rss:", ...) follow.
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            in_mapping = line.contains(name);
+        } else if in_mapping {
+            if let Some(rest) = line.strip_prefix("Rss:") {
+                kib += rest
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .with_context(|| format!("/proc/{pid}/smaps: bad Rss line {line:?}"))?;
+            }
+        }
+    }
+    Ok(kib)
+}
+
 pub(crate) fn signal(pid: u32, sig: nix::sys::signal::Signal) -> Result<()> {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
         .with_context(|| format!("kill -{sig} {pid}"))

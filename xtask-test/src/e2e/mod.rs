@@ -84,7 +84,7 @@ mod volumes;
 
 pub use bounded::run_bounded;
 use containerd::{ContainerdSetup, Ctr, PrivateContainerd};
-use host::{all_procs, descendants, pss_kib};
+use host::{all_procs, descendants, mapping_rss_kib, pss_kib};
 use oci_image::{image_busybox, import_image, write_oci_archive, OciImage};
 pub(crate) use scenarios::wait_no_leftovers;
 use scenarios::{
@@ -488,31 +488,6 @@ fn guest_memory_file(pid: u32, argv: &[String]) -> Option<PathBuf> {
         })
 }
 
-/// The resident size of QEMU `pid`'s mapping of its clone memory (the
-/// memfd `runtime` names `kata-clone-memory`), from /proc/PID/smaps.
-fn memfd_mapped_kib(pid: u32) -> Result<u64> {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
-        .with_context(|| format!("read /proc/{pid}/smaps"))?;
-    let mut in_memfd = false;
-    let mut kib = 0;
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if first.contains('-') && !first.ends_with(':') {
-            in_memfd = line.contains("memfd:kata-clone-memory");
-        } else if in_memfd {
-            if let Some(rest) = line.strip_prefix("Rss:") {
-                kib += rest
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .unwrap_or(0);
-            }
-        }
-    }
-    Ok(kib)
-}
-
 /// PSS of the shim serving `container_id` (found by its `-id` argument)
 /// and of every process under it (QEMU, virtiofsd, vhost-device-vsock).
 pub fn sandbox_footprint(container_id: &str) -> Result<SandboxFootprint> {
@@ -540,7 +515,8 @@ pub fn sandbox_footprint(container_id: &str) -> Result<SandboxFootprint> {
                 .blocks()
                 / 2;
             // What QEMU maps of it is in its PSS already.
-            let mapped_kib = memfd_mapped_kib(p.pid)?;
+            let memfd = runtime::hypervisor::template::CLONE_MEMFD_NAME.to_string_lossy();
+            let mapped_kib = mapping_rss_kib(p.pid, &format!("/memfd:{memfd}"))?;
             memory_file_unmapped_kib += allocated_kib.saturating_sub(mapped_kib);
         }
     }

@@ -98,11 +98,7 @@ impl Factory {
     }
 
     fn mounted(&self) -> bool {
-        let dir = self.dir.to_string_lossy();
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.split(' ').nth(4) == Some(&*dir))
+        super::host::mount_points().contains(&self.dir)
     }
 
     /// `factory destroy`, then nothing may be mounted or left at the path.
