@@ -61,6 +61,15 @@ fn vm_death(sandbox: &Sandbox) -> Option<String> {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+/// Why the sandbox's VM no longer runs, whether it died or was shut down
+/// (a concurrent delete), after [`vm_death`]'s grace.
+fn vm_gone(sandbox: &Sandbox) -> Option<String> {
+    if sandbox.was_shut_down() {
+        return Some("the VM was shut down".into());
+    }
+    vm_death(sandbox)
+}
+
 /// Bound for a process's output to drain before its exit is published.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 /// How often the sandbox watcher checks QEMU.
@@ -1002,6 +1011,8 @@ impl containerd_shim::Task for Service {
 
     fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
         let (p, _sb) = self.find(&req.id, &req.exec_id)?;
+        // Logged: a wait that never returns holds the shim's shutdown up.
+        log::debug!("wait {} {}", req.id, req.exec_id);
         let mut s = p.lock();
         while s.status != Status::Stopped {
             s = p.exited.wait(s).unwrap_or_else(|e| e.into_inner());
@@ -1046,15 +1057,25 @@ impl containerd_shim::Task for Service {
             p.agent_exec_id().to_string()
         };
         sreq.signal = req.signal;
-        sb.agent
-            .agent()
-            .signal_process(sb.agent.context(), &sreq)
-            .map_err(|e| {
-                internal(format!(
-                    "{}/{}: SignalProcess {}: {e}",
-                    req.id, req.exec_id, req.signal
-                ))
-            })?;
+        if let Err(e) = sb.agent.agent().signal_process(sb.agent.context(), &sreq) {
+            // A VM killed a moment ago breaks the agent's connection before
+            // QEMU's exit can be seen: the signal then finds its process
+            // already ended with its VM, whose exit the watcher publishes
+            // (a force-delete waits for it). Anything else is an error.
+            if let Some(why) = vm_gone(&sb) {
+                log::info!(
+                    "{}/{}: signal {} not sent: the VM is gone: {why}",
+                    req.id,
+                    req.exec_id,
+                    req.signal
+                );
+                return Ok(api::Empty::new());
+            }
+            return Err(internal(format!(
+                "{}/{}: SignalProcess {}: {e}",
+                req.id, req.exec_id, req.signal
+            )));
+        }
         Ok(api::Empty::new())
     }
 

@@ -531,8 +531,16 @@ pub(super) fn fault_agent_silent(r: &mut Runner, ids: &[String]) -> Result<Strin
     if out.timed_out || waited > bound {
         bail!("the error took {waited:?}, beyond the agent request bound {AGENT_REQUEST_TIMEOUT:?} (+30 s): {}", out.describe());
     }
-    let _ = run_bounded(ctr.command(&["tasks", "delete", "-f", id]), None, r.timeout);
-    let _ = run_bounded(ctr.command(&["containers", "delete", id]), None, r.timeout);
+    // A user's force-delete of a task whose VM was just killed must work
+    // at once: its kill may reach the shim before QEMU's death is seen.
+    let deleted = run_bounded(ctr.command(&["tasks", "delete", "-f", id]), None, r.timeout)?;
+    if !deleted.success() {
+        bail!(
+            "`ctr tasks delete -f` of the task whose VM was killed failed: {}",
+            deleted.describe()
+        );
+    }
+    run_bounded(ctr.command(&["containers", "delete", id]), None, r.timeout)?.require_success()?;
     wait_no_leftovers(
         &r.env.containerd,
         Duration::from_secs(60),
