@@ -129,6 +129,8 @@ pub struct KataShim {
     /// sandbox id it names the shim's socket.
     address: String,
     id: String,
+    /// The socket this shim serves (`-socket`, a `unix://` address).
+    socket: String,
     bundle: PathBuf,
     exit: Arc<ExitSignal>,
 }
@@ -143,6 +145,7 @@ impl containerd_shim::Shim for KataShim {
             namespace: args.namespace.clone(),
             address: args.address.clone(),
             id: args.id.clone(),
+            socket: args.socket.clone(),
             bundle: if args.bundle.is_empty() {
                 std::env::current_dir().unwrap_or_default()
             } else {
@@ -211,6 +214,15 @@ impl containerd_shim::Shim for KataShim {
 
     fn wait(&mut self) {
         self.exit.wait();
+        // The crate stops the ttrpc server next, and that waits for every
+        // call in progress: one that never returns would keep this shim,
+        // and its socket, alive after containerd let it go. Upstream's shim
+        // exits outright on shutdown; here the graceful stop gets a bound.
+        exit_after(
+            SHUTDOWN_GRACE,
+            PathBuf::from(self.socket.trim_start_matches("unix://")),
+            || std::process::exit(0),
+        );
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
@@ -292,6 +304,32 @@ fn remove_dead_monitor(root: &Path, sid: &str) -> Option<String> {
         .map(|e| format!("remove {}: {e}", root.join(sid).display()))
 }
 
+/// How long the ttrpc server may take to stop once the shim shuts down.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A watchdog for a shim that shuts down: unless the process has ended
+/// within `grace`, it says so, removes `socket` (as the crate would have)
+/// and calls `exit`.
+fn exit_after(
+    grace: std::time::Duration,
+    socket: PathBuf,
+    exit: impl FnOnce() + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        std::thread::sleep(grace);
+        log::warn!(
+            "shutdown: the ttrpc server has not stopped {grace:?} after shutdown (a call in \
+             progress never returned); exiting"
+        );
+        if let Err(e) = std::fs::remove_file(&socket) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log::warn!("shutdown: remove {}: {e}", socket.display());
+            }
+        }
+        exit();
+    })
+}
+
 /// How long `delete` waits for an exiting shim to stop accepting on its
 /// socket.
 const SHIM_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
@@ -343,6 +381,31 @@ fn remove_socket_if_dead(path: &Path) -> Result<(), SocketError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shutdown_that_does_not_end_exits_within_its_grace_and_removes_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("s.sock");
+        std::fs::write(&socket, b"").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let started = std::time::Instant::now();
+        exit_after(
+            std::time::Duration::from_millis(100),
+            socket.clone(),
+            move || {
+                tx.send(started.elapsed()).unwrap();
+            },
+        );
+        let after = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        assert!(after >= std::time::Duration::from_millis(100), "{after:?}");
+        assert!(!socket.exists());
+        // A socket already gone is no obstacle.
+        let (tx, rx) = std::sync::mpsc::channel();
+        exit_after(std::time::Duration::ZERO, socket, move || {
+            tx.send(()).unwrap()
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+    }
 
     #[test]
     fn the_reaper_mount_rootfs_waits_through_stays_on() {
