@@ -165,10 +165,13 @@ pub fn build(
     let log_file = File::create(&options.log_path).map_err(|e| Error::io(&options.log_path, e))?;
     let log = Arc::new(Mutex::new(log_file));
 
+    let mut targets = vec!["vmlinux", "bzImage"];
+    if modules_enabled(&config)? {
+        targets.push("modules");
+    }
     let mut child = make(src_dir, &build_dir, make_arch, options.source_date_epoch)
         .arg(format!("-j{}", options.jobs))
-        .arg("vmlinux")
-        .arg("bzImage")
+        .args(&targets)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -244,6 +247,83 @@ pub fn build(
         }
     }
     Ok(outputs)
+}
+
+/// Whether a `.config` enables loadable modules.
+fn modules_enabled(config: &Path) -> Result<bool> {
+    let text = std::fs::read_to_string(config).map_err(|e| Error::io(config, e))?;
+    Ok(text.lines().any(|l| l.trim_end() == "CONFIG_MODULES=y"))
+}
+
+/// Installs the modules of a [`build`] with modules under
+/// `dest/lib/modules/<release>`, stripped, with depmod's index files
+/// (`depmod` must be on `PATH`), as a guest's `/lib/modules` holds them.
+/// The `build` and `source` links into the build tree are left out. make's
+/// output is appended to `log_path`. Returns the `<release>` directory.
+pub fn install_modules(
+    src_dir: &Path,
+    build_dir: &Path,
+    arch: &str,
+    dest: &Path,
+    log_path: &Path,
+    source_date_epoch: u64,
+) -> Result<PathBuf> {
+    let (make_arch, _) = crate::kernel_arch(arch)?;
+    let config = build_dir.join(".config");
+    if !modules_enabled(&config)? {
+        return Err(Error::Input {
+            path: config,
+            problem: "CONFIG_MODULES is off: this kernel has no modules to install".into(),
+        });
+    }
+    let build_dir = build_dir
+        .canonicalize()
+        .map_err(|e| Error::io(build_dir, e))?;
+    std::fs::create_dir_all(dest).map_err(|e| Error::io(dest, e))?;
+    let dest = dest.canonicalize().map_err(|e| Error::io(dest, e))?;
+    let output = make(src_dir, &build_dir, make_arch, source_date_epoch)
+        .arg(format!("INSTALL_MOD_PATH={}", dest.display()))
+        .arg("INSTALL_MOD_STRIP=1")
+        .arg("DEPMOD=depmod")
+        .arg("modules_install")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::Tool {
+            what: "make modules_install".into(),
+            detail: format!("cannot run make: {e}"),
+        })?;
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log_path)
+        .map_err(|e| Error::io(log_path, e))?;
+    log.write_all(&output.stdout)
+        .and_then(|()| log.write_all(&output.stderr))
+        .map_err(|e| Error::io(log_path, e))?;
+    if !output.status.success() {
+        return Err(Error::Build {
+            log: log_path.to_path_buf(),
+            tail: log_tail(log_path, 25),
+        });
+    }
+    let release = kernel_release(src_dir, &build_dir, arch)?;
+    let dir = dest.join("lib/modules").join(&release);
+    for link in ["build", "source"] {
+        let path = dir.join(link);
+        if path.symlink_metadata().is_ok() {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    if !dir.join("modules.dep").is_file() {
+        return Err(Error::Build {
+            log: log_path.to_path_buf(),
+            tail: format!(
+                "modules_install succeeded but {} is missing (is depmod installed?)",
+                dir.join("modules.dep").display()
+            ),
+        });
+    }
+    Ok(dir)
 }
 
 fn copy_lines(

@@ -192,6 +192,9 @@ pub struct Fragments {
     whitelist: BTreeMap<String, Origin>,
 }
 
+/// The module flavour's fragment directory (see [`Fragments::load_flavour`]).
+pub const MODULES_GROUP: &str = "modules";
+
 /// Name of the whitelist file at the top of the configs directory.
 pub const WHITELIST_FILE: &str = "whitelist.conf";
 
@@ -200,6 +203,20 @@ impl Fragments {
     /// (each directory in byte order of file names, sub-directories ignored),
     /// plus `whitelist.conf` when it exists.
     pub fn load(configs_dir: &Path, arch: &str, debug: bool) -> Result<Fragments> {
+        Self::load_flavour(configs_dir, arch, debug, false)
+    }
+
+    /// [`Fragments::load`], and with `modules` the module flavour's
+    /// `modules/*.conf` last. That directory turns module loading on, so it
+    /// may give an option another value than `common/` or `<arch>/` did
+    /// (`CONFIG_MODULES` itself, a driver `=m` instead of `=y`); its own
+    /// files still may not disagree with each other.
+    pub fn load_flavour(
+        configs_dir: &Path,
+        arch: &str,
+        debug: bool,
+        modules: bool,
+    ) -> Result<Fragments> {
         if arch.is_empty() || arch.contains(['/', '\\']) || arch.starts_with('.') {
             return Err(Error::Input {
                 path: configs_dir.to_path_buf(),
@@ -209,6 +226,9 @@ impl Fragments {
         let mut groups = vec!["common", arch];
         if debug {
             groups.push("debug");
+        }
+        if modules {
+            groups.push(MODULES_GROUP);
         }
         let mut fragments = Fragments {
             configs_dir: configs_dir.to_path_buf(),
@@ -237,6 +257,17 @@ impl Fragments {
                     };
                     if let Some(&i) = index.get(&name) {
                         let first = &fragments.requests[i];
+                        let overrides = group == MODULES_GROUP
+                            && first.value != value
+                            && !first.origin.file.starts_with(&format!("{MODULES_GROUP}/"));
+                        if overrides {
+                            fragments.requests[i] = Request {
+                                name,
+                                value,
+                                origin,
+                            };
+                            continue;
+                        }
                         if first.value != value {
                             return Err(Error::Conflict {
                                 name,

@@ -22,10 +22,12 @@ mod error;
 mod fragments;
 mod patches;
 
-pub use build::{build, extract_source, kernel_release, BuildOptions, KernelOutputs};
+pub use build::{
+    build, extract_source, install_modules, kernel_release, BuildOptions, KernelOutputs,
+};
 pub use config::{check_config, configure, read_config, ConfigReport, Missing};
 pub use error::{Error, Result};
-pub use fragments::{ConfigValue, Fragments, Origin, Request};
+pub use fragments::{ConfigValue, Fragments, Origin, Request, MODULES_GROUP};
 pub use patches::{apply_patches, Patches};
 
 /// The kernel's own name for a Kata architecture, as passed in `ARCH=`, and

@@ -76,6 +76,51 @@ fn loads_in_sorted_order_with_origins() {
 }
 
 #[test]
+fn the_module_flavour_may_change_common_options_but_not_contradict_itself() {
+    let dir = tree();
+    write(
+        dir.path(),
+        "modules/modules.conf",
+        "CONFIG_OFF=y\nCONFIG_DUMMY=m\nCONFIG_A=y\n",
+    );
+    let plain = Fragments::load(dir.path(), "x86_64", false).unwrap();
+    assert_eq!(plain.request("CONFIG_OFF").unwrap().value, ConfigValue::No);
+    assert!(plain.request("CONFIG_DUMMY").is_none());
+    let modules = Fragments::load_flavour(dir.path(), "x86_64", false, true).unwrap();
+    let off = modules.request("CONFIG_OFF").unwrap();
+    assert_eq!(off.value, ConfigValue::Yes);
+    // The place that decides is the one named when the check fails.
+    assert_eq!(
+        (off.origin.file.as_str(), off.origin.line),
+        ("modules/modules.conf", 1)
+    );
+    assert_eq!(
+        modules.request("CONFIG_DUMMY").unwrap().value,
+        ConfigValue::Module
+    );
+    // Asking again for what common/ asked keeps common's place.
+    assert_eq!(
+        modules.request("CONFIG_A").unwrap().origin.file,
+        "common/a.conf"
+    );
+    assert!(modules.merged().contains("CONFIG_OFF=y\n"));
+    assert!(!modules.merged().contains("# CONFIG_OFF is not set"));
+
+    // Within modules/, a contradiction is still an error naming both.
+    write(dir.path(), "modules/zz.conf", "# CONFIG_DUMMY is not set\n");
+    let err = Fragments::load_flavour(dir.path(), "x86_64", false, true).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("modules/modules.conf:2") && text.contains("modules/zz.conf:1"),
+        "{text}"
+    );
+    // A flavour asked for without its directory is named.
+    let bare = tree();
+    let err = Fragments::load_flavour(bare.path(), "x86_64", false, true).unwrap_err();
+    assert!(err.to_string().contains("modules"), "{err}");
+}
+
+#[test]
 fn debug_fragments_only_when_asked_and_whitelist_is_an_input() {
     let dir = tree();
     write(dir.path(), "debug/debug.conf", "CONFIG_DEBUG_KERNEL=y\n");

@@ -76,6 +76,11 @@ pub const MMDEBSTRAP: HostTool = HostTool::program(
     "mmdebstrap",
     "installing the Debian system of `init: systemd` guests",
 );
+pub const DEPMOD: HostTool = HostTool::program(
+    "depmod",
+    "kmod",
+    "indexing the module flavour's kernel modules (`kernel --modules`)",
+);
 pub const CURL: HostTool = HostTool::program("curl", "curl", "fetching upstream URLs");
 pub const MKE2FS: HostTool = HostTool::program("mke2fs", "e2fsprogs", "ext4 rootfs images");
 pub const E2FSCK: HostTool = HostTool::program("e2fsck", "e2fsprogs", "checking images");
@@ -169,6 +174,7 @@ pub const ALL: &[HostTool] = &[
     APT_GET,
     DPKG_DEB,
     MMDEBSTRAP,
+    DEPMOD,
     MKE2FS,
     E2FSCK,
     DEBUGFS,

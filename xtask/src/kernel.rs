@@ -1,4 +1,4 @@
-//! `cargo xtask kernel [--config-only] [--configs DIR] [--debug]`: the guest
+//! `cargo xtask kernel [--config-only] [--configs DIR] [--debug] [--modules]`: the guest
 //! kernel from the pinned Debian source and the `kernel-configs/` fragments.
 //!
 //! Two cached steps: `kernel-source` (the verified tarball extracted, patches
@@ -34,6 +34,11 @@ pub struct KernelArgs {
     /// Add the debug fragments.
     #[arg(long)]
     pub debug: bool,
+    /// The module flavour: `kernel-configs/modules/` turns module loading
+    /// on and makes some drivers modules, which are installed (with
+    /// depmod's index) for guests built with `--kernel-modules`.
+    #[arg(long)]
+    pub modules: bool,
     /// Which pinned source to build: Debian's linux-source package, or the
     /// upstream tarball (only where its sha256 is pinned and it is reachable).
     #[arg(long, value_enum, default_value = "debian")]
@@ -48,6 +53,8 @@ pub enum KernelSource {
 }
 
 pub struct KernelBuild {
+    /// The step's entry: the kernel files, and with `--modules` the
+    /// installed modules under `modules/lib/modules/<release>`.
     pub dir: PathBuf,
     pub key: String,
     pub release: String,
@@ -64,6 +71,20 @@ impl KernelBuild {
     pub fn vmlinux(&self) -> PathBuf {
         self.dir.join("vmlinux")
     }
+
+    /// With `--modules`: the `lib/modules/<release>` tree a guest carries.
+    pub fn modules(&self) -> Option<PathBuf> {
+        let dir = modules_dir(&self.dir, &self.release);
+        dir.is_dir().then_some(dir)
+    }
+}
+
+/// Where the module flavour's step entry holds the installed modules.
+const MODULES: &str = "modules";
+
+/// `lib/modules/<release>` in a kernel step's entry `dir`.
+pub fn modules_dir(dir: &std::path::Path, release: &str) -> PathBuf {
+    dir.join(MODULES).join("lib/modules").join(release)
 }
 
 fn bad<E: std::fmt::Display>(e: E) -> anyhow::Error {
@@ -110,7 +131,8 @@ fn load(ctx: &Ctx, args: &KernelArgs) -> Result<(Fragments, Patches)> {
     if !dir.is_dir() {
         return Err(bad(format!("--configs {}: not a directory", dir.display())));
     }
-    let fragments = Fragments::load(&dir, ARCH, args.debug).map_err(kernel_err)?;
+    let fragments =
+        Fragments::load_flavour(&dir, ARCH, args.debug, args.modules).map_err(kernel_err)?;
     let patches = Patches::load(&dir, &series(ctx)).map_err(kernel_err)?;
     Ok((fragments, patches))
 }
@@ -124,6 +146,18 @@ const BUILD_TOOLS: &[HostTool] = &[
     host_tools::BC,
     host_tools::LIBELF,
     host_tools::LIBSSL,
+];
+
+/// The module flavour also runs depmod.
+const BUILD_TOOLS_MODULES: &[HostTool] = &[
+    host_tools::MAKE,
+    host_tools::GCC,
+    host_tools::FLEX,
+    host_tools::BISON,
+    host_tools::BC,
+    host_tools::LIBELF,
+    host_tools::LIBSSL,
+    host_tools::DEPMOD,
 ];
 
 /// The source tree's dir in the `kernel-source` entry.
@@ -189,6 +223,7 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, args: &KernelArgs) -> Result<Ker
         .value("kata_config_version", pin.kata_config_version)
         .value("arch", ARCH)
         .value("debug", args.debug)
+        .value("modules", args.modules)
         .value("gcc", d.tool_version("gcc", "--version"))
         .value("make", d.tool_version("make", "--version"))
         .tree(d, "src.kernel-builder", &ctx.root.join("kernel-builder"))?
@@ -198,7 +233,13 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, args: &KernelArgs) -> Result<Ker
     }
     let id = format!("kernel{}", suffix(args));
     let log_path = ctx.logs().join(format!("{id}.log"));
-    let kernel = g.add(id, build, &[source], BUILD_TOOLS, move |o, out| {
+    let tools: &[HostTool] = if args.modules {
+        BUILD_TOOLS_MODULES
+    } else {
+        BUILD_TOOLS
+    };
+    let modules = args.modules;
+    let kernel = g.add(id, build, &[source], tools, move |o, out| {
         let src = o.path(source, SRC);
         let build_dir = out.join("build");
         let mut conf_log = std::fs::File::create(crate::tools::fresh_log(
@@ -228,6 +269,18 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, args: &KernelArgs) -> Result<Ker
                 ctx.versions.kernel.version
             );
         }
+        if modules {
+            let installed = kernel_builder::install_modules(
+                &src,
+                &build_dir,
+                ARCH,
+                &out.join(MODULES),
+                &log_path,
+                ctx.epoch as u64,
+            )
+            .map_err(kernel_err)?;
+            debug_assert_eq!(installed, modules_dir(out, &built.version));
+        }
         std::fs::rename(&built.vmlinux, out.join("vmlinux"))?;
         std::fs::rename(&built.bzimage, out.join("bzImage"))?;
         std::fs::rename(&built.config, out.join("config"))?;
@@ -240,14 +293,15 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, args: &KernelArgs) -> Result<Ker
 }
 
 fn suffix(args: &KernelArgs) -> &'static str {
-    if args.debug {
-        "-debug"
-    } else {
-        ""
+    match (args.debug, args.modules) {
+        (false, false) => "",
+        (true, false) => "-debug",
+        (false, true) => "-modules",
+        (true, true) => "-debug-modules",
     }
 }
 
-/// The installed name stem: `<version>-<kata_config_version>[-debug]`.
+/// The installed name stem: `<version>-<kata_config_version>[-debug][-modules]`.
 pub fn stem(ctx: &Ctx, args: &KernelArgs) -> String {
     format!(
         "{}-{}{}",
