@@ -46,6 +46,9 @@ pub struct RootfsInputs {
     pub architecture: String,
     /// Where long tools (mmdebstrap) leave their full logs.
     pub log_dir: PathBuf,
+    /// A kernel's installed modules, its `lib/modules/<release>` directory
+    /// (with depmod's index files): copied to `/lib/modules/<release>`.
+    pub kernel_modules: Option<PathBuf>,
 }
 
 /// What went into a rootfs, recorded inside it (upstream keeps the same file).
@@ -144,6 +147,9 @@ pub fn build_rootfs(recipe: &Recipe, inputs: &RootfsInputs, dest: &Path) -> Resu
         .with_context(|| format!("cannot create a temp directory in {}", parent.display()))?;
     let root = staging.path();
     populate(recipe, inputs, root)?;
+    if let Some(modules) = &inputs.kernel_modules {
+        install_kernel_modules(modules, root)?;
+    }
     pin_times(root, inputs.source_date_epoch)?;
     check_rootfs(root, recipe).context("the freshly built tree fails its own check")?;
     let built = staging.keep();
@@ -453,6 +459,82 @@ fn set_mode(host: &Path, mode: Mode) -> Result<()> {
     Ok(())
 }
 
+/// Copies a kernel's `lib/modules/<release>` directory to the tree's
+/// `/lib/modules/<release>` (through `/lib` when that is the merged-/usr
+/// link to `usr/lib`): directories 0755, files 0644, owned by root. Only
+/// directories and regular files are taken; the tree must not have that
+/// release's directory yet.
+fn install_kernel_modules(modules: &Path, root: &Path) -> Result<()> {
+    let release = modules
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty() && !n.starts_with('.'))
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: not a lib/modules/<release> directory",
+                modules.display()
+            )
+        })?;
+    if !modules.join("modules.dep").is_file() {
+        bail!(
+            "{}: no modules.dep (the modules were installed without depmod)",
+            modules.display()
+        );
+    }
+    let lib_modules = root.join("lib/modules");
+    for dir in [root.join("lib"), lib_modules.clone()] {
+        if std::fs::symlink_metadata(&dir).is_err() {
+            std::fs::create_dir(&dir)
+                .with_context(|| format!("{}: cannot create", dir.display()))?;
+            chown_root(&dir)?;
+            set_mode(&dir, Mode(0o755))?;
+        }
+    }
+    // /lib may be a link (merged /usr): it must stay inside the tree.
+    let resolved = lib_modules
+        .canonicalize()
+        .with_context(|| format!("{}: cannot resolve", lib_modules.display()))?;
+    let root_resolved = root.canonicalize()?;
+    if !resolved.starts_with(&root_resolved) || !resolved.is_dir() {
+        bail!(
+            "/lib/modules in the tree resolves to {}, not a directory inside it",
+            resolved.display()
+        );
+    }
+    let dest = resolved.join(release);
+    if std::fs::symlink_metadata(&dest).is_ok() {
+        bail!("/lib/modules/{release} is already in the tree (from the recipe or its packages)");
+    }
+    for entry in walkdir::WalkDir::new(modules).sort_by_file_name() {
+        let entry = entry?;
+        let rel = entry.path().strip_prefix(modules)?;
+        let target = dest.join(rel);
+        let kind = entry.file_type();
+        if kind.is_dir() {
+            std::fs::create_dir(&target)
+                .with_context(|| format!("{}: cannot create", target.display()))?;
+            chown_root(&target)?;
+            set_mode(&target, Mode(0o755))?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &target).with_context(|| {
+                format!(
+                    "cannot copy {} to {}",
+                    entry.path().display(),
+                    target.display()
+                )
+            })?;
+            chown_root(&target)?;
+            set_mode(&target, Mode(0o644))?;
+        } else {
+            bail!(
+                "{}: neither a directory nor a regular file; kernel modules are copied as files",
+                entry.path().display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn chown_root(host: &Path) -> Result<()> {
     match std::os::unix::fs::lchown(host, Some(0), Some(0)) {
         Ok(()) => Ok(()),
@@ -651,7 +733,67 @@ pub(crate) mod tests {
             suite: "bookworm".into(),
             architecture: "amd64".into(),
             log_dir: scratch.to_path_buf(),
+            kernel_modules: None,
         }
+    }
+
+    /// A `lib/modules/<release>` directory as `make modules_install` and
+    /// depmod leave it (contents made up).
+    fn fake_modules(scratch: &Path) -> PathBuf {
+        let dir = scratch.join("installed/lib/modules/6.1.0-test");
+        std::fs::create_dir_all(dir.join("kernel/drivers/net")).unwrap();
+        std::fs::write(dir.join("kernel/drivers/net/dummy.ko"), b"\x7fELF fake").unwrap();
+        std::fs::write(dir.join("modules.dep"), b"kernel/drivers/net/dummy.ko:\n").unwrap();
+        std::fs::write(
+            dir.join("modules.builtin"),
+            b"kernel/drivers/block/loop.ko\n",
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    #[ignore = "needs root (device nodes) and busybox-static (/bin/busybox): run by cargo xtask test unit"]
+    fn kernel_modules_land_in_lib_modules_owned_by_root_with_fixed_modes() {
+        let recipe = minimal_recipe();
+        let scratch = tempfile::tempdir().unwrap();
+        let mut inputs = test_inputs(&recipe, scratch.path(), 1_700_000_000);
+        let modules = fake_modules(scratch.path());
+        std::fs::set_permissions(
+            modules.join("modules.dep"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        inputs.kernel_modules = Some(modules);
+        let dest = scratch.path().join("tree");
+        build_rootfs(&recipe, &inputs, &dest).unwrap();
+        let installed = dest.join("lib/modules/6.1.0-test");
+        let dummy = installed.join("kernel/drivers/net/dummy.ko");
+        assert_eq!(std::fs::read(&dummy).unwrap(), b"\x7fELF fake");
+        for (path, mode) in [
+            (&installed, 0o755),
+            (&dummy, 0o644),
+            (&installed.join("modules.dep"), 0o644),
+        ] {
+            let meta = std::fs::metadata(path).unwrap();
+            assert_eq!(
+                meta.permissions().mode() & 0o7777,
+                mode,
+                "{}",
+                path.display()
+            );
+            assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
+            assert_eq!(std::os::unix::fs::MetadataExt::mtime(&meta), 1_700_000_000);
+        }
+
+        // Without depmod's index the modules are refused, and nothing is left.
+        let bare = scratch.path().join("bare/lib/modules/6.1.0-bare");
+        std::fs::create_dir_all(&bare).unwrap();
+        inputs.kernel_modules = Some(bare);
+        let dest = scratch.path().join("tree2");
+        let err = build_rootfs(&recipe, &inputs, &dest).unwrap_err();
+        assert!(format!("{err:#}").contains("no modules.dep"), "{err:#}");
+        assert!(!dest.exists());
     }
 
     #[test]

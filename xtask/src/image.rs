@@ -34,6 +34,19 @@ pub struct ImageArgs {
     /// the manifest records the `kernel_verity_params` that boot it.
     #[arg(long)]
     pub verity: bool,
+    /// Carry the module flavour kernel's modules (`kernel --modules`) in
+    /// /lib/modules; boot it with that kernel.
+    #[arg(long)]
+    pub kernel_modules: bool,
+}
+
+impl ImageArgs {
+    pub fn tree(&self) -> rootfs::GuestTree<'_> {
+        rootfs::GuestTree {
+            recipe: &self.recipe,
+            kernel_modules: self.kernel_modules,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
@@ -82,7 +95,7 @@ pub const VERITY_PARAMS: &str = "kernel_verity_params";
 pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, args: &ImageArgs) -> Result<StepId> {
     let id = format!(
         "image:{}:{}{}{}",
-        args.recipe,
+        args.tree().id(),
         args.fs.name(),
         if args.no_dax { ":nodax" } else { "" },
         if args.verity { ":verity" } else { "" }
@@ -123,7 +136,7 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, args: &ImageArgs) -> Result<Step
     rootfs::add_derived_file(
         g,
         ctx,
-        &args.recipe,
+        &args.tree(),
         id,
         i,
         &host_tools,
@@ -153,7 +166,7 @@ pub fn build(ctx: &Ctx, args: &ImageArgs) -> Result<ImageBuild> {
 }
 
 pub fn file_name(ctx: &Ctx, args: &ImageArgs) -> String {
-    let mut name = format!("kata-{}-{}", args.recipe, ctx.versions.version);
+    let mut name = format!("kata-{}-{}", args.tree().name(), ctx.versions.version);
     if args.fs != FsArg::Ext4 {
         name.push('-');
         name.push_str(args.fs.name());
@@ -180,7 +193,11 @@ pub fn run(ctx: &Ctx, args: &ImageArgs) -> Result<()> {
             entry,
             FILE,
             &file_name(ctx, args),
-            "kata-containers.img",
+            if args.kernel_modules {
+                "kata-containers-modules.img"
+            } else {
+                "kata-containers.img"
+            },
             Kind::Image,
             &args.recipe,
         );

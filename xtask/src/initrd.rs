@@ -20,6 +20,19 @@ pub struct InitrdArgs {
     pub recipe: String,
     #[arg(long, value_enum, default_value = "gzip")]
     pub compression: CompressionArg,
+    /// Carry the module flavour kernel's modules (`kernel --modules`) in
+    /// /lib/modules; boot it with that kernel.
+    #[arg(long)]
+    pub kernel_modules: bool,
+}
+
+impl InitrdArgs {
+    pub fn tree(&self) -> rootfs::GuestTree<'_> {
+        rootfs::GuestTree {
+            recipe: &self.recipe,
+            kernel_modules: self.kernel_modules,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum, Debug)]
@@ -51,9 +64,9 @@ pub struct InitrdBuild {
 /// The initrd's file name in its step's entry.
 pub const FILE: &str = "initrd";
 
-/// The `initrd:<recipe>:<compression>` step, after the recipe's rootfs.
+/// The `initrd:<recipe>[+modules]:<compression>` step, after the recipe's rootfs.
 pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, args: &InitrdArgs) -> Result<StepId> {
-    let id = format!("initrd:{}:{}", args.recipe, args.compression.name());
+    let id = format!("initrd:{}:{}", args.tree().id(), args.compression.name());
     let mut i = StepInputs::new("initrd", FORMAT);
     i.value("compression", args.compression.name())
         .tree(
@@ -63,7 +76,7 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, args: &InitrdArgs) -> Result<Ste
         )?
         .value("source_date_epoch", ctx.epoch);
     let compression = args.compression.lib();
-    rootfs::add_derived_file(g, ctx, &args.recipe, id, i, &[], move |tree, out| {
+    rootfs::add_derived_file(g, ctx, &args.tree(), id, i, &[], move |tree, out| {
         write_initrd(tree, &out.join(FILE), compression, ctx.epoch)
     })
 }
@@ -91,8 +104,12 @@ pub fn run(ctx: &Ctx, args: &InitrdArgs) -> Result<()> {
         ctx,
         out.entry(id),
         FILE,
-        &file_name(ctx, &args.recipe),
-        "kata-containers-initrd.img",
+        &file_name(ctx, &args.tree().name()),
+        if args.kernel_modules {
+            "kata-containers-initrd-modules.img"
+        } else {
+            "kata-containers-initrd.img"
+        },
         Kind::Initrd,
         &args.recipe,
     )

@@ -72,6 +72,10 @@ enum Pipeline {
     Rootfs {
         #[arg(long, default_value = "minimal")]
         recipe: String,
+        /// Add the module flavour kernel's modules (`kernel --modules`)
+        /// under /lib/modules.
+        #[arg(long)]
+        kernel_modules: bool,
     },
     /// An initrd (cpio newc, compressed) from that rootfs.
     Initrd(initrd::InitrdArgs),
@@ -142,7 +146,16 @@ fn run(global: &GlobalOpts, command: Pipeline) -> Result<()> {
         Pipeline::Versions { update, source } => versions_cmd::run(&ctx, update.as_deref(), source),
         Pipeline::Kernel(args) => kernel::run(&ctx, &args),
         Pipeline::Agent => agent::run(&ctx),
-        Pipeline::Rootfs { recipe } => rootfs::run(&ctx, &recipe),
+        Pipeline::Rootfs {
+            recipe,
+            kernel_modules,
+        } => rootfs::run(
+            &ctx,
+            &rootfs::GuestTree {
+                recipe: &recipe,
+                kernel_modules,
+            },
+        ),
         Pipeline::Initrd(args) => initrd::run(&ctx, &args),
         Pipeline::Image(args) => image::run(&ctx, &args),
         Pipeline::Release(args) => release::run(&ctx, &args),

@@ -171,6 +171,7 @@ fn initrd_args() -> initrd::InitrdArgs {
     initrd::InitrdArgs {
         recipe: RECIPE.into(),
         compression: initrd::CompressionArg::Gzip,
+        kernel_modules: false,
     }
 }
 
@@ -182,6 +183,7 @@ fn image_args(recipe: &str) -> image::ImageArgs {
         align_mib: 128,
         free_mib: 0,
         verity: false,
+        kernel_modules: false,
     }
 }
 

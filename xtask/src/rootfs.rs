@@ -59,9 +59,39 @@ pub fn load_lock(ctx: &Ctx, recipe: &Recipe) -> Result<Option<(PathBuf, Lock)>> 
 pub const TREE: &str = "rootfs";
 const DIGEST: &str = "tree.sha256";
 
-/// The `rootfs:<recipe>` step, after the agent and the busybox binary.
-pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, recipe_name: &str) -> Result<StepId> {
-    let id = format!("rootfs:{recipe_name}");
+/// A recipe's tree, and whether it carries the module flavour kernel's
+/// modules (`--kernel-modules`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestTree<'a> {
+    pub recipe: &'a str,
+    pub kernel_modules: bool,
+}
+
+impl GuestTree<'_> {
+    /// In step ids: `minimal`, `minimal+modules`.
+    pub fn id(&self) -> String {
+        if self.kernel_modules {
+            format!("{}+modules", self.recipe)
+        } else {
+            self.recipe.to_string()
+        }
+    }
+
+    /// In published names: `minimal`, `minimal-modules`.
+    pub fn name(&self) -> String {
+        if self.kernel_modules {
+            format!("{}-modules", self.recipe)
+        } else {
+            self.recipe.to_string()
+        }
+    }
+}
+
+/// The `rootfs:<recipe>[+modules]` step, after the agent and the busybox
+/// binary (and with modules, the module flavour's kernel).
+pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, tree: &GuestTree) -> Result<StepId> {
+    let recipe_name = tree.recipe;
+    let id = format!("rootfs:{}", tree.id());
     if let Some(found) = g.find(&id) {
         return Ok(found);
     }
@@ -70,10 +100,23 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, recipe_name: &str) -> Result<Ste
     let agent = agent::add(g, ctx)?;
     let busybox_pin = &ctx.versions.busybox.debian;
     let busybox = crate::fetch::add_debian_member(g, ctx, "busybox", busybox_pin);
+    let mut deps = vec![agent, busybox];
+    let kernel = if tree.kernel_modules {
+        let args = crate::kernel::KernelArgs {
+            modules: true,
+            ..Default::default()
+        };
+        let k = crate::kernel::add(g, ctx, &args)?.kernel;
+        deps.push(k);
+        Some(k)
+    } else {
+        None
+    };
     let d = &ctx.digests;
     let mut i = StepInputs::new("rootfs", FORMAT);
     i.file(d, "recipe", &file)?
         .value("recipe.name", &recipe.name)
+        .value("kernel_modules", tree.kernel_modules)
         .tree(d, "src.rootfs-builder", &ctx.root.join("rootfs-builder"))?
         .value("source_date_epoch", ctx.epoch);
     let mut tools = Vec::new();
@@ -84,7 +127,7 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, recipe_name: &str) -> Result<Ste
             tools.push(crate::host_tools::MMDEBSTRAP);
         }
     }
-    Ok(g.add(id, i, &[agent, busybox], &tools, move |o, out| {
+    Ok(g.add(id, i, &deps, &tools, move |o, out| {
         let v = &ctx.versions;
         let agent_bin = o.entry(agent);
         let mut inputs = vec![
@@ -120,6 +163,20 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, recipe_name: &str) -> Result<Ste
                 });
             }
         }
+        let kernel_modules = match kernel {
+            Some(k) => {
+                let entry = o.entry(k);
+                let release = std::fs::read_to_string(entry.path("release"))?;
+                let dir = crate::kernel::modules_dir(&entry.dir, &release);
+                inputs.push(InputInfo {
+                    name: "kernel-modules".into(),
+                    version: release,
+                    sha256: rootfs_builder::tree_digest(&dir)?,
+                });
+                Some(dir)
+            }
+            None => None,
+        };
         let info = OsbuilderInfo::new(&recipe, agent::AGENT_VERSION, inputs, ctx.epoch);
         let dest = out.join(TREE);
         let rin = RootfsInputs {
@@ -131,6 +188,7 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, recipe_name: &str) -> Result<Ste
             suite: ctx.versions.distro.suite.clone(),
             architecture: ctx.versions.distro.architecture.clone(),
             log_dir: ctx.logs(),
+            kernel_modules,
         };
         tree::build_rootfs(&recipe, &rin, &dest)?;
         tree::check_rootfs(&dest, &recipe)?;
@@ -144,7 +202,7 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, recipe_name: &str) -> Result<Ste
 pub fn add_derived_file<'g>(
     g: &mut Graph<'g>,
     ctx: &'g Ctx,
-    recipe: &str,
+    tree: &GuestTree,
     id: String,
     inputs: StepInputs,
     tools: &[HostTool],
@@ -153,20 +211,21 @@ pub fn add_derived_file<'g>(
     if let Some(found) = g.find(&id) {
         return Ok(found);
     }
-    let rootfs = add(g, ctx, recipe)?;
+    let rootfs = add(g, ctx, tree)?;
     Ok(g.add(id, inputs, &[rootfs], tools, move |o, out| {
         make(&o.path(rootfs, TREE), out)
     }))
 }
 
-pub fn run(ctx: &Ctx, recipe_name: &str) -> Result<()> {
+pub fn run(ctx: &Ctx, tree: &GuestTree) -> Result<()> {
+    let recipe_name = tree.recipe;
     let mut g = Graph::new();
-    let id = add(&mut g, ctx, recipe_name)?;
+    let id = add(&mut g, ctx, tree)?;
     let Some(out) = g.run_command(ctx, id)? else {
         return Ok(());
     };
     let entry = out.entry(id);
-    let name = format!("rootfs-{recipe_name}");
+    let name = format!("rootfs-{}", tree.name());
     let dest = publish::tree(ctx, &entry.path(TREE), &name)?;
     let art = Artifact {
         name,

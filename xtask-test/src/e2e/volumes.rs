@@ -350,6 +350,7 @@ pub(super) fn scenario_verity(r: &mut Runner, ids: &[String]) -> Result<String> 
         align_mib: 128,
         free_mib: 0,
         verity: true,
+        kernel_modules: false,
     };
     let built = xtask::image::build(r.ctx, &args)?;
     let params = built
