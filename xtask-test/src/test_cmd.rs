@@ -210,6 +210,17 @@ fn all(ctx: &Ctx) -> Result<()> {
     record("vm --image --recipe debian", &|| {
         crate::vmtest::run(ctx, &debian)
     });
+    // The module flavour kernel with a guest that carries its modules: the
+    // agent loads some with parameters at CreateSandbox.
+    let modules = crate::vmtest::VmArgs {
+        initrd: true,
+        kernel_modules: true,
+        recipe: "minimal".into(),
+        ..Default::default()
+    };
+    record("vm --initrd --kernel-modules", &|| {
+        crate::vmtest::run(ctx, &modules)
+    });
     // Bounded: a fresh seed each run, printed for replay.
     let fuzz = crate::fuzz::FuzzArgs {
         seconds: 60,

@@ -47,6 +47,10 @@ pub struct VmArgs {
     pub faults: bool,
     #[arg(long, default_value = "minimal")]
     pub recipe: String,
+    /// Boot the module flavour kernel (`kernel --modules`) with a guest that
+    /// carries its modules, and load some with parameters at CreateSandbox.
+    #[arg(long)]
+    pub kernel_modules: bool,
     /// auto probes KVM with a real boot and falls back to TCG.
     #[arg(long, default_value = "auto")]
     pub accel: Accel,
@@ -77,6 +81,9 @@ pub struct BootReport {
     pub agent_is_init: bool,
     pub qemu_exit: String,
     pub console_log: String,
+    /// Modules loaded at CreateSandbox and the interfaces that proved
+    /// their parameters (the module flavour only).
+    pub kernel_modules_loaded: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -103,17 +110,35 @@ pub struct Guest {
     /// The recipe's `init: agent` (the agent is PID 1); with `init:
     /// systemd` the agent is a service and must say so.
     pub agent_is_init: bool,
+    /// The module flavour kernel, and the guest carries its modules.
+    pub kernel_modules: bool,
 }
 
 /// A guest booted as the shipped configuration boots it: the uncompressed
 /// vmlinux through PVH, from QEMU's default firmware.
 pub fn prepare(ctx: &Ctx, media: Media, recipe: &str) -> Result<Guest> {
-    let kernel = kernel::build(ctx, &kernel::KernelArgs::default())?.vmlinux();
+    prepare_flavour(ctx, media, recipe, false)
+}
+
+/// [`prepare`], and with `kernel_modules` the module flavour kernel with a
+/// guest that carries its modules.
+pub fn prepare_flavour(
+    ctx: &Ctx,
+    media: Media,
+    recipe: &str,
+    kernel_modules: bool,
+) -> Result<Guest> {
+    let kernel_args = kernel::KernelArgs {
+        modules: kernel_modules,
+        ..Default::default()
+    };
+    let kernel = kernel::build(ctx, &kernel_args)?.vmlinux();
     let boot = match media {
         Media::Initrd => {
             let args = initrd::InitrdArgs {
                 recipe: recipe.to_string(),
                 compression: initrd::CompressionArg::Gzip,
+                kernel_modules,
             };
             BootMedia::Initrd(initrd::build(ctx, &args)?.file)
         }
@@ -125,6 +150,7 @@ pub fn prepare(ctx: &Ctx, media: Media, recipe: &str) -> Result<Guest> {
                 align_mib: 128,
                 free_mib: 0,
                 verity: media == Media::VerityImage,
+                kernel_modules,
             };
             let built = image::build(ctx, &args)?;
             let verity = match &built.verity_params {
@@ -152,6 +178,7 @@ pub fn prepare(ctx: &Ctx, media: Media, recipe: &str) -> Result<Guest> {
         media,
         console_dir: ctx.logs(),
         vsock_daemon,
+        kernel_modules,
     })
 }
 
@@ -170,29 +197,89 @@ pub(crate) fn config(guest: &Guest, name: &str, accel: Accel, extra_params: &[&s
     cfg
 }
 
-/// CreateSandbox's kernel_modules against the real agent and kernel. The
-/// pipeline's kernel has no loadable modules: a module it lacks is refused,
-/// naming the module and modules.dep, and no sandbox is created (the
-/// caller's CreateSandbox then succeeds).
-fn check_kernel_modules(client: &AgentClient, req: &CreateSandboxRequest) -> Result<()> {
-    let module = |name: &str| protocols::agent::KernelModule {
+fn kernel_module(name: &str, parameters: &[&str]) -> protocols::agent::KernelModule {
+    protocols::agent::KernelModule {
         name: name.into(),
+        parameters: parameters.iter().map(|p| p.to_string()).collect(),
         ..Default::default()
+    }
+}
+
+/// What the module flavour guest loads at CreateSandbox (`kernel-configs/
+/// modules/`), with parameters that show in the interfaces they create.
+const LOADED_MODULES: &[(&str, &[&str], &[&str])] = &[
+    ("dummy", &["numdummies=3"], &["dummy0", "dummy1", "dummy2"]),
+    ("bonding", &["max_bonds=2"], &["bond0", "bond1"]),
+];
+
+/// CreateSandbox's kernel_modules against the real agent and kernel: a
+/// module the guest does not carry is refused, naming the module and
+/// modules.dep, and no sandbox is created (the caller's CreateSandbox then
+/// succeeds). The default kernel has no loadable modules, so `dummy` is
+/// such a module there; the module flavour carries it (and it must not be
+/// loaded here, without its parameters), so a made-up name is used.
+fn check_kernel_modules(
+    client: &AgentClient,
+    req: &CreateSandboxRequest,
+    loadable: bool,
+) -> Result<()> {
+    let missing_name = if loadable {
+        "kata_no_such_module"
+    } else {
+        "dummy"
     };
     let mut missing = req.clone();
-    missing.kernel_modules = vec![module("loop"), module("dummy")];
+    missing.kernel_modules = vec![kernel_module("loop", &[]), kernel_module(missing_name, &[])];
     match client.create_sandbox(&missing) {
         Err(e) => {
             let text = format!("{e:#}");
-            if !(text.contains("kernel module dummy") && text.contains("modules.dep")) {
-                bail!("CreateSandbox with kernel module dummy (not in this kernel) failed, but not naming it and modules.dep: {text}");
+            if !(text.contains(&format!("kernel module {missing_name}")) && text.contains("modules.dep")) {
+                bail!("CreateSandbox with kernel module {missing_name} (not in this guest) failed, but not naming it and modules.dep: {text}");
             }
             Ok(())
         }
-        Ok(_) => bail!(
-            "CreateSandbox with kernel module dummy succeeded, but this kernel has no loadable modules"
+        Ok(()) => bail!(
+            "CreateSandbox with kernel module {missing_name} succeeded, but this guest does not carry it"
         ),
     }
+}
+
+/// The modules of [`LOADED_MODULES`] are in, with their parameters: the
+/// interfaces they create, and no more. Returns what was seen.
+fn check_modules_loaded(client: &AgentClient) -> Result<Vec<String>> {
+    let listed = client
+        .agent()
+        .list_interfaces(
+            client.context(),
+            &protocols::agent::ListInterfacesRequest::new(),
+        )
+        .context("ListInterfaces after loading the modules")?;
+    let names: Vec<&str> = listed.Interfaces.iter().map(|i| i.name.as_str()).collect();
+    for (module, parameters, expected) in LOADED_MODULES {
+        for want in *expected {
+            if !names.contains(want) {
+                bail!("kernel module {module} {parameters:?} was loaded, but the guest has no {want}; its interfaces: {names:?}");
+            }
+        }
+        let prefix = expected[0].trim_end_matches(char::is_numeric);
+        let extra = names
+            .iter()
+            .filter(|n| n.starts_with(prefix) && !expected.contains(n))
+            .collect::<Vec<_>>();
+        if !extra.is_empty() {
+            bail!("kernel module {module} {parameters:?}: interfaces {extra:?} beyond {expected:?} (the parameters were not applied)");
+        }
+    }
+    Ok(LOADED_MODULES
+        .iter()
+        .map(|(module, parameters, expected)| {
+            format!(
+                "{module} {} ({})",
+                parameters.join(" "),
+                expected.join(", ")
+            )
+        })
+        .collect())
 }
 
 pub(crate) fn media_name(m: Media) -> &'static str {
@@ -282,15 +369,24 @@ pub fn boot_and_drive(ctx: &Ctx, guest: &Guest, accel: Accel) -> Result<BootRepo
     req.hostname = "kata-vmtest".into();
     req.sandbox_id = format!("vmtest-{}", std::process::id());
     req.dns = vec!["nameserver 192.0.2.53".into()];
-    check_kernel_modules(&client, &req)?;
+    check_kernel_modules(&client, &req, guest.kernel_modules)?;
     // `loop` is built in (in /sys/module): already there, nothing to load.
-    req.kernel_modules = vec![protocols::agent::KernelModule {
-        name: "loop".into(),
-        ..Default::default()
-    }];
-    client
-        .create_sandbox(&req)
-        .context("CreateSandbox (with the built-in kernel module loop)")?;
+    req.kernel_modules = vec![kernel_module("loop", &[])];
+    if guest.kernel_modules {
+        req.kernel_modules
+            .extend(LOADED_MODULES.iter().map(|(n, p, _)| kernel_module(n, p)));
+    }
+    client.create_sandbox(&req).with_context(|| {
+        format!(
+            "CreateSandbox (with kernel modules {:?})",
+            req.kernel_modules
+        )
+    })?;
+    let kernel_modules_loaded = if guest.kernel_modules {
+        check_modules_loaded(&client)?
+    } else {
+        Vec::new()
+    };
     client.destroy_sandbox()?;
     drop(client);
     let status = vm
@@ -328,6 +424,7 @@ pub fn boot_and_drive(ctx: &Ctx, guest: &Guest, accel: Accel) -> Result<BootRepo
         agent_is_init: agent_details.init_daemon,
         qemu_exit: status.to_string(),
         console_log: ctx.rel(&console),
+        kernel_modules_loaded,
     };
     check_report(ctx, &report, guest.agent_is_init)?;
     Ok(report)
@@ -727,12 +824,21 @@ pub fn run(ctx: &Ctx, args: &VmArgs) -> Result<()> {
         (true, false) => Media::Image,
         _ => Media::Initrd,
     };
-    let guest = prepare(ctx, media, &args.recipe)?;
+    let guest = prepare_flavour(ctx, media, &args.recipe, args.kernel_modules)?;
     let mut json = serde_json::Map::new();
     let report = boot_and_drive(ctx, &guest, args.accel)?;
+    let modules = if report.kernel_modules_loaded.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; modules loaded at CreateSandbox: {}",
+            report.kernel_modules_loaded.join("; ")
+        )
+    };
     ctx.ui.info(&format!(
-        "test vm --{}: PASS: SERVING {} ms after QEMU start ({:?}), agent {}, guest kernel {}, QEMU {}",
+        "test vm --{}{}: PASS: SERVING {} ms after QEMU start ({:?}), agent {}, guest kernel {}, QEMU {}{modules}",
         media_name(media),
+        if guest.kernel_modules { " --kernel-modules" } else { "" },
         report.boot_to_serving_ms,
         report.accel,
         report.agent_version,
