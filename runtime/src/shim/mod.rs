@@ -321,8 +321,11 @@ fn exit_after(
             "shutdown: the ttrpc server has not stopped {grace:?} after shutdown (a call in \
              progress never returned); exiting"
         );
-        if let Err(e) = std::fs::remove_file(&socket) {
-            if e.kind() != std::io::ErrorKind::NotFound {
+        use std::os::unix::fs::FileTypeExt;
+        // Only a socket: the path comes from containerd's flags.
+        let is_socket = std::fs::symlink_metadata(&socket).is_ok_and(|m| m.file_type().is_socket());
+        if is_socket {
+            if let Err(e) = std::fs::remove_file(&socket) {
                 log::warn!("shutdown: remove {}: {e}", socket.display());
             }
         }
@@ -386,7 +389,7 @@ mod tests {
     fn a_shutdown_that_does_not_end_exits_within_its_grace_and_removes_the_socket() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("s.sock");
-        std::fs::write(&socket, b"").unwrap();
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let started = std::time::Instant::now();
         exit_after(
@@ -405,6 +408,15 @@ mod tests {
             tx.send(()).unwrap()
         });
         rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        // A file that is not a socket stays.
+        let file = dir.path().join("not-a-socket");
+        std::fs::write(&file, b"keep").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        exit_after(std::time::Duration::ZERO, file.clone(), move || {
+            tx.send(()).unwrap()
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        assert!(file.exists());
     }
 
     #[test]

@@ -47,9 +47,19 @@ pub const VM_DIED_STATUS: u32 = 255;
 /// looked for during a short grace, as a process's death is seen by its
 /// peers a moment before it can be reaped.
 fn vm_death(sandbox: &Sandbox) -> Option<String> {
+    vm_stopped(sandbox, false)
+}
+
+/// Why the sandbox's VM no longer runs, whether it died or was shut down
+/// (a concurrent delete), during the same grace as [`vm_death`].
+fn vm_gone(sandbox: &Sandbox) -> Option<String> {
+    vm_stopped(sandbox, true)
+}
+
+fn vm_stopped(sandbox: &Sandbox, shutdown_counts: bool) -> Option<String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(1);
     loop {
-        if sandbox.was_shut_down() {
+        if !shutdown_counts && sandbox.was_shut_down() {
             return None;
         }
         if let Err(why) = sandbox.check_alive() {
@@ -60,14 +70,6 @@ fn vm_death(sandbox: &Sandbox) -> Option<String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-/// Why the sandbox's VM no longer runs, whether it died or was shut down
-/// (a concurrent delete), after [`vm_death`]'s grace.
-fn vm_gone(sandbox: &Sandbox) -> Option<String> {
-    if sandbox.was_shut_down() {
-        return Some("the VM was shut down".into());
-    }
-    vm_death(sandbox)
 }
 
 /// Bound for a process's output to drain before its exit is published.
@@ -1061,8 +1063,10 @@ impl containerd_shim::Task for Service {
             // A VM killed a moment ago breaks the agent's connection before
             // QEMU's exit can be seen: the signal then finds its process
             // already ended with its VM, whose exit the watcher publishes
-            // (a force-delete waits for it). Anything else is an error.
-            if let Some(why) = vm_gone(&sb) {
+            // (a force-delete waits for it). The agent's own answers, and
+            // anything while the VM lives, are errors.
+            let transport = !matches!(e, ttrpc::Error::RpcStatus(_));
+            if let Some(why) = transport.then(|| vm_gone(&sb)).flatten() {
                 log::info!(
                     "{}/{}: signal {} not sent: the VM is gone: {why}",
                     req.id,
