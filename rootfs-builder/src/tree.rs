@@ -481,27 +481,24 @@ fn install_kernel_modules(modules: &Path, root: &Path) -> Result<()> {
             modules.display()
         );
     }
-    let lib_modules = root.join("lib/modules");
-    for dir in [root.join("lib"), lib_modules.clone()] {
-        if std::fs::symlink_metadata(&dir).is_err() {
-            std::fs::create_dir(&dir)
-                .with_context(|| format!("{}: cannot create", dir.display()))?;
-            chown_root(&dir)?;
-            set_mode(&dir, Mode(0o755))?;
+    // /lib may be a link (merged /usr), relative or absolute: resolved in
+    // the tree, never on the host, before anything is created.
+    let mut lib_modules = root.to_path_buf();
+    for guest in ["/lib", "/lib/modules"] {
+        let host = resolve_in_tree(root, guest)?;
+        match std::fs::symlink_metadata(&host) {
+            Err(_) => {
+                std::fs::create_dir(&host)
+                    .with_context(|| format!("{}: cannot create", host.display()))?;
+                chown_root(&host)?;
+                set_mode(&host, Mode(0o755))?;
+            }
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => bail!("{guest} in the tree is not a directory"),
         }
+        lib_modules = host;
     }
-    // /lib may be a link (merged /usr): it must stay inside the tree.
-    let resolved = lib_modules
-        .canonicalize()
-        .with_context(|| format!("{}: cannot resolve", lib_modules.display()))?;
-    let root_resolved = root.canonicalize()?;
-    if !resolved.starts_with(&root_resolved) || !resolved.is_dir() {
-        bail!(
-            "/lib/modules in the tree resolves to {}, not a directory inside it",
-            resolved.display()
-        );
-    }
-    let dest = resolved.join(release);
+    let dest = lib_modules.join(release);
     if std::fs::symlink_metadata(&dest).is_ok() {
         bail!("/lib/modules/{release} is already in the tree (from the recipe or its packages)");
     }
@@ -702,6 +699,7 @@ fn resolve_in_tree(root: &Path, guest: &str) -> Result<PathBuf> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::recipe::{DirectorySpec, SymlinkSpec};
     use std::os::unix::fs::MetadataExt;
 
     pub(crate) fn minimal_recipe() -> Recipe {
@@ -785,6 +783,25 @@ pub(crate) mod tests {
             assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0);
             assert_eq!(std::os::unix::fs::MetadataExt::mtime(&meta), 1_700_000_000);
         }
+
+        // Through an absolute merged-/usr link the modules land in the
+        // tree's /usr/lib, never in the host's.
+        let mut merged = recipe.clone();
+        merged.directories.push(DirectorySpec {
+            path: GuestPath::new("/usr/lib").unwrap(),
+            mode: Mode(0o755),
+        });
+        merged.symlinks.push(SymlinkSpec {
+            path: GuestPath::new("/lib").unwrap(),
+            target: "/usr/lib".into(),
+        });
+        inputs.kernel_modules = Some(fake_modules(&scratch.path().join("again")));
+        let dest = scratch.path().join("merged");
+        build_rootfs(&merged, &inputs, &dest).unwrap();
+        assert!(dest
+            .join("usr/lib/modules/6.1.0-test/modules.dep")
+            .is_file());
+        assert!(!Path::new("/usr/lib/modules/6.1.0-test").exists());
 
         // Without depmod's index the modules are refused, and nothing is left.
         let bare = scratch.path().join("bare/lib/modules/6.1.0-bare");
