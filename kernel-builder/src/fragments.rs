@@ -239,6 +239,8 @@ impl Fragments {
             whitelist: BTreeMap::new(),
         };
         let mut index: BTreeMap<String, usize> = BTreeMap::new();
+        // What `modules/` asked for, and where: its files must agree.
+        let mut from_modules: BTreeMap<String, (ConfigValue, Origin)> = BTreeMap::new();
         for group in groups {
             for (rel, path) in list_conf_files(configs_dir, group)? {
                 let text = read_text(&path)?;
@@ -255,19 +257,35 @@ impl Fragments {
                     let Line::Setting(name, value) = line else {
                         continue;
                     };
-                    if let Some(&i) = index.get(&name) {
-                        let first = &fragments.requests[i];
-                        let overrides = group == MODULES_GROUP
-                            && first.value != value
-                            && !first.origin.file.starts_with(&format!("{MODULES_GROUP}/"));
-                        if overrides {
-                            fragments.requests[i] = Request {
-                                name,
-                                value,
-                                origin,
-                            };
+                    if group == MODULES_GROUP {
+                        // Checked against the flavour's own earlier lines,
+                        // whichever place the merged request keeps.
+                        if let Some((first_value, first)) = from_modules.get(&name) {
+                            if *first_value != value {
+                                return Err(Error::Conflict {
+                                    name,
+                                    first_value: first_value.to_string(),
+                                    first: first.to_string(),
+                                    second_value: value.to_string(),
+                                    second: origin.to_string(),
+                                });
+                            }
                             continue;
                         }
+                        from_modules.insert(name.clone(), (value.clone(), origin.clone()));
+                        if let Some(&i) = index.get(&name) {
+                            if fragments.requests[i].value != value {
+                                fragments.requests[i] = Request {
+                                    name,
+                                    value,
+                                    origin,
+                                };
+                            }
+                            continue;
+                        }
+                    }
+                    if let Some(&i) = index.get(&name) {
+                        let first = &fragments.requests[i];
                         if first.value != value {
                             return Err(Error::Conflict {
                                 name,

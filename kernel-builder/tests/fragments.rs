@@ -106,12 +106,20 @@ fn the_module_flavour_may_change_common_options_but_not_contradict_itself() {
     assert!(modules.merged().contains("CONFIG_OFF=y\n"));
     assert!(!modules.merged().contains("# CONFIG_OFF is not set"));
 
-    // Within modules/, a contradiction is still an error naming both.
+    // Within modules/, a contradiction is still an error naming both,
+    // also for an option that modules/ first asked to keep as it was.
     write(dir.path(), "modules/zz.conf", "# CONFIG_DUMMY is not set\n");
     let err = Fragments::load_flavour(dir.path(), "x86_64", false, true).unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains("modules/modules.conf:2") && text.contains("modules/zz.conf:1"),
+        "{text}"
+    );
+    write(dir.path(), "modules/zz.conf", "# CONFIG_A is not set\n");
+    let err = Fragments::load_flavour(dir.path(), "x86_64", false, true).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("modules/modules.conf:3") && text.contains("modules/zz.conf:1"),
         "{text}"
     );
     // A flavour asked for without its directory is named.
