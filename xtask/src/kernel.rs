@@ -83,7 +83,7 @@ impl KernelBuild {
 const MODULES: &str = "modules";
 
 /// `lib/modules/<release>` in a kernel step's entry `dir`.
-pub fn modules_dir(dir: &std::path::Path, release: &str) -> PathBuf {
+fn modules_dir(dir: &std::path::Path, release: &str) -> PathBuf {
     dir.join(MODULES).join("lib/modules").join(release)
 }
 
@@ -333,7 +333,7 @@ fn report_notes(report: &kernel_builder::ConfigReport) -> Vec<String> {
 }
 
 impl KernelBuild {
-    fn from_entry(entry: &Entry) -> Result<KernelBuild> {
+    pub(crate) fn from_entry(entry: &Entry) -> Result<KernelBuild> {
         Ok(KernelBuild {
             dir: entry.dir.clone(),
             key: entry.key.clone(),

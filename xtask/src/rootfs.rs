@@ -165,12 +165,16 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, tree: &GuestTree) -> Result<Step
         }
         let kernel_modules = match kernel {
             Some(k) => {
-                let entry = o.entry(k);
-                let release = std::fs::read_to_string(entry.path("release"))?;
-                let dir = crate::kernel::modules_dir(&entry.dir, &release);
+                let built = crate::kernel::KernelBuild::from_entry(o.entry(k))?;
+                let dir = built.modules().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "the kernel-modules step holds no lib/modules/{}",
+                        built.release
+                    )
+                })?;
                 inputs.push(InputInfo {
                     name: "kernel-modules".into(),
-                    version: release,
+                    version: built.release,
                     sha256: rootfs_builder::tree_digest(&dir)?,
                 });
                 Some(dir)
