@@ -22,6 +22,12 @@
 //! atime/mtime/ctime/crtime of every populated inode (mke2fs copies the host's
 //! ctime and atime, which nothing else can pin). erofs gets `-T`, `--all-root`
 //! and a fixed UUID.
+//!
+//! A tree built without root (see [`crate::rootless`]) gets the same ext4:
+//! the same `debugfs -w` pass gives every inode the record's owner, and
+//! replaces each device placeholder by the device node (`rm`, `mknod`, its
+//! mode). mkfs.erofs 1.5 only takes device nodes from the tree, so an erofs
+//! image of a rootless tree with devices is refused.
 
 use crate::walk::{list_tree, EntryKind};
 use anyhow::{bail, Context, Result};
@@ -446,7 +452,9 @@ fn make_ext4(
     // times. Paths are quoted for debugfs; the tree walk rejects nothing,
     // so refuse names debugfs cannot quote. (A backslash is literal inside
     // debugfs's quotes: systemd's escaped unit names such as
-    // `system-systemd\x2dcryptsetup.slice` need it.)
+    // `system-systemd\x2dcryptsetup.slice` need it.) A rootless tree's
+    // owners and devices are set in the same pass.
+    let rootless = crate::rootless::RootlessRecord::load(tree)?.is_some();
     let mut script = String::new();
     for e in list_tree(tree)? {
         let rel = String::from_utf8(e.rel.clone()).map_err(|_| {
@@ -461,10 +469,34 @@ fn make_ext4(
                 e.host_path.display()
             );
         }
+        if rootless {
+            if let EntryKind::CharDevice { major, minor }
+            | EntryKind::BlockDevice { major, minor } = e.kind
+            {
+                let kind = if matches!(e.kind, EntryKind::CharDevice { .. }) {
+                    'c'
+                } else {
+                    'b'
+                };
+                // debugfs's mknod takes a name in its current directory.
+                let (parent, name) = rel.rsplit_once('/').unwrap_or(("", &rel));
+                script.push_str(&format!(
+                    "rm \"/{rel}\"\ncd \"/{parent}\"\nmknod \"{name}\" {kind} {major} {minor}\ncd /\nset_inode_field \"/{rel}\" mode 0{:o}\n",
+                    e.mode_type_bits() | e.perm
+                ));
+            }
+            for (field, id) in [("uid", e.uid), ("gid", e.gid)] {
+                script.push_str(&format!("set_inode_field \"/{rel}\" {field} {id}\n"));
+            }
+        }
         for field in ["atime", "mtime", "ctime", "crtime"] {
             script.push_str(&format!("set_inode_field \"/{rel}\" {field} @{epoch}\n"));
         }
     }
+    // The superblock counts the kilobytes each tool wrote; a rootless tree's
+    // extra commands would make it differ from the same tree built as root.
+    // Zero it: ext2fs only adds a session's writes to a nonzero count.
+    script.push_str("set_super_value kbytes_written 0\n");
     let script_path = scratch.join("fix-times.debugfs");
     std::fs::write(&script_path, script)?;
     let mut debugfs = Command::new("debugfs");
@@ -507,6 +539,14 @@ fn make_ext4(
 }
 
 fn make_erofs(tree: &Path, fs_image: &Path, opts: &ImageOptions) -> Result<()> {
+    if let Some(record) = crate::rootless::RootlessRecord::load(tree)? {
+        if let Some(device) = record.devices.keys().next() {
+            bail!(
+                "{}: built without root, its device nodes (/{device}, ...) are placeholders that mkfs.erofs 1.5 cannot turn into devices; use --fs ext4, or build the tree as root",
+                tree.display()
+            );
+        }
+    }
     let mut mkfs = Command::new("mkfs.erofs");
     mkfs.arg("--quiet")
         .arg(format!("-T{}", opts.source_date_epoch))

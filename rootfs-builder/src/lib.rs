@@ -11,6 +11,7 @@ pub mod debian;
 pub mod image;
 pub mod packages;
 pub mod recipe;
+pub mod rootless;
 pub mod tar;
 pub mod tree;
 mod util;
@@ -21,5 +22,6 @@ pub use image::{
     build_image, fletcher64, DaxHeader, Filesystem, ImageOptions, ImageReport, Mbr, MbrPartition,
 };
 pub use recipe::{InitMode, Recipe, RecipeError};
-pub use tar::{tree_digest, write_tree_tar};
+pub use rootless::{Privileges, RootlessRecord};
+pub use tar::{content_digest, tree_digest, write_tree_tar};
 pub use tree::{build_rootfs, check_rootfs, InputInfo, OsbuilderInfo, RootfsInputs};

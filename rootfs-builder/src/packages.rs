@@ -24,6 +24,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::recipe::{GuestPath, PackageVariant};
+use crate::rootless::Privileges;
 
 /// The lock file format written and read here.
 pub const LOCK_FORMAT: u32 = 1;
@@ -186,13 +187,16 @@ fn member_path(raw: &Path) -> Option<String> {
 
 /// Unpacks the data of `deb` (package `name`) into `root`, leaving out
 /// `exclude`. A directory may be shared; anything else already there (from
-/// the recipe or another package) is an error naming both sides.
+/// the recipe or another package) is an error naming both sides. Everything
+/// is root's: chowned with `Privileges::Root`, left to the tree's rootless
+/// record (owner 0:0) otherwise.
 pub fn unpack_deb(
     deb: &Path,
     name: &str,
     root: &Path,
     exclude: &[GuestPath],
     owners: &mut Owners,
+    privileges: Privileges,
 ) -> Result<usize> {
     let out = Command::new("dpkg-deb")
         .arg("--fsys-tarfile")
@@ -290,8 +294,10 @@ pub fn unpack_deb(
             ),
         }
         // Everything is root's, as dpkg would leave these packages.
-        std::os::unix::fs::lchown(&host, Some(0), Some(0))
-            .with_context(|| format!("chown /{rel} to 0:0 (run the build as root)"))?;
+        if privileges == Privileges::Root {
+            std::os::unix::fs::lchown(&host, Some(0), Some(0))
+                .with_context(|| format!("chown /{rel} to 0:0"))?;
+        }
         if kind == ::tar::EntryType::Regular {
             // chown clears set-id bits: put the package's mode back.
             std::fs::set_permissions(&host, std::fs::Permissions::from_mode(mode))?;
@@ -474,7 +480,7 @@ mod tests {
         let exclude = [GuestPath::new("/usr/share").unwrap()];
 
         let deb = fake_deb(&dir.path().join("a"), false);
-        let n = unpack_deb(&deb, "fake", &root, &exclude, &mut owners).unwrap();
+        let n = unpack_deb(&deb, "fake", &root, &exclude, &mut owners, Privileges::Root).unwrap();
         assert_eq!(n, 3, "the tool, the library and its link");
         let tool = std::fs::metadata(root.join("usr/sbin/fake-tool")).unwrap();
         assert_eq!(
@@ -488,7 +494,7 @@ mod tests {
         assert!(!root.join("usr/share").exists(), "excluded");
 
         // The same package again: everything collides with itself.
-        let err = unpack_deb(&deb, "fake", &root, &exclude, &mut owners)
+        let err = unpack_deb(&deb, "fake", &root, &exclude, &mut owners, Privileges::Root)
             .unwrap_err()
             .to_string();
         assert!(
@@ -500,9 +506,16 @@ mod tests {
         std::fs::create_dir_all(root2.join("etc")).unwrap();
         std::fs::write(root2.join("etc/hostname"), "recipe").unwrap();
         let deb = fake_deb(&dir.path().join("b"), true);
-        let err = unpack_deb(&deb, "fake", &root2, &exclude, &mut owners)
-            .unwrap_err()
-            .to_string();
+        let err = unpack_deb(
+            &deb,
+            "fake",
+            &root2,
+            &exclude,
+            &mut owners,
+            Privileges::Root,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("/etc/hostname") && err.contains("recipe files"),
             "{err}"

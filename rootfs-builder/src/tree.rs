@@ -8,11 +8,17 @@
 //! maintainer scripts give, and the recipe's entries laid over it. Either
 //! way every entry ends with atime = mtime = SOURCE_DATE_EPOCH, so the
 //! tree's tar digest only depends on the inputs.
+//!
+//! Without root, an `init: agent` tree is built rootless: nothing is
+//! chowned or mknod'ed, and the tree's rootless record (see
+//! [`crate::rootless`]) carries the owner and the device nodes to the
+//! writers.
 
 use crate::recipe::{
     DeviceKind, GuestPath, InitMode, Mode, Recipe, AGENT_INIT_LINKS, AGENT_PATH,
     OSBUILDER_YAML_PATH,
 };
+use crate::rootless::{record_path, Privileges, RecordedDevice, RootlessRecord};
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
 use nix::sys::stat::{makedev, mknod, utimensat, Mode as NixMode, SFlag, UtimensatFlags};
@@ -49,6 +55,8 @@ pub struct RootfsInputs {
     /// A kernel's installed modules, its `lib/modules/<release>` directory
     /// (with depmod's index files): copied to `/lib/modules/<release>`.
     pub kernel_modules: Option<PathBuf>,
+    /// Root (chown, mknod) or rootless (a record beside the tree).
+    pub privileges: Privileges,
 }
 
 /// What went into a rootfs, recorded inside it (upstream keeps the same file).
@@ -105,12 +113,24 @@ impl OsbuilderInfo {
 
 /// Builds the rootfs tree for `recipe` at `dest`, which must not exist. The
 /// tree is assembled in a temp directory next to `dest` and renamed into
-/// place once complete and checked. Needs root (device nodes, chown to 0:0).
+/// place once complete and checked. With [`Privileges::Rootless`] the
+/// tree's rootless record is written to `dest.rootless` (an `init: agent`
+/// recipe only: an `init: systemd` tree is installed by mmdebstrap as root).
 pub fn build_rootfs(recipe: &Recipe, inputs: &RootfsInputs, dest: &Path) -> Result<()> {
-    if std::fs::symlink_metadata(dest).is_ok() {
+    let record_file = record_path(dest)
+        .with_context(|| format!("{}: the rootfs needs a directory name", dest.display()))?;
+    for path in [dest, &record_file] {
+        if std::fs::symlink_metadata(path).is_ok() {
+            bail!(
+                "{}: already exists; the rootfs is built into a new directory (remove it first)",
+                path.display()
+            );
+        }
+    }
+    if inputs.privileges == Privileges::Rootless && recipe.init == InitMode::Systemd {
         bail!(
-            "{}: already exists; the rootfs is built into a new directory (remove it first)",
-            dest.display()
+            "recipe `{}` (init: systemd): its Debian system is installed by mmdebstrap as root; without root only `init: agent` recipes are built (run this build as root)",
+            recipe.name
         );
     }
     let info = &inputs.osbuilder;
@@ -146,21 +166,134 @@ pub fn build_rootfs(recipe: &Recipe, inputs: &RootfsInputs, dest: &Path) -> Resu
         .tempdir_in(parent)
         .with_context(|| format!("cannot create a temp directory in {}", parent.display()))?;
     let root = staging.path();
-    populate(recipe, inputs, root)?;
+    let mut creator = Creator::new(inputs.privileges);
+    populate(recipe, inputs, root, &mut creator)?;
     if let Some(modules) = &inputs.kernel_modules {
-        install_kernel_modules(modules, root)?;
+        install_kernel_modules(modules, root, &mut creator)?;
     }
+    let record = creator.finish()?;
     pin_times(root, inputs.source_date_epoch)?;
     check_rootfs(root, recipe).context("the freshly built tree fails its own check")?;
+    if let Some(record) = &record {
+        crate::util::write_atomically(&record_file, |mut f| {
+            std::io::Write::write_all(&mut f, record.encode().as_bytes())?;
+            Ok(())
+        })?;
+    }
     let built = staging.keep();
     if let Err(e) = std::fs::rename(&built, dest) {
         let _ = std::fs::remove_dir_all(&built);
+        let _ = std::fs::remove_file(&record_file);
         return Err(anyhow!(e).context(format!(
             "{}: cannot rename the built tree into place",
             dest.display()
         )));
     }
     Ok(())
+}
+
+/// Creates entries as root (owner 0:0, real device nodes) or rootless
+/// (owned by the builder, placeholders recorded). Rootless, a directory
+/// stays writable by its owner until [`Creator::finish`] gives it its
+/// mode: a read-only directory would stop its own children being created.
+struct Creator {
+    privileges: Privileges,
+    record: RootlessRecord,
+    /// Rootless: directories and their final modes, in creation order.
+    directory_modes: Vec<(PathBuf, Mode)>,
+}
+
+impl Creator {
+    fn new(privileges: Privileges) -> Self {
+        Creator {
+            privileges,
+            record: RootlessRecord::owned_by_root(),
+            directory_modes: Vec::new(),
+        }
+    }
+
+    /// Gives `host` (the tree's `rel`) owner 0:0, or leaves that to the record.
+    fn own(&self, host: &Path) -> Result<()> {
+        match self.privileges {
+            Privileges::Root => chown_root(host),
+            Privileges::Rootless => Ok(()),
+        }
+    }
+
+    fn directory_mode(&mut self, host: &Path, mode: Mode) -> Result<()> {
+        match self.privileges {
+            Privileges::Root => set_mode(host, mode),
+            Privileges::Rootless => {
+                set_mode(host, Mode(mode.0 | 0o700))?;
+                self.directory_modes.push((host.to_path_buf(), mode));
+                Ok(())
+            }
+        }
+    }
+
+    fn create_node(&mut self, root: &Path, path: &GuestPath, node: &Node) -> Result<()> {
+        let host = root.join(path.relative());
+        match node {
+            Node::Directory(mode) => {
+                std::fs::create_dir(&host)?;
+                self.own(&host)?;
+                self.directory_mode(&host, *mode)?;
+            }
+            Node::File { mode, source } => {
+                match source {
+                    FileSource::Bytes(b) => std::fs::write(&host, b)?,
+                    FileSource::Copy(from) => {
+                        std::fs::copy(from, &host)
+                            .with_context(|| format!("cannot copy {}", from.display()))?;
+                    }
+                }
+                self.own(&host)?;
+                set_mode(&host, *mode)?;
+            }
+            Node::Symlink(target) => {
+                symlink(target, &host)?;
+                self.own(&host)?;
+            }
+            Node::Device {
+                kind,
+                major,
+                minor,
+                mode,
+            } => {
+                match self.privileges {
+                    Privileges::Root => make_device(&host, *kind, *major, *minor)?,
+                    Privileges::Rootless => {
+                        std::fs::write(&host, b"")?;
+                        let device = RecordedDevice {
+                            kind: *kind,
+                            major: *major,
+                            minor: *minor,
+                        };
+                        self.record
+                            .devices
+                            .insert(path.relative().to_string(), device);
+                    }
+                }
+                self.own(&host)?;
+                set_mode(&host, *mode)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rootless: the directories' own modes, children before parents; and
+    /// the record. `None` as root.
+    fn finish(self) -> Result<Option<RootlessRecord>> {
+        match self.privileges {
+            Privileges::Root => Ok(None),
+            Privileges::Rootless => {
+                for (host, mode) in self.directory_modes.iter().rev() {
+                    set_mode(host, *mode)?;
+                }
+                Ok(Some(self.record))
+            }
+        }
+    }
 }
 
 /// One thing to create in the tree.
@@ -184,7 +317,12 @@ enum FileSource {
     Copy(PathBuf),
 }
 
-fn populate(recipe: &Recipe, inputs: &RootfsInputs, root: &Path) -> Result<()> {
+fn populate(
+    recipe: &Recipe,
+    inputs: &RootfsInputs,
+    root: &Path,
+    creator: &mut Creator,
+) -> Result<()> {
     // Collect everything first, keyed by path, so that collisions are caught
     // before anything is written and creation happens parents-first.
     let mut plan: Plan = BTreeMap::new();
@@ -303,8 +441,8 @@ fn populate(recipe: &Recipe, inputs: &RootfsInputs, root: &Path) -> Result<()> {
         }
     }
     match recipe.init {
-        InitMode::Agent => create_agent_init_tree(recipe, inputs, root, &plan),
-        InitMode::Systemd => create_systemd_tree(recipe, inputs, root, &plan),
+        InitMode::Agent => create_agent_init_tree(recipe, inputs, root, &plan, creator),
+        InitMode::Systemd => create_systemd_tree(recipe, inputs, root, &plan, creator),
     }
 }
 
@@ -315,6 +453,7 @@ fn create_agent_init_tree(
     inputs: &RootfsInputs,
     root: &Path,
     plan: &Plan,
+    creator: &mut Creator,
 ) -> Result<()> {
     for path in plan.keys() {
         if let Some(parent) = path.parent() {
@@ -324,11 +463,11 @@ fn create_agent_init_tree(
         }
     }
 
-    chown_root(root)?;
+    creator.own(root)?;
     std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))?;
     for (path, (node, _)) in plan {
-        let host = root.join(path.relative());
-        create_node(&host, node)
+        creator
+            .create_node(root, path, node)
             .with_context(|| format!("{path}: cannot create in {}", root.display()))?;
     }
     match &recipe.packages {
@@ -338,7 +477,14 @@ fn create_agent_init_tree(
                 .map(|(p, (_, origin))| (p.relative().to_string(), origin.clone()))
                 .collect();
             for (name, deb) in &inputs.packages {
-                crate::packages::unpack_deb(deb, name, root, &spec.exclude, &mut owners)?;
+                crate::packages::unpack_deb(
+                    deb,
+                    name,
+                    root,
+                    &spec.exclude,
+                    &mut owners,
+                    creator.privileges,
+                )?;
             }
         }
         None if !inputs.packages.is_empty() => {
@@ -360,6 +506,7 @@ fn create_systemd_tree(
     inputs: &RootfsInputs,
     root: &Path,
     plan: &Plan,
+    creator: &mut Creator,
 ) -> Result<()> {
     let spec = recipe
         .packages
@@ -390,7 +537,8 @@ fn create_systemd_tree(
             (Ok(_), _) => bail!(
                 "{path} ({origin}) is already in the Debian base the packages installed; drop it from the recipe or add it to `packages.exclude`"
             ),
-            (Err(_), _) => create_node(&host, node)
+            (Err(_), _) => creator
+                .create_node(root, path, node)
                 .with_context(|| format!("{path}: cannot create in {}", root.display()))?,
         }
     }
@@ -407,50 +555,19 @@ fn add_node(plan: &mut Plan, path: GuestPath, node: Node, origin: String) -> Res
     Ok(())
 }
 
-fn create_node(host: &Path, node: &Node) -> Result<()> {
-    match node {
-        Node::Directory(mode) => {
-            std::fs::create_dir(host)?;
-            chown_root(host)?;
-            set_mode(host, *mode)?;
-        }
-        Node::File { mode, source } => {
-            match source {
-                FileSource::Bytes(b) => std::fs::write(host, b)?,
-                FileSource::Copy(from) => {
-                    std::fs::copy(from, host)
-                        .with_context(|| format!("cannot copy {}", from.display()))?;
-                }
-            }
-            chown_root(host)?;
-            set_mode(host, *mode)?;
-        }
-        Node::Symlink(target) => {
-            symlink(target, host)?;
-            chown_root(host)?;
-        }
-        Node::Device {
-            kind,
-            major,
-            minor,
-            mode,
-        } => {
-            let sflag = match kind {
-                DeviceKind::Char => SFlag::S_IFCHR,
-                DeviceKind::Block => SFlag::S_IFBLK,
-            };
-            match mknod(host, sflag, NixMode::from_bits_truncate(0o600), makedev(*major as u64, *minor as u64)) {
-                Ok(()) => {}
-                Err(Errno::EPERM) => bail!(
-                    "mknod: permission denied; creating device nodes needs root (CAP_MKNOD): run the build as root"
-                ),
-                Err(e) => return Err(e.into()),
-            }
-            chown_root(host)?;
-            set_mode(host, *mode)?;
-        }
+fn make_device(host: &Path, kind: DeviceKind, major: u32, minor: u32) -> Result<()> {
+    let sflag = match kind {
+        DeviceKind::Char => SFlag::S_IFCHR,
+        DeviceKind::Block => SFlag::S_IFBLK,
+    };
+    let dev = makedev(u64::from(major), u64::from(minor));
+    match mknod(host, sflag, NixMode::from_bits_truncate(0o600), dev) {
+        Ok(()) => Ok(()),
+        Err(Errno::EPERM) => bail!(
+            "mknod: permission denied; device nodes need CAP_MKNOD (build as root, or as a user without it, which records devices instead)"
+        ),
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }
 
 fn set_mode(host: &Path, mode: Mode) -> Result<()> {
@@ -464,7 +581,7 @@ fn set_mode(host: &Path, mode: Mode) -> Result<()> {
 /// link to `usr/lib`): directories 0755, files 0644, owned by root. Only
 /// directories and regular files are taken; the tree must not have that
 /// release's directory yet.
-fn install_kernel_modules(modules: &Path, root: &Path) -> Result<()> {
+fn install_kernel_modules(modules: &Path, root: &Path, creator: &mut Creator) -> Result<()> {
     let release = modules
         .file_name()
         .and_then(|n| n.to_str())
@@ -490,8 +607,8 @@ fn install_kernel_modules(modules: &Path, root: &Path) -> Result<()> {
             Err(_) => {
                 std::fs::create_dir(&host)
                     .with_context(|| format!("{}: cannot create", host.display()))?;
-                chown_root(&host)?;
-                set_mode(&host, Mode(0o755))?;
+                creator.own(&host)?;
+                creator.directory_mode(&host, Mode(0o755))?;
             }
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => bail!("{guest} in the tree is not a directory"),
@@ -510,8 +627,8 @@ fn install_kernel_modules(modules: &Path, root: &Path) -> Result<()> {
         if kind.is_dir() {
             std::fs::create_dir(&target)
                 .with_context(|| format!("{}: cannot create", target.display()))?;
-            chown_root(&target)?;
-            set_mode(&target, Mode(0o755))?;
+            creator.own(&target)?;
+            creator.directory_mode(&target, Mode(0o755))?;
         } else if kind.is_file() {
             std::fs::copy(entry.path(), &target).with_context(|| {
                 format!(
@@ -520,7 +637,7 @@ fn install_kernel_modules(modules: &Path, root: &Path) -> Result<()> {
                     target.display()
                 )
             })?;
-            chown_root(&target)?;
+            creator.own(&target)?;
             set_mode(&target, Mode(0o644))?;
         } else {
             bail!(
@@ -536,7 +653,7 @@ fn chown_root(host: &Path) -> Result<()> {
     match std::os::unix::fs::lchown(host, Some(0), Some(0)) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            bail!("chown to 0:0: permission denied; the rootfs must be owned by root: run the build as root")
+            bail!("chown to 0:0: permission denied (a build as root needs CAP_CHOWN)")
         }
         Err(e) => Err(e.into()),
     }
@@ -732,6 +849,7 @@ pub(crate) mod tests {
             architecture: "amd64".into(),
             log_dir: scratch.to_path_buf(),
             kernel_modules: None,
+            privileges: Privileges::Root,
         }
     }
 

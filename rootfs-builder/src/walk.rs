@@ -1,6 +1,11 @@
-//! A sorted, lstat-based listing of a directory tree, shared by the tar and
-//! cpio writers so that both see the same entries in the same order.
+//! A sorted, lstat-based listing of a directory tree, shared by the tar,
+//! cpio and ext4 writers so that all see the same entries in the same order.
+//! A tree built without root is listed as the guest sees it: its rootless
+//! record (see [`crate::rootless`]) gives the owners and turns placeholder
+//! files into device nodes.
 
+use crate::recipe::DeviceKind;
+use crate::rootless::RootlessRecord;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
@@ -28,6 +33,9 @@ pub(crate) struct TreeEntry {
     pub perm: u32,
     pub size: u64,
     pub mtime: i64,
+    /// Owner in the guest: on disk, or from the rootless record.
+    pub uid: u32,
+    pub gid: u32,
     /// Index of the first entry (in sorted order) of this entry's hard-link
     /// group, and the group's size; None for entries that are not hard-linked.
     pub link_group: Option<(usize, u32)>,
@@ -57,6 +65,7 @@ pub(crate) fn list_tree(root: &Path) -> Result<Vec<TreeEntry>> {
     if !meta.is_dir() {
         bail!("{}: not a directory", root.display());
     }
+    let record = RootlessRecord::load(root)?;
     let mut raw = Vec::new();
     collect(root, Vec::new(), &mut raw)?;
     raw.sort_by(|a, b| a.0.cmp(&b.0));
@@ -92,6 +101,14 @@ pub(crate) fn list_tree(root: &Path) -> Result<Vec<TreeEntry>> {
                 host_path.display()
             );
         };
+        let (kind, uid, gid) = match &record {
+            None => (kind, meta.uid(), meta.gid()),
+            Some(r) => (
+                recorded_kind(r, &rel, kind, &meta, &host_path)?,
+                r.owner.0,
+                r.owner.1,
+            ),
+        };
         if kind != EntryKind::Directory && meta.nlink() > 1 {
             groups.entry((meta.dev(), meta.ino())).or_default().push(i);
         }
@@ -105,6 +122,8 @@ pub(crate) fn list_tree(root: &Path) -> Result<Vec<TreeEntry>> {
                 0
             },
             mtime: meta.mtime(),
+            uid,
+            gid,
             kind,
             link_group: None,
             dir_nlink: 2,
@@ -115,6 +134,16 @@ pub(crate) fn list_tree(root: &Path) -> Result<Vec<TreeEntry>> {
             let count = u32::try_from(members.len()).expect("link count fits u32");
             for &m in members {
                 entries[m].link_group = Some((members[0], count));
+            }
+        }
+    }
+    if let Some(r) = &record {
+        for path in r.devices.keys() {
+            if !entries.iter().any(|e| e.rel == path.as_bytes()) {
+                bail!(
+                    "{}: the rootless record lists device {path}, which is not in the tree",
+                    root.display()
+                );
             }
         }
     }
@@ -136,6 +165,39 @@ pub(crate) fn list_tree(root: &Path) -> Result<Vec<TreeEntry>> {
         }
     }
     Ok(entries)
+}
+
+/// An entry's kind in a rootless tree: a recorded device must be an empty,
+/// unlinked regular file on disk (its placeholder); anything else must not
+/// be a device node (a rootless build cannot have made one).
+fn recorded_kind(
+    record: &RootlessRecord,
+    rel: &[u8],
+    on_disk: EntryKind,
+    meta: &std::fs::Metadata,
+    host_path: &Path,
+) -> Result<EntryKind> {
+    let device = std::str::from_utf8(rel)
+        .ok()
+        .and_then(|rel| record.devices.get(rel));
+    match (device, &on_disk) {
+        (Some(d), EntryKind::Regular) if meta.len() == 0 && meta.nlink() == 1 => {
+            let (major, minor) = (d.major, d.minor);
+            Ok(match d.kind {
+                DeviceKind::Char => EntryKind::CharDevice { major, minor },
+                DeviceKind::Block => EntryKind::BlockDevice { major, minor },
+            })
+        }
+        (Some(_), _) => bail!(
+            "{}: the rootless record makes it a device, but it is not an empty placeholder file",
+            host_path.display()
+        ),
+        (None, EntryKind::CharDevice { .. } | EntryKind::BlockDevice { .. }) => bail!(
+            "{}: a device node in a tree with a rootless record, which does not list it",
+            host_path.display()
+        ),
+        (None, _) => Ok(on_disk),
+    }
 }
 
 /// Every path below and including `dir`, with its relative path bytes (empty

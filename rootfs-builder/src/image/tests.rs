@@ -514,3 +514,75 @@ fn verity_images_verify_and_are_deterministic() {
         assert!(!bad.status.success(), "{fs:?}: a changed byte verified");
     }
 }
+
+#[test]
+#[ignore = "needs root (the reference tree's device nodes), busybox-static and erofs-utils: run by cargo xtask test unit"]
+fn rootless_tree_gives_the_same_digest_initrd_and_ext4_image() {
+    use crate::rootless::{record_path, Privileges, RootlessRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let root_dir = dir.path().join("root");
+    let rootless_dir = dir.path().join("rootless");
+    std::fs::create_dir(&root_dir).unwrap();
+    std::fs::create_dir(&rootless_dir).unwrap();
+    let as_root = small_tree(&root_dir);
+    let recipe = crate::tree::tests::minimal_recipe();
+    let mut inputs = crate::tree::tests::test_inputs(&recipe, &rootless_dir, 1_700_000_000);
+    inputs.privileges = Privileges::Rootless;
+    let rootless = rootless_dir.join("rootfs");
+    crate::tree::build_rootfs(&recipe, &inputs, &rootless).unwrap();
+
+    // Nothing was mknod'ed: the devices are empty files the record lists.
+    let console = std::fs::symlink_metadata(rootless.join("dev/console")).unwrap();
+    assert!(console.is_file() && console.len() == 0);
+    assert_eq!(console.permissions().mode() & 0o7777, 0o600);
+    let record = RootlessRecord::load(&rootless).unwrap().unwrap();
+    assert_eq!(record.owner, (0, 0));
+    let devices: Vec<&str> = record.devices.keys().map(String::as_str).collect();
+    assert_eq!(devices, ["dev/console", "dev/kmsg", "dev/null"]);
+    assert!(record_path(&as_root).is_some_and(|p| !p.exists()));
+    // Read-only directories got their mode at the end.
+    let proc_mode = std::fs::metadata(rootless.join("proc"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(proc_mode & 0o7777, 0o555);
+
+    assert_eq!(
+        crate::tar::tree_digest(&as_root).unwrap(),
+        crate::tar::tree_digest(&rootless).unwrap()
+    );
+    let cpio = |tree: &Path| {
+        let mut bytes = Vec::new();
+        crate::cpio::write_cpio(tree, &mut bytes, 1_700_000_000).unwrap();
+        bytes
+    };
+    assert!(
+        cpio(&as_root) == cpio(&rootless),
+        "the cpio archives differ"
+    );
+
+    // ext4: the owner and devices come from the record; the rootless
+    // tree's files must not be root's for that to be tested as root.
+    for e in list_tree(&rootless).unwrap() {
+        std::os::unix::fs::lchown(&e.host_path, Some(4242), Some(4343)).unwrap();
+    }
+    let opts = ImageOptions::new(1_700_000_000);
+    let a = dir.path().join("root.img");
+    let b = dir.path().join("rootless.img");
+    build_image(&as_root, &a, &opts).unwrap();
+    build_image(&rootless, &b, &opts).unwrap();
+    assert_eq!(sha256_file(&a), sha256_file(&b), "the ext4 images differ");
+
+    let mut erofs = ImageOptions::new(1_700_000_000);
+    erofs.fs = Filesystem::Erofs;
+    erofs.free_mib = 0;
+    let err = format!(
+        "{:#}",
+        build_image(&rootless, &dir.path().join("e.img"), &erofs).unwrap_err()
+    );
+    assert!(
+        err.contains("/dev/console") && err.contains("--fs ext4"),
+        "{err}"
+    );
+    assert!(!dir.path().join("e.img").exists());
+}
