@@ -19,7 +19,21 @@ use host_support::tar::RECORD;
 
 /// Writes the tree at `dir` as a tar stream to `out`.
 pub fn write_tree_tar<W: Write>(dir: &Path, out: W) -> Result<()> {
-    let entries = list_tree(dir)?;
+    write_tar(dir, out, Times::AsOnDisk)
+}
+
+/// Which mtimes the stream carries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Times {
+    AsOnDisk,
+    Zero,
+}
+
+fn write_tar<W: Write>(dir: &Path, out: W, times: Times) -> Result<()> {
+    let mut entries = list_tree(dir)?;
+    if times == Times::Zero {
+        entries.iter_mut().for_each(|e| e.mtime = 0);
+    }
     let mut w = Writer::new(out);
     for entry in &entries {
         write_entry(&mut w, entry, &entries)
@@ -33,6 +47,15 @@ pub fn write_tree_tar<W: Write>(dir: &Path, out: W) -> Result<()> {
 pub fn tree_digest(dir: &Path) -> Result<String> {
     let mut hasher = Sha256Writer::default();
     write_tree_tar(dir, &mut hasher)?;
+    Ok(hasher.hex())
+}
+
+/// [`tree_digest`] with every mtime taken as 0: names, kinds, modes and
+/// contents only. For an input tree whose times record when it was made
+/// (a kernel's installed modules), not what it is.
+pub fn content_digest(dir: &Path) -> Result<String> {
+    let mut hasher = Sha256Writer::default();
+    write_tar(dir, &mut hasher, Times::Zero)?;
     Ok(hasher.hex())
 }
 
@@ -181,5 +204,29 @@ mod tests {
         .unwrap();
         crate::tree::pin_times(&root, 1_700_000_001).unwrap();
         assert_ne!(d2, tree_digest(&root).unwrap());
+    }
+
+    #[test]
+    fn content_digest_ignores_times_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("modules");
+        std::fs::create_dir_all(root.join("kernel")).unwrap();
+        std::fs::write(root.join("kernel/dummy.ko"), b"one").unwrap();
+        crate::tree::pin_times(&root, 1_700_000_000).unwrap();
+        let c0 = content_digest(&root).unwrap();
+        let t0 = tree_digest(&root).unwrap();
+        crate::tree::pin_times(&root, 1_800_000_000).unwrap();
+        assert_eq!(c0, content_digest(&root).unwrap());
+        assert_ne!(t0, tree_digest(&root).unwrap());
+        std::fs::write(root.join("kernel/dummy.ko"), b"two").unwrap();
+        let c1 = content_digest(&root).unwrap();
+        assert_ne!(c0, c1);
+        std::fs::set_permissions(
+            root.join("kernel/dummy.ko"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        assert_ne!(c1, content_digest(&root).unwrap());
     }
 }

@@ -17,7 +17,8 @@ use crate::manifest::{Artifact, Kind};
 use crate::publish;
 use crate::versions::{DebianPackagePin, Sha256Hex};
 
-const FORMAT: u32 = 1;
+/// 2: the kernel-modules input is recorded by content, not mtimes.
+const FORMAT: u32 = 2;
 
 pub fn load_recipe(ctx: &Ctx, name: &str) -> Result<(Recipe, PathBuf)> {
     let recipe = Recipe::find(&ctx.recipes_dir(), name)
@@ -172,10 +173,12 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, tree: &GuestTree) -> Result<Step
                         built.release
                     )
                 })?;
+                // Content only: the entry's mtimes say when the kernel
+                // was built, and the tree pins its own.
                 inputs.push(InputInfo {
                     name: "kernel-modules".into(),
                     version: built.release,
-                    sha256: rootfs_builder::tree_digest(&dir)?,
+                    sha256: rootfs_builder::content_digest(&dir)?,
                 });
                 Some(dir)
             }
@@ -193,6 +196,7 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, tree: &GuestTree) -> Result<Step
             architecture: ctx.versions.distro.architecture.clone(),
             log_dir: ctx.logs(),
             kernel_modules,
+            privileges: rootfs_builder::Privileges::of_process(),
         };
         tree::build_rootfs(&recipe, &rin, &dest)?;
         tree::check_rootfs(&dest, &recipe)?;
