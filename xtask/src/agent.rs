@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::cache::StepInputs;
 use crate::context::Ctx;
+use crate::error::InputError;
 use crate::graph::{Graph, StepId};
 use crate::manifest::Kind;
 use crate::runtime_bins::{cargo_home, require_static, rustflags_env};
@@ -54,6 +55,24 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx) -> Result<StepId> {
         return Ok(id);
     }
     let d = &ctx.digests;
+    if let Some(prebuilt) = &ctx.agent_bin {
+        if !prebuilt.is_file() {
+            return Err(InputError::new(format!(
+                "--agent-bin {}: no such file; give a kata-agent built by `cargo xtask agent`",
+                prebuilt.display()
+            ))
+            .into());
+        }
+        let mut i = StepInputs::new("agent-bin", FORMAT);
+        i.file(d, "binary", prebuilt)?;
+        return Ok(g.add("agent", i, &[], &[], move |_, out| {
+            require_static(prebuilt)
+                .with_context(|| format!("--agent-bin {}", prebuilt.display()))?;
+            std::fs::copy(prebuilt, out.join(BINARY))
+                .with_context(|| format!("--agent-bin {}: cannot copy", prebuilt.display()))?;
+            Ok(())
+        }));
+    }
     let mut i = StepInputs::new("agent", FORMAT);
     i.tree(d, "src.agent", &ctx.root.join("agent"))?
         .tree(d, "src.protocols", &ctx.root.join("protocols"))?

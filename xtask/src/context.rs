@@ -30,6 +30,8 @@ pub struct Ctx {
     pub ui: Ui,
     /// Source digests and tool versions, each computed once per command.
     pub digests: Digests,
+    /// `--agent-bin`: a prebuilt agent instead of the `agent` build (absolute).
+    pub agent_bin: Option<PathBuf>,
 }
 
 /// The workspace root: xtask lives one level below it, unless
@@ -87,6 +89,7 @@ impl Ctx {
             json: opts.json,
             ui: Ui::new(opts.verbose),
             digests: Digests::default(),
+            agent_bin: opts.agent_bin.as_ref().map(|f| cwd.join(f)),
         })
     }
 
@@ -108,6 +111,7 @@ impl Ctx {
             dry_run: false,
             json: false,
             ui: Ui::quiet(),
+            agent_bin: None,
             digests: Digests::default(),
         }
     }

@@ -79,6 +79,12 @@ pub struct GlobalOpts {
     /// Print exactly one JSON object on stdout (human output stays on stderr).
     #[arg(long, global = true)]
     json: bool,
+    /// Put this static kata-agent in the guests instead of building one
+    /// (upstream osbuilder's AGENT_SOURCE_BIN): a `cargo xtask agent` of
+    /// this checkout, e.g. from another job or for a build without a Rust
+    /// toolchain. Its sha256 is recorded in osbuilder.yaml.
+    #[arg(long, global = true, value_name = "FILE")]
+    agent_bin: Option<PathBuf>,
 }
 
 impl GlobalOpts {

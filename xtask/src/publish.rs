@@ -65,10 +65,24 @@ pub fn tree(ctx: &Ctx, src: &Path, name: &str) -> Result<PathBuf> {
     let staging = tempfile::Builder::new().prefix(".tree").tempdir_in(&dist)?;
     let tmp = staging.path().join(name);
     run_captured(Command::new("cp").arg("-a").arg(src).arg(&tmp))?;
+    // A tree built without root means nothing without its rootless record
+    // (owners, device nodes): it goes along, and a stale one goes away.
+    let record = |tree: &Path| {
+        rootfs_builder::rootless::record_path(tree).context("a tree has a directory name")
+    };
+    let (src_record, dest_record) = (record(src)?, record(&dest)?);
+    if dest_record.exists() {
+        fs::remove_file(&dest_record)?;
+    }
     if dest.exists() {
         remove_tree(&dest)?;
     }
     fs::rename(&tmp, &dest)?;
+    if src_record.exists() {
+        fs::copy(&src_record, &dest_record).with_context(|| {
+            format!("copy {} to {}", src_record.display(), dest_record.display())
+        })?;
+    }
     Ok(dest)
 }
 

@@ -73,6 +73,34 @@ fn malformed_versions_file_is_one_clear_error() {
 }
 
 #[test]
+fn missing_agent_bin_is_one_clear_error_before_any_step() {
+    let d = tempfile::tempdir().unwrap();
+    let missing = d.path().join("kata-agent");
+    let cache = d.path().join("cache");
+    let o = xtask(
+        &[
+            "--agent-bin",
+            missing.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--dry-run",
+            "initrd",
+            "--recipe",
+            "minimal",
+        ],
+        &[],
+    );
+    assert_bad_input(
+        &o,
+        &[
+            "--agent-bin",
+            missing.to_str().unwrap(),
+            "cargo xtask agent",
+        ],
+    );
+}
+
+#[test]
 fn unknown_key_names_path_and_line() {
     let d = tempfile::tempdir().unwrap();
     let f = d.path().join("v.yaml");
