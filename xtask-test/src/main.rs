@@ -27,6 +27,7 @@ mod e2e;
 mod fuzz;
 mod kernel_boot;
 mod repro;
+mod rootless;
 mod soak;
 mod test_cmd;
 mod vmtest;

@@ -1,4 +1,4 @@
-//! `cargo xtask test [lint|unit|kernel|vm|fuzz|e2e|cri|soak|repro|all]`: the project's test command.
+//! `cargo xtask test [lint|unit|kernel|vm|rootless|fuzz|e2e|cri|soak|repro|all]`: the project's test command.
 //!
 //! `lint` is `cargo fmt --check` and clippy with warnings denied; `unit` is
 //! `cargo test` over the workspace including the tests marked `#[ignore]`
@@ -6,7 +6,8 @@
 //! kernel source...; plain `cargo test` stays hermetic), with the verified
 //! kernel source and the pipeline's kernel handed to them; `kernel` boots
 //! the pipeline's kernel to init; `vm` boots the built guest and drives the
-//! agent (vmtest.rs); `fuzz` sends random and malformed requests to the
+//! agent (vmtest.rs); `rootless` builds the minimal guest as an
+//! unprivileged user and compares it with root's (rootless.rs); `fuzz` sends random and malformed requests to the
 //! agent in the built guest for a bounded time (fuzz.rs); `e2e` runs
 //! containers through a private containerd (e2e/); `cri` runs pods through
 //! containerd's CRI plugin and CNI in a test-made netns (cri/); `soak` runs many
@@ -52,6 +53,9 @@ pub enum TestWhat {
     Repro(crate::repro::ReproArgs),
     /// Many sandboxes through containerd, then no leaks (processes, mounts, fds, RSS).
     Soak(crate::soak::SoakArgs),
+    /// The minimal guest's tree, initrds and image built by an unprivileged
+    /// user are byte-identical to root's.
+    Rootless,
     /// Everything CI runs (the default).
     All,
 }
@@ -140,6 +144,7 @@ pub fn run(ctx: &Ctx, args: &TestArgs) -> Result<()> {
         TestWhat::Cri(args) => crate::cri::run(ctx, &args),
         TestWhat::Repro(args) => crate::repro::test(ctx, &args),
         TestWhat::Soak(args) => crate::soak::run(ctx, &args),
+        TestWhat::Rootless => crate::rootless::test(ctx),
         TestWhat::All => all(ctx),
     }
 }
@@ -221,6 +226,7 @@ fn all(ctx: &Ctx) -> Result<()> {
     record("vm --initrd --kernel-modules", &|| {
         crate::vmtest::run(ctx, &modules)
     });
+    record("rootless", &|| crate::rootless::test(ctx));
     // Bounded: a fresh seed each run, printed for replay.
     let fuzz = crate::fuzz::FuzzArgs {
         seconds: 60,
