@@ -12,6 +12,13 @@
 //! in, is removed afterwards so that the tree depends on the inputs only:
 //! the host's hostname and resolv.conf, the sources.list, the `-old`
 //! backups of dpkg and debconf, ldconfig's aux cache and the lock files.
+//!
+//! mmdebstrap writes a tarball, which is unpacked into the tree here: as
+//! root with its owners and device nodes, without root (mmdebstrap's
+//! unshare mode: a user namespace over the user's subuids, which needs
+//! `newuidmap` and entries in /etc/subuid and /etc/subgid) into the
+//! user's own files and the tree's rootless record. mmdebstrap makes the
+//! same tarball in both modes, so both give the same tree.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,7 +27,9 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use host_support::hash::{bytes_sha256, sha256_file};
 
-use crate::recipe::PackagesSpec;
+use crate::recipe::{DeviceKind, Mode, PackagesSpec};
+use crate::rootless::{Privileges, RecordedDevice};
+use crate::tree::Creator;
 
 /// What the build host leaves in a fresh mmdebstrap tree (relative paths).
 const HOST_LEFTOVERS: &[&str] = &[
@@ -50,7 +59,8 @@ const MERGED_USR_HOOKS: &str = "/usr/share/mmdebstrap/hooks/merged-usr";
 /// Installs the Debian system into `root` (an empty directory). `debs` is
 /// the lock's closure, (name, verified .deb), every one of them offered to
 /// apt; `install` is what is asked for on top of the essential set.
-pub fn install_system(
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn install_system(
     spec: &PackagesSpec,
     suite: &str,
     architecture: &str,
@@ -58,6 +68,7 @@ pub fn install_system(
     root: &Path,
     source_date_epoch: i64,
     log: &Path,
+    creator: &mut Creator,
 ) -> Result<()> {
     let parent = crate::util::parent_dir(root);
     let repo = tempfile::Builder::new()
@@ -65,8 +76,14 @@ pub fn install_system(
         .tempdir_in(parent)
         .with_context(|| format!("cannot create a temp directory in {}", parent.display()))?;
     write_repository(repo.path(), suite, architecture, debs)?;
+    let tarball = repo.path().join("system.tar");
+    let mode = match creator.privileges {
+        Privileges::Root => "--mode=root",
+        Privileges::Rootless => "--mode=unshare",
+    };
     let mut cmd = Command::new("mmdebstrap");
-    cmd.arg("--mode=root")
+    cmd.arg(mode)
+        .arg("--format=tar")
         .arg("--variant=essential")
         .arg(format!("--architectures={architecture}"))
         .arg(format!("--include={}", spec.install.join(",")))
@@ -82,7 +99,7 @@ pub fn install_system(
             .arg(format!("--dpkgopt=path-exclude={e}/*"));
     }
     cmd.arg(suite)
-        .arg(root)
+        .arg(&tarball)
         .arg(format!(
             "deb [trusted=yes] copy://{} ./",
             repo.path().display()
@@ -98,19 +115,24 @@ pub fn install_system(
     std::fs::write(log, &text).with_context(|| format!("write {}", log.display()))?;
     if !out.status.success() {
         let text = String::from_utf8_lossy(&text);
+        let hint = match creator.privileges {
+            Privileges::Root => "",
+            Privileges::Rootless => "; without root, mmdebstrap's unshare mode needs newuidmap (apt-get install uidmap) and this user's ranges in /etc/subuid and /etc/subgid",
+        };
         bail!(
-            "mmdebstrap failed ({}) installing {} into {} (full log {}):\n{}",
+            "mmdebstrap {mode} failed ({}) installing {} (full log {}){hint}:\n{}",
             out.status,
             spec.install.join(", "),
-            root.display(),
             log.display(),
             host_support::log::tail_text(&text, 12)
         );
     }
+    unpack_system(&tarball, root, creator)
+        .with_context(|| format!("unpacking mmdebstrap's {}", tarball.display()))?;
     for rel in HOST_LEFTOVERS {
         let p = root.join(rel);
         match std::fs::remove_file(&p) {
-            Ok(()) => {}
+            Ok(()) => creator.forget(rel),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("remove {}", p.display())),
         }
@@ -119,6 +141,149 @@ pub fn install_system(
     // every boot instead of all guests sharing one.
     std::fs::write(root.join("etc/machine-id"), b"")?;
     Ok(())
+}
+
+/// Unpacks mmdebstrap's tarball into `root` (an empty directory) through
+/// `creator`: owners and device nodes made or recorded, set-id modes put
+/// back after chown, extended attributes (systemd's POSIX ACLs on
+/// /var/log/journal) set last, after the mode they would otherwise be
+/// changed by. mke2fs copies them into the image.
+fn unpack_system(tarball: &Path, root: &Path, creator: &mut Creator) -> Result<()> {
+    let file = std::fs::File::open(tarball)?;
+    let mut archive = ::tar::Archive::new(std::io::BufReader::new(file));
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let raw = entry.path()?.into_owned();
+        let rel = member(&raw)?;
+        let mut xattrs = Vec::new();
+        if let Some(pax) = entry.pax_extensions()? {
+            for ext in pax {
+                let ext = ext?;
+                let key = ext.key().unwrap_or("(not UTF-8)");
+                if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                    xattrs.push((name.to_string(), ext.value_bytes().to_vec()));
+                } else if key.starts_with("LIBARCHIVE.xattr.") || key.starts_with("SCHILY.acl.") {
+                    bail!("/{rel}: {key} in the tarball; only GNU tar's SCHILY.xattr records are read");
+                }
+            }
+        }
+        let header = entry.header();
+        let mode = Mode(header.mode()? & 0o7777);
+        let owner = (header.uid()? as u32, header.gid()? as u32);
+        let kind = header.entry_type();
+        let host = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&rel)
+        };
+        match kind {
+            ::tar::EntryType::Directory => {
+                if !rel.is_empty() {
+                    std::fs::create_dir(&host).with_context(|| format!("/{rel}: cannot create"))?;
+                }
+                creator.own_as(&host, &rel, owner)?;
+                creator.directory_mode(&host, &rel, mode)?;
+            }
+            ::tar::EntryType::Regular | ::tar::EntryType::Continuous => {
+                let mut out = std::fs::File::create(&host)
+                    .with_context(|| format!("/{rel}: cannot create"))?;
+                std::io::copy(&mut entry, &mut out)?;
+                creator.own_as(&host, &rel, owner)?;
+                creator.mode(&host, &rel, mode)?;
+            }
+            ::tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()?
+                    .with_context(|| format!("/{rel}: a symlink without a target"))?;
+                std::os::unix::fs::symlink(&target, &host)?;
+                creator.own_as(&host, &rel, owner)?;
+            }
+            ::tar::EntryType::Link => {
+                let target = entry
+                    .link_name()?
+                    .with_context(|| format!("/{rel}: a hard link without a target"))?;
+                let target = member(&target)?;
+                std::fs::hard_link(root.join(&target), &host)
+                    .with_context(|| format!("/{rel}: cannot link to /{target}"))?;
+                // Same inode, so the same owner and mode: recorded for
+                // this path too, never chowned again (that would clear
+                // set-id bits).
+                creator.same_inode(&rel, &target)?;
+            }
+            ::tar::EntryType::Char | ::tar::EntryType::Block => {
+                let device = RecordedDevice {
+                    kind: if kind == ::tar::EntryType::Char {
+                        DeviceKind::Char
+                    } else {
+                        DeviceKind::Block
+                    },
+                    major: header.device_major()?.context("a device without a major")?,
+                    minor: header.device_minor()?.context("a device without a minor")?,
+                };
+                creator.device(&host, &rel, device)?;
+                creator.own_as(&host, &rel, owner)?;
+                creator.mode(&host, &rel, mode)?;
+            }
+            ::tar::EntryType::Fifo => {
+                nix::unistd::mkfifo(&host, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+                creator.own_as(&host, &rel, owner)?;
+                creator.mode(&host, &rel, mode)?;
+            }
+            other => bail!("/{rel}: a {other:?} entry, which a rootfs cannot hold"),
+        }
+        for (name, value) in &xattrs {
+            if kind == ::tar::EntryType::Symlink {
+                bail!("/{rel}: a symlink with the extended attribute {name}");
+            }
+            set_xattr(&host, name, value).with_context(|| {
+                let hint = match creator.privileges {
+                    Privileges::Rootless => " (without root only user.* and POSIX ACLs can be set)",
+                    Privileges::Root => "",
+                };
+                format!("/{rel}: cannot set the extended attribute {name}{hint}")
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn set_xattr(host: &Path, name: &str, value: &[u8]) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(host.as_os_str().as_bytes())?;
+    let name = std::ffi::CString::new(name)?;
+    // SAFETY: both strings are NUL-terminated CStrings and `value` is a
+    // live slice of the given length; the call only reads them.
+    let rc = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}
+
+/// A tarball member's path relative to the tree root (`""` for `./`),
+/// refusing anything that would leave it.
+fn member(raw: &Path) -> Result<String> {
+    use std::path::Component;
+    let mut parts = Vec::new();
+    for c in raw.components() {
+        match c {
+            Component::CurDir => {}
+            Component::Normal(p) => parts.push(
+                p.to_str()
+                    .with_context(|| format!("{}: not a UTF-8 name", raw.display()))?,
+            ),
+            _ => bail!("{}: leaves the tree", raw.display()),
+        }
+    }
+    Ok(parts.join("/"))
 }
 
 /// A flat apt repository in `dir`: the `.deb`s, their `Packages` index
@@ -207,6 +372,157 @@ mod tests {
             String::from_utf8_lossy(&st.stderr)
         );
         out
+    }
+
+    /// A tarball as mmdebstrap writes one: `./`, a set-gid directory and
+    /// file of group 8, a file nobody may read (as /etc/shadow), a symlink,
+    /// hard links, a device and a fifo.
+    fn system_tarball(path: &Path) {
+        let mut b = ::tar::Builder::new(std::fs::File::create(path).unwrap());
+        let mut add = |name: &str, kind: ::tar::EntryType, mode: u32, gid: u64, data: &[u8]| {
+            let mut h = ::tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_uid(0);
+            h.set_gid(gid);
+            h.set_mtime(1);
+            h.set_size(data.len() as u64);
+            match kind {
+                ::tar::EntryType::Symlink => h.set_link_name("../sbin/tool").unwrap(),
+                ::tar::EntryType::Link if name.starts_with("./etc") => {
+                    h.set_link_name("./etc/shadow").unwrap()
+                }
+                ::tar::EntryType::Link => h.set_link_name("./sbin/tool").unwrap(),
+                ::tar::EntryType::Char => {
+                    h.set_device_major(1).unwrap();
+                    h.set_device_minor(3).unwrap();
+                }
+                _ => {}
+            }
+            b.append_data(&mut h, name, data).unwrap();
+        };
+        use ::tar::EntryType as T;
+        add("./", T::Directory, 0o755, 0, b"");
+        add("./dev/", T::Directory, 0o755, 0, b"");
+        add("./etc/", T::Directory, 0o755, 0, b"");
+        add("./etc/shadow", T::Regular, 0o000, 42, b"root:*:1::::::\n");
+        add("./etc/shadow-link", T::Link, 0o000, 42, b"");
+        add("./dev/null", T::Char, 0o666, 0, b"");
+        add("./run/", T::Directory, 0o755, 0, b"");
+        add("./run/initctl", T::Fifo, 0o600, 0, b"");
+        add("./sbin/", T::Directory, 0o755, 0, b"");
+        add("./sbin/tool", T::Regular, 0o2755, 8, b"#!/bin/sh\n");
+        add("./sbin/tool-again", T::Link, 0o2755, 8, b"");
+        add("./bin/", T::Directory, 0o555, 0, b"");
+        add("./bin/tool", T::Symlink, 0o777, 0, b"");
+        add("./var/", T::Directory, 0o755, 0, b"");
+        add("./var/mail/", T::Directory, 0o2775, 8, b"");
+        b.finish().unwrap();
+    }
+
+    #[test]
+    fn a_system_unpacks_without_root_into_files_and_a_record() {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let tarball = dir.path().join("system.tar");
+        system_tarball(&tarball);
+        let root = dir.path().join("rootfs");
+        std::fs::create_dir(&root).unwrap();
+        let mut creator = Creator::new(Privileges::Rootless);
+        unpack_system(&tarball, &root, &mut creator).unwrap();
+        let record = creator.finish().unwrap().unwrap();
+        let mode = |rel: &str| {
+            std::fs::symlink_metadata(root.join(rel))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("sbin/tool"), 0o2755);
+        assert_eq!(mode("var/mail"), 0o2775);
+        assert_eq!(
+            mode("bin"),
+            0o555,
+            "a read-only directory gets its mode last"
+        );
+        assert_eq!(mode("etc/shadow"), 0o400, "the owner can read it on disk");
+        assert_eq!(record.modes.get("etc/shadow"), Some(&0));
+        assert_eq!(
+            record.modes.get("etc/shadow-link"),
+            Some(&0),
+            "a link's mode is its target's"
+        );
+        assert_eq!(record.modes.len(), 2);
+        assert_eq!(
+            std::fs::read_link(root.join("bin/tool")).unwrap(),
+            Path::new("../sbin/tool")
+        );
+        let null = std::fs::symlink_metadata(root.join("dev/null")).unwrap();
+        assert!(
+            null.is_file() && null.len() == 0,
+            "a placeholder, not a node"
+        );
+        assert!(std::fs::symlink_metadata(root.join("run/initctl"))
+            .unwrap()
+            .file_type()
+            .is_fifo());
+        let owners: Vec<(&str, (u32, u32))> = record
+            .owners
+            .iter()
+            .map(|(p, o)| (p.as_str(), *o))
+            .collect();
+        assert_eq!(
+            owners,
+            [
+                ("etc/shadow", (0, 42)),
+                ("etc/shadow-link", (0, 42)),
+                ("sbin/tool", (0, 8)),
+                ("sbin/tool-again", (0, 8)),
+                ("var/mail", (0, 8))
+            ]
+        );
+        let null = record.devices["dev/null"];
+        assert_eq!(
+            (null.kind, null.major, null.minor),
+            (DeviceKind::Char, 1, 3)
+        );
+        assert_eq!(record.devices.len(), 1);
+    }
+
+    #[test]
+    #[ignore = "needs root (chown, mknod): run by cargo xtask test unit"]
+    fn a_system_unpacks_as_root_with_owners_and_devices() {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let dir = tempfile::tempdir().unwrap();
+        let tarball = dir.path().join("system.tar");
+        system_tarball(&tarball);
+        let root = dir.path().join("rootfs");
+        std::fs::create_dir(&root).unwrap();
+        let mut creator = Creator::new(Privileges::Root);
+        unpack_system(&tarball, &root, &mut creator).unwrap();
+        assert!(creator.finish().unwrap().is_none());
+        let tool = std::fs::metadata(root.join("sbin/tool")).unwrap();
+        assert_eq!(
+            (tool.uid(), tool.gid(), tool.mode() & 0o7777),
+            (0, 8, 0o2755)
+        );
+        let again = std::fs::metadata(root.join("sbin/tool-again")).unwrap();
+        assert_eq!(
+            (again.ino(), again.mode() & 0o7777),
+            (tool.ino(), 0o2755),
+            "set-gid kept"
+        );
+        let null = std::fs::symlink_metadata(root.join("dev/null")).unwrap();
+        assert!(null.file_type().is_char_device());
+        assert_eq!((libc::major(null.rdev()), libc::minor(null.rdev())), (1, 3));
+    }
+
+    #[test]
+    fn a_member_that_leaves_the_tree_is_refused() {
+        assert_eq!(member(Path::new("./a/b")).unwrap(), "a/b");
+        assert_eq!(member(Path::new("./")).unwrap(), "");
+        let err = member(Path::new("./a/../../etc")).unwrap_err().to_string();
+        assert!(err.contains("leaves the tree"), "{err}");
     }
 
     #[test]

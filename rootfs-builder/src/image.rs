@@ -26,8 +26,9 @@
 //! A tree built without root (see [`crate::rootless`]) gets the same ext4:
 //! the same `debugfs -w` pass gives every inode the record's owner, and
 //! replaces each device placeholder by the device node (`rm`, `mknod`, its
-//! mode). mkfs.erofs 1.5 only takes device nodes from the tree, so an erofs
-//! image of a rootless tree with devices is refused.
+//! mode), and the modes the record keeps. mkfs.erofs 1.5 only takes device
+//! nodes and modes from the tree, so an erofs image of a rootless tree with
+//! either in its record is refused.
 
 use crate::walk::{list_tree, EntryKind};
 use anyhow::{bail, Context, Result};
@@ -454,7 +455,7 @@ fn make_ext4(
     // debugfs's quotes: systemd's escaped unit names such as
     // `system-systemd\x2dcryptsetup.slice` need it.) A rootless tree's
     // owners and devices are set in the same pass.
-    let rootless = crate::rootless::RootlessRecord::load(tree)?.is_some();
+    let record = crate::rootless::RootlessRecord::load(tree)?;
     let mut script = String::new();
     for e in list_tree(tree)? {
         let rel = String::from_utf8(e.rel.clone()).map_err(|_| {
@@ -469,7 +470,13 @@ fn make_ext4(
                 e.host_path.display()
             );
         }
-        if rootless {
+        if let Some(record) = &record {
+            if record.modes.contains_key(&rel) {
+                script.push_str(&format!(
+                    "set_inode_field \"/{rel}\" mode 0{:o}\n",
+                    e.mode_type_bits() | e.perm
+                ));
+            }
             if let EntryKind::CharDevice { major, minor }
             | EntryKind::BlockDevice { major, minor } = e.kind
             {
@@ -543,6 +550,12 @@ fn make_erofs(tree: &Path, fs_image: &Path, opts: &ImageOptions) -> Result<()> {
         if let Some(device) = record.devices.keys().next() {
             bail!(
                 "{}: built without root, its device nodes (/{device}, ...) are placeholders that mkfs.erofs 1.5 cannot turn into devices; use --fs ext4, or build the tree as root",
+                tree.display()
+            );
+        }
+        if let Some(path) = record.modes.keys().next() {
+            bail!(
+                "{}: built without root, /{path} (and maybe more) has a mode on disk that mkfs.erofs 1.5 would copy instead of the recorded one; use --fs ext4, or build the tree as root",
                 tree.display()
             );
         }

@@ -12,11 +12,18 @@
 //! the host. (Buildroot's device tables and `fakeroot -s` keep the same
 //! facts outside the tree for the same reason.)
 //!
-//! The record is text, one fact per line, sorted:
+//! A file the owner cannot read (mode 0000, as Debian's /etc/shadow) or a
+//! directory it cannot list would stop the writers: on disk such an entry
+//! gets owner read (and search) permission, and the record keeps its mode.
+//!
+//! The record is text, one fact per line, sorted: the owner of every entry
+//! not listed, the entries with another owner, the modes kept, the devices.
 //!
 //! ```text
 //! format 1
 //! owner 0 0
+//! owner 0 42 usr/sbin/unix_chkpwd
+//! mode 0000 etc/shadow
 //! char 5 1 dev/console
 //! ```
 
@@ -57,8 +64,12 @@ pub struct RecordedDevice {
 /// What a rootless tree cannot hold on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RootlessRecord {
-    /// Owner (uid, gid) of every entry in the guest.
+    /// Owner (uid, gid) in the guest of every entry `owners` does not list.
     pub owner: (u32, u32),
+    /// Entries with another owner, by path relative to the tree root.
+    pub owners: BTreeMap<String, (u32, u32)>,
+    /// Permission bits of entries that have more on disk (owner read).
+    pub modes: BTreeMap<String, u32>,
     /// Placeholders that are device nodes, by path relative to the tree
     /// root (no leading `/`).
     pub devices: BTreeMap<String, RecordedDevice>,
@@ -78,18 +89,33 @@ impl RootlessRecord {
     pub fn owned_by_root() -> Self {
         RootlessRecord {
             owner: (0, 0),
+            owners: BTreeMap::new(),
+            modes: BTreeMap::new(),
             devices: BTreeMap::new(),
         }
+    }
+
+    /// The guest owner of `rel`.
+    pub fn owner_of(&self, rel: &str) -> (u32, u32) {
+        self.owners.get(rel).copied().unwrap_or(self.owner)
     }
 
     pub fn encode(&self) -> String {
         let mut text = format!(
             "# rootfs-builder: the tree beside this file was built without root.\n\
-             # In the guest every entry is owned by the owner below, and the empty\n\
-             # files listed below are device nodes (kind, major, minor, path).\n\
+             # In the guest every entry is owned by the first owner below unless\n\
+             # listed with another (uid, gid, path); modes listed are the guest's\n\
+             # (on disk the owner may also read); and the empty files listed\n\
+             # below are device nodes (kind, major, minor, path).\n\
              format {RECORD_FORMAT}\nowner {} {}\n",
             self.owner.0, self.owner.1
         );
+        for (path, (uid, gid)) in &self.owners {
+            text.push_str(&format!("owner {uid} {gid} {path}\n"));
+        }
+        for (path, mode) in &self.modes {
+            text.push_str(&format!("mode {mode:04o} {path}\n"));
+        }
         for (path, d) in &self.devices {
             let kind = match d.kind {
                 DeviceKind::Char => "char",
@@ -105,6 +131,8 @@ impl RootlessRecord {
         let at = |n: usize| format!("{}:{}", file.display(), n + 1);
         let mut format = None;
         let mut owner = None;
+        let mut owners = BTreeMap::new();
+        let mut modes = BTreeMap::new();
         let mut devices = BTreeMap::new();
         for (n, line) in text.lines().enumerate() {
             if line.is_empty() || line.starts_with('#') {
@@ -114,6 +142,15 @@ impl RootlessRecord {
             let number = |w: Option<&str>, what: &str| -> Result<u32> {
                 w.and_then(|w| w.parse().ok())
                     .with_context(|| format!("{}: {what} is not a number", at(n)))
+            };
+            let relative = |w: Option<&str>, what: &str| -> Result<String> {
+                w.filter(|p| {
+                    !p.is_empty()
+                        && !p.starts_with('/')
+                        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+                })
+                .map(str::to_string)
+                .with_context(|| format!("{}: {what} needs a relative path in the tree", at(n)))
             };
             match words.next() {
                 Some("format") => {
@@ -126,30 +163,46 @@ impl RootlessRecord {
                 Some("owner") => {
                     let uid = number(words.next(), "the uid")?;
                     let gid = number(words.next(), "the gid")?;
-                    if words.next().is_some() || owner.replace((uid, gid)).is_some() {
-                        bail!("{}: one `owner UID GID` line is expected", at(n));
+                    match words.next() {
+                        None if owner.replace((uid, gid)).is_some() => {
+                            bail!(
+                                "{}: one `owner UID GID` line without a path is expected",
+                                at(n)
+                            )
+                        }
+                        None => {}
+                        path => {
+                            let path = relative(path, "an owner")?;
+                            if owners.insert(path.clone(), (uid, gid)).is_some() {
+                                bail!("{}: the owner of {path} is given twice", at(n));
+                            }
+                        }
+                    }
+                }
+                Some("mode") => {
+                    let mode = words
+                        .next()
+                        .and_then(|w| u32::from_str_radix(w, 8).ok())
+                        .filter(|m| *m <= 0o7777)
+                        .with_context(|| {
+                            format!("{}: the mode is not octal permission bits", at(n))
+                        })?;
+                    let path = relative(words.next(), "a mode")?;
+                    if modes.insert(path.clone(), mode).is_some() {
+                        bail!("{}: the mode of {path} is given twice", at(n));
                     }
                 }
                 Some(kind @ ("char" | "block")) => {
                     let major = number(words.next(), "the major number")?;
                     let minor = number(words.next(), "the minor number")?;
-                    let path = words
-                        .next()
-                        .filter(|p| {
-                            !p.is_empty()
-                                && !p.starts_with('/')
-                                && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
-                        })
-                        .with_context(|| {
-                            format!("{}: a device needs a relative path in the tree", at(n))
-                        })?;
+                    let path = relative(words.next(), "a device")?;
                     let kind = if kind == "char" {
                         DeviceKind::Char
                     } else {
                         DeviceKind::Block
                     };
                     let device = RecordedDevice { kind, major, minor };
-                    if devices.insert(path.to_string(), device).is_some() {
+                    if devices.insert(path.clone(), device).is_some() {
                         bail!("{}: device {path} is listed twice", at(n));
                     }
                 }
@@ -167,7 +220,12 @@ impl RootlessRecord {
         }
         let owner =
             owner.with_context(|| format!("{}: no `owner UID GID` line", file.display()))?;
-        Ok(RootlessRecord { owner, devices })
+        Ok(RootlessRecord {
+            owner,
+            owners,
+            modes,
+            devices,
+        })
     }
 
     /// The record beside `tree`, if the tree was built without root.
@@ -191,6 +249,10 @@ mod tests {
 
     fn sample() -> RootlessRecord {
         let mut r = RootlessRecord::owned_by_root();
+        r.owners.insert("var/mail".into(), (0, 8));
+        r.owners
+            .insert("var/cache/apt/archives/partial".into(), (42, 0));
+        r.modes.insert("etc/shadow".into(), 0);
         r.devices.insert(
             "dev/console".into(),
             RecordedDevice {
@@ -215,9 +277,11 @@ mod tests {
         let r = sample();
         let text = r.encode();
         assert!(
-            text.contains("\nchar 5 1 dev/console\nblock 254 0 dev/vda 1\n"),
+            text.contains("\nowner 0 0\nowner 42 0 var/cache/apt/archives/partial\nowner 0 8 var/mail\nmode 0000 etc/shadow\nchar 5 1 dev/console\nblock 254 0 dev/vda 1\n"),
             "{text}"
         );
+        assert_eq!(r.owner_of("var/mail"), (0, 8));
+        assert_eq!(r.owner_of("var"), (0, 0));
         assert_eq!(RootlessRecord::parse(&text, Path::new("r")).unwrap(), r);
         assert_eq!(
             record_path(Path::new("/c/entry/rootfs")).unwrap(),
@@ -267,16 +331,26 @@ mod tests {
                 minor: 1,
             },
         );
+        record.modes.insert("init".into(), 0o000);
+        record.owners.insert("init".into(), (0, 42));
         let tree = rootless_tree(dir.path(), &record);
         std::fs::set_permissions(
             tree.join("dev/console"),
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
         )
         .unwrap();
+        std::fs::set_permissions(
+            tree.join("init"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o400),
+        )
+        .unwrap();
         let text = listing(&tree).unwrap();
         let console = text.lines().find(|l| l.ends_with("./dev/console")).unwrap();
         assert!(console.starts_with("crw------- 0/0"), "{console}");
         assert!(console.contains(" 5,1 "), "{console}");
+        // The recorded mode, not the disk's (the tar digest writes owners 0:0).
+        let init = text.lines().find(|l| l.ends_with("./init")).unwrap();
+        assert!(init.starts_with("---------- 0/0"), "{init}");
 
         // The record is what makes it a device: without it, a plain file.
         std::fs::remove_file(record_path(&tree).unwrap()).unwrap();
@@ -330,6 +404,22 @@ mod tests {
                 "t.rootless:3: one `owner",
             ),
             ("format 1\nowner 0 x\n", "t.rootless:2: the gid"),
+            (
+                "format 1\nowner 0 0\nmode 0999 a\n",
+                "t.rootless:3: the mode is not octal",
+            ),
+            (
+                "format 1\nowner 0 0\nmode 17777 a\n",
+                "t.rootless:3: the mode is not octal",
+            ),
+            (
+                "format 1\nowner 0 0\nowner 1 1 a\nowner 2 2 a\n",
+                "t.rootless:4: the owner of a is given twice",
+            ),
+            (
+                "format 1\nowner 0 0\nowner 1 1 /a\n",
+                "t.rootless:3: an owner needs",
+            ),
             (
                 "format 1\nowner 0 0\nchar 5 1 /dev/console\n",
                 "t.rootless:3: a device needs",

@@ -9,10 +9,9 @@
 //! way every entry ends with atime = mtime = SOURCE_DATE_EPOCH, so the
 //! tree's tar digest only depends on the inputs.
 //!
-//! Without root, an `init: agent` tree is built rootless: nothing is
-//! chowned or mknod'ed, and the tree's rootless record (see
-//! [`crate::rootless`]) carries the owner and the device nodes to the
-//! writers.
+//! Without root a tree is built rootless: nothing is chowned or
+//! mknod'ed, and the tree's rootless record (see [`crate::rootless`])
+//! carries the owners and the device nodes to the writers.
 
 use crate::recipe::{
     DeviceKind, GuestPath, InitMode, Mode, Recipe, AGENT_INIT_LINKS, AGENT_PATH,
@@ -114,8 +113,7 @@ impl OsbuilderInfo {
 /// Builds the rootfs tree for `recipe` at `dest`, which must not exist. The
 /// tree is assembled in a temp directory next to `dest` and renamed into
 /// place once complete and checked. With [`Privileges::Rootless`] the
-/// tree's rootless record is written to `dest.rootless` (an `init: agent`
-/// recipe only: an `init: systemd` tree is installed by mmdebstrap as root).
+/// tree's rootless record is written to `dest.rootless`.
 pub fn build_rootfs(recipe: &Recipe, inputs: &RootfsInputs, dest: &Path) -> Result<()> {
     let record_file = record_path(dest)
         .with_context(|| format!("{}: the rootfs needs a directory name", dest.display()))?;
@@ -126,12 +124,6 @@ pub fn build_rootfs(recipe: &Recipe, inputs: &RootfsInputs, dest: &Path) -> Resu
                 path.display()
             );
         }
-    }
-    if inputs.privileges == Privileges::Rootless && recipe.init == InitMode::Systemd {
-        bail!(
-            "recipe `{}` (init: systemd): its Debian system is installed by mmdebstrap as root; without root only `init: agent` recipes are built (run this build as root)",
-            recipe.name
-        );
     }
     let info = &inputs.osbuilder;
     if info.recipe != recipe.name || info.init != recipe.init {
@@ -196,36 +188,118 @@ pub fn build_rootfs(recipe: &Recipe, inputs: &RootfsInputs, dest: &Path) -> Resu
 /// (owned by the builder, placeholders recorded). Rootless, a directory
 /// stays writable by its owner until [`Creator::finish`] gives it its
 /// mode: a read-only directory would stop its own children being created.
-struct Creator {
-    privileges: Privileges,
+pub(crate) struct Creator {
+    pub(crate) privileges: Privileges,
     record: RootlessRecord,
-    /// Rootless: directories and their final modes, in creation order.
-    directory_modes: Vec<(PathBuf, Mode)>,
+    /// Rootless: directories, their paths in the tree and final modes.
+    directory_modes: BTreeMap<PathBuf, (String, Mode)>,
 }
 
 impl Creator {
-    fn new(privileges: Privileges) -> Self {
+    pub(crate) fn new(privileges: Privileges) -> Self {
         Creator {
             privileges,
             record: RootlessRecord::owned_by_root(),
-            directory_modes: Vec::new(),
+            directory_modes: BTreeMap::new(),
         }
     }
 
-    /// Gives `host` (the tree's `rel`) owner 0:0, or leaves that to the record.
-    fn own(&self, host: &Path) -> Result<()> {
+    /// Gives `host` owner 0:0, or leaves that to the record.
+    pub(crate) fn own(&self, host: &Path) -> Result<()> {
         match self.privileges {
             Privileges::Root => chown_root(host),
             Privileges::Rootless => Ok(()),
         }
     }
 
-    fn directory_mode(&mut self, host: &Path, mode: Mode) -> Result<()> {
+    /// Gives `host` (the tree's `rel`) `owner`, or records it. The mode is
+    /// set afterwards (chown clears set-id bits).
+    pub(crate) fn own_as(&mut self, host: &Path, rel: &str, owner: (u32, u32)) -> Result<()> {
+        match self.privileges {
+            Privileges::Root => std::os::unix::fs::lchown(host, Some(owner.0), Some(owner.1))
+                .with_context(|| format!("chown {} to {}:{}", host.display(), owner.0, owner.1)),
+            Privileges::Rootless => {
+                if owner == self.record.owner {
+                    self.record.owners.remove(rel);
+                } else {
+                    recordable(rel)?;
+                    self.record.owners.insert(rel.to_string(), owner);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// `host` (the tree's `rel`) as a device node, or as an empty file
+    /// the record makes one. The caller sets owner and mode.
+    pub(crate) fn device(&mut self, host: &Path, rel: &str, device: RecordedDevice) -> Result<()> {
+        match self.privileges {
+            Privileges::Root => make_device(host, device.kind, device.major, device.minor),
+            Privileges::Rootless => {
+                recordable(rel)?;
+                std::fs::write(host, b"")?;
+                self.record.devices.insert(rel.to_string(), device);
+                Ok(())
+            }
+        }
+    }
+
+    /// `rel` is a hard link to `target`, already in the tree: rootless,
+    /// what the record says of `target` holds for `rel`.
+    pub(crate) fn same_inode(&mut self, rel: &str, target: &str) -> Result<()> {
+        if self.privileges == Privileges::Rootless {
+            recordable(rel)?;
+            match self.record.owners.get(target).copied() {
+                Some(owner) => self.record.owners.insert(rel.to_string(), owner),
+                None => self.record.owners.remove(rel),
+            };
+            match self.record.modes.get(target).copied() {
+                Some(mode) => self.record.modes.insert(rel.to_string(), mode),
+                None => self.record.modes.remove(rel),
+            };
+        }
+        Ok(())
+    }
+
+    /// `rel` was removed from the tree: the record forgets it.
+    pub(crate) fn forget(&mut self, rel: &str) {
+        self.record.owners.remove(rel);
+        self.record.devices.remove(rel);
+    }
+
+    /// Gives directory `host` (the tree's `rel`) `mode`; rootless, at the
+    /// end (see [`Creator::finish`]).
+    pub(crate) fn directory_mode(&mut self, host: &Path, rel: &str, mode: Mode) -> Result<()> {
         match self.privileges {
             Privileges::Root => set_mode(host, mode),
             Privileges::Rootless => {
                 set_mode(host, Mode(mode.0 | 0o700))?;
-                self.directory_modes.push((host.to_path_buf(), mode));
+                self.directory_modes
+                    .insert(host.to_path_buf(), (rel.to_string(), mode));
+                Ok(())
+            }
+        }
+    }
+
+    /// Gives anything but a directory `mode`. Rootless, the owner can
+    /// always read it (the writers must), and a mode without owner read is
+    /// recorded.
+    pub(crate) fn mode(&mut self, host: &Path, rel: &str, mode: Mode) -> Result<()> {
+        self.mode_at_least(host, rel, mode, 0o400)
+    }
+
+    fn mode_at_least(&mut self, host: &Path, rel: &str, mode: Mode, owner: u32) -> Result<()> {
+        match self.privileges {
+            Privileges::Root => set_mode(host, mode),
+            Privileges::Rootless => {
+                let on_disk = mode.0 | owner;
+                set_mode(host, Mode(on_disk))?;
+                if on_disk == mode.0 {
+                    self.record.modes.remove(rel);
+                } else {
+                    recordable(rel)?;
+                    self.record.modes.insert(rel.to_string(), mode.0);
+                }
                 Ok(())
             }
         }
@@ -237,7 +311,7 @@ impl Creator {
             Node::Directory(mode) => {
                 std::fs::create_dir(&host)?;
                 self.own(&host)?;
-                self.directory_mode(&host, *mode)?;
+                self.directory_mode(&host, path.relative(), *mode)?;
             }
             Node::File { mode, source } => {
                 match source {
@@ -248,7 +322,7 @@ impl Creator {
                     }
                 }
                 self.own(&host)?;
-                set_mode(&host, *mode)?;
+                self.mode(&host, path.relative(), *mode)?;
             }
             Node::Symlink(target) => {
                 symlink(target, &host)?;
@@ -260,40 +334,42 @@ impl Creator {
                 minor,
                 mode,
             } => {
-                match self.privileges {
-                    Privileges::Root => make_device(&host, *kind, *major, *minor)?,
-                    Privileges::Rootless => {
-                        std::fs::write(&host, b"")?;
-                        let device = RecordedDevice {
-                            kind: *kind,
-                            major: *major,
-                            minor: *minor,
-                        };
-                        self.record
-                            .devices
-                            .insert(path.relative().to_string(), device);
-                    }
-                }
+                let device = RecordedDevice {
+                    kind: *kind,
+                    major: *major,
+                    minor: *minor,
+                };
+                self.device(&host, path.relative(), device)?;
                 self.own(&host)?;
-                set_mode(&host, *mode)?;
+                self.mode(&host, path.relative(), *mode)?;
             }
         }
         Ok(())
     }
 
-    /// Rootless: the directories' own modes, children before parents; and
-    /// the record. `None` as root.
-    fn finish(self) -> Result<Option<RootlessRecord>> {
+    /// Rootless: the directories' own modes (plus owner read and search,
+    /// recorded when added), children before parents (reverse path order);
+    /// and the record. `None` as root.
+    pub(crate) fn finish(mut self) -> Result<Option<RootlessRecord>> {
         match self.privileges {
             Privileges::Root => Ok(None),
             Privileges::Rootless => {
-                for (host, mode) in self.directory_modes.iter().rev() {
-                    set_mode(host, *mode)?;
+                let directories = std::mem::take(&mut self.directory_modes);
+                for (host, (rel, mode)) in directories.iter().rev() {
+                    self.mode_at_least(host, rel, *mode, 0o500)?;
                 }
                 Ok(Some(self.record))
             }
         }
     }
+}
+
+/// The record is line-based: a path in it cannot hold a newline.
+fn recordable(rel: &str) -> Result<()> {
+    if rel.contains('\n') {
+        bail!("{rel:?}: a name with a newline cannot be recorded for a build without root");
+    }
+    Ok(())
 }
 
 /// One thing to create in the tree.
@@ -522,6 +598,7 @@ fn create_systemd_tree(
         &inputs
             .log_dir
             .join(format!("rootfs-{}-mmdebstrap.log", recipe.name)),
+        creator,
     )?;
     for (path, (node, origin)) in plan {
         let host = root.join(path.relative());
@@ -533,7 +610,9 @@ fn create_systemd_tree(
             );
         }
         match (std::fs::symlink_metadata(&host), node) {
-            (Ok(m), Node::Directory(mode)) if m.is_dir() => set_mode(&host, *mode)?,
+            (Ok(m), Node::Directory(mode)) if m.is_dir() => {
+                creator.directory_mode(&host, path.relative(), *mode)?
+            }
             (Ok(_), _) => bail!(
                 "{path} ({origin}) is already in the Debian base the packages installed; drop it from the recipe or add it to `packages.exclude`"
             ),
@@ -570,7 +649,15 @@ fn make_device(host: &Path, kind: DeviceKind, major: u32, minor: u32) -> Result<
     }
 }
 
-fn set_mode(host: &Path, mode: Mode) -> Result<()> {
+/// `host`'s path relative to the tree `root`, as the record names it.
+fn tree_rel(root: &Path, host: &Path) -> String {
+    host.strip_prefix(root)
+        .unwrap_or(host)
+        .to_string_lossy()
+        .into_owned()
+}
+
+pub(crate) fn set_mode(host: &Path, mode: Mode) -> Result<()> {
     // chmod after chown: chown clears setuid/setgid bits.
     std::fs::set_permissions(host, std::fs::Permissions::from_mode(mode.0))?;
     Ok(())
@@ -608,7 +695,7 @@ fn install_kernel_modules(modules: &Path, root: &Path, creator: &mut Creator) ->
                 std::fs::create_dir(&host)
                     .with_context(|| format!("{}: cannot create", host.display()))?;
                 creator.own(&host)?;
-                creator.directory_mode(&host, Mode(0o755))?;
+                creator.directory_mode(&host, &tree_rel(root, &host), Mode(0o755))?;
             }
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => bail!("{guest} in the tree is not a directory"),
@@ -628,7 +715,7 @@ fn install_kernel_modules(modules: &Path, root: &Path, creator: &mut Creator) ->
             std::fs::create_dir(&target)
                 .with_context(|| format!("{}: cannot create", target.display()))?;
             creator.own(&target)?;
-            creator.directory_mode(&target, Mode(0o755))?;
+            creator.directory_mode(&target, &tree_rel(root, &target), Mode(0o755))?;
         } else if kind.is_file() {
             std::fs::copy(entry.path(), &target).with_context(|| {
                 format!(
@@ -638,7 +725,7 @@ fn install_kernel_modules(modules: &Path, root: &Path, creator: &mut Creator) ->
                 )
             })?;
             creator.own(&target)?;
-            set_mode(&target, Mode(0o644))?;
+            creator.mode(&target, &tree_rel(root, &target), Mode(0o644))?;
         } else {
             bail!(
                 "{}: neither a directory nor a regular file; kernel modules are copied as files",

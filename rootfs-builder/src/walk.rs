@@ -1,8 +1,8 @@
 //! A sorted, lstat-based listing of a directory tree, shared by the tar,
 //! cpio and ext4 writers so that all see the same entries in the same order.
 //! A tree built without root is listed as the guest sees it: its rootless
-//! record (see [`crate::rootless`]) gives the owners and turns placeholder
-//! files into device nodes.
+//! record (see [`crate::rootless`]) gives the owners and the modes it keeps,
+//! and turns placeholder files into device nodes.
 
 use crate::recipe::DeviceKind;
 use crate::rootless::RootlessRecord;
@@ -101,13 +101,21 @@ pub(crate) fn list_tree(root: &Path) -> Result<Vec<TreeEntry>> {
                 host_path.display()
             );
         };
+        let mut perm = meta.mode() & 0o7777;
         let (kind, uid, gid) = match &record {
             None => (kind, meta.uid(), meta.gid()),
-            Some(r) => (
-                recorded_kind(r, &rel, kind, &meta, &host_path)?,
-                r.owner.0,
-                r.owner.1,
-            ),
+            Some(r) => {
+                let text = std::str::from_utf8(&rel).ok();
+                let owner = text.map_or(r.owner, |rel| r.owner_of(rel));
+                if let Some(mode) = text.and_then(|rel| r.modes.get(rel)) {
+                    perm = *mode;
+                }
+                (
+                    recorded_kind(r, &rel, kind, &meta, &host_path)?,
+                    owner.0,
+                    owner.1,
+                )
+            }
         };
         if kind != EntryKind::Directory && meta.nlink() > 1 {
             groups.entry((meta.dev(), meta.ino())).or_default().push(i);
@@ -115,7 +123,7 @@ pub(crate) fn list_tree(root: &Path) -> Result<Vec<TreeEntry>> {
         entries.push(TreeEntry {
             rel,
             host_path,
-            perm: meta.mode() & 0o7777,
+            perm,
             size: if kind == EntryKind::Regular {
                 meta.len()
             } else {
@@ -138,10 +146,18 @@ pub(crate) fn list_tree(root: &Path) -> Result<Vec<TreeEntry>> {
         }
     }
     if let Some(r) = &record {
-        for path in r.devices.keys() {
-            if !entries.iter().any(|e| e.rel == path.as_bytes()) {
+        let listed: std::collections::BTreeSet<&[u8]> =
+            entries.iter().map(|e| e.rel.as_slice()).collect();
+        for (what, path) in r
+            .devices
+            .keys()
+            .map(|p| ("device", p))
+            .chain(r.owners.keys().map(|p| ("the owner of", p)))
+            .chain(r.modes.keys().map(|p| ("the mode of", p)))
+        {
+            if !listed.contains(path.as_bytes()) {
                 bail!(
-                    "{}: the rootless record lists device {path}, which is not in the tree",
+                    "{}: the rootless record lists {what} {path}, which is not in the tree",
                     root.display()
                 );
             }
