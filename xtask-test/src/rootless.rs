@@ -3,16 +3,24 @@
 //! A copy of the sources, owned by an unprivileged user (uid and gid
 //! 65534, Debian's nobody/nogroup, with no supplementary groups), builds
 //! `rootfs`, `initrd` (with and without the module kernel's modules) and
-//! the DAX `image` of the minimal recipe with this checkout's `xtask`
+//! the DAX `image` of the minimal recipe, and the DAX image of the debian
+//! recipe (mmdebstrap's unshare mode), with this checkout's `xtask`
 //! binary, offline. Its cache holds only the verified downloads the
-//! recipe needs and the module kernel's entry, copied from this checkout's
+//! recipes need and the module kernel's entry, copied from this checkout's
 //! cache; the agent comes from `--agent-bin` (the user has no Rust
 //! toolchain). Every artifact must be byte-identical to the one built here
 //! as root; the user's tree must hold its own files (nothing was chowned)
 //! with placeholders where the devices are, and its rootless record must
 //! list them. An erofs image of that tree must be refused by name.
+//!
+//! The unshare mode maps the user's subordinate ids from /etc/subuid and
+//! /etc/subgid. The host's files are not touched: the user runs in a
+//! private mount namespace where a file of the test's, giving nobody
+//! 100000-165535, is bind-mounted over each.
 
+use std::ffi::CString;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -27,6 +35,8 @@ use crate::repro::{CleanClone, VARIANT_A};
 /// Debian's `nobody` and `nogroup`.
 const UID: u32 = 65534;
 const GID: u32 = 65534;
+/// The subordinate ids the user gets in its mount namespace.
+const SUBORDINATE_IDS: &str = "nobody:100000:65536\n";
 
 /// One artifact: the unprivileged user's command and the file it
 /// publishes, with the reference built as root.
@@ -43,8 +53,8 @@ pub fn test(ctx: &Ctx) -> Result<()> {
         compression: initrd::CompressionArg::Gzip,
         kernel_modules,
     };
-    let image_args = image::ImageArgs {
-        recipe: "minimal".into(),
+    let image_args = |recipe: &str| image::ImageArgs {
+        recipe: recipe.into(),
         fs: image::FsArg::Ext4,
         no_dax: false,
         align_mib: 128,
@@ -65,8 +75,13 @@ pub fn test(ctx: &Ctx) -> Result<()> {
         },
         Case {
             args: vec!["image", "--recipe", "minimal"],
-            published: image::file_name(ctx, &image_args),
-            reference: image::build(ctx, &image_args)?.file,
+            published: image::file_name(ctx, &image_args("minimal")),
+            reference: image::build(ctx, &image_args("minimal"))?.file,
+        },
+        Case {
+            args: vec!["image", "--recipe", "debian"],
+            published: image::file_name(ctx, &image_args("debian")),
+            reference: image::build(ctx, &image_args("debian"))?.file,
         },
     ];
     let agent = xtask::agent::build(ctx)?.binary;
@@ -77,7 +92,7 @@ pub fn test(ctx: &Ctx) -> Result<()> {
         };
         Ok(kernel::add(g, ctx, &args)?.kernel)
     })?;
-    step.finish("initrd, initrd with modules, DAX image");
+    step.finish("minimal initrd, with modules, DAX image; debian DAX image");
 
     let base = tempfile::Builder::new()
         .prefix("kata-rootless-")
@@ -111,11 +126,15 @@ fn build_as_user(
     // What the user may use: the verified downloads of the recipe (busybox
     // and the lock's packages), the module kernel, the agent, the tool.
     let cache = ctx.cache()?;
-    let (recipe, _) = xtask::rootfs::load_recipe(ctx, "minimal")?;
     let mut downloads = vec![ctx.versions.busybox.debian.sha256.to_string()];
-    if let Some((_, lock)) = xtask::rootfs::load_lock(ctx, &recipe)? {
-        downloads.extend(lock.packages.iter().map(|p| p.sha256.clone()));
+    for name in ["minimal", "debian"] {
+        let (recipe, _) = xtask::rootfs::load_recipe(ctx, name)?;
+        if let Some((_, lock)) = xtask::rootfs::load_lock(ctx, &recipe)? {
+            downloads.extend(lock.packages.iter().map(|p| p.sha256.clone()));
+        }
     }
+    downloads.sort();
+    downloads.dedup();
     for sha in &downloads {
         let file = cache
             .stored_input(sha)
@@ -131,6 +150,8 @@ fn build_as_user(
     std::fs::copy(crate::pipeline_exe(ctx)?, tools.join("xtask"))?;
     let home = work.join("home");
     std::fs::create_dir(&home)?;
+    let subordinate = work.join("subordinate-ids");
+    std::fs::write(&subordinate, SUBORDINATE_IDS)?;
     std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o755))?;
     chown_tree(work)?;
 
@@ -149,10 +170,8 @@ fn build_as_user(
             .arg(tools.join("kata-agent"))
             .arg("--offline")
             .args(args)
-            .current_dir(&clone.root)
-            // std clears the supplementary groups when root sets a uid.
-            .gid(GID)
-            .uid(UID);
+            .current_dir(&clone.root);
+        as_user_with_subordinate_ids(&mut cmd, &subordinate)?;
         let out = cmd
             .output()
             .with_context(|| format!("cannot run xtask {} as uid {UID}", args.join(" ")))?;
@@ -192,15 +211,48 @@ fn build_as_user(
         step.finish(&format!("identical to root's ({})", &ours[..16]));
     }
 
-    let step = ctx.ui.step("rootless: the published tree and its record");
-    let args = ["rootfs", "--recipe", "minimal"];
-    let out = run(&args)?;
-    if !out.status.success() {
-        bail!(failed(&args, &out));
+    for recipe in ["minimal", "debian"] {
+        let step = ctx.ui.step(&format!(
+            "rootless: the published {recipe} tree and its record"
+        ));
+        let args = ["rootfs", "--recipe", recipe];
+        let out = run(&args)?;
+        if !out.status.success() {
+            bail!(failed(&args, &out));
+        }
+        let tree = dist.join(format!("rootfs-{recipe}"));
+        let record = check_tree(&tree)?;
+        let devices: Vec<&str> = record.devices.keys().map(String::as_str).collect();
+        let expected = if recipe == "minimal" {
+            devices == ["dev/console", "dev/kmsg", "dev/null"]
+                && record.owners.is_empty()
+                && record.modes.is_empty()
+        } else {
+            // Debian's own: /etc/shadow is 0000, unix_chkpwd is set-gid
+            // shadow, mmdebstrap made the usual nodes in /dev.
+            devices.contains(&"dev/console")
+                && devices.contains(&"dev/null")
+                && record.modes.get("etc/shadow") == Some(&0)
+                && record
+                    .owners
+                    .get("usr/sbin/unix_chkpwd")
+                    .is_some_and(|(uid, gid)| *uid == 0 && *gid != 0)
+        };
+        if !expected {
+            bail!(
+                "{}: unexpected record: devices {devices:?}, owners {:?}, modes {:?}",
+                tree.display(),
+                record.owners,
+                record.modes
+            );
+        }
+        step.finish(&format!(
+            "the user's files; {} devices, {} other owners, {} modes recorded",
+            record.devices.len(),
+            record.owners.len(),
+            record.modes.len()
+        ));
     }
-    let tree = dist.join("rootfs-minimal");
-    check_tree(&tree)?;
-    step.finish("owned by the user, devices recorded");
 
     let step = ctx
         .ui
@@ -227,9 +279,60 @@ fn build_as_user(
     Ok(())
 }
 
-/// The user's tree: everything is the user's own, the devices are empty
-/// placeholder files, and the record beside the tree lists them.
-fn check_tree(tree: &Path) -> Result<()> {
+/// Makes `cmd` run as [`UID`]/[`GID`] without supplementary groups, in a
+/// private mount namespace where `ids` is bind-mounted over /etc/subuid
+/// and /etc/subgid (the namespace goes with the process).
+fn as_user_with_subordinate_ids(cmd: &mut Command, ids: &Path) -> Result<()> {
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        if !Path::new(file).is_file() {
+            bail!("{file} is missing: it is a mount point for the test's subordinate ids (Debian's essential package login creates it)");
+        }
+    }
+    let c = |p: &[u8]| CString::new(p).context("a path with a NUL byte");
+    let source = c(ids.as_os_str().as_bytes())?;
+    let targets = [c(b"/etc/subuid")?, c(b"/etc/subgid")?];
+    let root = c(b"/")?;
+    // SAFETY: between fork and exec only async-signal-safe libc calls are
+    // made, on CStrings prepared before the fork; each failure returns
+    // the errno, which fails the spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            let check = |rc: libc::c_int| {
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            };
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            check(libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            for target in &targets {
+                check(libc::mount(
+                    source.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ))?;
+            }
+            check(libc::setgroups(0, std::ptr::null()))?;
+            check(libc::setgid(GID))?;
+            check(libc::setuid(UID))
+        });
+    }
+    Ok(())
+}
+
+/// The user's tree: everything is the user's own and the owner can read
+/// it, the record beside it gives 0:0 to the rest, and its devices are
+/// empty placeholder files.
+fn check_tree(tree: &Path) -> Result<rootfs_builder::RootlessRecord> {
     for entry in walkdir::WalkDir::new(tree) {
         let entry = entry?;
         let meta = entry.path().symlink_metadata()?;
@@ -241,24 +344,26 @@ fn check_tree(tree: &Path) -> Result<()> {
                 meta.gid()
             );
         }
+        if !meta.file_type().is_symlink() && meta.mode() & 0o400 == 0 {
+            bail!("{}: its owner cannot read it", entry.path().display());
+        }
     }
     let record = rootfs_builder::RootlessRecord::load(tree)?
         .with_context(|| format!("{}: no rootless record beside it", tree.display()))?;
-    let devices: Vec<&str> = record.devices.keys().map(String::as_str).collect();
-    if record.owner != (0, 0) || devices != ["dev/console", "dev/kmsg", "dev/null"] {
+    if record.owner != (0, 0) {
         bail!(
-            "{}: the record gives owner {:?} and devices {devices:?}; expected 0:0 and console, kmsg, null",
+            "{}: the record gives {:?}, not 0:0",
             tree.display(),
             record.owner
         );
     }
-    for device in devices {
+    for device in record.devices.keys() {
         let meta = tree.join(device).symlink_metadata()?;
         if !meta.is_file() || meta.len() != 0 {
             bail!("{device}: not an empty placeholder file in the user's tree");
         }
     }
-    Ok(())
+    Ok(record)
 }
 
 fn chown_tree(dir: &Path) -> Result<()> {

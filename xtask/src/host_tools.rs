@@ -76,6 +76,11 @@ pub const MMDEBSTRAP: HostTool = HostTool::program(
     "mmdebstrap",
     "installing the Debian system of `init: systemd` guests",
 );
+pub const NEWUIDMAP: HostTool = HostTool::program(
+    "newuidmap",
+    "uidmap",
+    "mmdebstrap's unshare mode, for `init: systemd` guests built without root",
+);
 pub const DEPMOD: HostTool = HostTool::program(
     "depmod",
     "kmod",
@@ -174,6 +179,7 @@ pub const ALL: &[HostTool] = &[
     APT_GET,
     DPKG_DEB,
     MMDEBSTRAP,
+    NEWUIDMAP,
     DEPMOD,
     MKE2FS,
     E2FSCK,

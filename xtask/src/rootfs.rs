@@ -126,6 +126,9 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, tree: &GuestTree) -> Result<Step
         tools.extend([crate::host_tools::APT_GET, crate::host_tools::DPKG_DEB]);
         if recipe.init == rootfs_builder::InitMode::Systemd {
             tools.push(crate::host_tools::MMDEBSTRAP);
+            if rootfs_builder::Privileges::of_process() == rootfs_builder::Privileges::Rootless {
+                tools.push(crate::host_tools::NEWUIDMAP);
+            }
         }
     }
     Ok(g.add(id, i, &deps, &tools, move |o, out| {
