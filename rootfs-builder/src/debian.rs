@@ -151,6 +151,7 @@ pub(crate) fn install_system(
 fn unpack_system(tarball: &Path, root: &Path, creator: &mut Creator) -> Result<()> {
     let file = std::fs::File::open(tarball)?;
     let mut archive = ::tar::Archive::new(std::io::BufReader::new(file));
+    let mut directory_xattrs = Vec::new();
     for entry in archive.entries()? {
         let mut entry = entry?;
         let raw = entry.path()?.into_owned();
@@ -171,6 +172,9 @@ fn unpack_system(tarball: &Path, root: &Path, creator: &mut Creator) -> Result<(
         let mode = Mode(header.mode()? & 0o7777);
         let owner = (header.uid()? as u32, header.gid()? as u32);
         let kind = header.entry_type();
+        // Never through a symlink: an entry below a link (say `lib` ->
+        // /etc) would be written outside the tree.
+        crate::util::within_tree(root, &rel)?;
         let host = if rel.is_empty() {
             root.to_path_buf()
         } else {
@@ -185,7 +189,11 @@ fn unpack_system(tarball: &Path, root: &Path, creator: &mut Creator) -> Result<(
                 creator.directory_mode(&host, &rel, mode)?;
             }
             ::tar::EntryType::Regular | ::tar::EntryType::Continuous => {
-                let mut out = std::fs::File::create(&host)
+                // create_new: never through a link already at that path.
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&host)
                     .with_context(|| format!("/{rel}: cannot create"))?;
                 std::io::copy(&mut entry, &mut out)?;
                 creator.own_as(&host, &rel, owner)?;
@@ -203,6 +211,7 @@ fn unpack_system(tarball: &Path, root: &Path, creator: &mut Creator) -> Result<(
                     .link_name()?
                     .with_context(|| format!("/{rel}: a hard link without a target"))?;
                 let target = member(&target)?;
+                crate::util::within_tree(root, &target)?;
                 std::fs::hard_link(root.join(&target), &host)
                     .with_context(|| format!("/{rel}: cannot link to /{target}"))?;
                 // Same inode, so the same owner and mode: recorded for
@@ -231,18 +240,56 @@ fn unpack_system(tarball: &Path, root: &Path, creator: &mut Creator) -> Result<(
             }
             other => bail!("/{rel}: a {other:?} entry, which a rootfs cannot hold"),
         }
-        for (name, value) in &xattrs {
-            if kind == ::tar::EntryType::Symlink {
-                bail!("/{rel}: a symlink with the extended attribute {name}");
-            }
-            set_xattr(&host, name, value).with_context(|| {
-                let hint = match creator.privileges {
-                    Privileges::Rootless => " (without root only user.* and POSIX ACLs can be set)",
-                    Privileges::Root => "",
-                };
-                format!("/{rel}: cannot set the extended attribute {name}{hint}")
-            })?;
+        if xattrs.is_empty() {
+            continue;
         }
+        if kind == ::tar::EntryType::Symlink {
+            bail!("/{rel}: a symlink with extended attributes");
+        }
+        // An access ACL rewrites the owner's mode bits: the read (and
+        // directory write and search) a rootless build adds would be lost.
+        let needs = if kind == ::tar::EntryType::Directory {
+            0o700
+        } else {
+            0o400
+        };
+        if creator.privileges == Privileges::Rootless
+            && mode.0 & needs != needs
+            && xattrs.iter().any(|(n, _)| n == "system.posix_acl_access")
+        {
+            bail!(
+                "/{rel}: a POSIX ACL on mode {:04o}, which a build without root cannot keep readable; build as root",
+                mode.0
+            );
+        }
+        // A directory's default ACL would be inherited by the entries
+        // unpacked below it: directories get theirs at the end.
+        if kind == ::tar::EntryType::Directory {
+            directory_xattrs.push((host, rel, xattrs));
+        } else {
+            set_xattrs(&host, &rel, &xattrs, creator.privileges)?;
+        }
+    }
+    for (host, rel, xattrs) in &directory_xattrs {
+        set_xattrs(host, rel, xattrs, creator.privileges)?;
+    }
+    Ok(())
+}
+
+fn set_xattrs(
+    host: &Path,
+    rel: &str,
+    xattrs: &[(String, Vec<u8>)],
+    privileges: Privileges,
+) -> Result<()> {
+    for (name, value) in xattrs {
+        set_xattr(host, name, value).with_context(|| {
+            let hint = match privileges {
+                Privileges::Rootless => " (without root only user.* and POSIX ACLs can be set)",
+                Privileges::Root => "",
+            };
+            format!("/{rel}: cannot set the extended attribute {name}{hint}")
+        })?;
     }
     Ok(())
 }
@@ -515,6 +562,45 @@ mod tests {
         let null = std::fs::symlink_metadata(root.join("dev/null")).unwrap();
         assert!(null.file_type().is_char_device());
         assert_eq!((libc::major(null.rdev()), libc::minor(null.rdev())), (1, 3));
+    }
+
+    #[test]
+    fn nothing_is_written_through_a_symlink_in_the_tarball() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let tarball = dir.path().join("evil.tar");
+        let mut b = ::tar::Builder::new(std::fs::File::create(&tarball).unwrap());
+        let mut h = ::tar::Header::new_gnu();
+        h.set_entry_type(::tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_link_name(&outside).unwrap();
+        h.set_uid(0);
+        h.set_gid(0);
+        b.append_data(&mut h, "./lib", std::io::empty()).unwrap();
+        let mut h = ::tar::Header::new_gnu();
+        h.set_entry_type(::tar::EntryType::Regular);
+        h.set_size(4);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        b.append_data(&mut h, "./lib/planted", &b"evil"[..])
+            .unwrap();
+        b.finish().unwrap();
+        drop(b);
+        let root = dir.path().join("rootfs");
+        std::fs::create_dir(&root).unwrap();
+        let mut creator = Creator::new(Privileges::Rootless);
+        let err = format!(
+            "{:#}",
+            unpack_system(&tarball, &root, &mut creator).unwrap_err()
+        );
+        assert!(
+            err.contains("/lib/planted: /lib above it is not a directory"),
+            "{err}"
+        );
+        assert!(!outside.join("planted").exists());
     }
 
     #[test]

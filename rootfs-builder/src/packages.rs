@@ -16,15 +16,16 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::recipe::{GuestPath, PackageVariant};
+use crate::recipe::{GuestPath, Mode, PackageVariant};
+#[cfg(test)]
 use crate::rootless::Privileges;
+use crate::tree::Creator;
 
 /// The lock file format written and read here.
 pub const LOCK_FORMAT: u32 = 1;
@@ -188,15 +189,15 @@ fn member_path(raw: &Path) -> Option<String> {
 /// Unpacks the data of `deb` (package `name`) into `root`, leaving out
 /// `exclude`. A directory may be shared; anything else already there (from
 /// the recipe or another package) is an error naming both sides. Everything
-/// is root's: chowned with `Privileges::Root`, left to the tree's rootless
-/// record (owner 0:0) otherwise.
-pub fn unpack_deb(
+/// is root's: chowned as root, left to the tree's rootless record (owner
+/// 0:0) otherwise; modes go through `creator` (kept readable without root).
+pub(crate) fn unpack_deb(
     deb: &Path,
     name: &str,
     root: &Path,
     exclude: &[GuestPath],
     owners: &mut Owners,
-    privileges: Privileges,
+    creator: &mut Creator,
 ) -> Result<usize> {
     let out = Command::new("dpkg-deb")
         .arg("--fsys-tarfile")
@@ -224,6 +225,9 @@ pub fn unpack_deb(
         if excluded(&rel, exclude) {
             continue;
         }
+        // No symlink above the member, however far up.
+        crate::util::within_tree(root, &rel)
+            .with_context(|| format!("package {name}: cannot unpack"))?;
         let host = root.join(&rel);
         let parent_ok = host
             .parent()
@@ -257,7 +261,7 @@ pub fn unpack_deb(
                 ),
                 None => {
                     std::fs::create_dir(&host)?;
-                    std::fs::set_permissions(&host, std::fs::Permissions::from_mode(mode))?;
+                    creator.directory_mode(&host, &rel, Mode(mode))?;
                     owners.insert(rel, format!("package {name}"));
                 }
             }
@@ -274,7 +278,6 @@ pub fn unpack_deb(
                 let mut data = Vec::new();
                 entry.read_to_end(&mut data)?;
                 std::fs::write(&host, &data)?;
-                std::fs::set_permissions(&host, std::fs::Permissions::from_mode(mode))?;
             }
             ::tar::EntryType::Symlink => {
                 let target = entry
@@ -293,14 +296,21 @@ pub fn unpack_deb(
                 "package {name}: /{rel} is a {other:?}; only files, directories and links are unpacked"
             ),
         }
-        // Everything is root's, as dpkg would leave these packages.
-        if privileges == Privileges::Root {
-            std::os::unix::fs::lchown(&host, Some(0), Some(0))
-                .with_context(|| format!("chown /{rel} to 0:0"))?;
+        // Everything is root's, as dpkg would leave these packages. A hard
+        // link shares its target's inode, owner and mode: a second chown
+        // would only clear its set-id bits.
+        if kind != ::tar::EntryType::Link {
+            creator.own(&host)?;
         }
         if kind == ::tar::EntryType::Regular {
-            // chown clears set-id bits: put the package's mode back.
-            std::fs::set_permissions(&host, std::fs::Permissions::from_mode(mode))?;
+            // After chown, which clears set-id bits.
+            creator.mode(&host, &rel, Mode(mode))?;
+        } else if kind == ::tar::EntryType::Link {
+            let target = entry
+                .link_name()?
+                .and_then(|t| member_path(&t))
+                .context("a hard link's target")?;
+            creator.same_inode(&rel, &target)?;
         }
         owners.insert(rel, format!("package {name}"));
         count += 1;
@@ -311,6 +321,7 @@ pub fn unpack_deb(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn lock() -> Lock {
         Lock {
@@ -480,7 +491,15 @@ mod tests {
         let exclude = [GuestPath::new("/usr/share").unwrap()];
 
         let deb = fake_deb(&dir.path().join("a"), false);
-        let n = unpack_deb(&deb, "fake", &root, &exclude, &mut owners, Privileges::Root).unwrap();
+        let n = unpack_deb(
+            &deb,
+            "fake",
+            &root,
+            &exclude,
+            &mut owners,
+            &mut Creator::new(Privileges::Root),
+        )
+        .unwrap();
         assert_eq!(n, 3, "the tool, the library and its link");
         let tool = std::fs::metadata(root.join("usr/sbin/fake-tool")).unwrap();
         assert_eq!(
@@ -494,9 +513,16 @@ mod tests {
         assert!(!root.join("usr/share").exists(), "excluded");
 
         // The same package again: everything collides with itself.
-        let err = unpack_deb(&deb, "fake", &root, &exclude, &mut owners, Privileges::Root)
-            .unwrap_err()
-            .to_string();
+        let err = unpack_deb(
+            &deb,
+            "fake",
+            &root,
+            &exclude,
+            &mut owners,
+            &mut Creator::new(Privileges::Root),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("package fake installs /usr/") && err.contains("package fake already"),
             "{err}"
@@ -512,7 +538,7 @@ mod tests {
             &root2,
             &exclude,
             &mut owners,
-            Privileges::Root,
+            &mut Creator::new(Privileges::Root),
         )
         .unwrap_err()
         .to_string();

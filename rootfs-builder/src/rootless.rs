@@ -43,14 +43,32 @@ pub enum Privileges {
 }
 
 impl Privileges {
-    /// `Root` when the process's effective uid is 0.
+    /// `Root` when the process's effective uid is 0 in the initial user
+    /// namespace. Uid 0 in another one (`unshare -r`, rootless
+    /// containers) cannot mknod, so it builds rootless too.
     pub fn of_process() -> Self {
-        if nix::unistd::geteuid().is_root() {
+        let uid_map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+        if nix::unistd::geteuid().is_root() && is_initial_uid_map(&uid_map) {
             Privileges::Root
         } else {
             Privileges::Rootless
         }
     }
+
+    /// For cache keys and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Privileges::Root => "root",
+            Privileges::Rootless => "rootless",
+        }
+    }
+}
+
+/// The initial user namespace maps every id to itself:
+/// `0 0 4294967295`.
+fn is_initial_uid_map(uid_map: &str) -> bool {
+    let fields: Vec<&str> = uid_map.split_whitespace().collect();
+    fields == ["0", "0", "4294967295"]
 }
 
 /// A device node that a rootless tree holds as an empty placeholder file.
@@ -390,6 +408,14 @@ mod tests {
         std::fs::write(record_path(&tree).unwrap(), "format 1\n").unwrap();
         let err = format!("{:#}", listing(&tree).unwrap_err());
         assert!(err.contains("rootfs.rootless: no `owner"), "{err}");
+    }
+
+    #[test]
+    fn only_the_initial_user_namespace_is_root() {
+        assert!(is_initial_uid_map("         0          0 4294967295\n"));
+        assert!(!is_initial_uid_map("         0       1000          1\n"));
+        assert!(!is_initial_uid_map("0 1000 1\n1 100000 65536\n"));
+        assert!(!is_initial_uid_map(""));
     }
 
     #[test]

@@ -237,7 +237,11 @@ impl Creator {
             Privileges::Root => make_device(host, device.kind, device.major, device.minor),
             Privileges::Rootless => {
                 recordable(rel)?;
-                std::fs::write(host, b"")?;
+                // create_new: never through a link already at that path.
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(host)?;
                 self.record.devices.insert(rel.to_string(), device);
                 Ok(())
             }
@@ -264,6 +268,7 @@ impl Creator {
     /// `rel` was removed from the tree: the record forgets it.
     pub(crate) fn forget(&mut self, rel: &str) {
         self.record.owners.remove(rel);
+        self.record.modes.remove(rel);
         self.record.devices.remove(rel);
     }
 
@@ -294,6 +299,15 @@ impl Creator {
             Privileges::Rootless => {
                 let on_disk = mode.0 | owner;
                 set_mode(host, Mode(on_disk))?;
+                // The kernel drops set-gid silently when the file's group
+                // is not one of ours (a set-gid parent directory of
+                // another group): check rather than trust the chmod.
+                let got = std::fs::symlink_metadata(host)?.permissions().mode() & 0o7777;
+                if got != on_disk {
+                    bail!(
+                        "/{rel}: mode {on_disk:04o} did not hold (the file system kept {got:04o}); is the build directory set-gid to a group this user is not in?"
+                    );
+                }
                 if on_disk == mode.0 {
                     self.record.modes.remove(rel);
                 } else {
@@ -553,14 +567,7 @@ fn create_agent_init_tree(
                 .map(|(p, (_, origin))| (p.relative().to_string(), origin.clone()))
                 .collect();
             for (name, deb) in &inputs.packages {
-                crate::packages::unpack_deb(
-                    deb,
-                    name,
-                    root,
-                    &spec.exclude,
-                    &mut owners,
-                    creator.privileges,
-                )?;
+                crate::packages::unpack_deb(deb, name, root, &spec.exclude, &mut owners, creator)?;
             }
         }
         None if !inputs.packages.is_empty() => {
@@ -953,6 +960,23 @@ pub(crate) mod tests {
         )
         .unwrap();
         dir
+    }
+
+    #[test]
+    fn a_removed_entry_leaves_nothing_in_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let shadow = dir.path().join("shadow");
+        std::fs::write(&shadow, b"").unwrap();
+        let mut creator = Creator::new(Privileges::Rootless);
+        creator.own_as(&shadow, "etc/shadow-", (0, 42)).unwrap();
+        creator.mode(&shadow, "etc/shadow-", Mode(0)).unwrap();
+        assert_eq!(
+            std::fs::metadata(&shadow).unwrap().permissions().mode() & 0o7777,
+            0o400
+        );
+        creator.forget("etc/shadow-");
+        let record = creator.finish().unwrap().unwrap();
+        assert_eq!(record, RootlessRecord::owned_by_root());
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //! The unshare mode maps the user's subordinate ids from /etc/subuid and
 //! /etc/subgid. The host's files are not touched: the user runs in a
 //! private mount namespace where a file of the test's, giving nobody
-//! 100000-165535, is bind-mounted over each.
+//! 65536 ids from 1879048192 (far above adduser's ranges), is
+//! bind-mounted over each.
 
 use std::ffi::CString;
 use std::io::Write;
@@ -35,8 +36,10 @@ use crate::repro::{CleanClone, VARIANT_A};
 /// Debian's `nobody` and `nogroup`.
 const UID: u32 = 65534;
 const GID: u32 = 65534;
-/// The subordinate ids the user gets in its mount namespace.
-const SUBORDINATE_IDS: &str = "nobody:100000:65536\n";
+/// The subordinate ids the user gets in its mount namespace: far above
+/// the ranges adduser hands out (100000 on), so that no host user owns
+/// the chroot's files while mmdebstrap runs.
+const SUBORDINATE_IDS: &str = "nobody:1879048192:65536\n";
 
 /// One artifact: the unprivileged user's command and the file it
 /// publishes, with the reference built as root.

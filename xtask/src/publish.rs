@@ -66,23 +66,28 @@ pub fn tree(ctx: &Ctx, src: &Path, name: &str) -> Result<PathBuf> {
     let tmp = staging.path().join(name);
     run_captured(Command::new("cp").arg("-a").arg(src).arg(&tmp))?;
     // A tree built without root means nothing without its rootless record
-    // (owners, device nodes): it goes along, and a stale one goes away.
+    // (owners, modes, device nodes): it goes along, staged first and put
+    // in place before the tree, and a stale one goes away before.
     let record = |tree: &Path| {
         rootfs_builder::rootless::record_path(tree).context("a tree has a directory name")
     };
-    let (src_record, dest_record) = (record(src)?, record(&dest)?);
+    let (src_record, tmp_record, dest_record) = (record(src)?, record(&tmp)?, record(&dest)?);
+    let rootless = src_record.exists();
+    if rootless {
+        fs::copy(&src_record, &tmp_record).with_context(|| {
+            format!("copy {} to {}", src_record.display(), tmp_record.display())
+        })?;
+    }
     if dest_record.exists() {
         fs::remove_file(&dest_record)?;
     }
     if dest.exists() {
         remove_tree(&dest)?;
     }
-    fs::rename(&tmp, &dest)?;
-    if src_record.exists() {
-        fs::copy(&src_record, &dest_record).with_context(|| {
-            format!("copy {} to {}", src_record.display(), dest_record.display())
-        })?;
+    if rootless {
+        fs::rename(&tmp_record, &dest_record)?;
     }
+    fs::rename(&tmp, &dest)?;
     Ok(dest)
 }
 

@@ -118,6 +118,12 @@ pub fn add<'g>(g: &mut Graph<'g>, ctx: &'g Ctx, tree: &GuestTree) -> Result<Step
     i.file(d, "recipe", &file)?
         .value("recipe.name", &recipe.name)
         .value("kernel_modules", tree.kernel_modules)
+        // A root tree holds files its builder alone may read (/etc/shadow
+        // 0000): root's and a user's builds keep separate entries.
+        .value(
+            "privileges",
+            rootfs_builder::Privileges::of_process().as_str(),
+        )
         .tree(d, "src.rootfs-builder", &ctx.root.join("rootfs-builder"))?
         .value("source_date_epoch", ctx.epoch);
     let mut tools = Vec::new();
