@@ -20,8 +20,10 @@
 //! mke2fs.conf (host defaults cannot leak in), `E2FSPROGS_FAKE_TIME` for the
 //! superblock and mke2fs-created inodes, and afterwards `debugfs -w` sets
 //! atime/mtime/ctime/crtime of every populated inode (mke2fs copies the host's
-//! ctime and atime, which nothing else can pin). erofs gets `-T`, `--all-root`
-//! and a fixed UUID.
+//! ctime and atime, which nothing else can pin). erofs gets `-T` and a fixed
+//! UUID, and the owners the tree has on disk (a tree built as root).
+//! mkfs.erofs 1.5 takes them from the tree only, so a rootless tree is
+//! given `--all-root` and must not need more.
 //!
 //! A tree built without root (see [`crate::rootless`]) gets the same ext4:
 //! the same `debugfs -w` pass gives every inode the record's owner, and
@@ -546,7 +548,8 @@ fn make_ext4(
 }
 
 fn make_erofs(tree: &Path, fs_image: &Path, opts: &ImageOptions) -> Result<()> {
-    if let Some(record) = crate::rootless::RootlessRecord::load(tree)? {
+    let record = crate::rootless::RootlessRecord::load(tree)?;
+    if let Some(record) = &record {
         if let Some(device) = record.devices.keys().next() {
             bail!(
                 "{}: built without root, its device nodes (/{device}, ...) are placeholders that mkfs.erofs 1.5 cannot turn into devices; use --fs ext4, or build the tree as root",
@@ -559,12 +562,29 @@ fn make_erofs(tree: &Path, fs_image: &Path, opts: &ImageOptions) -> Result<()> {
                 tree.display()
             );
         }
+        if let Some(path) = record.owners.keys().next().filter(|_| record.owner == (0, 0)) {
+            bail!(
+                "{}: built without root, /{path} (and maybe more) belongs to another owner than root, which mkfs.erofs 1.5 can only take from the tree; use --fs ext4, or build the tree as root",
+                tree.display()
+            );
+        }
+        if record.owner != (0, 0) {
+            bail!(
+                "{}: built without root for owner {:?}; mkfs.erofs 1.5 can only make everything root's",
+                tree.display(),
+                record.owner
+            );
+        }
     }
     let mut mkfs = Command::new("mkfs.erofs");
     mkfs.arg("--quiet")
         .arg(format!("-T{}", opts.source_date_epoch))
-        .arg("--all-root")
-        .arg(format!("-U{}", opts.fs_uuid))
+        .arg(format!("-U{}", opts.fs_uuid));
+    if record.is_some() {
+        // Everything the record leaves is root's, as the checks above made sure.
+        mkfs.arg("--all-root");
+    }
+    mkfs
         // No xattrs: recipes have none, and host labels must not leak in.
         .arg("-x-1")
         // As upstream: file tails in their own blocks, which DAX can map.

@@ -365,6 +365,14 @@ fn ext4_plain_image_honours_free_space_and_alignment() {
 fn erofs_image_is_valid_and_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     let tree = small_tree(dir.path());
+    // Owners come from the tree built as root (Debian has set-gid shadow
+    // files): this one is made group 42 and set-gid.
+    std::os::unix::fs::lchown(tree.join("etc/hostname"), Some(0), Some(42)).unwrap();
+    std::fs::set_permissions(
+        tree.join("etc/hostname"),
+        std::fs::Permissions::from_mode(0o2644),
+    )
+    .unwrap();
     let opts = ImageOptions {
         fs: Filesystem::Erofs,
         ..ImageOptions::new(1_700_000_000)
@@ -395,6 +403,14 @@ fn erofs_image_is_valid_and_deterministic() {
     assert_eq!(
         std::fs::read_to_string(x.join("etc/hostname")).unwrap(),
         "kata-guest\n"
+    );
+    let hostname = std::fs::metadata(x.join("etc/hostname")).unwrap();
+    assert_eq!(
+        (
+            std::os::unix::fs::MetadataExt::uid(&hostname),
+            std::os::unix::fs::MetadataExt::gid(&hostname)
+        ),
+        (0, 42)
     );
     assert_eq!(
         std::fs::read_link(x.join("init")).unwrap(),
