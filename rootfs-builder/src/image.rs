@@ -562,7 +562,7 @@ fn make_erofs(tree: &Path, fs_image: &Path, opts: &ImageOptions) -> Result<()> {
                 tree.display()
             );
         }
-        if let Some(path) = record.owners.keys().next().filter(|_| record.owner == (0, 0)) {
+        if let Some(path) = record.owners.keys().next() {
             bail!(
                 "{}: built without root, /{path} (and maybe more) belongs to another owner than root, which mkfs.erofs 1.5 can only take from the tree; use --fs ext4, or build the tree as root",
                 tree.display()
