@@ -258,6 +258,7 @@ fn built() -> &'static Built {
     static B: OnceLock<Built> = OnceLock::new();
     B.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
+        remove_at_exit(dir.path());
         let mut dists = Vec::new();
         for run in ["a", "b"] {
             let cache = dir.path().join(format!("cache-{run}"));
@@ -281,6 +282,23 @@ fn built() -> &'static Built {
             _dir: dir,
         }
     })
+}
+
+/// A static is never dropped, so the shared build's temp dir would stay
+/// behind (346 MB a run): it is removed when the test process exits.
+fn remove_at_exit(dir: &Path) {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    extern "C" fn remove() {
+        if let Some(dir) = DIR.get() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    if DIR.set(dir.to_path_buf()).is_ok() {
+        // SAFETY: `remove` is an `extern "C" fn()` as atexit wants; it
+        // only reads DIR, which is set before it is registered.
+        let rc = unsafe { libc::atexit(remove) };
+        assert_eq!(rc, 0, "atexit");
+    }
 }
 
 #[test]
