@@ -421,62 +421,97 @@ mod tests {
         out
     }
 
+    /// One tarball member as mmdebstrap's tar writes them (uid 0, mtime 1);
+    /// `link` is a symlink's or hard link's target, a device is 1:3.
+    fn append(
+        b: &mut ::tar::Builder<std::fs::File>,
+        (name, kind, mode, gid): (&str, ::tar::EntryType, u32, u64),
+        link: Option<&Path>,
+        data: &[u8],
+    ) {
+        let mut h = ::tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(gid);
+        h.set_mtime(1);
+        h.set_size(data.len() as u64);
+        if let Some(link) = link {
+            h.set_link_name(link).unwrap();
+        }
+        if kind == ::tar::EntryType::Char {
+            h.set_device_major(1).unwrap();
+            h.set_device_minor(3).unwrap();
+        }
+        b.append_data(&mut h, name, data).unwrap();
+    }
+
     /// A tarball as mmdebstrap writes one: `./`, a set-gid directory and
     /// file of group 8, a file nobody may read (as /etc/shadow), a symlink,
     /// hard links, a device and a fifo.
     fn system_tarball(path: &Path) {
-        let mut b = ::tar::Builder::new(std::fs::File::create(path).unwrap());
-        let mut add = |name: &str, kind: ::tar::EntryType, mode: u32, gid: u64, data: &[u8]| {
-            let mut h = ::tar::Header::new_gnu();
-            h.set_entry_type(kind);
-            h.set_mode(mode);
-            h.set_uid(0);
-            h.set_gid(gid);
-            h.set_mtime(1);
-            h.set_size(data.len() as u64);
-            match kind {
-                ::tar::EntryType::Symlink => h.set_link_name("../sbin/tool").unwrap(),
-                ::tar::EntryType::Link if name.starts_with("./etc") => {
-                    h.set_link_name("./etc/shadow").unwrap()
-                }
-                ::tar::EntryType::Link => h.set_link_name("./sbin/tool").unwrap(),
-                ::tar::EntryType::Char => {
-                    h.set_device_major(1).unwrap();
-                    h.set_device_minor(3).unwrap();
-                }
-                _ => {}
-            }
-            b.append_data(&mut h, name, data).unwrap();
-        };
         use ::tar::EntryType as T;
-        add("./", T::Directory, 0o755, 0, b"");
-        add("./dev/", T::Directory, 0o755, 0, b"");
-        add("./etc/", T::Directory, 0o755, 0, b"");
-        add("./etc/shadow", T::Regular, 0o000, 42, b"root:*:1::::::\n");
-        add("./etc/shadow-link", T::Link, 0o000, 42, b"");
-        add("./dev/null", T::Char, 0o666, 0, b"");
-        add("./run/", T::Directory, 0o755, 0, b"");
-        add("./run/initctl", T::Fifo, 0o600, 0, b"");
-        add("./sbin/", T::Directory, 0o755, 0, b"");
-        add("./sbin/tool", T::Regular, 0o2755, 8, b"#!/bin/sh\n");
-        add("./sbin/tool-again", T::Link, 0o2755, 8, b"");
-        add("./bin/", T::Directory, 0o555, 0, b"");
-        add("./bin/tool", T::Symlink, 0o777, 0, b"");
-        add("./var/", T::Directory, 0o755, 0, b"");
-        add("./var/mail/", T::Directory, 0o2775, 8, b"");
+        let mut b = ::tar::Builder::new(std::fs::File::create(path).unwrap());
+        let to = |p: &'static str| Some(Path::new(p));
+        for (member, link, data) in [
+            (("./", T::Directory, 0o755, 0), None, &b""[..]),
+            (("./dev/", T::Directory, 0o755, 0), None, b""),
+            (("./etc/", T::Directory, 0o755, 0), None, b""),
+            (
+                ("./etc/shadow", T::Regular, 0o000, 42),
+                None,
+                b"root:*:1::::::\n",
+            ),
+            (
+                ("./etc/shadow-link", T::Link, 0o000, 42),
+                to("./etc/shadow"),
+                b"",
+            ),
+            (("./dev/null", T::Char, 0o666, 0), None, b""),
+            (("./run/", T::Directory, 0o755, 0), None, b""),
+            (("./run/initctl", T::Fifo, 0o600, 0), None, b""),
+            (("./sbin/", T::Directory, 0o755, 0), None, b""),
+            (("./sbin/tool", T::Regular, 0o2755, 8), None, b"#!/bin/sh\n"),
+            (
+                ("./sbin/tool-again", T::Link, 0o2755, 8),
+                to("./sbin/tool"),
+                b"",
+            ),
+            (("./bin/", T::Directory, 0o555, 0), None, b""),
+            (
+                ("./bin/tool", T::Symlink, 0o777, 0),
+                to("../sbin/tool"),
+                b"",
+            ),
+            (("./var/", T::Directory, 0o755, 0), None, b""),
+            (("./var/mail/", T::Directory, 0o2775, 8), None, b""),
+        ] {
+            append(&mut b, member, link, data);
+        }
         b.finish().unwrap();
+    }
+
+    /// `tarball` unpacked into a fresh tree: (its temp dir, the tree, the
+    /// outcome, the creator that made it).
+    fn unpacked(
+        tarball: impl Fn(&Path),
+        privileges: Privileges,
+    ) -> (tempfile::TempDir, PathBuf, Result<()>, Creator) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("system.tar");
+        tarball(&file);
+        let root = dir.path().join("rootfs");
+        std::fs::create_dir(&root).unwrap();
+        let mut creator = Creator::new(privileges);
+        let outcome = unpack_system(&file, &root, &mut creator);
+        (dir, root, outcome, creator)
     }
 
     #[test]
     fn a_system_unpacks_without_root_into_files_and_a_record() {
         use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-        let dir = tempfile::tempdir().unwrap();
-        let tarball = dir.path().join("system.tar");
-        system_tarball(&tarball);
-        let root = dir.path().join("rootfs");
-        std::fs::create_dir(&root).unwrap();
-        let mut creator = Creator::new(Privileges::Rootless);
-        unpack_system(&tarball, &root, &mut creator).unwrap();
+        let (_dir, root, outcome, creator) = unpacked(system_tarball, Privileges::Rootless);
+        outcome.unwrap();
         let record = creator.finish().unwrap().unwrap();
         let mode = |rel: &str| {
             std::fs::symlink_metadata(root.join(rel))
@@ -540,13 +575,8 @@ mod tests {
     #[ignore = "needs root (chown, mknod): run by cargo xtask test unit"]
     fn a_system_unpacks_as_root_with_owners_and_devices() {
         use std::os::unix::fs::{FileTypeExt, MetadataExt};
-        let dir = tempfile::tempdir().unwrap();
-        let tarball = dir.path().join("system.tar");
-        system_tarball(&tarball);
-        let root = dir.path().join("rootfs");
-        std::fs::create_dir(&root).unwrap();
-        let mut creator = Creator::new(Privileges::Root);
-        unpack_system(&tarball, &root, &mut creator).unwrap();
+        let (_dir, root, outcome, creator) = unpacked(system_tarball, Privileges::Root);
+        outcome.unwrap();
         assert!(creator.finish().unwrap().is_none());
         let tool = std::fs::metadata(root.join("sbin/tool")).unwrap();
         assert_eq!(
@@ -566,41 +596,22 @@ mod tests {
 
     #[test]
     fn nothing_is_written_through_a_symlink_in_the_tarball() {
-        let dir = tempfile::tempdir().unwrap();
-        let outside = dir.path().join("outside");
-        std::fs::create_dir(&outside).unwrap();
-        let tarball = dir.path().join("evil.tar");
-        let mut b = ::tar::Builder::new(std::fs::File::create(&tarball).unwrap());
-        let mut h = ::tar::Header::new_gnu();
-        h.set_entry_type(::tar::EntryType::Symlink);
-        h.set_size(0);
-        h.set_mode(0o777);
-        h.set_link_name(&outside).unwrap();
-        h.set_uid(0);
-        h.set_gid(0);
-        b.append_data(&mut h, "./lib", std::io::empty()).unwrap();
-        let mut h = ::tar::Header::new_gnu();
-        h.set_entry_type(::tar::EntryType::Regular);
-        h.set_size(4);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        b.append_data(&mut h, "./lib/planted", &b"evil"[..])
-            .unwrap();
-        b.finish().unwrap();
-        drop(b);
-        let root = dir.path().join("rootfs");
-        std::fs::create_dir(&root).unwrap();
-        let mut creator = Creator::new(Privileges::Rootless);
-        let err = format!(
-            "{:#}",
-            unpack_system(&tarball, &root, &mut creator).unwrap_err()
-        );
+        let outside = tempfile::tempdir().unwrap();
+        let evil = |path: &Path| {
+            let mut b = ::tar::Builder::new(std::fs::File::create(path).unwrap());
+            let link = ("./lib", ::tar::EntryType::Symlink, 0o777, 0);
+            append(&mut b, link, Some(outside.path()), b"");
+            let planted = ("./lib/planted", ::tar::EntryType::Regular, 0o644, 0);
+            append(&mut b, planted, None, b"evil");
+            b.finish().unwrap();
+        };
+        let (_dir, _root, outcome, _) = unpacked(evil, Privileges::Rootless);
+        let err = format!("{:#}", outcome.unwrap_err());
         assert!(
             err.contains("/lib/planted: /lib above it is not a directory"),
             "{err}"
         );
-        assert!(!outside.join("planted").exists());
+        assert!(!outside.path().join("planted").exists());
     }
 
     #[test]
