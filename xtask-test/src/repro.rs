@@ -572,15 +572,7 @@ const EXTRA_IMAGE: &[&str] = &["--recipe", "debian", "--verity"];
 /// [`EXTRA_IMAGE`] as `image` parses it, so both trees build the same
 /// step with the command's own defaults.
 fn extra_image_args() -> Result<xtask::image::ImageArgs> {
-    #[derive(clap::Parser)]
-    struct Image {
-        #[command(flatten)]
-        args: xtask::image::ImageArgs,
-    }
-    let parsed = <Image as clap::Parser>::try_parse_from(
-        std::iter::once("image").chain(EXTRA_IMAGE.iter().copied()),
-    )?;
-    Ok(parsed.args)
+    xtask::image::ImageArgs::from_args(EXTRA_IMAGE)
 }
 
 /// Builds [`EXTRA_IMAGE`] here and in the clone and fails naming what

@@ -56,15 +56,7 @@ pub fn test(ctx: &Ctx) -> Result<()> {
         compression: initrd::CompressionArg::Gzip,
         kernel_modules,
     };
-    let image_args = |recipe: &str| image::ImageArgs {
-        recipe: recipe.into(),
-        fs: image::FsArg::Ext4,
-        no_dax: false,
-        align_mib: 128,
-        free_mib: 0,
-        verity: false,
-        kernel_modules: false,
-    };
+    let image_args = image::ImageArgs::for_recipe;
     let cases = [
         Case {
             args: vec!["initrd", "--recipe", "minimal"],

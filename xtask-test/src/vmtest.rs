@@ -144,13 +144,9 @@ pub fn prepare_flavour(
         }
         Media::Image | Media::VerityImage => {
             let args = image::ImageArgs {
-                recipe: recipe.to_string(),
-                fs: image::FsArg::Ext4,
-                no_dax: false,
-                align_mib: 128,
-                free_mib: 0,
                 verity: media == Media::VerityImage,
                 kernel_modules,
+                ..image::ImageArgs::for_recipe(recipe)
             };
             let built = image::build(ctx, &args)?;
             let verity = match &built.verity_params {

@@ -41,6 +41,27 @@ pub struct ImageArgs {
 }
 
 impl ImageArgs {
+    /// What `cargo xtask image ARGS...` builds, the command's defaults
+    /// included (parsed by the command's own definition, so they cannot
+    /// drift apart).
+    pub fn from_args(args: &[&str]) -> Result<Self> {
+        #[derive(clap::Parser)]
+        struct Image {
+            #[command(flatten)]
+            args: ImageArgs,
+        }
+        let parsed = <Image as clap::Parser>::try_parse_from(
+            std::iter::once("image").chain(args.iter().copied()),
+        )?;
+        Ok(parsed.args)
+    }
+
+    /// `cargo xtask image --recipe R`: the DAX ext4 image a release ships.
+    pub fn for_recipe(recipe: &str) -> Self {
+        Self::from_args(&[&format!("--recipe={recipe}")])
+            .expect("the image command's defaults parse")
+    }
+
     pub fn tree(&self) -> rootfs::GuestTree<'_> {
         rootfs::GuestTree {
             recipe: &self.recipe,
@@ -219,4 +240,20 @@ pub fn run(ctx: &Ctx, args: &ImageArgs) -> Result<()> {
     art.kernel_verity_params = Some(params.clone());
     let detail = format!("{} bytes, kernel_verity_params {params}", art.bytes);
     publish::report_one(ctx, &name, art, &detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn for_recipe_is_the_commands_default_dax_image() {
+        let a = ImageArgs::for_recipe("debian");
+        assert_eq!(a.recipe, "debian");
+        assert!(a.fs == FsArg::Ext4 && !a.no_dax && !a.verity && !a.kernel_modules);
+        assert_eq!((a.align_mib, a.free_mib), (128, 0));
+        let v = ImageArgs::from_args(&["--recipe", "debian", "--verity"]).unwrap();
+        assert!(v.verity && v.recipe == "debian");
+        assert!(ImageArgs::from_args(&["--no-such-option"]).is_err());
+    }
 }

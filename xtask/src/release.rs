@@ -175,18 +175,6 @@ fn initrd_args() -> initrd::InitrdArgs {
     }
 }
 
-fn image_args(recipe: &str) -> image::ImageArgs {
-    image::ImageArgs {
-        recipe: recipe.into(),
-        fs: image::FsArg::Ext4,
-        no_dax: false,
-        align_mib: 128,
-        free_mib: 0,
-        verity: false,
-        kernel_modules: false,
-    }
-}
-
 fn template_path(ctx: &Ctx) -> PathBuf {
     ctx.root
         .join("runtime")
@@ -220,10 +208,13 @@ pub fn add<'g>(
     let names = ReleaseNames::new(&version)?;
     let kernel = kernel::add(g, ctx, &kernel_args())?.kernel;
     let initrd = initrd::add(g, ctx, &initrd_args())?;
-    let image = image::add(g, ctx, &image_args(RECIPE))?;
+    let image = image::add(g, ctx, &image::ImageArgs::for_recipe(RECIPE))?;
     let mut extra_images = Vec::new();
     for r in extra_recipes {
-        extra_images.push((r.clone(), image::add(g, ctx, &image_args(r))?));
+        extra_images.push((
+            r.clone(),
+            image::add(g, ctx, &image::ImageArgs::for_recipe(r))?,
+        ));
     }
     let runtime_bins = runtime_bins::add_runtime(g, ctx)?;
     let vsock = runtime_bins::add_vsock(g, ctx)?;

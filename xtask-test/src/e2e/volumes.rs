@@ -344,13 +344,8 @@ pub(super) fn scenario_verity(r: &mut Runner, ids: &[String]) -> Result<String> 
         .context("the harness wrote no configuration.toml")?;
     let text = std::fs::read_to_string(&default_config)?;
     let args = xtask::image::ImageArgs {
-        recipe: "minimal".into(),
-        fs: xtask::image::FsArg::Ext4,
-        no_dax: false,
-        align_mib: 128,
-        free_mib: 0,
         verity: true,
-        kernel_modules: false,
+        ..xtask::image::ImageArgs::for_recipe("minimal")
     };
     let built = xtask::image::build(r.ctx, &args)?;
     let params = built
