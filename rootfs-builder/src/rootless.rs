@@ -324,17 +324,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("t.tar");
         std::fs::write(&file, stream).unwrap();
-        let out = std::process::Command::new("tar")
-            .args(["--numeric-owner", "-tvf"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8(out.stdout).unwrap())
+        Ok(crate::tar::gnu_tar_listing(&file))
     }
 
     #[test]

@@ -94,6 +94,24 @@ fn write_entry<W: Write>(w: &mut Writer<W>, entry: &TreeEntry, all: &[TreeEntry]
     w.append(archive_name(entry), entry.perm, entry.mtime as u64, kind)
 }
 
+/// `tar --numeric-owner -tv` of a tar file, in UTC: what GNU tar makes
+/// of our stream (tests check the writers with it).
+#[cfg(test)]
+pub(crate) fn gnu_tar_listing(tar_file: &Path) -> String {
+    let out = std::process::Command::new("tar")
+        .env("TZ", "UTC")
+        .args(["--numeric-owner", "-tvf"])
+        .arg(tar_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,18 +149,7 @@ mod tests {
         let tar_path = dir.path().join("t.tar");
         write_tree_tar(&root, std::fs::File::create(&tar_path).unwrap()).unwrap();
         assert_eq!(std::fs::metadata(&tar_path).unwrap().len() % RECORD, 0);
-        let out = Command::new("tar")
-            .env("TZ", "UTC")
-            .args(["--numeric-owner", "-tvf"])
-            .arg(&tar_path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let listing = String::from_utf8(out.stdout).unwrap();
+        let listing = gnu_tar_listing(&tar_path);
         let names: Vec<&str> = listing
             .lines()
             .map(|l| l.split_whitespace().nth(5).unwrap())
