@@ -234,7 +234,7 @@ impl Creator {
     /// the record makes one. The caller sets owner and mode.
     pub(crate) fn device(&mut self, host: &Path, rel: &str, device: RecordedDevice) -> Result<()> {
         match self.privileges {
-            Privileges::Root => make_device(host, device.kind, device.major, device.minor),
+            Privileges::Root => make_device(host, device),
             Privileges::Rootless => {
                 recordable(rel)?;
                 // create_new: never through a link already at that path.
@@ -342,18 +342,8 @@ impl Creator {
                 symlink(target, &host)?;
                 self.own(&host)?;
             }
-            Node::Device {
-                kind,
-                major,
-                minor,
-                mode,
-            } => {
-                let device = RecordedDevice {
-                    kind: *kind,
-                    major: *major,
-                    minor: *minor,
-                };
-                self.device(&host, path.relative(), device)?;
+            Node::Device(device, mode) => {
+                self.device(&host, path.relative(), *device)?;
                 self.own(&host)?;
                 self.mode(&host, path.relative(), *mode)?;
             }
@@ -389,17 +379,9 @@ fn recordable(rel: &str) -> Result<()> {
 /// One thing to create in the tree.
 enum Node {
     Directory(Mode),
-    File {
-        mode: Mode,
-        source: FileSource,
-    },
+    File { mode: Mode, source: FileSource },
     Symlink(String),
-    Device {
-        kind: DeviceKind,
-        major: u32,
-        minor: u32,
-        mode: Mode,
-    },
+    Device(RecordedDevice, Mode),
 }
 
 enum FileSource {
@@ -447,12 +429,14 @@ fn populate(
         add_node(
             &mut plan,
             d.path.clone(),
-            Node::Device {
-                kind: d.kind,
-                major: d.major,
-                minor: d.minor,
-                mode: d.mode,
-            },
+            Node::Device(
+                RecordedDevice {
+                    kind: d.kind,
+                    major: d.major,
+                    minor: d.minor,
+                },
+                d.mode,
+            ),
             "recipe devices".into(),
         )?;
     }
@@ -641,16 +625,16 @@ fn add_node(plan: &mut Plan, path: GuestPath, node: Node, origin: String) -> Res
     Ok(())
 }
 
-fn make_device(host: &Path, kind: DeviceKind, major: u32, minor: u32) -> Result<()> {
-    let sflag = match kind {
+fn make_device(host: &Path, device: RecordedDevice) -> Result<()> {
+    let sflag = match device.kind {
         DeviceKind::Char => SFlag::S_IFCHR,
         DeviceKind::Block => SFlag::S_IFBLK,
     };
-    let dev = makedev(u64::from(major), u64::from(minor));
+    let dev = makedev(u64::from(device.major), u64::from(device.minor));
     match mknod(host, sflag, NixMode::from_bits_truncate(0o600), dev) {
         Ok(()) => Ok(()),
         Err(Errno::EPERM) => bail!(
-            "mknod: permission denied; device nodes need CAP_MKNOD (build as root, or as a user without it, which records devices instead)"
+            "mknod: permission denied: this root lacks CAP_MKNOD (a container?); build as an unprivileged user, which records device nodes instead of making them"
         ),
         Err(e) => Err(e.into()),
     }
