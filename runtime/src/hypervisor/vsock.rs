@@ -173,9 +173,11 @@ pub fn vsock_connect(cid: u32, port: u32, timeout: Duration) -> std::io::Result<
         None,
     )?;
     // SO_VM_SOCKETS_CONNECT_TIMEOUT (level AF_VSOCK, option 6) takes a timeval.
+    // The field types are inferred: musl deprecates naming time_t and
+    // suseconds_t (they are to become 64-bit there).
     let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        tv_sec: timeout.as_secs() as _,
+        tv_usec: timeout.subsec_micros() as _,
     };
     // SAFETY: valid fd, pointer and length of a timeval.
     unsafe {
