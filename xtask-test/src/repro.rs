@@ -207,6 +207,28 @@ impl CleanClone {
         )
     }
 
+    /// Forgets everything the clone's releases built: its cache, its dist
+    /// and the pipeline's cargo target dirs below `target/` (agent,
+    /// runtime). Its own xtask (`target/debug`) stays, so that the next
+    /// release is cold again and is timed without building the tool.
+    pub fn forget_builds(&self) -> Result<()> {
+        for dir in [&self.cache, &self.dist] {
+            if dir.exists() {
+                host_support::fs::remove_tree(dir)?;
+            }
+        }
+        let target = self.root.join("target");
+        for entry in
+            std::fs::read_dir(&target).with_context(|| format!("read {}", target.display()))?
+        {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() && entry.file_name() != "debug" {
+                host_support::fs::remove_tree(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Puts a copy of a main cache entry into this clone's cache.
     pub fn seed(&self, shared: &SharedStep) -> Result<()> {
         xtask::cache::copy_entry_to(&shared.entry, &self.cache)
