@@ -87,7 +87,10 @@ fn owner_only(state_dir: &std::path::Path) {
 fn initrd_boot_powers_off_and_teardown_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let initrd = common::busybox_initrd(dir.path());
-    let cfg = base_config(dir.path(), "boot1", BootMedia::Initrd(initrd));
+    let mut cfg = base_config(dir.path(), "boot1", BootMedia::Initrd(initrd));
+    // `tcg_tb_size`: the real QEMU takes the option and the guest boots
+    // under a small translation cache.
+    cfg.tcg_tb_size_mib = 16;
     let mut vm = Vm::start(cfg).unwrap();
     let state_dir = vm.state_dir().to_owned();
     assert!(state_dir.join("qmp.sock").exists());
@@ -102,6 +105,7 @@ fn initrd_boot_powers_off_and_teardown_leaves_nothing() {
         .command_line()
         .iter()
         .any(|a| a == "vhost-user-vsock-pci,id=vsockdev0,chardev=vsock0"));
+    assert!(vm.command_line().iter().any(|a| a == "tcg,tb-size=16"));
 
     let status = vm
         .wait_exit(Duration::from_secs(90))
