@@ -407,16 +407,11 @@ mod tests {
         )
         .unwrap();
         let out = dir.join(format!("{name}_1.0_amd64.deb"));
-        let st = Command::new("dpkg-deb")
-            .args(["--root-owner-group", "-Zgzip", "--build"])
-            .arg(&pkg)
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(
-            st.status.success(),
-            "{}",
-            String::from_utf8_lossy(&st.stderr)
+        crate::util::run_ok(
+            Command::new("dpkg-deb")
+                .args(["--root-owner-group", "-Zgzip", "--build"])
+                .arg(&pkg)
+                .arg(&out),
         );
         out
     }

@@ -464,16 +464,11 @@ mod tests {
             std::fs::write(pkg.join("etc/hostname"), "pkg").unwrap();
         }
         let deb = dir.join("fake.deb");
-        let out = Command::new("dpkg-deb")
-            .args(["--root-owner-group", "--build"])
-            .arg(&pkg)
-            .arg(&deb)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        crate::util::run_ok(
+            Command::new("dpkg-deb")
+                .args(["--root-owner-group", "--build"])
+                .arg(&pkg)
+                .arg(&deb),
         );
         deb
     }

@@ -98,16 +98,11 @@ fn write_entry<W: Write>(w: &mut Writer<W>, entry: &TreeEntry, all: &[TreeEntry]
 /// of our stream (tests check the writers with it).
 #[cfg(test)]
 pub(crate) fn gnu_tar_listing(tar_file: &Path) -> String {
-    let out = std::process::Command::new("tar")
-        .env("TZ", "UTC")
-        .args(["--numeric-owner", "-tvf"])
-        .arg(tar_file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::util::run_ok(
+        std::process::Command::new("tar")
+            .env("TZ", "UTC")
+            .args(["--numeric-owner", "-tvf"])
+            .arg(tar_file),
     );
     String::from_utf8(out.stdout).unwrap()
 }

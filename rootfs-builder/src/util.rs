@@ -35,3 +35,20 @@ pub(crate) fn within_tree(root: &Path, rel: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Tests: runs a host tool that must succeed; its output. A failure names
+/// the command and shows what it printed.
+#[cfg(test)]
+pub(crate) fn run_ok(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

@@ -1,4 +1,5 @@
 use super::*;
+use crate::util::run_ok;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
@@ -108,15 +109,10 @@ fn mbr_layout_and_partx_agree() {
     let f = File::create(&disk).unwrap();
     f.set_len(128 * MIB).unwrap();
     f.write_all_at(&b, 0).unwrap();
-    let out = Command::new("partx")
-        .args(["--show", "--noheadings", "-o", "NR,START,SECTORS,TYPE"])
-        .arg(&disk)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new("partx")
+            .args(["--show", "--noheadings", "-o", "NR,START,SECTORS,TYPE"])
+            .arg(&disk),
     );
     let fields: Vec<String> = String::from_utf8(out.stdout)
         .unwrap()
@@ -211,17 +207,7 @@ fn ext4_dax_image_is_valid_and_deterministic() {
 
     let part = dir.path().join("part.ext4");
     extract_partition(&a, &report, &part);
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&part)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "e2fsck: {}{}",
-        String::from_utf8_lossy(&fsck.stdout),
-        String::from_utf8_lossy(&fsck.stderr)
-    );
+    run_ok(Command::new("e2fsck").arg("-fn").arg(&part));
     let dumpe2fs = Command::new("dumpe2fs")
         .arg("-h")
         .arg(&part)
@@ -324,16 +310,7 @@ fn ext4_plain_image_honours_free_space_and_alignment() {
     assert_ne!(&read_at(&out, 4096, 16).unwrap()[..], b"NVDIMM_PFN_INFO\0");
     let part = dir.path().join("part");
     extract_partition(&out, &report, &part);
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&part)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
+    run_ok(Command::new("e2fsck").arg("-fn").arg(&part));
 
     let err = build_image(
         &tree,
@@ -383,22 +360,12 @@ fn erofs_image_is_valid_and_deterministic() {
     assert_eq!(report.partition_offset, 3 * MIB);
     let part = dir.path().join("part.erofs");
     extract_partition(&a, &report, &part);
-    let fsck = Command::new("fsck.erofs").arg(&part).output().unwrap();
-    assert!(
-        fsck.status.success(),
-        "fsck.erofs: {}",
-        String::from_utf8_lossy(&fsck.stderr)
-    );
+    run_ok(Command::new("fsck.erofs").arg(&part));
     let x = dir.path().join("x");
-    let fsck = Command::new("fsck.erofs")
-        .arg(format!("--extract={}", x.display()))
-        .arg(&part)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "fsck.erofs --extract: {}",
-        String::from_utf8_lossy(&fsck.stderr)
+    run_ok(
+        Command::new("fsck.erofs")
+            .arg(format!("--extract={}", x.display()))
+            .arg(&part),
     );
     assert_eq!(
         std::fs::read_to_string(x.join("etc/hostname")).unwrap(),
