@@ -99,8 +99,8 @@ pub fn add_runtime<'g>(g: &mut Graph<'g>, ctx: &'g Ctx) -> Result<StepId> {
         .file(d, "Cargo.toml", &ctx.root.join("Cargo.toml"))?
         .value("rustc", d.tool_version("rustc", "-vV"))
         .value("target", &ctx.versions.rust.musl_target)
-        .value("profile", RUNTIME_PROFILE)
-        .value("strip", STRIP);
+        // Its settings (stripping too) are in Cargo.toml, an input above.
+        .value("profile", RUNTIME_PROFILE);
     Ok(g.add(
         "runtime-bins",
         i,
